@@ -1,1 +1,104 @@
-fn main() {}
+//! The `ringgate` binary: read the environment, start the cores, wait for signals, drain.
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use ringgate::{
+    config::{self, Config, LogFormat},
+    rt,
+    shutdown::{signals, SignalKind},
+    Gateway,
+};
+use tracing::{error, info, warn};
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        Some("-h" | "--help") => {
+            print!("{}", config::help_text());
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("ringgate {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("ringgate takes no arguments (got {other:?}); configuration comes from RINGGATE_* variables, see --help");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        None => {}
+    }
+    // Log config errors with a plain subscriber before the configured one exists.
+    let config = match tracing::subscriber::with_default(plain_stderr(), Config::from_env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringgate: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = init_tracing(&config) {
+        eprintln!("ringgate: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match rt::raise_nofile_limit() {
+        Ok(n) => info!(nofile = n, "open-file limit raised"),
+        Err(error) => warn!(%error, "could not raise the open-file limit"),
+    }
+    let signals = match signals() {
+        Ok(s) => s,
+        Err(error) => {
+            error!(%error, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut gateway = match Gateway::start(config.clone()) {
+        Ok(g) => g,
+        Err(error) => {
+            error!(%error, "cannot start");
+            eprintln!("ringgate: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for signal in signals {
+        match signal {
+            SignalKind::Reload => {
+                let _ = gateway.reload_tls();
+            }
+            SignalKind::Drain => break,
+        }
+    }
+    info!(timeout = ?config.drain_timeout, "draining: listeners closed, finishing in-flight requests");
+    let report = gateway.drain();
+    if report.cut_requests > 0 || report.cut_connections > 0 {
+        warn!(
+            cut_requests = report.cut_requests,
+            cut_connections = report.cut_connections,
+            "drain timeout passed; cut what was left"
+        );
+    } else {
+        info!("drained cleanly; exiting");
+    }
+    ExitCode::SUCCESS
+}
+
+fn plain_stderr() -> impl tracing::Subscriber {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .finish()
+}
+
+fn init_tracing(config: &Config) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_filter)
+        .map_err(|e| format!("{}={:?} is not valid: expected an EnvFilter directive like `info,ringgate=debug` ({e})", config::ENV_LOG, config.log_filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_thread_names(true);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! Configuration from environment variables only.
+//!
+//! [`Config::from_strings`] reads every variable through the [`Strings`] trait, so tests pass
+//! a `HashMap` and never touch the process environment. Every bad variable is logged and the
+//! first is returned as an [`EnvError`] naming the variable and the expected form; `main`
+//! turns that into exit code 64. [`VARS`] documents each variable for `ringgate --help`.
+
+pub mod parse;
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use tracing::error;
+
+/// Plain HTTP listen address, or `off`.
+pub const ENV_LISTEN: &str = "RINGGATE_LISTEN";
+/// HTTPS listen address; unset means no TLS listener.
+pub const ENV_TLS_LISTEN: &str = "RINGGATE_TLS_LISTEN";
+/// PEM certificate chain for the HTTPS listener.
+pub const ENV_TLS_CERT: &str = "RINGGATE_TLS_CERT";
+/// PEM private key for the HTTPS listener.
+pub const ENV_TLS_KEY: &str = "RINGGATE_TLS_KEY";
+/// Number of cores (runtimes) to run.
+pub const ENV_WORKERS: &str = "RINGGATE_WORKERS";
+/// Whether each core's thread is pinned to one CPU.
+pub const ENV_PIN_CORES: &str = "RINGGATE_PIN_CORES";
+/// Which I/O driver to use: `auto`, `io_uring` or `epoll`.
+pub const ENV_IO_DRIVER: &str = "RINGGATE_IO_DRIVER";
+/// Largest request head accepted.
+pub const ENV_MAX_HEADER_BYTES: &str = "RINGGATE_MAX_HEADER_BYTES";
+/// Largest request body accepted.
+pub const ENV_MAX_BODY_BYTES: &str = "RINGGATE_MAX_BODY_BYTES";
+/// Time allowed to receive a whole request head.
+pub const ENV_HEADER_READ_TIMEOUT: &str = "RINGGATE_HEADER_READ_TIMEOUT";
+/// Longest pause allowed while a request body arrives.
+pub const ENV_BODY_READ_TIMEOUT: &str = "RINGGATE_BODY_READ_TIMEOUT";
+/// How long an idle keep-alive connection is kept.
+pub const ENV_KEEPALIVE_TIMEOUT: &str = "RINGGATE_KEEPALIVE_TIMEOUT";
+/// Open client connections allowed per core.
+pub const ENV_MAX_CONNECTIONS_PER_CORE: &str = "RINGGATE_MAX_CONNECTIONS_PER_CORE";
+/// Longest graceful drain after SIGTERM.
+pub const ENV_DRAIN_TIMEOUT: &str = "RINGGATE_DRAIN_TIMEOUT";
+/// Log filter in `tracing_subscriber::EnvFilter` syntax.
+pub const ENV_LOG: &str = "RINGGATE_LOG";
+/// Log format: `plain` or `json`.
+pub const ENV_LOG_FORMAT: &str = "RINGGATE_LOG_FORMAT";
+
+/// Documentation of one environment variable, shown by `ringgate --help`.
+#[derive(Debug, Clone, Copy)]
+pub struct VarDoc {
+    /// The variable's name.
+    pub name: &'static str,
+    /// Its default, as written in the environment.
+    pub default: &'static str,
+    /// What it means.
+    pub help: &'static str,
+}
+
+/// Every variable ringgate reads, in `--help` order.
+pub const VARS: &[VarDoc] = &[
+    VarDoc {
+        name: ENV_LISTEN,
+        default: "0.0.0.0:8080",
+        help: "plain HTTP listen address (IP:port), or `off` for TLS only",
+    },
+    VarDoc {
+        name: ENV_TLS_LISTEN,
+        default: "(unset)",
+        help: "HTTPS listen address; needs RINGGATE_TLS_CERT and RINGGATE_TLS_KEY",
+    },
+    VarDoc {
+        name: ENV_TLS_CERT,
+        default: "(unset)",
+        help: "PEM certificate chain file; reloaded on SIGHUP",
+    },
+    VarDoc {
+        name: ENV_TLS_KEY,
+        default: "(unset)",
+        help: "PEM private key file (PKCS#8, PKCS#1 or SEC1); reloaded on SIGHUP",
+    },
+    VarDoc {
+        name: ENV_WORKERS,
+        default: "available cores",
+        help: "number of cores: one thread, runtime and listener each",
+    },
+    VarDoc {
+        name: ENV_PIN_CORES,
+        default: "true",
+        help: "pin core n's thread to CPU n (modulo the CPUs available)",
+    },
+    VarDoc {
+        name: ENV_IO_DRIVER,
+        default: "auto",
+        help: "`auto` (io_uring, epoll when refused), `io_uring` or `epoll`",
+    },
+    VarDoc {
+        name: ENV_MAX_HEADER_BYTES,
+        default: "16KiB",
+        help: "largest request head; larger gets 431",
+    },
+    VarDoc {
+        name: ENV_MAX_BODY_BYTES,
+        default: "1MiB",
+        help: "largest request body; larger gets 413",
+    },
+    VarDoc {
+        name: ENV_HEADER_READ_TIMEOUT,
+        default: "10s",
+        help: "time to receive a whole request head (slowloris guard); then 408",
+    },
+    VarDoc {
+        name: ENV_BODY_READ_TIMEOUT,
+        default: "30s",
+        help: "longest pause while a request body arrives; then 408",
+    },
+    VarDoc {
+        name: ENV_KEEPALIVE_TIMEOUT,
+        default: "60s",
+        help: "idle keep-alive connections are closed after this",
+    },
+    VarDoc {
+        name: ENV_MAX_CONNECTIONS_PER_CORE,
+        default: "16384",
+        help: "open client connections per core; over it new ones get 503 and close",
+    },
+    VarDoc {
+        name: ENV_DRAIN_TIMEOUT,
+        default: "30s",
+        help: "longest graceful drain after SIGTERM/SIGINT",
+    },
+    VarDoc {
+        name: ENV_LOG,
+        default: "info",
+        help: "log filter, EnvFilter syntax (e.g. `info,ringgate=debug`)",
+    },
+    VarDoc {
+        name: ENV_LOG_FORMAT,
+        default: "plain",
+        help: "`plain` or `json`",
+    },
+];
+
+/// Why the configuration could not be read. Each variant names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// A value did not parse.
+    #[error("{name}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What it held.
+        value: String,
+        /// The accepted form.
+        expected: &'static str,
+    },
+    /// A value is not valid UTF-8.
+    #[error("{name} is not valid UTF-8")]
+    NotUnicode {
+        /// The variable.
+        name: String,
+    },
+    /// A variable another one requires is missing.
+    #[error("{name} must be set: {why}")]
+    Missing {
+        /// The missing variable.
+        name: &'static str,
+        /// Which setting needs it.
+        why: &'static str,
+    },
+}
+
+/// A source of configuration strings: the process environment or, in tests, a map.
+pub trait Strings {
+    /// The value of `key`, `None` when unset or empty.
+    fn get(&self, key: &str) -> Result<Option<String>, EnvError>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Result<Option<String>, EnvError> {
+        match std::env::var(key) {
+            Ok(v) if v.is_empty() => Ok(None),
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(EnvError::NotUnicode {
+                name: key.to_string(),
+            }),
+        }
+    }
+}
+
+impl Strings for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Result<Option<String>, EnvError> {
+        Ok(HashMap::get(self, key)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string()))
+    }
+}
+
+/// Which io driver the cores run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    Auto,
+    /// io_uring or fail at start.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The HTTPS listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListen {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Limits applied to every client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request head in bytes (default 16 KiB); over it → 431.
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes (default 1 MiB); over it → 413.
+    pub max_body_bytes: usize,
+    /// Time allowed for a whole request head (default 10 s).
+    pub header_read_timeout: Duration,
+    /// Longest pause while a body arrives (default 30 s).
+    pub body_read_timeout: Duration,
+    /// Idle keep-alive lifetime (default 60 s).
+    pub keepalive_timeout: Duration,
+    /// Open connections per core (default 16384).
+    pub max_connections_per_core: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 << 10,
+            max_body_bytes: 1 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections_per_core: 16384,
+        }
+    }
+}
+
+/// Everything the gateway reads at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Plain HTTP listener; `None` when `RINGGATE_LISTEN=off`.
+    pub listen: Option<SocketAddr>,
+    /// HTTPS listener, when configured.
+    pub tls: Option<TlsListen>,
+    /// Number of cores to run (default: available parallelism).
+    pub workers: usize,
+    /// Pin each core's thread to a CPU (default true).
+    pub pin_cores: bool,
+    /// io driver (default auto).
+    pub driver: DriverChoice,
+    /// Per-connection limits.
+    pub http: HttpLimits,
+    /// Longest graceful drain (default 30 s).
+    pub drain_timeout: Duration,
+    /// Log filter (default `info`).
+    pub log_filter: String,
+    /// Log format (default plain).
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_strings(&Env)
+    }
+
+    /// Reads every variable from `strings`, logs each bad one and returns the first error.
+    pub fn from_strings(strings: &dyn Strings) -> Result<Self, EnvError> {
+        let mut r = Reader {
+            strings,
+            errors: Vec::new(),
+        };
+        let defaults = HttpLimits::default();
+        let listen = r.parse(ENV_LISTEN, |s| {
+            if s.trim().eq_ignore_ascii_case("off") {
+                Ok(None)
+            } else {
+                parse::addr(s).map(Some)
+            }
+        });
+        let tls_listen = r.parse(ENV_TLS_LISTEN, parse::addr);
+        let tls_cert = r.string(ENV_TLS_CERT);
+        let tls_key = r.string(ENV_TLS_KEY);
+        let workers = r.parse(ENV_WORKERS, parse::count);
+        let pin_cores = r.parse(ENV_PIN_CORES, parse::boolean);
+        let driver = r.parse(ENV_IO_DRIVER, |s| match s.trim() {
+            "auto" => Ok(DriverChoice::Auto),
+            "io_uring" | "iouring" | "uring" => Ok(DriverChoice::IoUring),
+            "epoll" | "legacy" => Ok(DriverChoice::Epoll),
+            _ => Err(parse::ParseError {
+                expected: "auto, io_uring or epoll",
+            }),
+        });
+        let http = HttpLimits {
+            max_header_bytes: r
+                .parse(ENV_MAX_HEADER_BYTES, parse::bytes)
+                .unwrap_or(defaults.max_header_bytes),
+            max_body_bytes: r
+                .parse(ENV_MAX_BODY_BYTES, parse::bytes)
+                .unwrap_or(defaults.max_body_bytes),
+            header_read_timeout: r
+                .parse(ENV_HEADER_READ_TIMEOUT, parse::duration)
+                .unwrap_or(defaults.header_read_timeout),
+            body_read_timeout: r
+                .parse(ENV_BODY_READ_TIMEOUT, parse::duration)
+                .unwrap_or(defaults.body_read_timeout),
+            keepalive_timeout: r
+                .parse(ENV_KEEPALIVE_TIMEOUT, parse::duration)
+                .unwrap_or(defaults.keepalive_timeout),
+            max_connections_per_core: r
+                .parse(ENV_MAX_CONNECTIONS_PER_CORE, parse::count)
+                .unwrap_or(defaults.max_connections_per_core),
+        };
+        if http.max_header_bytes < 256 {
+            r.invalid(
+                ENV_MAX_HEADER_BYTES,
+                http.max_header_bytes.to_string(),
+                "at least 256 bytes",
+            );
+        }
+        let drain_timeout = r.parse(ENV_DRAIN_TIMEOUT, parse::duration);
+        let log_filter = r.string(ENV_LOG);
+        let log_format = r.parse(ENV_LOG_FORMAT, |s| match s.trim() {
+            "plain" | "text" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(parse::ParseError {
+                expected: "plain or json",
+            }),
+        });
+
+        let tls = match (tls_listen, tls_cert, tls_key) {
+            (None, _, _) => None,
+            (Some(addr), Some(cert), Some(key)) => Some(TlsListen {
+                addr,
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (Some(_), None, _) => {
+                r.missing(ENV_TLS_CERT, "RINGGATE_TLS_LISTEN is set");
+                None
+            }
+            (Some(_), Some(_), None) => {
+                r.missing(ENV_TLS_KEY, "RINGGATE_TLS_LISTEN is set");
+                None
+            }
+        };
+        let listen = listen.unwrap_or(Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+        if listen.is_none() && tls.is_none() && r.errors.is_empty() {
+            r.missing(ENV_TLS_LISTEN, "RINGGATE_LISTEN=off leaves no listener");
+        }
+        if let Some(first) = r.errors.into_iter().next() {
+            return Err(first);
+        }
+        Ok(Config {
+            listen,
+            tls,
+            workers: workers.unwrap_or_else(available_cores),
+            pin_cores: pin_cores.unwrap_or(true),
+            driver: driver.unwrap_or(DriverChoice::Auto),
+            http,
+            drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
+            log_filter: log_filter.unwrap_or_else(|| "info".to_string()),
+            log_format: log_format.unwrap_or(LogFormat::Plain),
+        })
+    }
+}
+
+/// The number of CPUs this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Renders `ringgate --help`: usage and one line per variable with its default.
+pub fn help_text() -> String {
+    let mut out = String::from(
+        "ringgate — thread-per-core gateway for a multi-tenant PostgreSQL platform\n\n\
+         Usage: ringgate [--help | --version]\n\n\
+         Configuration comes from environment variables only. An invalid value stops the\n\
+         process with exit code 64 and names the variable. Durations: 250ms, 30s, 5m, 1h.\n\
+         Sizes: bytes, or 16KiB, 1MiB, 1GiB.\n\n\
+         Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the TLS certificate.\n\n\
+         Environment variables:\n",
+    );
+    let width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    for v in VARS {
+        out.push_str(&format!(
+            "  {:width$}  {} (default: {})\n",
+            v.name, v.help, v.default
+        ));
+    }
+    out
+}
+
+/// Collects values and errors while reading variables.
+struct Reader<'a> {
+    strings: &'a dyn Strings,
+    errors: Vec<EnvError>,
+}
+
+impl Reader<'_> {
+    fn string(&mut self, name: &'static str) -> Option<String> {
+        match self.strings.get(name) {
+            Ok(v) => v,
+            Err(e) => {
+                error!("{e}");
+                self.errors.push(e);
+                None
+            }
+        }
+    }
+
+    fn parse<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&str) -> Result<T, parse::ParseError>,
+    ) -> Option<T> {
+        let s = self.string(name)?;
+        match f(&s) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.invalid(name, s, e.expected);
+                None
+            }
+        }
+    }
+
+    fn invalid(&mut self, name: &'static str, value: String, expected: &'static str) {
+        error!("{name}={value:?} is not valid: expected {expected}");
+        self.errors.push(EnvError::Invalid {
+            name,
+            value,
+            expected,
+        });
+    }
+
+    fn missing(&mut self, name: &'static str, why: &'static str) {
+        error!("{name} must be set: {why}");
+        self.errors.push(EnvError::Missing { name, why });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&'static str, &'static str)]) -> Result<Config, EnvError> {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        Config::from_strings(&map)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = read(&[]).unwrap();
+        assert_eq!(c.listen, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(c.tls, None);
+        assert_eq!(c.http, HttpLimits::default());
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.driver, DriverChoice::Auto);
+        assert_eq!(c.workers, available_cores());
+        assert_eq!(c.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = read(&[
+            (ENV_LISTEN, "127.0.0.1:0"),
+            (ENV_WORKERS, "3"),
+            (ENV_IO_DRIVER, "epoll"),
+            (ENV_MAX_BODY_BYTES, "2MiB"),
+            (ENV_HEADER_READ_TIMEOUT, "250ms"),
+            (ENV_DRAIN_TIMEOUT, "5s"),
+            (ENV_LOG_FORMAT, "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.driver, DriverChoice::Epoll);
+        assert_eq!(c.http.max_body_bytes, 2 << 20);
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn invalid_value_names_variable_and_form() {
+        let err = read(&[(ENV_DRAIN_TIMEOUT, "30")]).unwrap_err();
+        assert_eq!(
+            err,
+            EnvError::Invalid {
+                name: ENV_DRAIN_TIMEOUT,
+                value: "30".into(),
+                expected: "a duration like 250ms, 30s, 5m or 1h"
+            }
+        );
+        assert!(err.to_string().contains("RINGGATE_DRAIN_TIMEOUT"));
+        for (name, bad) in [
+            (ENV_LISTEN, "8080"),
+            (ENV_WORKERS, "0"),
+            (ENV_IO_DRIVER, "kqueue"),
+            (ENV_MAX_HEADER_BYTES, "16"),
+            (ENV_MAX_BODY_BYTES, "lots"),
+            (ENV_PIN_CORES, "maybe"),
+            (ENV_LOG_FORMAT, "xml"),
+            (ENV_KEEPALIVE_TIMEOUT, "1d"),
+            (ENV_MAX_CONNECTIONS_PER_CORE, "-1"),
+        ] {
+            match read(&[(name, bad)]) {
+                Err(EnvError::Invalid { name: n, .. }) => assert_eq!(n, name),
+                other => panic!("{name}={bad}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key() {
+        let err = read(&[(ENV_TLS_LISTEN, "127.0.0.1:0")]).unwrap_err();
+        assert!(matches!(
+            err,
+            EnvError::Missing {
+                name: ENV_TLS_CERT,
+                ..
+            }
+        ));
+        let err = read(&[(ENV_TLS_LISTEN, "127.0.0.1:0"), (ENV_TLS_CERT, "c.pem")]).unwrap_err();
+        assert!(matches!(
+            err,
+            EnvError::Missing {
+                name: ENV_TLS_KEY,
+                ..
+            }
+        ));
+        let c = read(&[
+            (ENV_TLS_LISTEN, "127.0.0.1:0"),
+            (ENV_TLS_CERT, "c.pem"),
+            (ENV_TLS_KEY, "k.pem"),
+        ])
+        .unwrap();
+        assert_eq!(c.tls.unwrap().cert, PathBuf::from("c.pem"));
+    }
+
+    #[test]
+    fn listen_off_needs_tls() {
+        let err = read(&[(ENV_LISTEN, "off")]).unwrap_err();
+        assert!(matches!(
+            err,
+            EnvError::Missing {
+                name: ENV_TLS_LISTEN,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn help_lists_every_variable() {
+        let help = help_text();
+        for v in VARS {
+            assert!(help.contains(v.name), "{} missing from --help", v.name);
+        }
+    }
+}

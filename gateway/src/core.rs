@@ -1,0 +1,123 @@
+//! One core's state: owned by its thread, shared by its tasks through `Rc`, never locked.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::Arc,
+};
+
+use monoio_rustls::TlsAcceptor;
+
+use crate::{
+    config::Config,
+    http::DateCache,
+    metrics::{CoreMetrics, Registry},
+    request_id::RequestIds,
+    rt::Driver,
+    shutdown::Drain,
+};
+
+/// Everything one core's tasks share.
+pub struct Core {
+    /// Core number, from 0.
+    pub id: usize,
+    /// The io driver this core runs.
+    pub driver: Driver,
+    /// Configuration read at start.
+    pub config: Arc<Config>,
+    /// All cores' metrics; this core writes only its own.
+    pub registry: Arc<Registry>,
+    /// This core's drain signal.
+    pub drain: Drain,
+    /// The TLS acceptor for the current certificate, swapped on reload.
+    pub tls: RefCell<Option<TlsAcceptor>>,
+    /// Request id generator.
+    pub request_ids: RequestIds,
+    /// Cached `date` header.
+    pub date: DateCache,
+    connections: Cell<usize>,
+    in_flight: Cell<usize>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("id", &self.id)
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Core ===
+
+impl Core {
+    /// A core with no connections yet.
+    pub fn new(
+        id: usize,
+        driver: Driver,
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            id,
+            driver,
+            config,
+            registry,
+            drain: Drain::default(),
+            tls: RefCell::new(None),
+            request_ids: RequestIds::new(),
+            date: DateCache::default(),
+            connections: Cell::new(0),
+            in_flight: Cell::new(0),
+        })
+    }
+
+    /// This core's metrics.
+    pub fn metrics(&self) -> &CoreMetrics {
+        self.registry.core(self.id)
+    }
+
+    /// Open client connections on this core.
+    pub fn connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// Requests between a complete head and a written response on this core.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn track_connection(self: &Rc<Self>) -> ConnectionGuard {
+        self.connections.set(self.connections.get() + 1);
+        self.metrics().connection_opened();
+        ConnectionGuard(self.clone())
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn track_request(self: &Rc<Self>) -> RequestGuard {
+        self.in_flight.set(self.in_flight.get() + 1);
+        RequestGuard(self.clone())
+    }
+}
+
+/// Decrements the connection count on drop.
+#[derive(Debug)]
+pub struct ConnectionGuard(Rc<Core>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+        self.0.metrics().connection_closed();
+    }
+}
+
+/// Decrements the in-flight count on drop.
+#[derive(Debug)]
+pub struct RequestGuard(Rc<Core>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}

@@ -1,0 +1,214 @@
+//! ringgate: a thread-per-core gateway in front of a multi-tenant PostgreSQL platform.
+//!
+//! This crate is the binary's library: it owns serving (one monoio runtime per core, each
+//! with its own SO_REUSEPORT listener), HTTP/1.1, routing, configuration from the
+//! environment, metrics and graceful shutdown. Pools, discovery and TLS loading live in the
+//! `ringgate-pool`, `ringgate-discovery` and `ringgate-tls` crates.
+//!
+//! [`Gateway::start`] binds the listeners and starts the cores; tests drive it in-process
+//! the same way `main` does.
+//!
+//! # Layout
+//! - [`config`]: environment variables, `--help`.
+//! - [`rt`]: driver choice (io_uring or epoll), runtimes, CPU pinning.
+//! - [`server`]: listeners, accept loops, the per-core control loop.
+//! - [`conn`]: one client connection: HTTP/1.1 keep-alive, limits, timeouts.
+//! - [`http`]: request head parsing, body framing, response encoding.
+//! - [`router`]: routes and handlers.
+//! - [`metrics`]: per-core Prometheus metrics.
+//! - [`shutdown`]: signals and the drain.
+//! - [`error`]: request errors and their HTTP mapping.
+#![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod conn;
+pub mod core;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod request_id;
+pub mod router;
+pub mod rt;
+pub mod server;
+pub mod shutdown;
+
+use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
+
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    metrics::Registry,
+    rt::Driver,
+    server::{bind_reuseport, Control, CoreListeners, CoreReport},
+};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] ringgate_tls::Error),
+    /// No runtime could be built.
+    #[error(transparent)]
+    Runtime(#[from] rt::RtError),
+    /// A core thread could not be spawned.
+    #[error("cannot spawn core thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running gateway: its cores, their control channels and the bound addresses.
+#[derive(Debug)]
+pub struct Gateway {
+    cores: Vec<(flume::Sender<Control>, JoinHandle<CoreReport>)>,
+    certs: Option<ringgate_tls::CertStore>,
+    registry: Arc<Registry>,
+    driver: Driver,
+    plain_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+}
+
+/// How the drain ended, summed over cores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DrainReport {
+    /// Requests cut off by the drain timeout.
+    pub cut_requests: usize,
+    /// Connections still open at the drain timeout.
+    pub cut_connections: usize,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Binds the listeners, loads TLS, and starts one runtime thread per core.
+    pub fn start(config: Config) -> Result<Self, StartError> {
+        let config = Arc::new(config);
+        let driver = rt::select_driver(config.driver)?;
+        let n = config.workers;
+        let certs = match &config.tls {
+            Some(t) => Some(ringgate_tls::CertStore::try_new(&t.cert, &t.key)?),
+            None => None,
+        };
+        let bind = |addr: SocketAddr| {
+            bind_reuseport(addr, n).map_err(|source| StartError::Bind { addr, source })
+        };
+        let mut plain = config.listen.map(bind).transpose()?.unwrap_or_default();
+        let mut tls = config
+            .tls
+            .as_ref()
+            .map(|t| bind(t.addr))
+            .transpose()?
+            .unwrap_or_default();
+        let plain_addr = plain.first().and_then(|l| l.local_addr().ok());
+        let tls_addr = tls.first().and_then(|l| l.local_addr().ok());
+        let registry = Registry::new(n, driver.label());
+        let mut cores = Vec::with_capacity(n);
+        for id in (0..n).rev() {
+            let listeners = CoreListeners {
+                plain: plain.pop(),
+                tls: tls.pop(),
+            };
+            let (tx, rx) = flume::unbounded();
+            if let Some(store) = &certs {
+                let _ = tx.send(Control::Tls(store.current()));
+            }
+            let (config, registry) = (config.clone(), registry.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("ringgate-core-{id}"))
+                .spawn(move || {
+                    if config.pin_cores {
+                        rt::pin_to_cpu(id);
+                    }
+                    let run = rt::block_on(driver, || {
+                        let core = core::Core::new(id, driver, config, registry);
+                        server::run_core(core, listeners, rx)
+                    });
+                    run.unwrap_or_else(|error| {
+                        error!(core = id, %error, "core runtime failed to start");
+                        CoreReport::default()
+                    })
+                })
+                .map_err(StartError::Thread)?;
+            cores.push((tx, handle));
+        }
+        cores.reverse();
+        if let Some(a) = plain_addr {
+            info!(addr = %a, cores = n, driver = driver.label(), "listening (http)");
+        }
+        if let Some(a) = tls_addr {
+            info!(addr = %a, cores = n, driver = driver.label(), "listening (https)");
+        }
+        Ok(Self {
+            cores,
+            certs,
+            registry,
+            driver,
+            plain_addr,
+            tls_addr,
+        })
+    }
+
+    /// The plain HTTP address, when listening.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
+    }
+
+    /// The HTTPS address, when listening.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The driver every core runs.
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// All cores' metrics.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Re-reads the TLS files and hands the new config to every core. On failure the old
+    /// certificate stays in service.
+    pub fn reload_tls(&mut self) -> Result<(), ringgate_tls::Error> {
+        let Some(store) = self.certs.as_mut() else {
+            return Ok(());
+        };
+        let result = store.reload();
+        self.registry.tls_reloaded(result.is_ok());
+        let config = result?;
+        for (tx, _) in &self.cores {
+            let _ = tx.send(Control::Tls(config.clone()));
+        }
+        Ok(())
+    }
+
+    /// Drains every core and waits for them: listeners close at once, requests in flight
+    /// finish (up to the drain timeout), idle connections close.
+    pub fn drain(self) -> DrainReport {
+        self.registry.set_draining();
+        for (tx, _) in &self.cores {
+            let _ = tx.send(Control::Drain);
+        }
+        let mut report = DrainReport::default();
+        for (_, handle) in self.cores {
+            match handle.join() {
+                Ok(r) => {
+                    report.cut_requests += r.cut_requests;
+                    report.cut_connections += r.cut_connections;
+                }
+                Err(_) => warn!("a core thread panicked during drain"),
+            }
+        }
+        report
+    }
+}

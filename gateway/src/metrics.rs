@@ -1,0 +1,375 @@
+//! Prometheus metrics, kept per core.
+//!
+//! Each core writes only its own [`CoreMetrics`] (relaxed atomics on a cache line of its
+//! own), so counting costs no contention; `/metrics` on any core reads every core's set and
+//! renders them with a `core` label.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+/// The routes requests are counted under. Bounded, so label cardinality is too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /health`.
+    Health,
+    /// `GET /ready`.
+    Ready,
+    /// `GET /metrics`.
+    Metrics,
+    /// No route matched.
+    NotFound,
+    /// The request could not be parsed or broke a limit.
+    Rejected,
+}
+
+impl Route {
+    /// Every route, in label order.
+    pub const ALL: [Route; 5] = [
+        Route::Health,
+        Route::Ready,
+        Route::Metrics,
+        Route::NotFound,
+        Route::Rejected,
+    ];
+
+    /// The `route` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Ready => "ready",
+            Route::Metrics => "metrics",
+            Route::NotFound => "not_found",
+            Route::Rejected => "rejected",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Status codes counted individually; anything else is counted as `other`.
+const STATUSES: [u16; 22] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 414, 422, 429, 431, 500, 501, 502, 503,
+    504, 505, 507,
+];
+const N_STATUS: usize = STATUSES.len() + 1;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+const N_BUCKET: usize = BUCKETS.len() + 1;
+
+fn status_index(code: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|&s| s == code)
+        .unwrap_or(STATUSES.len())
+}
+
+/// One core's counters. Written only by that core.
+#[repr(align(128))]
+#[derive(Debug)]
+pub struct CoreMetrics {
+    requests: [[AtomicU64; N_STATUS]; Route::ALL.len()],
+    latency_buckets: [[AtomicU64; N_BUCKET]; Route::ALL.len()],
+    latency_sum_us: [AtomicU64; Route::ALL.len()],
+    connections_open: AtomicU64,
+    connections_total: AtomicU64,
+    connections_rejected: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    requests_cut: AtomicU64,
+}
+
+impl Default for CoreMetrics {
+    fn default() -> Self {
+        Self {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency_sum_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections_open: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_rejected: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            requests_cut: AtomicU64::new(0),
+        }
+    }
+}
+
+// === impl CoreMetrics ===
+
+impl CoreMetrics {
+    /// Counts one finished request.
+    pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
+        let r = route.index();
+        self.requests[r][status_index(status)].fetch_add(1, Relaxed);
+        let secs = elapsed.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BUCKETS.len());
+        self.latency_buckets[r][b].fetch_add(1, Relaxed);
+        self.latency_sum_us[r].fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// A connection was accepted and is being served.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Relaxed);
+        self.connections_total.fetch_add(1, Relaxed);
+    }
+
+    /// A served connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// A connection was refused because the core is at its connection limit.
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.fetch_add(1, Relaxed);
+    }
+
+    /// A TLS handshake failed.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Requests still in flight when the drain deadline passed.
+    pub fn requests_cut(&self, n: u64) {
+        self.requests_cut.fetch_add(n, Relaxed);
+    }
+
+    /// Currently open connections.
+    pub fn open_connections(&self) -> u64 {
+        self.connections_open.load(Relaxed)
+    }
+
+    /// Requests counted for `route` and `status` so far.
+    pub fn requests(&self, route: Route, status: u16) -> u64 {
+        self.requests[route.index()][status_index(status)].load(Relaxed)
+    }
+}
+
+/// A per-core metric: name, type, help and how to read it.
+type PerCoreMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CoreMetrics) -> u64,
+);
+
+/// Every core's metrics plus process-wide state, shared read-only between cores.
+#[derive(Debug)]
+pub struct Registry {
+    cores: Vec<CoreMetrics>,
+    driver: &'static str,
+    draining: AtomicBool,
+    tls_reloads: AtomicU64,
+    tls_reload_failures: AtomicU64,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// A registry for `cores` cores running `driver` (`io_uring` or `epoll`).
+    pub fn new(cores: usize, driver: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            driver,
+            draining: AtomicBool::new(false),
+            tls_reloads: AtomicU64::new(0),
+            tls_reload_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Core `n`'s metrics.
+    pub fn core(&self, n: usize) -> &CoreMetrics {
+        &self.cores[n]
+    }
+
+    /// Marks the process as draining.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
+    /// Counts a TLS reload attempt.
+    pub fn tls_reloaded(&self, ok: bool) {
+        if ok {
+            &self.tls_reloads
+        } else {
+            &self.tls_reload_failures
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Renders every metric in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let _ = self.render_into(&mut out);
+        out
+    }
+
+    fn render_into(&self, o: &mut String) -> std::fmt::Result {
+        writeln!(
+            o,
+            "# HELP ringgate_build_info Build information.\n# TYPE ringgate_build_info gauge"
+        )?;
+        writeln!(
+            o,
+            "ringgate_build_info{{version=\"{}\",driver=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            self.driver
+        )?;
+        writeln!(o, "# HELP ringgate_draining 1 while the process drains after SIGTERM.\n# TYPE ringgate_draining gauge")?;
+        writeln!(o, "ringgate_draining {}", self.draining.load(Relaxed) as u8)?;
+        writeln!(
+            o,
+            "# HELP ringgate_http_requests_total HTTP requests served, by core, route and status."
+        )?;
+        writeln!(o, "# TYPE ringgate_http_requests_total counter")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            for route in Route::ALL {
+                for (s, n) in m.requests[route.index()].iter().enumerate() {
+                    let n = n.load(Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let status = STATUSES
+                        .get(s)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "other".into());
+                    writeln!(o, "ringgate_http_requests_total{{core=\"{c}\",route=\"{}\",status=\"{status}\"}} {n}", route.label())?;
+                }
+            }
+        }
+        writeln!(o, "# HELP ringgate_http_request_duration_seconds Time from a complete request head to the response written.")?;
+        writeln!(o, "# TYPE ringgate_http_request_duration_seconds histogram")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            for route in Route::ALL {
+                let r = route.index();
+                let counts: Vec<u64> = m.latency_buckets[r]
+                    .iter()
+                    .map(|b| b.load(Relaxed))
+                    .collect();
+                let total: u64 = counts.iter().sum();
+                if total == 0 {
+                    continue;
+                }
+                let labels = format!("core=\"{c}\",route=\"{}\"", route.label());
+                let mut cumulative = 0;
+                for (i, le) in BUCKETS.iter().enumerate() {
+                    cumulative += counts[i];
+                    writeln!(o, "ringgate_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}")?;
+                }
+                writeln!(
+                    o,
+                    "ringgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+                )?;
+                let sum = m.latency_sum_us[r].load(Relaxed) as f64 / 1e6;
+                writeln!(
+                    o,
+                    "ringgate_http_request_duration_seconds_sum{{{labels}}} {sum}"
+                )?;
+                writeln!(
+                    o,
+                    "ringgate_http_request_duration_seconds_count{{{labels}}} {total}"
+                )?;
+            }
+        }
+        let gauges: [PerCoreMetric; 5] = [
+            (
+                "ringgate_connections_open",
+                "gauge",
+                "Client connections open.",
+                |m| m.connections_open.load(Relaxed),
+            ),
+            (
+                "ringgate_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                |m| m.connections_total.load(Relaxed),
+            ),
+            (
+                "ringgate_connections_rejected_total",
+                "counter",
+                "Connections refused at the per-core limit.",
+                |m| m.connections_rejected.load(Relaxed),
+            ),
+            (
+                "ringgate_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed.",
+                |m| m.tls_handshake_failures.load(Relaxed),
+            ),
+            (
+                "ringgate_drain_requests_cut_total",
+                "counter",
+                "Requests cut off by the drain deadline.",
+                |m| m.requests_cut.load(Relaxed),
+            ),
+        ];
+        for (name, kind, help, get) in gauges {
+            writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+            for (c, m) in self.cores.iter().enumerate() {
+                writeln!(
+                    o,
+                    "{name}{{core=\"{c}\",driver=\"{}\"}} {}",
+                    self.driver,
+                    get(m)
+                )?;
+            }
+        }
+        writeln!(o, "# HELP ringgate_tls_reloads_total Certificate reloads, by result.\n# TYPE ringgate_tls_reloads_total counter")?;
+        writeln!(
+            o,
+            "ringgate_tls_reloads_total{{result=\"ok\"}} {}",
+            self.tls_reloads.load(Relaxed)
+        )?;
+        writeln!(
+            o,
+            "ringgate_tls_reloads_total{{result=\"error\"}} {}",
+            self.tls_reload_failures.load(Relaxed)
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges_per_core() {
+        let reg = Registry::new(2, "epoll");
+        reg.core(1)
+            .observe(Route::Health, 200, Duration::from_micros(300));
+        reg.core(1)
+            .observe(Route::NotFound, 404, Duration::from_millis(2));
+        reg.core(0)
+            .observe(Route::Rejected, 418, Duration::from_millis(2));
+        reg.core(0).connection_opened();
+        let text = reg.render();
+        assert!(
+            text.contains(
+                "ringgate_http_requests_total{core=\"1\",route=\"health\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "ringgate_http_requests_total{core=\"0\",route=\"rejected\",status=\"other\"} 1"
+        ));
+        assert!(text.contains("ringgate_http_request_duration_seconds_bucket{core=\"1\",route=\"health\",le=\"0.00025\"} 0"));
+        assert!(text.contains("ringgate_http_request_duration_seconds_bucket{core=\"1\",route=\"health\",le=\"0.0005\"} 1"));
+        assert!(text.contains(
+            "ringgate_http_request_duration_seconds_count{core=\"1\",route=\"not_found\"} 1"
+        ));
+        assert!(text.contains("ringgate_connections_open{core=\"0\",driver=\"epoll\"} 1"));
+        assert!(text.contains("ringgate_connections_open{core=\"1\",driver=\"epoll\"} 0"));
+    }
+}

@@ -1,0 +1,80 @@
+//! Routes a complete request to its handler.
+//!
+//! ringgate's own endpoints: `GET /health` (liveness), `GET /ready` (503 while draining),
+//! `GET /metrics` (Prometheus text). Anything else is a JSON 404.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+
+use crate::{core::Core, error::error_response, http::Response, metrics::Route};
+
+/// A complete request: head and buffered body.
+#[derive(Debug)]
+pub struct Request {
+    /// Method, URI, version, headers.
+    pub head: http::request::Parts,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// Handles `req` on `core`; returns the route it was counted under and the response.
+pub async fn route(core: &Core, req: &Request) -> (Route, Response) {
+    let path = req.head.uri.path();
+    let (route, response) = match path {
+        "/health" => (
+            Route::Health,
+            only_get(req, || {
+                Response::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }),
+        ),
+        "/ready" => (Route::Ready, only_get(req, || ready(core))),
+        "/metrics" => (
+            Route::Metrics,
+            only_get(req, || {
+                Response::new(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    core.registry.render(),
+                )
+            }),
+        ),
+        _ => (
+            Route::NotFound,
+            error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {} {}", req.head.method, path),
+            ),
+        ),
+    };
+    (route, response)
+}
+
+fn ready(core: &Core) -> Response {
+    if core.drain.is_draining() {
+        Response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "draining"}),
+        )
+    } else {
+        Response::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    }
+}
+
+/// Runs `f` for GET and HEAD; anything else gets 405 with `Allow`.
+fn only_get(req: &Request, f: impl FnOnce() -> Response) -> Response {
+    if req.head.method == Method::GET || req.head.method == Method::HEAD {
+        f()
+    } else {
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!(
+                "{} is not allowed on {}",
+                req.head.method,
+                req.head.uri.path()
+            ),
+        )
+        .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))
+    }
+}

@@ -1,0 +1,175 @@
+//! Listeners and the per-core event loop: accept, hand connections to [`conn::serve`],
+//! apply control messages (drain, TLS reload), and drain.
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
+
+use monoio::{
+    io::AsyncWriteRentExt,
+    net::{TcpListener, TcpStream},
+    time::{sleep, timeout, Instant},
+};
+use monoio_rustls::TlsAcceptor;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{conn, core::Core};
+
+/// Listen backlog per socket.
+const BACKLOG: i32 = 4096;
+
+/// A message from the main thread to a core.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop accepting and drain.
+    Drain,
+    /// Serve this TLS config from now on (existing connections keep theirs).
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+/// The listening sockets of one core.
+#[derive(Debug, Default)]
+pub struct CoreListeners {
+    /// Plain HTTP.
+    pub plain: Option<StdListener>,
+    /// HTTPS.
+    pub tls: Option<StdListener>,
+}
+
+/// How a core's drain ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoreReport {
+    /// Requests still in flight when the drain timeout passed.
+    pub cut_requests: usize,
+    /// Connections still open then.
+    pub cut_connections: usize,
+}
+
+/// Binds `n` SO_REUSEPORT sockets to `addr`; with port 0, all share the first's port.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<StdListener>> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let listener: StdListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Runs one core until it is told to drain and has drained (or the drain timeout passed).
+pub async fn run_core(
+    core: Rc<Core>,
+    listeners: CoreListeners,
+    control: flume::Receiver<Control>,
+) -> CoreReport {
+    if let Some(l) = listeners.plain {
+        monoio::spawn(accept_loop(core.clone(), l, false));
+    }
+    if let Some(l) = listeners.tls {
+        monoio::spawn(accept_loop(core.clone(), l, true));
+    }
+    // A closed channel (the main thread is gone) drains too.
+    while let Ok(Control::Tls(config)) = control.recv_async().await {
+        *core.tls.borrow_mut() = Some(TlsAcceptor::from(config));
+        debug!(core = core.id, "TLS config swapped");
+    }
+    core.drain.start();
+    let deadline = Instant::now() + core.config.drain_timeout;
+    while core.connections() > 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let report = CoreReport {
+        cut_requests: core.in_flight(),
+        cut_connections: core.connections(),
+    };
+    core.metrics().requests_cut(report.cut_requests as u64);
+    report
+}
+
+async fn accept_loop(core: Rc<Core>, listener: StdListener, tls: bool) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            warn!(core = core.id, %error, "cannot register listener");
+            return;
+        }
+    };
+    let max = core.config.http.max_connections_per_core;
+    loop {
+        let accepted = monoio::select! {
+            biased;
+            _ = core.drain.signaled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                warn!(core = core.id, %error, "accept failed");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if core.connections() >= max {
+            core.metrics().connection_rejected();
+            monoio::spawn(refuse_busy(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let guard = core.track_connection();
+        let span = info_span!("conn", core = core.id, %peer, tls);
+        let core = core.clone();
+        monoio::spawn(
+            async move {
+                let _guard = guard;
+                if tls {
+                    serve_tls(core, stream).await;
+                } else {
+                    conn::serve(core, stream).await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    info!(core = core.id, tls, "listener closed");
+}
+
+async fn serve_tls(core: Rc<Core>, stream: TcpStream) {
+    let Some(acceptor) = core.tls.borrow().clone() else {
+        return;
+    };
+    match timeout(
+        core.config.http.header_read_timeout,
+        acceptor.accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => conn::serve(core, tls).await,
+        Ok(Err(error)) => {
+            core.metrics().tls_handshake_failed();
+            debug!(%error, "TLS handshake failed");
+        }
+        Err(_) => {
+            core.metrics().tls_handshake_failed();
+            debug!("TLS handshake timed out");
+        }
+    }
+}
+
+/// Tells a client over the connection limit to come back later, and closes.
+async fn refuse_busy(mut stream: TcpStream) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 69\r\n\r\n{\"code\":\"too_many_connections\",\"message\":\"connection limit reached\"}\n";
+    let _ = timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+}
