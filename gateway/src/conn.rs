@@ -6,6 +6,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use monoio::{
+    buf::IoBufMut,
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
     time::{sleep_until, timeout, Duration, Instant},
 };
@@ -227,11 +228,14 @@ impl Conn {
     ) -> Fill {
         let mut buf = std::mem::take(&mut self.buf);
         buf.reserve(want);
+        // monoio reads into a buffer from its start: read into the spare tail instead.
+        let len = buf.len();
+        let tail = buf.slice_mut(len..);
         let drain = self.core.drain.clone();
         monoio::select! {
             biased;
-            (res, buf) = io.read(buf) => {
-                self.buf = buf;
+            (res, tail) = io.read(tail) => {
+                self.buf = tail.into_inner();
                 match res {
                     Ok(0) => Fill::Eof,
                     Ok(_) => Fill::Data,
