@@ -1,5 +1,39 @@
-//! Per-core tenant pools of PostgreSQL connections and replica-aware routing.
+//! Per-core tenant pools of PostgreSQL connections, and replica-aware routing.
 //!
-//! Not yet built: see issue 4.
+//! This crate owns every PostgreSQL connection ringgate makes. Each core has one [`Shard`]:
+//! a bounded cache of tenant pools keyed by (tenant, database, role, node), a share of the
+//! connection budget, and the current [`Topology`](ringgate_discovery::Topology) to route
+//! by. Connections are tokio-postgres clients built on the core's own monoio runtime (no
+//! tokio runtime anywhere), managed by deadpool.
+//!
+//! It does not learn the topology (that is `ringgate-discovery`'s) nor speak HTTP.
+//!
+//! # Layout
+//! - [`config`]: limits and timeouts, with documented defaults.
+//! - [`conn`]: the only module doing socket I/O: connect, statement cache.
+//! - [`manager`]: deadpool's `Manager` for connections on the local runtime.
+//! - [`tenant`]: one tenant pool on one node.
+//! - [`lru`]: the bounded pool cache and idle expiry.
+//! - [`route`]: which member serves a read or a write.
+//! - [`shard`]: one core's pools, budget and topology.
+//! - [`url`]: `postgres://` URLs for the fixed topology.
+//! - [`error`]: what can go wrong, by kind.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod lru;
+pub mod manager;
+pub mod route;
+pub mod shard;
+pub mod tenant;
+pub mod url;
+
+pub use config::Config;
+pub use conn::{Credentials, PgConn};
+pub use error::{Error, TimeoutKind};
+pub use route::Intent;
+pub use shard::{Checkout, Shard, ShardStats};
+pub use tenant::PoolKey;

@@ -1,0 +1,188 @@
+//! Server connections on the core's own monoio runtime. The only module doing socket I/O.
+//!
+//! A monoio TCP stream is turned into a tokio-compatible one (`poll-io`), handed to
+//! tokio-postgres' `connect_raw`, and the connection task is spawned with `monoio::spawn`,
+//! so no tokio runtime is involved.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use monoio::io::IntoPollIo;
+use tokio_postgres::{Client, NoTls, Statement};
+use tracing::debug;
+
+use crate::error::Error;
+
+/// Role and password a tenant connects with, and its database.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// Database name.
+    pub database: String,
+    /// Role name.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where and as whom a pool connects.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Node name, for errors and metrics.
+    pub node: String,
+    /// Credentials.
+    pub credentials: Credentials,
+    /// `application_name`, so connections can be told apart in `pg_stat_activity`.
+    pub application_name: String,
+    /// Connect plus startup timeout.
+    pub connect_timeout: Duration,
+    /// Prepared statements kept per connection.
+    pub statement_cache: usize,
+}
+
+/// Counts server connections against one core's budget for one node.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` connections.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes one connection's worth, or `None` at the limit.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        // Only the owning core touches this counter; atomics just keep the type Send.
+        let used = self.used.load(Relaxed);
+        if used >= self.limit {
+            return None;
+        }
+        self.used.store(used + 1, Relaxed);
+        Some(Permit(self.clone()))
+    }
+
+    /// Connections currently counted.
+    pub fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// One connection's share of a [`Budget`], returned on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<Budget>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A server connection with its prepared-statement cache.
+#[derive(Debug)]
+pub struct PgConn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    statement_cache: usize,
+    _permit: Permit,
+}
+
+// === impl PgConn ===
+
+impl PgConn {
+    /// The tokio-postgres client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Prepares `sql` once per connection and reuses the statement afterwards.
+    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        if self.statements.len() >= self.statement_cache {
+            // Simple and bounded: start over rather than track recency per statement.
+            self.statements.clear();
+        }
+        if self.statement_cache > 0 {
+            self.statements.insert(sql.to_string(), statement.clone());
+        }
+        Ok(statement)
+    }
+
+    /// Statements cached on this connection.
+    pub fn cached_statements(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Whether the server side is gone.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// Opens a connection to `target` on the current monoio runtime, counted against `permit`.
+pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
+    let addr = target.addr;
+    let setup = async {
+        let stream = monoio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| Error::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let stream = stream
+            .into_poll_io()
+            .map_err(|source| Error::Connect { addr, source })?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .dbname(&target.credentials.database)
+            .user(&target.credentials.user)
+            .password(&target.credentials.password)
+            .application_name(&target.application_name);
+        let (client, connection) = config.connect_raw(stream, NoTls).await?;
+        Ok::<_, Error>((client, connection))
+    };
+    let (client, connection) = match monoio::time::timeout(target.connect_timeout, setup).await {
+        Ok(r) => r?,
+        Err(_) => return Err(Error::ConnectTimeout { addr }),
+    };
+    let node = target.node.clone();
+    monoio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%error, node, "server connection ended");
+        }
+    });
+    Ok(PgConn {
+        client,
+        statements: HashMap::new(),
+        statement_cache: target.statement_cache,
+        _permit: permit,
+    })
+}

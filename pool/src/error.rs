@@ -1,0 +1,80 @@
+//! Pool errors: each says which limit, tenant or node was involved.
+
+use std::net::SocketAddr;
+
+/// What timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// Waiting for a free connection in an exhausted pool.
+    Wait,
+    /// Opening a new server connection.
+    Connect,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The tenant's pool stayed exhausted for the whole wait timeout.
+    #[error("tenant {tenant:?} is at its limit of {limit} connections to {node} on this core; waited {waited_ms} ms")]
+    Exhausted {
+        /// The tenant.
+        tenant: String,
+        /// The node.
+        node: String,
+        /// This core's share of the tenant limit.
+        limit: usize,
+        /// How long the request waited.
+        waited_ms: u64,
+    },
+    /// Opening a connection timed out.
+    #[error("connecting to {addr} timed out")]
+    ConnectTimeout {
+        /// The server.
+        addr: SocketAddr,
+    },
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server refused the startup (authentication, unknown database...) or a query
+    /// failed.
+    #[error("{0}")]
+    Backend(#[from] tokio_postgres::Error),
+    /// Every connection ringgate may open to this node on this core is in use.
+    #[error("connection budget of {limit} to {node} on this core is used up")]
+    Budget {
+        /// The node.
+        node: String,
+        /// This core's share of the global limit.
+        limit: usize,
+    },
+    /// The topology names no leader for a write.
+    #[error("no primary is known")]
+    NoPrimary,
+    /// The pool was closed (evicted, or its node left the topology).
+    #[error("pool closed")]
+    Closed,
+}
+
+impl Error {
+    /// The timeout kind, for errors that are timeouts.
+    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
+        match self {
+            Error::Exhausted { .. } => Some(TimeoutKind::Wait),
+            Error::ConnectTimeout { .. } => Some(TimeoutKind::Connect),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE when the server answered with an error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Backend(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}

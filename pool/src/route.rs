@@ -1,0 +1,111 @@
+//! Which member serves a request: writes to the leader only; reads to a healthy replica
+//! within the lag bound with the fewest outstanding requests, else the leader.
+
+use ringgate_discovery::{Member, Topology};
+
+/// What a request will do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Read-only: may run on a replica.
+    Read,
+    /// May write: only the leader.
+    Write,
+}
+
+/// Picks the member for `intent`. `outstanding(name)` is this core's count of requests in
+/// flight on a member. `None` when no member fits (a write with no leader, or nothing at all).
+pub fn choose(
+    topology: &Topology,
+    intent: Intent,
+    max_lag: u64,
+    outstanding: impl Fn(&str) -> usize,
+) -> Option<&Member> {
+    match intent {
+        Intent::Write => topology.leader.as_ref(),
+        Intent::Read => topology
+            .replicas
+            .iter()
+            .filter(|r| r.healthy && r.lag_bytes.is_none_or(|lag| lag <= max_lag))
+            .min_by_key(|r| outstanding(&r.name))
+            .or(topology.leader.as_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use ringgate_discovery::Role;
+
+    use super::*;
+
+    fn member(name: &str, role: Role, healthy: bool, lag: Option<u64>) -> Member {
+        Member {
+            name: name.into(),
+            addr: "127.0.0.1:5432".parse().unwrap(),
+            host: "h".into(),
+            role,
+            healthy,
+            lag_bytes: lag,
+            timeline: Some(1),
+        }
+    }
+
+    fn topo(replicas: Vec<Member>, leader: bool) -> Topology {
+        Topology {
+            epoch: 1,
+            leader: leader.then(|| member("pg1", Role::Leader, true, None)),
+            replicas,
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn writes_go_to_the_leader_only() {
+        let t = topo(vec![member("pg2", Role::Replica, true, Some(0))], true);
+        assert_eq!(choose(&t, Intent::Write, 100, |_| 0).unwrap().name, "pg1");
+        let t = topo(vec![member("pg2", Role::Replica, true, Some(0))], false);
+        assert!(choose(&t, Intent::Write, 100, |_| 0).is_none());
+    }
+
+    #[test]
+    fn reads_prefer_fit_replicas_with_fewest_outstanding() {
+        let t = topo(
+            vec![
+                member("pg2", Role::Replica, true, Some(10)),
+                member("pg3", Role::Replica, true, Some(0)),
+            ],
+            true,
+        );
+        let load = HashMap::from([("pg2", 1), ("pg3", 5)]);
+        assert_eq!(
+            choose(&t, Intent::Read, 100, |n| load[n]).unwrap().name,
+            "pg2"
+        );
+        let load = HashMap::from([("pg2", 5), ("pg3", 1)]);
+        assert_eq!(
+            choose(&t, Intent::Read, 100, |n| load[n]).unwrap().name,
+            "pg3"
+        );
+    }
+
+    #[test]
+    fn lagging_or_unhealthy_replicas_fall_back_to_the_leader() {
+        let t = topo(
+            vec![
+                member("pg2", Role::Replica, true, Some(1000)),
+                member("pg3", Role::Replica, false, Some(0)),
+            ],
+            true,
+        );
+        assert_eq!(choose(&t, Intent::Read, 100, |_| 0).unwrap().name, "pg1");
+        // Unknown lag (a fixed READ_REPLICA_URL) counts as fit.
+        let t = topo(vec![member("replica", Role::Replica, true, None)], true);
+        assert_eq!(
+            choose(&t, Intent::Read, 100, |_| 0).unwrap().name,
+            "replica"
+        );
+        // No replicas and no leader: nothing.
+        assert!(choose(&topo(vec![], false), Intent::Read, 100, |_| 0).is_none());
+    }
+}

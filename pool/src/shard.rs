@@ -1,0 +1,357 @@
+//! One core's pools: the pool cache, this core's share of the budgets, the topology it
+//! routes by, and per-member outstanding counts. Owned by the core; nothing here is locked.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    rc::Rc,
+    sync::Arc,
+};
+
+use deadpool::managed::Object;
+use monoio::time::Instant;
+use ringgate_discovery::{Member, Role, Topology};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{core_share, Config},
+    conn::{Budget, Credentials, PgConn, Target},
+    error::Error,
+    lru::PoolCache,
+    manager::PgManager,
+    route::{self, Intent},
+    tenant::{PoolKey, TenantPool},
+};
+
+/// Counters describing one shard, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Pools cached now.
+    pub pools: usize,
+    /// Server connections open now (all pools).
+    pub connections: usize,
+    /// Connections checked out now.
+    pub in_use: usize,
+    /// Pools evicted for capacity.
+    pub evicted_capacity: u64,
+    /// Pools closed after the idle TTL.
+    pub evicted_idle: u64,
+    /// Pools closed because their node left or changed role.
+    pub evicted_topology: u64,
+    /// Idle connections closed beyond the warm minimum.
+    pub trimmed_connections: u64,
+    /// Checkouts that timed out waiting.
+    pub wait_timeouts: u64,
+}
+
+/// Requests in flight per member on this core.
+type Outstanding = Rc<RefCell<HashMap<String, usize>>>;
+
+/// One core's tenant pools.
+pub struct Shard {
+    core: usize,
+    cores: usize,
+    config: Config,
+    cache: RefCell<PoolCache>,
+    topology: RefCell<Arc<Topology>>,
+    budgets: RefCell<HashMap<String, Arc<Budget>>>,
+    outstanding: Outstanding,
+    on_stale: RefCell<Option<Box<dyn Fn()>>>,
+    stats: Cell<ShardStats>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("core", &self.core)
+            .field("pools", &self.cache.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Shard ===
+
+impl Shard {
+    /// Core `core` of `cores`, routing by `topology`.
+    pub fn new(core: usize, cores: usize, config: Config, topology: Arc<Topology>) -> Rc<Self> {
+        Rc::new(Self {
+            core,
+            cores,
+            cache: RefCell::new(PoolCache::new(config.max_tenant_pools)),
+            config,
+            topology: RefCell::new(topology),
+            budgets: RefCell::new(HashMap::new()),
+            outstanding: Rc::default(),
+            on_stale: RefCell::new(None),
+            stats: Cell::new(ShardStats::default()),
+        })
+    }
+
+    /// The topology routed by now.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology.borrow().clone()
+    }
+
+    /// Called when a supposed primary turns out read-only, to ask for re-resolution.
+    pub fn on_stale(&self, f: impl Fn() + 'static) {
+        *self.on_stale.borrow_mut() = Some(Box::new(f));
+    }
+
+    /// This core's share of one tenant's connection limit per node.
+    pub fn tenant_limit(&self) -> usize {
+        core_share(self.config.max_per_tenant, self.cores, self.core)
+    }
+
+    /// Checks out a connection for `tenant` on the member `intent` routes to.
+    pub async fn checkout(
+        self: &Rc<Self>,
+        tenant: &str,
+        credentials: &Credentials,
+        intent: Intent,
+    ) -> Result<Checkout, Error> {
+        let topology = self.topology();
+        let member = {
+            let outstanding = self.outstanding.borrow();
+            route::choose(&topology, intent, self.config.max_replica_lag, |n| {
+                outstanding.get(n).copied().unwrap_or(0)
+            })
+            .cloned()
+            .ok_or(Error::NoPrimary)?
+        };
+        let pool = self.pool_for(tenant, credentials, &member);
+        let guard = OutstandingGuard::new(&self.outstanding, &member.name);
+        let conn = pool.get(self.config.wait_timeout).await.inspect_err(|e| {
+            if matches!(e, Error::Exhausted { .. }) {
+                self.bump(|s| s.wait_timeouts += 1);
+            }
+        })?;
+        Ok(Checkout {
+            conn,
+            node: member.name,
+            role: member.role,
+            _guard: guard,
+        })
+    }
+
+    /// The cached pool for this tenant on `member`, created (and cached) when missing or
+    /// when the credentials changed.
+    fn pool_for(&self, tenant: &str, credentials: &Credentials, member: &Member) -> Rc<TenantPool> {
+        let key = PoolKey {
+            tenant: tenant.to_string(),
+            database: credentials.database.clone(),
+            role: credentials.user.clone(),
+            node: member.name.clone(),
+        };
+        let mut cache = self.cache.borrow_mut();
+        if let Some(pool) = cache.get(&key) {
+            if pool.credentials() == credentials && !pool.is_closed() {
+                return pool;
+            }
+            if let Some(old) = cache.remove(&key) {
+                old.close();
+            }
+        }
+        let target = Target {
+            addr: member.addr,
+            node: member.name.clone(),
+            credentials: credentials.clone(),
+            application_name: format!("ringgate/{tenant}/core{}", self.core),
+            connect_timeout: self.config.connect_timeout,
+            statement_cache: self.config.statement_cache,
+        };
+        let budget = self
+            .budgets
+            .borrow_mut()
+            .entry(member.name.clone())
+            .or_insert_with(|| {
+                Budget::new(core_share(self.config.max_total, self.cores, self.core))
+            })
+            .clone();
+        let pool = Rc::new(TenantPool::new(
+            key,
+            target,
+            budget,
+            self.tenant_limit(),
+            self.config.ping_after_idle,
+        ));
+        let evicted = cache.insert(pool.clone());
+        drop(cache);
+        if !evicted.is_empty() {
+            debug!(
+                core = self.core,
+                evicted = evicted.len(),
+                "tenant pools evicted for capacity"
+            );
+            self.bump(|s| s.evicted_capacity += evicted.len() as u64);
+            for p in evicted {
+                p.close();
+            }
+        }
+        pool
+    }
+
+    /// Adopts a new topology: pools on members that left or changed role are closed (they
+    /// take no new requests; in-use connections finish and are dropped).
+    pub fn set_topology(&self, topology: Arc<Topology>) {
+        let roles: HashMap<&str, Role> = topology
+            .members()
+            .map(|m| (m.name.as_str(), m.role))
+            .collect();
+        let old = self.topology.replace(topology.clone());
+        let old_roles: HashMap<&str, Role> =
+            old.members().map(|m| (m.name.as_str(), m.role)).collect();
+        let old_addrs: HashMap<&str, _> =
+            old.members().map(|m| (m.name.as_str(), m.addr)).collect();
+        let changed = |k: &PoolKey| {
+            let now = roles.get(k.node.as_str());
+            now.is_none()
+                || now != old_roles.get(k.node.as_str())
+                || topology.member(&k.node).map(|m| m.addr)
+                    != old_addrs.get(k.node.as_str()).copied()
+        };
+        let closed = self.cache.borrow_mut().remove_where(changed);
+        if !closed.is_empty() {
+            info!(
+                core = self.core,
+                pools = closed.len(),
+                epoch = topology.epoch,
+                "closing pools on members that left or changed role"
+            );
+            self.bump(|s| s.evicted_topology += closed.len() as u64);
+        }
+        for p in closed {
+            p.close();
+        }
+    }
+
+    /// A supposed primary answered "read-only transaction" (25006): distrust the topology
+    /// until the source re-resolves it.
+    pub fn report_read_only(&self, node: &str) {
+        let current = self.topology();
+        if current.leader.as_ref().is_some_and(|l| l.name == node) {
+            warn!(
+                core = self.core,
+                node, "leader is read-only; marking topology stale and asking for re-resolution"
+            );
+            let mut stale = (*current).clone();
+            stale.stale = true;
+            stale.leader = None;
+            self.set_topology(Arc::new(stale));
+            if let Some(f) = self.on_stale.borrow().as_ref() {
+                f();
+            }
+        }
+    }
+
+    /// Periodic upkeep: closes pools idle for the TTL and idle connections beyond the warm
+    /// minimum. Call about once a second.
+    pub fn maintain(&self) {
+        let now = Instant::now();
+        let expired = self
+            .cache
+            .borrow_mut()
+            .expire_idle(now, self.config.idle_ttl);
+        if !expired.is_empty() {
+            debug!(
+                core = self.core,
+                pools = expired.len(),
+                "closing idle tenant pools"
+            );
+            self.bump(|s| s.evicted_idle += expired.len() as u64);
+        }
+        for p in expired {
+            p.close();
+        }
+        let mut trimmed = 0;
+        for p in self.cache.borrow().pools() {
+            trimmed += p.trim_idle(self.config.min_warm, self.config.conn_idle_timeout);
+        }
+        if trimmed > 0 {
+            self.bump(|s| s.trimmed_connections += trimmed as u64);
+        }
+    }
+
+    /// Closes every pool (on shutdown).
+    pub fn close_all(&self) {
+        for p in self.cache.borrow_mut().remove_where(|_| true) {
+            p.close();
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ShardStats {
+        let mut s = self.stats.get();
+        let cache = self.cache.borrow();
+        s.pools = cache.len();
+        s.connections = cache.pools().map(|p| p.size()).sum();
+        s.in_use = cache.pools().map(|p| p.in_use()).sum();
+        s
+    }
+
+    /// Whether a pool for this key is cached.
+    pub fn has_pool(&self, key: &PoolKey) -> bool {
+        self.cache.borrow().pools().any(|p| p.key() == key)
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut ShardStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+}
+
+/// A checked-out connection; returns to its pool on drop.
+#[derive(Debug)]
+pub struct Checkout {
+    conn: Object<PgManager>,
+    node: String,
+    role: Role,
+    _guard: OutstandingGuard,
+}
+
+impl Checkout {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut PgConn {
+        &mut self.conn
+    }
+
+    /// The member it is on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// That member's role when routed.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Drops the connection instead of returning it (its state is unknown).
+    pub fn discard(self) {
+        let _ = Object::take(self.conn);
+    }
+}
+
+/// Counts a request as outstanding on a member until dropped.
+#[derive(Debug)]
+struct OutstandingGuard {
+    map: Outstanding,
+    node: String,
+}
+
+impl OutstandingGuard {
+    fn new(map: &Outstanding, node: &str) -> Self {
+        *map.borrow_mut().entry(node.to_string()).or_insert(0) += 1;
+        Self {
+            map: map.clone(),
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for OutstandingGuard {
+    fn drop(&mut self) {
+        if let Some(n) = self.map.borrow_mut().get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! ringgate-pool against a real PostgreSQL (the compose/ cluster's leader).
+
+use std::{rc::Rc, sync::Arc, time::Duration};
+
+use monoio::time::sleep;
+use ringgate_discovery::Topology;
+use ringgate_pool::{
+    url::{parse_pg_url, PgUrl},
+    Config, Error, Intent, PoolKey, Shard,
+};
+use ringgate_tests::backend::{backends_named, pg_admin_url, psql, required, unique};
+
+const NEEDS: &str = "needs compose backend (compose/cluster up)";
+
+fn admin() -> PgUrl {
+    parse_pg_url(&pg_admin_url()).expect("RINGGATE_TEST_PG_URL is a postgres URL")
+}
+
+/// A one-core shard on a fixed topology pointing at `primary` (and `replica`).
+fn shard(config: Config, primary: &PgUrl, replica: Option<&PgUrl>) -> Rc<Shard> {
+    let topology = Topology::fixed(
+        (primary.addr, primary.host.clone()),
+        replica.map(|r| (r.addr, r.host.clone())),
+    );
+    Shard::new(0, 1, config, Arc::new(topology))
+}
+
+fn key(tenant: &str, url: &PgUrl, node: &str) -> PoolKey {
+    PoolKey {
+        tenant: tenant.into(),
+        database: url.credentials.database.clone(),
+        role: url.credentials.user.clone(),
+        node: node.into(),
+    }
+}
+
+/// Waits (on the runtime) until `cond` holds.
+async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn test_connection_pool_lru_eviction() {
+    let _ = NEEDS;
+    let url = admin();
+    let run = unique("lru");
+    let shard = shard(
+        Config {
+            max_tenant_pools: 5,
+            ..Config::default()
+        },
+        &url,
+        None,
+    );
+    let hot = format!("{run}hot");
+    for i in 0..30 {
+        // The hot tenant is used between every new cold tenant.
+        for tenant in [hot.clone(), format!("{run}cold{i}")] {
+            let mut c = shard
+                .checkout(&tenant, &url.credentials, Intent::Write)
+                .await
+                .expect("checkout");
+            c.conn()
+                .client()
+                .simple_query("select 1")
+                .await
+                .expect("query");
+        }
+        let stats = shard.stats();
+        assert!(
+            stats.pools <= 5,
+            "capacity bound holds: {} pools cached",
+            stats.pools
+        );
+    }
+    assert!(
+        shard.has_pool(&key(&hot, &url, "primary")),
+        "the recently used tenant survives"
+    );
+    let cold_cached = (0..30)
+        .filter(|i| shard.has_pool(&key(&format!("{run}cold{i}"), &url, "primary")))
+        .count();
+    assert!(
+        cold_cached <= 4,
+        "one-hit tenants go first: {cold_cached} of 30 still cached"
+    );
+    assert!(shard.stats().evicted_capacity >= 25, "{:?}", shard.stats());
+    // Evicted pools close their server connections: at most one per cached pool remains.
+    eventually(
+        "evicted pools' backends gone",
+        Duration::from_secs(5),
+        || backends_named(&format!("ringgate/{run}")) <= 5,
+    )
+    .await;
+    assert_eq!(
+        backends_named(&format!("ringgate/{hot}/")),
+        1,
+        "the hot tenant keeps its connection"
+    );
+    shard.close_all();
+    eventually("all backends gone", Duration::from_secs(5), || {
+        backends_named(&format!("ringgate/{run}")) == 0
+    })
+    .await;
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn test_connection_pool_ttl_eviction() {
+    let url = admin();
+    let run = unique("ttl");
+    let config = Config {
+        idle_ttl: Duration::from_millis(800),
+        ..Config::default()
+    };
+    let shard = shard(config, &url, None);
+    let (busy, idle) = (format!("{run}busy"), format!("{run}idle"));
+    for tenant in [&busy, &idle] {
+        let mut c = shard
+            .checkout(tenant, &url.credentials, Intent::Write)
+            .await
+            .unwrap();
+        c.conn().client().simple_query("select 1").await.unwrap();
+    }
+    assert_eq!(backends_named(&format!("ringgate/{run}")), 2);
+    // Keep one tenant busy for two TTLs while maintenance runs.
+    for _ in 0..16 {
+        let mut c = shard
+            .checkout(&busy, &url.credentials, Intent::Write)
+            .await
+            .unwrap();
+        c.conn().client().simple_query("select 1").await.unwrap();
+        drop(c);
+        shard.maintain();
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        shard.has_pool(&key(&busy, &url, "primary")),
+        "a pool in use does not expire"
+    );
+    assert!(
+        !shard.has_pool(&key(&idle, &url, "primary")),
+        "an idle pool expires after the TTL"
+    );
+    assert!(shard.stats().evicted_idle >= 1);
+    eventually(
+        "idle tenant's backend closed",
+        Duration::from_secs(5),
+        || backends_named(&format!("ringgate/{idle}/")) == 0,
+    )
+    .await;
+    assert_eq!(backends_named(&format!("ringgate/{busy}/")), 1);
+    shard.close_all();
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn tenant_limit_is_never_exceeded_and_exhaustion_times_out() {
+    let url = admin();
+    let tenant = unique("budget");
+    let config = Config {
+        max_per_tenant: 4,
+        wait_timeout: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let shard = shard(config, &url, None);
+    // Sample pg_stat_activity from another thread while 20 tasks compete for 4 connections.
+    let prefix = format!("ringgate/{tenant}/");
+    let sampler = {
+        let prefix = prefix.clone();
+        std::thread::spawn(move || {
+            (0..40)
+                .map(|_| {
+                    std::thread::sleep(Duration::from_millis(25));
+                    backends_named(&prefix)
+                })
+                .max()
+                .unwrap()
+        })
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (shard, tenant, creds) = (shard.clone(), tenant.clone(), url.credentials.clone());
+        tasks.push(monoio::spawn(async move {
+            for _ in 0..5 {
+                match shard.checkout(&tenant, &creds, Intent::Write).await {
+                    Ok(mut c) => {
+                        c.conn()
+                            .client()
+                            .simple_query("select pg_sleep(0.01)")
+                            .await
+                            .unwrap();
+                    }
+                    Err(Error::Exhausted { .. }) => {}
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    let max_seen = sampler.join().unwrap();
+    assert!(
+        max_seen <= 4,
+        "at most 4 server connections, saw {max_seen}"
+    );
+    assert!(max_seen >= 1);
+    // Hold all four; the fifth waits the wait timeout and names the limit.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            shard
+                .checkout(&tenant, &url.credentials, Intent::Write)
+                .await
+                .unwrap(),
+        );
+    }
+    let started = std::time::Instant::now();
+    match shard
+        .checkout(&tenant, &url.credentials, Intent::Write)
+        .await
+    {
+        Err(e @ Error::Exhausted { limit: 4, .. }) => {
+            assert!(e.to_string().contains(&tenant), "{e}")
+        }
+        other => panic!("expected Exhausted, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "waited the timeout"
+    );
+    drop(held);
+    assert!(
+        shard
+            .checkout(&tenant, &url.credentials, Intent::Write)
+            .await
+            .is_ok(),
+        "free again"
+    );
+    shard.close_all();
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn dead_connections_are_replaced_and_statements_cached() {
+    let url = admin();
+    let tenant = unique("dead");
+    let shard = shard(Config::default(), &url, None);
+    let mut c = shard
+        .checkout(&tenant, &url.credentials, Intent::Write)
+        .await
+        .unwrap();
+    let pid: i32 = c
+        .conn()
+        .client()
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for _ in 0..3 {
+        let st = c.conn().prepare_cached("select $1::int + 1").await.unwrap();
+        let n: i32 = c
+            .conn()
+            .client()
+            .query_one(&st, &[&41i32])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 42);
+    }
+    assert_eq!(c.conn().cached_statements(), 1);
+    let prepared: i64 = c
+        .conn()
+        .client()
+        .query_one(
+            "select count(*) from pg_prepared_statements where statement = 'select $1::int + 1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 1, "prepared once per connection, reused after");
+    drop(c);
+    psql(
+        &pg_admin_url(),
+        &format!("select pg_terminate_backend({pid})"),
+    );
+    sleep(Duration::from_millis(50)).await;
+    let mut c = shard
+        .checkout(&tenant, &url.credentials, Intent::Write)
+        .await
+        .unwrap();
+    let new_pid: i32 = c
+        .conn()
+        .client()
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .expect("the next request succeeds")
+        .get(0);
+    assert_ne!(
+        pid, new_pid,
+        "a fresh connection replaced the terminated one"
+    );
+    drop(c);
+    shard.close_all();
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn bad_credentials_and_dead_server_are_clear_errors() {
+    let url = admin();
+    let mut wrong = url.credentials.clone();
+    wrong.password = "definitely-wrong".into();
+    let s = shard(Config::default(), &url, None);
+    let err = s.checkout("t", &wrong, Intent::Write).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("28P01"), "{err}");
+    let dead = PgUrl {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        ..url.clone()
+    };
+    let s = shard(Config::default(), &dead, None);
+    let err = s
+        .checkout("t", &url.credentials, Intent::Write)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
+
+/// Whether the connection is on a standby.
+async fn in_recovery(
+    shard: &Rc<Shard>,
+    tenant: &str,
+    creds: &ringgate_pool::Credentials,
+) -> (bool, String) {
+    let mut c = shard.checkout(tenant, creds, Intent::Read).await.unwrap();
+    let r: bool = c
+        .conn()
+        .client()
+        .query_one("select pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (r, c.node().to_string())
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn test_read_replica_routing() {
+    let primary = parse_pg_url(&required("DATABASE_URL")).unwrap();
+    let replica = parse_pg_url(&required("READ_REPLICA_URL")).unwrap();
+    let s = shard(Config::default(), &primary, Some(&replica));
+    let tenant = unique("rr");
+    for _ in 0..3 {
+        assert_eq!(
+            in_recovery(&s, &tenant, &primary.credentials).await,
+            (true, "replica".into()),
+            "reads use the replica"
+        );
+    }
+    let mut w = s
+        .checkout(&tenant, &primary.credentials, Intent::Write)
+        .await
+        .unwrap();
+    let r: bool = w
+        .conn()
+        .client()
+        .query_one("select pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!r && w.node() == "primary", "writes use the primary");
+    drop(w);
+    s.close_all();
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn test_read_replica_fallback() {
+    let primary = parse_pg_url(&required("DATABASE_URL")).unwrap();
+    let s = shard(Config::default(), &primary, None);
+    let tenant = unique("rf");
+    assert_eq!(
+        in_recovery(&s, &tenant, &primary.credentials).await,
+        (false, "primary".into()),
+        "without a replica, reads use the primary"
+    );
+    s.close_all();
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn topology_change_closes_pools_and_read_only_primary_marks_stale() {
+    let url = admin();
+    let tenant = unique("topo");
+    let s = shard(Config::default(), &url, None);
+    let mut c = s
+        .checkout(&tenant, &url.credentials, Intent::Write)
+        .await
+        .unwrap();
+    c.conn().client().simple_query("select 1").await.unwrap();
+    drop(c);
+    assert_eq!(backends_named(&format!("ringgate/{tenant}/")), 1);
+    // The primary moves elsewhere (here: nowhere reachable): its pool closes, writes go to the new one.
+    let moved = Topology {
+        epoch: 2,
+        ..Topology::fixed(("127.0.0.1:1".parse().unwrap(), "gone".into()), None)
+    };
+    s.set_topology(Arc::new(moved));
+    assert!(!s.has_pool(&key(&tenant, &url, "primary")));
+    eventually("old pool's backend closed", Duration::from_secs(5), || {
+        backends_named(&format!("ringgate/{tenant}/")) == 0
+    })
+    .await;
+    // A read-only answer from the supposed primary drops it as leader and asks to re-resolve.
+    let asked = Rc::new(std::cell::Cell::new(0));
+    let a = asked.clone();
+    s.on_stale(move || a.set(a.get() + 1));
+    s.report_read_only("primary");
+    assert_eq!(asked.get(), 1);
+    assert!(s.topology().stale && s.topology().leader.is_none());
+    assert!(matches!(
+        s.checkout(&tenant, &url.credentials, Intent::Write).await,
+        Err(Error::NoPrimary)
+    ));
+}
