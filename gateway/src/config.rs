@@ -9,6 +9,7 @@ pub mod parse;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+use ringgate_pool::url::{parse_pg_url, PgUrl};
 use tracing::error;
 
 /// Plain HTTP listen address, or `off`.
@@ -39,6 +40,26 @@ pub const ENV_KEEPALIVE_TIMEOUT: &str = "RINGGATE_KEEPALIVE_TIMEOUT";
 pub const ENV_MAX_CONNECTIONS_PER_CORE: &str = "RINGGATE_MAX_CONNECTIONS_PER_CORE";
 /// Longest graceful drain after SIGTERM.
 pub const ENV_DRAIN_TIMEOUT: &str = "RINGGATE_DRAIN_TIMEOUT";
+/// Connection URL of the primary (fixed topology): `postgres://user:password@host:port/db`.
+pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
+/// Connection URL of a read replica (fixed topology).
+pub const ENV_READ_REPLICA_URL: &str = "READ_REPLICA_URL";
+/// Tenant pools cached per core.
+pub const ENV_MAX_TENANT_POOLS: &str = "RINGGATE_MAX_TENANT_POOLS";
+/// A tenant pool unused this long is closed.
+pub const ENV_POOL_IDLE_TTL: &str = "RINGGATE_POOL_IDLE_TTL";
+/// How long a request waits for a pooled connection.
+pub const ENV_POOL_TIMEOUT: &str = "RINGGATE_POOL_TIMEOUT";
+/// Server connections one tenant may hold to one node.
+pub const ENV_POOL_MAX_PER_TENANT: &str = "RINGGATE_POOL_MAX_PER_TENANT";
+/// Server connections ringgate may hold to one node.
+pub const ENV_POOL_MAX_TOTAL: &str = "RINGGATE_POOL_MAX_TOTAL";
+/// Idle connections a recently used pool keeps warm.
+pub const ENV_POOL_MIN_WARM: &str = "RINGGATE_POOL_MIN_WARM";
+/// Connect plus startup timeout for server connections.
+pub const ENV_POOL_CONNECT_TIMEOUT: &str = "RINGGATE_POOL_CONNECT_TIMEOUT";
+/// Replicas further behind than this take no reads.
+pub const ENV_MAX_REPLICA_LAG: &str = "RINGGATE_MAX_REPLICA_LAG";
 /// Log filter in `tracing_subscriber::EnvFilter` syntax.
 pub const ENV_LOG: &str = "RINGGATE_LOG";
 /// Log format: `plain` or `json`.
@@ -260,6 +281,17 @@ impl Default for HttpLimits {
     }
 }
 
+/// The fixed topology and pool limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// The primary (`DATABASE_URL`).
+    pub primary: PgUrl,
+    /// A read replica (`READ_REPLICA_URL`).
+    pub replica: Option<PgUrl>,
+    /// Pool limits and timeouts.
+    pub pool: ringgate_pool::Config,
+}
+
 /// Everything the gateway reads at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -277,6 +309,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// Longest graceful drain (default 30 s).
     pub drain_timeout: Duration,
+    /// Database pools, when `DATABASE_URL` is set.
+    pub database: Option<DatabaseConfig>,
     /// Log filter (default `info`).
     pub log_filter: String,
     /// Log format (default plain).
@@ -353,6 +387,7 @@ impl Config {
             }),
         });
 
+        let database = r.database();
         let tls = match (tls_listen, tls_cert, tls_key) {
             (None, _, _) => None,
             (Some(addr), Some(cert), Some(key)) => Some(TlsListen {
@@ -384,6 +419,7 @@ impl Config {
             driver: driver.unwrap_or(DriverChoice::Auto),
             http,
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
+            database,
             log_filter: log_filter.unwrap_or_else(|| "info".to_string()),
             log_format: log_format.unwrap_or(LogFormat::Plain),
         })
@@ -425,6 +461,46 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// `DATABASE_URL`, `READ_REPLICA_URL` and the pool limits.
+    fn database(&mut self) -> Option<DatabaseConfig> {
+        const URL: &str = "a URL like postgres://user:password@host:5432/database";
+        let url = |r: &mut Self, name: &'static str| {
+            let s = r.string(name)?;
+            match parse_pg_url(&s) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    // Never echo the password back.
+                    let shown = s.split('@').next_back().unwrap_or("").to_string();
+                    error!("{name}=\"...@{shown}\" is not valid: expected {URL} ({e})");
+                    r.errors.push(EnvError::Invalid { name, value: format!("...@{shown}"), expected: URL });
+                    None
+                }
+            }
+        };
+        let primary = url(self, ENV_DATABASE_URL);
+        let replica = url(self, ENV_READ_REPLICA_URL);
+        let d = ringgate_pool::Config::default();
+        let pool = ringgate_pool::Config {
+            max_tenant_pools: self.parse(ENV_MAX_TENANT_POOLS, parse::count).unwrap_or(d.max_tenant_pools),
+            idle_ttl: self.parse(ENV_POOL_IDLE_TTL, parse::duration).unwrap_or(d.idle_ttl),
+            wait_timeout: self.parse(ENV_POOL_TIMEOUT, parse::duration).unwrap_or(d.wait_timeout),
+            max_per_tenant: self.parse(ENV_POOL_MAX_PER_TENANT, parse::count).unwrap_or(d.max_per_tenant),
+            max_total: self.parse(ENV_POOL_MAX_TOTAL, parse::count).unwrap_or(d.max_total),
+            min_warm: self.parse(ENV_POOL_MIN_WARM, |s| s.trim().parse().map_err(|_| parse::ParseError { expected: "a whole number" })).unwrap_or(d.min_warm),
+            connect_timeout: self.parse(ENV_POOL_CONNECT_TIMEOUT, parse::duration).unwrap_or(d.connect_timeout),
+            max_replica_lag: self.parse(ENV_MAX_REPLICA_LAG, parse::bytes).map(|b| b as u64).unwrap_or(d.max_replica_lag),
+            ..d
+        };
+        match (primary, replica) {
+            (Some(primary), replica) => Some(DatabaseConfig { primary, replica, pool }),
+            (None, Some(_)) => {
+                self.missing(ENV_DATABASE_URL, "READ_REPLICA_URL is set");
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
     fn string(&mut self, name: &'static str) -> Option<String> {
         match self.strings.get(name) {
             Ok(v) => v,
@@ -563,6 +639,30 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.tls.unwrap().cert, PathBuf::from("c.pem"));
+    }
+
+    #[test]
+    fn database_urls_and_pool_limits() {
+        assert_eq!(read(&[]).unwrap().database, None);
+        let c = read(&[
+            (ENV_DATABASE_URL, "postgres://app:pw@127.0.0.1:5433/db"),
+            (ENV_READ_REPLICA_URL, "postgres://app:pw@127.0.0.1:5434/db"),
+            (ENV_POOL_TIMEOUT, "250ms"),
+            (ENV_MAX_TENANT_POOLS, "7"),
+        ])
+        .unwrap();
+        let d = c.database.unwrap();
+        assert_eq!(d.primary.addr.port(), 5433);
+        assert_eq!(d.replica.unwrap().addr.port(), 5434);
+        assert_eq!(d.pool.wait_timeout, Duration::from_millis(250));
+        assert_eq!(d.pool.max_tenant_pools, 7);
+        let err = read(&[(ENV_DATABASE_URL, "mysql://root:hunter2@db/x")]).unwrap_err();
+        assert!(matches!(err, EnvError::Invalid { name: ENV_DATABASE_URL, .. }));
+        assert!(!err.to_string().contains("hunter2"), "password not echoed: {err}");
+        let err = read(&[(ENV_READ_REPLICA_URL, "postgres://a@127.0.0.1/db")]).unwrap_err();
+        assert!(matches!(err, EnvError::Missing { name: ENV_DATABASE_URL, .. }));
+        let err = read(&[(ENV_DATABASE_URL, "postgres://a@127.0.0.1/db"), (ENV_POOL_TIMEOUT, "5")]).unwrap_err();
+        assert!(matches!(err, EnvError::Invalid { name: ENV_POOL_TIMEOUT, .. }));
     }
 
     #[test]

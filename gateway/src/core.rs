@@ -7,6 +7,8 @@ use std::{
 };
 
 use monoio_rustls::TlsAcceptor;
+use ringgate_discovery::Topology;
+use ringgate_pool::Shard;
 
 use crate::{
     config::Config,
@@ -35,6 +37,8 @@ pub struct Core {
     pub request_ids: RequestIds,
     /// Cached `date` header.
     pub date: DateCache,
+    /// This core's database pools, when a database is configured.
+    pub db: Option<Rc<Shard>>,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
 }
@@ -58,6 +62,13 @@ impl Core {
         config: Arc<Config>,
         registry: Arc<Registry>,
     ) -> Rc<Self> {
+        let db = config.database.as_ref().map(|d| {
+            let topology = Topology::fixed(
+                (d.primary.addr, d.primary.host.clone()),
+                d.replica.as_ref().map(|r| (r.addr, r.host.clone())),
+            );
+            Shard::new(id, config.workers, d.pool.clone(), Arc::new(topology))
+        });
         Rc::new(Self {
             id,
             driver,
@@ -67,6 +78,7 @@ impl Core {
             tls: RefCell::new(None),
             request_ids: RequestIds::new(),
             date: DateCache::default(),
+            db,
             connections: Cell::new(0),
             in_flight: Cell::new(0),
         })

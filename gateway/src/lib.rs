@@ -32,6 +32,7 @@ pub mod router;
 pub mod rt;
 pub mod server;
 pub mod shutdown;
+pub mod sql;
 
 use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
 

@@ -86,7 +86,19 @@ pub struct CoreMetrics {
     connections_rejected: AtomicU64,
     tls_handshake_failures: AtomicU64,
     requests_cut: AtomicU64,
+    pool: [AtomicU64; POOL_GAUGES.len()],
 }
+
+/// Pool figures each core publishes once a second: name, type, help.
+const POOL_GAUGES: [(&str, &str, &str); 7] = [
+    ("ringgate_pool_tenant_pools", "gauge", "Tenant pools cached."),
+    ("ringgate_pool_server_connections", "gauge", "Server connections open (idle and in use)."),
+    ("ringgate_pool_connections_in_use", "gauge", "Server connections checked out."),
+    ("ringgate_pool_evictions_capacity_total", "counter", "Tenant pools evicted because the cache was full."),
+    ("ringgate_pool_evictions_idle_total", "counter", "Tenant pools closed after the idle TTL."),
+    ("ringgate_pool_evictions_topology_total", "counter", "Tenant pools closed because their node left or changed role."),
+    ("ringgate_pool_wait_timeouts_total", "counter", "Requests that timed out waiting for a connection."),
+];
 
 impl Default for CoreMetrics {
     fn default() -> Self {
@@ -99,6 +111,7 @@ impl Default for CoreMetrics {
             connections_rejected: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             requests_cut: AtomicU64::new(0),
+            pool: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -143,6 +156,22 @@ impl CoreMetrics {
     /// Requests still in flight when the drain deadline passed.
     pub fn requests_cut(&self, n: u64) {
         self.requests_cut.fetch_add(n, Relaxed);
+    }
+
+    /// Publishes this core's pool figures.
+    pub fn set_pool(&self, s: &ringgate_pool::ShardStats) {
+        let values = [
+            s.pools as u64,
+            s.connections as u64,
+            s.in_use as u64,
+            s.evicted_capacity,
+            s.evicted_idle,
+            s.evicted_topology,
+            s.wait_timeouts,
+        ];
+        for (slot, v) in self.pool.iter().zip(values) {
+            slot.store(v, Relaxed);
+        }
     }
 
     /// Currently open connections.
@@ -323,6 +352,12 @@ impl Registry {
                     self.driver,
                     get(m)
                 )?;
+            }
+        }
+        for (i, (name, kind, help)) in POOL_GAUGES.iter().enumerate() {
+            writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+            for (c, m) in self.cores.iter().enumerate() {
+                writeln!(o, "{name}{{core=\"{c}\"}} {}", m.pool[i].load(Relaxed))?;
             }
         }
         writeln!(o, "# HELP ringgate_tls_reloads_total Certificate reloads, by result.\n# TYPE ringgate_tls_reloads_total counter")?;

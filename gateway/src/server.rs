@@ -79,6 +79,9 @@ pub async fn run_core(
     if let Some(l) = listeners.tls {
         monoio::spawn(accept_loop(core.clone(), l, true));
     }
+    if core.db.is_some() {
+        monoio::spawn(pool_upkeep(core.clone()));
+    }
     // A closed channel (the main thread is gone) drains too.
     while let Ok(Control::Tls(config)) = control.recv_async().await {
         *core.tls.borrow_mut() = Some(TlsAcceptor::from(config));
@@ -94,7 +97,23 @@ pub async fn run_core(
         cut_connections: core.connections(),
     };
     core.metrics().requests_cut(report.cut_requests as u64);
+    if let Some(db) = &core.db {
+        db.close_all();
+    }
     report
+}
+
+/// Once a second: expire idle pools, trim idle connections, publish pool metrics.
+async fn pool_upkeep(core: Rc<Core>) {
+    let Some(db) = core.db.clone() else { return };
+    while !core.drain.is_draining() {
+        db.maintain();
+        core.metrics().set_pool(&db.stats());
+        monoio::select! {
+            _ = sleep(Duration::from_secs(1)) => {}
+            _ = core.drain.signaled() => {}
+        }
+    }
 }
 
 async fn accept_loop(core: Rc<Core>, listener: StdListener, tls: bool) {

@@ -1,0 +1,3 @@
+//! The Data API: `POST /sql`, speaking the HTTP protocol of Neon's serverless driver.
+
+pub mod text;

@@ -1,0 +1,1 @@
+//! PostgreSQL binary result values → PostgreSQL text format (being written).
