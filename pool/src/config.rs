@@ -27,6 +27,8 @@ pub struct Config {
     pub max_replica_lag: u64,
     /// Prepared statements kept per connection (default 256).
     pub statement_cache: usize,
+    /// `statement_timeout` set on every server connection (default 30 s; zero for none).
+    pub statement_timeout: Duration,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             ping_after_idle: Duration::from_secs(1),
             max_replica_lag: 16 << 20,
             statement_cache: 256,
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }

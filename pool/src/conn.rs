@@ -55,6 +55,8 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// Prepared statements kept per connection.
     pub statement_cache: usize,
+    /// Server settings sent at startup, as `-c name=value` options.
+    pub options: String,
 }
 
 /// Counts server connections against one core's budget for one node.
@@ -166,6 +168,9 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
             .user(&target.credentials.user)
             .password(&target.credentials.password)
             .application_name(&target.application_name);
+        if !target.options.is_empty() {
+            config.options(&target.options);
+        }
         let (client, connection) = config.connect_raw(stream, NoTls).await?;
         Ok::<_, Error>((client, connection))
     };

@@ -158,6 +158,7 @@ impl Shard {
             application_name: format!("ringgate/{tenant}/core{}", self.core),
             connect_timeout: self.config.connect_timeout,
             statement_cache: self.config.statement_cache,
+            options: startup_options(&self.config, member.role),
         };
         let budget = self
             .budgets
@@ -233,10 +234,11 @@ impl Shard {
                 core = self.core,
                 node, "leader is read-only; marking topology stale and asking for re-resolution"
             );
+            // Keep routing by it until the source publishes a new snapshot: a fixed
+            // topology has no other leader to offer, and writes it refuses are not applied.
             let mut stale = (*current).clone();
             stale.stale = true;
-            stale.leader = None;
-            self.set_topology(Arc::new(stale));
+            *self.topology.borrow_mut() = Arc::new(stale);
             if let Some(f) = self.on_stale.borrow().as_ref() {
                 f();
             }
@@ -298,6 +300,19 @@ impl Shard {
         f(&mut s);
         self.stats.set(s);
     }
+}
+
+/// Settings every connection starts with: the statement timeout, and on replicas,
+/// read-only transactions by default.
+fn startup_options(config: &Config, role: Role) -> String {
+    let mut o = String::new();
+    if !config.statement_timeout.is_zero() {
+        o.push_str(&format!("-c statement_timeout={}", config.statement_timeout.as_millis()));
+    }
+    if role == Role::Replica {
+        o.push_str(" -c default_transaction_read_only=on");
+    }
+    o.trim().to_string()
 }
 
 /// A checked-out connection; returns to its pool on drop.
