@@ -60,6 +60,16 @@ pub const ENV_POOL_MIN_WARM: &str = "RINGGATE_POOL_MIN_WARM";
 pub const ENV_POOL_CONNECT_TIMEOUT: &str = "RINGGATE_POOL_CONNECT_TIMEOUT";
 /// Replicas further behind than this take no reads.
 pub const ENV_MAX_REPLICA_LAG: &str = "RINGGATE_MAX_REPLICA_LAG";
+/// Longest query text accepted by `/sql`.
+pub const ENV_SQL_MAX_QUERY_BYTES: &str = "RINGGATE_SQL_MAX_QUERY_BYTES";
+/// Most parameters per query.
+pub const ENV_SQL_MAX_PARAMS: &str = "RINGGATE_SQL_MAX_PARAMS";
+/// Largest `/sql` response body.
+pub const ENV_SQL_MAX_RESPONSE_BYTES: &str = "RINGGATE_SQL_MAX_RESPONSE_BYTES";
+/// `statement_timeout` on every server connection.
+pub const ENV_SQL_STATEMENT_TIMEOUT: &str = "RINGGATE_SQL_STATEMENT_TIMEOUT";
+/// How long a write waits for a leader during failover.
+pub const ENV_FAILOVER_WAIT: &str = "RINGGATE_FAILOVER_WAIT";
 /// Log filter in `tracing_subscriber::EnvFilter` syntax.
 pub const ENV_LOG: &str = "RINGGATE_LOG";
 /// Log format: `plain` or `json`.
@@ -311,6 +321,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Database pools, when `DATABASE_URL` is set.
     pub database: Option<DatabaseConfig>,
+    /// `/sql` limits.
+    pub sql: crate::sql::request::SqlLimits,
+    /// How long a write waits for a leader (default 15 s).
+    pub failover_wait: Duration,
     /// Log filter (default `info`).
     pub log_filter: String,
     /// Log format (default plain).
@@ -388,6 +402,20 @@ impl Config {
         });
 
         let database = r.database();
+        let sql_defaults = crate::sql::request::SqlLimits::default();
+        let sql = crate::sql::request::SqlLimits {
+            max_query_bytes: r
+                .parse(ENV_SQL_MAX_QUERY_BYTES, parse::bytes)
+                .unwrap_or(sql_defaults.max_query_bytes),
+            max_params: r
+                .parse(ENV_SQL_MAX_PARAMS, parse::count)
+                .unwrap_or(sql_defaults.max_params),
+            max_response_bytes: r
+                .parse(ENV_SQL_MAX_RESPONSE_BYTES, parse::bytes)
+                .unwrap_or(sql_defaults.max_response_bytes),
+            ..sql_defaults
+        };
+        let failover_wait = r.parse(ENV_FAILOVER_WAIT, parse::duration);
         let tls = match (tls_listen, tls_cert, tls_key) {
             (None, _, _) => None,
             (Some(addr), Some(cert), Some(key)) => Some(TlsListen {
@@ -420,6 +448,8 @@ impl Config {
             http,
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
             database,
+            sql,
+            failover_wait: failover_wait.unwrap_or(Duration::from_secs(15)),
             log_filter: log_filter.unwrap_or_else(|| "info".to_string()),
             log_format: log_format.unwrap_or(LogFormat::Plain),
         })
@@ -472,7 +502,11 @@ impl Reader<'_> {
                     // Never echo the password back.
                     let shown = s.split('@').next_back().unwrap_or("").to_string();
                     error!("{name}=\"...@{shown}\" is not valid: expected {URL} ({e})");
-                    r.errors.push(EnvError::Invalid { name, value: format!("...@{shown}"), expected: URL });
+                    r.errors.push(EnvError::Invalid {
+                        name,
+                        value: format!("...@{shown}"),
+                        expected: URL,
+                    });
                     None
                 }
             }
@@ -481,18 +515,46 @@ impl Reader<'_> {
         let replica = url(self, ENV_READ_REPLICA_URL);
         let d = ringgate_pool::Config::default();
         let pool = ringgate_pool::Config {
-            max_tenant_pools: self.parse(ENV_MAX_TENANT_POOLS, parse::count).unwrap_or(d.max_tenant_pools),
-            idle_ttl: self.parse(ENV_POOL_IDLE_TTL, parse::duration).unwrap_or(d.idle_ttl),
-            wait_timeout: self.parse(ENV_POOL_TIMEOUT, parse::duration).unwrap_or(d.wait_timeout),
-            max_per_tenant: self.parse(ENV_POOL_MAX_PER_TENANT, parse::count).unwrap_or(d.max_per_tenant),
-            max_total: self.parse(ENV_POOL_MAX_TOTAL, parse::count).unwrap_or(d.max_total),
-            min_warm: self.parse(ENV_POOL_MIN_WARM, |s| s.trim().parse().map_err(|_| parse::ParseError { expected: "a whole number" })).unwrap_or(d.min_warm),
-            connect_timeout: self.parse(ENV_POOL_CONNECT_TIMEOUT, parse::duration).unwrap_or(d.connect_timeout),
-            max_replica_lag: self.parse(ENV_MAX_REPLICA_LAG, parse::bytes).map(|b| b as u64).unwrap_or(d.max_replica_lag),
+            max_tenant_pools: self
+                .parse(ENV_MAX_TENANT_POOLS, parse::count)
+                .unwrap_or(d.max_tenant_pools),
+            idle_ttl: self
+                .parse(ENV_POOL_IDLE_TTL, parse::duration)
+                .unwrap_or(d.idle_ttl),
+            wait_timeout: self
+                .parse(ENV_POOL_TIMEOUT, parse::duration)
+                .unwrap_or(d.wait_timeout),
+            max_per_tenant: self
+                .parse(ENV_POOL_MAX_PER_TENANT, parse::count)
+                .unwrap_or(d.max_per_tenant),
+            max_total: self
+                .parse(ENV_POOL_MAX_TOTAL, parse::count)
+                .unwrap_or(d.max_total),
+            min_warm: self
+                .parse(ENV_POOL_MIN_WARM, |s| {
+                    s.trim().parse().map_err(|_| parse::ParseError {
+                        expected: "a whole number",
+                    })
+                })
+                .unwrap_or(d.min_warm),
+            connect_timeout: self
+                .parse(ENV_POOL_CONNECT_TIMEOUT, parse::duration)
+                .unwrap_or(d.connect_timeout),
+            max_replica_lag: self
+                .parse(ENV_MAX_REPLICA_LAG, parse::bytes)
+                .map(|b| b as u64)
+                .unwrap_or(d.max_replica_lag),
+            statement_timeout: self
+                .parse(ENV_SQL_STATEMENT_TIMEOUT, parse::duration)
+                .unwrap_or(d.statement_timeout),
             ..d
         };
         match (primary, replica) {
-            (Some(primary), replica) => Some(DatabaseConfig { primary, replica, pool }),
+            (Some(primary), replica) => Some(DatabaseConfig {
+                primary,
+                replica,
+                pool,
+            }),
             (None, Some(_)) => {
                 self.missing(ENV_DATABASE_URL, "READ_REPLICA_URL is set");
                 None
@@ -657,12 +719,37 @@ mod tests {
         assert_eq!(d.pool.wait_timeout, Duration::from_millis(250));
         assert_eq!(d.pool.max_tenant_pools, 7);
         let err = read(&[(ENV_DATABASE_URL, "mysql://root:hunter2@db/x")]).unwrap_err();
-        assert!(matches!(err, EnvError::Invalid { name: ENV_DATABASE_URL, .. }));
-        assert!(!err.to_string().contains("hunter2"), "password not echoed: {err}");
+        assert!(matches!(
+            err,
+            EnvError::Invalid {
+                name: ENV_DATABASE_URL,
+                ..
+            }
+        ));
+        assert!(
+            !err.to_string().contains("hunter2"),
+            "password not echoed: {err}"
+        );
         let err = read(&[(ENV_READ_REPLICA_URL, "postgres://a@127.0.0.1/db")]).unwrap_err();
-        assert!(matches!(err, EnvError::Missing { name: ENV_DATABASE_URL, .. }));
-        let err = read(&[(ENV_DATABASE_URL, "postgres://a@127.0.0.1/db"), (ENV_POOL_TIMEOUT, "5")]).unwrap_err();
-        assert!(matches!(err, EnvError::Invalid { name: ENV_POOL_TIMEOUT, .. }));
+        assert!(matches!(
+            err,
+            EnvError::Missing {
+                name: ENV_DATABASE_URL,
+                ..
+            }
+        ));
+        let err = read(&[
+            (ENV_DATABASE_URL, "postgres://a@127.0.0.1/db"),
+            (ENV_POOL_TIMEOUT, "5"),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            EnvError::Invalid {
+                name: ENV_POOL_TIMEOUT,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum Route {
     Ready,
     /// `GET /metrics`.
     Metrics,
+    /// `POST /sql`.
+    Sql,
     /// No route matched.
     NotFound,
     /// The request could not be parsed or broke a limit.
@@ -30,10 +32,11 @@ pub enum Route {
 
 impl Route {
     /// Every route, in label order.
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 6] = [
         Route::Health,
         Route::Ready,
         Route::Metrics,
+        Route::Sql,
         Route::NotFound,
         Route::Rejected,
     ];
@@ -44,12 +47,14 @@ impl Route {
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Metrics => "metrics",
+            Route::Sql => "sql",
             Route::NotFound => "not_found",
             Route::Rejected => "rejected",
         }
     }
 
     fn index(self) -> usize {
+        // Discriminants follow declaration order, which `ALL` repeats.
         self as usize
     }
 }
@@ -91,13 +96,41 @@ pub struct CoreMetrics {
 
 /// Pool figures each core publishes once a second: name, type, help.
 const POOL_GAUGES: [(&str, &str, &str); 7] = [
-    ("ringgate_pool_tenant_pools", "gauge", "Tenant pools cached."),
-    ("ringgate_pool_server_connections", "gauge", "Server connections open (idle and in use)."),
-    ("ringgate_pool_connections_in_use", "gauge", "Server connections checked out."),
-    ("ringgate_pool_evictions_capacity_total", "counter", "Tenant pools evicted because the cache was full."),
-    ("ringgate_pool_evictions_idle_total", "counter", "Tenant pools closed after the idle TTL."),
-    ("ringgate_pool_evictions_topology_total", "counter", "Tenant pools closed because their node left or changed role."),
-    ("ringgate_pool_wait_timeouts_total", "counter", "Requests that timed out waiting for a connection."),
+    (
+        "ringgate_pool_tenant_pools",
+        "gauge",
+        "Tenant pools cached.",
+    ),
+    (
+        "ringgate_pool_server_connections",
+        "gauge",
+        "Server connections open (idle and in use).",
+    ),
+    (
+        "ringgate_pool_connections_in_use",
+        "gauge",
+        "Server connections checked out.",
+    ),
+    (
+        "ringgate_pool_evictions_capacity_total",
+        "counter",
+        "Tenant pools evicted because the cache was full.",
+    ),
+    (
+        "ringgate_pool_evictions_idle_total",
+        "counter",
+        "Tenant pools closed after the idle TTL.",
+    ),
+    (
+        "ringgate_pool_evictions_topology_total",
+        "counter",
+        "Tenant pools closed because their node left or changed role.",
+    ),
+    (
+        "ringgate_pool_wait_timeouts_total",
+        "counter",
+        "Requests that timed out waiting for a connection.",
+    ),
 ];
 
 impl Default for CoreMetrics {

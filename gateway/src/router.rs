@@ -3,6 +3,8 @@
 //! ringgate's own endpoints: `GET /health` (liveness), `GET /ready` (503 while draining),
 //! `GET /metrics` (Prometheus text). Anything else is a JSON 404.
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
@@ -18,7 +20,7 @@ pub struct Request {
 }
 
 /// Handles `req` on `core`; returns the route it was counted under and the response.
-pub async fn route(core: &Core, req: &Request) -> (Route, Response) {
+pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
     let path = req.head.uri.path();
     let (route, response) = match path {
         "/health" => (
@@ -38,6 +40,7 @@ pub async fn route(core: &Core, req: &Request) -> (Route, Response) {
                 )
             }),
         ),
+        "/sql" => (Route::Sql, crate::sql::handle(core, req).await),
         _ => (
             Route::NotFound,
             error_response(

@@ -161,3 +161,16 @@ fn drain_timeout_cuts_stuck_requests_and_says_so() {
     let line = p.wait_log("drain timeout passed", Duration::from_secs(2));
     assert_eq!(line["fields"]["cut_requests"], 1, "{line}");
 }
+
+#[test]
+fn readme_documents_every_variable() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    for v in ringgate::config::VARS {
+        assert!(
+            readme.contains(&format!("`{}`", v.name)),
+            "README.md misses {}",
+            v.name
+        );
+    }
+}

@@ -339,9 +339,16 @@ fn connection_limit_refuses_cleanly() {
         common::eventually(Duration::from_secs(2), "a free slot", || {
             get(addr, "/health").status == 200
         });
-        assert!(get(addr, "/metrics")
-            .text()
-            .contains("ringgate_connections_rejected_total{core=\"0\""));
+        // Read metrics over a held connection: a new one could race the freed slot.
+        held[0].send(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        let metrics = held[0].read_response(false).text();
+        assert!(
+            metrics.contains("ringgate_connections_rejected_total{core=\"0\",driver="),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("ringgate_connections_rejected_total{core=\"0\",driver=\"epoll\"} 0")
+        );
         g.drain();
     }
 }

@@ -19,7 +19,10 @@ use ringgate_discovery::Topology;
 use ringgate_pool::{url::parse_pg_url, Config, Intent, Shard};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -32,11 +35,17 @@ fn main() {
     let tasks: usize = env("RINGGATE_BENCH_TASKS", 64);
     let secs: u64 = env("RINGGATE_BENCH_SECS", 10);
     let scale: i32 = env("RINGGATE_BENCH_SCALE", 10);
-    let uring = std::env::var("RINGGATE_BENCH_DRIVER").map(|d| d != "epoll").unwrap_or(true);
+    let uring = std::env::var("RINGGATE_BENCH_DRIVER")
+        .map(|d| d != "epoll")
+        .unwrap_or(true);
     let run = move || async move {
         let u = parse_pg_url(&url).expect("RINGGATE_BENCH_PG_URL is a postgres URL");
         let topology = Arc::new(Topology::fixed((u.addr, u.host.clone()), None));
-        let config = Config { max_per_tenant: conns, max_total: conns, ..Config::default() };
+        let config = Config {
+            max_per_tenant: conns,
+            max_total: conns,
+            ..Config::default()
+        };
         let shard = Shard::new(0, 1, config, topology);
         let done = Rc::new(Cell::new(0u64));
         let errors = Rc::new(Cell::new(0u64));
@@ -44,7 +53,12 @@ fn main() {
         let end = warm_end + Duration::from_secs(secs);
         let mut handles = Vec::new();
         for t in 0..tasks {
-            let (shard, creds, done, errors) = (shard.clone(), u.credentials.clone(), done.clone(), errors.clone());
+            let (shard, creds, done, errors) = (
+                shard.clone(),
+                u.credentials.clone(),
+                done.clone(),
+                errors.clone(),
+            );
             handles.push(monoio::spawn(async move {
                 let mut aid: i32 = (t as i32 * 7919) % (scale * 100_000) + 1;
                 loop {
@@ -52,10 +66,16 @@ fn main() {
                     if now >= end {
                         break;
                     }
-                    aid = (aid.wrapping_mul(1_103_515_245).wrapping_add(12345)).rem_euclid(scale * 100_000) + 1;
+                    aid = (aid.wrapping_mul(1_103_515_245).wrapping_add(12345))
+                        .rem_euclid(scale * 100_000)
+                        + 1;
                     let ok = async {
                         let mut c = shard.checkout("bench", &creds, Intent::Read).await.ok()?;
-                        let st = c.conn().prepare_cached("SELECT abalance FROM pgbench_accounts WHERE aid = $1").await.ok()?;
+                        let st = c
+                            .conn()
+                            .prepare_cached("SELECT abalance FROM pgbench_accounts WHERE aid = $1")
+                            .await
+                            .ok()?;
                         c.conn().client().query_one(&st, &[&aid]).await.ok()
                     }
                     .await
@@ -77,8 +97,16 @@ fn main() {
         println!("ringgate-pool: conns={conns} tasks={tasks} secs={secs} queries={} errors={} tps={tps:.0}", done.get(), errors.get());
     };
     if uring {
-        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().unwrap().block_on(run());
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(run());
     } else {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap().block_on(run());
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(run());
     }
 }

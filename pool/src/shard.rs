@@ -307,7 +307,10 @@ impl Shard {
 fn startup_options(config: &Config, role: Role) -> String {
     let mut o = String::new();
     if !config.statement_timeout.is_zero() {
-        o.push_str(&format!("-c statement_timeout={}", config.statement_timeout.as_millis()));
+        o.push_str(&format!(
+            "-c statement_timeout={}",
+            config.statement_timeout.as_millis()
+        ));
     }
     if role == Role::Replica {
         o.push_str(" -c default_transaction_read_only=on");

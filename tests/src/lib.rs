@@ -2,3 +2,5 @@
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod backend;
+pub mod gateway;
+pub mod http;

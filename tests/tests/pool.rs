@@ -426,7 +426,16 @@ async fn topology_change_closes_pools_and_read_only_primary_marks_stale() {
     s.on_stale(move || a.set(a.get() + 1));
     s.report_read_only("primary");
     assert_eq!(asked.get(), 1);
-    assert!(s.topology().stale && s.topology().leader.is_none());
+    assert!(s.topology().stale, "topology marked stale");
+    s.report_read_only("not-the-leader");
+    assert_eq!(asked.get(), 1, "only the leader's refusal counts");
+    // With no leader at all, writes have nowhere to go.
+    s.set_topology(Arc::new(Topology {
+        epoch: 3,
+        leader: None,
+        replicas: vec![],
+        stale: true,
+    }));
     assert!(matches!(
         s.checkout(&tenant, &url.credentials, Intent::Write).await,
         Err(Error::NoPrimary)

@@ -1,3 +1,306 @@
 //! The Data API: `POST /sql`, speaking the HTTP protocol of Neon's serverless driver.
+//!
+//! A request names its tenant and credentials in `Neon-Connection-String`; its statements
+//! are classified (read or write), checked out from the core's tenant pool on the member
+//! the topology routes to, run with parameters bound (sent as text, typed by the server),
+//! and answered in the driver's JSON shape with values in PostgreSQL text format.
+//!
+//! Failure rules: a statement that was not sent is retried (a dead pooled connection, a
+//! replica refusing a write with 25006, a missing or unreachable leader for up to
+//! `RINGGATE_FAILOVER_WAIT`); a write whose connection broke after it was sent is never
+//! retried and gets 503 `outcome_unknown`.
 
+pub mod classify;
+pub mod exec;
+pub mod request;
+pub mod response;
 pub mod text;
+
+use std::{rc::Rc, time::Duration};
+
+use http::{Method, StatusCode};
+use monoio::time::{sleep, Instant};
+use ringgate_discovery::Role;
+use ringgate_pool::{Checkout, Error as PoolError, Intent, Shard};
+use serde_json::json;
+use tokio_postgres::error::SqlState;
+use tracing::debug;
+
+use self::{
+    classify::{classify, Kind},
+    exec::ExecError,
+    request::{RequestError, SqlRequest},
+    response::{db_error, gateway_error, result_json, unavailable},
+};
+use crate::{core::Core, http::Response, router::Request};
+
+/// Attempts at one statement that was provably not executed.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Handles `POST /sql`.
+pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
+    if req.head.method != Method::POST {
+        return gateway_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST /sql",
+        )
+        .with_header(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    }
+    let Some(db) = core.db.clone() else {
+        return gateway_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_database",
+            "no database is configured (DATABASE_URL)",
+        );
+    };
+    let sql = match request::parse(&req.head.headers, &req.body, &core.config.sql) {
+        Ok(r) => r,
+        Err(e) => return request_error(&e),
+    };
+    let ctx = Ctx {
+        db,
+        wait: core.config.failover_wait,
+        limit: core.config.sql.max_response_bytes,
+    };
+    if sql.batch {
+        ctx.batch(&sql).await
+    } else {
+        ctx.single(&sql).await
+    }
+}
+
+fn request_error(e: &RequestError) -> Response {
+    let (status, code) = match e {
+        RequestError::QueryTooLong { .. }
+        | RequestError::TooManyParams { .. }
+        | RequestError::BatchSize { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
+        RequestError::NoConnectionString | RequestError::ConnectionString(_) => {
+            (StatusCode::BAD_REQUEST, "bad_connection_string")
+        }
+        _ => (StatusCode::BAD_REQUEST, "bad_request"),
+    };
+    gateway_error(status, code, &e.to_string())
+}
+
+/// What one request needs to run.
+struct Ctx {
+    db: Rc<Shard>,
+    wait: Duration,
+    limit: usize,
+}
+
+impl Ctx {
+    async fn single(&self, sql: &SqlRequest) -> Response {
+        let st = &sql.statements[0];
+        let mut intent = match classify(&st.sql) {
+            Kind::Read => Intent::Read,
+            Kind::Write => Intent::Write,
+        };
+        let array_mode = st.array_mode.unwrap_or(sql.array_mode);
+        for _ in 0..MAX_ATTEMPTS {
+            let mut c = match self.checkout(sql, intent).await {
+                Ok(c) => c,
+                Err(e) => return pool_error(&e),
+            };
+            let mut budget = self.limit;
+            match exec::run(c.conn(), st, &mut budget, self.limit).await {
+                Ok(r) => {
+                    return Response::json(
+                        StatusCode::OK,
+                        &result_json(&r, array_mode, sql.raw_text),
+                    )
+                }
+                Err(e) => match self.after_failure(c, intent, &e) {
+                    Next::Retry(next) => intent = next,
+                    Next::Answer(r) => return r,
+                },
+            }
+        }
+        unavailable(
+            "backend_unavailable",
+            "the statement could not be run after retries",
+            1,
+        )
+    }
+
+    async fn batch(&self, sql: &SqlRequest) -> Response {
+        let intent = if sql.txn.read_only {
+            Intent::Read
+        } else {
+            Intent::Write
+        };
+        let mut begin = String::from("BEGIN");
+        if let Some(level) = sql.txn.isolation {
+            begin.push_str(" ISOLATION LEVEL ");
+            begin.push_str(level);
+        }
+        if sql.txn.read_only {
+            begin.push_str(" READ ONLY");
+        }
+        if sql.txn.deferrable {
+            begin.push_str(" DEFERRABLE");
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let mut c = match self.checkout(sql, intent).await {
+                Ok(c) => c,
+                Err(e) => return pool_error(&e),
+            };
+            // BEGIN runs nothing: a connection that fails it is retried.
+            if let Err(e) = c.conn().client().batch_execute(&begin).await {
+                match self.after_failure(c, intent, &ExecError::Prepare(e)) {
+                    Next::Retry(_) => continue,
+                    Next::Answer(r) => return r,
+                }
+            }
+            let mut budget = self.limit;
+            let mut results = Vec::with_capacity(sql.statements.len());
+            for st in &sql.statements {
+                match exec::run(c.conn(), st, &mut budget, self.limit).await {
+                    Ok(r) => results.push(result_json(
+                        &r,
+                        st.array_mode.unwrap_or(sql.array_mode),
+                        sql.raw_text,
+                    )),
+                    Err(e) => {
+                        if c.conn().client().batch_execute("ROLLBACK").await.is_err() {
+                            c.discard();
+                            // The server rolls back a transaction whose connection died.
+                            return match &e {
+                                ExecError::Db(d) | ExecError::Prepare(d) if d.as_db_error().is_some() => db_error(d.as_db_error().unwrap()),
+                                _ => unavailable("connection_lost", "the connection broke inside the batch transaction; nothing was committed", 1),
+                            };
+                        }
+                        return exec_error(&e);
+                    }
+                }
+            }
+            return match c.conn().client().batch_execute("COMMIT").await {
+                Ok(()) => Response::json(StatusCode::OK, &json!({ "results": results })),
+                Err(e) if e.as_db_error().is_some() => db_error(e.as_db_error().unwrap()),
+                Err(_) => {
+                    c.discard();
+                    outcome_unknown()
+                }
+            };
+        }
+        unavailable(
+            "backend_unavailable",
+            "the batch could not be started after retries",
+            1,
+        )
+    }
+
+    /// Checks out a connection; a write with no reachable leader waits for one up to the
+    /// failover wait (nothing has been sent yet, so waiting is safe).
+    async fn checkout(&self, sql: &SqlRequest, intent: Intent) -> Result<Checkout, PoolError> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let result = self
+                .db
+                .checkout(&sql.tenant.project, &sql.tenant.credentials, intent)
+                .await;
+            let waitable = matches!(
+                result,
+                Err(PoolError::NoPrimary
+                    | PoolError::Connect { .. }
+                    | PoolError::ConnectTimeout { .. })
+            );
+            if !waitable || Instant::now() >= deadline {
+                return result;
+            }
+            debug!(tenant = %sql.tenant.project, "no usable leader yet; waiting for failover");
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Decides what follows a failed statement.
+    fn after_failure(&self, c: Checkout, intent: Intent, e: &ExecError) -> Next {
+        let (pg, sent) = match e {
+            ExecError::Prepare(pg) => (pg, false),
+            ExecError::Db(pg) => (pg, true),
+            other => return Next::Answer(exec_error(other)),
+        };
+        if pg.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+            // Refused, so not applied: rerun on the leader.
+            if c.role() == Role::Leader {
+                self.db.report_read_only(c.node());
+            }
+            return Next::Retry(Intent::Write);
+        }
+        if let Some(db) = pg.as_db_error() {
+            if !is_disconnect(pg) {
+                return Next::Answer(db_error(db));
+            }
+        }
+        // The connection is gone.
+        c.discard();
+        if !sent || intent == Intent::Read {
+            return Next::Retry(intent);
+        }
+        Next::Answer(outcome_unknown())
+    }
+}
+
+/// What to do after a failure.
+enum Next {
+    Retry(Intent),
+    Answer(Response),
+}
+
+/// Whether the error means the server connection is gone (closed, or terminated by the
+/// server: admin shutdown, crash shutdown, cannot connect now).
+fn is_disconnect(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || matches!(
+            e.code(),
+            Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW
+        )
+        || (e.as_db_error().is_none() && e.code().is_none())
+}
+
+fn outcome_unknown() -> Response {
+    unavailable(
+        "outcome_unknown",
+        "the connection to the primary broke after the statement was sent; it may or may not have been applied, and was not retried",
+        1,
+    )
+}
+
+fn exec_error(e: &ExecError) -> Response {
+    match e {
+        ExecError::Db(d) | ExecError::Prepare(d) => match d.as_db_error() {
+            Some(db) => db_error(db),
+            None => unavailable("backend_unavailable", &d.to_string(), 1),
+        },
+        ExecError::Text(t) => {
+            gateway_error(StatusCode::BAD_REQUEST, "unsupported_type", &t.to_string())
+        }
+        ExecError::TooLarge { .. } => gateway_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "response_too_large",
+            &e.to_string(),
+        ),
+        ExecError::ParamCount { .. } => {
+            gateway_error(StatusCode::BAD_REQUEST, "08P01", &e.to_string())
+        }
+    }
+}
+
+/// Pool errors as responses: limits and outages are 503 with `Retry-After`.
+fn pool_error(e: &PoolError) -> Response {
+    match e {
+        PoolError::Exhausted { .. } => unavailable("pool_exhausted", &e.to_string(), 1),
+        PoolError::Budget { .. } => unavailable("connection_budget_exhausted", &e.to_string(), 1),
+        PoolError::NoPrimary => {
+            unavailable("no_primary", "no primary is available; retry shortly", 1)
+        }
+        PoolError::Connect { .. } | PoolError::ConnectTimeout { .. } | PoolError::Closed => {
+            unavailable("backend_unavailable", &e.to_string(), 1)
+        }
+        PoolError::Backend(pg) => match pg.as_db_error() {
+            Some(db) => db_error(db),
+            None => unavailable("backend_unavailable", &pg.to_string(), 1),
+        },
+    }
+}

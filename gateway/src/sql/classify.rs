@@ -1,0 +1,204 @@
+//! Read or write? Statements are classified with a real SQL parser (sqlparser, PostgreSQL
+//! dialect). Only a single plain query with no locking clause, no data-modifying CTE, no
+//! `SELECT INTO` and no known side-effecting function is a read; everything else, and
+//! anything the parser cannot read, goes to the leader.
+
+use std::ops::ControlFlow;
+
+use sqlparser::{
+    ast::{Expr, Query, SetExpr, Statement, Visit, Visitor},
+    dialect::PostgreSqlDialect,
+    parser::Parser,
+};
+
+/// Where a statement may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A read: a replica within the lag bound may serve it.
+    Read,
+    /// Anything else: the leader only.
+    Write,
+}
+
+/// Functions that write, take locks or change session or server state.
+const SIDE_EFFECTS: &[&str] = &[
+    "nextval",
+    "setval",
+    "lastval",
+    "pg_notify",
+    "set_config",
+    "setseed",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "lo_import",
+    "lo_export",
+    "lo_create",
+    "lo_creat",
+    "lo_unlink",
+    "lo_put",
+    "lo_from_bytea",
+];
+
+/// Function name prefixes with side effects (advisory locks, dblink, stats resets).
+const SIDE_EFFECT_PREFIXES: &[&str] =
+    &["pg_advisory", "pg_try_advisory", "dblink", "pg_stat_reset"];
+
+/// Classifies one SQL text.
+pub fn classify(sql: &str) -> Kind {
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Kind::Write;
+    };
+    match statements.as_slice() {
+        [Statement::Query(q)] if !selects_into(q) => {
+            let mut check = ReadOnly;
+            match statements.visit(&mut check) {
+                ControlFlow::Continue(()) => Kind::Read,
+                ControlFlow::Break(()) => Kind::Write,
+            }
+        }
+        _ => Kind::Write,
+    }
+}
+
+/// The first keyword of the statement, upper-cased, as PostgreSQL's command tag starts
+/// (`SELECT`, `INSERT`, ...). Empty when there is none.
+pub fn command(sql: &str) -> String {
+    let mut rest = sql.trim_start();
+    // Skip leading comments.
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r
+                .split_once('\n')
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r
+                .split_once("*/")
+                .map(|(_, r)| r)
+                .unwrap_or("")
+                .trim_start();
+        } else if let Some(r) = rest.strip_prefix('(') {
+            rest = r.trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    match word.to_ascii_uppercase().as_str() {
+        // A WITH query's tag is that of its main statement; VALUES and TABLE report SELECT.
+        "WITH" | "VALUES" | "TABLE" => "SELECT".into(),
+        w => w.to_string(),
+    }
+}
+
+fn selects_into(q: &Query) -> bool {
+    matches!(q.body.as_ref(), SetExpr::Select(s) if s.into.is_some())
+}
+
+/// Breaks on anything that may write.
+struct ReadOnly;
+
+impl Visitor for ReadOnly {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        let writes = !q.locks.is_empty()
+            || matches!(
+                q.body.as_ref(),
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+            )
+            || selects_into(q);
+        if writes {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        // Statements nested in a query (data-modifying CTEs) are writes.
+        match s {
+            Statement::Query(_) => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(()),
+        }
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = e {
+            let name = f.name.to_string().to_ascii_lowercase();
+            let name = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
+            if SIDE_EFFECTS.contains(&name)
+                || SIDE_EFFECT_PREFIXES.iter().any(|p| name.starts_with(p))
+            {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_selects_are_reads() {
+        for sql in [
+            "select 1",
+            "SELECT * FROM items WHERE id = $1",
+            "with t as (select 1 as x) select x from t",
+            "select count(*) from a join b on a.id = b.id group by 1 order by 1 limit 5",
+            "select 1 union all select 2",
+            "values (1), (2)",
+            "select now(), pg_is_in_recovery(), currval('s')",
+        ] {
+            assert_eq!(classify(sql), Kind::Read, "{sql}");
+        }
+    }
+
+    #[test]
+    fn anything_that_may_write_goes_to_the_leader() {
+        for sql in [
+            "insert into t values (1)",
+            "update t set x = 1",
+            "delete from t",
+            "select * from t for update",
+            "select * from t for share",
+            "with d as (delete from t returning *) select * from d",
+            "with i as (insert into t values (1) returning id) select id from i",
+            "select nextval('s')",
+            "select public.setval('s', 1)",
+            "select pg_advisory_lock(1)",
+            "select pg_try_advisory_xact_lock(1)",
+            "select x into newtable from t",
+            "create table t (x int)",
+            "begin",
+            "select 1; select 2",
+            "this is not sql",
+            "",
+            "explain analyze delete from t",
+            "call proc()",
+            "select set_config('a.b', 'c', false)",
+        ] {
+            assert_eq!(classify(sql), Kind::Write, "{sql}");
+        }
+    }
+
+    #[test]
+    fn command_tags() {
+        assert_eq!(command("  select 1"), "SELECT");
+        assert_eq!(command("-- hi\n/* x */ insert into t values (1)"), "INSERT");
+        assert_eq!(command("with x as (select 1) select * from x"), "SELECT");
+        assert_eq!(command("(select 1)"), "SELECT");
+        assert_eq!(command("update t set x=1"), "UPDATE");
+    }
+}

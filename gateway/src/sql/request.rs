@@ -1,0 +1,436 @@
+//! A `POST /sql` request as Neon's serverless driver sends it: the JSON body (one query or a
+//! batch) and the `Neon-*` headers.
+
+use std::str::FromStr;
+
+use http::HeaderMap;
+use ringgate_pool::Credentials;
+use serde::Deserialize;
+use tokio_postgres::config::Host;
+
+/// Limits on what one request may ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlLimits {
+    /// Longest query text in bytes (default 64 KiB).
+    pub max_query_bytes: usize,
+    /// Most parameters per query (default 1000).
+    pub max_params: usize,
+    /// Largest response body in bytes (default 10 MiB).
+    pub max_response_bytes: usize,
+    /// Most statements in a batch (default 100).
+    pub max_batch: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            max_query_bytes: 64 << 10,
+            max_params: 1000,
+            max_response_bytes: 10 << 20,
+            max_batch: 100,
+        }
+    }
+}
+
+/// One statement and its parameters (text, or NULL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The SQL text.
+    pub sql: String,
+    /// Parameters `$1..`, sent to the server as text; the server infers their types.
+    pub params: Vec<Option<String>>,
+    /// Per-statement array mode, overriding the header.
+    pub array_mode: Option<bool>,
+}
+
+/// Transaction options for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TxnOptions {
+    /// `Neon-Batch-Isolation-Level`.
+    pub isolation: Option<&'static str>,
+    /// `Neon-Batch-Read-Only: true`: the batch may run on a replica.
+    pub read_only: bool,
+    /// `Neon-Batch-Deferrable: true`.
+    pub deferrable: bool,
+}
+
+/// Whose database the request runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Project id: the first label of the connection string's host (`alpha.db.example` →
+    /// `alpha`), or the database name when the host is an IP address or a single label.
+    pub project: String,
+    /// Database, role and password from the connection string.
+    pub credentials: Credentials,
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlRequest {
+    /// The statements; one unless `batch`.
+    pub statements: Vec<Statement>,
+    /// Whether the body was `{"queries": [...]}` (one transaction, `{"results": [...]}`).
+    pub batch: bool,
+    /// Rows as arrays instead of objects (`Neon-Array-Mode`).
+    pub array_mode: bool,
+    /// Values as PostgreSQL text (`Neon-Raw-Text-Output`); otherwise numbers, booleans and
+    /// JSON are converted to JSON values.
+    pub raw_text: bool,
+    /// Batch transaction options.
+    pub txn: TxnOptions,
+    /// The tenant.
+    pub tenant: Tenant,
+}
+
+/// Why a request was refused before anything ran. All map to 400, except limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The body is not the expected JSON.
+    #[error("invalid request body: {0}")]
+    Body(String),
+    /// No `Neon-Connection-String` header.
+    #[error(
+        "missing Neon-Connection-String header (postgres://user:password@project.host/database)"
+    )]
+    NoConnectionString,
+    /// The connection string does not parse or lacks a part.
+    #[error("invalid Neon-Connection-String: {0}")]
+    ConnectionString(String),
+    /// A `Neon-*` header has a value it does not accept.
+    #[error("invalid {name} header: {value:?}")]
+    Header {
+        /// Header name.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A query is longer than the limit.
+    #[error("query is {length} bytes, over the limit of {limit}")]
+    QueryTooLong {
+        /// Its length.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Too many parameters.
+    #[error("{count} parameters, over the limit of {limit}")]
+    TooManyParams {
+        /// How many.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A batch is empty or too long.
+    #[error("a batch needs 1 to {limit} queries, got {count}")]
+    BatchSize {
+        /// How many.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    query: String,
+    #[serde(default)]
+    params: Vec<serde_json::Value>,
+    #[serde(default, rename = "arrayMode")]
+    array_mode: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Body {
+    Batch { queries: Vec<QueryBody> },
+    Single(QueryBody),
+}
+
+/// Parses headers and body.
+pub fn parse(
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &SqlLimits,
+) -> Result<SqlRequest, RequestError> {
+    let tenant = tenant(headers)?;
+    let array_mode = flag(headers, "neon-array-mode")?;
+    let raw_text = flag(headers, "neon-raw-text-output")?;
+    let txn = TxnOptions {
+        isolation: isolation(headers)?,
+        read_only: flag(headers, "neon-batch-read-only")?,
+        deferrable: flag(headers, "neon-batch-deferrable")?,
+    };
+    let body: Body = serde_json::from_slice(body).map_err(|e| RequestError::Body(e.to_string()))?;
+    let (queries, batch) = match body {
+        Body::Single(q) => (vec![q], false),
+        Body::Batch { queries } => {
+            if queries.is_empty() || queries.len() > limits.max_batch {
+                return Err(RequestError::BatchSize {
+                    count: queries.len(),
+                    limit: limits.max_batch,
+                });
+            }
+            (queries, true)
+        }
+    };
+    let statements = queries
+        .into_iter()
+        .map(|q| {
+            if q.query.len() > limits.max_query_bytes {
+                return Err(RequestError::QueryTooLong {
+                    length: q.query.len(),
+                    limit: limits.max_query_bytes,
+                });
+            }
+            if q.params.len() > limits.max_params {
+                return Err(RequestError::TooManyParams {
+                    count: q.params.len(),
+                    limit: limits.max_params,
+                });
+            }
+            Ok(Statement {
+                sql: q.query,
+                params: q.params.iter().map(param_text).collect(),
+                array_mode: q.array_mode,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(SqlRequest {
+        statements,
+        batch,
+        array_mode,
+        raw_text,
+        txn,
+        tenant,
+    })
+}
+
+/// A JSON parameter as the text PostgreSQL will parse: strings as they are, numbers and
+/// booleans in their JSON spelling, arrays and objects as JSON text, null as NULL.
+fn param_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn flag(headers: &HeaderMap, name: &'static str) -> Result<bool, RequestError> {
+    match header(headers, name).map(str::trim) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(RequestError::Header {
+            name,
+            value: v.to_string(),
+        }),
+    }
+}
+
+fn isolation(headers: &HeaderMap) -> Result<Option<&'static str>, RequestError> {
+    let Some(v) = header(headers, "neon-batch-isolation-level") else {
+        return Ok(None);
+    };
+    let level = match v
+        .trim()
+        .to_ascii_lowercase()
+        .replace(['_', '-'], " ")
+        .as_str()
+    {
+        "serializable" => "SERIALIZABLE",
+        "repeatable read" | "repeatableread" => "REPEATABLE READ",
+        "read committed" | "readcommitted" => "READ COMMITTED",
+        "read uncommitted" | "readuncommitted" => "READ UNCOMMITTED",
+        _ => {
+            return Err(RequestError::Header {
+                name: "Neon-Batch-Isolation-Level",
+                value: v.to_string(),
+            })
+        }
+    };
+    Ok(Some(level))
+}
+
+fn tenant(headers: &HeaderMap) -> Result<Tenant, RequestError> {
+    let s = header(headers, "neon-connection-string").ok_or(RequestError::NoConnectionString)?;
+    let bad = |why: &str| RequestError::ConnectionString(why.to_string());
+    let config = tokio_postgres::Config::from_str(s).map_err(|_| bad("not a postgres:// URL"))?;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => return Err(bad("no host")),
+    };
+    let user = config.get_user().ok_or_else(|| bad("no user"))?.to_string();
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = config
+        .get_dbname()
+        .ok_or_else(|| bad("no database"))?
+        .to_string();
+    let project = project_of(&host).unwrap_or_else(|| database.clone());
+    Ok(Tenant {
+        project,
+        credentials: Credentials {
+            database,
+            user,
+            password,
+        },
+    })
+}
+
+/// The project a host names: its first label, when it has several and is not an address.
+pub fn project_of(host: &str) -> Option<String> {
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return None;
+    }
+    let (first, rest) = host.split_once('.')?;
+    (!first.is_empty() && !rest.is_empty()).then(|| first.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    const CS: (&str, &str) = (
+        "neon-connection-string",
+        "postgres://alpha_owner:pw@alpha.db.local/tenant_alpha",
+    );
+
+    #[test]
+    fn single_query_with_params_and_flags() {
+        let h = headers(&[
+            CS,
+            ("neon-array-mode", "true"),
+            ("neon-raw-text-output", "true"),
+        ]);
+        let r = parse(
+            &h,
+            br#"{"query":"select $1, $2, $3, $4","params":["a", 1.5, null, true]}"#,
+            &SqlLimits::default(),
+        )
+        .unwrap();
+        assert!(!r.batch && r.array_mode && r.raw_text);
+        assert_eq!(r.tenant.project, "alpha");
+        assert_eq!(r.tenant.credentials.database, "tenant_alpha");
+        assert_eq!(
+            r.statements[0].params,
+            vec![
+                Some("a".into()),
+                Some("1.5".into()),
+                None,
+                Some("true".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn batch_and_transaction_headers() {
+        let h = headers(&[
+            CS,
+            ("neon-batch-isolation-level", "RepeatableRead"),
+            ("neon-batch-read-only", "true"),
+            ("neon-batch-deferrable", "true"),
+        ]);
+        let r = parse(&h, br#"{"queries":[{"query":"select 1"},{"query":"select $1","params":[2],"arrayMode":true}]}"#, &SqlLimits::default()).unwrap();
+        assert!(r.batch);
+        assert_eq!(r.statements.len(), 2);
+        assert_eq!(r.statements[1].array_mode, Some(true));
+        assert_eq!(
+            r.txn,
+            TxnOptions {
+                isolation: Some("REPEATABLE READ"),
+                read_only: true,
+                deferrable: true
+            }
+        );
+    }
+
+    #[test]
+    fn project_comes_from_host_or_database() {
+        assert_eq!(project_of("alpha.db.example.com").as_deref(), Some("alpha"));
+        assert_eq!(project_of("127.0.0.1"), None);
+        assert_eq!(project_of("localhost"), None);
+        let h = headers(&[(
+            "neon-connection-string",
+            "postgres://u:p@127.0.0.1:8080/tenant_beta",
+        )]);
+        assert_eq!(
+            parse(&h, br#"{"query":"select 1"}"#, &SqlLimits::default())
+                .unwrap()
+                .tenant
+                .project,
+            "tenant_beta"
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_reasons() {
+        let l = SqlLimits {
+            max_query_bytes: 10,
+            max_params: 1,
+            max_batch: 2,
+            ..SqlLimits::default()
+        };
+        let ok = headers(&[CS]);
+        assert_eq!(
+            parse(&HeaderMap::new(), br#"{"query":"x"}"#, &l),
+            Err(RequestError::NoConnectionString)
+        );
+        let bad_cs = headers(&[("neon-connection-string", "nonsense")]);
+        assert!(matches!(
+            parse(&bad_cs, br#"{"query":"x"}"#, &l),
+            Err(RequestError::ConnectionString(_))
+        ));
+        let no_db = headers(&[("neon-connection-string", "postgres://u:p@h.x")]);
+        assert!(matches!(
+            parse(&no_db, br#"{"query":"x"}"#, &l),
+            Err(RequestError::ConnectionString(_))
+        ));
+        assert!(matches!(
+            parse(&ok, b"not json", &l),
+            Err(RequestError::Body(_))
+        ));
+        assert!(matches!(
+            parse(&ok, br#"{"sql":"x"}"#, &l),
+            Err(RequestError::Body(_))
+        ));
+        assert!(matches!(
+            parse(&ok, br#"{"query":"select 1234567890"}"#, &l),
+            Err(RequestError::QueryTooLong { .. })
+        ));
+        assert!(matches!(
+            parse(&ok, br#"{"query":"x","params":[1,2]}"#, &l),
+            Err(RequestError::TooManyParams { .. })
+        ));
+        assert!(matches!(
+            parse(&ok, br#"{"queries":[]}"#, &l),
+            Err(RequestError::BatchSize { .. })
+        ));
+        let bad_flag = headers(&[CS, ("neon-array-mode", "yes please")]);
+        assert!(matches!(
+            parse(&bad_flag, br#"{"query":"x"}"#, &l),
+            Err(RequestError::Header { .. })
+        ));
+        let bad_iso = headers(&[CS, ("neon-batch-isolation-level", "chaos")]);
+        assert!(matches!(
+            parse(&bad_iso, br#"{"query":"x"}"#, &l),
+            Err(RequestError::Header { .. })
+        ));
+    }
+}

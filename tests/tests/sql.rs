@@ -1,0 +1,361 @@
+//! The Data API (`POST /sql`) end to end: ringgate in-process, real PostgreSQL behind it.
+
+use std::time::Duration;
+
+use ringgate_pool::url::parse_pg_url;
+use ringgate_tests::{
+    backend::{pg_admin_url, psql, required, unique},
+    gateway::start,
+    http::{request, Resp},
+};
+use serde_json::{json, Value};
+
+/// A Neon connection string for `project` with the admin credentials.
+fn conn_string(project: &str) -> String {
+    let u = parse_pg_url(&pg_admin_url()).unwrap();
+    let c = u.credentials;
+    format!(
+        "postgres://{}:{}@{project}.ringgate.test/{}",
+        c.user, c.password, c.database
+    )
+}
+
+fn sql(addr: std::net::SocketAddr, cs: &str, body: Value, extra: &[(&str, &str)]) -> Resp {
+    let mut headers = vec![
+        ("Neon-Connection-String", cs),
+        ("Content-Type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    request(addr, "POST", "/sql", &headers, body.to_string().as_bytes())
+}
+
+fn base_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![("DATABASE_URL", url.to_string())]
+}
+
+fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn query_with_params_returns_neon_shape_and_text_values() {
+    let env = base_env(&pg_admin_url());
+    let (g, addr) = start(&env_refs(&env));
+    let cs = conn_string("alpha");
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select $1::int + 1 as n, $2::text as t, $3::int as z, 1.50::numeric as price, '{\"a\":1}'::jsonb as j, array[1,2,null] as a, '\\x0102'::bytea as b, $4::bool as flag", "params": [41, "it's", null, true]}),
+        &[("Neon-Raw-Text-Output", "true")],
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let v = r.json();
+    assert_eq!(v["command"], "SELECT");
+    assert_eq!(v["rowCount"], 1);
+    assert_eq!(v["rowAsArray"], false);
+    assert_eq!(
+        v["rows"][0],
+        json!({"n": "42", "t": "it's", "z": null, "price": "1.50", "j": "{\"a\": 1}", "a": "{1,2,NULL}", "b": "\\x0102", "flag": "t"})
+    );
+    let fields = v["fields"].as_array().unwrap();
+    assert_eq!(
+        fields[0],
+        json!({"name": "n", "dataTypeID": 23, "tableID": 0, "columnID": 0, "dataTypeSize": 4, "dataTypeModifier": -1, "format": "text"})
+    );
+    assert_eq!(fields[3]["dataTypeID"], 1700);
+    // Array mode, from the header.
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select 1 as a, 'x' as b"}),
+        &[
+            ("Neon-Array-Mode", "true"),
+            ("Neon-Raw-Text-Output", "true"),
+        ],
+    );
+    assert_eq!(r.json()["rows"], json!([["1", "x"]]));
+    assert_eq!(r.json()["rowAsArray"], true);
+    // Without raw text output, booleans, small numbers and JSON become JSON values.
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select 1 as i, true as b, '{\"k\":[1]}'::json as j, 2.5::numeric as n"}),
+        &[],
+    );
+    assert_eq!(
+        r.json()["rows"][0],
+        json!({"i": 1, "b": true, "j": {"k": [1]}, "n": "2.5"})
+    );
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn sql_errors_carry_sqlstate_and_position() {
+    let env = base_env(&pg_admin_url());
+    let (g, addr) = start(&env_refs(&env));
+    let cs = conn_string("alpha");
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select * from no_such_table_xyz"}),
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["code"], "42P01");
+    assert_eq!(v["position"], "15");
+    assert!(v["message"].as_str().unwrap().contains("no_such_table_xyz"));
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select $1::int", "params": ["not a number"]}),
+        &[],
+    );
+    assert_eq!((r.status, r.json()["code"].as_str()), (400, Some("22P02")));
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select $1::int, $2::int", "params": [1]}),
+        &[],
+    );
+    assert_eq!((r.status, r.json()["code"].as_str()), (400, Some("08P01")));
+    // Parameters are bound, never interpolated: an injection attempt is just a string.
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select $1::text as v", "params": ["x'; drop table pg_class; --"]}),
+        &[("Neon-Raw-Text-Output", "true")],
+    );
+    assert_eq!(r.json()["rows"][0]["v"], "x'; drop table pg_class; --");
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn bad_requests_are_refused_clearly() {
+    let env = base_env(&pg_admin_url());
+    let mut env = env_refs(&env);
+    env.extend([
+        ("RINGGATE_SQL_MAX_QUERY_BYTES", "100"),
+        ("RINGGATE_SQL_MAX_RESPONSE_BYTES", "1KiB"),
+    ]);
+    let (g, addr) = start(&env);
+    let cs = conn_string("alpha");
+    let r = request(addr, "POST", "/sql", &[], br#"{"query":"select 1"}"#);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("bad_connection_string"))
+    );
+    let r = sql(addr, &cs, json!({"nope": 1}), &[]);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let r = request(
+        addr,
+        "POST",
+        "/sql",
+        &[("Neon-Connection-String", &cs)],
+        b"{not json",
+    );
+    assert_eq!(r.status, 400);
+    let long = format!("select '{}'", "x".repeat(200));
+    let r = sql(addr, &cs, json!({"query": long}), &[]);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (413, Some("limit_exceeded"))
+    );
+    let r = sql(addr, &cs, json!({"query": "select repeat('x', 5000)"}), &[]);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (507, Some("response_too_large"))
+    );
+    let r = request(addr, "GET", "/sql", &[], b"");
+    assert_eq!(r.status, 405);
+    let mut bad = parse_pg_url(&pg_admin_url()).unwrap().credentials;
+    bad.password = "wrong-password".into();
+    let bad_cs = format!(
+        "postgres://{}:{}@alpha.ringgate.test/{}",
+        bad.user, bad.password, bad.database
+    );
+    let r = sql(addr, &bad_cs, json!({"query": "select 1"}), &[]);
+    assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("28P01")));
+    // The gateway is fine afterwards.
+    assert_eq!(
+        sql(addr, &cs, json!({"query": "select 1"}), &[]).status,
+        200
+    );
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn batch_runs_in_one_transaction_and_rolls_back_on_error() {
+    let env = base_env(&pg_admin_url());
+    let (g, addr) = start(&env_refs(&env));
+    let cs = conn_string("alpha");
+    let table = unique("batch_t");
+    psql(
+        &pg_admin_url(),
+        &format!("create table {table} (id int primary key, name text)"),
+    );
+    let r = sql(
+        addr,
+        &cs,
+        json!({"queries": [
+            {"query": format!("insert into {table} values ($1, $2)"), "params": [1, "one"]},
+            {"query": format!("insert into {table} values ($1, $2)"), "params": [2, "two"]},
+            {"query": format!("select count(*) as n from {table}"), "arrayMode": true},
+        ]}),
+        &[
+            ("Neon-Raw-Text-Output", "true"),
+            ("Neon-Batch-Isolation-Level", "Serializable"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let results = r.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["command"], "INSERT");
+    assert_eq!(results[0]["rowCount"], 1);
+    assert_eq!(results[2]["rows"], json!([["2"]]));
+    // A failing statement rolls the whole batch back.
+    let r = sql(
+        addr,
+        &cs,
+        json!({"queries": [
+            {"query": format!("insert into {table} values (3, 'three')")},
+            {"query": format!("insert into {table} values (1, 'duplicate')")},
+        ]}),
+        &[],
+    );
+    assert_eq!((r.status, r.json()["code"].as_str()), (400, Some("23505")));
+    assert_eq!(
+        psql(&pg_admin_url(), &format!("select count(*) from {table}")),
+        "2"
+    );
+    // A read-only batch refuses writes.
+    let r = sql(
+        addr,
+        &cs,
+        json!({"queries": [{"query": format!("delete from {table}")}]}),
+        &[("Neon-Batch-Read-Only", "true")],
+    );
+    assert_eq!((r.status, r.json()["code"].as_str()), (400, Some("25006")));
+    psql(&pg_admin_url(), &format!("drop table {table}"));
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn exhausted_pool_gets_503_with_retry_after_naming_the_limit() {
+    let env = base_env(&pg_admin_url());
+    let mut env = env_refs(&env);
+    env.extend([
+        ("RINGGATE_POOL_MAX_PER_TENANT", "2"),
+        ("RINGGATE_POOL_TIMEOUT", "300ms"),
+    ]);
+    let (g, addr) = start(&env);
+    let project = unique("busy");
+    let cs = conn_string(&project);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let cs = cs.clone();
+            std::thread::spawn(move || {
+                sql(addr, &cs, json!({"query": "select pg_sleep(1.5)"}), &[]).status
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let r = sql(addr, &cs, json!({"query": "select 1"}), &[]);
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let v = r.json();
+    assert_eq!(v["code"], "pool_exhausted");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains(&project) && message.contains("limit of 2"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "waited the pool timeout first"
+    );
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    assert_eq!(
+        sql(addr, &cs, json!({"query": "select 1"}), &[]).status,
+        200,
+        "free again"
+    );
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn a_terminated_server_connection_does_not_fail_the_next_request() {
+    let env = base_env(&pg_admin_url());
+    let (g, addr) = start(&env_refs(&env));
+    let project = unique("term");
+    let cs = conn_string(&project);
+    let raw = [("Neon-Raw-Text-Output", "true")];
+    let pid = sql(
+        addr,
+        &cs,
+        json!({"query": "select pg_backend_pid()::text as pid"}),
+        &raw,
+    )
+    .json()["rows"][0]["pid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    psql(
+        &pg_admin_url(),
+        &format!("select pg_terminate_backend({pid})"),
+    );
+    for query in ["select pg_backend_pid()::text as pid", "select 1 as one"] {
+        let r = sql(addr, &cs, json!({ "query": query }), &raw);
+        assert_eq!(r.status, 200, "{:?}", r.json());
+    }
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn reads_go_to_the_replica_and_writes_to_the_primary() {
+    let primary = required("DATABASE_URL");
+    let replica = required("READ_REPLICA_URL");
+    let (g, addr) = start(&[("DATABASE_URL", &primary), ("READ_REPLICA_URL", &replica)]);
+    let c = parse_pg_url(&primary).unwrap().credentials;
+    let cs = format!(
+        "postgres://{}:{}@rr.ringgate.test/{}",
+        c.user, c.password, c.database
+    );
+    let raw = [("Neon-Raw-Text-Output", "true")];
+    let read = sql(
+        addr,
+        &cs,
+        json!({"query": "select pg_is_in_recovery() as r"}),
+        &raw,
+    );
+    assert_eq!(
+        read.json()["rows"][0]["r"],
+        "t",
+        "a plain SELECT runs on the replica"
+    );
+    let locked = sql(
+        addr,
+        &cs,
+        json!({"query": "select pg_is_in_recovery() as r, txid_current()"}),
+        &raw,
+    );
+    assert_eq!(
+        locked.json()["rows"][0]["r"],
+        "f",
+        "a side-effecting SELECT runs on the primary"
+    );
+    g.drain();
+}
