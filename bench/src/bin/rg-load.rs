@@ -1,0 +1,251 @@
+//! rg-load: constant-rate HTTP/1.1 load with coordinated-omission correction.
+//!
+//! Each of `--connections` keep-alive connections owns an equal share of the schedule: at
+//! rate R over C connections, connection i sends its k-th request at
+//! `start + (k * C + i) / R`. A request's latency runs from that scheduled instant, not from
+//! when it was actually sent, so a stalled server shows up as latency instead of silently
+//! lowering the load (the wrk2 model). Prints one line of `key=value` figures.
+//!
+//! Usage: rg-load --url http[s]://IP:PORT/PATH --rate N --duration SECS [--connections C]
+//!                [--warmup SECS] [--ca PEM]
+
+use std::{
+    cell::RefCell,
+    net::SocketAddr,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use monoio::{
+    io::{AsyncReadRent, AsyncWriteRentExt},
+    net::TcpStream,
+};
+
+struct Args {
+    tls: bool,
+    addr: SocketAddr,
+    path: String,
+    rate: f64,
+    duration: Duration,
+    warmup: Duration,
+    connections: usize,
+    ca: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let (mut url, mut rate, mut duration, mut warmup, mut connections, mut ca) =
+        (None, None, 10.0, 2.0, 100, None);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--url" => url = Some(val()?),
+            "--rate" => rate = Some(val()?.parse::<f64>()?),
+            "--duration" => duration = val()?.parse()?,
+            "--warmup" => warmup = val()?.parse()?,
+            "--connections" => connections = val()?.parse()?,
+            "--ca" => ca = Some(val()?),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let url = url.context("--url is required")?;
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        bail!("--url must start with http:// or https://")
+    };
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    Ok(Args {
+        tls,
+        addr: hostport.parse().context("the URL's host must be IP:PORT")?,
+        path,
+        rate: rate.context("--rate is required")?,
+        duration: Duration::from_secs_f64(duration),
+        warmup: Duration::from_secs_f64(warmup),
+        connections,
+        ca,
+    })
+}
+
+#[derive(Default)]
+struct Totals {
+    ok: u64,
+    errors: u64,
+    non_2xx: u64,
+}
+
+trait Conn: AsyncReadRent + monoio::io::AsyncWriteRent {}
+impl<T: AsyncReadRent + monoio::io::AsyncWriteRent> Conn for T {}
+
+/// Reads one Content-Length framed response; returns its status.
+async fn read_response<C: Conn>(io: &mut C, buf: &mut Vec<u8>) -> Result<u16> {
+    loop {
+        if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?;
+            let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .map(|(_, v)| v.trim())
+                })
+                .unwrap_or("0")
+                .parse()?;
+            if buf.len() >= end + 4 + len {
+                buf.drain(..end + 4 + len);
+                return Ok(status);
+            }
+        }
+        let mut chunk = vec![0u8; 16 * 1024];
+        let (r, c) = io.read(chunk).await;
+        chunk = c;
+        let n = r?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn drive<C: Conn>(
+    mut io: C,
+    req: Rc<Vec<u8>>,
+    schedule: Schedule,
+    hist: Rc<RefCell<Histogram<u64>>>,
+    totals: Rc<RefCell<Totals>>,
+) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut k: u64 = 0;
+    loop {
+        let intended = schedule.at(k);
+        if intended >= schedule.end {
+            return;
+        }
+        let now = Instant::now();
+        if intended > now {
+            monoio::time::sleep(intended - now).await;
+        }
+        let (r, _) = io.write_all((*req).clone()).await;
+        let result = match r {
+            Ok(_) => read_response(&mut io, &mut buf).await,
+            Err(e) => Err(e.into()),
+        };
+        let done = Instant::now();
+        if intended >= schedule.measure_from {
+            let mut t = totals.borrow_mut();
+            match result {
+                Ok(s) if (200..300).contains(&s) => {
+                    t.ok += 1;
+                    let _ = hist
+                        .borrow_mut()
+                        .record((done - intended).as_micros() as u64);
+                }
+                Ok(_) => t.non_2xx += 1,
+                Err(_) => t.errors += 1,
+            }
+        }
+        if result.is_err() {
+            // The connection is unusable; its remaining share of the schedule is lost,
+            // which shows as a lower achieved rate.
+            return;
+        }
+        k += 1;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    offset: Duration,
+    period: Duration,
+}
+
+impl Schedule {
+    fn at(&self, k: u64) -> Instant {
+        self.start + self.offset + self.period * k as u32
+    }
+}
+
+fn tls_config(ca: &Option<String>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let path = ca.as_ref().context("--ca is required for https")?;
+    for c in rustls_pemfile::certs(&mut std::fs::read(path)?.as_slice()) {
+        roots.add(c?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let tls = if args.tls {
+        Some(tls_config(&args.ca)?)
+    } else {
+        None
+    };
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    rt.block_on(async move {
+        let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+        let totals = Rc::new(RefCell::new(Totals::default()));
+        let req = Rc::new(format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", args.path, args.addr).into_bytes());
+        let c = args.connections as u32;
+        let period = Duration::from_secs_f64(args.connections as f64 / args.rate);
+        let start = Instant::now() + Duration::from_millis(500);
+        let measure_from = start + args.warmup;
+        let end = measure_from + args.duration;
+        let mut handles = Vec::new();
+        for i in 0..c {
+            let schedule = Schedule { start, measure_from, end, offset: Duration::from_secs_f64(i as f64 / args.rate), period };
+            let stream = TcpStream::connect(args.addr).await.context("connect")?;
+            stream.set_nodelay(true)?;
+            let (req, hist, totals) = (req.clone(), hist.clone(), totals.clone());
+            match &tls {
+                Some(cfg) => {
+                    let connector = monoio_rustls::TlsConnector::from(cfg.clone());
+                    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                    let s = connector.connect(name, stream).await.map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                    handles.push(monoio::spawn(drive(s, req, schedule, hist, totals)));
+                }
+                None => handles.push(monoio::spawn(drive(stream, req, schedule, hist, totals))),
+            }
+        }
+        for h in handles {
+            h.await;
+        }
+        let h = hist.borrow();
+        let t = totals.borrow();
+        let secs = args.duration.as_secs_f64();
+        println!(
+            "target_rate={:.0} achieved_rate={:.0} ok={} non_2xx={} errors={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3}",
+            args.rate,
+            t.ok as f64 / secs,
+            t.ok,
+            t.non_2xx,
+            t.errors,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.9) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.value_at_quantile(0.999) as f64 / 1000.0,
+            h.max() as f64 / 1000.0,
+        );
+        Ok(())
+    })
+}
