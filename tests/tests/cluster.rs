@@ -162,14 +162,16 @@ fn chaos_patroni_leader_kill_fails_over_and_rejoins() {
             )
         },
     );
-    let timeline_after: u64 = patroni_members()
-        .iter()
-        .find(|m| m["name"] == new.as_str())
-        .and_then(|m| m["timeline"].as_u64())
-        .unwrap();
-    assert!(
-        timeline_after > timeline_before,
-        "promotion starts a new timeline"
+    // Patroni publishes the new timeline with its next member update.
+    wait_until(
+        "the new leader on a new timeline",
+        Duration::from_secs(10),
+        || {
+            let m = patroni_members()
+                .into_iter()
+                .find(|m| m["name"] == new.as_str())?;
+            (m["timeline"].as_u64()? > timeline_before).then_some(())
+        },
     );
     eprintln!(
         "failover: {old} killed; {new} leader after {:.1}s; writes through HAProxy after {:.1}s (from the kill: {:.1}s)",
