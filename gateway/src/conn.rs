@@ -10,7 +10,7 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
     time::{sleep_until, timeout, Duration, Instant},
 };
-use tracing::debug;
+use tracing::{debug, debug_span, Instrument};
 
 use crate::{
     core::Core,
@@ -72,7 +72,8 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(core: Rc<Core>, mut io: I
             head: head.parts,
             body,
         };
-        let (route, response) = router::route(&conn.core, &req).await;
+        let span = debug_span!("request", method = %req.head.method, path = req.head.uri.path());
+        let (route, response) = router::route(&conn.core, &req).instrument(span).await;
         let head_only = req.head.method == Method::HEAD;
         let written = conn
             .write(

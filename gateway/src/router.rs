@@ -26,7 +26,11 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
         "/health" => (
             Route::Health,
             only_get(req, || {
-                Response::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                Response::new(
+                    StatusCode::OK,
+                    "application/json",
+                    &b"{\"status\":\"ok\"}"[..],
+                )
             }),
         ),
         "/ready" => (Route::Ready, only_get(req, || ready(core))),
@@ -60,7 +64,11 @@ fn ready(core: &Core) -> Response {
             &serde_json::json!({"status": "draining"}),
         )
     } else {
-        Response::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+        Response::new(
+            StatusCode::OK,
+            "application/json",
+            &b"{\"status\":\"ready\"}"[..],
+        )
     }
 }
 

@@ -13,8 +13,10 @@ use http::{HeaderName, HeaderValue, StatusCode};
 pub struct Response {
     /// Status code.
     pub status: StatusCode,
-    /// Headers besides the ones the connection adds (`content-length`, `date`,
-    /// `connection`, `x-request-id`, `server`).
+    /// `content-type`.
+    pub content_type: &'static str,
+    /// Headers besides `content-type` and the ones the connection adds (`content-length`,
+    /// `date`, `connection`, `x-request-id`, `server`); usually empty (no allocation).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The body.
     pub body: Bytes,
@@ -25,10 +27,8 @@ impl Response {
     pub fn new(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Self {
         Self {
             status,
-            headers: vec![(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type),
-            )],
+            content_type,
+            headers: Vec::new(),
             body: body.into(),
         }
     }
@@ -80,6 +80,8 @@ impl Response {
         if !keep_alive {
             out.extend_from_slice(b"\r\nconnection: close");
         }
+        out.extend_from_slice(b"\r\ncontent-type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
         for (name, value) in &self.headers {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_str().as_bytes());
