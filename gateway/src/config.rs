@@ -60,6 +60,10 @@ pub const ENV_POOL_MIN_WARM: &str = "RINGGATE_POOL_MIN_WARM";
 pub const ENV_POOL_CONNECT_TIMEOUT: &str = "RINGGATE_POOL_CONNECT_TIMEOUT";
 /// Replicas further behind than this take no reads.
 pub const ENV_MAX_REPLICA_LAG: &str = "RINGGATE_MAX_REPLICA_LAG";
+/// TLS to PostgreSQL: `disable`, `require` or `verify-full`.
+pub const ENV_PG_SSLMODE: &str = "RINGGATE_PG_SSLMODE";
+/// PEM root certificates for `verify-full`.
+pub const ENV_PG_SSLROOTCERT: &str = "RINGGATE_PG_SSLROOTCERT";
 /// Longest query text accepted by `/sql`.
 pub const ENV_SQL_MAX_QUERY_BYTES: &str = "RINGGATE_SQL_MAX_QUERY_BYTES";
 /// Most parameters per query.
@@ -491,6 +495,50 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// `RINGGATE_PG_SSLMODE` and `RINGGATE_PG_SSLROOTCERT`.
+    fn pg_tls(&mut self) -> Option<ringgate_pool::tls::PgTls> {
+        let mode = self.parse(ENV_PG_SSLMODE, |s| match s.trim() {
+            m @ ("disable" | "require" | "verify-full") => Ok(m.to_string()),
+            _ => Err(parse::ParseError {
+                expected: "disable, require or verify-full",
+            }),
+        });
+        let root = self.string(ENV_PG_SSLROOTCERT);
+        match (mode.as_deref(), root) {
+            (None | Some("disable"), _) => None,
+            (Some("require"), _) => match ringgate_pool::tls::require() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.invalid(
+                        ENV_PG_SSLMODE,
+                        "require".into(),
+                        "a TLS configuration rustls accepts",
+                    );
+                    error!("{e}");
+                    None
+                }
+            },
+            (Some(_), None) => {
+                self.missing(ENV_PG_SSLROOTCERT, "RINGGATE_PG_SSLMODE=verify-full");
+                None
+            }
+            (Some(_), Some(root)) => {
+                match ringgate_pool::tls::verify_full(std::path::Path::new(&root)) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        error!("{e}");
+                        self.invalid(
+                            ENV_PG_SSLROOTCERT,
+                            root,
+                            "a readable PEM file with at least one certificate",
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     /// `DATABASE_URL`, `READ_REPLICA_URL` and the pool limits.
     fn database(&mut self) -> Option<DatabaseConfig> {
         const URL: &str = "a URL like postgres://user:password@host:5432/database";
@@ -548,6 +596,10 @@ impl Reader<'_> {
                 .parse(ENV_SQL_STATEMENT_TIMEOUT, parse::duration)
                 .unwrap_or(d.statement_timeout),
             ..d
+        };
+        let pool = ringgate_pool::Config {
+            tls: self.pg_tls(),
+            ..pool
         };
         match (primary, replica) {
             (Some(primary), replica) => Some(DatabaseConfig {
@@ -750,6 +802,57 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn postgres_tls_modes() {
+        let db = (ENV_DATABASE_URL, "postgres://a:b@127.0.0.1/db");
+        assert_eq!(read(&[db]).unwrap().database.unwrap().pool.tls, None);
+        assert!(read(&[db, (ENV_PG_SSLMODE, "require")])
+            .unwrap()
+            .database
+            .unwrap()
+            .pool
+            .tls
+            .is_some());
+        let err = read(&[db, (ENV_PG_SSLMODE, "verify-full")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvError::Missing {
+                    name: ENV_PG_SSLROOTCERT,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = read(&[
+            db,
+            (ENV_PG_SSLMODE, "verify-full"),
+            (ENV_PG_SSLROOTCERT, "/no/such/ca.pem"),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvError::Invalid {
+                    name: ENV_PG_SSLROOTCERT,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = read(&[db, (ENV_PG_SSLMODE, "prefer")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvError::Invalid {
+                    name: ENV_PG_SSLMODE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

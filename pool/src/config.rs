@@ -29,6 +29,8 @@ pub struct Config {
     pub statement_cache: usize,
     /// `statement_timeout` set on every server connection (default 30 s; zero for none).
     pub statement_timeout: Duration,
+    /// TLS to PostgreSQL (default none: plaintext).
+    pub tls: Option<crate::tls::PgTls>,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             max_replica_lag: 16 << 20,
             statement_cache: 256,
             statement_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct Target {
     pub statement_cache: usize,
     /// Server settings sent at startup, as `-c name=value` options.
     pub options: String,
+    /// TLS, when configured.
+    pub tls: Option<crate::tls::PgTls>,
+    /// Host name as configured: the name the server's certificate must carry.
+    pub host: String,
 }
 
 /// Counts server connections against one core's budget for one node.
@@ -154,6 +158,16 @@ impl PgConn {
 /// Opens a connection to `target` on the current monoio runtime, counted against `permit`.
 pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     let addr = target.addr;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .dbname(&target.credentials.database)
+        .user(&target.credentials.user)
+        .password(&target.credentials.password)
+        .application_name(&target.application_name);
+    if !target.options.is_empty() {
+        config.options(&target.options);
+    }
+    let node = target.node.clone();
     let setup = async {
         let stream = monoio::net::TcpStream::connect(addr)
             .await
@@ -162,28 +176,35 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
         let stream = stream
             .into_poll_io()
             .map_err(|source| Error::Connect { addr, source })?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .dbname(&target.credentials.database)
-            .user(&target.credentials.user)
-            .password(&target.credentials.password)
-            .application_name(&target.application_name);
-        if !target.options.is_empty() {
-            config.options(&target.options);
-        }
-        let (client, connection) = config.connect_raw(stream, NoTls).await?;
-        Ok::<_, Error>((client, connection))
+        let client = match &target.tls {
+            None => {
+                let (client, connection) = config.connect_raw(stream, NoTls).await?;
+                monoio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        debug!(%error, node, "server connection ended");
+                    }
+                });
+                client
+            }
+            Some(tls) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let connector = crate::tls::RustlsConnect::new(tls, &target.host)
+                    .map_err(|e| Error::Tls(e.to_string()))?;
+                let (client, connection) = config.connect_raw(stream, connector).await?;
+                monoio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        debug!(%error, node, "server connection ended");
+                    }
+                });
+                client
+            }
+        };
+        Ok::<_, Error>(client)
     };
-    let (client, connection) = match monoio::time::timeout(target.connect_timeout, setup).await {
+    let client = match monoio::time::timeout(target.connect_timeout, setup).await {
         Ok(r) => r?,
         Err(_) => return Err(Error::ConnectTimeout { addr }),
     };
-    let node = target.node.clone();
-    monoio::spawn(async move {
-        if let Err(error) = connection.await {
-            debug!(%error, node, "server connection ended");
-        }
-    });
     Ok(PgConn {
         client,
         statements: HashMap::new(),

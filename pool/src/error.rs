@@ -52,6 +52,9 @@ pub enum Error {
         /// This core's share of the global limit.
         limit: usize,
     },
+    /// TLS to the server could not be set up.
+    #[error("TLS to the server: {0}")]
+    Tls(String),
     /// The topology names no leader for a write.
     #[error("no primary is known")]
     NoPrimary,

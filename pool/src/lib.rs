@@ -16,6 +16,7 @@
 //! - [`lru`]: the bounded pool cache and idle expiry.
 //! - [`route`]: which member serves a read or a write.
 //! - [`shard`]: one core's pools, budget and topology.
+//! - [`tls`]: optional TLS to PostgreSQL (`require`, `verify-full`).
 //! - [`url`]: `postgres://` URLs for the fixed topology.
 //! - [`error`]: what can go wrong, by kind.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -29,6 +30,7 @@ pub mod manager;
 pub mod route;
 pub mod shard;
 pub mod tenant;
+pub mod tls;
 pub mod url;
 
 pub use config::Config;

@@ -159,6 +159,8 @@ impl Shard {
             connect_timeout: self.config.connect_timeout,
             statement_cache: self.config.statement_cache,
             options: startup_options(&self.config, member.role),
+            tls: self.config.tls.clone(),
+            host: member.host.clone(),
         };
         let budget = self
             .budgets

@@ -42,5 +42,8 @@ fn neon_serverless_driver_works_unchanged() {
         "node --test failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("# fail 0") && stdout.contains("# pass 6"), "{stdout}");
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains("# pass 6"),
+        "{stdout}"
+    );
 }

@@ -441,3 +441,146 @@ async fn topology_change_closes_pools_and_read_only_primary_marks_stale() {
         Err(Error::NoPrimary)
     ));
 }
+
+/// Whether the checked-out connection is encrypted, per the server.
+async fn server_sees_tls(
+    shard: &Rc<Shard>,
+    tenant: &str,
+    creds: &ringgate_pool::Credentials,
+) -> Result<bool, Error> {
+    let mut c = shard.checkout(tenant, creds, Intent::Write).await?;
+    Ok(c.conn()
+        .client()
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn tls_to_postgres_require_and_verify_full() {
+    let url = admin();
+    let tenant = unique("tls");
+    let plain = shard(Config::default(), &url, None);
+    assert!(
+        !server_sees_tls(&plain, &tenant, &url.credentials)
+            .await
+            .unwrap(),
+        "plaintext by default"
+    );
+    let ca = std::path::PathBuf::from(required("RINGGATE_TEST_PG_CA"));
+    let verified = ringgate_pool::tls::verify_full(&ca).expect("the cluster's CA loads");
+    let s = shard(
+        Config {
+            tls: Some(verified),
+            ..Config::default()
+        },
+        &url,
+        None,
+    );
+    assert!(
+        server_sees_tls(&s, &tenant, &url.credentials)
+            .await
+            .unwrap(),
+        "verify-full encrypts"
+    );
+    let s = shard(
+        Config {
+            tls: Some(ringgate_pool::tls::require().unwrap()),
+            ..Config::default()
+        },
+        &url,
+        None,
+    );
+    assert!(
+        server_sees_tls(&s, &tenant, &url.credentials)
+            .await
+            .unwrap(),
+        "require encrypts"
+    );
+    // A certificate from another CA is refused under verify-full.
+    let dir = std::env::temp_dir().join(unique("otherca"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("k.pem"))
+        .arg("-out")
+        .arg(dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let other = ringgate_pool::tls::verify_full(&dir.join("ca.pem")).unwrap();
+    let s = shard(
+        Config {
+            tls: Some(other),
+            ..Config::default()
+        },
+        &url,
+        None,
+    );
+    let err = server_sees_tls(&s, &tenant, &url.credentials)
+        .await
+        .unwrap_err();
+    let detail = format!("{err:?}");
+    assert!(
+        detail.contains("InvalidCertificate"),
+        "refused for its certificate: {detail}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn idle_connections_are_trimmed_to_the_warm_minimum() {
+    let url = admin();
+    let tenant = unique("warm");
+    let config = Config {
+        min_warm: 1,
+        conn_idle_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let s = shard(config, &url, None);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            s.checkout(&tenant, &url.credentials, Intent::Write)
+                .await
+                .unwrap(),
+        );
+    }
+    drop(held);
+    assert_eq!(backends_named(&format!("ringgate/{tenant}/")), 3);
+    sleep(Duration::from_millis(400)).await;
+    s.maintain();
+    assert_eq!(s.stats().trimmed_connections, 2, "{:?}", s.stats());
+    eventually(
+        "idle connections beyond the warm one closed",
+        Duration::from_secs(5),
+        || backends_named(&format!("ringgate/{tenant}/")) == 1,
+    )
+    .await;
+    // The warm connection still serves at once.
+    let mut c = s
+        .checkout(&tenant, &url.credentials, Intent::Write)
+        .await
+        .unwrap();
+    c.conn().client().simple_query("select 1").await.unwrap();
+    drop(c);
+    s.close_all();
+}

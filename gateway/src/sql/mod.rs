@@ -295,9 +295,10 @@ fn pool_error(e: &PoolError) -> Response {
         PoolError::NoPrimary => {
             unavailable("no_primary", "no primary is available; retry shortly", 1)
         }
-        PoolError::Connect { .. } | PoolError::ConnectTimeout { .. } | PoolError::Closed => {
-            unavailable("backend_unavailable", &e.to_string(), 1)
-        }
+        PoolError::Connect { .. }
+        | PoolError::ConnectTimeout { .. }
+        | PoolError::Closed
+        | PoolError::Tls(_) => unavailable("backend_unavailable", &e.to_string(), 1),
         PoolError::Backend(pg) => match pg.as_db_error() {
             Some(db) => db_error(db),
             None => unavailable("backend_unavailable", &pg.to_string(), 1),
