@@ -200,12 +200,17 @@ impl Ctx {
                 .db
                 .checkout(&sql.tenant.project, &sql.tenant.credentials, intent)
                 .await;
-            let waitable = matches!(
-                result,
-                Err(PoolError::NoPrimary
+            let waitable = match &result {
+                Err(
+                    PoolError::NoPrimary
                     | PoolError::Connect { .. }
-                    | PoolError::ConnectTimeout { .. })
-            );
+                    | PoolError::ConnectTimeout { .. },
+                ) => true,
+                // Refused during startup (closed by a proxy with no server behind it, or
+                // "the database system is starting up"): nothing was sent yet.
+                Err(PoolError::Backend(e)) => e.as_db_error().is_none() || is_disconnect(e),
+                _ => false,
+            };
             if !waitable || Instant::now() >= deadline {
                 return result;
             }
