@@ -584,3 +584,35 @@ async fn idle_connections_are_trimmed_to_the_warm_minimum() {
     drop(c);
     s.close_all();
 }
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn node_budget_is_never_exceeded_across_tenants() {
+    let url = admin();
+    let run = unique("node");
+    let config = Config {
+        max_total: 3,
+        max_per_tenant: 2,
+        ..Config::default()
+    };
+    let s = shard(config, &url, None);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..3 {
+        for _ in 0..2 {
+            match s
+                .checkout(&format!("{run}t{i}"), &url.credentials, Intent::Write)
+                .await
+            {
+                Ok(c) => held.push(c),
+                Err(Error::Budget { limit: 3, .. }) => refused += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+    assert_eq!(held.len(), 3, "the node budget caps all tenants together");
+    assert_eq!(refused, 3);
+    assert_eq!(backends_named(&format!("ringgate/{run}")), 3);
+    drop(held);
+    s.close_all();
+}

@@ -359,3 +359,86 @@ fn reads_go_to_the_replica_and_writes_to_the_primary() {
     );
     g.drain();
 }
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn one_projects_credentials_never_open_anothers_database() {
+    let (g, addr) = start(&[("DATABASE_URL", &required("DATABASE_URL"))]);
+    let alpha = parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL"))
+        .unwrap()
+        .credentials;
+    let own = format!(
+        "postgres://{}:{}@alpha.ringgate.test/tenant_alpha",
+        alpha.user, alpha.password
+    );
+    assert_eq!(
+        sql(
+            addr,
+            &own,
+            json!({"query": "select count(*) from items"}),
+            &[]
+        )
+        .status,
+        200
+    );
+    // alpha's role, beta's database (by name and by project).
+    for cs in [
+        format!(
+            "postgres://{}:{}@alpha.ringgate.test/tenant_beta",
+            alpha.user, alpha.password
+        ),
+        format!(
+            "postgres://{}:{}@beta.ringgate.test/tenant_beta",
+            alpha.user, alpha.password
+        ),
+    ] {
+        let r = sql(
+            addr,
+            &cs,
+            json!({"query": "select count(*) from items"}),
+            &[],
+        );
+        assert_eq!(r.status, 400, "{:?}", r.json());
+        assert_eq!(
+            r.json()["code"],
+            "42501",
+            "permission denied for database: {:?}",
+            r.json()
+        );
+    }
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn a_read_that_writes_is_rerun_on_the_primary() {
+    let primary = required("DATABASE_URL");
+    let (g, addr) = start(&[
+        ("DATABASE_URL", &primary),
+        ("READ_REPLICA_URL", &required("READ_REPLICA_URL")),
+    ]);
+    let admin = required("RINGGATE_TEST_ALPHA_URL");
+    let f = unique("sneaky_write");
+    psql(&admin, &format!("create table {f}_t (id int); create function {f}() returns int language sql as 'insert into {f}_t values (1) returning id'"));
+    let c = parse_pg_url(&admin).unwrap().credentials;
+    let cs = format!(
+        "postgres://{}:{}@alpha.ringgate.test/tenant_alpha",
+        c.user, c.password
+    );
+    // Classified as a read (a plain SELECT of an unknown function), refused by the replica
+    // (25006, nothing applied), rerun on the primary.
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": format!("select {f}() as id")}),
+        &[("Neon-Raw-Text-Output", "true")],
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(
+        psql(&admin, &format!("select count(*) from {f}_t")),
+        "1",
+        "applied exactly once"
+    );
+    psql(&admin, &format!("drop function {f}(); drop table {f}_t"));
+    g.drain();
+}
