@@ -42,25 +42,52 @@ pub enum UrlError {
     },
 }
 
-/// Parses `postgres://user:password@host:port/database` (port defaults to 5432, database to
-/// the user name) and resolves the host.
-pub fn parse_pg_url(s: &str) -> Result<PgUrl, UrlError> {
+/// The parts of a connection URL, the host not resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlParts {
+    /// Host as written.
+    pub host: String,
+    /// Port (default 5432).
+    pub port: u16,
+    /// Role.
+    pub user: String,
+    /// Password (empty when none).
+    pub password: String,
+    /// Database, when given.
+    pub database: Option<String>,
+}
+
+/// Splits `postgres://user:password@host:port/database` into its parts (TCP hosts only).
+pub fn parse_parts(s: &str) -> Result<UrlParts, UrlError> {
     let config =
         tokio_postgres::Config::from_str(s).map_err(|e| UrlError::Invalid(e.to_string()))?;
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         _ => return Err(UrlError::NoHost),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().ok_or(UrlError::NoUser)?.to_string();
-    let password = config
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let database = config
-        .get_dbname()
-        .map(str::to_string)
-        .unwrap_or_else(|| user.clone());
+    Ok(UrlParts {
+        host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        user: config.get_user().ok_or(UrlError::NoUser)?.to_string(),
+        password: config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+        database: config.get_dbname().map(str::to_string),
+    })
+}
+
+/// Parses `postgres://user:password@host:port/database` (port defaults to 5432, database to
+/// the user name) and resolves the host.
+pub fn parse_pg_url(s: &str) -> Result<PgUrl, UrlError> {
+    let UrlParts {
+        host,
+        port,
+        user,
+        password,
+        database,
+    } = parse_parts(s)?;
+    let database = database.unwrap_or_else(|| user.clone());
     let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| UrlError::Resolve {

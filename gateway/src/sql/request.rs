@@ -1,12 +1,12 @@
 //! A `POST /sql` request as Neon's serverless driver sends it: the JSON body (one query or a
 //! batch) and the `Neon-*` headers.
 
-use std::str::FromStr;
-
 use http::HeaderMap;
-use ringgate_pool::Credentials;
+use ringgate_pool::{
+    url::{parse_parts, UrlError},
+    Credentials,
+};
 use serde::Deserialize;
-use tokio_postgres::config::Host;
 
 /// Limits on what one request may ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,20 +259,13 @@ fn isolation(headers: &HeaderMap) -> Result<Option<&'static str>, RequestError> 
 fn tenant(headers: &HeaderMap) -> Result<Tenant, RequestError> {
     let s = header(headers, "neon-connection-string").ok_or(RequestError::NoConnectionString)?;
     let bad = |why: &str| RequestError::ConnectionString(why.to_string());
-    let config = tokio_postgres::Config::from_str(s).map_err(|_| bad("not a postgres:// URL"))?;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        _ => return Err(bad("no host")),
-    };
-    let user = config.get_user().ok_or_else(|| bad("no user"))?.to_string();
-    let password = config
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let database = config
-        .get_dbname()
-        .ok_or_else(|| bad("no database"))?
-        .to_string();
+    let parts = parse_parts(s).map_err(|e| match e {
+        UrlError::NoHost => bad("no host"),
+        UrlError::NoUser => bad("no user"),
+        _ => bad("not a postgres:// URL"),
+    })?;
+    let database = parts.database.ok_or_else(|| bad("no database"))?;
+    let (host, user, password) = (parts.host, parts.user, parts.password);
     let project = project_of(&host).unwrap_or_else(|| database.clone());
     Ok(Tenant {
         project,
