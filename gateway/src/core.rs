@@ -39,6 +39,8 @@ pub struct Core {
     pub date: DateCache,
     /// This core's database pools, when a database is configured.
     pub db: Option<Rc<Shard>>,
+    /// `/sql` memo tables (query classification, connection strings).
+    pub sql_memo: crate::sql::memo::SqlMemo,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
 }
@@ -79,6 +81,7 @@ impl Core {
             request_ids: RequestIds::new(),
             date: DateCache::default(),
             db,
+            sql_memo: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
         })

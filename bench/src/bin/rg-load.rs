@@ -7,7 +7,8 @@
 //! lowering the load (the wrk2 model). Prints one line of `key=value` figures.
 //!
 //! Usage: rg-load --url http[s]://IP:PORT/PATH --rate N --duration SECS [--connections C]
-//!                [--warmup SECS] [--ca PEM]
+//!                [--warmup SECS] [--ca PEM] [--body TEXT] [--header 'Name: value']...
+//! With `--body` the requests are POSTs with that body.
 
 use std::{
     cell::RefCell,
@@ -33,12 +34,15 @@ struct Args {
     warmup: Duration,
     connections: usize,
     ca: Option<String>,
+    body: Option<String>,
+    headers: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let (mut url, mut rate, mut duration, mut warmup, mut connections, mut ca) =
         (None, None, 10.0, 2.0, 100, None);
+    let (mut body, mut headers) = (None, Vec::new());
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -48,6 +52,8 @@ fn parse_args() -> Result<Args> {
             "--warmup" => warmup = val()?.parse()?,
             "--connections" => connections = val()?.parse()?,
             "--ca" => ca = Some(val()?),
+            "--body" => body = Some(val()?),
+            "--header" => headers.push(val()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -72,6 +78,8 @@ fn parse_args() -> Result<Args> {
         warmup: Duration::from_secs_f64(warmup),
         connections,
         ca,
+        body,
+        headers,
     })
 }
 
@@ -205,7 +213,16 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
         let totals = Rc::new(RefCell::new(Totals::default()));
-        let req = Rc::new(format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", args.path, args.addr).into_bytes());
+        let mut head = String::new();
+        for h in &args.headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        let req = match &args.body {
+            None => format!("GET {} HTTP/1.1\r\nHost: {}\r\n{head}\r\n", args.path, args.addr),
+            Some(b) => format!("POST {} HTTP/1.1\r\nHost: {}\r\n{head}Content-Length: {}\r\n\r\n{b}", args.path, args.addr, b.len()),
+        };
+        let req = Rc::new(req.into_bytes());
         let c = args.connections as u32;
         let period = Duration::from_secs_f64(args.connections as f64 / args.rate);
         let start = Instant::now() + Duration::from_millis(500);

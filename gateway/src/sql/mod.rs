@@ -12,6 +12,7 @@
 
 pub mod classify;
 pub mod exec;
+pub mod memo;
 pub mod request;
 pub mod response;
 pub mod text;
@@ -54,11 +55,17 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
             "no database is configured (DATABASE_URL)",
         );
     };
-    let sql = match request::parse(&req.head.headers, &req.body, &core.config.sql) {
+    let sql = match request::parse(
+        &req.head.headers,
+        &req.body,
+        &core.config.sql,
+        &core.sql_memo.tenants,
+    ) {
         Ok(r) => r,
         Err(e) => return request_error(&e),
     };
     let ctx = Ctx {
+        memo: core.clone(),
         db,
         wait: core.config.failover_wait,
         limit: core.config.sql.max_response_bytes,
@@ -85,6 +92,8 @@ fn request_error(e: &RequestError) -> Response {
 
 /// What one request needs to run.
 struct Ctx {
+    /// The core, for its memo tables.
+    memo: Rc<Core>,
     db: Rc<Shard>,
     wait: Duration,
     limit: usize,
@@ -93,7 +102,13 @@ struct Ctx {
 impl Ctx {
     async fn single(&self, sql: &SqlRequest) -> Response {
         let st = &sql.statements[0];
-        let mut intent = match classify(&st.sql) {
+        let kind = self
+            .memo
+            .sql_memo
+            .kinds
+            .get_or_try::<()>(&st.sql, || Ok(classify(&st.sql)))
+            .unwrap_or(Kind::Write);
+        let mut intent = match kind {
             Kind::Read => Intent::Read,
             Kind::Write => Intent::Write,
         };

@@ -8,6 +8,8 @@ use ringgate_pool::{
 };
 use serde::Deserialize;
 
+use super::memo::Memo;
+
 /// Limits on what one request may ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlLimits {
@@ -152,8 +154,10 @@ pub fn parse(
     headers: &HeaderMap,
     body: &[u8],
     limits: &SqlLimits,
+    tenants: &Memo<Tenant>,
 ) -> Result<SqlRequest, RequestError> {
-    let tenant = tenant(headers)?;
+    let cs = header(headers, "neon-connection-string").ok_or(RequestError::NoConnectionString)?;
+    let tenant = tenants.get_or_try(cs, || tenant(cs))?;
     let array_mode = flag(headers, "neon-array-mode")?;
     let raw_text = flag(headers, "neon-raw-text-output")?;
     let txn = TxnOptions {
@@ -256,8 +260,7 @@ fn isolation(headers: &HeaderMap) -> Result<Option<&'static str>, RequestError> 
     Ok(Some(level))
 }
 
-fn tenant(headers: &HeaderMap) -> Result<Tenant, RequestError> {
-    let s = header(headers, "neon-connection-string").ok_or(RequestError::NoConnectionString)?;
+fn tenant(s: &str) -> Result<Tenant, RequestError> {
     let bad = |why: &str| RequestError::ConnectionString(why.to_string());
     let parts = parse_parts(s).map_err(|e| match e {
         UrlError::NoHost => bad("no host"),
@@ -291,6 +294,15 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+
+    /// Parsing with a fresh memo table.
+    fn parse(
+        headers: &HeaderMap,
+        body: &[u8],
+        limits: &SqlLimits,
+    ) -> Result<SqlRequest, RequestError> {
+        super::parse(headers, body, limits, &Memo::new())
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
