@@ -1,11 +1,38 @@
 //! Everything ringgate learns about the world, as immutable snapshots handed to every core.
 //!
-//! Owns the types the rest of ringgate consumes ([`Topology`], [`Member`]) and, as sources
-//! are added, the Patroni/etcd topology watcher, Sentinel, worker discovery and the project
-//! config cache. It opens no PostgreSQL connections for queries: that is `ringgate-pool`'s.
+//! Owns the [`Topology`] snapshot the pools route by and its sources: Patroni's DCS keys in
+//! etcd (through etcd's v3 JSON gateway; the leader key is the only authority on which
+//! member may take writes) with Patroni's REST `/cluster` as fallback, polled by one small
+//! thread ([`watch::spawn`]) that publishes a new snapshot on every change and keeps the
+//! last one, marked stale, when no source answers. It opens no database connections.
+//!
+//! Not yet here (issue 5): Redis through Sentinel, sessions, worker discovery, project
+//! config.
+//!
+//! # Layout
+//! - [`topology`]: the snapshot types.
+//! - [`patroni`]: DCS member data or REST `/cluster` → topology.
+//! - [`etcd`]: etcd v3 JSON gateway client.
+//! - [`http`]: the blocking HTTP client both use.
+//! - [`watch`]: the watcher thread.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![forbid(unsafe_code)]
 
+pub mod etcd;
+pub mod http;
+pub mod patroni;
 pub mod topology;
+pub mod watch;
 
 pub use topology::{Member, Role, Topology};
+
+/// Why the topology could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// No source answered.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// A source answered something we cannot read.
+    #[error("unexpected answer: {0}")]
+    Parse(String),
+}

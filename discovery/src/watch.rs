@@ -1,0 +1,248 @@
+//! The topology watcher: one small thread that polls the sources, publishes a new
+//! [`Topology`] snapshot when anything changes (and at once when a core asks for
+//! re-resolution), and keeps the last one marked stale when every source is unreachable.
+
+use std::{
+    sync::{mpsc, Arc},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use tracing::{info, warn};
+
+use crate::{etcd::Etcd, http, patroni, DiscoveryError, Topology};
+
+/// Where the topology comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    /// etcd endpoints (`http://host:2379`); the DCS is the authority on the leader.
+    pub etcd: Vec<String>,
+    /// Patroni REST base URLs (`http://host:8008`), the fallback.
+    pub patroni: Vec<String>,
+    /// DCS namespace (Patroni's `namespace`, default `/service/`).
+    pub namespace: String,
+    /// Patroni's `scope`.
+    pub scope: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl Sources {
+    /// One read of the cluster: etcd first, Patroni's REST API when etcd fails.
+    pub fn fetch(&self) -> Result<Topology, DiscoveryError> {
+        let mut errors = Vec::new();
+        if !self.etcd.is_empty() {
+            match self.fetch_etcd() {
+                Ok(t) => return Ok(t),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for base in &self.patroni {
+            match http::call(base, "GET", "/cluster", None, self.timeout) {
+                Ok(body) => return patroni::from_rest(&body),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(DiscoveryError::Unreachable(errors.join("; ")))
+    }
+
+    fn fetch_etcd(&self) -> Result<Topology, DiscoveryError> {
+        let ns = self.namespace.trim_end_matches('/');
+        let prefix = format!("{ns}/{}/", self.scope);
+        let kvs = Etcd::new(self.etcd.clone(), self.timeout).get_prefix(&prefix)?;
+        let leader = kvs
+            .iter()
+            .find(|(k, _)| k.strip_prefix(&prefix) == Some("leader"))
+            .map(|(_, v)| v.as_str());
+        let members: Vec<(String, String)> = kvs
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.strip_prefix(&prefix)?
+                        .strip_prefix("members/")?
+                        .to_string(),
+                    v.clone(),
+                ))
+            })
+            .collect();
+        if members.is_empty() {
+            return Err(DiscoveryError::Parse(format!("no members under {prefix}")));
+        }
+        patroni::from_dcs(leader, &members)
+    }
+}
+
+/// Asks the watcher to re-read the sources now (a core saw a read-only "leader").
+#[derive(Debug, Clone)]
+pub struct Resolve(mpsc::Sender<()>);
+
+impl Resolve {
+    /// Wakes the watcher.
+    pub fn now(&self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// Keeps the published state: the last snapshot and its epoch.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    last: Option<Arc<Topology>>,
+}
+
+impl Tracker {
+    /// Folds one fetch result in; returns the snapshot to publish, if it changed.
+    pub fn update(&mut self, fetched: Result<Topology, DiscoveryError>) -> Option<Arc<Topology>> {
+        let epoch = self.last.as_ref().map_or(0, |t| t.epoch);
+        let next = match fetched {
+            Ok(mut t) => {
+                t.epoch = epoch;
+                if self.last.as_deref() == Some(&t) {
+                    return None;
+                }
+                t
+            }
+            Err(error) => {
+                let last = self.last.as_ref()?;
+                if last.stale {
+                    return None;
+                }
+                warn!(%error, "every topology source is unreachable; keeping the last topology, marked stale");
+                Topology {
+                    stale: true,
+                    ..(**last).clone()
+                }
+            }
+        };
+        let snapshot = Arc::new(Topology {
+            epoch: epoch + 1,
+            ..next
+        });
+        self.last = Some(snapshot.clone());
+        Some(snapshot)
+    }
+
+    /// The last snapshot published.
+    pub fn last(&self) -> Option<Arc<Topology>> {
+        self.last.clone()
+    }
+}
+
+/// Starts the watcher thread: it reads the sources every `interval` (or when asked) and
+/// calls `publish` with every new snapshot. Returns the first snapshot (read before the
+/// thread starts, so cores start with a topology), the re-resolution handle and the thread.
+pub fn spawn(
+    sources: Sources,
+    interval: Duration,
+    publish: impl Fn(Arc<Topology>) + Send + 'static,
+) -> std::io::Result<(Arc<Topology>, Resolve, JoinHandle<()>)> {
+    let mut tracker = Tracker::default();
+    let first = match tracker.update(sources.fetch()) {
+        Some(t) => t,
+        None => {
+            warn!("no topology source answered at start; starting with no leader");
+            let empty = Arc::new(Topology {
+                epoch: 0,
+                stale: true,
+                ..Topology::default()
+            });
+            tracker.last = Some(empty.clone());
+            empty
+        }
+    };
+    log_change(None, &first);
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("ringgate-discovery".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(interval) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            let before = tracker.last();
+            if let Some(t) = tracker.update(sources.fetch()) {
+                log_change(before.as_deref(), &t);
+                publish(t);
+            }
+        })?;
+    Ok((first, Resolve(tx), handle))
+}
+
+fn log_change(before: Option<&Topology>, t: &Topology) {
+    let leader = t.leader.as_ref().map(|l| l.name.as_str()).unwrap_or("none");
+    let was = before
+        .and_then(|b| b.leader.as_ref())
+        .map(|l| l.name.as_str())
+        .unwrap_or("none");
+    let healthy = t.replicas.iter().filter(|r| r.healthy).count();
+    if was != leader {
+        info!(
+            epoch = t.epoch,
+            leader,
+            previous = was,
+            healthy_replicas = healthy,
+            stale = t.stale,
+            "topology: leader changed"
+        );
+    } else {
+        info!(
+            epoch = t.epoch,
+            leader,
+            healthy_replicas = healthy,
+            stale = t.stale,
+            "topology updated"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Member, Role};
+
+    fn topo(leader: &str) -> Topology {
+        Topology {
+            epoch: 0,
+            leader: Some(Member {
+                name: leader.into(),
+                addr: "127.0.0.1:5432".parse().unwrap(),
+                host: "h".into(),
+                role: Role::Leader,
+                healthy: true,
+                lag_bytes: None,
+                timeline: Some(1),
+            }),
+            replicas: vec![],
+            stale: false,
+        }
+    }
+
+    #[test]
+    fn publishes_changes_only_and_marks_stale_once() {
+        let mut t = Tracker::default();
+        let first = t.update(Ok(topo("pg1"))).unwrap();
+        assert_eq!(first.epoch, 1);
+        assert!(
+            t.update(Ok(topo("pg1"))).is_none(),
+            "no change, nothing published"
+        );
+        let unreachable = || Err(DiscoveryError::Unreachable("down".into()));
+        let stale = t.update(unreachable()).unwrap();
+        assert!(stale.stale && stale.epoch == 2);
+        assert_eq!(
+            stale.leader.as_ref().unwrap().name,
+            "pg1",
+            "the last topology is kept"
+        );
+        assert!(t.update(unreachable()).is_none(), "stale is published once");
+        let back = t.update(Ok(topo("pg2"))).unwrap();
+        assert!(!back.stale && back.epoch == 3 && back.leader.as_ref().unwrap().name == "pg2");
+    }
+
+    #[test]
+    fn nothing_to_keep_when_never_reached() {
+        let mut t = Tracker::default();
+        assert!(t
+            .update(Err(DiscoveryError::Unreachable("down".into())))
+            .is_none());
+    }
+}

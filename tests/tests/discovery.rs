@@ -1,0 +1,133 @@
+//! Patroni topology from etcd (and REST) against the real cluster; the leader change is
+//! seen within a second of Patroni acting.
+
+use std::{
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use ringgate_discovery::watch::{self, Sources};
+use ringgate_tests::backend::{cluster, http_get, required};
+
+fn sources(etcd: bool, rest: bool) -> Sources {
+    let list = |name: &str| {
+        required(name)
+            .split(',')
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    Sources {
+        etcd: if etcd {
+            list("RINGGATE_ETCD_ENDPOINTS")
+        } else {
+            vec![]
+        },
+        patroni: if rest {
+            list("RINGGATE_PATRONI_URLS")
+        } else {
+            vec![]
+        },
+        namespace: required("RINGGATE_PATRONI_NAMESPACE"),
+        scope: required("RINGGATE_PATRONI_SCOPE"),
+        timeout: Duration::from_millis(500),
+    }
+}
+
+/// The leader Patroni's REST API names right now, if any member answers.
+fn rest_leader() -> Option<String> {
+    for url in required("RINGGATE_PATRONI_URLS").split(',') {
+        if let Some((200, body)) = http_get(&format!("{url}/cluster")) {
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            return v["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["role"] == "leader")?["name"]
+                .as_str()
+                .map(String::from);
+        }
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn discovery_reads_the_cluster_from_etcd_and_from_rest() {
+    let leader = cluster(&["leader"]);
+    for (etcd, rest) in [(true, false), (false, true), (true, true)] {
+        let t = sources(etcd, rest).fetch().expect("the cluster answers");
+        assert_eq!(
+            t.leader.as_ref().map(|l| l.name.as_str()),
+            Some(leader.as_str()),
+            "etcd={etcd} rest={rest}"
+        );
+        assert_eq!(t.replicas.len(), 2);
+        assert!(t.replicas.iter().all(|r| r.healthy), "{t:?}");
+    }
+    // No source reachable: a clear error, not a hang.
+    let dead = Sources {
+        etcd: vec!["http://127.0.0.1:1".into()],
+        patroni: vec!["http://127.0.0.1:1".into()],
+        ..sources(true, true)
+    };
+    let started = Instant::now();
+    assert!(dead.fetch().is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn chaos_topology_follows_a_leader_kill_within_a_second() {
+    let (tx, rx) = mpsc::channel();
+    let (first, _resolve, _thread) =
+        watch::spawn(sources(true, true), Duration::from_millis(100), move |t| {
+            let _ = tx.send((Instant::now(), t));
+        })
+        .unwrap();
+    let old = cluster(&["leader"]);
+    assert_eq!(first.leader.as_ref().unwrap().name, old);
+    cluster(&["kill", &old]);
+    // When does Patroni name a new leader (its REST view), and when do we?
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut patroni_at = None;
+    let mut ours = None;
+    while Instant::now() < deadline && (patroni_at.is_none() || ours.is_none()) {
+        if patroni_at.is_none() && rest_leader().is_some_and(|l| l != old) {
+            patroni_at = Some(Instant::now());
+        }
+        while let Ok((at, t)) = rx.try_recv() {
+            if ours.is_none() && t.leader.as_ref().is_some_and(|l| l.name != old) {
+                ours = Some((at, t));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let patroni_at = patroni_at.expect("Patroni elected a new leader");
+    let (ours_at, t) = ours.expect("the watcher published the new leader");
+    let late = ours_at.saturating_duration_since(patroni_at);
+    eprintln!(
+        "new leader {}: watcher {:+.3}s relative to Patroni's REST view",
+        t.leader.as_ref().unwrap().name,
+        if ours_at >= patroni_at {
+            late.as_secs_f64()
+        } else {
+            -(patroni_at - ours_at).as_secs_f64()
+        }
+    );
+    assert!(
+        late < Duration::from_secs(1),
+        "seen {late:?} after Patroni acted"
+    );
+    assert!(t.epoch > first.epoch);
+    // Restore: the old leader rejoins.
+    cluster(&["start", &old]);
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = cluster(&["status"]);
+        if status.matches(" running ").count() >= 3 && status.contains("primary UP=1 replicas UP=2")
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "cluster did not recover");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
