@@ -60,6 +60,16 @@ pub const ENV_POOL_MIN_WARM: &str = "RINGGATE_POOL_MIN_WARM";
 pub const ENV_POOL_CONNECT_TIMEOUT: &str = "RINGGATE_POOL_CONNECT_TIMEOUT";
 /// Replicas further behind than this take no reads.
 pub const ENV_MAX_REPLICA_LAG: &str = "RINGGATE_MAX_REPLICA_LAG";
+/// etcd endpoints holding Patroni's DCS keys.
+pub const ENV_ETCD_ENDPOINTS: &str = "RINGGATE_ETCD_ENDPOINTS";
+/// Patroni REST base URLs (fallback source).
+pub const ENV_PATRONI_URLS: &str = "RINGGATE_PATRONI_URLS";
+/// Patroni's `scope`.
+pub const ENV_PATRONI_SCOPE: &str = "RINGGATE_PATRONI_SCOPE";
+/// Patroni's DCS `namespace`.
+pub const ENV_PATRONI_NAMESPACE: &str = "RINGGATE_PATRONI_NAMESPACE";
+/// How often the topology sources are read.
+pub const ENV_TOPOLOGY_INTERVAL: &str = "RINGGATE_TOPOLOGY_INTERVAL";
 /// TLS to PostgreSQL: `disable`, `require` or `verify-full`.
 pub const ENV_PG_SSLMODE: &str = "RINGGATE_PG_SSLMODE";
 /// PEM root certificates for `verify-full`.
@@ -162,6 +172,28 @@ pub const VARS: &[VarDoc] = &[
         default: "30s",
         help: "longest graceful drain after SIGTERM/SIGINT",
     },
+    VarDoc { name: ENV_DATABASE_URL, default: "(unset)", help: "primary's URL, postgres://user:password@host:port/database; enables the database pools (fixed topology)" },
+    VarDoc { name: ENV_READ_REPLICA_URL, default: "(unset)", help: "a read replica's URL; reads go there when set (needs DATABASE_URL)" },
+    VarDoc { name: ENV_MAX_TENANT_POOLS, default: "100", help: "tenant pools cached per core; the coldest is evicted and its connections closed" },
+    VarDoc { name: ENV_POOL_IDLE_TTL, default: "300s", help: "a tenant pool unused this long is closed" },
+    VarDoc { name: ENV_POOL_TIMEOUT, default: "5s", help: "wait for a pooled connection; then 503 with Retry-After" },
+    VarDoc { name: ENV_POOL_MAX_PER_TENANT, default: "10", help: "server connections per tenant per node, split across cores" },
+    VarDoc { name: ENV_POOL_MAX_TOTAL, default: "200", help: "server connections per node, all tenants, split across cores" },
+    VarDoc { name: ENV_POOL_MIN_WARM, default: "1", help: "idle connections a recently used pool keeps open" },
+    VarDoc { name: ENV_POOL_CONNECT_TIMEOUT, default: "5s", help: "TCP connect plus PostgreSQL startup timeout" },
+    VarDoc { name: ENV_MAX_REPLICA_LAG, default: "16MiB", help: "replicas further behind (bytes of WAL) take no reads" },
+    VarDoc { name: ENV_ETCD_ENDPOINTS, default: "(unset)", help: "etcd URLs with Patroni's keys; the topology then follows the DCS leader (DATABASE_URL not needed)" },
+    VarDoc { name: ENV_PATRONI_URLS, default: "(unset)", help: "Patroni REST URLs (http://host:8008), read when etcd does not answer" },
+    VarDoc { name: ENV_PATRONI_SCOPE, default: "(unset)", help: "Patroni's scope (cluster name); required with RINGGATE_ETCD_ENDPOINTS" },
+    VarDoc { name: ENV_PATRONI_NAMESPACE, default: "/service/", help: "Patroni's DCS namespace" },
+    VarDoc { name: ENV_TOPOLOGY_INTERVAL, default: "200ms", help: "how often the Patroni sources are read (re-read at once on a read-only leader)" },
+    VarDoc { name: ENV_PG_SSLMODE, default: "disable", help: "TLS to PostgreSQL: `disable`, `require` (encrypt, no verification) or `verify-full`" },
+    VarDoc { name: ENV_PG_SSLROOTCERT, default: "(unset)", help: "PEM root certificates the server's must chain to (needed by verify-full)" },
+    VarDoc { name: ENV_SQL_MAX_QUERY_BYTES, default: "64KiB", help: "longest /sql query text; longer gets 413" },
+    VarDoc { name: ENV_SQL_MAX_PARAMS, default: "1000", help: "most parameters per /sql query; more gets 413" },
+    VarDoc { name: ENV_SQL_MAX_RESPONSE_BYTES, default: "10MiB", help: "largest /sql result; larger gets 507" },
+    VarDoc { name: ENV_SQL_STATEMENT_TIMEOUT, default: "30s", help: "statement_timeout on every server connection (0s for none)" },
+    VarDoc { name: ENV_FAILOVER_WAIT, default: "15s", help: "a write with no reachable leader waits this long for a new one, then 503" },
     VarDoc {
         name: ENV_LOG,
         default: "info",
@@ -298,10 +330,15 @@ impl Default for HttpLimits {
 /// The fixed topology and pool limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatabaseConfig {
-    /// The primary (`DATABASE_URL`).
-    pub primary: PgUrl,
+    /// The primary (`DATABASE_URL`); the topology when no Patroni source is set.
+    pub primary: Option<PgUrl>,
     /// A read replica (`READ_REPLICA_URL`).
     pub replica: Option<PgUrl>,
+    /// Patroni topology sources (`RINGGATE_ETCD_ENDPOINTS` / `RINGGATE_PATRONI_URLS`);
+    /// when set, the topology follows Patroni and `DATABASE_URL` is not needed.
+    pub patroni: Option<ringgate_discovery::watch::Sources>,
+    /// How often the Patroni sources are read (default 200 ms).
+    pub topology_interval: Duration,
     /// Pool limits and timeouts.
     pub pool: ringgate_pool::Config,
 }
@@ -495,6 +532,54 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// `RINGGATE_ETCD_ENDPOINTS`, `RINGGATE_PATRONI_URLS`, scope and namespace.
+    fn patroni(&mut self) -> Option<ringgate_discovery::watch::Sources> {
+        const URLS: &str = "comma-separated URLs like http://127.0.0.1:2379";
+        let list = |r: &mut Self, name: &'static str| -> Vec<String> {
+            let Some(s) = r.string(name) else {
+                return vec![];
+            };
+            let urls: Vec<String> = s
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.is_empty()
+                || urls
+                    .iter()
+                    .any(|u| ringgate_discovery::http::base_addr(u).is_err())
+            {
+                r.invalid(name, s, URLS);
+                return vec![];
+            }
+            urls
+        };
+        let etcd = list(self, ENV_ETCD_ENDPOINTS);
+        let patroni = list(self, ENV_PATRONI_URLS);
+        let scope = self.string(ENV_PATRONI_SCOPE);
+        let namespace = self
+            .string(ENV_PATRONI_NAMESPACE)
+            .unwrap_or_else(|| "/service/".into());
+        if etcd.is_empty() && patroni.is_empty() {
+            return None;
+        }
+        let scope = match scope {
+            Some(s) => s,
+            None if etcd.is_empty() => String::new(),
+            None => {
+                self.missing(ENV_PATRONI_SCOPE, "RINGGATE_ETCD_ENDPOINTS is set");
+                return None;
+            }
+        };
+        Some(ringgate_discovery::watch::Sources {
+            etcd,
+            patroni,
+            namespace,
+            scope,
+            timeout: Duration::from_millis(500),
+        })
+    }
+
     /// `RINGGATE_PG_SSLMODE` and `RINGGATE_PG_SSLROOTCERT`.
     fn pg_tls(&mut self) -> Option<ringgate_pool::tls::PgTls> {
         let mode = self.parse(ENV_PG_SSLMODE, |s| match s.trim() {
@@ -601,17 +686,23 @@ impl Reader<'_> {
             tls: self.pg_tls(),
             ..pool
         };
+        let patroni = self.patroni();
+        let topology_interval = self
+            .parse(ENV_TOPOLOGY_INTERVAL, parse::duration)
+            .unwrap_or(Duration::from_millis(200));
         match (primary, replica) {
-            (Some(primary), replica) => Some(DatabaseConfig {
+            (primary, replica) if primary.is_some() || patroni.is_some() => Some(DatabaseConfig {
                 primary,
                 replica,
+                patroni,
+                topology_interval,
                 pool,
             }),
             (None, Some(_)) => {
                 self.missing(ENV_DATABASE_URL, "READ_REPLICA_URL is set");
                 None
             }
-            (None, None) => None,
+            _ => None,
         }
     }
 
@@ -766,7 +857,7 @@ mod tests {
         ])
         .unwrap();
         let d = c.database.unwrap();
-        assert_eq!(d.primary.addr.port(), 5433);
+        assert_eq!(d.primary.unwrap().addr.port(), 5433);
         assert_eq!(d.replica.unwrap().addr.port(), 5434);
         assert_eq!(d.pool.wait_timeout, Duration::from_millis(250));
         assert_eq!(d.pool.max_tenant_pools, 7);
@@ -802,6 +893,53 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn patroni_sources() {
+        let c = read(&[
+            (
+                ENV_ETCD_ENDPOINTS,
+                "http://127.0.2.1:2379,http://127.0.2.2:2379",
+            ),
+            (ENV_PATRONI_SCOPE, "ringgate"),
+        ])
+        .unwrap();
+        let d = c
+            .database
+            .expect("a Patroni source enables the pools without DATABASE_URL");
+        let p = d.patroni.unwrap();
+        assert_eq!(
+            (p.etcd.len(), p.scope.as_str(), p.namespace.as_str()),
+            (2, "ringgate", "/service/")
+        );
+        assert_eq!(d.topology_interval, Duration::from_millis(200));
+        let err = read(&[(ENV_ETCD_ENDPOINTS, "http://127.0.2.1:2379")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvError::Missing {
+                    name: ENV_PATRONI_SCOPE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = read(&[(ENV_PATRONI_URLS, "127.0.1.1:8008")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvError::Invalid {
+                    name: ENV_PATRONI_URLS,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(read(&[(ENV_PATRONI_URLS, "http://127.0.1.1:8008")])
+            .unwrap()
+            .database
+            .is_some());
     }
 
     #[test]
@@ -865,6 +1003,19 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn every_variable_is_documented() {
+        let source = include_str!("config.rs");
+        let names: Vec<&str> = VARS.iter().map(|v| v.name).collect();
+        for line in source.lines().filter(|l| l.starts_with("pub const ENV_")) {
+            let value = line.split('"').nth(1).expect("a string constant");
+            assert!(
+                names.contains(&value),
+                "{value} is read but missing from VARS (--help)"
+            );
+        }
     }
 
     #[test]

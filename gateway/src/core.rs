@@ -63,14 +63,12 @@ impl Core {
         driver: Driver,
         config: Arc<Config>,
         registry: Arc<Registry>,
+        topology: Arc<Topology>,
     ) -> Rc<Self> {
-        let db = config.database.as_ref().map(|d| {
-            let topology = Topology::fixed(
-                (d.primary.addr, d.primary.host.clone()),
-                d.replica.as_ref().map(|r| (r.addr, r.host.clone())),
-            );
-            Shard::new(id, config.workers, d.pool.clone(), Arc::new(topology))
-        });
+        let db = config
+            .database
+            .as_ref()
+            .map(|d| Shard::new(id, config.workers, d.pool.clone(), topology.clone()));
         Rc::new(Self {
             id,
             driver,

@@ -78,6 +78,41 @@ pub struct Gateway {
     tls_addr: Option<SocketAddr>,
 }
 
+/// The first topology, and when it follows Patroni, a watcher publishing to every core.
+fn start_topology(
+    config: &Config,
+    cores: Vec<flume::Sender<Control>>,
+) -> Result<
+    (
+        Arc<ringgate_discovery::Topology>,
+        Option<ringgate_discovery::watch::Resolve>,
+    ),
+    StartError,
+> {
+    let Some(db) = &config.database else {
+        return Ok((Arc::default(), None));
+    };
+    if let Some(sources) = &db.patroni {
+        let publish = move |t: Arc<ringgate_discovery::Topology>| {
+            for tx in &cores {
+                let _ = tx.send(Control::Topology(t.clone()));
+            }
+        };
+        let (first, resolve, _thread) =
+            ringgate_discovery::watch::spawn(sources.clone(), db.topology_interval, publish)
+                .map_err(StartError::Thread)?;
+        return Ok((first, Some(resolve)));
+    }
+    let fixed = match &db.primary {
+        Some(p) => ringgate_discovery::Topology::fixed(
+            (p.addr, p.host.clone()),
+            db.replica.as_ref().map(|r| (r.addr, r.host.clone())),
+        ),
+        None => ringgate_discovery::Topology::default(),
+    };
+    Ok((Arc::new(fixed), None))
+}
+
 /// How the drain ended, summed over cores.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DrainReport {
@@ -112,13 +147,18 @@ impl Gateway {
         let plain_addr = plain.first().and_then(|l| l.local_addr().ok());
         let tls_addr = tls.first().and_then(|l| l.local_addr().ok());
         let registry = Registry::new(n, driver.label());
+        let channels: Vec<_> = (0..n).map(|_| flume::unbounded::<Control>()).collect();
+        let (topology, resolve) =
+            start_topology(&config, channels.iter().map(|(tx, _)| tx.clone()).collect())?;
+        let mut channels = channels;
         let mut cores = Vec::with_capacity(n);
         for id in (0..n).rev() {
             let listeners = CoreListeners {
                 plain: plain.pop(),
                 tls: tls.pop(),
             };
-            let (tx, rx) = flume::unbounded();
+            let (tx, rx) = channels.pop().expect("one channel per core");
+            let (topology, resolve) = (topology.clone(), resolve.clone());
             if let Some(store) = &certs {
                 let _ = tx.send(Control::Tls(store.current()));
             }
@@ -130,7 +170,10 @@ impl Gateway {
                         rt::pin_to_cpu(id);
                     }
                     let run = rt::block_on(driver, || {
-                        let core = core::Core::new(id, driver, config, registry);
+                        let core = core::Core::new(id, driver, config, registry, topology);
+                        if let (Some(db), Some(resolve)) = (&core.db, resolve) {
+                            db.on_stale(move || resolve.now());
+                        }
                         server::run_core(core, listeners, rx)
                     });
                     run.unwrap_or_else(|error| {

@@ -95,7 +95,7 @@ pub struct CoreMetrics {
 }
 
 /// Pool figures each core publishes once a second: name, type, help.
-const POOL_GAUGES: [(&str, &str, &str); 7] = [
+const POOL_GAUGES: [(&str, &str, &str); 9] = [
     (
         "ringgate_pool_tenant_pools",
         "gauge",
@@ -130,6 +130,16 @@ const POOL_GAUGES: [(&str, &str, &str); 7] = [
         "ringgate_pool_wait_timeouts_total",
         "counter",
         "Requests that timed out waiting for a connection.",
+    ),
+    (
+        "ringgate_topology_epoch",
+        "gauge",
+        "Epoch of the database topology this core routes by.",
+    ),
+    (
+        "ringgate_topology_stale",
+        "gauge",
+        "1 when no topology source answered and the last topology is kept.",
     ),
 ];
 
@@ -201,6 +211,8 @@ impl CoreMetrics {
             s.evicted_idle,
             s.evicted_topology,
             s.wait_timeouts,
+            s.topology_epoch,
+            s.topology_stale as u64,
         ];
         for (slot, v) in self.pool.iter().zip(values) {
             slot.store(v, Relaxed);

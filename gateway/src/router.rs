@@ -58,18 +58,35 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
 }
 
 fn ready(core: &Core) -> Response {
-    if core.drain.is_draining() {
-        Response::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "draining"}),
-        )
+    let topology = core.db.as_ref().map(|db| db.topology());
+    let stale = topology.as_ref().is_some_and(|t| t.stale);
+    let (status, state) = if core.drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if topology
+        .as_ref()
+        .is_some_and(|t| t.leader.is_none() && !t.replicas.iter().any(|r| r.healthy))
+    {
+        (StatusCode::SERVICE_UNAVAILABLE, "no_backend")
     } else {
-        Response::new(
-            StatusCode::OK,
-            "application/json",
-            &b"{\"status\":\"ready\"}"[..],
-        )
+        (StatusCode::OK, "ready")
+    };
+    if topology.is_none() || (!stale && status == StatusCode::OK) {
+        return Response::json(status, &serde_json::json!({ "status": state }));
     }
+    // Say what the database side looks like when it is not plainly fine.
+    let t = topology.unwrap_or_default();
+    Response::json(
+        status,
+        &serde_json::json!({
+            "status": state,
+            "topology": {
+                "stale": t.stale,
+                "epoch": t.epoch,
+                "leader": t.leader.as_ref().map(|l| l.name.clone()),
+                "healthy_replicas": t.replicas.iter().filter(|r| r.healthy).count(),
+            },
+        }),
+    )
 }
 
 /// Runs `f` for GET and HEAD; anything else gets 405 with `Allow`.

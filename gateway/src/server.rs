@@ -29,6 +29,8 @@ pub enum Control {
     Drain,
     /// Serve this TLS config from now on (existing connections keep theirs).
     Tls(Arc<rustls::ServerConfig>),
+    /// Route by this topology from now on.
+    Topology(Arc<ringgate_discovery::Topology>),
 }
 
 /// The listening sockets of one core.
@@ -83,9 +85,19 @@ pub async fn run_core(
         monoio::spawn(pool_upkeep(core.clone()));
     }
     // A closed channel (the main thread is gone) drains too.
-    while let Ok(Control::Tls(config)) = control.recv_async().await {
-        *core.tls.borrow_mut() = Some(TlsAcceptor::from(config));
-        debug!(core = core.id, "TLS config swapped");
+    loop {
+        match control.recv_async().await {
+            Ok(Control::Tls(config)) => {
+                *core.tls.borrow_mut() = Some(TlsAcceptor::from(config));
+                debug!(core = core.id, "TLS config swapped");
+            }
+            Ok(Control::Topology(t)) => {
+                if let Some(db) = &core.db {
+                    db.set_topology(t);
+                }
+            }
+            Ok(Control::Drain) | Err(_) => break,
+        }
     }
     core.drain.start();
     let deadline = Instant::now() + core.config.drain_timeout;

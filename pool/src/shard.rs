@@ -42,6 +42,10 @@ pub struct ShardStats {
     pub trimmed_connections: u64,
     /// Checkouts that timed out waiting.
     pub wait_timeouts: u64,
+    /// Epoch of the topology routed by.
+    pub topology_epoch: u64,
+    /// Whether that topology is stale (no source answered).
+    pub topology_stale: bool,
 }
 
 /// Requests in flight per member on this core.
@@ -289,6 +293,9 @@ impl Shard {
         s.pools = cache.len();
         s.connections = cache.pools().map(|p| p.size()).sum();
         s.in_use = cache.pools().map(|p| p.in_use()).sum();
+        let t = self.topology.borrow();
+        s.topology_epoch = t.epoch;
+        s.topology_stale = t.stale;
         s
     }
 

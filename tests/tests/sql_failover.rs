@@ -199,3 +199,75 @@ fn chaos_sql_write_in_flight_when_the_leader_dies_is_outcome_unknown() {
         &format!("drop table if exists {table}"),
     );
 }
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn chaos_sql_with_patroni_topology_follows_the_new_leader() {
+    let (g, addr) = start(&[
+        (
+            "RINGGATE_ETCD_ENDPOINTS",
+            &required("RINGGATE_ETCD_ENDPOINTS"),
+        ),
+        ("RINGGATE_PATRONI_URLS", &required("RINGGATE_PATRONI_URLS")),
+        (
+            "RINGGATE_PATRONI_SCOPE",
+            &required("RINGGATE_PATRONI_SCOPE"),
+        ),
+        (
+            "RINGGATE_PATRONI_NAMESPACE",
+            &required("RINGGATE_PATRONI_NAMESPACE"),
+        ),
+        ("RINGGATE_FAILOVER_WAIT", "30s"),
+    ]);
+    let table = unique("patroni_t");
+    assert_eq!(
+        sql(
+            addr,
+            &format!("create table {table} (id serial primary key, v text)")
+        )
+        .status,
+        200
+    );
+    // Reads go straight to a replica member (no HAProxy in between).
+    let r = sql(
+        addr,
+        "select pg_is_in_recovery()::text as r, inet_server_addr()::text as a",
+    );
+    assert_eq!(r.json()["rows"][0]["r"], "true", "{:?}", r.json());
+    wait_replicated();
+    let killed = Instant::now();
+    let leader = KilledLeader::kill();
+    let write = sql(
+        addr,
+        &format!("insert into {table} (v) values ('after') returning id"),
+    );
+    assert_eq!(write.status, 200, "{:?}", write.json());
+    eprintln!(
+        "write after leader kill (Patroni topology) answered in {:.1}s",
+        killed.elapsed().as_secs_f64()
+    );
+    // Metrics are published once a second: the epoch moves, and the old leader's pool was
+    // closed when the topology changed.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text =
+            String::from_utf8_lossy(&request(addr, "GET", "/metrics", &[], b"").body).to_string();
+        let moved = !text.contains("ringgate_topology_epoch{core=\"0\"} 1\n")
+            && text.contains("ringgate_topology_epoch{core=\"0\"}");
+        let closed = !text.contains("ringgate_pool_evictions_topology_total{core=\"0\"} 0\n");
+        if moved && closed {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "topology metrics did not move: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    g.drain();
+    drop(leader);
+    psql(
+        &required("RINGGATE_TEST_ALPHA_URL"),
+        &format!("drop table {table}"),
+    );
+}
