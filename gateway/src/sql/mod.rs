@@ -23,7 +23,6 @@ use http::{Method, StatusCode};
 use monoio::time::{sleep, Instant};
 use ringgate_discovery::Role;
 use ringgate_pool::{Checkout, Error as PoolError, Intent, Shard};
-use serde_json::json;
 use tokio_postgres::error::SqlState;
 use tracing::debug;
 
@@ -31,7 +30,9 @@ use self::{
     classify::{classify, Kind},
     exec::ExecError,
     request::{RequestError, SqlRequest},
-    response::{db_error, gateway_error, result_json, unavailable},
+    response::{
+        batch_response, db_error, gateway_error, result_response, unavailable, write_result,
+    },
 };
 use crate::{core::Core, http::Response, router::Request};
 
@@ -120,12 +121,7 @@ impl Ctx {
             };
             let mut budget = self.limit;
             match exec::run(c.conn(), st, &mut budget, self.limit).await {
-                Ok(r) => {
-                    return Response::json(
-                        StatusCode::OK,
-                        &result_json(&r, array_mode, sql.raw_text),
-                    )
-                }
+                Ok(r) => return result_response(&r, array_mode, sql.raw_text),
                 Err(e) => match self.after_failure(c, intent, &e) {
                     Next::Retry(next) => intent = next,
                     Next::Answer(r) => return r,
@@ -172,11 +168,16 @@ impl Ctx {
             let mut results = Vec::with_capacity(sql.statements.len());
             for st in &sql.statements {
                 match exec::run(c.conn(), st, &mut budget, self.limit).await {
-                    Ok(r) => results.push(result_json(
-                        &r,
-                        st.array_mode.unwrap_or(sql.array_mode),
-                        sql.raw_text,
-                    )),
+                    Ok(r) => {
+                        let mut one = String::new();
+                        write_result(
+                            &mut one,
+                            &r,
+                            st.array_mode.unwrap_or(sql.array_mode),
+                            sql.raw_text,
+                        );
+                        results.push(one);
+                    }
                     Err(e) => {
                         if c.conn().client().batch_execute("ROLLBACK").await.is_err() {
                             c.discard();
@@ -191,7 +192,7 @@ impl Ctx {
                 }
             }
             return match c.conn().client().batch_execute("COMMIT").await {
-                Ok(()) => Response::json(StatusCode::OK, &json!({ "results": results })),
+                Ok(()) => batch_response(&results),
                 Err(e) if e.as_db_error().is_some() => db_error(e.as_db_error().unwrap()),
                 Err(_) => {
                     c.discard();
