@@ -70,6 +70,10 @@ pub const ENV_PATRONI_SCOPE: &str = "RINGGATE_PATRONI_SCOPE";
 pub const ENV_PATRONI_NAMESPACE: &str = "RINGGATE_PATRONI_NAMESPACE";
 /// How often the topology sources are read.
 pub const ENV_TOPOLOGY_INTERVAL: &str = "RINGGATE_TOPOLOGY_INTERVAL";
+/// The control database holding `ringgate.projects`.
+pub const ENV_CONTROL_DATABASE_URL: &str = "RINGGATE_CONTROL_DATABASE_URL";
+/// How long a project's row is cached per core.
+pub const ENV_PROJECT_CACHE_TTL: &str = "RINGGATE_PROJECT_CACHE_TTL";
 /// TLS to PostgreSQL: `disable`, `require` or `verify-full`.
 pub const ENV_PG_SSLMODE: &str = "RINGGATE_PG_SSLMODE";
 /// PEM root certificates for `verify-full`.
@@ -194,6 +198,8 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_SQL_MAX_RESPONSE_BYTES, default: "10MiB", help: "largest /sql result; larger gets 507" },
     VarDoc { name: ENV_SQL_STATEMENT_TIMEOUT, default: "30s", help: "statement_timeout on every server connection (0s for none)" },
     VarDoc { name: ENV_FAILOVER_WAIT, default: "15s", help: "a write with no reachable leader waits this long for a new one, then 503" },
+    VarDoc { name: ENV_CONTROL_DATABASE_URL, default: "(unset)", help: "control database with ringgate.projects; when set, /sql checks the project, its database and role" },
+    VarDoc { name: ENV_PROJECT_CACHE_TTL, default: "60s", help: "how long a project's row (or its absence) is cached per core" },
     VarDoc {
         name: ENV_LOG,
         default: "info",
@@ -339,6 +345,10 @@ pub struct DatabaseConfig {
     pub patroni: Option<ringgate_discovery::watch::Sources>,
     /// How often the Patroni sources are read (default 200 ms).
     pub topology_interval: Duration,
+    /// Control database credentials (`RINGGATE_CONTROL_DATABASE_URL`); enables project checks.
+    pub control: Option<ringgate_pool::Credentials>,
+    /// Project cache TTL (default 60 s).
+    pub project_cache_ttl: Duration,
     /// Pool limits and timeouts.
     pub pool: ringgate_pool::Config,
 }
@@ -687,6 +697,10 @@ impl Reader<'_> {
             ..pool
         };
         let patroni = self.patroni();
+        let control = url(self, ENV_CONTROL_DATABASE_URL).map(|u| u.credentials);
+        let project_cache_ttl = self
+            .parse(ENV_PROJECT_CACHE_TTL, parse::duration)
+            .unwrap_or(Duration::from_secs(60));
         let topology_interval = self
             .parse(ENV_TOPOLOGY_INTERVAL, parse::duration)
             .unwrap_or(Duration::from_millis(200));
@@ -696,6 +710,8 @@ impl Reader<'_> {
                 replica,
                 patroni,
                 topology_interval,
+                control,
+                project_cache_ttl,
                 pool,
             }),
             (None, Some(_)) => {

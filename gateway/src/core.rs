@@ -39,6 +39,8 @@ pub struct Core {
     pub date: DateCache,
     /// This core's database pools, when a database is configured.
     pub db: Option<Rc<Shard>>,
+    /// Project rows, when a control database is configured.
+    pub projects: Option<crate::projects::ProjectCache>,
     /// `/sql` memo tables (query classification, connection strings).
     pub sql_memo: crate::sql::memo::SqlMemo,
     connections: Cell<usize>,
@@ -69,6 +71,11 @@ impl Core {
             .database
             .as_ref()
             .map(|d| Shard::new(id, config.workers, d.pool.clone(), topology.clone()));
+        let projects = config.database.as_ref().and_then(|d| {
+            d.control
+                .clone()
+                .map(|c| crate::projects::ProjectCache::new(c, d.project_cache_ttl))
+        });
         Rc::new(Self {
             id,
             driver,
@@ -79,6 +86,7 @@ impl Core {
             request_ids: RequestIds::new(),
             date: DateCache::default(),
             db,
+            projects,
             sql_memo: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),

@@ -16,6 +16,7 @@
 //! - [`http`]: request head parsing, body framing, response encoding.
 //! - [`router`]: routes and handlers.
 //! - [`metrics`]: per-core Prometheus metrics.
+//! - [`projects`]: project config from the control database, cached per core.
 //! - [`shutdown`]: signals and the drain.
 //! - [`error`]: request errors and their HTTP mapping.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -27,6 +28,7 @@ pub mod core;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod projects;
 pub mod request_id;
 pub mod router;
 pub mod rt;

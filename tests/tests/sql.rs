@@ -442,3 +442,69 @@ fn a_read_that_writes_is_rerun_on_the_primary() {
     psql(&admin, &format!("drop function {f}(); drop table {f}_t"));
     g.drain();
 }
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn test_project_config_cache_ttl() {
+    let control = required("RINGGATE_CONTROL_DATABASE_URL");
+    let (g, addr) = start(&[
+        ("DATABASE_URL", &required("DATABASE_URL")),
+        ("RINGGATE_CONTROL_DATABASE_URL", &control),
+        ("RINGGATE_PROJECT_CACHE_TTL", "1s"),
+    ]);
+    let project = unique("proj");
+    let alpha = parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL"))
+        .unwrap()
+        .credentials;
+    let cs = format!(
+        "postgres://{}:{}@{project}.ringgate.test/tenant_alpha",
+        alpha.user, alpha.password
+    );
+    let query = || sql(addr, &cs, json!({"query": "select 1 as one"}), &[]);
+    // Unknown project: a 404 at once, not a hang.
+    let started = std::time::Instant::now();
+    let r = query();
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (404, Some("unknown_project")),
+        "{:?}",
+        r.json()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    psql(&control, &format!("insert into ringgate.projects (project_id, database, roles) values ('{project}', 'tenant_alpha', array['alpha_owner'])"));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(query().status, 200, "the new row is served after the TTL");
+    // Point the project elsewhere: still served from the cache until the TTL passes.
+    psql(
+        &control,
+        &format!(
+            "update ringgate.projects set database = 'tenant_beta' where project_id = '{project}'"
+        ),
+    );
+    assert_eq!(query().status, 200, "cached row within the TTL");
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = query();
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (403, Some("project_mismatch")),
+        "{:?}",
+        r.json()
+    );
+    psql(
+        &control,
+        &format!("delete from ringgate.projects where project_id = '{project}'"),
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(query().status, 404);
+    // Another project's database with these credentials is refused before PostgreSQL sees it.
+    let beta_cs = format!(
+        "postgres://{}:{}@beta.ringgate.test/tenant_alpha",
+        alpha.user, alpha.password
+    );
+    let r = sql(addr, &beta_cs, json!({"query": "select 1"}), &[]);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (403, Some("project_mismatch"))
+    );
+    g.drain();
+}

@@ -65,6 +65,11 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
         Ok(r) => r,
         Err(e) => return request_error(&e),
     };
+    if let Some(projects) = &core.projects {
+        if let Some(refused) = check_project(projects, &db, &sql).await {
+            return refused;
+        }
+    }
     let ctx = Ctx {
         memo: core.clone(),
         db,
@@ -75,6 +80,37 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
         ctx.batch(&sql).await
     } else {
         ctx.single(&sql).await
+    }
+}
+
+/// The project must exist and the connection string must name its database and one of its
+/// roles; `Some(response)` when it does not.
+async fn check_project(
+    projects: &crate::projects::ProjectCache,
+    db: &Rc<Shard>,
+    sql: &SqlRequest,
+) -> Option<Response> {
+    let t = &sql.tenant;
+    match projects.get(db, &t.project).await {
+        Ok(Some(p))
+            if p.database == t.credentials.database && p.roles.contains(&t.credentials.user) =>
+        {
+            None
+        }
+        Ok(Some(_)) => Some(gateway_error(
+            StatusCode::FORBIDDEN,
+            "project_mismatch",
+            &format!(
+                "project {:?} does not use database {:?} with role {:?}",
+                t.project, t.credentials.database, t.credentials.user
+            ),
+        )),
+        Ok(None) => Some(gateway_error(
+            StatusCode::NOT_FOUND,
+            "unknown_project",
+            &format!("no project {:?}", t.project),
+        )),
+        Err(e) => Some(unavailable("control_unavailable", &e.to_string(), 1)),
     }
 }
 

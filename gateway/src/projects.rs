@@ -1,0 +1,120 @@
+//! Project config from the control database's `ringgate.projects`, cached per core.
+//!
+//! A request's project must exist (else 404) and its connection string must name the
+//! project's database and one of its roles (else 403), so one project's credentials never
+//! open another's database through ringgate. Entries, unknown projects included, are kept
+//! for `RINGGATE_PROJECT_CACHE_TTL`; a changed row is served once its entry expires.
+//! Immediate invalidation (pub/sub or LISTEN/NOTIFY) is not built yet.
+
+use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
+
+use monoio::time::Instant;
+use ringgate_pool::{Credentials, Intent, Shard};
+
+/// One row of `ringgate.projects`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    /// The project's database.
+    pub database: String,
+    /// Roles allowed to use it.
+    pub roles: Vec<String>,
+    /// Its statement timeout in milliseconds.
+    pub statement_timeout_ms: i32,
+    /// Its connection limit.
+    pub max_connections: i32,
+}
+
+/// Why the project could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// The control database could not be reached or queried.
+    #[error("control database: {0}")]
+    Control(String),
+}
+
+/// Whether an entry stored at `stored` is still fresh at `now`.
+pub fn fresh(stored: Instant, now: Instant, ttl: Duration) -> bool {
+    now.saturating_duration_since(stored) < ttl
+}
+
+/// One core's cache of project rows.
+#[derive(Debug)]
+pub struct ProjectCache {
+    control: Credentials,
+    ttl: Duration,
+    entries: RefCell<HashMap<String, (Option<Project>, Instant)>>,
+}
+
+/// Entries kept at most; the table starts over when full.
+const CAPACITY: usize = 10_000;
+
+const QUERY: &str =
+    "SELECT database, roles, statement_timeout_ms, max_connections FROM ringgate.projects WHERE project_id = $1";
+
+impl ProjectCache {
+    /// A cache reading the control database as `control`, keeping entries for `ttl`.
+    pub fn new(control: Credentials, ttl: Duration) -> Self {
+        Self {
+            control,
+            ttl,
+            entries: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The project's row (`None` when there is none), from the cache or the control database.
+    pub async fn get(
+        &self,
+        db: &Rc<Shard>,
+        project: &str,
+    ) -> Result<Option<Project>, ProjectError> {
+        let now = Instant::now();
+        if let Some((p, at)) = self.entries.borrow().get(project) {
+            if fresh(*at, now, self.ttl) {
+                return Ok(p.clone());
+            }
+        }
+        let err = |e: &dyn std::fmt::Display| ProjectError::Control(e.to_string());
+        let mut c = db
+            .checkout("ringgate-control", &self.control, Intent::Read)
+            .await
+            .map_err(|e| err(&e))?;
+        let st = c.conn().prepare_cached(QUERY).await.map_err(|e| err(&e))?;
+        let row = c
+            .conn()
+            .client()
+            .query_opt(&st, &[&project])
+            .await
+            .map_err(|e| err(&e))?;
+        let found = row.map(|r| Project {
+            database: r.get(0),
+            roles: r.get(1),
+            statement_timeout_ms: r.get(2),
+            max_connections: r.get(3),
+        });
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() >= CAPACITY {
+            entries.clear();
+        }
+        entries.insert(project.to_string(), (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    /// Drops a project's entry so the next request reads it again.
+    pub fn invalidate(&self, project: &str) {
+        self.entries.borrow_mut().remove(project);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_is_a_pure_function_of_time() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        assert!(fresh(t0, t0, ttl));
+        assert!(fresh(t0, t0 + Duration::from_secs(59), ttl));
+        assert!(!fresh(t0, t0 + ttl, ttl));
+    }
+}
