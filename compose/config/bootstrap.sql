@@ -63,6 +63,17 @@ CREATE TABLE IF NOT EXISTS ringgate.projects (
     statement_timeout_ms int NOT NULL DEFAULT 30000,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- Every change is announced, so ringgate's per-core caches drop the row at once.
+CREATE OR REPLACE FUNCTION ringgate.notify_project_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ringgate_projects', COALESCE(NEW.project_id, OLD.project_id));
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS projects_changed ON ringgate.projects;
+CREATE TRIGGER projects_changed AFTER INSERT OR UPDATE OR DELETE ON ringgate.projects
+    FOR EACH ROW EXECUTE FUNCTION ringgate.notify_project_change();
 INSERT INTO ringgate.projects (project_id, database, roles) VALUES
     ('alpha', 'tenant_alpha', ARRAY['alpha_owner']),
     ('beta', 'tenant_beta', ARRAY['beta_owner'])

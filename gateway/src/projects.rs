@@ -3,8 +3,9 @@
 //! A request's project must exist (else 404) and its connection string must name the
 //! project's database and one of its roles (else 403), so one project's credentials never
 //! open another's database through ringgate. Entries, unknown projects included, are kept
-//! for `RINGGATE_PROJECT_CACHE_TTL`; a changed row is served once its entry expires.
-//! Immediate invalidation (pub/sub or LISTEN/NOTIFY) is not built yet.
+//! for `RINGGATE_PROJECT_CACHE_TTL`; a changed row is served once its entry expires, and at
+//! once when the control database announces it: each core LISTENs on `ringgate_projects`
+//! (a trigger on the table NOTIFYs the project id) and drops that entry.
 
 use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
 
@@ -97,6 +98,16 @@ impl ProjectCache {
         }
         entries.insert(project.to_string(), (found.clone(), Instant::now()));
         Ok(found)
+    }
+
+    /// The credentials the control database is read with.
+    pub fn control(&self) -> &Credentials {
+        &self.control
+    }
+
+    /// Drops every entry (after a gap in notifications).
+    pub fn clear(&self) {
+        self.entries.borrow_mut().clear();
     }
 
     /// Drops a project's entry so the next request reads it again.

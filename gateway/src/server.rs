@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use futures_core::Stream;
 use monoio::{
     io::AsyncWriteRentExt,
     net::{TcpListener, TcpStream},
@@ -84,6 +85,9 @@ pub async fn run_core(
     if core.db.is_some() {
         monoio::spawn(pool_upkeep(core.clone()));
     }
+    if core.projects.is_some() {
+        monoio::spawn(project_invalidations(core.clone()));
+    }
     // A closed channel (the main thread is gone) drains too.
     loop {
         match control.recv_async().await {
@@ -113,6 +117,52 @@ pub async fn run_core(
         db.close_all();
     }
     report
+}
+
+/// Listens for `NOTIFY ringgate_projects` on the leader and drops the named project from
+/// this core's cache; reconnects (clearing the cache, since changes may have been missed)
+/// when the connection ends.
+async fn project_invalidations(core: Rc<Core>) {
+    let (Some(db), Some(projects)) = (core.db.clone(), core.projects.as_ref()) else {
+        return;
+    };
+    while !core.drain.is_draining() {
+        match db.listen(projects.control()).await {
+            Ok((client, mut notifications)) => match client
+                .batch_execute("LISTEN ringgate_projects")
+                .await
+            {
+                Ok(()) => {
+                    projects.clear();
+                    debug!(core = core.id, "listening for project changes");
+                    loop {
+                        let next = std::future::poll_fn(|cx| {
+                            std::pin::Pin::new(&mut notifications).poll_next(cx)
+                        });
+                        monoio::select! {
+                            n = next => match n {
+                                Some(project) => projects.invalidate(&project),
+                                None => break,
+                            },
+                            _ = core.drain.signaled() => return,
+                        }
+                    }
+                    warn!(
+                        core = core.id,
+                        "project change notifications lost; reconnecting"
+                    );
+                }
+                Err(error) => warn!(core = core.id, %error, "cannot LISTEN for project changes"),
+            },
+            Err(error) => {
+                debug!(core = core.id, %error, "cannot connect to listen for project changes")
+            }
+        }
+        monoio::select! {
+            _ = sleep(Duration::from_secs(1)) => {}
+            _ = core.drain.signaled() => return,
+        }
+    }
 }
 
 /// Once a second: expire idle pools, trim idle connections, publish pool metrics.

@@ -155,8 +155,22 @@ impl PgConn {
     }
 }
 
-/// Opens a connection to `target` on the current monoio runtime, counted against `permit`.
-pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
+/// Notifications (`LISTEN`/`NOTIFY` payloads) from a listening connection.
+pub type Notifications = futures_channel::mpsc::UnboundedReceiver<String>;
+
+/// Opens an unpooled connection whose `NOTIFY` payloads are forwarded; the receiver ends
+/// when the connection does. The caller issues `LISTEN`.
+pub async fn connect_listening(target: &Target) -> Result<(Client, Notifications), Error> {
+    let (tx, rx) = futures_channel::mpsc::unbounded();
+    Ok((open(target, Some(tx)).await?, rx))
+}
+
+/// Connects (TCP, optional TLS, startup) within the connect timeout and spawns the
+/// connection task on this runtime; notifications go to `notify` when given.
+async fn open(
+    target: &Target,
+    notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
+) -> Result<Client, Error> {
     let addr = target.addr;
     let mut config = tokio_postgres::Config::new();
     config
@@ -179,11 +193,7 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
         let client = match &target.tls {
             None => {
                 let (client, connection) = config.connect_raw(stream, NoTls).await?;
-                monoio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        debug!(%error, node, "server connection ended");
-                    }
-                });
+                monoio::spawn(drive(connection, notify, node));
                 client
             }
             Some(tls) => {
@@ -191,20 +201,47 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
                 let connector = crate::tls::RustlsConnect::new(tls, &target.host)
                     .map_err(|e| Error::Tls(e.to_string()))?;
                 let (client, connection) = config.connect_raw(stream, connector).await?;
-                monoio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        debug!(%error, node, "server connection ended");
-                    }
-                });
+                monoio::spawn(drive(connection, notify, node));
                 client
             }
         };
         Ok::<_, Error>(client)
     };
-    let client = match monoio::time::timeout(target.connect_timeout, setup).await {
-        Ok(r) => r?,
-        Err(_) => return Err(Error::ConnectTimeout { addr }),
-    };
+    match monoio::time::timeout(target.connect_timeout, setup).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::ConnectTimeout { addr }),
+    }
+}
+
+/// Runs a connection until it ends, forwarding notifications.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
+    node: String,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                if let Some(tx) = &notify {
+                    let _ = tx.unbounded_send(n.payload().to_string());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                debug!(%error, node, "server connection ended");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Opens a connection to `target` on the current monoio runtime, counted against `permit`.
+pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
+    let client = open(target, None).await?;
     Ok(PgConn {
         client,
         statements: HashMap::new(),

@@ -155,17 +155,7 @@ impl Shard {
                 old.close();
             }
         }
-        let target = Target {
-            addr: member.addr,
-            node: member.name.clone(),
-            credentials: credentials.clone(),
-            application_name: format!("ringgate/{tenant}/core{}", self.core),
-            connect_timeout: self.config.connect_timeout,
-            statement_cache: self.config.statement_cache,
-            options: startup_options(&self.config, member.role),
-            tls: self.config.tls.clone(),
-            host: member.host.clone(),
-        };
+        let target = self.target_for(tenant, credentials, member);
         let budget = self
             .budgets
             .borrow_mut()
@@ -195,6 +185,31 @@ impl Shard {
             }
         }
         pool
+    }
+
+    /// How this core connects to `member` for `tenant`.
+    fn target_for(&self, tenant: &str, credentials: &Credentials, member: &Member) -> Target {
+        Target {
+            addr: member.addr,
+            node: member.name.clone(),
+            credentials: credentials.clone(),
+            application_name: format!("ringgate/{tenant}/core{}", self.core),
+            connect_timeout: self.config.connect_timeout,
+            statement_cache: self.config.statement_cache,
+            options: startup_options(&self.config, member.role),
+            tls: self.config.tls.clone(),
+            host: member.host.clone(),
+        }
+    }
+
+    /// Opens an unpooled connection to the current leader that forwards `NOTIFY` payloads
+    /// (one per listener; not counted in the budgets). The caller issues `LISTEN`.
+    pub async fn listen(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<(tokio_postgres::Client, crate::conn::Notifications), Error> {
+        let leader = self.topology().leader.clone().ok_or(Error::NoPrimary)?;
+        crate::conn::connect_listening(&self.target_for("listen", credentials, &leader)).await
     }
 
     /// Adopts a new topology: pools on members that left or changed role are closed (they

@@ -443,6 +443,28 @@ fn a_read_that_writes_is_rerun_on_the_primary() {
     g.drain();
 }
 
+/// Runs `sql` on the control database as the superuser without firing triggers, so no
+/// change notification is sent.
+fn silently(sql: &str) {
+    let admin = pg_admin_url();
+    let url = format!("{}/ringgate_control", admin.rsplit_once('/').unwrap().0);
+    psql(
+        &url,
+        &format!("set session_replication_role = replica; {sql}"),
+    );
+}
+
+fn project_request(addr: std::net::SocketAddr, project: &str) -> Resp {
+    let alpha = parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL"))
+        .unwrap()
+        .credentials;
+    let cs = format!(
+        "postgres://{}:{}@{project}.ringgate.test/tenant_alpha",
+        alpha.user, alpha.password
+    );
+    sql(addr, &cs, json!({"query": "select 1 as one"}), &[])
+}
+
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn test_project_config_cache_ttl() {
@@ -453,17 +475,9 @@ fn test_project_config_cache_ttl() {
         ("RINGGATE_PROJECT_CACHE_TTL", "1s"),
     ]);
     let project = unique("proj");
-    let alpha = parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL"))
-        .unwrap()
-        .credentials;
-    let cs = format!(
-        "postgres://{}:{}@{project}.ringgate.test/tenant_alpha",
-        alpha.user, alpha.password
-    );
-    let query = || sql(addr, &cs, json!({"query": "select 1 as one"}), &[]);
-    // Unknown project: a 404 at once, not a hang.
+    // Unknown project: a 404 at once, not a hang (and the absence is cached too).
     let started = std::time::Instant::now();
-    let r = query();
+    let r = project_request(addr, &project);
     assert_eq!(
         (r.status, r.json()["code"].as_str()),
         (404, Some("unknown_project")),
@@ -471,32 +485,74 @@ fn test_project_config_cache_ttl() {
         r.json()
     );
     assert!(started.elapsed() < Duration::from_secs(2));
-    psql(&control, &format!("insert into ringgate.projects (project_id, database, roles) values ('{project}', 'tenant_alpha', array['alpha_owner'])"));
-    std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(query().status, 200, "the new row is served after the TTL");
-    // Point the project elsewhere: still served from the cache until the TTL passes.
-    psql(
-        &control,
-        &format!(
-            "update ringgate.projects set database = 'tenant_beta' where project_id = '{project}'"
-        ),
+    // Changes made without a notification are served once the TTL has passed.
+    silently(&format!("insert into ringgate.projects (project_id, database, roles) values ('{project}', 'tenant_alpha', array['alpha_owner'])"));
+    assert_eq!(
+        project_request(addr, &project).status,
+        404,
+        "cached absence within the TTL"
     );
-    assert_eq!(query().status, 200, "cached row within the TTL");
     std::thread::sleep(Duration::from_millis(1200));
-    let r = query();
+    assert_eq!(
+        project_request(addr, &project).status,
+        200,
+        "the new row after the TTL"
+    );
+    silently(&format!(
+        "update ringgate.projects set database = 'tenant_beta' where project_id = '{project}'"
+    ));
+    assert_eq!(
+        project_request(addr, &project).status,
+        200,
+        "cached row within the TTL"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = project_request(addr, &project);
     assert_eq!(
         (r.status, r.json()["code"].as_str()),
         (403, Some("project_mismatch")),
         "{:?}",
         r.json()
     );
+    g.drain();
+
+    // With a long TTL, a notified change is served at once.
+    let (g, addr) = start(&[
+        ("DATABASE_URL", &required("DATABASE_URL")),
+        ("RINGGATE_CONTROL_DATABASE_URL", &control),
+        ("RINGGATE_PROJECT_CACHE_TTL", "10m"),
+    ]);
+    let in_time = |want: u16| {
+        let end = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let got = project_request(addr, &project).status;
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "still {got}, wanted {want} within 1 s of the change"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    in_time(403);
+    psql(
+        &control,
+        &format!(
+            "update ringgate.projects set database = 'tenant_alpha' where project_id = '{project}'"
+        ),
+    );
+    in_time(200);
     psql(
         &control,
         &format!("delete from ringgate.projects where project_id = '{project}'"),
     );
-    std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(query().status, 404);
+    in_time(404);
     // Another project's database with these credentials is refused before PostgreSQL sees it.
+    let alpha = parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL"))
+        .unwrap()
+        .credentials;
     let beta_cs = format!(
         "postgres://{}:{}@beta.ringgate.test/tenant_alpha",
         alpha.user, alpha.password
