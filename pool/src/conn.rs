@@ -29,6 +29,25 @@ pub struct Credentials {
     pub user: String,
     /// Password (never logged).
     pub password: String,
+    /// Extra startup options, `-c name=value` (e.g. a project's statement timeout); part of
+    /// a pool's identity, so a change opens fresh connections.
+    pub options: String,
+}
+
+impl Credentials {
+    /// Credentials without extra options.
+    pub fn new(
+        database: impl Into<String>,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        Self {
+            database: database.into(),
+            user: user.into(),
+            password: password.into(),
+            options: String::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -36,6 +55,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("database", &self.database)
             .field("user", &self.user)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +198,10 @@ async fn open(
         .user(&target.credentials.user)
         .password(&target.credentials.password)
         .application_name(&target.application_name);
-    if !target.options.is_empty() {
-        config.options(&target.options);
+    // The credentials' options come last, so a project's settings win over the defaults.
+    let options = format!("{} {}", target.options, target.credentials.options);
+    if !options.trim().is_empty() {
+        config.options(options.trim());
     }
     let node = target.node.clone();
     let setup = async {

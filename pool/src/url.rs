@@ -102,11 +102,7 @@ pub fn parse_pg_url(s: &str) -> Result<PgUrl, UrlError> {
     Ok(PgUrl {
         addr,
         host,
-        credentials: Credentials {
-            database,
-            user,
-            password,
-        },
+        credentials: Credentials::new(database, user, password),
     })
 }
 
@@ -120,11 +116,7 @@ mod tests {
         assert_eq!(u.addr, "127.0.0.1:5433".parse().unwrap());
         assert_eq!(
             u.credentials,
-            Credentials {
-                database: "tenant_alpha".into(),
-                user: "app".into(),
-                password: "s3cret".into()
-            }
+            Credentials::new("tenant_alpha", "app", "s3cret")
         );
         let u = parse_pg_url("postgresql://app@127.0.0.1").unwrap();
         assert_eq!(

@@ -564,3 +564,48 @@ fn test_project_config_cache_ttl() {
     );
     g.drain();
 }
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn a_projects_statement_timeout_applies_to_its_queries() {
+    let control = required("RINGGATE_CONTROL_DATABASE_URL");
+    let (g, addr) = start(&[
+        ("DATABASE_URL", &required("DATABASE_URL")),
+        ("RINGGATE_CONTROL_DATABASE_URL", &control),
+    ]);
+    let project = unique("slowproj");
+    psql(&control, &format!("insert into ringgate.projects (project_id, database, roles, statement_timeout_ms) values ('{project}', 'tenant_alpha', array['alpha_owner'], 200)"));
+    let alpha = parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL"))
+        .unwrap()
+        .credentials;
+    let cs = format!(
+        "postgres://{}:{}@{project}.ringgate.test/tenant_alpha",
+        alpha.user, alpha.password
+    );
+    let r = sql(addr, &cs, json!({"query": "select pg_sleep(1)"}), &[]);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("57014")),
+        "canceled by the project's 200 ms: {:?}",
+        r.json()
+    );
+    // Raised for the project: the change is announced, the next query runs with it.
+    psql(&control, &format!("update ringgate.projects set statement_timeout_ms = 5000 where project_id = '{project}'"));
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = sql(addr, &cs, json!({"query": "select pg_sleep(0.5)"}), &[]);
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the new timeout never applied: {:?}",
+            r.json()
+        );
+    }
+    psql(
+        &control,
+        &format!("delete from ringgate.projects where project_id = '{project}'"),
+    );
+    g.drain();
+}

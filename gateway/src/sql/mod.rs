@@ -56,7 +56,7 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
             "no database is configured (DATABASE_URL)",
         );
     };
-    let sql = match request::parse(
+    let mut sql = match request::parse(
         &req.head.headers,
         &req.body,
         &core.config.sql,
@@ -66,8 +66,13 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
         Err(e) => return request_error(&e),
     };
     if let Some(projects) = &core.projects {
-        if let Some(refused) = check_project(projects, &db, &sql).await {
-            return refused;
+        match check_project(projects, &db, &sql).await {
+            Ok(p) if p.statement_timeout_ms > 0 => {
+                sql.tenant.credentials.options =
+                    format!("-c statement_timeout={}", p.statement_timeout_ms);
+            }
+            Ok(_) => {}
+            Err(refused) => return refused,
         }
     }
     let ctx = Ctx {
@@ -84,20 +89,20 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
 }
 
 /// The project must exist and the connection string must name its database and one of its
-/// roles; `Some(response)` when it does not.
+/// roles; the refusal as a response when it does not.
 async fn check_project(
     projects: &crate::projects::ProjectCache,
     db: &Rc<Shard>,
     sql: &SqlRequest,
-) -> Option<Response> {
+) -> Result<crate::projects::Project, Response> {
     let t = &sql.tenant;
     match projects.get(db, &t.project).await {
         Ok(Some(p))
             if p.database == t.credentials.database && p.roles.contains(&t.credentials.user) =>
         {
-            None
+            Ok(p)
         }
-        Ok(Some(_)) => Some(gateway_error(
+        Ok(Some(_)) => Err(gateway_error(
             StatusCode::FORBIDDEN,
             "project_mismatch",
             &format!(
@@ -105,12 +110,12 @@ async fn check_project(
                 t.project, t.credentials.database, t.credentials.user
             ),
         )),
-        Ok(None) => Some(gateway_error(
+        Ok(None) => Err(gateway_error(
             StatusCode::NOT_FOUND,
             "unknown_project",
             &format!("no project {:?}", t.project),
         )),
-        Err(e) => Some(unavailable("control_unavailable", &e.to_string(), 1)),
+        Err(e) => Err(unavailable("control_unavailable", &e.to_string(), 1)),
     }
 }
 

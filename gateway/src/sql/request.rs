@@ -272,11 +272,7 @@ fn tenant(s: &str) -> Result<Tenant, RequestError> {
     let project = project_of(&host).unwrap_or_else(|| database.clone());
     Ok(Tenant {
         project,
-        credentials: Credentials {
-            database,
-            user,
-            password,
-        },
+        credentials: Credentials::new(database, user, password),
     })
 }
 
