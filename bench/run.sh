@@ -56,21 +56,14 @@ http {
 NGINX
 nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
-RINGGATE_LISTEN=127.0.0.1:18280 RINGGATE_TLS_LISTEN=127.0.0.1:18643 RINGGATE_TLS_CERT="$work/cert.pem" \
+env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18280 RINGGATE_TLS_LISTEN=127.0.0.1:18643 RINGGATE_TLS_CERT="$work/cert.pem" \
   RINGGATE_TLS_KEY="$work/key.pem" RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn,ringgate::rt=info \
   target/release/ringgate 2>"$work/ringgate.log" &
 pids+=($!)
 sleep 1
 for port in 18180 18280; do curl -fsS "http://127.0.0.1:$port/health" >/dev/null; done
 
-cat > "$work/pct.lua" <<'LUA'
-done = function(summary, latency, requests)
-  io.write(string.format("wrk_result rps=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f errors=%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout))
-end
-LUA
+cp bench/wrk-report.lua "$work/pct.lua"
 
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 declare -A R

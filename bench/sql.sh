@@ -25,7 +25,9 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-RINGGATE_LISTEN=127.0.0.1:18380 RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
+# A clean environment: the cluster's exports (Patroni sources, control database) would
+# otherwise configure this ringgate too.
+env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18380 RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
   DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
   target/release/ringgate 2>"$work/ringgate.log" &
 pids+=($!)
@@ -57,12 +59,7 @@ wrk.method = "POST"
 wrk.body = '$body'
 wrk.headers["Neon-Connection-String"] = "$cs"
 wrk.headers["Content-Type"] = "application/json"
-done = function(summary, latency, requests)
-  io.write(string.format("wrk_result rps=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f errors=%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout))
-end
+dofile("bench/wrk-report.lua")
 LUA
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 echo "== ringgate /sql, wrk -c1000 (max), $conns server connections"

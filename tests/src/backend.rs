@@ -19,10 +19,9 @@ pub fn pg_admin_url() -> String {
     required("RINGGATE_TEST_PG_URL")
 }
 
-/// Runs `sql` with psql against `url` and returns its unaligned, tuples-only output.
-/// Panics with psql's message on failure.
-pub fn psql(url: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql")
+/// Runs `sql` with psql against `url` (unaligned, tuples only, stop on error).
+fn run_psql(url: &str, sql: &str) -> std::process::Output {
+    std::process::Command::new("psql")
         .args([
             "-X",
             "-A",
@@ -34,9 +33,16 @@ pub fn psql(url: &str, sql: &str) -> String {
             "-c",
             sql,
         ])
+        .env("PGCONNECT_TIMEOUT", "2")
         .env_remove("PGPASSWORD")
         .output()
-        .expect("psql is installed (postgresql-client)");
+        .expect("psql is installed (postgresql-client)")
+}
+
+/// Runs `sql` with psql against `url` and returns its output; panics with psql's message
+/// on failure.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = run_psql(url, sql);
     assert!(
         out.status.success(),
         "psql {sql:?} failed: {}",
@@ -120,22 +126,7 @@ pub fn redis_cli(hostport: &str, password: Option<&str>, args: &[&str]) -> Optio
 
 /// psql that returns `None` instead of panicking (for probing during failover).
 pub fn try_psql(url: &str, sql: &str) -> Option<String> {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .env("PGCONNECT_TIMEOUT", "2")
-        .env_remove("PGPASSWORD")
-        .output()
-        .ok()?;
+    let out = run_psql(url, sql);
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
