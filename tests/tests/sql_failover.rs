@@ -228,12 +228,21 @@ fn chaos_sql_with_patroni_topology_follows_the_new_leader() {
         .status,
         200
     );
-    // Reads go straight to a replica member (no HAProxy in between).
-    let r = sql(
-        addr,
-        "select pg_is_in_recovery()::text as r, inet_server_addr()::text as a",
-    );
-    assert_eq!(r.json()["rows"][0]["r"], "true", "{:?}", r.json());
+    // Reads go straight to a replica member (no HAProxy in between) once Patroni reports
+    // the replicas on the leader's timeline (after an earlier failover that takes a moment).
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = sql(addr, "select pg_is_in_recovery()::text as r");
+        if r.json()["rows"][0]["r"] == "true" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "reads never reached a replica: {:?}",
+            r.json()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_replicated();
     let killed = Instant::now();
     let leader = KilledLeader::kill();
