@@ -29,19 +29,18 @@ fn sql(addr: std::net::SocketAddr, cs: &str, body: Value, extra: &[(&str, &str)]
     request(addr, "POST", "/sql", &headers, body.to_string().as_bytes())
 }
 
-fn base_env(url: &str) -> Vec<(&'static str, String)> {
-    vec![("DATABASE_URL", url.to_string())]
-}
-
-fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+/// Starts ringgate with the admin URL as `DATABASE_URL`, plus `extra` settings.
+fn start_on_admin(extra: &[(&str, &str)]) -> (ringgate::Gateway, std::net::SocketAddr) {
+    let url = pg_admin_url();
+    let mut env = vec![("DATABASE_URL", url.as_str())];
+    env.extend_from_slice(extra);
+    start(&env)
 }
 
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn query_with_params_returns_neon_shape_and_text_values() {
-    let env = base_env(&pg_admin_url());
-    let (g, addr) = start(&env_refs(&env));
+    let (g, addr) = start_on_admin(&[]);
     let cs = conn_string("alpha");
     let r = sql(
         addr,
@@ -93,8 +92,7 @@ fn query_with_params_returns_neon_shape_and_text_values() {
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn sql_errors_carry_sqlstate_and_position() {
-    let env = base_env(&pg_admin_url());
-    let (g, addr) = start(&env_refs(&env));
+    let (g, addr) = start_on_admin(&[]);
     let cs = conn_string("alpha");
     let r = sql(
         addr,
@@ -135,13 +133,10 @@ fn sql_errors_carry_sqlstate_and_position() {
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn bad_requests_are_refused_clearly() {
-    let env = base_env(&pg_admin_url());
-    let mut env = env_refs(&env);
-    env.extend([
+    let (g, addr) = start_on_admin(&[
         ("RINGGATE_SQL_MAX_QUERY_BYTES", "100"),
         ("RINGGATE_SQL_MAX_RESPONSE_BYTES", "1KiB"),
     ]);
-    let (g, addr) = start(&env);
     let cs = conn_string("alpha");
     let r = request(addr, "POST", "/sql", &[], br#"{"query":"select 1"}"#);
     assert_eq!(
@@ -193,8 +188,7 @@ fn bad_requests_are_refused_clearly() {
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn batch_runs_in_one_transaction_and_rolls_back_on_error() {
-    let env = base_env(&pg_admin_url());
-    let (g, addr) = start(&env_refs(&env));
+    let (g, addr) = start_on_admin(&[]);
     let cs = conn_string("alpha");
     let table = unique("batch_t");
     psql(
@@ -250,13 +244,10 @@ fn batch_runs_in_one_transaction_and_rolls_back_on_error() {
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn exhausted_pool_gets_503_with_retry_after_naming_the_limit() {
-    let env = base_env(&pg_admin_url());
-    let mut env = env_refs(&env);
-    env.extend([
+    let (g, addr) = start_on_admin(&[
         ("RINGGATE_POOL_MAX_PER_TENANT", "2"),
         ("RINGGATE_POOL_TIMEOUT", "300ms"),
     ]);
-    let (g, addr) = start(&env);
     let project = unique("busy");
     let cs = conn_string(&project);
     let slow: Vec<_> = (0..2)
@@ -297,8 +288,7 @@ fn exhausted_pool_gets_503_with_retry_after_naming_the_limit() {
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn a_terminated_server_connection_does_not_fail_the_next_request() {
-    let env = base_env(&pg_admin_url());
-    let (g, addr) = start(&env_refs(&env));
+    let (g, addr) = start_on_admin(&[]);
     let project = unique("term");
     let cs = conn_string(&project);
     let raw = [("Neon-Raw-Text-Output", "true")];
