@@ -131,3 +131,129 @@ fn chaos_topology_follows_a_leader_kill_within_a_second() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Forwards TCP connections from a local port to `target` until dropped.
+struct Forwarder {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(bind: &str, target: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(bind).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = std::net::TcpStream::connect(target) else {
+                            continue;
+                        };
+                        let (mut c2, mut s2) =
+                            (client.try_clone().unwrap(), server.try_clone().unwrap());
+                        let (mut c, mut s) = (client, server);
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut c, &mut s2);
+                            let _ = s2.shutdown(std::net::Shutdown::Write);
+                        });
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut s, &mut c2);
+                            let _ = c2.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Forwarder {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn unreachable_sources_keep_the_last_topology_marked_stale() {
+    let etcd: std::net::SocketAddr = required("RINGGATE_ETCD_ENDPOINTS")
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let forward = Forwarder::start("127.0.0.1:0", etcd);
+    let port = forward.addr.port();
+    let endpoint = format!("http://{}", forward.addr);
+    let (g, addr) = ringgate_tests::gateway::start(&[
+        ("RINGGATE_ETCD_ENDPOINTS", &endpoint),
+        (
+            "RINGGATE_PATRONI_SCOPE",
+            &required("RINGGATE_PATRONI_SCOPE"),
+        ),
+        (
+            "RINGGATE_PATRONI_NAMESPACE",
+            &required("RINGGATE_PATRONI_NAMESPACE"),
+        ),
+        ("RINGGATE_TOPOLOGY_INTERVAL", "100ms"),
+    ]);
+    let ready = || ringgate_tests::http::request(addr, "GET", "/ready", &[], b"");
+    let metric_stale = || {
+        let text = String::from_utf8_lossy(
+            &ringgate_tests::http::request(addr, "GET", "/metrics", &[], b"").body,
+        )
+        .to_string();
+        text.lines()
+            .find(|l| l.starts_with("ringgate_topology_stale{core=\"0\"}"))
+            .map(|l| l.ends_with(" 1"))
+    };
+    let until = |what: &str, mut f: Box<dyn FnMut() -> bool + '_>| {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(ready().json()["status"], "ready");
+    until("fresh metrics", Box::new(|| metric_stale() == Some(false)));
+    // Cut the only source off: the last topology stays, marked stale, and requests still route.
+    drop(forward);
+    until(
+        "a stale /ready",
+        Box::new(|| ready().json()["topology"]["stale"] == true),
+    );
+    let r = ready().json();
+    assert_eq!(r["status"], "ready", "the last topology still serves: {r}");
+    assert_eq!(r["topology"]["leader"], cluster(&["leader"]).as_str());
+    until(
+        "the stale metric",
+        Box::new(|| metric_stale() == Some(true)),
+    );
+    // The source returns: fresh again.
+    let _back = Forwarder::start(&format!("127.0.0.1:{port}"), etcd);
+    until(
+        "a fresh /ready",
+        Box::new(|| ready().json().get("topology").is_none()),
+    );
+    until(
+        "the fresh metric",
+        Box::new(|| metric_stale() == Some(false)),
+    );
+    g.drain();
+}
