@@ -126,6 +126,7 @@ async fn project_invalidations(core: Rc<Core>) {
     let (Some(db), Some(projects)) = (core.db.clone(), core.projects.as_ref()) else {
         return;
     };
+    let mut listened = false;
     while !core.drain.is_draining() {
         match db.listen(projects.control()).await {
             Ok((client, mut notifications)) => match client
@@ -133,7 +134,12 @@ async fn project_invalidations(core: Rc<Core>) {
                 .await
             {
                 Ok(()) => {
-                    projects.clear();
+                    // After a gap in listening, changes may have been missed. (Before the
+                    // first LISTEN the cache was only ever bound by its TTL.)
+                    if listened {
+                        projects.clear();
+                    }
+                    listened = true;
                     debug!(core = core.id, "listening for project changes");
                     loop {
                         let next = std::future::poll_fn(|cx| {
