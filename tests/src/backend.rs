@@ -131,3 +131,50 @@ pub fn try_psql(url: &str, sql: &str) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// Direct superuser URL of one PostgreSQL member (`host:port`, as in `RINGGATE_PG_NODES`
+/// or Patroni's member list), with the password of `RINGGATE_TEST_PG_URL`.
+pub fn pg_node_url(host_port: &str) -> String {
+    let admin = pg_admin_url();
+    let (scheme, rest) = admin.split_once("://").expect("a postgresql:// URL");
+    let (userinfo, _) = rest.rsplit_once('@').expect("user and password in the URL");
+    format!("{scheme}://{userinfo}@{host_port}/postgres")
+}
+
+/// Exclusive lock for tests that mutate the cluster (kill, isolate, ...): held until the
+/// returned file is dropped, across test binaries and processes. The lock file lives in
+/// `compose/.run/` next to the launcher's state.
+#[allow(clippy::incompatible_msrv)] // File::lock: Rust 1.89; the toolchain here is newer
+pub fn chaos_lock() -> std::fs::File {
+    let launcher = std::path::PathBuf::from(required("RINGGATE_CLUSTER"));
+    let path = launcher
+        .parent()
+        .expect("compose/")
+        .join(".run")
+        .join("chaos.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}
+
+/// `compose/cluster up`: heals isolated nodes, resumes paused ones, starts stopped ones and
+/// waits until the whole cluster is healthy again. Returns the launcher's error output on
+/// failure (no panic, so it is safe in `Drop` while a test unwinds).
+pub fn repair_cluster() -> Result<(), String> {
+    let out = std::process::Command::new(required("RINGGATE_CLUSTER"))
+        .arg("up")
+        .env_remove("RINGGATE_SYNCHRONOUS_MODE")
+        .output()
+        .map_err(|e| format!("run compose/cluster up: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
