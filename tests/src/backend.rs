@@ -24,6 +24,7 @@ fn run_psql(url: &str, sql: &str) -> std::process::Output {
     std::process::Command::new("psql")
         .args([
             "-X",
+            "-q",
             "-A",
             "-t",
             "-v",
@@ -176,5 +177,30 @@ pub fn repair_cluster() -> Result<(), String> {
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Waits until both replicas have replayed everything the leader had written when this was
+/// called, asking each replica itself (`pg_last_wal_replay_lsn()`): the leader's
+/// `pg_stat_replication.replay_lsn` only moves with the standby's next status message,
+/// which may come a whole `wal_receiver_status_interval` later. Panics after `limit`.
+pub fn wait_replicas_caught_up(limit: std::time::Duration) {
+    let lsn = psql(&pg_admin_url(), "select pg_current_wal_lsn()");
+    let sql = format!("select pg_is_in_recovery() and pg_last_wal_replay_lsn() >= '{lsn}'");
+    let nodes = required("RINGGATE_PG_NODES");
+    let start = std::time::Instant::now();
+    loop {
+        let caught_up = nodes
+            .split(',')
+            .filter(|node| try_psql(&pg_node_url(node), &sql).as_deref() == Some("t"))
+            .count();
+        if caught_up == 2 {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "only {caught_up} of 2 replicas replayed up to {lsn} within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

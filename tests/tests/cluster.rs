@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ringgate_tests::backend::{
     chaos_lock, cluster, http_get, pg_admin_url, pg_node_url, psql, redis_cli, repair_cluster,
-    required, try_psql, unique,
+    required, try_psql, unique, wait_replicas_caught_up,
 };
 use serde_json::Value;
 
@@ -170,21 +170,11 @@ const CHAOS_TABLE: &str =
 fn write_replicated(note: &str) {
     let admin = pg_admin_url();
     psql(&admin, CHAOS_TABLE);
-    let lsn = psql(
+    psql(
         &admin,
-        &format!("insert into chaos_writes (note) values ('{note}'); select pg_current_wal_lsn()"),
+        &format!("insert into chaos_writes (note) values ('{note}')"),
     );
-    wait_until(
-        "both replicas to replay the write",
-        Duration::from_secs(10),
-        || {
-            let n = try_psql(
-                &admin,
-                &format!("select count(*) from pg_stat_replication where replay_lsn >= '{lsn}'"),
-            )?;
-            (n == "2").then_some(())
-        },
-    );
+    wait_replicas_caught_up(Duration::from_secs(10));
 }
 
 fn has_note(url: &str, note: &str) -> bool {

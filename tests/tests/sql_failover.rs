@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ringgate_tests::{
-    backend::{cluster, psql, required, try_psql, unique},
+    backend::{cluster, psql, required, try_psql, unique, wait_replicas_caught_up},
     gateway::start,
     http::{request, Resp},
 };
@@ -47,19 +47,6 @@ fn current_leader() -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Waits until both replicas have replayed everything the leader has written so far:
-/// replication is asynchronous, and a failover may lose what they have not received.
-fn wait_replicated() {
-    let admin = required("RINGGATE_TEST_PG_URL");
-    let lsn = psql(&admin, "select pg_current_wal_lsn()");
-    let sql = format!("select count(*) from pg_stat_replication where replay_lsn >= '{lsn}'");
-    let end = Instant::now() + Duration::from_secs(10);
-    while try_psql(&admin, &sql).as_deref() != Some("2") {
-        assert!(Instant::now() < end, "replicas did not catch up to {lsn}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Kills the current leader; restores the cluster when dropped, even if the test fails.
@@ -128,7 +115,7 @@ fn chaos_sql_writes_wait_for_the_new_leader_and_reads_continue() {
         sql(addr, &format!("insert into {table} (v) values ('before')")).status,
         200
     );
-    wait_replicated();
+    wait_replicas_caught_up(Duration::from_secs(10));
     let killed = Instant::now();
     let leader = KilledLeader::kill();
     // Reads keep working from the replicas while the leader is gone.
@@ -181,7 +168,7 @@ fn chaos_sql_write_in_flight_when_the_leader_dies_is_outcome_unknown() {
         sql(addr, &format!("create table {table} (id int)")).status,
         200
     );
-    wait_replicated();
+    wait_replicas_caught_up(Duration::from_secs(10));
     let slow = {
         let q = format!("insert into {table} select 1 from pg_sleep(5)");
         std::thread::spawn(move || sql(addr, &q))
@@ -243,7 +230,7 @@ fn chaos_sql_with_patroni_topology_follows_the_new_leader() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    wait_replicated();
+    wait_replicas_caught_up(Duration::from_secs(10));
     let killed = Instant::now();
     let leader = KilledLeader::kill();
     let write = sql(
