@@ -1,12 +1,18 @@
 -- What ringgate needs in a fresh cluster. Run once by the launcher on the leader as the
 -- superuser; idempotent. :'app_password', :'alpha_password', :'beta_password' are psql
--- variables.
+-- variables, as is :'authenticator_password'.
 SELECT format('CREATE ROLE ringgate_app LOGIN PASSWORD %L', :'app_password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ringgate_app') \gexec
 SELECT format('CREATE ROLE alpha_owner LOGIN PASSWORD %L', :'alpha_password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'alpha_owner') \gexec
 SELECT format('CREATE ROLE beta_owner LOGIN PASSWORD %L', :'beta_password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'beta_owner') \gexec
+-- The role ringgate logs in as for requests that present an API key: it holds no
+-- privileges of its own (NOINHERIT) and takes the session's role at connection start
+-- (`options=-c role=...`), which PostgreSQL allows only for roles granted to it.
+SELECT format('CREATE ROLE ringgate_authenticator LOGIN NOINHERIT PASSWORD %L', :'authenticator_password')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ringgate_authenticator') \gexec
+GRANT alpha_owner, beta_owner TO ringgate_authenticator;
 SELECT 'CREATE DATABASE tenant_alpha OWNER alpha_owner'
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tenant_alpha') \gexec
 SELECT 'CREATE DATABASE tenant_beta OWNER beta_owner'
@@ -17,8 +23,8 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'ringgate_control') 
 -- uses for its own checks).
 REVOKE CONNECT ON DATABASE tenant_alpha FROM PUBLIC;
 REVOKE CONNECT ON DATABASE tenant_beta FROM PUBLIC;
-GRANT CONNECT ON DATABASE tenant_alpha TO alpha_owner, ringgate_app;
-GRANT CONNECT ON DATABASE tenant_beta TO beta_owner, ringgate_app;
+GRANT CONNECT ON DATABASE tenant_alpha TO alpha_owner, ringgate_app, ringgate_authenticator;
+GRANT CONNECT ON DATABASE tenant_beta TO beta_owner, ringgate_app, ringgate_authenticator;
 
 \connect tenant_alpha
 SET ROLE alpha_owner;

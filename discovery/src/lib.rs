@@ -6,8 +6,9 @@
 //! thread ([`watch::spawn`]) that publishes a new snapshot on every change and keeps the
 //! last one, marked stale, when no source answers. It opens no database connections.
 //!
-//! Not yet here (issue 5): Redis through Sentinel, sessions, worker discovery, project
-//! config.
+//! Redis lives here too ([`redis`]): a tokio side thread resolving the master through
+//! Sentinel, running commands for the cores and watching worker registrations
+//! ([`workers`]).
 //!
 //! # Layout
 //! - [`topology`]: the snapshot types.
@@ -15,14 +16,18 @@
 //! - [`etcd`]: etcd v3 JSON gateway client.
 //! - [`http`]: the blocking HTTP client both use.
 //! - [`watch`]: the watcher thread.
+//! - [`redis`]: Redis through Sentinel, on a tokio side thread.
+//! - [`workers`]: upstream workers, static and registered in Redis.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![forbid(unsafe_code)]
 
 pub mod etcd;
 pub mod http;
 pub mod patroni;
+pub mod redis;
 pub mod topology;
 pub mod watch;
+pub mod workers;
 
 pub use topology::{Member, Role, Topology};
 

@@ -6,11 +6,14 @@
 //! turns that into exit code 64. [`VARS`] documents each variable for `ringgate --help`.
 
 pub mod parse;
+pub mod upstreams;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use ringgate_pool::url::{parse_pg_url, PgUrl};
 use tracing::error;
+
+pub use self::upstreams::*;
 
 /// Plain HTTP listen address, or `off`.
 pub const ENV_LISTEN: &str = "RINGGATE_LISTEN";
@@ -200,6 +203,18 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_FAILOVER_WAIT, default: "15s", help: "a write with no reachable leader waits this long for a new one, then 503" },
     VarDoc { name: ENV_CONTROL_DATABASE_URL, default: "(unset)", help: "control database with ringgate.projects; when set, /sql checks the project, its database and role" },
     VarDoc { name: ENV_PROJECT_CACHE_TTL, default: "60s", help: "how long a project's row (or its absence) is cached per core" },
+    VarDoc { name: ENV_REDIS_SENTINELS, default: "(unset)", help: "Sentinel addresses (host:port,...); enables Redis: API keys, worker discovery" },
+    VarDoc { name: ENV_REDIS_MASTER, default: "mymaster", help: "the master name the Sentinels monitor" },
+    VarDoc { name: ENV_REDIS_PASSWORD, default: "(unset)", help: "password of the Redis nodes (requirepass)" },
+    VarDoc { name: ENV_REDIS_TIMEOUT, default: "1s", help: "connect and response timeout of one Redis attempt" },
+    VarDoc { name: ENV_SESSION_CACHE_TTL, default: "5s", help: "how long a core keeps a looked-up API key (0s: ask Redis every time)" },
+    VarDoc { name: ENV_AUTHENTICATOR_USER, default: "ringgate_authenticator", help: "role /sql logs in as for API-key requests, taking the session's role" },
+    VarDoc { name: ENV_AUTHENTICATOR_PASSWORD, default: "(unset)", help: "its password; with Redis set, enables API keys (apikey header, Bearer token)" },
+    VarDoc { name: ENV_ROUTES, default: "(unset)", help: "reverse-proxy routes: /prefix=group,... (longest prefix wins)" },
+    VarDoc { name: ENV_WORKER_UPSTREAMS, default: "(unset)", help: "static workers: group=ip:port[*weight],...;group=..." },
+    VarDoc { name: ENV_DISCOVERY_INTERVAL, default: "30s", help: "rescan of worker registrations in Redis when no announcement arrives" },
+    VarDoc { name: ENV_UPSTREAM_CONNECT_TIMEOUT, default: "2s", help: "connect timeout to a worker (then the next worker is tried)" },
+    VarDoc { name: ENV_UPSTREAM_RESPONSE_TIMEOUT, default: "30s", help: "wait for a worker's response head (then 504)" },
     VarDoc {
         name: ENV_LOG,
         default: "info",
@@ -380,6 +395,12 @@ pub struct Config {
     pub log_filter: String,
     /// Log format (default plain).
     pub log_format: LogFormat,
+    /// Redis through Sentinel, when `RINGGATE_REDIS_SENTINELS` is set.
+    pub redis: Option<RedisSettings>,
+    /// The API-key login, when `RINGGATE_AUTHENTICATOR_PASSWORD` is set.
+    pub authenticator: Option<Authenticator>,
+    /// Reverse-proxy routes and workers.
+    pub proxy: ProxyConfig,
 }
 
 impl Config {
@@ -467,6 +488,15 @@ impl Config {
             ..sql_defaults
         };
         let failover_wait = r.parse(ENV_FAILOVER_WAIT, parse::duration);
+        let redis = r.redis();
+        let authenticator = r.authenticator();
+        let proxy = r.proxy();
+        if authenticator.is_some() && redis.is_none() && r.errors.is_empty() {
+            r.missing(
+                ENV_REDIS_SENTINELS,
+                "RINGGATE_AUTHENTICATOR_PASSWORD is set (API keys live in Redis)",
+            );
+        }
         let tls = match (tls_listen, tls_cert, tls_key) {
             (None, _, _) => None,
             (Some(addr), Some(cert), Some(key)) => Some(TlsListen {
@@ -503,6 +533,9 @@ impl Config {
             failover_wait: failover_wait.unwrap_or(Duration::from_secs(15)),
             log_filter: log_filter.unwrap_or_else(|| "info".to_string()),
             log_format: log_format.unwrap_or(LogFormat::Plain),
+            redis,
+            authenticator,
+            proxy,
         })
     }
 }
@@ -1023,7 +1056,11 @@ mod tests {
 
     #[test]
     fn every_variable_is_documented() {
-        let source = include_str!("config.rs");
+        let source = [
+            include_str!("config.rs"),
+            include_str!("config/upstreams.rs"),
+        ]
+        .concat();
         let names: Vec<&str> = VARS.iter().map(|v| v.name).collect();
         for line in source.lines().filter(|l| l.starts_with("pub const ENV_")) {
             let value = line.split('"').nth(1).expect("a string constant");

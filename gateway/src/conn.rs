@@ -45,7 +45,12 @@ enum Fill {
 }
 
 /// Serves requests on `io` until the client closes, a limit is hit or the core drains.
-pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(core: Rc<Core>, mut io: IO) {
+pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
+    core: Rc<Core>,
+    mut io: IO,
+    peer: Option<std::net::SocketAddr>,
+    tls: bool,
+) {
     let mut conn = Conn {
         core,
         buf: BytesMut::with_capacity(READ_CHUNK),
@@ -71,6 +76,8 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(core: Rc<Core>, mut io: I
         let req = Request {
             head: head.parts,
             body,
+            peer,
+            tls,
         };
         let span = debug_span!("request", method = %req.head.method, path = req.head.uri.path());
         let (route, response) = router::route(&conn.core, &req).instrument(span).await;

@@ -41,6 +41,10 @@ pub struct Core {
     pub db: Option<Rc<Shard>>,
     /// Project rows, when a control database is configured.
     pub projects: Option<crate::projects::ProjectCache>,
+    /// API-key sessions, when Redis is configured.
+    pub sessions: Option<crate::sessions::SessionCache>,
+    /// Workers and connections to them (the reverse proxy).
+    pub upstreams: crate::proxy::Upstreams,
     /// `/sql` memo tables (query classification, connection strings).
     pub sql_memo: crate::sql::memo::SqlMemo,
     connections: Cell<usize>,
@@ -66,7 +70,15 @@ impl Core {
         config: Arc<Config>,
         registry: Arc<Registry>,
         topology: Arc<Topology>,
+        redis: Option<ringgate_discovery::redis::RedisHandle>,
     ) -> Rc<Self> {
+        let sessions = match (redis, &config.redis) {
+            (Some(handle), Some(r)) => Some(crate::sessions::SessionCache::new(
+                handle,
+                r.session_cache_ttl,
+            )),
+            _ => None,
+        };
         let db = config
             .database
             .as_ref()
@@ -87,6 +99,8 @@ impl Core {
             date: DateCache::default(),
             db,
             projects,
+            sessions,
+            upstreams: Default::default(),
             sql_memo: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),

@@ -17,6 +17,8 @@
 //! - [`router`]: routes and handlers.
 //! - [`metrics`]: per-core Prometheus metrics.
 //! - [`projects`]: project config from the control database, cached per core.
+//! - [`sessions`]: API keys from Redis, cached per core.
+//! - [`proxy`]: the reverse proxy to workers.
 //! - [`shutdown`]: signals and the drain.
 //! - [`error`]: request errors and their HTTP mapping.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -29,10 +31,12 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod projects;
+pub mod proxy;
 pub mod request_id;
 pub mod router;
 pub mod rt;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
 pub mod sql;
 
@@ -115,6 +119,39 @@ fn start_topology(
     Ok((Arc::new(fixed), None))
 }
 
+/// The Redis side thread when Redis is configured (its worker watch publishing to every
+/// core); otherwise the static workers, sent to every core once.
+fn start_redis(
+    config: &Config,
+    cores: Vec<flume::Sender<Control>>,
+) -> Result<Option<ringgate_discovery::redis::RedisHandle>, StartError> {
+    let publish = move |set: Arc<ringgate_discovery::workers::WorkerSet>| {
+        for tx in &cores {
+            let _ = tx.send(Control::Workers(set.clone()));
+        }
+    };
+    let Some(settings) = &config.redis else {
+        let fixed = config.proxy.static_workers.clone();
+        publish(Arc::new(
+            ringgate_discovery::workers::WorkerSet::from_workers(fixed),
+        ));
+        return Ok(None);
+    };
+    let watch = ringgate_discovery::redis::WorkerWatch {
+        fixed: config.proxy.static_workers.clone(),
+        interval: config.proxy.discovery_interval,
+        publish: Box::new(publish),
+    };
+    let handle = ringgate_discovery::redis::spawn(settings.redis.clone(), Some(watch))
+        .map_err(StartError::Thread)?;
+    info!(
+        sentinels = settings.redis.sentinels.len(),
+        master = %settings.redis.master,
+        "Redis through Sentinel"
+    );
+    Ok(Some(handle))
+}
+
 /// How the drain ended, summed over cores.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DrainReport {
@@ -152,6 +189,7 @@ impl Gateway {
         let channels: Vec<_> = (0..n).map(|_| flume::unbounded::<Control>()).collect();
         let (topology, resolve) =
             start_topology(&config, channels.iter().map(|(tx, _)| tx.clone()).collect())?;
+        let redis = start_redis(&config, channels.iter().map(|(tx, _)| tx.clone()).collect())?;
         let mut channels = channels;
         let mut cores = Vec::with_capacity(n);
         for id in (0..n).rev() {
@@ -160,7 +198,7 @@ impl Gateway {
                 tls: tls.pop(),
             };
             let (tx, rx) = channels.pop().expect("one channel per core");
-            let (topology, resolve) = (topology.clone(), resolve.clone());
+            let (topology, resolve, redis) = (topology.clone(), resolve.clone(), redis.clone());
             if let Some(store) = &certs {
                 let _ = tx.send(Control::Tls(store.current()));
             }
@@ -172,7 +210,7 @@ impl Gateway {
                         rt::pin_to_cpu(id);
                     }
                     let run = rt::block_on(driver, || {
-                        let core = core::Core::new(id, driver, config, registry, topology);
+                        let core = core::Core::new(id, driver, config, registry, topology, redis);
                         if let (Some(db), Some(resolve)) = (&core.db, resolve) {
                             db.on_stale(move || resolve.now());
                         }

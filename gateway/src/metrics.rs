@@ -24,6 +24,10 @@ pub enum Route {
     Metrics,
     /// `POST /sql`.
     Sql,
+    /// `GET /admin/upstreams`.
+    Admin,
+    /// Proxied to a worker.
+    Proxy,
     /// No route matched.
     NotFound,
     /// The request could not be parsed or broke a limit.
@@ -32,11 +36,13 @@ pub enum Route {
 
 impl Route {
     /// Every route, in label order.
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 8] = [
         Route::Health,
         Route::Ready,
         Route::Metrics,
         Route::Sql,
+        Route::Admin,
+        Route::Proxy,
         Route::NotFound,
         Route::Rejected,
     ];
@@ -46,6 +52,8 @@ impl Route {
         match self {
             Route::Health => "health",
             Route::Ready => "ready",
+            Route::Admin => "admin",
+            Route::Proxy => "proxy",
             Route::Metrics => "metrics",
             Route::Sql => "sql",
             Route::NotFound => "not_found",

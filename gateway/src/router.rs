@@ -17,6 +17,10 @@ pub struct Request {
     pub head: http::request::Parts,
     /// The whole body.
     pub body: Bytes,
+    /// The client's address.
+    pub peer: Option<std::net::SocketAddr>,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 /// Handles `req` on `core`; returns the route it was counted under and the response.
@@ -45,6 +49,11 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
             }),
         ),
         "/sql" => (Route::Sql, crate::sql::handle(core, req).await),
+        "/admin/upstreams" => (Route::Admin, only_get(req, || upstreams(core))),
+        _ if crate::proxy::route_for(&core.config.proxy.routes, path).is_some() => {
+            let r = crate::proxy::route_for(&core.config.proxy.routes, path).expect("matched");
+            (Route::Proxy, crate::proxy::handle(core, req, r).await)
+        }
         _ => (
             Route::NotFound,
             error_response(
@@ -55,6 +64,29 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
         ),
     };
     (route, response)
+}
+
+/// `GET /admin/upstreams`: this core's worker snapshot.
+fn upstreams(core: &Core) -> Response {
+    let set = core.upstreams.workers();
+    let groups: serde_json::Map<String, serde_json::Value> = set
+        .groups
+        .iter()
+        .map(|(g, ws)| {
+            let list: Vec<serde_json::Value> = ws
+                .iter()
+                .map(|w| {
+                    serde_json::json!({
+                        "addr": w.addr.to_string(),
+                        "weight": w.weight,
+                        "colour": w.colour,
+                    })
+                })
+                .collect();
+            (g.clone(), serde_json::Value::Array(list))
+        })
+        .collect();
+    Response::json(StatusCode::OK, &serde_json::json!({ "groups": groups }))
 }
 
 fn ready(core: &Core) -> Response {

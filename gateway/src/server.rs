@@ -32,6 +32,8 @@ pub enum Control {
     Tls(Arc<rustls::ServerConfig>),
     /// Route by this topology from now on.
     Topology(Arc<ringgate_discovery::Topology>),
+    /// Proxy to these workers from now on.
+    Workers(Arc<ringgate_discovery::workers::WorkerSet>),
 }
 
 /// The listening sockets of one core.
@@ -100,6 +102,7 @@ pub async fn run_core(
                     db.set_topology(t);
                 }
             }
+            Ok(Control::Workers(set)) => core.upstreams.set_workers(set),
             Ok(Control::Drain) | Err(_) => break,
         }
     }
@@ -221,9 +224,9 @@ async fn accept_loop(core: Rc<Core>, listener: StdListener, tls: bool) {
             async move {
                 let _guard = guard;
                 if tls {
-                    serve_tls(core, stream).await;
+                    serve_tls(core, stream, peer).await;
                 } else {
-                    conn::serve(core, stream).await;
+                    conn::serve(core, stream, Some(peer), false).await;
                 }
             }
             .instrument(span),
@@ -233,7 +236,7 @@ async fn accept_loop(core: Rc<Core>, listener: StdListener, tls: bool) {
     info!(core = core.id, tls, "listener closed");
 }
 
-async fn serve_tls(core: Rc<Core>, stream: TcpStream) {
+async fn serve_tls(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let Some(acceptor) = core.tls.borrow().clone() else {
         return;
     };
@@ -243,7 +246,7 @@ async fn serve_tls(core: Rc<Core>, stream: TcpStream) {
     )
     .await
     {
-        Ok(Ok(tls)) => conn::serve(core, tls).await,
+        Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true).await,
         Ok(Err(error)) => {
             core.metrics().tls_handshake_failed();
             debug!(%error, "TLS handshake failed");

@@ -80,8 +80,10 @@ impl Response {
         if !keep_alive {
             out.extend_from_slice(b"\r\nconnection: close");
         }
-        out.extend_from_slice(b"\r\ncontent-type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
+        if !self.content_type.is_empty() {
+            out.extend_from_slice(b"\r\ncontent-type: ");
+            out.extend_from_slice(self.content_type.as_bytes());
+        }
         for (name, value) in &self.headers {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_str().as_bytes());

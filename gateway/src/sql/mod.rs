@@ -10,6 +10,7 @@
 //! `RINGGATE_FAILOVER_WAIT`); a write whose connection broke after it was sent is never
 //! retried and gets 503 `outcome_unknown`.
 
+pub mod api_key;
 pub mod classify;
 pub mod exec;
 pub mod memo;
@@ -56,12 +57,24 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
             "no database is configured (DATABASE_URL)",
         );
     };
-    let mut sql = match request::parse(
-        &req.head.headers,
-        &req.body,
-        &core.config.sql,
-        &core.sql_memo.tenants,
-    ) {
+    let headers = &req.head.headers;
+    let api_key = match request::has_connection_string(headers) {
+        true => None,
+        false => crate::sessions::presented_key(headers),
+    };
+    if let Some(key) = api_key {
+        let tenant = match api_key::tenant(core, &db, key, headers).await {
+            Ok(t) => t,
+            Err(refused) => return refused,
+        };
+        let sql = match request::parse_for(headers, &req.body, &core.config.sql, tenant) {
+            Ok(r) => r,
+            Err(e) => return request_error(&e),
+        };
+        return Ctx::new(core, db).run(&sql).await;
+    }
+    let mut sql = match request::parse(headers, &req.body, &core.config.sql, &core.sql_memo.tenants)
+    {
         Ok(r) => r,
         Err(e) => return request_error(&e),
     };
@@ -75,17 +88,7 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
             Err(refused) => return refused,
         }
     }
-    let ctx = Ctx {
-        memo: core.clone(),
-        db,
-        wait: core.config.failover_wait,
-        limit: core.config.sql.max_response_bytes,
-    };
-    if sql.batch {
-        ctx.batch(&sql).await
-    } else {
-        ctx.single(&sql).await
-    }
+    Ctx::new(core, db).run(&sql).await
 }
 
 /// The project must exist and the connection string must name its database and one of its
@@ -142,6 +145,23 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn new(core: &Rc<Core>, db: Rc<Shard>) -> Self {
+        Self {
+            memo: core.clone(),
+            db,
+            wait: core.config.failover_wait,
+            limit: core.config.sql.max_response_bytes,
+        }
+    }
+
+    async fn run(&self, sql: &SqlRequest) -> Response {
+        if sql.batch {
+            self.batch(sql).await
+        } else {
+            self.single(sql).await
+        }
+    }
+
     async fn single(&self, sql: &SqlRequest) -> Response {
         let st = &sql.statements[0];
         let kind = self

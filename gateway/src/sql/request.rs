@@ -158,6 +158,21 @@ pub fn parse(
 ) -> Result<SqlRequest, RequestError> {
     let cs = header(headers, "neon-connection-string").ok_or(RequestError::NoConnectionString)?;
     let tenant = tenants.get_or_try(cs, || tenant(cs))?;
+    parse_for(headers, body, limits, tenant)
+}
+
+/// Whether the request names its tenant in `Neon-Connection-String`.
+pub fn has_connection_string(headers: &HeaderMap) -> bool {
+    header(headers, "neon-connection-string").is_some()
+}
+
+/// Parses headers and body for a tenant found otherwise (an API key).
+pub fn parse_for(
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &SqlLimits,
+    tenant: Tenant,
+) -> Result<SqlRequest, RequestError> {
     let array_mode = flag(headers, "neon-array-mode")?;
     let raw_text = flag(headers, "neon-raw-text-output")?;
     let txn = TxnOptions {

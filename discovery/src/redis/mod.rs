@@ -1,0 +1,107 @@
+//! Redis through Sentinel, on one small tokio side thread.
+//!
+//! The `redis` crate needs tokio; ringgate's cores run monoio. So one thread runs a tokio
+//! current-thread runtime that owns every Redis connection, and cores send it commands
+//! through a channel ([`RedisHandle::query`]); the reply comes back on a oneshot, which a
+//! monoio task can await. No core ever blocks on Redis.
+//!
+//! The master is resolved through the Sentinels ([`sentinel`]) and confirmed with `ROLE`.
+//! The side thread subscribes to `+switch-master` on every Sentinel and switches at once:
+//! after a failover the old master stays writable for seconds, so re-resolving only on
+//! errors would send writes to a node that is about to throw them away. A `READONLY`
+//! error (the command was refused, not run) triggers re-resolution and a retry. A command
+//! whose connection broke after it was sent is retried only when it is idempotent;
+//! otherwise the caller gets [`RedisError::OutcomeUnknown`].
+
+pub mod sentinel;
+mod side;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use self::side::{spawn, WorkerWatch};
+
+/// Where Redis is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Sentinel addresses (`host:port`).
+    pub sentinels: Vec<String>,
+    /// The monitored master's name (`sentinel monitor NAME ...`).
+    pub master: String,
+    /// The password of the Redis nodes (Sentinels are asked without one).
+    pub password: Option<String>,
+    /// Connect and response timeout of one attempt.
+    pub timeout: Duration,
+    /// How long a command may wait for a usable master (a failover in progress).
+    pub failover_wait: Duration,
+}
+
+/// Why a Redis command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    /// No Sentinel named a master that confirmed its role within the failover wait.
+    #[error("no Redis master within {waited:?}: {last}")]
+    NoMaster {
+        /// How long the command waited.
+        waited: Duration,
+        /// The last resolution error.
+        last: String,
+    },
+    /// Redis answered with an error (the command ran, or was rejected, deterministically).
+    #[error("Redis error: {0}")]
+    Command(String),
+    /// The connection broke after a non-idempotent command was sent: it may or may not
+    /// have run, and it is not retried.
+    #[error("Redis connection lost after the command was sent; outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The side thread is gone (shutdown).
+    #[error("the Redis thread has stopped")]
+    Gone,
+}
+
+/// Whether a command may run twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Safety {
+    /// Reads, and writes that set an absolute value: safe to repeat.
+    Idempotent,
+    /// `INCR`, `LPUSH`, ...: never repeated when its outcome is unknown.
+    NotIdempotent,
+}
+
+/// One command for the side thread.
+#[derive(Debug)]
+struct Job {
+    cmd: redis::Cmd,
+    safety: Safety,
+    reply: oneshot::Sender<Result<redis::Value, RedisError>>,
+}
+
+/// A cheap, cloneable, `Send` handle to the Redis side thread.
+#[derive(Debug, Clone)]
+pub struct RedisHandle {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl RedisHandle {
+    /// Runs `cmd` on the current master.
+    pub async fn query(&self, cmd: redis::Cmd, safety: Safety) -> Result<redis::Value, RedisError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { cmd, safety, reply })
+            .map_err(|_| RedisError::Gone)?;
+        answer.await.map_err(|_| RedisError::Gone)?
+    }
+
+    /// `GET key` as a string (`None` when the key does not exist).
+    pub async fn get(&self, key: &str) -> Result<Option<String>, RedisError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        match self.query(cmd, Safety::Idempotent).await? {
+            redis::Value::Nil => Ok(None),
+            v => redis::from_redis_value::<String>(v)
+                .map(Some)
+                .map_err(|e| RedisError::Command(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Redis (through Sentinel), API-key sessions, upstream workers and proxy routes.
+
+use std::time::Duration;
+
+use ringgate_discovery::{redis::RedisConfig, workers};
+
+use super::{parse, Reader};
+
+/// `RINGGATE_REDIS_SENTINELS`: Sentinel addresses.
+pub const ENV_REDIS_SENTINELS: &str = "RINGGATE_REDIS_SENTINELS";
+/// `RINGGATE_REDIS_MASTER`: the Sentinel master name.
+pub const ENV_REDIS_MASTER: &str = "RINGGATE_REDIS_MASTER";
+/// `RINGGATE_REDIS_PASSWORD`: password of the Redis nodes.
+pub const ENV_REDIS_PASSWORD: &str = "RINGGATE_REDIS_PASSWORD";
+/// `RINGGATE_REDIS_TIMEOUT`: connect/response timeout of one Redis attempt.
+pub const ENV_REDIS_TIMEOUT: &str = "RINGGATE_REDIS_TIMEOUT";
+/// `RINGGATE_SESSION_CACHE_TTL`: how long a core keeps a looked-up API key.
+pub const ENV_SESSION_CACHE_TTL: &str = "RINGGATE_SESSION_CACHE_TTL";
+/// `RINGGATE_AUTHENTICATOR_USER`: the role API-key requests log in as.
+pub const ENV_AUTHENTICATOR_USER: &str = "RINGGATE_AUTHENTICATOR_USER";
+/// `RINGGATE_AUTHENTICATOR_PASSWORD`: its password; enables API keys.
+pub const ENV_AUTHENTICATOR_PASSWORD: &str = "RINGGATE_AUTHENTICATOR_PASSWORD";
+/// `RINGGATE_WORKER_UPSTREAMS`: static workers.
+pub const ENV_WORKER_UPSTREAMS: &str = "RINGGATE_WORKER_UPSTREAMS";
+/// `RINGGATE_DISCOVERY_INTERVAL`: worker rescan period.
+pub const ENV_DISCOVERY_INTERVAL: &str = "RINGGATE_DISCOVERY_INTERVAL";
+/// `RINGGATE_ROUTES`: path prefix → worker group.
+pub const ENV_ROUTES: &str = "RINGGATE_ROUTES";
+/// `RINGGATE_UPSTREAM_CONNECT_TIMEOUT`: connect timeout to a worker.
+pub const ENV_UPSTREAM_CONNECT_TIMEOUT: &str = "RINGGATE_UPSTREAM_CONNECT_TIMEOUT";
+/// `RINGGATE_UPSTREAM_RESPONSE_TIMEOUT`: wait for a worker's response head.
+pub const ENV_UPSTREAM_RESPONSE_TIMEOUT: &str = "RINGGATE_UPSTREAM_RESPONSE_TIMEOUT";
+
+/// Redis and what uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Sentinels, master name, password, timeouts.
+    pub redis: RedisConfig,
+    /// How long a core keeps a looked-up session (default 5 s; 0 disables the cache).
+    pub session_cache_ttl: Duration,
+}
+
+/// The login API-key requests use (`RINGGATE_AUTHENTICATOR_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticator {
+    /// Role name (default `ringgate_authenticator`).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+/// One entry of `RINGGATE_ROUTES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Path prefix, starting with `/`; matched on whole segments.
+    pub prefix: String,
+    /// Worker group that serves it.
+    pub group: String,
+}
+
+/// The reverse proxy's routes, workers and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Routes, longest prefix first.
+    pub routes: Vec<Route>,
+    /// Workers from `RINGGATE_WORKER_UPSTREAMS`.
+    pub static_workers: Vec<workers::Worker>,
+    /// Worker rescan period (default 30 s).
+    pub discovery_interval: Duration,
+    /// Connect timeout (default 2 s).
+    pub connect_timeout: Duration,
+    /// Response-head timeout (default 30 s).
+    pub response_timeout: Duration,
+}
+
+const SENTINELS: &str = "a comma-separated list of host:port Sentinel addresses";
+const ROUTES: &str = "a comma-separated list of /prefix=group";
+const WORKERS: &str = "group=ip:port[*weight][,ip:port...][;group=...]";
+
+/// Parses `RINGGATE_ROUTES`: `/prefix=group[,/prefix=group...]`, longest prefix first.
+pub fn parse_routes(s: &str) -> Result<Vec<Route>, parse::ParseError> {
+    let err = parse::ParseError { expected: ROUTES };
+    let mut routes = Vec::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (prefix, group) = entry.split_once('=').ok_or(err.clone())?;
+        let (prefix, group) = (prefix.trim(), group.trim());
+        if !prefix.starts_with('/') || group.is_empty() {
+            return Err(err);
+        }
+        routes.push(Route {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            group: group.to_string(),
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    Ok(routes)
+}
+
+impl Reader<'_> {
+    /// `RINGGATE_REDIS_*` and `RINGGATE_SESSION_CACHE_TTL`; `None` without Sentinels.
+    pub(super) fn redis(&mut self) -> Option<RedisSettings> {
+        let sentinels = self.parse(ENV_REDIS_SENTINELS, |s| {
+            let list: Vec<String> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            let valid = !list.is_empty()
+                && list
+                    .iter()
+                    .all(|a| ringgate_discovery::redis::sentinel::split_addr(a).is_some());
+            if valid {
+                Ok(list)
+            } else {
+                Err(parse::ParseError {
+                    expected: SENTINELS,
+                })
+            }
+        });
+        let master = self
+            .string(ENV_REDIS_MASTER)
+            .unwrap_or_else(|| "mymaster".into());
+        let password = self.string(ENV_REDIS_PASSWORD);
+        let timeout = self
+            .parse(ENV_REDIS_TIMEOUT, parse::duration)
+            .unwrap_or(Duration::from_secs(1));
+        let session_cache_ttl = self
+            .parse(ENV_SESSION_CACHE_TTL, parse::duration)
+            .unwrap_or(Duration::from_secs(5));
+        let sentinels = sentinels?;
+        Some(RedisSettings {
+            redis: RedisConfig {
+                sentinels,
+                master,
+                password,
+                timeout,
+                failover_wait: Duration::from_secs(15),
+            },
+            session_cache_ttl,
+        })
+    }
+
+    /// `RINGGATE_AUTHENTICATOR_USER` / `_PASSWORD`; `None` without a password.
+    pub(super) fn authenticator(&mut self) -> Option<Authenticator> {
+        let user = self
+            .string(ENV_AUTHENTICATOR_USER)
+            .unwrap_or_else(|| "ringgate_authenticator".into());
+        let password = self.string(ENV_AUTHENTICATOR_PASSWORD)?;
+        Some(Authenticator { user, password })
+    }
+
+    /// `RINGGATE_ROUTES`, `RINGGATE_WORKER_UPSTREAMS` and the upstream timeouts.
+    pub(super) fn proxy(&mut self) -> ProxyConfig {
+        let routes = self.parse(ENV_ROUTES, parse_routes).unwrap_or_default();
+        let static_workers = self
+            .parse(ENV_WORKER_UPSTREAMS, |s| {
+                workers::parse_static(s).map_err(|_| parse::ParseError { expected: WORKERS })
+            })
+            .unwrap_or_default();
+        ProxyConfig {
+            routes,
+            static_workers,
+            discovery_interval: self
+                .parse(ENV_DISCOVERY_INTERVAL, parse::duration)
+                .unwrap_or(Duration::from_secs(30)),
+            connect_timeout: self
+                .parse(ENV_UPSTREAM_CONNECT_TIMEOUT, parse::duration)
+                .unwrap_or(Duration::from_secs(2)),
+            response_timeout: self
+                .parse(ENV_UPSTREAM_RESPONSE_TIMEOUT, parse::duration)
+                .unwrap_or(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_sort_longest_prefix_first() {
+        let r = parse_routes("/=web, /api/=api,/api/v2=api2").unwrap();
+        let prefixes: Vec<&str> = r.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["/api/v2", "/api", ""]);
+        assert!(parse_routes("api=x").is_err());
+        assert!(parse_routes("/api=").is_err());
+        assert!(parse_routes("/api").is_err());
+    }
+}
