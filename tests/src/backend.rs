@@ -204,3 +204,23 @@ pub fn wait_replicas_caught_up(limit: std::time::Duration) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The Redis master's `host:port`, as the first answering Sentinel names it.
+pub fn redis_master_addr() -> String {
+    let master = required("RINGGATE_REDIS_MASTER");
+    required("RINGGATE_REDIS_SENTINELS")
+        .split(',')
+        .find_map(|s| {
+            redis_cli(s, None, &["SENTINEL", "get-master-addr-by-name", &master])
+                .map(|o| o.replace('\n', ":"))
+        })
+        .expect("a Sentinel names the Redis master")
+}
+
+/// Runs a Redis command on the master (with the cluster's password); panics on failure.
+pub fn redis_master(args: &[&str]) -> String {
+    let password = required("RINGGATE_REDIS_PASSWORD");
+    let master = redis_master_addr();
+    redis_cli(&master, Some(&password), args)
+        .unwrap_or_else(|| panic!("redis {args:?} on {master} failed"))
+}

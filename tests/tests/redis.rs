@@ -1,0 +1,323 @@
+//! Redis through Sentinel end to end: API-key sessions for `/sql`, worker discovery for
+//! the reverse proxy, and a Redis failover that loses no session.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use ringgate_tests::{
+    backend::{
+        chaos_lock, cluster, pg_admin_url, redis_cli, redis_master, redis_master_addr,
+        repair_cluster, required, unique,
+    },
+    gateway::start,
+    http::{request, Resp},
+    worker::TestWorker,
+};
+use serde_json::{json, Value};
+
+/// Stores a session for `api_key` on the Redis master and waits until both replicas have it.
+fn put_session(api_key: &str, session: &Value) {
+    let key = ringgate::sessions::redis_key(api_key);
+    redis_master(&["SET", &key, &session.to_string(), "EX", "600"]);
+    let password = required("RINGGATE_REDIS_PASSWORD");
+    assert_eq!(
+        redis_cli(
+            &redis_master_addr(),
+            Some(&password),
+            &["WAIT", "2", "2000"]
+        )
+        .as_deref(),
+        Some("2"),
+        "both Redis replicas have the session"
+    );
+}
+
+/// Redis, control database and authenticator settings, on top of `extra`.
+fn start_with_redis(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
+    let (db, control) = (pg_admin_url(), required("RINGGATE_CONTROL_DATABASE_URL"));
+    let (sentinels, password, auth) = (
+        required("RINGGATE_REDIS_SENTINELS"),
+        required("RINGGATE_REDIS_PASSWORD"),
+        required("RINGGATE_AUTHENTICATOR_PASSWORD"),
+    );
+    let master = required("RINGGATE_REDIS_MASTER");
+    let mut env = vec![
+        ("DATABASE_URL", db.as_str()),
+        ("RINGGATE_CONTROL_DATABASE_URL", control.as_str()),
+        ("RINGGATE_REDIS_SENTINELS", sentinels.as_str()),
+        ("RINGGATE_REDIS_MASTER", master.as_str()),
+        ("RINGGATE_REDIS_PASSWORD", password.as_str()),
+        ("RINGGATE_AUTHENTICATOR_PASSWORD", auth.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let owned: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let refs: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    start(&refs)
+}
+
+fn sql_with(addr: SocketAddr, headers: &[(&str, &str)], query: &str) -> Resp {
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    let body = json!({"query": query, "params": []}).to_string();
+    request(addr, "POST", "/sql", &h, body.as_bytes())
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_api_key_runs_sql_as_the_session_role_of_its_project() {
+    let (_g, addr) = start_with_redis(&[]);
+    let key = unique("key-");
+    put_session(&key, &json!({"project": "alpha", "role": "alpha_owner"}));
+    let q = "select current_user as u, count(*)::int as n from items";
+
+    let r = sql_with(addr, &[("apikey", &key)], q);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = &r.json()["rows"][0];
+    assert_eq!(
+        (row["u"].as_str(), row["n"].as_i64()),
+        (Some("alpha_owner"), Some(100))
+    );
+
+    let bearer = format!("Bearer {key}");
+    let r = sql_with(addr, &[("Authorization", &bearer)], q);
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The Host names a project: it must be the key's.
+    let r = sql_with(
+        addr,
+        &[("apikey", &key), ("Host", "alpha.ringgate.test")],
+        q,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = sql_with(addr, &[("apikey", &key), ("Host", "beta.ringgate.test")], q);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (403, Some("project_mismatch"))
+    );
+
+    // Unknown, expired, malformed keys; a role the project does not have.
+    let r = sql_with(addr, &[("apikey", "no-such-key")], q);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let expired = unique("expired-");
+    put_session(
+        &expired,
+        &json!({"project": "alpha", "role": "alpha_owner", "expires_at": 1}),
+    );
+    let r = sql_with(addr, &[("apikey", &expired)], q);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let malformed = unique("malformed-");
+    put_session(&malformed, &json!({"project": "alpha"}));
+    let r = sql_with(addr, &[("apikey", &malformed)], q);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let foreign = unique("foreign-");
+    put_session(&foreign, &json!({"project": "alpha", "role": "beta_owner"}));
+    let r = sql_with(addr, &[("apikey", &foreign)], q);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (403, Some("role_not_allowed"))
+    );
+    let ghost = unique("ghost-");
+    put_session(&ghost, &json!({"project": "no_such_project", "role": "x"}));
+    let r = sql_with(addr, &[("apikey", &ghost)], q);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (404, Some("unknown_project"))
+    );
+
+    // Neither a key nor a connection string.
+    let r = sql_with(addr, &[], q);
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("bad_connection_string"))
+    );
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_api_keys_are_refused_when_not_enabled() {
+    let db = pg_admin_url();
+    let (_g, addr) = start(&[("DATABASE_URL", db.as_str())]);
+    let r = sql_with(addr, &[("apikey", "anything")], "select 1");
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (401, Some("api_keys_disabled"))
+    );
+}
+
+/// Registers `worker` in `group` with a TTL; announces it when `announce`.
+fn register(group: &str, id: &str, worker: &TestWorker, ttl_secs: u32, announce: bool) {
+    let key = format!("ringgate:worker:{group}:{id}");
+    let value = json!({"addr": worker.addr.to_string()}).to_string();
+    redis_master(&["SET", &key, &value, "EX", &ttl_secs.to_string()]);
+    if announce {
+        redis_master(&["PUBLISH", "ringgate:workers", &key]);
+    }
+}
+
+/// GETs `path` until the body starts with `name`; returns how long it took.
+fn wait_for_worker(addr: SocketAddr, path: &str, name: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = request(addr, "GET", path, &[], b"");
+        if r.status == 200 && r.text().starts_with(name) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} got no request within {limit:?} (last: {} {})",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_dynamic_worker_discovery() {
+    let group = unique("grp");
+    let routes = format!("/wd={group}");
+    let (_g, addr) = start_with_redis(&[("RINGGATE_ROUTES", routes.as_str())]);
+    let r = request(addr, "GET", "/wd/x", &[], b"");
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (503, Some("no_upstream"))
+    );
+
+    // Announced: traffic within a second (the poll interval is the default 30 s).
+    let w1 = TestWorker::start("w1");
+    register(&group, "w1", &w1, 30, true);
+    let took = wait_for_worker(addr, "/wd/x?q=1", "w1", Duration::from_secs(2));
+    eprintln!(
+        "announced worker got traffic after {:.3}s",
+        took.as_secs_f64()
+    );
+    let r = request(addr, "GET", "/wd/x?q=1", &[], b"");
+    assert_eq!(r.text(), "w1 GET /wd/x?q=1 xff=127.0.0.1 body=0");
+    assert_eq!(r.header("x-worker"), Some("w1"));
+    assert_eq!(r.header("via"), Some("1.1 ringgate"));
+    let r = request(addr, "POST", "/wd/upload", &[], b"0123456789");
+    assert_eq!(r.text(), "w1 POST /wd/upload xff=127.0.0.1 body=10");
+
+    let w2 = TestWorker::start("w2");
+    register(&group, "w2", &w2, 30, true);
+    wait_for_worker(addr, "/wd/y", "w2", Duration::from_secs(2));
+    let (before1, before2) = (w1.count(), w2.count());
+    for _ in 0..60 {
+        assert_eq!(request(addr, "GET", "/wd/z", &[], b"").status, 200);
+    }
+    let (got1, got2) = (w1.count() - before1, w2.count() - before2);
+    assert!(
+        got1 >= 10 && got2 >= 10,
+        "both workers serve: {got1} / {got2}"
+    );
+
+    let admin = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+    assert_eq!(admin["groups"][&group].as_array().map(Vec::len), Some(2));
+
+    // w1's heartbeat lapses: it is removed (key expiry event) and gets nothing more.
+    register(&group, "w1", &w1, 1, false);
+    let start = Instant::now();
+    loop {
+        let set = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+        if set["groups"][&group].as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "w1 not removed: {set}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "lapsed worker removed {:.3}s after its last heartbeat",
+        start.elapsed().as_secs_f64()
+    );
+    let before1 = w1.count();
+    for _ in 0..20 {
+        let r = request(addr, "GET", "/wd/z", &[], b"");
+        assert!(r.text().starts_with("w2"), "{}", r.text());
+    }
+    assert_eq!(w1.count(), before1);
+    redis_master(&["DEL", &format!("ringgate:worker:{group}:w2")]);
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_worker_registered_without_announcement_is_found_by_polling() {
+    let group = unique("poll");
+    let routes = format!("/wp={group}");
+    let (_g, addr) = start_with_redis(&[
+        ("RINGGATE_ROUTES", routes.as_str()),
+        ("RINGGATE_DISCOVERY_INTERVAL", "1s"),
+    ]);
+    let w = TestWorker::start("polled");
+    register(&group, "p1", &w, 30, false);
+    let took = wait_for_worker(addr, "/wp", "polled", Duration::from_secs(4));
+    eprintln!(
+        "unannounced worker found by polling after {:.3}s",
+        took.as_secs_f64()
+    );
+    redis_master(&["DEL", &format!("ringgate:worker:{group}:p1")]);
+}
+
+#[test]
+#[ignore = "needs compose/cluster (chaos: kills the Redis master)"]
+fn chaos_redis_failover_loses_no_session() {
+    let _lock = chaos_lock();
+    repair_cluster().unwrap_or_else(|e| panic!("the cluster is not healthy: {e}"));
+    // No per-core cache: every request asks Redis, through the failover.
+    let (_g, addr) = start_with_redis(&[("RINGGATE_SESSION_CACHE_TTL", "0s")]);
+    let key = unique("failover-");
+    put_session(&key, &json!({"project": "alpha", "role": "alpha_owner"}));
+    assert_eq!(sql_with(addr, &[("apikey", &key)], "select 1").status, 200);
+
+    let old = cluster(&["redis-master"]);
+    let old_addr = redis_master_addr();
+    let killed = Instant::now();
+    cluster(&["kill", &old]);
+    let (mut ok, mut slowest) = (0, Duration::ZERO);
+    let mut switched = None;
+    while killed.elapsed() < Duration::from_secs(20) {
+        let t = Instant::now();
+        let r = sql_with(addr, &[("apikey", &key)], "select 1 as one");
+        assert_eq!(
+            r.status,
+            200,
+            "request {ok} after the kill failed: {}",
+            r.text()
+        );
+        slowest = slowest.max(t.elapsed());
+        ok += 1;
+        if switched.is_none() && redis_master_addr() != old_addr {
+            switched = Some(killed.elapsed());
+        }
+        if switched.is_some_and(|s| killed.elapsed() > s + Duration::from_secs(3)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let switched = switched.expect("Sentinels elected a new Redis master within 20 s");
+    eprintln!(
+        "redis failover with sessions: {ok} requests, none failed; new master after {:.1}s; \
+         slowest request {:.2}s",
+        switched.as_secs_f64(),
+        slowest.as_secs_f64()
+    );
+    drop(_g);
+    repair_cluster().unwrap_or_else(|e| panic!("repairing the cluster failed: {e}"));
+}
