@@ -188,3 +188,58 @@ mod tests {
         assert!(parse_routes("/api").is_err());
     }
 }
+
+#[cfg(test)]
+mod env_tests {
+    use std::collections::HashMap;
+
+    use crate::config::{Config, EnvError};
+
+    fn read(pairs: &[(&'static str, &'static str)]) -> Result<Config, EnvError> {
+        Config::from_strings(&pairs.iter().copied().collect::<HashMap<_, _>>())
+    }
+
+    fn named(r: Result<Config, EnvError>) -> &'static str {
+        match r {
+            Err(EnvError::Invalid { name, .. } | EnvError::Missing { name, .. }) => name,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_redis_and_proxy_settings_name_their_variable() {
+        assert_eq!(
+            named(read(&[("RINGGATE_REDIS_SENTINELS", "nohostport")])),
+            "RINGGATE_REDIS_SENTINELS"
+        );
+        assert_eq!(
+            named(read(&[("RINGGATE_AUTHENTICATOR_PASSWORD", "x")])),
+            "RINGGATE_REDIS_SENTINELS"
+        );
+        assert_eq!(
+            named(read(&[("RINGGATE_ROUTES", "api=x")])),
+            "RINGGATE_ROUTES"
+        );
+        assert_eq!(
+            named(read(&[("RINGGATE_WORKER_UPSTREAMS", "api=localhost:1")])),
+            "RINGGATE_WORKER_UPSTREAMS"
+        );
+        assert_eq!(
+            named(read(&[("RINGGATE_DISCOVERY_INTERVAL", "soon")])),
+            "RINGGATE_DISCOVERY_INTERVAL"
+        );
+    }
+
+    #[test]
+    fn redis_settings_have_defaults() {
+        let c = read(&[("RINGGATE_REDIS_SENTINELS", "127.0.0.1:26379")]).unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(r.redis.master, "mymaster");
+        assert_eq!(r.session_cache_ttl, std::time::Duration::from_secs(5));
+        assert!(c.authenticator.is_none());
+        assert_eq!(
+            c.proxy.discovery_interval,
+            std::time::Duration::from_secs(30)
+        );
+    }
+}
