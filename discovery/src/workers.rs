@@ -14,6 +14,8 @@ use std::{collections::BTreeMap, net::SocketAddr};
 pub const KEY_PREFIX: &str = "ringgate:worker:";
 /// Pub/sub channel workers announce changes on.
 pub const CHANNEL: &str = "ringgate:workers";
+/// Key prefix of blue-green colour weights: a hash `colour → percent` per group.
+pub const WEIGHTS_PREFIX: &str = "ringgate:weights:";
 /// Default weight of a worker that names none.
 pub const DEFAULT_WEIGHT: u32 = 100;
 
@@ -35,6 +37,9 @@ pub struct Worker {
 pub struct WorkerSet {
     /// Workers of each group, sorted, one entry per address.
     pub groups: BTreeMap<String, Vec<Worker>>,
+    /// Blue-green weights: group → colour → percent of each worker's weight (from the
+    /// Redis hash `ringgate:weights:<group>`); colours not listed keep their weight.
+    pub colour_weights: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 impl WorkerSet {
@@ -48,7 +53,10 @@ impl WorkerSet {
         for ((group, _), w) in by_key {
             groups.entry(group).or_default().push(w);
         }
-        Self { groups }
+        Self {
+            groups,
+            colour_weights: BTreeMap::new(),
+        }
     }
 
     /// The workers of `group` (empty when unknown).

@@ -1,6 +1,8 @@
 //! Serves HTTP/1.1 on one client connection (plain or TLS): keep-alive, limits, timeouts,
 //! and the drain rules.
 
+mod proxy;
+
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
@@ -56,6 +58,8 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
         buf: BytesMut::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(1024),
         first: true,
+        peer,
+        tls,
     };
     loop {
         let head = match conn.read_head(&mut io).await {
@@ -67,6 +71,27 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
         let _request = conn.core.track_request();
         let started = Instant::now();
         let request_id = conn.core.request_ids.for_request(&head.parts.headers);
+        let routes = &conn.core.config.proxy.routes;
+        let path = head.parts.uri.path();
+        let proxied = (!router::is_own(path))
+            .then(|| crate::proxy::route_for(routes, path).cloned())
+            .flatten();
+        if let Some(route) = proxied {
+            let keep_alive = head.keep_alive && !conn.core.drain.is_draining();
+            let span = debug_span!("proxy", method = %head.parts.method, path = head.parts.uri.path(), group = %route.group);
+            let done = conn
+                .proxy(&mut io, &head, &route, request_id.as_bytes(), keep_alive)
+                .instrument(span)
+                .await;
+            conn.core
+                .metrics()
+                .observe(Route::Proxy, done.status, started.elapsed());
+            if !done.keep_alive {
+                let _ = io.shutdown().await;
+                return;
+            }
+            continue;
+        }
         let body = match conn.read_body(&mut io, &head).await {
             Ok(body) => body,
             Err(Stop::Refuse(e)) => return conn.refuse(&mut io, e).await,
@@ -112,6 +137,8 @@ struct Conn {
     buf: BytesMut,
     out: Vec<u8>,
     first: bool,
+    peer: Option<std::net::SocketAddr>,
+    tls: bool,
 }
 
 // === impl Conn ===

@@ -98,6 +98,7 @@ pub struct CoreMetrics {
     connections_total: AtomicU64,
     connections_rejected: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    rate_limited: AtomicU64,
     requests_cut: AtomicU64,
     pool: [AtomicU64; POOL_GAUGES.len()],
 }
@@ -161,6 +162,7 @@ impl Default for CoreMetrics {
             connections_total: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             requests_cut: AtomicU64::new(0),
             pool: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -202,6 +204,11 @@ impl CoreMetrics {
     /// A TLS handshake failed.
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A proxied request refused by the per-tenant rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
     }
 
     /// Requests still in flight when the drain deadline passed.
@@ -364,7 +371,7 @@ impl Registry {
                 )?;
             }
         }
-        let gauges: [PerCoreMetric; 5] = [
+        let gauges: [PerCoreMetric; 6] = [
             (
                 "ringgate_connections_open",
                 "gauge",
@@ -388,6 +395,12 @@ impl Registry {
                 "counter",
                 "TLS handshakes that failed.",
                 |m| m.tls_handshake_failures.load(Relaxed),
+            ),
+            (
+                "ringgate_rate_limited_total",
+                "counter",
+                "Proxied requests refused with 429 by the per-tenant rate limit.",
+                |m| m.rate_limited.load(Relaxed),
             ),
             (
                 "ringgate_drain_requests_cut_total",

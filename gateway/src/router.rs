@@ -23,6 +23,11 @@ pub struct Request {
     pub tls: bool,
 }
 
+/// Whether `path` is one of ringgate's own endpoints (never proxied).
+pub fn is_own(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics" | "/sql") || path.starts_with("/admin/")
+}
+
 /// Handles `req` on `core`; returns the route it was counted under and the response.
 pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
     let path = req.head.uri.path();
@@ -50,10 +55,6 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
         ),
         "/sql" => (Route::Sql, crate::sql::handle(core, req).await),
         "/admin/upstreams" => (Route::Admin, only_get(req, || upstreams(core))),
-        _ if crate::proxy::route_for(&core.config.proxy.routes, path).is_some() => {
-            let r = crate::proxy::route_for(&core.config.proxy.routes, path).expect("matched");
-            (Route::Proxy, crate::proxy::handle(core, req, r).await)
-        }
         _ => (
             Route::NotFound,
             error_response(

@@ -87,6 +87,9 @@ pub async fn run_core(
     if core.db.is_some() {
         monoio::spawn(pool_upkeep(core.clone()));
     }
+    if !core.config.proxy.routes.is_empty() {
+        monoio::spawn(crate::proxy::health_checks(core.clone()));
+    }
     if core.projects.is_some() {
         monoio::spawn(project_invalidations(core.clone()));
     }

@@ -93,7 +93,9 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, stop: &AtomicBool)
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        served.fetch_add(1, Ordering::Relaxed);
+        if path != "/health" {
+            served.fetch_add(1, Ordering::Relaxed);
+        }
         let text = format!("{name} {method} {path} xff={xff} body={}", body.len());
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-worker: {name}\r\ncontent-length: {}\r\n\r\n{text}",

@@ -259,10 +259,10 @@ async fn worker_watch(
         master.mark_unchanged();
         loop {
             match scan(&m.conn).await {
-                Ok(found) => {
-                    let set = Arc::new(WorkerSet::from_workers(
-                        watch.fixed.iter().cloned().chain(found),
-                    ));
+                Ok((found, weights)) => {
+                    let mut set = WorkerSet::from_workers(watch.fixed.iter().cloned().chain(found));
+                    set.colour_weights = weights;
+                    let set = Arc::new(set);
                     if set != last {
                         info!(workers = set.len(), "worker set changed");
                         last = set;
@@ -286,31 +286,55 @@ async fn worker_watch(
     }
 }
 
-/// Every registration under [`workers::KEY_PREFIX`] that parses.
-async fn scan(conn: &MultiplexedConnection) -> redis::RedisResult<Vec<Worker>> {
-    let mut conn = conn.clone();
+/// Colour weights per group.
+type ColourWeights = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>;
+
+/// Every key matching `prefix*`.
+async fn scan_keys(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+) -> redis::RedisResult<Vec<String>> {
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{}*", workers::KEY_PREFIX))
+            .arg(format!("{prefix}*"))
             .arg("COUNT")
             .arg(1000)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
         keys.extend(batch);
         if next == 0 {
-            break;
+            return Ok(keys);
         }
         cursor = next;
     }
+}
+
+/// Every registration under [`workers::KEY_PREFIX`] that parses, and the colour weights.
+async fn scan(conn: &MultiplexedConnection) -> redis::RedisResult<(Vec<Worker>, ColourWeights)> {
+    let mut conn = conn.clone();
+    let mut weights = ColourWeights::new();
+    for key in scan_keys(&mut conn, workers::WEIGHTS_PREFIX).await? {
+        let group = key[workers::WEIGHTS_PREFIX.len()..].to_string();
+        let map: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        let parsed = map
+            .into_iter()
+            .filter_map(|(colour, w)| Some((colour, w.trim().parse::<u32>().ok()?)))
+            .collect();
+        weights.insert(group, parsed);
+    }
+    let keys = scan_keys(&mut conn, workers::KEY_PREFIX).await?;
     if keys.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), weights));
     }
     let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-    Ok(keys
+    let found = keys
         .iter()
         .zip(values)
         .filter_map(|(k, v)| {
@@ -320,5 +344,6 @@ async fn scan(conn: &MultiplexedConnection) -> redis::RedisResult<Vec<Worker>> {
             }
             w
         })
-        .collect())
+        .collect();
+    Ok((found, weights))
 }

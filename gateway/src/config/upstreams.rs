@@ -31,6 +31,28 @@ pub const ENV_UPSTREAM_CONNECT_TIMEOUT: &str = "RINGGATE_UPSTREAM_CONNECT_TIMEOU
 /// `RINGGATE_UPSTREAM_RESPONSE_TIMEOUT`: wait for a worker's response head.
 pub const ENV_UPSTREAM_RESPONSE_TIMEOUT: &str = "RINGGATE_UPSTREAM_RESPONSE_TIMEOUT";
 
+/// `RINGGATE_STICKY_GROUPS`: worker groups with cookie-based sticky sessions.
+pub const ENV_STICKY_GROUPS: &str = "RINGGATE_STICKY_GROUPS";
+/// `RINGGATE_RATE_LIMIT`: proxied requests per second per tenant.
+pub const ENV_RATE_LIMIT: &str = "RINGGATE_RATE_LIMIT";
+/// `RINGGATE_RATE_BURST`: burst per tenant.
+pub const ENV_RATE_BURST: &str = "RINGGATE_RATE_BURST";
+/// `RINGGATE_UPSTREAM_HEALTH_INTERVAL`: active health check period.
+pub const ENV_UPSTREAM_HEALTH_INTERVAL: &str = "RINGGATE_UPSTREAM_HEALTH_INTERVAL";
+/// `RINGGATE_UPSTREAM_HEALTH_PATH`: active health check path.
+pub const ENV_UPSTREAM_HEALTH_PATH: &str = "RINGGATE_UPSTREAM_HEALTH_PATH";
+
+/// A per-tenant token bucket, for all cores together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Bucket size.
+    pub burst: f64,
+}
+
+impl Eq for RateLimit {}
+
 /// Redis and what uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
@@ -71,6 +93,14 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Response-head timeout (default 30 s).
     pub response_timeout: Duration,
+    /// Groups with sticky sessions.
+    pub sticky_groups: Vec<String>,
+    /// Per-tenant rate limit, when set.
+    pub rate_limit: Option<RateLimit>,
+    /// Active health check period (default 2 s; `None` when `0s`).
+    pub health_interval: Option<Duration>,
+    /// Active health check path (default `/health`).
+    pub health_path: String,
 }
 
 const SENTINELS: &str = "a comma-separated list of host:port Sentinel addresses";
@@ -158,7 +188,47 @@ impl Reader<'_> {
                 workers::parse_static(s).map_err(|_| parse::ParseError { expected: WORKERS })
             })
             .unwrap_or_default();
+        let positive = |s: &str| match s.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+            _ => Err(parse::ParseError {
+                expected: "a positive number of requests per second",
+            }),
+        };
+        let rate = self.parse(ENV_RATE_LIMIT, positive);
+        let burst = self.parse(ENV_RATE_BURST, positive);
+        let rate_limit = rate.map(|per_second| RateLimit {
+            per_second,
+            burst: burst.unwrap_or(per_second),
+        });
+        let health_interval = self
+            .parse(ENV_UPSTREAM_HEALTH_INTERVAL, parse::duration)
+            .unwrap_or(Duration::from_secs(2));
+        let health_path = self
+            .parse(ENV_UPSTREAM_HEALTH_PATH, |s| {
+                if s.starts_with('/') && !s.contains(char::is_whitespace) {
+                    Ok(s.to_string())
+                } else {
+                    Err(parse::ParseError {
+                        expected: "an absolute path like /health",
+                    })
+                }
+            })
+            .unwrap_or_else(|| "/health".into());
+        let sticky_groups = self
+            .string(ENV_STICKY_GROUPS)
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         ProxyConfig {
+            sticky_groups,
+            rate_limit,
+            health_interval: (!health_interval.is_zero()).then_some(health_interval),
+            health_path,
             routes,
             static_workers,
             discovery_interval: self

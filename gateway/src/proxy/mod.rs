@@ -1,151 +1,140 @@
-//! The reverse proxy: requests whose path matches a `RINGGATE_ROUTES` prefix go to a
-//! worker of that route's group.
+//! The reverse proxy: requests whose path matches a `RINGGATE_ROUTES` prefix stream to a
+//! worker of that route's group ([`crate::conn`] hands them over after the head).
 //!
-//! Workers come from [`ringgate_discovery::workers`] (static and registered in Redis) as
-//! a snapshot each core swaps in. A worker is chosen by power of two choices on this
-//! core's outstanding requests, among workers with a weight above zero (weighted draws).
-//! A request that could not connect goes to another worker; one whose bytes reached a
-//! worker is repeated elsewhere only when its method is idempotent and no response byte
-//! came back. Connections to workers are kept alive per core.
-//!
-//! This first version buffers bodies (the request up to `RINGGATE_MAX_BODY_BYTES`, the
-//! response up to [`upstream::MAX_RESPONSE_BYTES`]); streaming is issue 7's.
+//! Workers come from [`ringgate_discovery::workers`] (static and registered in Redis, with
+//! blue-green colour weights) as a snapshot each core swaps in. Each core keeps its own
+//! state, never shared: outstanding requests per worker (power of two choices, weighted),
+//! passive health (ejected after [`EJECT_AFTER`] consecutive failures, backing off from 1 s
+//! to 30 s, then tried again), active health (`GET RINGGATE_UPSTREAM_HEALTH_PATH` every
+//! `RINGGATE_UPSTREAM_HEALTH_INTERVAL`), keep-alive connections, token buckets for the
+//! per-tenant rate limit (the configured rate split across cores).
 
+pub mod chunks;
+pub mod head;
 pub mod upstream;
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     rc::Rc,
     sync::Arc,
+    time::Duration,
 };
 
-use http::{HeaderName, HeaderValue, Method, StatusCode};
-use monoio::net::TcpStream;
+use http::{request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
+use monoio::{net::TcpStream, time::Instant};
 use ringgate_discovery::workers::{Worker, WorkerSet};
-use tracing::debug;
+use tracing::{debug, info};
 
-use self::upstream::{exchange, ExchangeError};
-use crate::{config::Route, core::Core, error::error_response, http::Response, router::Request};
+use crate::{config::Route, core::Core, error::error_response, http::Response};
 
 /// Idle connections kept per worker and core.
-const MAX_IDLE_PER_WORKER: usize = 32;
-/// Workers tried for one request.
-const MAX_TRIES: usize = 3;
+const MAX_IDLE_PER_WORKER: usize = 64;
+/// Consecutive failures that eject a worker.
+pub const EJECT_AFTER: u32 = 3;
+/// First ejection; doubles up to [`MAX_EJECTION`].
+const FIRST_EJECTION: Duration = Duration::from_secs(1);
+const MAX_EJECTION: Duration = Duration::from_secs(30);
+/// Tenants tracked by the rate limiter per core; the table starts over when full.
+const MAX_BUCKETS: usize = 100_000;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and the ones ringgate sets itself.
-const DROPPED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "content-length",
-    "host",
-];
+/// Whether an attempt on a worker worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response came back.
+    Success,
+    /// Connect failure, no response, bad response.
+    Failure,
+}
+
+/// A worker's health as this core sees it.
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    failures: u32,
+    ejected_until: Option<Instant>,
+    next_ejection: Duration,
+    active_down: bool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            ejected_until: None,
+            next_ejection: FIRST_EJECTION,
+            active_down: false,
+        }
+    }
+}
+
+impl Health {
+    fn usable(&self, now: Instant) -> bool {
+        !self.active_down && self.ejected_until.is_none_or(|t| now >= t)
+    }
+}
+
+/// A chosen worker, and the sticky cookie to set when the client had none.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    /// The worker.
+    pub worker: Worker,
+    /// `Set-Cookie` value, for sticky groups.
+    pub set_cookie: Option<String>,
+}
+
+/// A token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
 
 /// One core's view of the workers and its connections to them.
 #[derive(Debug, Default)]
 pub struct Upstreams {
     workers: RefCell<Arc<WorkerSet>>,
     outstanding: RefCell<HashMap<SocketAddr, usize>>,
+    health: RefCell<HashMap<SocketAddr, Health>>,
     idle: RefCell<HashMap<SocketAddr, Vec<TcpStream>>>,
+    buckets: RefCell<HashMap<String, Bucket>>,
     seed: Cell<u64>,
 }
 
-impl Upstreams {
-    /// Swaps in a new worker snapshot; idle connections to workers that left are closed.
-    pub fn set_workers(&self, set: Arc<WorkerSet>) {
-        let live: std::collections::HashSet<SocketAddr> =
-            set.groups.values().flatten().map(|w| w.addr).collect();
-        self.idle.borrow_mut().retain(|a, _| live.contains(a));
-        *self.workers.borrow_mut() = set;
-    }
+/// The cookie that pins a client to a worker of `group`.
+pub fn sticky_cookie_name(group: &str) -> String {
+    format!("rg_sticky_{group}")
+}
 
-    /// The current snapshot.
-    pub fn workers(&self) -> Arc<WorkerSet> {
-        self.workers.borrow().clone()
+/// The cookie value naming `addr` (a hash: worker addresses are not revealed).
+pub fn sticky_token(addr: SocketAddr) -> String {
+    // FNV-1a over the address text.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in addr.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
     }
+    format!("{h:016x}")
+}
 
-    fn random(&self) -> u64 {
-        // xorshift64*: good enough to spread load, no shared state.
-        let mut x = self.seed.get();
-        if x == 0 {
-            x = 0x9E37_79B9_7F4A_7C15 ^ (self as *const Self as u64);
-        }
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.seed.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
 
-    /// A weighted draw among `candidates`.
-    fn draw<'a>(&self, candidates: &[&'a Worker]) -> &'a Worker {
-        let total: u64 = candidates.iter().map(|w| u64::from(w.weight)).sum();
-        let mut point = self.random() % total.max(1);
-        for w in candidates {
-            if point < u64::from(w.weight) {
-                return w;
-            }
-            point -= u64::from(w.weight);
-        }
-        candidates[candidates.len() - 1]
-    }
-
-    /// Power of two choices on outstanding requests, skipping `tried` and zero weights.
-    pub fn pick(&self, group: &str, tried: &[SocketAddr]) -> Option<Worker> {
-        let set = self.workers();
-        let candidates: Vec<&Worker> = set
-            .group(group)
-            .iter()
-            .filter(|w| w.weight > 0 && !tried.contains(&w.addr))
-            .collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        let (a, b) = (self.draw(&candidates), self.draw(&candidates));
-        let load = |w: &Worker| self.outstanding.borrow().get(&w.addr).copied().unwrap_or(0);
-        Some(if load(b) < load(a) {
-            b.clone()
-        } else {
-            a.clone()
-        })
-    }
-
-    fn take_idle(&self, addr: SocketAddr) -> Option<TcpStream> {
-        self.idle.borrow_mut().get_mut(&addr)?.pop()
-    }
-
-    fn put_idle(&self, addr: SocketAddr, stream: TcpStream) {
-        let still_there = self
-            .workers
-            .borrow()
-            .groups
-            .values()
-            .flatten()
-            .any(|w| w.addr == addr);
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
-        if still_there && list.len() < MAX_IDLE_PER_WORKER {
-            list.push(stream);
-        }
-    }
-
-    fn begin(&self, addr: SocketAddr) {
-        *self.outstanding.borrow_mut().entry(addr).or_default() += 1;
-    }
-
-    fn end(&self, addr: SocketAddr) {
-        if let Some(n) = self.outstanding.borrow_mut().get_mut(&addr) {
-            *n = n.saturating_sub(1);
-        }
-    }
+/// Whether a request with `method` may be sent twice.
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// The route `path` falls under: the longest prefix matching whole path segments.
@@ -159,182 +148,289 @@ pub fn route_for<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
     })
 }
 
-/// Whether a request with `method` may be sent twice.
-fn idempotent(method: &Method) -> bool {
+/// A worker's share of its group's traffic: its weight scaled by its colour's weight.
+pub fn effective_weight(set: &WorkerSet, w: &Worker) -> u64 {
+    let colour = w
+        .colour
+        .as_ref()
+        .and_then(|c| set.colour_weights.get(&w.group)?.get(c).copied());
+    match colour {
+        Some(percent) => u64::from(w.weight) * u64::from(percent),
+        None => u64::from(w.weight) * 100,
+    }
+}
+
+impl Upstreams {
+    /// Swaps in a new worker snapshot; idle connections to workers that left are closed
+    /// (requests in flight to them finish).
+    pub fn set_workers(&self, set: Arc<WorkerSet>) {
+        let live: HashSet<SocketAddr> = set.groups.values().flatten().map(|w| w.addr).collect();
+        self.idle.borrow_mut().retain(|a, _| live.contains(a));
+        self.health.borrow_mut().retain(|a, _| live.contains(a));
+        *self.workers.borrow_mut() = set;
+    }
+
+    /// The current snapshot.
+    pub fn workers(&self) -> Arc<WorkerSet> {
+        self.workers.borrow().clone()
+    }
+
+    /// Whether this core currently considers `addr` usable.
+    pub fn healthy(&self, addr: SocketAddr) -> bool {
+        self.health
+            .borrow()
+            .get(&addr)
+            .is_none_or(|h| h.usable(Instant::now()))
+    }
+
+    fn random(&self) -> u64 {
+        // xorshift64*: enough to spread load, no shared state.
+        let mut x = self.seed.get();
+        if x == 0 {
+            x = 0x9E37_79B9_7F4A_7C15 ^ (self as *const Self as u64);
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.seed.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A weighted draw among `candidates` (weights already effective).
+    fn draw<'a>(&self, candidates: &[(&'a Worker, u64)]) -> &'a Worker {
+        let total: u64 = candidates.iter().map(|(_, w)| w).sum();
+        let mut point = self.random() % total.max(1);
+        for (w, weight) in candidates {
+            if point < *weight {
+                return w;
+            }
+            point -= weight;
+        }
+        candidates[candidates.len() - 1].0
+    }
+
+    /// Picks a worker of `group`, skipping `tried` ones and zero weights: the sticky one
+    /// when the client has a cookie for a usable worker, otherwise power of two choices on
+    /// outstanding requests among healthy workers (all weighted ones when none is healthy).
+    pub fn pick(
+        &self,
+        group: &str,
+        tried: &[SocketAddr],
+        headers: &HeaderMap,
+        sticky: bool,
+    ) -> Option<Picked> {
+        let set = self.workers();
+        let now = Instant::now();
+        let weighted: Vec<(&Worker, u64)> = set
+            .group(group)
+            .iter()
+            .map(|w| (w, effective_weight(&set, w)))
+            .filter(|(w, weight)| *weight > 0 && !tried.contains(&w.addr))
+            .collect();
+        let health = self.health.borrow();
+        let healthy: Vec<(&Worker, u64)> = weighted
+            .iter()
+            .copied()
+            .filter(|(w, _)| health.get(&w.addr).is_none_or(|h| h.usable(now)))
+            .collect();
+        drop(health);
+        let candidates = if healthy.is_empty() {
+            weighted
+        } else {
+            healthy
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        if sticky {
+            let name = sticky_cookie_name(group);
+            if let Some(token) = cookie(headers, &name) {
+                if let Some((w, _)) = candidates
+                    .iter()
+                    .find(|(w, _)| sticky_token(w.addr) == token)
+                {
+                    return Some(Picked {
+                        worker: (*w).clone(),
+                        set_cookie: None,
+                    });
+                }
+            }
+        }
+        let (a, b) = (self.draw(&candidates), self.draw(&candidates));
+        let load = |w: &Worker| self.outstanding.borrow().get(&w.addr).copied().unwrap_or(0);
+        let worker = if load(b) < load(a) {
+            b.clone()
+        } else {
+            a.clone()
+        };
+        let set_cookie = sticky.then(|| {
+            format!(
+                "{}={}; Path=/; HttpOnly; SameSite=Lax",
+                sticky_cookie_name(group),
+                sticky_token(worker.addr)
+            )
+        });
+        Some(Picked { worker, set_cookie })
+    }
+
+    /// Records the outcome of an attempt (passive health).
+    pub fn record(&self, addr: SocketAddr, outcome: Outcome) {
+        let mut health = self.health.borrow_mut();
+        let h = health.entry(addr).or_default();
+        match outcome {
+            Outcome::Success => {
+                h.failures = 0;
+                h.ejected_until = None;
+                h.next_ejection = FIRST_EJECTION;
+            }
+            Outcome::Failure => {
+                h.failures += 1;
+                if h.failures >= EJECT_AFTER {
+                    h.failures = 0;
+                    h.ejected_until = Some(Instant::now() + h.next_ejection);
+                    debug!(worker = %addr, for_ = ?h.next_ejection, "worker ejected");
+                    h.next_ejection = (h.next_ejection * 2).min(MAX_EJECTION);
+                }
+            }
+        }
+    }
+
+    /// Records an active health check.
+    pub fn record_check(&self, addr: SocketAddr, ok: bool) {
+        let mut health = self.health.borrow_mut();
+        let h = health.entry(addr).or_default();
+        if h.active_down == ok {
+            info!(worker = %addr, healthy = ok, "worker health check changed");
+        }
+        h.active_down = !ok;
+    }
+
+    /// A pooled connection to `addr`, if one is idle.
+    pub fn take_idle(&self, addr: SocketAddr) -> Option<TcpStream> {
+        self.idle.borrow_mut().get_mut(&addr)?.pop()
+    }
+
+    /// Keeps a connection for reuse (while the worker is still in the set).
+    pub fn put_idle(&self, addr: SocketAddr, stream: TcpStream) {
+        let live = self
+            .workers
+            .borrow()
+            .groups
+            .values()
+            .flatten()
+            .any(|w| w.addr == addr);
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if live && list.len() < MAX_IDLE_PER_WORKER {
+            list.push(stream);
+        }
+    }
+
+    /// Counts a request in flight to `addr`.
+    pub fn begin(&self, addr: SocketAddr) {
+        *self.outstanding.borrow_mut().entry(addr).or_default() += 1;
+    }
+
+    /// Ends a request to `addr`.
+    pub fn end(&self, addr: SocketAddr) {
+        if let Some(n) = self.outstanding.borrow_mut().get_mut(&addr) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// The per-tenant rate limit: `Some(429)` when the tenant (the `Host` header's project,
+    /// else the client address) is over its share on this core.
+    pub fn rate_limit(
+        &self,
+        core: &Core,
+        parts: &Parts,
+        peer: Option<SocketAddr>,
+    ) -> Option<Response> {
+        let limit = core.config.proxy.rate_limit?;
+        let cores = core.config.workers.max(1) as f64;
+        let rate = limit.per_second / cores;
+        let burst = (limit.burst / cores).max(1.0);
+        let tenant = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| crate::sql::request::project_of(h.split(':').next().unwrap_or(h)))
+            .or_else(|| peer.map(|p| p.ip().to_string()))
+            .unwrap_or_default();
+        let now = Instant::now();
+        let mut buckets = self.buckets.borrow_mut();
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&tenant) {
+            buckets.clear();
+        }
+        let b = buckets.entry(tenant.clone()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return None;
+        }
+        core.metrics().rate_limited();
+        let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0) as u32;
+        Some(
+            error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &format!("tenant {tenant:?} is over its rate limit"),
+            )
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from(wait)),
+        )
+    }
+}
+
+/// Active health checks on this core: `GET <path>` on every worker each interval; a
+/// worker answering anything but 2xx/3xx (or nothing within a second) takes no traffic
+/// until it answers again.
+pub async fn health_checks(core: Rc<Core>) {
+    let cfg = &core.config.proxy;
+    let Some(interval) = cfg.health_interval else {
+        return;
+    };
+    let path = cfg.health_path.clone();
+    while !core.drain.is_draining() {
+        let set = core.upstreams.workers();
+        let addrs: HashSet<SocketAddr> = set.groups.values().flatten().map(|w| w.addr).collect();
+        for addr in addrs {
+            let ok = check(addr, &path).await;
+            core.upstreams.record_check(addr, ok);
+        }
+        monoio::select! {
+            _ = monoio::time::sleep(interval) => {}
+            _ = core.drain.signaled() => return,
+        }
+    }
+}
+
+async fn check(addr: SocketAddr, path: &str) -> bool {
+    let limit = Duration::from_secs(1);
+    let Ok(mut s) = upstream::connect(addr, limit).await else {
+        return false;
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: ringgate-health\r\nconnection: close\r\n\r\n"
+    );
     matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        upstream::exchange(&mut s, addr, req.into_bytes(), false, limit).await,
+        Ok(r) if (200..400).contains(&r.status)
     )
 }
 
-/// Encodes the request for a worker: original method, target and end-to-end headers, plus
-/// `x-forwarded-*` and `via`.
-fn encode_request(req: &Request, client: Option<SocketAddr>, tls: bool) -> Vec<u8> {
-    let head = &req.head;
-    let target = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut out = Vec::with_capacity(512 + req.body.len());
-    out.extend_from_slice(head.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let host = head
-        .headers
-        .get(http::header::HOST)
-        .map(|h| h.as_bytes())
-        .unwrap_or(b"");
-    let connection_named: Vec<String> = head
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .collect();
-    let mut forwarded_for = String::new();
-    for (name, value) in &head.headers {
-        let n = name.as_str();
-        if n == "x-forwarded-for" {
-            forwarded_for = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            continue;
-        }
-        if DROPPED.contains(&n) || connection_named.iter().any(|c| c == n) {
-            continue;
-        }
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if !host.is_empty() {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host);
-        out.extend_from_slice(b"\r\nx-forwarded-host: ");
-        out.extend_from_slice(host);
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(peer) = client {
-        if !forwarded_for.is_empty() {
-            forwarded_for.push_str(", ");
-        }
-        forwarded_for.push_str(&peer.ip().to_string());
-    }
-    if !forwarded_for.is_empty() {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        out.extend_from_slice(forwarded_for.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(if tls {
-        b"x-forwarded-proto: https\r\n"
-    } else {
-        b"x-forwarded-proto: http\r\n"
-    });
-    out.extend_from_slice(b"via: 1.1 ringgate\r\ncontent-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&req.body);
-    out
-}
-
-/// Proxies `req` to a worker of `route`'s group.
-pub async fn handle(core: &Rc<Core>, req: &Request, route: &Route) -> Response {
-    let up = &core.upstreams;
-    let proxy = &core.config.proxy;
-    let encoded = encode_request(req, req.peer, req.tls);
-    let head_request = req.head.method == Method::HEAD;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last_error: Option<ExchangeError> = None;
-    while tried.len() < MAX_TRIES {
-        let Some(worker) = up.pick(&route.group, &tried) else {
-            break;
-        };
-        let addr = worker.addr;
-        tried.push(addr);
-        up.begin(addr);
-        let result = async {
-            // A pooled connection may have been closed by the worker meanwhile: a failure
-            // on it before any response byte is retried once on a fresh connection.
-            if let Some(mut s) = up.take_idle(addr) {
-                match exchange(
-                    &mut s,
-                    addr,
-                    encoded.clone(),
-                    head_request,
-                    proxy.response_timeout,
-                )
-                .await
-                {
-                    Err(ExchangeError::NoResponse { .. }) if idempotent(&req.head.method) => {}
-                    r => return r.map(|resp| (resp, s)),
-                }
-            }
-            let mut s = upstream::connect(addr, proxy.connect_timeout).await?;
-            exchange(
-                &mut s,
-                addr,
-                encoded.clone(),
-                head_request,
-                proxy.response_timeout,
-            )
-            .await
-            .map(|resp| (resp, s))
-        }
-        .await;
-        up.end(addr);
-        match result {
-            Ok((resp, stream)) => {
-                if resp.reusable {
-                    up.put_idle(addr, stream);
-                }
-                return to_response(resp);
-            }
-            Err(e) => {
-                debug!(worker = %addr, error = %e, "proxy attempt failed");
-                let retry = match &e {
-                    ExchangeError::Connect { .. } => true,
-                    ExchangeError::NoResponse { .. } => idempotent(&req.head.method),
-                    _ => false,
-                };
-                let done = !retry;
-                last_error = Some(e);
-                if done {
-                    break;
-                }
-            }
-        }
-    }
-    match last_error {
-        None => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_upstream",
-            &format!("no worker of group {:?} is available", route.group),
-        )
-        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
-        Some(e @ ExchangeError::Timeout { .. }) => error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            &e.to_string(),
-        ),
-        Some(e) => error_response(StatusCode::BAD_GATEWAY, "bad_gateway", &e.to_string()),
-    }
-}
-
-/// The client's response: the worker's status, end-to-end headers and body.
-fn to_response(resp: upstream::UpstreamResponse) -> Response {
-    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut out = Response::new(status, "", resp.body);
-    for (name, value) in resp.headers {
-        if DROPPED.contains(&name.as_str()) || matches!(name.as_str(), "date" | "server") {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&value),
-        ) {
-            out.headers.push((n, v));
-        }
-    }
-    out.headers
-        .push((http::header::VIA, HeaderValue::from_static("1.1 ringgate")));
-    out
+/// A JSON error for a proxied request refused before it reached a worker.
+pub fn no_upstream(group: &str) -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_upstream",
+        &format!("no healthy worker in group {group:?}"),
+    )
+    .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
 #[cfg(test)]
@@ -343,6 +439,15 @@ mod tests {
 
     fn routes() -> Vec<Route> {
         crate::config::parse_routes("/api=api,/api/admin=admin,/static=web").unwrap()
+    }
+
+    fn w(port: u16, weight: u32, colour: Option<&str>) -> Worker {
+        Worker {
+            group: "g".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+            colour: colour.map(str::to_string),
+        }
     }
 
     #[test]
@@ -358,27 +463,77 @@ mod tests {
     }
 
     #[test]
-    fn picks_skip_drained_and_tried_workers() {
-        let w = |port, weight| Worker {
-            group: "g".into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            weight,
-            colour: None,
-        };
+    fn picks_skip_drained_tried_and_ejected_workers() {
         let up = Upstreams::default();
         up.set_workers(Arc::new(WorkerSet::from_workers([
-            w(1, 0),
-            w(2, 10),
-            w(3, 10),
+            w(1, 0, None),
+            w(2, 10, None),
+            w(3, 10, None),
         ])));
+        let none = HeaderMap::new();
         for _ in 0..50 {
-            let p = up.pick("g", &[]).unwrap();
-            assert_ne!(p.addr.port(), 1, "a zero-weight worker gets nothing");
+            assert_ne!(
+                up.pick("g", &[], &none, false).unwrap().worker.addr.port(),
+                1
+            );
         }
-        let p = up
-            .pick("g", &[SocketAddr::from(([127, 0, 0, 1], 2))])
-            .unwrap();
-        assert_eq!(p.addr.port(), 3);
-        assert!(up.pick("none", &[]).is_none());
+        let two = SocketAddr::from(([127, 0, 0, 1], 2));
+        assert_eq!(
+            up.pick("g", &[two], &none, false)
+                .unwrap()
+                .worker
+                .addr
+                .port(),
+            3
+        );
+        for _ in 0..EJECT_AFTER {
+            up.record(two, Outcome::Failure);
+        }
+        assert!(!up.healthy(two));
+        for _ in 0..50 {
+            assert_eq!(
+                up.pick("g", &[], &none, false).unwrap().worker.addr.port(),
+                3
+            );
+        }
+        // Every candidate unhealthy: try them anyway rather than refuse.
+        up.record_check(SocketAddr::from(([127, 0, 0, 1], 3)), false);
+        assert!(up.pick("g", &[], &none, false).is_some());
+        assert!(up.pick("none", &[], &none, false).is_none());
+    }
+
+    #[test]
+    fn colour_weights_move_traffic() {
+        let mut set = WorkerSet::from_workers([w(1, 100, Some("blue")), w(2, 100, Some("green"))]);
+        set.colour_weights.insert(
+            "g".into(),
+            [("blue".to_string(), 0), ("green".to_string(), 100)].into(),
+        );
+        let up = Upstreams::default();
+        up.set_workers(Arc::new(set));
+        for _ in 0..50 {
+            let p = up.pick("g", &[], &HeaderMap::new(), false).unwrap();
+            assert_eq!(p.worker.addr.port(), 2);
+        }
+    }
+
+    #[test]
+    fn sticky_cookies_pin_a_client() {
+        let set = WorkerSet::from_workers([w(1, 1, None), w(2, 1, None), w(3, 1, None)]);
+        let up = Upstreams::default();
+        up.set_workers(Arc::new(set));
+        let first = up.pick("g", &[], &HeaderMap::new(), true).unwrap();
+        let cookie_header = first.set_cookie.clone().unwrap();
+        let pair = cookie_header.split(';').next().unwrap().to_string();
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            HeaderValue::from_str(&format!("a=b; {pair}")).unwrap(),
+        );
+        for _ in 0..30 {
+            let p = up.pick("g", &[], &h, true).unwrap();
+            assert_eq!(p.worker.addr, first.worker.addr);
+            assert!(p.set_cookie.is_none());
+        }
     }
 }

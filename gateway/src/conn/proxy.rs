@@ -1,0 +1,466 @@
+//! Proxying one request on a client connection: the head decides the route, then the body
+//! streams to the worker and the response streams back, through fixed-size buffers (a
+//! slow side stalls the other: backpressure, bounded memory).
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use http::{Method, StatusCode};
+use monoio::{
+    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
+    net::TcpStream,
+    time::{timeout, Instant},
+};
+use tracing::debug;
+
+use super::{Conn, Fill};
+use crate::{
+    config::Route,
+    error::error_response,
+    http::{Framing, ParsedHead, Response},
+    proxy::{
+        self,
+        chunks::ChunkScanner,
+        head::{encode_request_head, ResponseHead},
+        Outcome, Picked,
+    },
+};
+
+/// Bytes moved per read in either direction.
+const PIPE_CHUNK: usize = 64 * 1024;
+/// Workers tried for one request.
+const MAX_TRIES: usize = 3;
+
+/// How a proxied exchange ended, for metrics and the connection loop.
+pub(super) struct Proxied {
+    /// Status sent to the client (0 when nothing could be sent).
+    pub status: u16,
+    /// Whether the client connection can carry another request.
+    pub keep_alive: bool,
+}
+
+/// Why an attempt on one worker failed.
+enum Attempt {
+    /// Nothing reached the worker or nothing of the client's body was consumed, and no
+    /// response byte came back: another worker may be tried (if the method allows).
+    Retry { sent: bool, reason: String },
+    /// The client must get this answer.
+    Answer(Response),
+    /// The client connection is unusable (its body broke off, or the response was cut).
+    Close,
+}
+
+impl Conn {
+    /// Proxies the request whose head was just read to a worker of `route`'s group.
+    pub(super) async fn proxy<IO: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut IO,
+        head: &ParsedHead,
+        route: &Route,
+        request_id: &[u8],
+        keep_alive: bool,
+    ) -> Proxied {
+        let core = self.core.clone();
+        let up = &core.upstreams;
+        if let Some(refusal) = up.rate_limit(&core, &head.parts, self.peer) {
+            return self
+                .answer_and_drain_body(io, head, refusal, request_id)
+                .await;
+        }
+        let method = head.parts.method.clone();
+        let idempotent = proxy::idempotent(&method);
+        let req_head =
+            encode_request_head(&head.parts, head.framing, self.peer, self.tls, request_id);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last = String::from("no worker available");
+        while tried.len() < MAX_TRIES {
+            let sticky = core.config.proxy.sticky_groups.contains(&route.group);
+            let Some(picked) = up.pick(&route.group, &tried, &head.parts.headers, sticky) else {
+                break;
+            };
+            tried.push(picked.worker.addr);
+            up.begin(picked.worker.addr);
+            let result = self
+                .attempt(io, head, &req_head, &picked, request_id, keep_alive)
+                .await;
+            up.end(picked.worker.addr);
+            match result {
+                Ok(p) => {
+                    up.record(picked.worker.addr, Outcome::Success);
+                    return p;
+                }
+                Err(Attempt::Retry { sent, reason }) => {
+                    up.record(picked.worker.addr, Outcome::Failure);
+                    debug!(worker = %picked.worker.addr, %reason, "proxy attempt failed");
+                    last = reason;
+                    // Once the head reached a worker, only an idempotent request without a
+                    // body may go to another one.
+                    if sent && !(idempotent && head.framing == Framing::Empty) {
+                        let r = error_response(StatusCode::BAD_GATEWAY, "bad_gateway", &last);
+                        return self.answer(io, r, request_id, false).await;
+                    }
+                }
+                Err(Attempt::Answer(r)) => {
+                    up.record(picked.worker.addr, Outcome::Failure);
+                    // A body the worker did not take may still be on the wire: close.
+                    let keep = keep_alive && head.framing == Framing::Empty;
+                    return self.answer(io, r, request_id, keep).await;
+                }
+                Err(Attempt::Close) => {
+                    return Proxied {
+                        status: 0,
+                        keep_alive: false,
+                    }
+                }
+            }
+        }
+        let r = if tried.is_empty() {
+            proxy::no_upstream(&route.group)
+        } else {
+            error_response(StatusCode::BAD_GATEWAY, "bad_gateway", &last)
+        };
+        self.answer_and_drain_body(io, head, r, request_id).await
+    }
+
+    /// One attempt on one worker.
+    async fn attempt<IO: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut IO,
+        head: &ParsedHead,
+        req_head: &[u8],
+        picked: &Picked,
+        request_id: &[u8],
+        keep_alive: bool,
+    ) -> Result<Proxied, Attempt> {
+        let core = self.core.clone();
+        let up = &core.upstreams;
+        let cfg = &core.config.proxy;
+        let addr = picked.worker.addr;
+        // A pooled connection the worker closed meanwhile fails on first use; a fresh one
+        // is then opened (nothing of the request was processed on a dead connection).
+        let mut stream = None;
+        if let Some(mut s) = up.take_idle(addr) {
+            let (res, _) = s.write_all(req_head.to_vec()).await;
+            if res.is_ok() {
+                stream = Some(s);
+            }
+        }
+        let mut stream = match stream {
+            Some(s) => s,
+            None => {
+                let mut s = proxy::upstream::connect(addr, cfg.connect_timeout)
+                    .await
+                    .map_err(|e| Attempt::Retry {
+                        sent: false,
+                        reason: e.to_string(),
+                    })?;
+                let (res, _) = s.write_all(req_head.to_vec()).await;
+                res.map_err(|e| Attempt::Retry {
+                    sent: false,
+                    reason: format!("{addr}: {e}"),
+                })?;
+                s
+            }
+        };
+        // The body, client → worker.
+        let body_sent = self.pipe_request_body(io, head, &mut stream).await?;
+        // The response head.
+        let mut pending = BytesMut::with_capacity(PIPE_CHUNK);
+        let resp =
+            read_response_head(&mut stream, &mut pending, cfg.response_timeout, addr).await?;
+        let head_only = head.parts.method == Method::HEAD;
+        let framing = resp.body_framing(head_only);
+        let client_keep = keep_alive && framing != proxy::head::BodyFraming::UntilClose;
+        let mut out = resp.encode_for_client(request_id, client_keep);
+        if let Some(cookie) = picked.set_cookie.as_deref() {
+            out.extend_from_slice(b"set-cookie: ");
+            out.extend_from_slice(cookie.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let write_limit = core.config.http.body_read_timeout;
+        match timeout(write_limit, io.write_all(out)).await {
+            Ok((Ok(_), _)) => {}
+            _ => return Err(Attempt::Close),
+        }
+        // The body, worker → client.
+        let complete = pipe_response_body(
+            &mut stream,
+            io,
+            pending,
+            framing,
+            cfg.response_timeout,
+            write_limit,
+        )
+        .await;
+        if !complete {
+            return Err(Attempt::Close);
+        }
+        if body_sent && resp.reusable() && framing != proxy::head::BodyFraming::UntilClose {
+            up.put_idle(addr, stream);
+        }
+        Ok(Proxied {
+            status: resp.status,
+            keep_alive: client_keep,
+        })
+    }
+
+    /// Streams the request body to the worker. `Ok(true)` when all of it went through.
+    async fn pipe_request_body<IO: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut IO,
+        head: &ParsedHead,
+        stream: &mut TcpStream,
+    ) -> Result<bool, Attempt> {
+        let pause = self.core.config.http.body_read_timeout;
+        let mut continued = false;
+        match head.framing {
+            Framing::Empty => return Ok(true),
+            Framing::Length(total) => {
+                let mut left = total;
+                while left > 0 {
+                    if self.buf.is_empty() {
+                        if head.expect_continue && !continued {
+                            self.send_continue(io).await?;
+                            continued = true;
+                        }
+                        self.read_body_piece(io, pause).await?;
+                    }
+                    let take = left.min(self.buf.len());
+                    let piece = self.buf.split_to(take);
+                    left -= take;
+                    write_upstream(stream, piece).await?;
+                }
+            }
+            Framing::Chunked => {
+                let mut scanner = ChunkScanner::default();
+                loop {
+                    if self.buf.is_empty() {
+                        if head.expect_continue && !continued {
+                            self.send_continue(io).await?;
+                            continued = true;
+                        }
+                        self.read_body_piece(io, pause).await?;
+                    }
+                    let n = scanner.feed(&self.buf).map_err(|e| {
+                        Attempt::Answer(error_response(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            &format!("malformed chunked body: {e}"),
+                        ))
+                    })?;
+                    let piece = self.buf.split_to(n);
+                    write_upstream(stream, piece).await?;
+                    if scanner.done() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn send_continue<IO: AsyncWriteRent>(&mut self, io: &mut IO) -> Result<(), Attempt> {
+        let (res, _) = io.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+        res.map(|_| ()).map_err(|_| Attempt::Close)
+    }
+
+    async fn read_body_piece<IO: AsyncReadRent>(
+        &mut self,
+        io: &mut IO,
+        pause: std::time::Duration,
+    ) -> Result<(), Attempt> {
+        match self
+            .fill(io, Instant::now() + pause, false, PIPE_CHUNK)
+            .await
+        {
+            Fill::Data => Ok(()),
+            Fill::Timeout => Err(Attempt::Answer(
+                crate::error::RequestError::BodyTimeout.to_response(),
+            )),
+            Fill::Eof | Fill::Drain | Fill::Error => Err(Attempt::Close),
+        }
+    }
+
+    /// Writes a gateway-made response for a proxied request.
+    async fn answer<IO: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut IO,
+        response: Response,
+        request_id: &[u8],
+        keep_alive: bool,
+    ) -> Proxied {
+        let status = response.status.as_u16();
+        let written = self
+            .write(io, &response, request_id, keep_alive, false)
+            .await;
+        Proxied {
+            status,
+            keep_alive: written && keep_alive,
+        }
+    }
+
+    /// Answers without proxying; a short body is read and dropped so the connection stays
+    /// usable, a long one closes it.
+    async fn answer_and_drain_body<IO: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut IO,
+        head: &ParsedHead,
+        response: Response,
+        request_id: &[u8],
+    ) -> Proxied {
+        let keep = match head.framing {
+            Framing::Empty => head.keep_alive,
+            Framing::Length(n) if n <= self.buf.len() => {
+                let _ = self.buf.split_to(n);
+                head.keep_alive
+            }
+            _ => false,
+        };
+        self.answer(io, response, request_id, keep).await
+    }
+}
+
+/// Writes one piece to the worker; a failure here means the body is lost mid-way.
+async fn write_upstream(stream: &mut TcpStream, piece: BytesMut) -> Result<(), Attempt> {
+    let (res, _) = stream.write_all(piece).await;
+    res.map(|_| ()).map_err(|e| {
+        Attempt::Answer(error_response(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            &format!("worker stopped reading the request body: {e}"),
+        ))
+    })
+}
+
+/// Reads until a complete response head (skipping `1xx` interim responses).
+async fn read_response_head(
+    stream: &mut TcpStream,
+    pending: &mut BytesMut,
+    limit: std::time::Duration,
+    addr: SocketAddr,
+) -> Result<ResponseHead, Attempt> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !pending.is_empty() {
+            match ResponseHead::parse(pending) {
+                Ok(Some(h)) if h.status < 200 => continue,
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Attempt::Answer(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "bad_gateway",
+                        &format!("{addr} sent a malformed response: {e}"),
+                    )))
+                }
+            }
+        }
+        let had = pending.len();
+        let read = monoio::time::timeout_at(deadline, read_into(stream, pending)).await;
+        match read {
+            Ok(Ok(0)) if had == 0 => {
+                return Err(Attempt::Retry {
+                    sent: true,
+                    reason: format!("{addr} closed the connection without a response"),
+                })
+            }
+            Ok(Ok(0)) => {
+                return Err(Attempt::Answer(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    &format!("{addr} closed the connection inside the response head"),
+                )))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if had == 0 => {
+                return Err(Attempt::Retry {
+                    sent: true,
+                    reason: format!("{addr}: {e}"),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(Attempt::Answer(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    &format!("{addr}: {e}"),
+                )))
+            }
+            Err(_) => {
+                return Err(Attempt::Answer(error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    &format!("{addr} did not answer within {limit:?}"),
+                )))
+            }
+        }
+    }
+}
+
+/// Appends one read from `stream` to `buf`.
+async fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let chunk = Vec::with_capacity(PIPE_CHUNK);
+    let (res, chunk) = stream.read(chunk).await;
+    let n = res?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+/// Streams the response body to the client. `false` when either side broke off.
+async fn pipe_response_body<IO: AsyncWriteRent>(
+    stream: &mut TcpStream,
+    io: &mut IO,
+    mut pending: BytesMut,
+    framing: proxy::head::BodyFraming,
+    read_pause: std::time::Duration,
+    write_limit: std::time::Duration,
+) -> bool {
+    use proxy::head::BodyFraming;
+    let mut left = match framing {
+        BodyFraming::None => return true,
+        BodyFraming::Length(n) => Some(n),
+        BodyFraming::Chunked | BodyFraming::UntilClose => None,
+    };
+    let mut scanner = (framing == BodyFraming::Chunked).then(ChunkScanner::default);
+    let mut buf = Vec::with_capacity(PIPE_CHUNK);
+    loop {
+        // Forward what is buffered, up to the body's end.
+        if !pending.is_empty() {
+            let take = match (&mut scanner, left) {
+                (Some(s), _) => match s.feed(&pending) {
+                    Ok(n) => n,
+                    Err(_) => return false,
+                },
+                (None, Some(n)) => n.min(pending.len() as u64) as usize,
+                (None, None) => pending.len(),
+            };
+            let piece = pending.split_to(take);
+            if let Some(n) = left.as_mut() {
+                *n -= take as u64;
+            }
+            match timeout(write_limit, io.write_all(piece)).await {
+                Ok((Ok(_), _)) => {}
+                _ => return false,
+            }
+        }
+        let finished = match (&scanner, left) {
+            (Some(s), _) => s.done(),
+            (None, Some(n)) => n == 0,
+            (None, None) => false,
+        };
+        if finished {
+            return true;
+        }
+        buf.clear();
+        let (res, b) = match timeout(read_pause, stream.read(buf)).await {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        buf = b;
+        match res {
+            Ok(0) => return framing == BodyFraming::UntilClose,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(_) => return false,
+        }
+    }
+}

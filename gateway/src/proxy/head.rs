@@ -1,0 +1,347 @@
+//! Request heads for workers and response heads from them: end-to-end headers pass,
+//! hop-by-hop headers stay behind, `X-Forwarded-*` and `Via` are added.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use http::request::Parts;
+
+use crate::http::Framing;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the ones ringgate rewrites itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "expect",
+];
+
+/// Largest response head accepted from a worker.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Header names the `Connection` header lists (they are hop-by-hop too).
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The head sent to a worker: method, target, end-to-end headers, forwarding headers and
+/// the body framing (`content-length` or `transfer-encoding: chunked`).
+pub fn encode_request_head(
+    parts: &Parts,
+    framing: Framing,
+    client: Option<SocketAddr>,
+    tls: bool,
+    request_id: &[u8],
+) -> Vec<u8> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let listed = connection_tokens(
+        parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let mut forwarded_for = String::new();
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        match n {
+            "x-forwarded-for" => {
+                if !forwarded_for.is_empty() {
+                    forwarded_for.push_str(", ");
+                }
+                forwarded_for.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            }
+            "content-length" | "x-request-id" | "x-forwarded-proto" | "x-forwarded-host"
+            | "via" => {}
+            "host" => {
+                push_header(&mut out, b"host", value.as_bytes());
+                push_header(&mut out, b"x-forwarded-host", value.as_bytes());
+            }
+            _ if HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) => {}
+            _ => push_header(&mut out, n.as_bytes(), value.as_bytes()),
+        }
+    }
+    if let Some(peer) = client {
+        if !forwarded_for.is_empty() {
+            forwarded_for.push_str(", ");
+        }
+        forwarded_for.push_str(&peer.ip().to_string());
+    }
+    if !forwarded_for.is_empty() {
+        push_header(&mut out, b"x-forwarded-for", forwarded_for.as_bytes());
+    }
+    push_header(
+        &mut out,
+        b"x-forwarded-proto",
+        if tls { b"https" } else { b"http" },
+    );
+    push_header(&mut out, b"via", b"1.1 ringgate");
+    if !request_id.is_empty() {
+        push_header(&mut out, b"x-request-id", request_id);
+    }
+    match framing {
+        Framing::Empty => {}
+        Framing::Length(n) => push_header(&mut out, b"content-length", n.to_string().as_bytes()),
+        Framing::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (HEAD, 204, 304).
+    None,
+    /// `content-length` bytes.
+    Length(u64),
+    /// Chunked (passed through as is).
+    Chunked,
+    /// Until the worker closes (the client connection closes after it too).
+    UntilClose,
+}
+
+/// A worker's response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Headers as received (names lower-case).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// HTTP/1.x minor version.
+    pub minor: u8,
+}
+
+/// Why a response head could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseHeadError {
+    /// Not HTTP/1.x.
+    #[error("{0}")]
+    Syntax(String),
+    /// Longer than [`MAX_RESPONSE_HEAD`].
+    #[error("response head larger than {MAX_RESPONSE_HEAD} bytes")]
+    TooLarge,
+    /// Conflicting or unreadable framing.
+    #[error("invalid framing: {0}")]
+    Framing(&'static str),
+}
+
+impl ResponseHead {
+    /// Parses and removes a complete head from the front of `buf`; `None` while incomplete.
+    pub fn parse(buf: &mut BytesMut) -> Result<Option<Self>, ResponseHeadError> {
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let head = ResponseHead {
+                    status: parsed.code.unwrap_or(502),
+                    reason: parsed.reason.unwrap_or("").to_string(),
+                    minor: parsed.version.unwrap_or(0),
+                    headers: parsed
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                        .collect(),
+                };
+                let _ = buf.split_to(len);
+                head.check_framing()?;
+                Ok(Some(head))
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+                Err(ResponseHeadError::TooLarge)
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(ResponseHeadError::Syntax(e.to_string())),
+        }
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn check_framing(&self) -> Result<(), ResponseHeadError> {
+        let lengths: Vec<&[u8]> = self.values("content-length").collect();
+        if lengths.windows(2).any(|w| w[0] != w[1]) {
+            return Err(ResponseHeadError::Framing(
+                "differing content-length values",
+            ));
+        }
+        if let Some(l) = lengths.first() {
+            std::str::from_utf8(l)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or(ResponseHeadError::Framing("content-length is not a number"))?;
+        }
+        Ok(())
+    }
+
+    fn chunked(&self) -> bool {
+        self.values("transfer-encoding")
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .any(|v| v.to_ascii_lowercase().contains("chunked"))
+    }
+
+    /// How the body is delimited (`head_only` for a HEAD request).
+    pub fn body_framing(&self, head_only: bool) -> BodyFraming {
+        if head_only || self.status == 204 || self.status == 304 {
+            return BodyFraming::None;
+        }
+        if self.chunked() {
+            return BodyFraming::Chunked;
+        }
+        match self
+            .values("content-length")
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+        {
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::UntilClose,
+        }
+    }
+
+    /// Whether the worker keeps the connection open after this response.
+    pub fn reusable(&self) -> bool {
+        let tokens = connection_tokens(self.values("connection"));
+        if self.minor == 0 {
+            tokens.iter().any(|t| t == "keep-alive")
+        } else {
+            !tokens.iter().any(|t| t == "close")
+        }
+    }
+
+    /// The head for the client, without its final empty line: status, end-to-end headers,
+    /// framing, `via`, `x-request-id`, and `connection: close` when not `keep_alive`.
+    pub fn encode_for_client(&self, request_id: &[u8], keep_alive: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let listed = connection_tokens(self.values("connection"));
+        let chunked = self.chunked();
+        for (name, value) in &self.headers {
+            let n = name.as_str();
+            let keep = match n {
+                "transfer-encoding" => chunked,
+                "content-length" => !chunked,
+                "x-request-id" | "via" => false,
+                _ => !HOP_BY_HOP.contains(&n) && !listed.iter().any(|l| l == n),
+            };
+            if keep {
+                push_header(&mut out, n.as_bytes(), value);
+            }
+        }
+        push_header(&mut out, b"via", b"1.1 ringgate");
+        if !request_id.is_empty() {
+            push_header(&mut out, b"x-request-id", request_id);
+        }
+        if !keep_alive {
+            push_header(&mut out, b"connection", b"close");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(raw: &str) -> Parts {
+        let mut b = http::Request::builder().method("POST").uri("/api/x?y=1");
+        for line in raw.lines() {
+            let (k, v) = line.split_once(':').unwrap();
+            b = b.header(k.trim(), v.trim());
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn request_heads_drop_hop_by_hop_and_add_forwarding() {
+        let p = parts("host: a.example\nconnection: keep-alive, x-private\nx-private: 1\nkeep-alive: 5\nx-forwarded-for: 10.0.0.1\nexpect: 100-continue\naccept: */*\ncontent-length: 3");
+        let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
+        let h = String::from_utf8(encode_request_head(
+            &p,
+            Framing::Length(3),
+            Some(peer),
+            true,
+            b"rid",
+        ))
+        .unwrap();
+        assert!(h.starts_with("POST /api/x?y=1 HTTP/1.1\r\n"));
+        for gone in ["x-private", "keep-alive", "expect", "connection"] {
+            assert!(!h.contains(gone), "{gone} forwarded: {h}");
+        }
+        assert!(h.contains("x-forwarded-for: 10.0.0.1, 127.0.0.9\r\n"));
+        assert!(h.contains("x-forwarded-proto: https\r\n"));
+        assert!(h.contains("x-forwarded-host: a.example\r\n"));
+        assert!(h.contains("via: 1.1 ringgate\r\n"));
+        assert!(h.contains("x-request-id: rid\r\n"));
+        assert_eq!(h.matches("content-length: 3").count(), 1);
+        assert!(h.ends_with("\r\n\r\n"));
+        let c =
+            String::from_utf8(encode_request_head(&p, Framing::Chunked, None, false, b"")).unwrap();
+        assert!(c.contains("transfer-encoding: chunked\r\n") && !c.contains("content-length"));
+    }
+
+    #[test]
+    fn response_heads_parse_frame_and_rewrite() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close, x-hop\r\nx-hop: 1\r\n\r\n5\r\n"[..],
+        );
+        let h = ResponseHead::parse(&mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..], b"5\r\n");
+        assert_eq!(h.body_framing(false), BodyFraming::Chunked);
+        assert_eq!(h.body_framing(true), BodyFraming::None);
+        assert!(!h.reusable());
+        let out = String::from_utf8(h.encode_for_client(b"id1", true)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(out.contains("transfer-encoding: chunked\r\n"));
+        assert!(!out.contains("x-hop") && !out.contains("connection"));
+        assert!(out.contains("x-request-id: id1\r\n"));
+
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
+        assert!(ResponseHead::parse(&mut partial).unwrap().is_none());
+        let mut bad = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+        );
+        assert!(matches!(
+            ResponseHead::parse(&mut bad),
+            Err(ResponseHeadError::Framing(_))
+        ));
+        let mut until_close = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\n"[..]);
+        let h = ResponseHead::parse(&mut until_close).unwrap().unwrap();
+        assert_eq!(h.body_framing(false), BodyFraming::UntilClose);
+    }
+}
