@@ -63,3 +63,284 @@ fn test_proxy_answers_502_when_every_worker_is_down() {
     // ringgate's own routes are not proxied.
     assert_eq!(request(addr, "GET", "/health", &[], b"").status, 200);
 }
+
+/// Resident memory of this process (tests, worker and ringgate share it), in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Samples RSS every 10 ms until dropped; reports the peak.
+struct RssWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak: std::thread::JoinHandle<u64>,
+}
+
+impl RssWatch {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let peak = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
+        });
+        Self { stop, peak }
+    }
+
+    fn peak(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.peak.join().unwrap()
+    }
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn test_proxy_streams_large_bodies_both_ways_in_bounded_memory() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let w = TestWorker::start("big");
+    let upstreams = format!("g={}", w.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/s=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+    ]);
+    let size = 256 * MIB;
+    let before = rss();
+    let watch = RssWatch::start();
+    // Upload: far above RINGGATE_MAX_BODY_BYTES (1 MiB), streamed to the worker.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /s/upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n"
+    )
+    .unwrap();
+    let piece = vec![7u8; MIB];
+    for _ in 0..size / MIB {
+        s.write_all(&piece).unwrap();
+    }
+    let mut reader = BufReader::new(s);
+    let resp = ringgate_tests::http::read_response(&mut reader).expect("a response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.text(),
+        format!("big POST /s/upload xff=127.0.0.1 body={size}")
+    );
+    // Download, Content-Length framed.
+    let mut s = reader.into_inner();
+    write!(s, "GET /s/download/{size} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    let mut length = None;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+    }
+    assert_eq!(length, Some(size));
+    let mut got = 0;
+    let mut buf = vec![0u8; MIB];
+    while got < size {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "download cut at {got}");
+        got += n;
+    }
+    let peak = watch.peak();
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "streamed {} MiB up and {} MiB down; RSS grew by {:.1} MiB at most",
+        size / MIB,
+        size / MIB,
+        grew as f64 / MIB as f64
+    );
+    assert!(grew < 64 * MIB as u64, "memory grew by {grew} bytes");
+    // The connection is still usable afterwards.
+    let mut s = reader.into_inner();
+    write!(s, "GET /s/after HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let resp = ringgate_tests::http::read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(resp.text(), "big GET /s/after xff=127.0.0.1 body=0");
+}
+
+#[test]
+fn test_proxy_passes_chunked_bodies_through() {
+    use std::io::{Read, Write};
+    let w = TestWorker::start("chunky");
+    let upstreams = format!("g={}", w.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/c=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+    ]);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // A chunked upload, then a chunked download on the same connection.
+    s.write_all(b"POST /c/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n")
+        .unwrap();
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let r = ringgate_tests::http::read_response(&mut reader).unwrap();
+    assert_eq!(r.text(), "chunky POST /c/up xff=127.0.0.1 body=7");
+    s.write_all(b"GET /c/chunked/200000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(body.ends_with("0\r\n\r\n"));
+    // Decode and count.
+    let start = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut bytes = &rest[start..];
+    let mut total = 0;
+    loop {
+        let eol = bytes.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&bytes[..eol]).unwrap(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        bytes = &bytes[eol + 2 + n + 2..];
+    }
+    assert_eq!(total, 200_000);
+}
+
+#[test]
+fn test_proxy_worker_death_fails_no_idempotent_request() {
+    let (w1, w2) = (TestWorker::start("w1"), TestWorker::start("w2"));
+    let upstreams = format!("g={},{}", w1.addr, w2.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/d=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s"),
+    ]);
+    // Keep-alive connections to both workers exist when w1 dies.
+    for i in 0..200 {
+        if i == 50 {
+            w1.kill();
+        }
+        let r = request(addr, "GET", &format!("/d/{i}"), &[], b"");
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert!(w2.count() >= 150);
+}
+
+#[test]
+fn test_proxy_does_not_repeat_a_post_whose_worker_died() {
+    let (w1, w2) = (TestWorker::start("w1"), TestWorker::start("w2"));
+    let upstreams = format!("g={}", w1.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/p=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s"),
+    ]);
+    assert_eq!(request(addr, "POST", "/p/a", &[], b"x").status, 200);
+    // w1 now takes requests and dies without answering: the POST reached it, so it is
+    // answered 502 and not sent anywhere else.
+    w1.kill();
+    let r = request(addr, "POST", "/p/b", &[], b"payload");
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (502, Some("bad_gateway"))
+    );
+    assert_eq!(w2.count(), 0);
+}
+
+#[test]
+fn test_proxy_sticky_sessions_pin_a_client_to_its_worker() {
+    let ws: Vec<TestWorker> = (0..3)
+        .map(|i| TestWorker::start(&format!("s{i}")))
+        .collect();
+    let list: Vec<String> = ws.iter().map(|w| w.addr.to_string()).collect();
+    let upstreams = format!("g={}", list.join(","));
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/st=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_STICKY_GROUPS", "g"),
+    ]);
+    let first = request(addr, "GET", "/st", &[], b"");
+    let cookie = first
+        .header("set-cookie")
+        .expect("a sticky cookie")
+        .to_string();
+    assert!(cookie.starts_with("rg_sticky_g=") && cookie.contains("HttpOnly"));
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let worker = first.header("x-worker").unwrap().to_string();
+    for _ in 0..30 {
+        let r = request(addr, "GET", "/st", &[("Cookie", &pair)], b"");
+        assert_eq!(r.header("x-worker"), Some(worker.as_str()));
+        assert!(r.header("set-cookie").is_none());
+    }
+}
+
+#[test]
+fn test_proxy_rate_limit_answers_429_per_tenant() {
+    let w = TestWorker::start("rl");
+    let upstreams = format!("g={}", w.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/r=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_RATE_LIMIT", "2"),
+        ("RINGGATE_RATE_BURST", "5"),
+    ]);
+    let host = [("Host", "alpha.example.com")];
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| request(addr, "GET", "/r", &host, b"").status)
+        .collect();
+    assert_eq!(&statuses[..5], &[200; 5]);
+    let r = request(addr, "GET", "/r", &host, b"");
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert!(r.header("retry-after").is_some());
+    // Another tenant has its own bucket.
+    let r = request(addr, "GET", "/r", &[("Host", "beta.example.com")], b"");
+    assert_eq!(r.status, 200);
+    let metrics = request(addr, "GET", "/metrics", &[], b"").text();
+    let limited: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ringgate_rate_limited_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(limited >= 4, "{metrics}");
+}
+
+#[test]
+fn test_proxy_drain_lets_inflight_requests_finish() {
+    let w = TestWorker::start("slow");
+    let upstreams = format!("g={}", w.addr);
+    let (g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/w=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+    ]);
+    let inflight = std::thread::spawn(move || request(addr, "GET", "/w/slow/700", &[], b""));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = g.drain();
+    let r = inflight.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(report.cut_requests, 0);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "new connections are refused"
+    );
+}

@@ -170,7 +170,10 @@ impl Conn {
             read_response_head(&mut stream, &mut pending, cfg.response_timeout, addr).await?;
         let head_only = head.parts.method == Method::HEAD;
         let framing = resp.body_framing(head_only);
-        let client_keep = keep_alive && framing != proxy::head::BodyFraming::UntilClose;
+        // A drain that began while the worker was busy closes the connection after this.
+        let client_keep = keep_alive
+            && !core.drain.is_draining()
+            && framing != proxy::head::BodyFraming::UntilClose;
         let mut out = resp.encode_for_client(request_id, client_keep);
         if let Some(cookie) = picked.set_cookie.as_deref() {
             out.extend_from_slice(b"set-cookie: ");
