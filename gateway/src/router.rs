@@ -81,13 +81,18 @@ fn upstreams(core: &Core) -> Response {
                         "addr": w.addr.to_string(),
                         "weight": w.weight,
                         "colour": w.colour,
+                        "effective_weight": crate::proxy::effective_weight(&set, w),
+                        "healthy": core.upstreams.healthy(w.addr),
                     })
                 })
                 .collect();
             (g.clone(), serde_json::Value::Array(list))
         })
         .collect();
-    Response::json(StatusCode::OK, &serde_json::json!({ "groups": groups }))
+    Response::json(
+        StatusCode::OK,
+        &serde_json::json!({ "groups": groups, "colour_weights": set.colour_weights }),
+    )
 }
 
 fn ready(core: &Core) -> Response {

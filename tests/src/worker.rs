@@ -23,6 +23,7 @@ pub struct TestWorker {
     /// Requests answered so far.
     pub served: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    sick: Arc<AtomicBool>,
 }
 
 impl TestWorker {
@@ -33,24 +34,35 @@ impl TestWorker {
         listener.set_nonblocking(true).unwrap();
         let served = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st, n) = (served.clone(), stop.clone(), name.to_string());
+        let sick = Arc::new(AtomicBool::new(false));
+        let (s, st, n, si) = (served.clone(), stop.clone(), name.to_string(), sick.clone());
         std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (s, st, n) = (s.clone(), st.clone(), n.clone());
-                        std::thread::spawn(move || serve(stream, &n, &s, &st));
+                        let (s, st, n, si) = (s.clone(), st.clone(), n.clone(), si.clone());
+                        std::thread::spawn(move || serve(stream, &n, &s, &st, &si));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Self { addr, served, stop }
+        Self {
+            addr,
+            served,
+            stop,
+            sick,
+        }
     }
 
     /// Requests answered so far.
     pub fn count(&self) -> usize {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Makes `GET /health` answer 503 (`true`) or 200 (`false`).
+    pub fn set_sick(&self, sick: bool) {
+        self.sick.store(sick, Ordering::Relaxed);
     }
 
     /// Dies: stops accepting, and every open connection is closed on its next request
@@ -66,7 +78,13 @@ impl Drop for TestWorker {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, stop: &AtomicBool) {
+fn serve(
+    stream: TcpStream,
+    name: &str,
+    served: &AtomicUsize,
+    stop: &AtomicBool,
+    sick: &AtomicBool,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut out = stream;
@@ -127,7 +145,9 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, stop: &AtomicBool)
         let head = |extra: &str| {
             format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nx-worker: {name}\r\n{extra}\r\n")
         };
-        let sent = if let Some(n) = number("/download/") {
+        let sent = if path == "/health" && sick.load(Ordering::Relaxed) {
+            out.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+        } else if let Some(n) = number("/download/") {
             out.write_all(head(&format!("content-length: {n}\r\n")).as_bytes())
                 .and_then(|_| send_bytes(&mut out, n, false))
         } else if let Some(n) = number("/chunked/") {

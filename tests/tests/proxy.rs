@@ -344,3 +344,58 @@ fn test_proxy_drain_lets_inflight_requests_finish() {
         "new connections are refused"
     );
 }
+
+#[test]
+fn test_proxy_active_health_checks_take_a_sick_worker_out_and_back() {
+    let (w1, w2) = (TestWorker::start("h1"), TestWorker::start("h2"));
+    let upstreams = format!("g={},{}", w1.addr, w2.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/h=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "100ms"),
+    ]);
+    let healthy = |worker: &TestWorker| {
+        let admin = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+        admin["groups"]["g"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["addr"] == worker.addr.to_string())
+            .unwrap()["healthy"]
+            .as_bool()
+            .unwrap()
+    };
+    w1.set_sick(true);
+    let start = std::time::Instant::now();
+    while healthy(&w1) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "w1 still healthy"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = w1.count();
+    for _ in 0..30 {
+        assert_eq!(
+            request(addr, "GET", "/h", &[], b"").header("x-worker"),
+            Some("h2")
+        );
+    }
+    assert_eq!(w1.count(), before, "a sick worker gets no requests");
+    w1.set_sick(false);
+    while !healthy(&w1) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(4),
+            "w1 not back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..40 {
+        request(addr, "GET", "/h", &[], b"");
+    }
+    assert!(
+        w1.count() > before,
+        "a recovered worker gets requests again"
+    );
+    drop(w2);
+}

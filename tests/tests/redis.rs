@@ -321,3 +321,135 @@ fn chaos_redis_failover_loses_no_session() {
     drop(_g);
     repair_cluster().unwrap_or_else(|e| panic!("repairing the cluster failed: {e}"));
 }
+
+/// Registers `worker` in `group` with a colour and announces it.
+fn register_coloured(group: &str, id: &str, worker: &TestWorker, colour: &str) {
+    let key = format!("ringgate:worker:{group}:{id}");
+    let value = json!({"addr": worker.addr.to_string(), "colour": colour}).to_string();
+    redis_master(&["SET", &key, &value, "EX", "60"]);
+    redis_master(&["PUBLISH", "ringgate:workers", &key]);
+}
+
+/// Sets the group's colour weights and announces the change.
+fn set_weights(group: &str, blue: u32, green: u32) {
+    let key = format!("ringgate:weights:{group}");
+    redis_master(&[
+        "HSET",
+        &key,
+        "blue",
+        &blue.to_string(),
+        "green",
+        &green.to_string(),
+    ]);
+    redis_master(&["PUBLISH", "ringgate:workers", &key]);
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_blue_green_switch_takes_effect_within_a_second_without_failures() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    };
+    let group = unique("bg");
+    let routes = format!("/bg={group}");
+    let (_g, addr) = start_with_redis(&[("RINGGATE_ROUTES", routes.as_str())]);
+    let (blue, green) = (TestWorker::start("blue"), TestWorker::start("green"));
+    set_weights(&group, 100, 0);
+    register_coloured(&group, "b", &blue, "blue");
+    register_coloured(&group, "g", &green, "green");
+    wait_for_worker(addr, "/bg", "blue", Duration::from_secs(2));
+
+    // Constant traffic from two clients while the weights move.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(Instant, u16, String)>();
+    let seen = std::cell::RefCell::new(Vec::new());
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, seen) = (stop.clone(), tx.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = request(addr, "GET", "/bg/x", &[], b"");
+                    let who = r.header("x-worker").unwrap_or("").to_string();
+                    let _ = seen.send((Instant::now(), r.status, who));
+                }
+            })
+        })
+        .collect();
+    let switch = |blue_w, green_w, expect: &str| {
+        std::thread::sleep(Duration::from_millis(300));
+        let at = Instant::now();
+        set_weights(&group, blue_w, green_w);
+        std::thread::sleep(Duration::from_millis(1500));
+        // The last request that went to the old colour after the switch.
+        seen.borrow_mut().extend(rx.try_iter());
+        let log = seen.borrow();
+        let last_old = log
+            .iter()
+            .filter(|(t, _, who)| *t > at && who != expect)
+            .map(|(t, _, _)| t.duration_since(at))
+            .max()
+            .unwrap_or_default();
+        let after: Vec<_> = log.iter().filter(|(t, _, _)| *t > at).collect();
+        assert!(
+            after.len() > 20,
+            "too little traffic to judge: {}",
+            after.len()
+        );
+        last_old
+    };
+    let to_green = switch(0, 100, "green");
+    let to_blue = switch(100, 0, "blue");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    seen.borrow_mut().extend(rx.try_iter());
+    let log = seen.borrow();
+    let failed = log.iter().filter(|(_, s, _)| *s != 200).count();
+    eprintln!(
+        "blue-green: {} requests, {failed} failed; 100% green after {:.3}s, back to blue after {:.3}s",
+        log.len(),
+        to_green.as_secs_f64(),
+        to_blue.as_secs_f64()
+    );
+    assert_eq!(failed, 0);
+    assert!(to_green < Duration::from_secs(1) && to_blue < Duration::from_secs(1));
+    let admin = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+    assert_eq!(admin["colour_weights"][&group]["blue"], 100);
+    for id in ["b", "g"] {
+        redis_master(&["DEL", &format!("ringgate:worker:{group}:{id}")]);
+    }
+    redis_master(&["DEL", &format!("ringgate:weights:{group}")]);
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_deregistered_worker_is_drained_not_cut() {
+    let group = unique("dr");
+    let routes = format!("/dr={group}");
+    let (_g, addr) = start_with_redis(&[("RINGGATE_ROUTES", routes.as_str())]);
+    let w = TestWorker::start("leaving");
+    register(&group, "w", &w, 30, true);
+    wait_for_worker(addr, "/dr", "leaving", Duration::from_secs(2));
+    let inflight = std::thread::spawn(move || request(addr, "GET", "/dr/slow/800", &[], b""));
+    std::thread::sleep(Duration::from_millis(200));
+    let key = format!("ringgate:worker:{group}:w");
+    redis_master(&["DEL", &key]);
+    redis_master(&["PUBLISH", "ringgate:workers", &key]);
+    let start = Instant::now();
+    while request(addr, "GET", "/admin/upstreams", &[], b"").json()["groups"][&group].is_array() {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "worker not removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = inflight.join().unwrap();
+    assert_eq!(
+        (r.status, r.text().starts_with("leaving GET /dr/slow/800")),
+        (200, true)
+    );
+    let r = request(addr, "GET", "/dr", &[], b"");
+    assert_eq!(r.status, 503, "no worker left: {}", r.text());
+}

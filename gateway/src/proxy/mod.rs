@@ -410,17 +410,11 @@ pub async fn health_checks(core: Rc<Core>) {
 }
 
 async fn check(addr: SocketAddr, path: &str) -> bool {
-    let limit = Duration::from_secs(1);
-    let Ok(mut s) = upstream::connect(addr, limit).await else {
-        return false;
-    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: ringgate-health\r\nconnection: close\r\n\r\n"
     );
-    matches!(
-        upstream::exchange(&mut s, addr, req.into_bytes(), false, limit).await,
-        Ok(r) if (200..400).contains(&r.status)
-    )
+    let status = upstream::status_of(addr, req.into_bytes(), Duration::from_secs(1)).await;
+    matches!(status, Ok(s) if (200..400).contains(&s))
 }
 
 /// A JSON error for a proxied request refused before it reached a worker.
