@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use http::{Method, StatusCode};
 use monoio::{
+    buf::IoBufMut,
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
     net::TcpStream,
     time::{timeout, Instant},
@@ -182,14 +183,11 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
         let write_limit = core.config.http.body_read_timeout;
-        match timeout(write_limit, io.write_all(out)).await {
-            Ok((Ok(_), _)) => {}
-            _ => return Err(Attempt::Close),
-        }
-        // The body, worker → client.
-        let complete = pipe_response_body(
+        // Head and body, worker → client.
+        let complete = pipe_response(
             &mut stream,
             io,
+            out,
             pending,
             framing,
             cfg.response_timeout,
@@ -400,19 +398,23 @@ async fn read_response_head(
     }
 }
 
-/// Appends one read from `stream` to `buf`.
+/// Appends one read from `stream` to `buf` (straight into its spare capacity).
 async fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let chunk = Vec::with_capacity(PIPE_CHUNK);
-    let (res, chunk) = stream.read(chunk).await;
-    let n = res?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    let mut owned = std::mem::take(buf);
+    owned.reserve(PIPE_CHUNK);
+    // monoio reads into a buffer from its start: read into the spare tail instead.
+    let len = owned.len();
+    let (res, tail) = stream.read(owned.slice_mut(len..)).await;
+    *buf = tail.into_inner();
+    res
 }
 
-/// Streams the response body to the client. `false` when either side broke off.
-async fn pipe_response_body<IO: AsyncWriteRent>(
+/// Sends the response head and streams the body to the client; the head goes out in one
+/// write with whatever body is already buffered. `false` when either side broke off.
+async fn pipe_response<IO: AsyncWriteRent>(
     stream: &mut TcpStream,
     io: &mut IO,
+    head: Vec<u8>,
     mut pending: BytesMut,
     framing: proxy::head::BodyFraming,
     read_pause: std::time::Duration,
@@ -420,31 +422,42 @@ async fn pipe_response_body<IO: AsyncWriteRent>(
 ) -> bool {
     use proxy::head::BodyFraming;
     let mut left = match framing {
-        BodyFraming::None => return true,
+        BodyFraming::None => Some(0),
         BodyFraming::Length(n) => Some(n),
         BodyFraming::Chunked | BodyFraming::UntilClose => None,
     };
     let mut scanner = (framing == BodyFraming::Chunked).then(ChunkScanner::default);
-    let mut buf = Vec::with_capacity(PIPE_CHUNK);
+    let mut head = Some(head);
     loop {
-        // Forward what is buffered, up to the body's end.
-        if !pending.is_empty() {
-            let take = match (&mut scanner, left) {
-                (Some(s), _) => match s.feed(&pending) {
-                    Ok(n) => n,
-                    Err(_) => return false,
-                },
-                (None, Some(n)) => n.min(pending.len() as u64) as usize,
-                (None, None) => pending.len(),
-            };
-            let piece = pending.split_to(take);
-            if let Some(n) = left.as_mut() {
-                *n -= take as u64;
+        // Forward what is buffered, up to the body's end (with the head, the first time).
+        let take = match (&mut scanner, left) {
+            (Some(s), _) => match s.feed(&pending) {
+                Ok(n) => n,
+                Err(_) => return false,
+            },
+            (None, Some(n)) => n.min(pending.len() as u64) as usize,
+            (None, None) => pending.len(),
+        };
+        if let Some(n) = left.as_mut() {
+            *n -= take as u64;
+        }
+        let write = match head.take() {
+            Some(mut h) => {
+                h.extend_from_slice(&pending.split_to(take));
+                Some(timeout(write_limit, io.write_all(h)).await.map(|(r, _)| r))
             }
-            match timeout(write_limit, io.write_all(piece)).await {
-                Ok((Ok(_), _)) => {}
-                _ => return false,
+            None if take > 0 => {
+                let piece = pending.split_to(take);
+                Some(
+                    timeout(write_limit, io.write_all(piece))
+                        .await
+                        .map(|(r, _)| r),
+                )
             }
+            None => None,
+        };
+        if !matches!(write, None | Some(Ok(Ok(_)))) {
+            return false;
         }
         let finished = match (&scanner, left) {
             (Some(s), _) => s.done(),
@@ -454,16 +467,10 @@ async fn pipe_response_body<IO: AsyncWriteRent>(
         if finished {
             return true;
         }
-        buf.clear();
-        let (res, b) = match timeout(read_pause, stream.read(buf)).await {
-            Ok(r) => r,
-            Err(_) => return false,
-        };
-        buf = b;
-        match res {
-            Ok(0) => return framing == BodyFraming::UntilClose,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(_) => return false,
+        match timeout(read_pause, read_into(stream, &mut pending)).await {
+            Ok(Ok(0)) => return framing == BodyFraming::UntilClose,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return false,
         }
     }
 }

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Reverse-proxy benchmark: ringgate vs HAProxy vs nginx in front of the same upstream (nginx
+# serving a fixed 1 KiB body), plain HTTP and TLS terminated at the proxy. Each proxy runs
+# on CPU 0 only (ringgate: 1 core; HAProxy: 1 thread; nginx: 1 worker); the upstream and
+# the load generator share CPU 1. All in one run, so the ratios compare like with like.
+#
+#   bench/proxy.sh [SECS]   wrk -c1000 (max req/s), then rg-load at 5k and 10k req/s
+#                           (open loop, coordinated-omission corrected) for p50/p99/p99.9.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+warm=2
+rates="5000 10000"
+scripts/install-deps
+cargo build -q --release --locked -p ringgate -p ringgate-bench
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/both.pem"
+body=$(head -c 1024 /dev/zero | tr '\0' 'x')
+
+# The upstream (CPU 1) and nginx as a proxy (CPU 0): two nginx instances.
+mkdir -p "$work/up/logs" "$work/ngx/logs"
+cat > "$work/up.conf" <<NGINX
+worker_processes 1;
+worker_cpu_affinity 10;
+worker_rlimit_nofile 65536;
+error_log $work/up/logs/error.log warn;
+pid $work/up/nginx.pid;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:18380 reuseport backlog=4096;
+    location / { default_type text/plain; return 200 "$body"; }
+  }
+}
+NGINX
+cat > "$work/ngx.conf" <<NGINX
+worker_processes 1;
+worker_cpu_affinity 01;
+worker_rlimit_nofile 65536;
+error_log $work/ngx/logs/error.log warn;
+pid $work/ngx/nginx.pid;
+events { worker_connections 20000; multi_accept on; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:18380; keepalive 256; }
+  server {
+    listen 127.0.0.1:18181 reuseport backlog=4096;
+    listen 127.0.0.1:18544 ssl reuseport backlog=4096;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+cat > "$work/haproxy.cfg" <<HAP
+global
+  nbthread 1
+  cpu-map 1/1 0
+  # Two fds per connection: stay under this machine's hard limit of 20000 open files.
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18182
+  bind 127.0.0.1:18545 ssl crt $work/both.pem
+  default_backend up
+backend up
+  server up1 127.0.0.1:18380
+HAP
+nginx -p "$work/up" -c "$work/up.conf" -g 'daemon off;' & pids+=($!)
+nginx -p "$work/ngx" -c "$work/ngx.conf" -g 'daemon off;' & pids+=($!)
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18183 RINGGATE_TLS_LISTEN=127.0.0.1:18546 \
+  RINGGATE_TLS_CERT="$work/cert.pem" RINGGATE_TLS_KEY="$work/key.pem" RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true \
+  RINGGATE_ROUTES=/=up RINGGATE_WORKER_UPSTREAMS=up=127.0.0.1:18380 RINGGATE_LOG=warn,ringgate::rt=info \
+  target/release/ringgate 2>"$work/ringgate.log" & pids+=($!)
+for port in 18181 18182 18183; do
+  for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/x" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS "http://127.0.0.1:$port/x" >/dev/null
+done
+
+cp bench/wrk-report.lua "$work/pct.lua"
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+declare -A R
+run_max() { # name url
+  local out
+  out=$(taskset -c 1 wrk -t1 -c1000 -d"${secs}s" --latency -s "$work/pct.lua" "$2" 2>&1 | grep wrk_result)
+  R[$1]="$(echo "$out" | field rps) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)"
+}
+run_rate() { # name url rate
+  local out
+  out=$(taskset -c 1 target/release/rg-load --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
+  R[$1]="$(echo "$out" | field achieved_rate) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)"
+}
+url_of() { # server proto
+  case "$1/$2" in
+    nginx/http) echo http://127.0.0.1:18181/x ;; nginx/https) echo https://127.0.0.1:18544/x ;;
+    haproxy/http) echo http://127.0.0.1:18182/x ;; haproxy/https) echo https://127.0.0.1:18545/x ;;
+    ringgate/http) echo http://127.0.0.1:18183/x ;; ringgate/https) echo https://127.0.0.1:18546/x ;;
+  esac
+}
+for proto in http https; do
+  for server in haproxy nginx ringgate; do
+    url=$(url_of $server $proto)
+    taskset -c 1 wrk -t1 -c100 -d"${warm}s" "$url" >/dev/null 2>&1 || true
+    run_max "$server/$proto/max" "$url"
+    for rate in $rates; do run_rate "$server/$proto/$rate" "$url" "$rate"; done
+  done
+done
+
+table=$(
+  echo "| scenario | HAProxy req/s | nginx req/s | ringgate req/s | vs HAProxy | vs nginx | HAProxy p50/p99/p99.9 ms | nginx p50/p99/p99.9 ms | ringgate p50/p99/p99.9 ms |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for proto in http https; do
+    for load in max $rates; do
+      read -r hr h50 h99 h999 he <<<"${R[haproxy/$proto/$load]}"
+      read -r nr n50 n99 n999 ne <<<"${R[nginx/$proto/$load]}"
+      read -r rr r50 r99 r999 re <<<"${R[ringgate/$proto/$load]}"
+      label="$proto, $( [ "$load" = max ] && echo "wrk -c1000 (max)" || echo "rg-load @ $load/s")"
+      vh=$(python3 -c "print(f'{$rr/$hr:.2f}x' if $hr else '-')")
+      vn=$(python3 -c "print(f'{$rr/$nr:.2f}x' if $nr else '-')")
+      echo "| $label | $hr | $nr | $rr | $vh | $vn | $h50 / $h99 / $h999 | $n50 / $n99 / $n999 | $r50 / $r99 / $r999 |"
+    done
+  done
+)
+stamp=$(date -u +%Y-%m-%dT%H%MZ)
+mkdir -p bench/results
+{
+  echo "# bench/proxy.sh $secs — $stamp"
+  echo
+  echo "machine: $(nproc) cores, kernel $(uname -r); proxies on CPU 0 (1 core / 1 thread / 1 worker), upstream nginx (1 KiB body) and load on CPU 1; ${secs}s per scenario; errors: see raw wrk/rg-load output"
+  echo
+  echo "$table"
+} | tee "bench/results/proxy-$stamp.md"
