@@ -31,6 +31,8 @@ pub const ENV_UPSTREAM_CONNECT_TIMEOUT: &str = "RINGGATE_UPSTREAM_CONNECT_TIMEOU
 /// `RINGGATE_UPSTREAM_RESPONSE_TIMEOUT`: wait for a worker's response head.
 pub const ENV_UPSTREAM_RESPONSE_TIMEOUT: &str = "RINGGATE_UPSTREAM_RESPONSE_TIMEOUT";
 
+/// `RINGGATE_UPSTREAM_IDLE_TIMEOUT`: how long a keep-alive connection to a worker may idle.
+pub const ENV_UPSTREAM_IDLE_TIMEOUT: &str = "RINGGATE_UPSTREAM_IDLE_TIMEOUT";
 /// `RINGGATE_STICKY_GROUPS`: worker groups with cookie-based sticky sessions.
 pub const ENV_STICKY_GROUPS: &str = "RINGGATE_STICKY_GROUPS";
 /// `RINGGATE_RATE_LIMIT`: proxied requests per second per tenant.
@@ -93,6 +95,8 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Response-head timeout (default 30 s).
     pub response_timeout: Duration,
+    /// Longest idle time of a pooled worker connection (default 30 s).
+    pub idle_timeout: Duration,
     /// Groups with sticky sessions.
     pub sticky_groups: Vec<String>,
     /// Per-tenant rate limit, when set.
@@ -225,6 +229,9 @@ impl Reader<'_> {
             })
             .unwrap_or_default();
         ProxyConfig {
+            idle_timeout: self
+                .parse(ENV_UPSTREAM_IDLE_TIMEOUT, parse::duration)
+                .unwrap_or(Duration::from_secs(30)),
             sticky_groups,
             rate_limit,
             health_interval: (!health_interval.is_zero()).then_some(health_interval),

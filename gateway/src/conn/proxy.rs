@@ -140,7 +140,7 @@ impl Conn {
         // A pooled connection the worker closed meanwhile fails on first use; a fresh one
         // is then opened (nothing of the request was processed on a dead connection).
         let mut stream = None;
-        if let Some(mut s) = up.take_idle(addr) {
+        if let Some(mut s) = up.take_idle(addr, cfg.idle_timeout) {
             let (res, _) = s.write_all(req_head.to_vec()).await;
             if res.is_ok() {
                 stream = Some(s);

@@ -96,7 +96,8 @@ pub struct Upstreams {
     workers: RefCell<Arc<WorkerSet>>,
     outstanding: RefCell<HashMap<SocketAddr, usize>>,
     health: RefCell<HashMap<SocketAddr, Health>>,
-    idle: RefCell<HashMap<SocketAddr, Vec<TcpStream>>>,
+    /// Keep-alive connections per worker, with when they were parked (newest last).
+    idle: RefCell<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
     buckets: RefCell<HashMap<String, Bucket>>,
     seed: Cell<u64>,
 }
@@ -305,9 +306,14 @@ impl Upstreams {
         h.active_down = !ok;
     }
 
-    /// A pooled connection to `addr`, if one is idle.
-    pub fn take_idle(&self, addr: SocketAddr) -> Option<TcpStream> {
-        self.idle.borrow_mut().get_mut(&addr)?.pop()
+    /// A pooled connection to `addr` idle for less than `max_idle`, if there is one;
+    /// older ones are closed.
+    pub fn take_idle(&self, addr: SocketAddr, max_idle: Duration) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        list.retain(|(_, at)| now.saturating_duration_since(*at) < max_idle);
+        list.pop().map(|(s, _)| s)
     }
 
     /// Keeps a connection for reuse (while the worker is still in the set).
@@ -322,7 +328,7 @@ impl Upstreams {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if live && list.len() < MAX_IDLE_PER_WORKER {
-            list.push(stream);
+            list.push((stream, Instant::now()));
         }
     }
 
