@@ -10,15 +10,17 @@
 #   bench/run.sh pool [ADMIN_URL]   the pool vs pgbench -S (pool/benches/vs-pgbench.sh).
 #   bench/run.sh sql [SECS]    /sql point SELECT vs pgbench -S direct and via PgBouncer (bench/sql.sh).
 #   bench/run.sh proxy [SECS]  reverse proxy vs HAProxy and nginx (bench/proxy.sh).
+#   bench/run.sh ha [SOAK_SECS] [TENANTS]   HA and load long forms (bench/ha.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite="${1:-http}"
 case "$suite" in
   sql) exec bench/sql.sh "${2:-10}" ;;
   proxy) exec bench/proxy.sh "${2:-10}" ;;
+  ha) exec bench/ha.sh "${2:-600}" "${3:-10000}" ;;
   pool) exec pool/benches/vs-pgbench.sh "${2:-${RINGGATE_TEST_PG_URL:?set RINGGATE_TEST_PG_URL or pass an admin URL}}" 8 10 ;;
   http) ;;
-  *) echo "usage: $0 http [SECS] | pool [ADMIN_URL] | sql [SECS] | proxy [SECS]" >&2; exit 2 ;;
+  *) echo "usage: $0 http [SECS] | pool [ADMIN_URL] | sql [SECS] | proxy [SECS] | ha [SOAK_SECS] [TENANTS]" >&2; exit 2 ;;
 esac
 secs="${2:-15}"
 warm=3

@@ -377,3 +377,237 @@ fn chaos_ha_switchover_under_load() {
         &r.failed_writes[..r.failed_writes.len().min(5)]
     );
 }
+
+/// Server connections ringgate holds on every member (`application_name` `ringgate/...`).
+fn ringgate_backends() -> usize {
+    required("RINGGATE_PG_NODES")
+        .split(',')
+        .filter_map(|node| {
+            ringgate_tests::backend::try_psql(
+                &ringgate_tests::backend::pg_node_url(node),
+                "select count(*) from pg_stat_activity where application_name like 'ringgate/%'",
+            )
+        })
+        .filter_map(|n| n.parse::<usize>().ok())
+        .sum()
+}
+
+/// Resident memory of this process (the test and the in-process gateway).
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Seconds of the soak: `RINGGATE_SOAK_SECS` (the long form, from bench/ha.sh), else 60.
+fn soak_secs() -> u64 {
+    std::env::var("RINGGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
+}
+
+#[test]
+#[ignore = "needs compose/cluster (exclusive: counts every ringgate server connection)"]
+fn chaos_soak_connections_stay_within_budget_and_memory_is_flat() {
+    let _lock = chaos_lock();
+    repair_cluster().unwrap_or_else(|e| panic!("the cluster is not healthy: {e}"));
+    let baseline = ringgate_backends();
+    let (etcd, patroni, scope, ns) = (
+        required("RINGGATE_ETCD_ENDPOINTS"),
+        required("RINGGATE_PATRONI_URLS"),
+        required("RINGGATE_PATRONI_SCOPE"),
+        required("RINGGATE_PATRONI_NAMESPACE"),
+    );
+    // Budget: 20 server connections per core, 2 cores.
+    let budget = 40;
+    let (g, addr) = start(&[
+        ("RINGGATE_ETCD_ENDPOINTS", etcd.as_str()),
+        ("RINGGATE_PATRONI_URLS", patroni.as_str()),
+        ("RINGGATE_PATRONI_SCOPE", scope.as_str()),
+        ("RINGGATE_PATRONI_NAMESPACE", ns.as_str()),
+        ("RINGGATE_WORKERS", "2"),
+        ("RINGGATE_POOL_MAX_TOTAL", "20"),
+        ("RINGGATE_POOL_IDLE_TTL", "3s"),
+    ]);
+    let table = unique("soak_");
+    psql(
+        &required("RINGGATE_TEST_ALPHA_URL"),
+        &format!("create table {table} (id bigserial primary key, note text)"),
+    );
+    let secs = soak_secs();
+    let load = Load::start(addr, &table);
+    let mut peak = 0;
+    let mut rss_samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(2));
+        peak = peak.max(ringgate_backends());
+        rss_samples.push(rss());
+    }
+    let samples = load.finish();
+    let failed = samples.iter().filter(|s| s.status != 200).count();
+    // Latency once warm (the first 5 s open the pools).
+    let latencies: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.due > Duration::from_secs(5))
+        .map(|s| s.latency)
+        .collect();
+    let p99 = percentile(latencies.clone(), 0.99);
+    let p50 = percentile(latencies, 0.50);
+    // Memory: the last third against the first third (after warm-up).
+    let third = (rss_samples.len() / 3).max(1);
+    let early = *rss_samples[..third].iter().max().unwrap();
+    let late = *rss_samples[rss_samples.len() - third..]
+        .iter()
+        .max()
+        .unwrap();
+    // After the load the pools expire and close their server connections.
+    let idle_start = Instant::now();
+    let mut after = ringgate_backends();
+    while after > baseline && idle_start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(500));
+        after = ringgate_backends();
+    }
+    eprintln!(
+        "soak {secs}s at {RATE} req/s: {} requests, {failed} failed, p50/p99 {:.1}/{:.1} ms; \
+         server connections peak {peak} (budget {budget}), {after} after {:.1}s idle (baseline {baseline}); \
+         RSS {:.1} MiB early, {:.1} MiB late",
+        samples.len(),
+        p50.as_secs_f64() * 1000.0,
+        p99.as_secs_f64() * 1000.0,
+        idle_start.elapsed().as_secs_f64(),
+        early as f64 / 1048576.0,
+        late as f64 / 1048576.0,
+    );
+    g.drain();
+    psql(
+        &required("RINGGATE_TEST_ALPHA_URL"),
+        &format!("drop table {table}"),
+    );
+    assert_eq!(failed, 0);
+    assert!(
+        peak <= baseline + budget,
+        "{peak} server connections, budget {budget}"
+    );
+    assert_eq!(
+        after, baseline,
+        "server connections did not return to the idle baseline"
+    );
+    assert!(
+        late < early + 16 * 1048576,
+        "RSS grew from {early} to {late}"
+    );
+}
+
+/// Tenants cycled through the pool cache: `RINGGATE_CHURN_TENANTS` (long form), else 1,000.
+fn churn_tenants() -> usize {
+    std::env::var("RINGGATE_CHURN_TENANTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+}
+
+#[test]
+#[ignore = "needs compose/cluster (exclusive: counts every ringgate server connection)"]
+fn chaos_tenant_churn_through_a_bounded_pool_cache() {
+    let _lock = chaos_lock();
+    repair_cluster().unwrap_or_else(|e| panic!("the cluster is not healthy: {e}"));
+    let n = churn_tenants();
+    let admin = required("RINGGATE_TEST_PG_URL");
+    let prefix = unique("churn");
+    // N roles, each a tenant with its own credentials (and so its own pool).
+    psql(
+        &admin,
+        &format!(
+            "do $$ begin for i in 0..{} loop \
+               execute format('create role %I login password %L', '{prefix}_' || i, 'churn-pw'); \
+               execute format('grant connect on database tenant_alpha to %I', '{prefix}_' || i); \
+             end loop; end $$",
+            n - 1
+        ),
+    );
+    wait_replicas_caught_up(Duration::from_secs(20));
+    let baseline = ringgate_backends();
+    let db = required("DATABASE_URL");
+    let (g, addr) = start(&[
+        ("DATABASE_URL", db.as_str()),
+        ("RINGGATE_MAX_TENANT_POOLS", "100"),
+        ("RINGGATE_POOL_MIN_WARM", "0"),
+    ]);
+    let host = required("DATABASE_URL");
+    let hostport = host
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    let mut peak = 0;
+    let mut rss_at = Vec::new();
+    for i in 0..n {
+        let cs = format!("postgresql://{prefix}_{i}:churn-pw@{hostport}/tenant_alpha");
+        let body = json!({"query": "select current_user as u"}).to_string();
+        let r = request(
+            addr,
+            "POST",
+            "/sql",
+            &[("Neon-Connection-String", &cs)],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "tenant {i}: {}", r.text());
+        assert_eq!(r.json()["rows"][0]["u"], format!("{prefix}_{i}"));
+        if i % 100 == 99 {
+            peak = peak.max(ringgate_backends());
+            rss_at.push(rss());
+        }
+    }
+    let took = started.elapsed();
+    let final_count = ringgate_backends();
+    eprintln!(
+        "tenant churn: {n} tenants through a cache of 100 pools in {:.1}s; server connections peak {} \
+         (baseline {baseline}), {} at the end; RSS {:.1} MiB after 100 tenants, {:.1} MiB after {n}",
+        took.as_secs_f64(),
+        peak,
+        final_count,
+        rss_at[0] as f64 / 1048576.0,
+        *rss_at.last().unwrap() as f64 / 1048576.0,
+    );
+    g.drain();
+    // Every pool closed with the gateway: no server connection left behind.
+    let end = Instant::now() + Duration::from_secs(10);
+    while ringgate_backends() > baseline && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let leaked = ringgate_backends().saturating_sub(baseline);
+    psql(
+        &admin,
+        &format!(
+            "do $$ begin for i in 0..{} loop \
+               execute format('revoke connect on database tenant_alpha from %I', '{prefix}_' || i); \
+               execute format('drop role %I', '{prefix}_' || i); \
+             end loop; end $$",
+            n - 1
+        ),
+    );
+    assert!(
+        peak <= baseline + 100,
+        "{peak} server connections with 100 pools"
+    );
+    assert_eq!(
+        leaked, 0,
+        "server connections left after the gateway stopped"
+    );
+    let growth = rss_at.last().unwrap().saturating_sub(rss_at[0]);
+    assert!(
+        growth < 32 * 1048576,
+        "RSS grew by {growth} bytes over {n} tenants"
+    );
+}
