@@ -37,8 +37,39 @@ use self::{
 };
 use crate::{core::Core, http::Response, router::Request};
 
-/// Attempts at one statement that was provably not executed.
+/// Attempts at one statement that was provably not executed, made at once; after them,
+/// attempts continue every [`RETRY_PAUSE`] until the failover wait has passed (a leader
+/// being promoted refuses writes with 25006 for a moment).
 const MAX_ATTEMPTS: usize = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Counts attempts at one statement and paces them.
+struct Attempts {
+    made: usize,
+    deadline: Instant,
+}
+
+impl Attempts {
+    fn new(wait: Duration) -> Self {
+        Self {
+            made: 0,
+            deadline: Instant::now() + wait,
+        }
+    }
+
+    /// Whether another attempt may be made (after a pause, once the quick ones are used).
+    async fn next(&mut self) -> bool {
+        self.made += 1;
+        if self.made <= MAX_ATTEMPTS {
+            return true;
+        }
+        if Instant::now() + RETRY_PAUSE >= self.deadline {
+            return false;
+        }
+        sleep(RETRY_PAUSE).await;
+        true
+    }
+}
 
 /// Handles `POST /sql`.
 pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
@@ -175,7 +206,8 @@ impl Ctx {
             Kind::Write => Intent::Write,
         };
         let array_mode = st.array_mode.unwrap_or(sql.array_mode);
-        for _ in 0..MAX_ATTEMPTS {
+        let mut attempts = Attempts::new(self.wait);
+        while attempts.next().await {
             let mut c = match self.checkout(sql, intent).await {
                 Ok(c) => c,
                 Err(e) => return pool_error(&e),
@@ -213,7 +245,8 @@ impl Ctx {
         if sql.txn.deferrable {
             begin.push_str(" DEFERRABLE");
         }
-        for _ in 0..MAX_ATTEMPTS {
+        let mut attempts = Attempts::new(self.wait);
+        while attempts.next().await {
             let mut c = match self.checkout(sql, intent).await {
                 Ok(c) => c,
                 Err(e) => return pool_error(&e),
