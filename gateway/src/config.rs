@@ -91,6 +91,8 @@ pub const ENV_SQL_MAX_RESPONSE_BYTES: &str = "RINGGATE_SQL_MAX_RESPONSE_BYTES";
 pub const ENV_SQL_STATEMENT_TIMEOUT: &str = "RINGGATE_SQL_STATEMENT_TIMEOUT";
 /// How long a write waits for a leader during failover.
 pub const ENV_FAILOVER_WAIT: &str = "RINGGATE_FAILOVER_WAIT";
+/// `RINGGATE_ADMIN_TOKEN`: bearer token for `/admin`; admin endpoints are off without it.
+pub const ENV_ADMIN_TOKEN: &str = "RINGGATE_ADMIN_TOKEN";
 /// Log filter in `tracing_subscriber::EnvFilter` syntax.
 pub const ENV_LOG: &str = "RINGGATE_LOG";
 /// Log format: `plain` or `json`.
@@ -203,6 +205,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_FAILOVER_WAIT, default: "15s", help: "a write with no reachable leader waits this long for a new one, then 503" },
     VarDoc { name: ENV_CONTROL_DATABASE_URL, default: "(unset)", help: "control database with ringgate.projects; when set, /sql checks the project, its database and role" },
     VarDoc { name: ENV_PROJECT_CACHE_TTL, default: "60s", help: "how long a project's row (or its absence) is cached per core" },
+    VarDoc { name: ENV_ADMIN_TOKEN, default: "(unset)", help: "bearer token (16+ characters) for /admin, /admin/status, /admin/upstreams; off when unset" },
     VarDoc { name: ENV_REDIS_SENTINELS, default: "(unset)", help: "Sentinel addresses (host:port,...); enables Redis: API keys, worker discovery" },
     VarDoc { name: ENV_REDIS_MASTER, default: "mymaster", help: "the master name the Sentinels monitor" },
     VarDoc { name: ENV_REDIS_PASSWORD, default: "(unset)", help: "password of the Redis nodes (requirepass)" },
@@ -407,6 +410,8 @@ pub struct Config {
     pub authenticator: Option<Authenticator>,
     /// Reverse-proxy routes and workers.
     pub proxy: ProxyConfig,
+    /// Bearer token for the admin endpoints (off when `None`).
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -494,6 +499,16 @@ impl Config {
             ..sql_defaults
         };
         let failover_wait = r.parse(ENV_FAILOVER_WAIT, parse::duration);
+        let admin_token = r.parse(ENV_ADMIN_TOKEN, |s| {
+            let t = s.trim();
+            if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(t.to_string())
+            } else {
+                Err(parse::ParseError {
+                    expected: "at least 16 printable characters without spaces",
+                })
+            }
+        });
         let redis = r.redis();
         let authenticator = r.authenticator();
         let proxy = r.proxy();
@@ -542,6 +557,7 @@ impl Config {
             redis,
             authenticator,
             proxy,
+            admin_token,
         })
     }
 }

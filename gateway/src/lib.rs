@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //! - [`config`]: environment variables, `--help`.
+//! - [`admin`]: token-protected status endpoints and page.
 //! - [`rt`]: driver choice (io_uring or epoll), runtimes, CPU pinning.
 //! - [`server`]: listeners, accept loops, the per-core control loop.
 //! - [`conn`]: one client connection: HTTP/1.1 keep-alive, limits, timeouts.
@@ -24,6 +25,7 @@
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod core;
@@ -124,6 +126,7 @@ fn start_topology(
 fn start_redis(
     config: &Config,
     cores: Vec<flume::Sender<Control>>,
+    registry: Arc<Registry>,
 ) -> Result<Option<ringgate_discovery::redis::RedisHandle>, StartError> {
     let publish = move |set: Arc<ringgate_discovery::workers::WorkerSet>| {
         for tx in &cores {
@@ -142,8 +145,11 @@ fn start_redis(
         interval: config.proxy.discovery_interval,
         publish: Box::new(publish),
     };
-    let handle = ringgate_discovery::redis::spawn(settings.redis.clone(), Some(watch))
-        .map_err(StartError::Thread)?;
+    let observe: ringgate_discovery::redis::MasterObserver =
+        Box::new(move |addr: &str| registry.redis_master_is(addr));
+    let handle =
+        ringgate_discovery::redis::spawn(settings.redis.clone(), Some(watch), Some(observe))
+            .map_err(StartError::Thread)?;
     info!(
         sentinels = settings.redis.sentinels.len(),
         master = %settings.redis.master,
@@ -189,7 +195,11 @@ impl Gateway {
         let channels: Vec<_> = (0..n).map(|_| flume::unbounded::<Control>()).collect();
         let (topology, resolve) =
             start_topology(&config, channels.iter().map(|(tx, _)| tx.clone()).collect())?;
-        let redis = start_redis(&config, channels.iter().map(|(tx, _)| tx.clone()).collect())?;
+        let redis = start_redis(
+            &config,
+            channels.iter().map(|(tx, _)| tx.clone()).collect(),
+            registry.clone(),
+        )?;
         let mut channels = channels;
         let mut cores = Vec::with_capacity(n);
         for id in (0..n).rev() {

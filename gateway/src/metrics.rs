@@ -261,6 +261,8 @@ pub struct Registry {
     draining: AtomicBool,
     tls_reloads: AtomicU64,
     tls_reload_failures: AtomicU64,
+    redis_master: std::sync::RwLock<Option<String>>,
+    redis_master_changes: AtomicU64,
 }
 
 // === impl Registry ===
@@ -274,7 +276,37 @@ impl Registry {
             draining: AtomicBool::new(false),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
+            redis_master: std::sync::RwLock::new(None),
+            redis_master_changes: AtomicU64::new(0),
         })
+    }
+
+    /// Records the Redis master the Sentinels named; a change after the first counts as a
+    /// master change (failover or switchover).
+    pub fn redis_master_is(&self, addr: &str) {
+        let mut m = self.redis_master.write().unwrap_or_else(|e| e.into_inner());
+        if m.is_some() {
+            self.redis_master_changes.fetch_add(1, Relaxed);
+        }
+        *m = Some(addr.to_string());
+    }
+
+    /// The current Redis master, once resolved.
+    pub fn redis_master(&self) -> Option<String> {
+        self.redis_master
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Redis master changes seen since start.
+    pub fn redis_master_changes(&self) -> u64 {
+        self.redis_master_changes.load(Relaxed)
+    }
+
+    /// Whether the process is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Relaxed)
     }
 
     /// Core `n`'s metrics.
@@ -317,6 +349,18 @@ impl Registry {
         )?;
         writeln!(o, "# HELP ringgate_draining 1 while the process drains after SIGTERM.\n# TYPE ringgate_draining gauge")?;
         writeln!(o, "ringgate_draining {}", self.draining.load(Relaxed) as u8)?;
+        writeln!(o, "# HELP ringgate_redis_master_changes_total Redis master changes seen (Sentinel failovers).\n# TYPE ringgate_redis_master_changes_total counter")?;
+        writeln!(
+            o,
+            "ringgate_redis_master_changes_total {}",
+            self.redis_master_changes.load(Relaxed)
+        )?;
+        writeln!(o, "# HELP ringgate_redis_master_known 1 once a Redis master is resolved (0 also when Redis is not configured).\n# TYPE ringgate_redis_master_known gauge")?;
+        writeln!(
+            o,
+            "ringgate_redis_master_known {}",
+            self.redis_master().is_some() as u8
+        )?;
         writeln!(
             o,
             "# HELP ringgate_http_requests_total HTTP requests served, by core, route and status."

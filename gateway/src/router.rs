@@ -25,7 +25,8 @@ pub struct Request {
 
 /// Whether `path` is one of ringgate's own endpoints (never proxied).
 pub fn is_own(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/sql") || path.starts_with("/admin/")
+    matches!(path, "/health" | "/ready" | "/metrics" | "/sql" | "/admin")
+        || path.starts_with("/admin/")
 }
 
 /// Handles `req` on `core`; returns the route it was counted under and the response.
@@ -54,7 +55,10 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
             }),
         ),
         "/sql" => (Route::Sql, crate::sql::handle(core, req).await),
-        "/admin/upstreams" => (Route::Admin, only_get(req, || upstreams(core))),
+        _ if path == "/admin" || path.starts_with("/admin/") => (
+            Route::Admin,
+            only_get(req, || crate::admin::handle(core, req)),
+        ),
         _ => (
             Route::NotFound,
             error_response(
@@ -65,34 +69,6 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
         ),
     };
     (route, response)
-}
-
-/// `GET /admin/upstreams`: this core's worker snapshot.
-fn upstreams(core: &Core) -> Response {
-    let set = core.upstreams.workers();
-    let groups: serde_json::Map<String, serde_json::Value> = set
-        .groups
-        .iter()
-        .map(|(g, ws)| {
-            let list: Vec<serde_json::Value> = ws
-                .iter()
-                .map(|w| {
-                    serde_json::json!({
-                        "addr": w.addr.to_string(),
-                        "weight": w.weight,
-                        "colour": w.colour,
-                        "effective_weight": crate::proxy::effective_weight(&set, w),
-                        "healthy": core.upstreams.healthy(w.addr),
-                    })
-                })
-                .collect();
-            (g.clone(), serde_json::Value::Array(list))
-        })
-        .collect();
-    Response::json(
-        StatusCode::OK,
-        &serde_json::json!({ "groups": groups, "colour_weights": set.colour_weights }),
-    )
 }
 
 fn ready(core: &Core) -> Response {

@@ -95,3 +95,9 @@ pub fn request(
     s.write_all(body).unwrap();
     read_response(&mut BufReader::new(s)).expect("a response")
 }
+
+/// `GET path` on an admin endpoint with the test gateway's admin token.
+pub fn admin_get(addr: SocketAddr, path: &str) -> Resp {
+    let bearer = format!("Bearer {}", crate::gateway::ADMIN_TOKEN);
+    request(addr, "GET", path, &[("Authorization", &bearer)], b"")
+}

@@ -2,7 +2,11 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use ringgate_tests::{gateway::start, http::request, worker::TestWorker};
+use ringgate_tests::{
+    gateway::start,
+    http::{admin_get, request},
+    worker::TestWorker,
+};
 
 /// An address nothing listens on.
 fn dead_addr() -> SocketAddr {
@@ -355,7 +359,7 @@ fn test_proxy_active_health_checks_take_a_sick_worker_out_and_back() {
         ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "100ms"),
     ]);
     let healthy = |worker: &TestWorker| {
-        let admin = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+        let admin = admin_get(addr, "/admin/upstreams").json();
         admin["groups"]["g"]
             .as_array()
             .unwrap()

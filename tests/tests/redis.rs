@@ -12,7 +12,7 @@ use ringgate_tests::{
         repair_cluster, required, unique,
     },
     gateway::start,
-    http::{request, Resp},
+    http::{admin_get, request, Resp},
     worker::TestWorker,
 };
 use serde_json::{json, Value};
@@ -226,14 +226,14 @@ fn test_dynamic_worker_discovery() {
         "both workers serve: {got1} / {got2}"
     );
 
-    let admin = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+    let admin = admin_get(addr, "/admin/upstreams").json();
     assert_eq!(admin["groups"][&group].as_array().map(Vec::len), Some(2));
 
     // w1's heartbeat lapses: it is removed (key expiry event) and gets nothing more.
     register(&group, "w1", &w1, 1, false);
     let start = Instant::now();
     loop {
-        let set = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+        let set = admin_get(addr, "/admin/upstreams").json();
         if set["groups"][&group].as_array().map(Vec::len) == Some(1) {
             break;
         }
@@ -312,6 +312,26 @@ fn chaos_redis_failover_loses_no_session() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let switched = switched.expect("Sentinels elected a new Redis master within 20 s");
+    // ringgate saw the switch: its status names the new master and counts the change.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = admin_get(addr, "/admin/status").json();
+        if status["redis"]["master"] == redis_master_addr().as_str()
+            && status["redis"]["master_changes"].as_u64() >= Some(1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "ringgate did not report the new master: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = request(addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        !metrics.contains("ringgate_redis_master_changes_total 0\n"),
+        "master change not counted"
+    );
     eprintln!(
         "redis failover with sessions: {ok} requests, none failed; new master after {:.1}s; \
          slowest request {:.2}s",
@@ -415,7 +435,7 @@ fn test_blue_green_switch_takes_effect_within_a_second_without_failures() {
     );
     assert_eq!(failed, 0);
     assert!(to_green < Duration::from_secs(1) && to_blue < Duration::from_secs(1));
-    let admin = request(addr, "GET", "/admin/upstreams", &[], b"").json();
+    let admin = admin_get(addr, "/admin/upstreams").json();
     assert_eq!(admin["colour_weights"][&group]["blue"], 100);
     for id in ["b", "g"] {
         redis_master(&["DEL", &format!("ringgate:worker:{group}:{id}")]);
@@ -438,7 +458,7 @@ fn test_deregistered_worker_is_drained_not_cut() {
     redis_master(&["DEL", &key]);
     redis_master(&["PUBLISH", "ringgate:workers", &key]);
     let start = Instant::now();
-    while request(addr, "GET", "/admin/upstreams", &[], b"").json()["groups"][&group].is_array() {
+    while admin_get(addr, "/admin/upstreams").json()["groups"][&group].is_array() {
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "worker not removed"

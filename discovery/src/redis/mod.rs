@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::side::{spawn, WorkerWatch};
+pub use self::side::{spawn, MasterObserver, WorkerWatch};
 
 /// Where Redis is and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]

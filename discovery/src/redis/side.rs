@@ -50,8 +50,15 @@ enum Hint {
     Broken(String),
 }
 
+/// Called with the new master's address whenever the resolved master changes.
+pub type MasterObserver = Box<dyn Fn(&str) + Send>;
+
 /// Starts the side thread; it runs until every handle is dropped.
-pub fn spawn(config: RedisConfig, workers: Option<WorkerWatch>) -> std::io::Result<RedisHandle> {
+pub fn spawn(
+    config: RedisConfig,
+    workers: Option<WorkerWatch>,
+    on_master: Option<MasterObserver>,
+) -> std::io::Result<RedisHandle> {
     let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -62,7 +69,7 @@ pub fn spawn(config: RedisConfig, workers: Option<WorkerWatch>) -> std::io::Resu
             runtime.block_on(async move {
                 let (master_tx, master_rx) = watch::channel::<Option<Master>>(None);
                 let (hints, hint_rx) = mpsc::unbounded_channel::<Hint>();
-                tokio::spawn(resolver(config.clone(), master_tx, hint_rx));
+                tokio::spawn(resolver(config.clone(), master_tx, hint_rx, on_master));
                 for s in &config.sentinels {
                     tokio::spawn(switch_listener(s.clone(), config.clone(), hints.clone()));
                 }
@@ -87,6 +94,7 @@ async fn resolver(
     config: RedisConfig,
     master: watch::Sender<Option<Master>>,
     mut hints: mpsc::UnboundedReceiver<Hint>,
+    on_master: Option<MasterObserver>,
 ) {
     let mut hint = None;
     loop {
@@ -105,6 +113,9 @@ async fn resolver(
                 Ok(conn) => {
                     if current.as_ref() != Some(&addr) {
                         info!(master = %addr, previous = ?current, "Redis master");
+                        if let Some(observe) = &on_master {
+                            observe(&addr);
+                        }
                     }
                     master.send_replace(Some(Master { addr, conn }));
                 }

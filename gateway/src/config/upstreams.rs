@@ -302,6 +302,10 @@ mod env_tests {
             "RINGGATE_WORKER_UPSTREAMS"
         );
         assert_eq!(
+            named(read(&[("RINGGATE_ADMIN_TOKEN", "short")])),
+            "RINGGATE_ADMIN_TOKEN"
+        );
+        assert_eq!(
             named(read(&[("RINGGATE_DISCOVERY_INTERVAL", "soon")])),
             "RINGGATE_DISCOVERY_INTERVAL"
         );

@@ -1,0 +1,281 @@
+//! Operator endpoints, off unless `RINGGATE_ADMIN_TOKEN` is set, and then only for
+//! `Authorization: Bearer <token>`:
+//! - `GET /admin/status`: JSON — build, this core, topology, pools, upstreams, Redis.
+//! - `GET /admin/upstreams`: JSON — workers by group with weights and health.
+//! - `GET /admin`: the same status as a small server-rendered HTML page.
+//!
+//! Each answer is the view of the core that took the connection (cores share nothing).
+
+use http::{header, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{core::Core, error::error_response, http::Response, router::Request};
+
+/// Whether `presented` equals `token`, in time independent of where they differ.
+fn same_token(presented: &[u8], token: &[u8]) -> bool {
+    presented.len() == token.len()
+        && presented
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The refusal for a request that may not see admin endpoints, if it may not.
+fn refuse(core: &Core, req: &Request) -> Option<Response> {
+    let Some(token) = core.config.admin_token.as_deref() else {
+        return Some(error_response(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "admin endpoints are off (set RINGGATE_ADMIN_TOKEN)",
+        ));
+    };
+    let presented = req
+        .head
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if same_token(p.as_bytes(), token.as_bytes()) => None,
+        _ => Some(
+            error_response(
+                StatusCode::UNAUTHORIZED,
+                "admin_unauthorized",
+                "admin endpoints need Authorization: Bearer <RINGGATE_ADMIN_TOKEN>",
+            )
+            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
+        ),
+    }
+}
+
+/// Handles `/admin`, `/admin/status` and `/admin/upstreams`.
+pub fn handle(core: &Core, req: &Request) -> Response {
+    if let Some(refusal) = refuse(core, req) {
+        return refusal;
+    }
+    match req.head.uri.path() {
+        "/admin" | "/admin/" => Response::new(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            render_page(&status(core)),
+        ),
+        "/admin/status" => Response::json(StatusCode::OK, &status(core)),
+        "/admin/upstreams" => Response::json(StatusCode::OK, &upstreams(core)),
+        other => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no admin route {other}"),
+        ),
+    }
+}
+
+/// This core's worker snapshot: workers by group, effective weights, health.
+fn upstreams(core: &Core) -> Value {
+    let set = core.upstreams.workers();
+    let groups: serde_json::Map<String, Value> = set
+        .groups
+        .iter()
+        .map(|(g, ws)| {
+            let list: Vec<Value> = ws
+                .iter()
+                .map(|w| {
+                    json!({
+                        "addr": w.addr.to_string(),
+                        "weight": w.weight,
+                        "colour": w.colour,
+                        "effective_weight": crate::proxy::effective_weight(&set, w),
+                        "healthy": core.upstreams.healthy(w.addr),
+                    })
+                })
+                .collect();
+            (g.clone(), Value::Array(list))
+        })
+        .collect();
+    json!({ "groups": groups, "colour_weights": set.colour_weights })
+}
+
+/// Everything `/admin/status` shows.
+fn status(core: &Core) -> Value {
+    let member = |m: &ringgate_discovery::Member| {
+        json!({
+            "name": m.name,
+            "addr": m.addr.to_string(),
+            "healthy": m.healthy,
+            "lag_bytes": m.lag_bytes,
+            "timeline": m.timeline,
+        })
+    };
+    let topology = core.db.as_ref().map(|db| {
+        let t = db.topology();
+        json!({
+            "epoch": t.epoch,
+            "stale": t.stale,
+            "leader": t.leader.as_ref().map(member),
+            "replicas": t.replicas.iter().map(member).collect::<Vec<_>>(),
+        })
+    });
+    let pools = core.db.as_ref().map(|db| {
+        let s = db.stats();
+        json!({
+            "tenant_pools": s.pools,
+            "server_connections": s.connections,
+            "in_use": s.in_use,
+            "evicted_capacity": s.evicted_capacity,
+            "evicted_idle": s.evicted_idle,
+            "evicted_topology": s.evicted_topology,
+            "wait_timeouts": s.wait_timeouts,
+        })
+    });
+    let registry = &core.registry;
+    json!({
+        "build": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "driver": core.driver.label(),
+            "cores": core.config.workers,
+        },
+        "core": core.id,
+        "draining": registry.draining(),
+        "connections": core.connections(),
+        "in_flight": core.in_flight(),
+        "topology": topology,
+        "pools": pools,
+        "upstreams": upstreams(core),
+        "redis": {
+            "configured": core.config.redis.is_some(),
+            "sentinels": core.config.redis.as_ref().map(|r| r.redis.sentinels.clone()),
+            "master": registry.redis_master(),
+            "master_changes": registry.redis_master_changes(),
+        },
+    })
+}
+
+/// Escapes text for HTML.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A value as short text for a table cell.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "—".into(),
+        Value::String(s) => escape(s),
+        other => escape(&other.to_string()),
+    }
+}
+
+/// The status page: one table per section.
+pub fn render_page(status: &Value) -> String {
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ringgate status</title>\
+         <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}\
+         td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.bad{color:#b00}</style>\
+         </head><body><h1>ringgate</h1>",
+    );
+    let b = &status["build"];
+    html.push_str(&format!(
+        "<p id=\"build\">version {} · driver {} · {} cores · this is core {}{}</p>",
+        cell(&b["version"]),
+        cell(&b["driver"]),
+        cell(&b["cores"]),
+        cell(&status["core"]),
+        if status["draining"] == true {
+            " · <span class=\"bad\">draining</span>"
+        } else {
+            ""
+        }
+    ));
+    html.push_str("<h2>Topology</h2><table id=\"topology\"><tr><th>member</th><th>role</th><th>address</th><th>healthy</th><th>lag bytes</th><th>timeline</th></tr>");
+    let t = &status["topology"];
+    let mut rows = Vec::new();
+    if !t["leader"].is_null() {
+        rows.push(("leader", &t["leader"]));
+    }
+    if let Some(rs) = t["replicas"].as_array() {
+        rows.extend(rs.iter().map(|r| ("replica", r)));
+    }
+    for (role, m) in rows {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{role}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            cell(&m["name"]),
+            cell(&m["addr"]),
+            cell(&m["healthy"]),
+            cell(&m["lag_bytes"]),
+            cell(&m["timeline"])
+        ));
+    }
+    html.push_str(&format!(
+        "</table><p>epoch {} · stale {}</p>",
+        cell(&t["epoch"]),
+        cell(&t["stale"])
+    ));
+    html.push_str("<h2>Pools (this core)</h2><table id=\"pools\">");
+    if let Some(p) = status["pools"].as_object() {
+        for (k, v) in p {
+            html.push_str(&format!(
+                "<tr><th>{}</th><td>{}</td></tr>",
+                escape(k),
+                cell(v)
+            ));
+        }
+    }
+    html.push_str("</table><h2>Upstreams</h2><table id=\"upstreams\"><tr><th>group</th><th>worker</th><th>colour</th><th>weight</th><th>effective</th><th>healthy</th></tr>");
+    if let Some(groups) = status["upstreams"]["groups"].as_object() {
+        for (g, ws) in groups {
+            for w in ws.as_array().into_iter().flatten() {
+                html.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(g),
+                    cell(&w["addr"]),
+                    cell(&w["colour"]),
+                    cell(&w["weight"]),
+                    cell(&w["effective_weight"]),
+                    cell(&w["healthy"])
+                ));
+            }
+        }
+    }
+    let r = &status["redis"];
+    html.push_str(&format!(
+        "</table><h2>Redis (Sentinel view)</h2><table id=\"redis\"><tr><th>configured</th><td>{}</td></tr>\
+         <tr><th>master</th><td>{}</td></tr><tr><th>master changes</th><td>{}</td></tr></table></body></html>",
+        cell(&r["configured"]),
+        cell(&r["master"]),
+        cell(&r["master_changes"])
+    ));
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token(b"secret-token-123", b"secret-token-123"));
+        assert!(!same_token(b"secret-token-12", b"secret-token-123"));
+        assert!(!same_token(b"secret-token-124", b"secret-token-123"));
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        let status = json!({
+            "build": {"version": "1", "driver": "epoll", "cores": 2},
+            "core": 0,
+            "draining": true,
+            "topology": {"leader": {"name": "<pg1>", "addr": "a"}, "replicas": [], "epoch": 3, "stale": false},
+            "pools": {"tenant_pools": 1},
+            "upstreams": {"groups": {"g": [{"addr": "x&y", "weight": 1}]}},
+            "redis": {"configured": false, "master": null},
+        });
+        let html = render_page(&status);
+        assert!(html.contains("&lt;pg1&gt;") && !html.contains("<pg1>"));
+        assert!(html.contains("x&amp;y"));
+        assert!(html.contains("draining"));
+        assert!(html.contains("id=\"topology\"") && html.contains("id=\"upstreams\""));
+    }
+}
