@@ -101,6 +101,8 @@ pub struct CoreMetrics {
     rate_limited: AtomicU64,
     requests_cut: AtomicU64,
     pool: [AtomicU64; POOL_GAUGES.len()],
+    /// `(group, workers, healthy)` as of the last health round (off the hot path).
+    upstreams: std::sync::RwLock<Vec<(String, u64, u64)>>,
 }
 
 /// Pool figures each core publishes once a second: name, type, help.
@@ -165,6 +167,7 @@ impl Default for CoreMetrics {
             rate_limited: AtomicU64::new(0),
             requests_cut: AtomicU64::new(0),
             pool: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstreams: std::sync::RwLock::new(Vec::new()),
         }
     }
 }
@@ -172,6 +175,11 @@ impl Default for CoreMetrics {
 // === impl CoreMetrics ===
 
 impl CoreMetrics {
+    /// Publishes this core's view of the worker groups: `(group, workers, healthy)`.
+    pub fn set_upstreams(&self, groups: Vec<(String, u64, u64)>) {
+        *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = groups;
+    }
+
     /// Counts one finished request.
     pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
         let r = route.index();
@@ -468,6 +476,25 @@ impl Registry {
             writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
             for (c, m) in self.cores.iter().enumerate() {
                 writeln!(o, "{name}{{core=\"{c}\"}} {}", m.pool[i].load(Relaxed))?;
+            }
+        }
+        writeln!(o, "# HELP ringgate_upstream_workers Workers known per group, as each core sees them.\n# TYPE ringgate_upstream_workers gauge")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            for (group, total, _) in m.upstreams.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                writeln!(
+                    o,
+                    "ringgate_upstream_workers{{core=\"{c}\",group=\"{group}\"}} {total}"
+                )?;
+            }
+        }
+        writeln!(o, "# HELP ringgate_upstream_healthy_workers Workers a core considers healthy (active and passive checks), per group.\n# TYPE ringgate_upstream_healthy_workers gauge")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            for (group, _, healthy) in m.upstreams.read().unwrap_or_else(|e| e.into_inner()).iter()
+            {
+                writeln!(
+                    o,
+                    "ringgate_upstream_healthy_workers{{core=\"{c}\",group=\"{group}\"}} {healthy}"
+                )?;
             }
         }
         writeln!(o, "# HELP ringgate_tls_reloads_total Certificate reloads, by result.\n# TYPE ringgate_tls_reloads_total counter")?;

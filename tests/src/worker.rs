@@ -24,6 +24,7 @@ pub struct TestWorker {
     pub served: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     sick: Arc<AtomicBool>,
+    failing: Arc<AtomicBool>,
 }
 
 impl TestWorker {
@@ -35,13 +36,19 @@ impl TestWorker {
         let served = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let sick = Arc::new(AtomicBool::new(false));
-        let (s, st, n, si) = (served.clone(), stop.clone(), name.to_string(), sick.clone());
+        let failing = Arc::new(AtomicBool::new(false));
+        let flags = Flags {
+            stop: stop.clone(),
+            sick: sick.clone(),
+            failing: failing.clone(),
+        };
+        let (s, n) = (served.clone(), name.to_string());
         std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
+            while !flags.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (s, st, n, si) = (s.clone(), st.clone(), n.clone(), si.clone());
-                        std::thread::spawn(move || serve(stream, &n, &s, &st, &si));
+                        let (s, n, f) = (s.clone(), n.clone(), flags.clone());
+                        std::thread::spawn(move || serve(stream, &n, &s, &f));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -52,6 +59,7 @@ impl TestWorker {
             served,
             stop,
             sick,
+            failing,
         }
     }
 
@@ -63,6 +71,11 @@ impl TestWorker {
     /// Makes `GET /health` answer 503 (`true`) or 200 (`false`).
     pub fn set_sick(&self, sick: bool) {
         self.sick.store(sick, Ordering::Relaxed);
+    }
+
+    /// Makes every request but `/health` answer 500 (`true`) or normally (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
     }
 
     /// Dies: stops accepting, and every open connection is closed on its next request
@@ -78,13 +91,16 @@ impl Drop for TestWorker {
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    name: &str,
-    served: &AtomicUsize,
-    stop: &AtomicBool,
-    sick: &AtomicBool,
-) {
+/// The switches a test flips on a running worker.
+#[derive(Debug, Clone)]
+struct Flags {
+    stop: Arc<AtomicBool>,
+    sick: Arc<AtomicBool>,
+    failing: Arc<AtomicBool>,
+}
+
+fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, flags: &Flags) {
+    let (stop, sick) = (&flags.stop, &flags.sick);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut out = stream;
@@ -147,6 +163,8 @@ fn serve(
         };
         let sent = if path == "/health" && sick.load(Ordering::Relaxed) {
             out.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+        } else if path != "/health" && flags.failing.load(Ordering::Relaxed) {
+            out.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 6\r\n\r\nbroken")
         } else if let Some(n) = number("/download/") {
             out.write_all(head(&format!("content-length: {n}\r\n")).as_bytes())
                 .and_then(|_| send_bytes(&mut out, n, false))

@@ -473,3 +473,88 @@ fn test_deregistered_worker_is_drained_not_cut() {
     let r = request(addr, "GET", "/dr", &[], b"");
     assert_eq!(r.status, 503, "no worker left: {}", r.text());
 }
+
+/// Runs scripts/blue-green-deploy for `group` against the gateway at `addr` while two
+/// clients keep requests flowing; returns whether it succeeded and its output.
+fn deploy(addr: SocketAddr, group: &str, path: &'static str) -> (bool, String) {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    request(addr, "GET", path, &[], b"");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        })
+        .collect();
+    let out = std::process::Command::new(format!(
+        "{}/../scripts/blue-green-deploy",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .args([
+        group,
+        "--steps",
+        "25,100",
+        "--hold",
+        "1.5",
+        "--metrics",
+        &format!("http://{addr}/metrics"),
+    ])
+    .output()
+    .expect("run scripts/blue-green-deploy");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_blue_green_deploy_script_promotes_green_or_rolls_back() {
+    let group = unique("deploy");
+    let routes = format!("/dep={group}");
+    let (_g, addr) = start_with_redis(&[("RINGGATE_ROUTES", routes.as_str())]);
+    let (blue, green) = (TestWorker::start("blue"), TestWorker::start("green"));
+    set_weights(&group, 100, 0);
+    register_coloured(&group, "b", &blue, "blue");
+    register_coloured(&group, "g", &green, "green");
+    wait_for_worker(addr, "/dep", "blue", Duration::from_secs(2));
+
+    // A healthy green takes over.
+    let (ok, out) = deploy(addr, &group, "/dep/x");
+    assert!(ok, "deploy failed: {out}");
+    let weights = format!("ringgate:weights:{group}");
+    assert_eq!(redis_master(&["HGET", &weights, "green"]), "100");
+    wait_for_worker(addr, "/dep", "green", Duration::from_secs(2));
+
+    // Back to blue, then a green that fails requests: rolled back at the first step.
+    set_weights(&group, 100, 0);
+    wait_for_worker(addr, "/dep", "blue", Duration::from_secs(2));
+    green.set_failing(true);
+    let (ok, out) = deploy(addr, &group, "/dep/x");
+    assert!(!ok, "a failing green must roll back: {out}");
+    assert!(out.contains("ROLLED BACK"), "{out}");
+    assert_eq!(redis_master(&["HGET", &weights, "blue"]), "100");
+    assert_eq!(redis_master(&["HGET", &weights, "green"]), "0");
+    eprintln!(
+        "blue-green deploy: promoted a healthy green; rolled back a failing one ({})",
+        out.lines().last().unwrap_or("")
+    );
+    drop(blue);
+    for id in ["b", "g"] {
+        redis_master(&["DEL", &format!("ringgate:worker:{group}:{id}")]);
+    }
+    redis_master(&["DEL", &weights]);
+}

@@ -408,6 +408,15 @@ pub async fn health_checks(core: Rc<Core>) {
             let ok = check(addr, &path).await;
             core.upstreams.record_check(addr, ok);
         }
+        let groups = set
+            .groups
+            .iter()
+            .map(|(g, ws)| {
+                let healthy = ws.iter().filter(|w| core.upstreams.healthy(w.addr)).count();
+                (g.clone(), ws.len() as u64, healthy as u64)
+            })
+            .collect();
+        core.metrics().set_upstreams(groups);
         monoio::select! {
             _ = monoio::time::sleep(interval) => {}
             _ = core.drain.signaled() => return,
