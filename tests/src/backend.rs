@@ -224,3 +224,16 @@ pub fn redis_master(args: &[&str]) -> String {
     redis_cli(&master, Some(&password), args)
         .unwrap_or_else(|| panic!("redis {args:?} on {master} failed"))
 }
+
+/// A Neon connection string for project `alpha` with tenant_alpha's owner credentials
+/// (from `RINGGATE_TEST_ALPHA_URL`).
+pub fn alpha_conn_string() -> String {
+    let alpha = required("RINGGATE_TEST_ALPHA_URL");
+    let creds = alpha
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('@').next())
+        .expect("user and password in RINGGATE_TEST_ALPHA_URL")
+        .to_string();
+    format!("postgresql://{creds}@alpha.ringgate.test/tenant_alpha")
+}

@@ -14,7 +14,8 @@ use std::{
 
 use ringgate_tests::{
     backend::{
-        chaos_lock, cluster, psql, repair_cluster, required, unique, wait_replicas_caught_up,
+        alpha_conn_string, chaos_lock, cluster, psql, repair_cluster, required, unique,
+        wait_replicas_caught_up,
     },
     gateway::start,
     http::request,
@@ -25,17 +26,6 @@ use serde_json::{json, Value};
 const RATE: f64 = 500.0;
 /// Client threads (each sends its share of the schedule on fresh connections).
 const CLIENTS: usize = 40;
-
-fn alpha_conn_string() -> String {
-    let alpha = required("RINGGATE_TEST_ALPHA_URL");
-    let creds = alpha
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split('@').next())
-        .unwrap()
-        .to_string();
-    format!("postgresql://{creds}@alpha.ringgate.test/tenant_alpha")
-}
 
 /// One request of the load.
 #[derive(Debug, Clone)]
@@ -237,6 +227,27 @@ fn host_of(name: &str) -> String {
     node.split(':').next().unwrap().to_string()
 }
 
+/// Stops the gateway, drops the run's table, repairs the cluster, then checks that no read
+/// failed and no write failed other than with `outcome_unknown`.
+fn finish_fault_run(g: ringgate::Gateway, table: &str, r: &Report) {
+    g.drain();
+    psql(
+        &required("RINGGATE_TEST_ALPHA_URL"),
+        &format!("drop table {table}"),
+    );
+    repair_cluster().unwrap_or_else(|e| panic!("repairing the cluster failed: {e}"));
+    assert!(
+        r.failed_reads.is_empty(),
+        "failed reads: {:?}",
+        &r.failed_reads[..r.failed_reads.len().min(5)]
+    );
+    assert!(
+        r.failed_writes.is_empty(),
+        "failed writes: {:?}",
+        &r.failed_writes[..r.failed_writes.len().min(5)]
+    );
+}
+
 fn print(name: &str, r: &Report) {
     eprintln!(
         "{name} under {RATE} req/s: {} reads ({} failed), {} writes ({} failed, {} outcome unknown); \
@@ -315,22 +326,7 @@ fn chaos_ha_leader_kill_under_load() {
         "{old} rejoined and served reads {:.1}s after restart",
         served_by_old.as_secs_f64()
     );
-    g.drain();
-    psql(
-        &required("RINGGATE_TEST_ALPHA_URL"),
-        &format!("drop table {table}"),
-    );
-    repair_cluster().unwrap_or_else(|e| panic!("repairing the cluster failed: {e}"));
-    assert!(
-        r.failed_reads.is_empty(),
-        "failed reads: {:?}",
-        &r.failed_reads[..r.failed_reads.len().min(5)]
-    );
-    assert!(
-        r.failed_writes.is_empty(),
-        "failed writes: {:?}",
-        &r.failed_writes[..r.failed_writes.len().min(5)]
-    );
+    finish_fault_run(g, &table, &r);
     assert!(r.writes_back_after < Duration::from_secs(30));
 }
 
@@ -370,22 +366,7 @@ fn chaos_ha_switchover_under_load() {
     let samples = load.finish();
     let r = analyse(&samples, fault);
     print("Patroni switchover", &r);
-    g.drain();
-    psql(
-        &required("RINGGATE_TEST_ALPHA_URL"),
-        &format!("drop table {table}"),
-    );
-    repair_cluster().unwrap_or_else(|e| panic!("repairing the cluster failed: {e}"));
-    assert!(
-        r.failed_reads.is_empty(),
-        "failed reads: {:?}",
-        &r.failed_reads[..r.failed_reads.len().min(5)]
-    );
-    assert!(
-        r.failed_writes.is_empty(),
-        "failed writes: {:?}",
-        &r.failed_writes[..r.failed_writes.len().min(5)]
-    );
+    finish_fault_run(g, &table, &r);
 }
 
 /// Server connections ringgate holds on every member (`application_name` `ringgate/...`).

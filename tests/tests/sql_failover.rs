@@ -6,22 +6,13 @@
 use std::time::{Duration, Instant};
 
 use ringgate_tests::{
-    backend::{cluster, psql, required, try_psql, unique, wait_replicas_caught_up},
+    backend::{
+        alpha_conn_string, cluster, psql, required, try_psql, unique, wait_replicas_caught_up,
+    },
     gateway::start,
     http::{request, Resp},
 };
 use serde_json::json;
-
-fn alpha_conn_string() -> String {
-    let alpha = required("RINGGATE_TEST_ALPHA_URL");
-    let creds = alpha
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split('@').next())
-        .unwrap()
-        .to_string();
-    format!("postgresql://{creds}@alpha.ringgate.test/tenant_alpha")
-}
 
 fn sql(addr: std::net::SocketAddr, query: &str) -> Resp {
     let cs = alpha_conn_string();
