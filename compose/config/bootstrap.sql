@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS ringgate.projects (
     statement_timeout_ms int NOT NULL DEFAULT 30000,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- The tenant class (plan) labels ringgate's /sql metrics; keep the set of values small.
+ALTER TABLE ringgate.projects ADD COLUMN IF NOT EXISTS class text NOT NULL DEFAULT 'standard';
 -- Every change is announced, so ringgate's per-core caches drop the row at once.
 CREATE OR REPLACE FUNCTION ringgate.notify_project_change() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -84,9 +84,9 @@ impl Core {
             .as_ref()
             .map(|d| Shard::new(id, config.workers, d.pool.clone(), topology.clone()));
         let projects = config.database.as_ref().and_then(|d| {
-            d.control
-                .clone()
-                .map(|c| crate::projects::ProjectCache::new(c, d.project_cache_ttl))
+            d.control.clone().map(|c| {
+                crate::projects::ProjectCache::new(c, d.project_cache_ttl, registry.clone())
+            })
         });
         Rc::new(Self {
             id,

@@ -2,7 +2,10 @@
 //!
 //! Each core writes only its own [`CoreMetrics`] (relaxed atomics on a cache line of its
 //! own), so counting costs no contention; `/metrics` on any core reads every core's set and
-//! renders them with a `core` label.
+//! renders them with a `core` label. Process-wide views (topology, workers) live in
+//! [`cluster`].
+
+pub mod cluster;
 
 use std::{
     fmt::Write as _,
@@ -80,11 +83,82 @@ const BUCKETS: [f64; 14] = [
 ];
 const N_BUCKET: usize = BUCKETS.len() + 1;
 
+/// Tenant classes counted by name (from `ringgate.projects.class`); later ones are `other`.
+pub const MAX_CLASSES: usize = 8;
+/// Class slot of requests whose project has no class (no control database, or refused
+/// before the project was known).
+pub const UNCLASSIFIED: usize = 0;
+const OTHER_CLASS: usize = MAX_CLASSES + 1;
+const N_CLASS: usize = MAX_CLASSES + 2;
+
+/// What the Data API did about failures and failovers, counted per core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlEvent {
+    /// A write waited for a usable leader (failover in progress).
+    WriteHeld,
+    /// A statement refused by a read-only member (25006) was rerun on the leader.
+    RerunReadOnly,
+    /// A statement whose connection broke before it was sent was rerun.
+    RerunNotSent,
+    /// A statement the server aborted before committing (FATAL 57P01) was rerun.
+    RerunAbortedByServer,
+    /// A read whose connection broke was rerun.
+    RerunRead,
+    /// A write whose connection broke after sending: answered `outcome_unknown`.
+    OutcomeUnknown,
+    /// A write that found no leader within the failover wait.
+    WriteNoLeader,
+}
+
+impl SqlEvent {
+    const ALL: [SqlEvent; 7] = [
+        SqlEvent::WriteHeld,
+        SqlEvent::RerunReadOnly,
+        SqlEvent::RerunNotSent,
+        SqlEvent::RerunAbortedByServer,
+        SqlEvent::RerunRead,
+        SqlEvent::OutcomeUnknown,
+        SqlEvent::WriteNoLeader,
+    ];
+}
+
 fn status_index(code: u16) -> usize {
     STATUSES
         .iter()
         .position(|&s| s == code)
         .unwrap_or(STATUSES.len())
+}
+
+/// The histogram bucket `elapsed` falls in.
+fn bucket(elapsed: Duration) -> usize {
+    let secs = elapsed.as_secs_f64();
+    BUCKETS
+        .iter()
+        .position(|&le| secs <= le)
+        .unwrap_or(BUCKETS.len())
+}
+
+/// Writes one histogram series (`_bucket`s, `_sum`, `_count`); nothing when it is empty.
+fn write_histogram(
+    o: &mut String,
+    name: &str,
+    labels: &str,
+    buckets: &[AtomicU64; N_BUCKET],
+    sum_us: u64,
+) -> std::fmt::Result {
+    let counts: Vec<u64> = buckets.iter().map(|b| b.load(Relaxed)).collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let mut cumulative = 0;
+    for (i, le) in BUCKETS.iter().enumerate() {
+        cumulative += counts[i];
+        writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}")?;
+    }
+    writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}")?;
+    writeln!(o, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6)?;
+    writeln!(o, "{name}_count{{{labels}}} {total}")
 }
 
 /// One core's counters. Written only by that core.
@@ -101,8 +175,15 @@ pub struct CoreMetrics {
     rate_limited: AtomicU64,
     requests_cut: AtomicU64,
     pool: [AtomicU64; POOL_GAUGES.len()],
+    pool_wait_buckets: [AtomicU64; N_BUCKET],
+    pool_wait_sum_us: AtomicU64,
+    sql_requests: [[AtomicU64; N_STATUS]; N_CLASS],
+    sql_events: [AtomicU64; SqlEvent::ALL.len()],
+    sql_write_hold_us: AtomicU64,
     /// `(group, workers, healthy)` as of the last health round (off the hot path).
     upstreams: std::sync::RwLock<Vec<(String, u64, u64)>>,
+    /// Server connections per database member, as of the last pool upkeep.
+    pool_nodes: std::sync::RwLock<Vec<(String, u64)>>,
 }
 
 /// Pool figures each core publishes once a second: name, type, help.
@@ -167,7 +248,13 @@ impl Default for CoreMetrics {
             rate_limited: AtomicU64::new(0),
             requests_cut: AtomicU64::new(0),
             pool: std::array::from_fn(|_| AtomicU64::new(0)),
+            pool_wait_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            pool_wait_sum_us: AtomicU64::new(0),
+            sql_requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            sql_events: std::array::from_fn(|_| AtomicU64::new(0)),
+            sql_write_hold_us: AtomicU64::new(0),
             upstreams: std::sync::RwLock::new(Vec::new()),
+            pool_nodes: std::sync::RwLock::new(Vec::new()),
         }
     }
 }
@@ -180,16 +267,46 @@ impl CoreMetrics {
         *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = groups;
     }
 
+    /// Publishes this core's server connections per database member.
+    pub fn set_pool_nodes(&self, nodes: Vec<(String, u64)>) {
+        *self.pool_nodes.write().unwrap_or_else(|e| e.into_inner()) = nodes;
+    }
+
+    /// Counts one `/sql` answer for a tenant class slot (see [`Registry::class_slot`]).
+    pub fn sql_answered(&self, class: usize, status: u16) {
+        self.sql_requests[class.min(OTHER_CLASS)][status_index(status)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a Data API failure-handling event.
+    pub fn sql_event(&self, event: SqlEvent) {
+        self.sql_events[event as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A write waited `held` for a leader before it could run (or gave up).
+    pub fn write_held(&self, held: Duration) {
+        self.sql_event(SqlEvent::WriteHeld);
+        self.sql_write_hold_us
+            .fetch_add(held.as_micros() as u64, Relaxed);
+    }
+
+    /// How many times `event` was counted.
+    pub fn sql_events(&self, event: SqlEvent) -> u64 {
+        self.sql_events[event as usize].load(Relaxed)
+    }
+
+    /// A pool checkout took `waited` (connection ready, timed out or failed).
+    pub fn pool_waited(&self, waited: Duration) {
+        let b = bucket(waited);
+        self.pool_wait_buckets[b].fetch_add(1, Relaxed);
+        self.pool_wait_sum_us
+            .fetch_add(waited.as_micros() as u64, Relaxed);
+    }
+
     /// Counts one finished request.
     pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
         let r = route.index();
         self.requests[r][status_index(status)].fetch_add(1, Relaxed);
-        let secs = elapsed.as_secs_f64();
-        let b = BUCKETS
-            .iter()
-            .position(|&le| secs <= le)
-            .unwrap_or(BUCKETS.len());
-        self.latency_buckets[r][b].fetch_add(1, Relaxed);
+        self.latency_buckets[r][bucket(elapsed)].fetch_add(1, Relaxed);
         self.latency_sum_us[r].fetch_add(elapsed.as_micros() as u64, Relaxed);
     }
 
@@ -271,6 +388,8 @@ pub struct Registry {
     tls_reload_failures: AtomicU64,
     redis_master: std::sync::RwLock<Option<String>>,
     redis_master_changes: AtomicU64,
+    classes: std::sync::RwLock<Vec<String>>,
+    cluster: cluster::ClusterView,
 }
 
 // === impl Registry ===
@@ -286,7 +405,52 @@ impl Registry {
             tls_reload_failures: AtomicU64::new(0),
             redis_master: std::sync::RwLock::new(None),
             redis_master_changes: AtomicU64::new(0),
+            classes: std::sync::RwLock::new(Vec::new()),
+            cluster: cluster::ClusterView::default(),
         })
+    }
+
+    /// The topology and worker views the discovery threads publish into.
+    pub fn cluster(&self) -> &cluster::ClusterView {
+        &self.cluster
+    }
+
+    /// The counter slot of tenant class `name`: the first [`MAX_CLASSES`] names seen get a
+    /// slot each, later ones share `other`, so the label stays bounded. Called when a
+    /// project row is loaded, not per request.
+    pub fn class_slot(&self, name: &str) -> usize {
+        if let Some(i) = self
+            .classes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .position(|c| c == name)
+        {
+            return i + 1;
+        }
+        let mut classes = self.classes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = classes.iter().position(|c| c == name) {
+            return i + 1;
+        }
+        if classes.len() == MAX_CLASSES {
+            return OTHER_CLASS;
+        }
+        classes.push(name.to_string());
+        classes.len()
+    }
+
+    fn class_label(&self, slot: usize) -> String {
+        match slot {
+            UNCLASSIFIED => "unclassified".into(),
+            OTHER_CLASS => "other".into(),
+            n => self
+                .classes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(n - 1)
+                .map(|c| cluster::label(c))
+                .unwrap_or_else(|| "other".into()),
+        }
     }
 
     /// Records the Redis master the Sentinels named; a change after the first counts as a
@@ -394,32 +558,13 @@ impl Registry {
         for (c, m) in self.cores.iter().enumerate() {
             for route in Route::ALL {
                 let r = route.index();
-                let counts: Vec<u64> = m.latency_buckets[r]
-                    .iter()
-                    .map(|b| b.load(Relaxed))
-                    .collect();
-                let total: u64 = counts.iter().sum();
-                if total == 0 {
-                    continue;
-                }
                 let labels = format!("core=\"{c}\",route=\"{}\"", route.label());
-                let mut cumulative = 0;
-                for (i, le) in BUCKETS.iter().enumerate() {
-                    cumulative += counts[i];
-                    writeln!(o, "ringgate_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}")?;
-                }
-                writeln!(
+                write_histogram(
                     o,
-                    "ringgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
-                )?;
-                let sum = m.latency_sum_us[r].load(Relaxed) as f64 / 1e6;
-                writeln!(
-                    o,
-                    "ringgate_http_request_duration_seconds_sum{{{labels}}} {sum}"
-                )?;
-                writeln!(
-                    o,
-                    "ringgate_http_request_duration_seconds_count{{{labels}}} {total}"
+                    "ringgate_http_request_duration_seconds",
+                    &labels,
+                    &m.latency_buckets[r],
+                    m.latency_sum_us[r].load(Relaxed),
                 )?;
             }
         }
@@ -497,6 +642,9 @@ impl Registry {
                 )?;
             }
         }
+        self.render_sql(o)?;
+        self.render_pool_detail(o)?;
+        self.cluster.render(o)?;
         writeln!(o, "# HELP ringgate_tls_reloads_total Certificate reloads, by result.\n# TYPE ringgate_tls_reloads_total counter")?;
         writeln!(
             o,
@@ -509,6 +657,127 @@ impl Registry {
             self.tls_reload_failures.load(Relaxed)
         )?;
         Ok(())
+    }
+}
+
+impl Registry {
+    fn render_sql(&self, o: &mut String) -> std::fmt::Result {
+        writeln!(o, "# HELP ringgate_sql_requests_total POST /sql answers by core, tenant class (ringgate.projects.class) and status.\n# TYPE ringgate_sql_requests_total counter")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            for (slot, statuses) in m.sql_requests.iter().enumerate() {
+                for (s, n) in statuses.iter().enumerate() {
+                    let n = n.load(Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let status = STATUSES
+                        .get(s)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "other".into());
+                    writeln!(
+                        o,
+                        "ringgate_sql_requests_total{{core=\"{c}\",class=\"{}\",status=\"{status}\"}} {n}",
+                        self.class_label(slot)
+                    )?;
+                }
+            }
+        }
+        let families: [(&str, &str, &[(SqlEvent, &str)]); 3] = [
+            (
+                "ringgate_sql_reruns_total",
+                "Statements rerun because they provably did not take effect, by reason.",
+                &[
+                    (SqlEvent::RerunReadOnly, "read_only_member"),
+                    (SqlEvent::RerunNotSent, "not_sent"),
+                    (SqlEvent::RerunAbortedByServer, "aborted_by_server"),
+                    (SqlEvent::RerunRead, "read"),
+                ],
+            ),
+            (
+                "ringgate_sql_writes_failed_total",
+                "Writes answered with an error because of the backend, by reason (outcome_unknown: may or may not have been applied).",
+                &[
+                    (SqlEvent::OutcomeUnknown, "outcome_unknown"),
+                    (SqlEvent::WriteNoLeader, "no_leader"),
+                ],
+            ),
+            (
+                "ringgate_sql_writes_held_total",
+                "Writes that waited for a usable leader (during a failover).",
+                &[(SqlEvent::WriteHeld, "")],
+            ),
+        ];
+        for (name, help, events) in families {
+            writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter")?;
+            for (c, m) in self.cores.iter().enumerate() {
+                for (event, reason) in events {
+                    let n = m.sql_events(*event);
+                    match reason.is_empty() {
+                        true => writeln!(o, "{name}{{core=\"{c}\"}} {n}")?,
+                        false => writeln!(o, "{name}{{core=\"{c}\",reason=\"{reason}\"}} {n}")?,
+                    }
+                }
+            }
+        }
+        writeln!(o, "# HELP ringgate_sql_write_hold_seconds_total Time writes spent waiting for a usable leader.\n# TYPE ringgate_sql_write_hold_seconds_total counter")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            writeln!(
+                o,
+                "ringgate_sql_write_hold_seconds_total{{core=\"{c}\"}} {}",
+                m.sql_write_hold_us.load(Relaxed) as f64 / 1e6
+            )?;
+        }
+        Ok(())
+    }
+
+    fn render_pool_detail(&self, o: &mut String) -> std::fmt::Result {
+        writeln!(o, "# HELP ringgate_pool_node_connections Server connections open per database member.\n# TYPE ringgate_pool_node_connections gauge")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            for (node, n) in m
+                .pool_nodes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                writeln!(
+                    o,
+                    "ringgate_pool_node_connections{{core=\"{c}\",node=\"{}\"}} {n}",
+                    cluster::label(node)
+                )?;
+            }
+        }
+        writeln!(o, "# HELP ringgate_pool_wait_seconds Time a request waited for a pooled server connection (including connecting).\n# TYPE ringgate_pool_wait_seconds histogram")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            write_histogram(
+                o,
+                "ringgate_pool_wait_seconds",
+                &format!("core=\"{c}\""),
+                &m.pool_wait_buckets,
+                m.pool_wait_sum_us.load(Relaxed),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Every core's last published pool figures, by core: `(name, value)` pairs in the
+    /// order of the `ringgate_pool_*` gauges, plus server connections per node.
+    pub fn pools_by_core(&self) -> Vec<(Vec<(&'static str, u64)>, Vec<(String, u64)>)> {
+        self.cores
+            .iter()
+            .map(|m| {
+                let figures = POOL_GAUGES
+                    .iter()
+                    .zip(&m.pool)
+                    .map(|((name, _, _), v)| (*name, v.load(Relaxed)))
+                    .collect();
+                let nodes = m
+                    .pool_nodes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                (figures, nodes)
+            })
+            .collect()
     }
 }
 
@@ -543,5 +812,39 @@ mod tests {
         ));
         assert!(text.contains("ringgate_connections_open{core=\"0\",driver=\"epoll\"} 1"));
         assert!(text.contains("ringgate_connections_open{core=\"1\",driver=\"epoll\"} 0"));
+    }
+
+    #[test]
+    fn tenant_classes_are_bounded_and_sql_events_counted() {
+        let reg = Registry::new(1, "epoll");
+        let gold = reg.class_slot("gold");
+        assert_eq!(reg.class_slot("gold"), gold, "a class keeps its slot");
+        for i in 0..20 {
+            reg.class_slot(&format!("c{i}"));
+        }
+        assert_eq!(reg.class_slot("late"), OTHER_CLASS);
+        let m = reg.core(0);
+        m.sql_answered(gold, 200);
+        m.sql_answered(reg.class_slot("late"), 503);
+        m.sql_answered(UNCLASSIFIED, 400);
+        m.sql_event(SqlEvent::RerunAbortedByServer);
+        m.write_held(Duration::from_millis(1500));
+        m.pool_waited(Duration::from_millis(3));
+        m.set_pool_nodes(vec![("pg1".into(), 4)]);
+        let text = reg.render();
+        for line in [
+            "ringgate_sql_requests_total{core=\"0\",class=\"gold\",status=\"200\"} 1",
+            "ringgate_sql_requests_total{core=\"0\",class=\"other\",status=\"503\"} 1",
+            "ringgate_sql_requests_total{core=\"0\",class=\"unclassified\",status=\"400\"} 1",
+            "ringgate_sql_reruns_total{core=\"0\",reason=\"aborted_by_server\"} 1",
+            "ringgate_sql_writes_failed_total{core=\"0\",reason=\"outcome_unknown\"} 0",
+            "ringgate_sql_writes_held_total{core=\"0\"} 1",
+            "ringgate_sql_write_hold_seconds_total{core=\"0\"} 1.5",
+            "ringgate_pool_node_connections{core=\"0\",node=\"pg1\"} 4",
+            "ringgate_pool_wait_seconds_bucket{core=\"0\",le=\"0.005\"} 1",
+            "ringgate_pool_wait_seconds_count{core=\"0\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 }

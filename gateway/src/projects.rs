@@ -23,6 +23,10 @@ pub struct Project {
     pub statement_timeout_ms: i32,
     /// Its connection limit.
     pub max_connections: i32,
+    /// Its tenant class (`ringgate.projects.class`, e.g. a plan), for metrics.
+    pub class: String,
+    /// The metrics slot of that class (bounded; see `Registry::class_slot`).
+    pub class_slot: usize,
 }
 
 /// Why the project could not be looked up.
@@ -44,21 +48,28 @@ pub struct ProjectCache {
     control: Credentials,
     ttl: Duration,
     entries: RefCell<HashMap<String, (Option<Project>, Instant)>>,
+    registry: std::sync::Arc<crate::metrics::Registry>,
 }
 
 /// Entries kept at most; the table starts over when full.
 const CAPACITY: usize = 10_000;
 
 const QUERY: &str =
-    "SELECT database, roles, statement_timeout_ms, max_connections FROM ringgate.projects WHERE project_id = $1";
+    "SELECT database, roles, statement_timeout_ms, max_connections, class FROM ringgate.projects WHERE project_id = $1";
 
 impl ProjectCache {
-    /// A cache reading the control database as `control`, keeping entries for `ttl`.
-    pub fn new(control: Credentials, ttl: Duration) -> Self {
+    /// A cache reading the control database as `control`, keeping entries for `ttl`;
+    /// tenant classes get their metrics slots from `registry` when a row is loaded.
+    pub fn new(
+        control: Credentials,
+        ttl: Duration,
+        registry: std::sync::Arc<crate::metrics::Registry>,
+    ) -> Self {
         Self {
             control,
             ttl,
             entries: RefCell::new(HashMap::new()),
+            registry,
         }
     }
 
@@ -86,11 +97,16 @@ impl ProjectCache {
             .query_opt(&st, &[&project])
             .await
             .map_err(|e| err(&e))?;
-        let found = row.map(|r| Project {
-            database: r.get(0),
-            roles: r.get(1),
-            statement_timeout_ms: r.get(2),
-            max_connections: r.get(3),
+        let found = row.map(|r| {
+            let class: String = r.get(4);
+            Project {
+                database: r.get(0),
+                roles: r.get(1),
+                statement_timeout_ms: r.get(2),
+                max_connections: r.get(3),
+                class_slot: self.registry.class_slot(&class),
+                class,
+            }
         });
         let mut entries = self.entries.borrow_mut();
         if entries.len() >= CAPACITY {

@@ -610,3 +610,105 @@ fn a_projects_statement_timeout_applies_to_its_queries() {
     );
     g.drain();
 }
+
+/// Terminates (as PostgreSQL's `pg_terminate_backend` does in a fast shutdown) the one
+/// backend running a query that contains `marker`, once it runs; returns its pid.
+fn terminate_backend_running(marker: &str) -> String {
+    let find = format!(
+        "select pid from pg_stat_activity where state = 'active' and query like '%{marker}%' and pid <> pg_backend_pid()"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = psql(&pg_admin_url(), &find);
+        if !pid.trim().is_empty() {
+            psql(
+                &pg_admin_url(),
+                &format!("select pg_terminate_backend({})", pid.trim()),
+            );
+            return pid.trim().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backend ran {marker}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rerun_metric(addr: std::net::SocketAddr) -> u64 {
+    let text = request(addr, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("ringgate_sql_reruns_total{")
+                && l.contains("reason=\"aborted_by_server\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn a_write_the_server_aborted_before_commit_is_rerun_and_applied_once() {
+    let (g, addr) = start_on_admin(&[]);
+    let cs = conn_string("alpha");
+    let table = unique("aborted_t");
+    psql(
+        &pg_admin_url(),
+        &format!("create table {table} (id int, note text)"),
+    );
+    // A single INSERT whose backend is terminated while it runs.
+    let marker = unique("m");
+    let slow = {
+        let (cs, q) = (
+            cs.clone(),
+            format!("insert into {table} select 1, '{marker}' from pg_sleep(1)"),
+        );
+        std::thread::spawn(move || sql(addr, &cs, json!({ "query": q }), &[]))
+    };
+    let first = terminate_backend_running(&marker);
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["rowCount"], 1);
+    let second = psql(
+        &pg_admin_url(),
+        &format!("select count(*) from {table} where id = 1"),
+    );
+    assert_eq!(second.trim(), "1", "applied exactly once");
+    assert!(rerun_metric(addr) >= 1, "counted as a rerun");
+    // A batch whose transaction dies before COMMIT is rerun whole.
+    let marker2 = unique("b");
+    let batch = {
+        let cs = cs.clone();
+        let body = json!({"queries": [
+            {"query": format!("insert into {table} values (2, 'batch')")},
+            {"query": format!("select '{marker2}' as m from pg_sleep(1)")},
+        ]});
+        std::thread::spawn(move || sql(addr, &cs, body, &[]))
+    };
+    let pid = terminate_backend_running(&marker2);
+    assert_ne!(pid, first);
+    let r = batch.join().unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(
+        psql(
+            &pg_admin_url(),
+            &format!("select count(*) from {table} where id = 2")
+        )
+        .trim(),
+        "1"
+    );
+    assert!(rerun_metric(addr) >= 2);
+    // A statement that commits on its own is not rerun: its outcome is unknown.
+    let marker3 = unique("c");
+    let own = {
+        let cs = cs.clone();
+        let q = format!("do $$ begin perform pg_sleep(1); perform '{marker3}'; end $$");
+        std::thread::spawn(move || sql(addr, &cs, json!({ "query": q }), &[]))
+    };
+    terminate_backend_running(&marker3);
+    let r = own.join().unwrap();
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    assert_eq!(r.json()["code"], "outcome_unknown");
+    g.drain();
+    psql(&pg_admin_url(), &format!("drop table {table}"));
+}

@@ -37,13 +37,14 @@ fn host_project(headers: &HeaderMap) -> Option<String> {
     project_of(host)
 }
 
-/// The tenant an API key stands for, or the refusal to send.
+/// The tenant an API key stands for with its project's tenant-class slot, or the refusal
+/// to send.
 pub async fn tenant(
     core: &Core,
     db: &Rc<Shard>,
     key: &str,
     headers: &HeaderMap,
-) -> Result<Tenant, Response> {
+) -> Result<(Tenant, usize), Response> {
     let (Some(sessions), Some(auth)) = (&core.sessions, &core.config.authenticator) else {
         return Err(gateway_error(
             StatusCode::UNAUTHORIZED,
@@ -119,7 +120,7 @@ pub async fn tenant(
             project.statement_timeout_ms
         ));
     }
-    Ok(Tenant {
+    let tenant = Tenant {
         project: session.project,
         credentials: Credentials {
             database: project.database,
@@ -127,7 +128,8 @@ pub async fn tenant(
             password: auth.password.clone(),
             options,
         },
-    })
+    };
+    Ok((tenant, project.class_slot))
 }
 
 #[cfg(test)]

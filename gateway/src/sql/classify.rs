@@ -65,6 +65,24 @@ pub fn classify(sql: &str) -> Kind {
     }
 }
 
+/// Whether a statement takes effect only when its transaction commits: exactly one plain
+/// query or DML statement (`SELECT`, `INSERT`, `UPDATE`, `DELETE`, `MERGE`, `VALUES`, ...).
+/// Statements that commit on their own or end a transaction (`CALL`, `DO`, `VACUUM`,
+/// `COMMIT`, `CREATE INDEX CONCURRENTLY`, ...) and anything the parser cannot read are not.
+pub fn commits_with_transaction(sql: &str) -> bool {
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return false;
+    };
+    matches!(
+        statements.as_slice(),
+        [Statement::Query(_)
+            | Statement::Insert(_)
+            | Statement::Update { .. }
+            | Statement::Delete(_)
+            | Statement::Merge { .. }]
+    )
+}
+
 /// The first keyword of the statement, upper-cased, as PostgreSQL's command tag starts
 /// (`SELECT`, `INSERT`, ...). Empty when there is none.
 pub fn command(sql: &str) -> String {
@@ -149,6 +167,32 @@ impl Visitor for ReadOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_dml_commits_with_its_transaction() {
+        for sql in [
+            "select 1",
+            "insert into t values (1)",
+            "with x as (delete from t returning *) insert into u select * from x",
+            "update t set a = 1",
+            "delete from t",
+            "select nextval('s')",
+        ] {
+            assert!(commits_with_transaction(sql), "{sql}");
+        }
+        for sql in [
+            "commit",
+            "begin",
+            "call p()",
+            "do $$ begin commit; end $$",
+            "vacuum t",
+            "create index concurrently i on t (a)",
+            "select 1; select 2",
+            "not sql at all",
+        ] {
+            assert!(!commits_with_transaction(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn plain_selects_are_reads() {

@@ -69,6 +69,16 @@ pub enum ExecError {
     },
 }
 
+impl ExecError {
+    /// The PostgreSQL error behind it, if any.
+    pub fn pg(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            ExecError::Prepare(e) | ExecError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A parameter sent in text format, for the server to parse as the type it inferred.
 #[derive(Debug)]
 struct TextParam<'a>(Option<&'a str>);

@@ -5,10 +5,11 @@
 //! the topology routes to, run with parameters bound (sent as text, typed by the server),
 //! and answered in the driver's JSON shape with values in PostgreSQL text format.
 //!
-//! Failure rules: a statement that was not sent is retried (a dead pooled connection, a
-//! replica refusing a write with 25006, a missing or unreachable leader for up to
-//! `RINGGATE_FAILOVER_WAIT`); a write whose connection broke after it was sent is never
-//! retried and gets 503 `outcome_unknown`.
+//! Failure rules: a statement that provably did not take effect is retried (it was not
+//! sent: a dead pooled connection, a missing or unreachable leader for up to
+//! `RINGGATE_FAILOVER_WAIT`; it was refused: a replica answering 25006; or the server
+//! aborted it before committing, see [`aborted_by_server`]); a write whose connection broke
+//! after it was sent is never retried and gets 503 `outcome_unknown`.
 
 pub mod api_key;
 pub mod classify;
@@ -28,14 +29,19 @@ use tokio_postgres::error::SqlState;
 use tracing::debug;
 
 use self::{
-    classify::{classify, Kind},
+    classify::{classify, commits_with_transaction, Kind},
     exec::ExecError,
     request::{RequestError, SqlRequest},
     response::{
         batch_response, db_error, gateway_error, result_response, unavailable, write_result,
     },
 };
-use crate::{core::Core, http::Response, router::Request};
+use crate::{
+    core::Core,
+    http::Response,
+    metrics::{SqlEvent, UNCLASSIFIED},
+    router::Request,
+};
 
 /// Attempts at one statement that was provably not executed, made at once; after them,
 /// attempts continue every [`RETRY_PAUSE`] until the failover wait has passed (a leader
@@ -71,8 +77,15 @@ impl Attempts {
     }
 }
 
-/// Handles `POST /sql`.
+/// Handles `POST /sql`, counting the answer under the project's tenant class.
 pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
+    let mut class = UNCLASSIFIED;
+    let response = answer(core, req, &mut class).await;
+    core.metrics().sql_answered(class, response.status.as_u16());
+    response
+}
+
+async fn answer(core: &Rc<Core>, req: &Request, class: &mut usize) -> Response {
     if req.head.method != Method::POST {
         return gateway_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -95,7 +108,10 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
     };
     if let Some(key) = api_key {
         let tenant = match api_key::tenant(core, &db, key, headers).await {
-            Ok(t) => t,
+            Ok((t, slot)) => {
+                *class = slot;
+                t
+            }
             Err(refused) => return refused,
         };
         let sql = match request::parse_for(headers, &req.body, &core.config.sql, tenant) {
@@ -111,11 +127,13 @@ pub async fn handle(core: &Rc<Core>, req: &Request) -> Response {
     };
     if let Some(projects) = &core.projects {
         match check_project(projects, &db, &sql).await {
-            Ok(p) if p.statement_timeout_ms > 0 => {
-                sql.tenant.credentials.options =
-                    format!("-c statement_timeout={}", p.statement_timeout_ms);
+            Ok(p) => {
+                *class = p.class_slot;
+                if p.statement_timeout_ms > 0 {
+                    sql.tenant.credentials.options =
+                        format!("-c statement_timeout={}", p.statement_timeout_ms);
+                }
             }
-            Ok(_) => {}
             Err(refused) => return refused,
         }
     }
@@ -168,7 +186,7 @@ fn request_error(e: &RequestError) -> Response {
 
 /// What one request needs to run.
 struct Ctx {
-    /// The core, for its memo tables.
+    /// The core, for its memo tables and metrics.
     memo: Rc<Core>,
     db: Rc<Shard>,
     wait: Duration,
@@ -215,10 +233,12 @@ impl Ctx {
             let mut budget = self.limit;
             match exec::run(c.conn(), st, &mut budget, self.limit).await {
                 Ok(r) => return result_response(&r, array_mode, sql.raw_text),
-                Err(e) => match self.after_failure(c, intent, &e) {
-                    Next::Retry(next) => intent = next,
-                    Next::Answer(r) => return r,
-                },
+                Err(e) => {
+                    match self.after_failure(c, intent, &e, || commits_with_transaction(&st.sql)) {
+                        Next::Retry(next) => intent = next,
+                        Next::Answer(r) => return r,
+                    }
+                }
             }
         }
         unavailable(
@@ -245,15 +265,20 @@ impl Ctx {
         if sql.txn.deferrable {
             begin.push_str(" DEFERRABLE");
         }
+        let rerunnable = || {
+            sql.statements
+                .iter()
+                .all(|st| commits_with_transaction(&st.sql))
+        };
         let mut attempts = Attempts::new(self.wait);
-        while attempts.next().await {
+        'attempt: while attempts.next().await {
             let mut c = match self.checkout(sql, intent).await {
                 Ok(c) => c,
                 Err(e) => return pool_error(&e),
             };
             // BEGIN runs nothing: a connection that fails it is retried.
             if let Err(e) = c.conn().client().batch_execute(&begin).await {
-                match self.after_failure(c, intent, &ExecError::Prepare(e)) {
+                match self.after_failure(c, intent, &ExecError::Prepare(e), || false) {
                     Next::Retry(_) => continue,
                     Next::Answer(r) => return r,
                 }
@@ -273,6 +298,12 @@ impl Ctx {
                         results.push(one);
                     }
                     Err(e) => {
+                        if e.pg().is_some_and(aborted_by_server) && rerunnable() {
+                            // The transaction died with its backend before COMMIT.
+                            c.discard();
+                            self.event(SqlEvent::RerunAbortedByServer);
+                            continue 'attempt;
+                        }
                         if c.conn().client().batch_execute("ROLLBACK").await.is_err() {
                             c.discard();
                             // The server rolls back a transaction whose connection died.
@@ -287,9 +318,17 @@ impl Ctx {
             }
             return match c.conn().client().batch_execute("COMMIT").await {
                 Ok(()) => batch_response(&results),
-                Err(e) if e.as_db_error().is_some() => db_error(e.as_db_error().unwrap()),
+                Err(e) if aborted_by_server(&e) && rerunnable() => {
+                    c.discard();
+                    self.event(SqlEvent::RerunAbortedByServer);
+                    continue 'attempt;
+                }
+                Err(e) if e.as_db_error().is_some() && !is_disconnect(&e) => {
+                    db_error(e.as_db_error().unwrap())
+                }
                 Err(_) => {
                     c.discard();
+                    self.event(SqlEvent::OutcomeUnknown);
                     outcome_unknown()
                 }
             };
@@ -304,12 +343,17 @@ impl Ctx {
     /// Checks out a connection; a write with no reachable leader waits for one up to the
     /// failover wait (nothing has been sent yet, so waiting is safe).
     async fn checkout(&self, sql: &SqlRequest, intent: Intent) -> Result<Checkout, PoolError> {
-        let deadline = Instant::now() + self.wait;
+        let started = Instant::now();
+        let deadline = started + self.wait;
+        let mut held = false;
+        let metrics = self.memo.metrics();
         loop {
+            let asked = Instant::now();
             let result = self
                 .db
                 .checkout(&sql.tenant.project, &sql.tenant.credentials, intent)
                 .await;
+            metrics.pool_waited(asked.elapsed());
             let waitable = match &result {
                 Err(
                     PoolError::NoPrimary
@@ -322,15 +366,33 @@ impl Ctx {
                 _ => false,
             };
             if !waitable || Instant::now() >= deadline {
+                if held && intent == Intent::Write {
+                    metrics.write_held(started.elapsed());
+                    if waitable {
+                        metrics.sql_event(SqlEvent::WriteNoLeader);
+                    }
+                }
                 return result;
             }
+            held = true;
             debug!(tenant = %sql.tenant.project, "no usable leader yet; waiting for failover");
             sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Decides what follows a failed statement.
-    fn after_failure(&self, c: Checkout, intent: Intent, e: &ExecError) -> Next {
+    fn event(&self, e: SqlEvent) {
+        self.memo.metrics().sql_event(e);
+    }
+
+    /// Decides what follows a failed statement; `rerunnable` says whether the statement
+    /// takes effect only through its transaction's commit (asked only when that matters).
+    fn after_failure(
+        &self,
+        c: Checkout,
+        intent: Intent,
+        e: &ExecError,
+        rerunnable: impl FnOnce() -> bool,
+    ) -> Next {
         let (pg, sent) = match e {
             ExecError::Prepare(pg) => (pg, false),
             ExecError::Db(pg) => (pg, true),
@@ -341,6 +403,7 @@ impl Ctx {
             if c.role() == Role::Leader {
                 self.db.report_read_only(c.node());
             }
+            self.event(SqlEvent::RerunReadOnly);
             return Next::Retry(Intent::Write);
         }
         if let Some(db) = pg.as_db_error() {
@@ -350,9 +413,19 @@ impl Ctx {
         }
         // The connection is gone.
         c.discard();
-        if !sent || intent == Intent::Read {
+        if intent == Intent::Read {
+            self.event(SqlEvent::RerunRead);
             return Next::Retry(intent);
         }
+        if !sent {
+            self.event(SqlEvent::RerunNotSent);
+            return Next::Retry(intent);
+        }
+        if aborted_by_server(pg) && rerunnable() {
+            self.event(SqlEvent::RerunAbortedByServer);
+            return Next::Retry(intent);
+        }
+        self.event(SqlEvent::OutcomeUnknown);
         Next::Answer(outcome_unknown())
     }
 }
@@ -372,6 +445,29 @@ fn is_disconnect(e: &tokio_postgres::Error) -> bool {
             Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW
         )
         || (e.as_db_error().is_none() && e.code().is_none())
+}
+
+/// Whether the server aborted the statement's transaction before it could commit: a FATAL
+/// `admin_shutdown` (57P01) error that arrived in place of the statement's completion
+/// (fast shutdown as in a Patroni switchover, `pg_terminate_backend`, a backend noticing
+/// its postmaster died while it waited for input).
+///
+/// Why that proves "not applied": PostgreSQL raises this FATAL only when a backend
+/// processes its pending die interrupt, and interrupts are held off while a commit is
+/// written. The paths that end a backend after its commit record and before
+/// ReadyForQuery (a cancelled synchronous-replication wait, a blocked socket write) first
+/// switch its output off, so the client sees the connection close, never this error; an
+/// immediate shutdown or crash (`quickdie`) reports with WARNING severity and is not
+/// matched. A backend exiting with FATAL aborts its open transaction. It holds only for
+/// statements that commit with their transaction (see [`commits_with_transaction`]).
+fn aborted_by_server(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| server_aborted(db.code(), db.severity()))
+}
+
+/// [`aborted_by_server`] on the error's fields.
+fn server_aborted(code: &SqlState, severity: &str) -> bool {
+    *code == SqlState::ADMIN_SHUTDOWN && severity == "FATAL"
 }
 
 fn outcome_unknown() -> Response {
@@ -418,5 +514,19 @@ fn pool_error(e: &PoolError) -> Response {
             Some(db) => db_error(db),
             None => unavailable("backend_unavailable", &pg.to_string(), 1),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_fatal_admin_shutdown_counts_as_aborted() {
+        assert!(server_aborted(&SqlState::ADMIN_SHUTDOWN, "FATAL"));
+        // quickdie (immediate shutdown) reports 57P01 as a WARNING: it may follow a commit.
+        assert!(!server_aborted(&SqlState::ADMIN_SHUTDOWN, "WARNING"));
+        assert!(!server_aborted(&SqlState::CRASH_SHUTDOWN, "FATAL"));
+        assert!(!server_aborted(&SqlState::QUERY_CANCELED, "ERROR"));
     }
 }
