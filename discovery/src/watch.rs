@@ -5,7 +5,7 @@
 use std::{
     sync::{mpsc, Arc},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
@@ -149,7 +149,8 @@ pub fn spawn(
             empty
         }
     };
-    log_change(None, &first);
+    let mut clock = LeaderClock::default();
+    log_change(&mut clock, None, &first);
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("ringgate-discovery".into())
@@ -160,37 +161,77 @@ pub fn spawn(
             }
             let before = tracker.last();
             if let Some(t) = tracker.update(sources.fetch()) {
-                log_change(before.as_deref(), &t);
+                log_change(&mut clock, before.as_deref(), &t);
                 publish(t);
             }
         })?;
     Ok((first, Resolve(tx), handle))
 }
 
-fn log_change(before: Option<&Topology>, t: &Topology) {
-    let leader = t.leader.as_ref().map(|l| l.name.as_str()).unwrap_or("none");
+/// Remembers the last leader and since when the cluster has had none, for the failover
+/// log line.
+#[derive(Debug, Default)]
+struct LeaderClock {
+    last: Option<String>,
+    leaderless_since: Option<Instant>,
+}
+
+/// Logs a published change: a leader change (a failover or switchover) as one `warn!` line
+/// with the figures an operator needs, anything else as `info!`.
+fn log_change(clock: &mut LeaderClock, before: Option<&Topology>, t: &Topology) {
+    let leader = t.leader.as_ref().map(|l| l.name.as_str());
     let was = before
         .and_then(|b| b.leader.as_ref())
-        .map(|l| l.name.as_str())
-        .unwrap_or("none");
+        .map(|l| l.name.as_str());
     let healthy = t.replicas.iter().filter(|r| r.healthy).count();
-    if was != leader {
-        info!(
+    let timeline = t.leader.as_ref().and_then(|l| l.timeline).unwrap_or(0);
+    let now = Instant::now();
+    match (was, leader) {
+        (Some(was), None) => {
+            clock.leaderless_since = Some(now);
+            warn!(
+                epoch = t.epoch,
+                previous = was,
+                healthy_replicas = healthy,
+                stale = t.stale,
+                "failover: the database has no leader; writes wait for a new one"
+            )
+        }
+        (Some(was), Some(leader)) if was != leader => warn!(
             epoch = t.epoch,
             leader,
             previous = was,
+            timeline,
+            without_leader_ms = 0u64,
             healthy_replicas = healthy,
-            stale = t.stale,
-            "topology: leader changed"
-        );
-    } else {
-        info!(
+            "failover: leader changed"
+        ),
+        (None, Some(leader)) if before.is_some() => {
+            let previous = clock.last.as_deref().unwrap_or("none");
+            let without = clock
+                .leaderless_since
+                .take()
+                .map_or(Duration::ZERO, |since| now.duration_since(since));
+            warn!(
+                epoch = t.epoch,
+                leader,
+                previous,
+                timeline,
+                without_leader_ms = without.as_millis() as u64,
+                healthy_replicas = healthy,
+                "failover: new leader elected"
+            );
+        }
+        _ => info!(
             epoch = t.epoch,
-            leader,
+            leader = leader.unwrap_or("none"),
             healthy_replicas = healthy,
             stale = t.stale,
             "topology updated"
-        );
+        ),
+    }
+    if let Some(l) = leader {
+        clock.last = Some(l.to_string());
     }
 }
 

@@ -90,6 +90,7 @@ pub struct Gateway {
 fn start_topology(
     config: &Config,
     cores: Vec<flume::Sender<Control>>,
+    registry: Arc<Registry>,
 ) -> Result<
     (
         Arc<ringgate_discovery::Topology>,
@@ -101,7 +102,9 @@ fn start_topology(
         return Ok((Arc::default(), None));
     };
     if let Some(sources) = &db.patroni {
+        let view = registry.clone();
         let publish = move |t: Arc<ringgate_discovery::Topology>| {
+            view.cluster().topology_is(t.clone());
             for tx in &cores {
                 let _ = tx.send(Control::Topology(t.clone()));
             }
@@ -109,6 +112,7 @@ fn start_topology(
         let (first, resolve, _thread) =
             ringgate_discovery::watch::spawn(sources.clone(), db.topology_interval, publish)
                 .map_err(StartError::Thread)?;
+        registry.cluster().topology_is(first.clone());
         return Ok((first, Some(resolve)));
     }
     let fixed = match &db.primary {
@@ -118,7 +122,9 @@ fn start_topology(
         ),
         None => ringgate_discovery::Topology::default(),
     };
-    Ok((Arc::new(fixed), None))
+    let fixed = Arc::new(fixed);
+    registry.cluster().topology_is(fixed.clone());
+    Ok((fixed, None))
 }
 
 /// The Redis side thread when Redis is configured (its worker watch publishing to every
@@ -128,7 +134,9 @@ fn start_redis(
     cores: Vec<flume::Sender<Control>>,
     registry: Arc<Registry>,
 ) -> Result<Option<ringgate_discovery::redis::RedisHandle>, StartError> {
+    let view = registry.clone();
     let publish = move |set: Arc<ringgate_discovery::workers::WorkerSet>| {
+        view.cluster().workers_are(set.clone());
         for tx in &cores {
             let _ = tx.send(Control::Workers(set.clone()));
         }
@@ -193,8 +201,11 @@ impl Gateway {
         let tls_addr = tls.first().and_then(|l| l.local_addr().ok());
         let registry = Registry::new(n, driver.label());
         let channels: Vec<_> = (0..n).map(|_| flume::unbounded::<Control>()).collect();
-        let (topology, resolve) =
-            start_topology(&config, channels.iter().map(|(tx, _)| tx.clone()).collect())?;
+        let (topology, resolve) = start_topology(
+            &config,
+            channels.iter().map(|(tx, _)| tx.clone()).collect(),
+            registry.clone(),
+        )?;
         let redis = start_redis(
             &config,
             channels.iter().map(|(tx, _)| tx.clone()).collect(),

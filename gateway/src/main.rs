@@ -68,16 +68,23 @@ fn main() -> ExitCode {
             SignalKind::Drain => break,
         }
     }
-    info!(timeout = ?config.drain_timeout, "draining: listeners closed, finishing in-flight requests");
+    let started = std::time::Instant::now();
+    info!(
+        timeout = ?config.drain_timeout,
+        open_connections = gateway.registry().open_connections_total(),
+        "draining: listeners closed, /ready is 503, finishing in-flight requests"
+    );
     let report = gateway.drain();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     if report.cut_requests > 0 || report.cut_connections > 0 {
         warn!(
             cut_requests = report.cut_requests,
             cut_connections = report.cut_connections,
+            elapsed_ms,
             "drain timeout passed; cut what was left"
         );
     } else {
-        info!("drained cleanly; exiting");
+        info!(elapsed_ms, "drained cleanly; exiting");
     }
     ExitCode::SUCCESS
 }

@@ -476,6 +476,11 @@ impl Registry {
         self.redis_master_changes.load(Relaxed)
     }
 
+    /// Client connections open on every core.
+    pub fn open_connections_total(&self) -> u64 {
+        self.cores.iter().map(|m| m.open_connections()).sum()
+    }
+
     /// Whether the process is draining.
     pub fn draining(&self) -> bool {
         self.draining.load(Relaxed)
@@ -660,6 +665,22 @@ impl Registry {
     }
 }
 
+/// A counter family over Data API events: name, help, and each event with its `reason`.
+type SqlFamily = (
+    &'static str,
+    &'static str,
+    &'static [(SqlEvent, &'static str)],
+);
+
+/// One core's pool figures as `/admin` shows them.
+#[derive(Debug, Clone)]
+pub struct CorePools {
+    /// `(metric name, value)` in the order of the `ringgate_pool_*` gauges.
+    pub figures: Vec<(&'static str, u64)>,
+    /// Server connections per database member.
+    pub nodes: Vec<(String, u64)>,
+}
+
 impl Registry {
     fn render_sql(&self, o: &mut String) -> std::fmt::Result {
         writeln!(o, "# HELP ringgate_sql_requests_total POST /sql answers by core, tenant class (ringgate.projects.class) and status.\n# TYPE ringgate_sql_requests_total counter")?;
@@ -682,7 +703,7 @@ impl Registry {
                 }
             }
         }
-        let families: [(&str, &str, &[(SqlEvent, &str)]); 3] = [
+        let families: [SqlFamily; 3] = [
             (
                 "ringgate_sql_reruns_total",
                 "Statements rerun because they provably did not take effect, by reason.",
@@ -759,23 +780,21 @@ impl Registry {
         Ok(())
     }
 
-    /// Every core's last published pool figures, by core: `(name, value)` pairs in the
-    /// order of the `ringgate_pool_*` gauges, plus server connections per node.
-    pub fn pools_by_core(&self) -> Vec<(Vec<(&'static str, u64)>, Vec<(String, u64)>)> {
+    /// Every core's pool figures as last published (at most a second old), by core.
+    pub fn pools_by_core(&self) -> Vec<CorePools> {
         self.cores
             .iter()
-            .map(|m| {
-                let figures = POOL_GAUGES
+            .map(|m| CorePools {
+                figures: POOL_GAUGES
                     .iter()
                     .zip(&m.pool)
                     .map(|((name, _, _), v)| (*name, v.load(Relaxed)))
-                    .collect();
-                let nodes = m
+                    .collect(),
+                nodes: m
                     .pool_nodes
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                (figures, nodes)
+                    .clone(),
             })
             .collect()
     }

@@ -183,6 +183,7 @@ async fn pool_upkeep(core: Rc<Core>) {
     while !core.drain.is_draining() {
         db.maintain();
         core.metrics().set_pool(&db.stats());
+        core.metrics().set_pool_nodes(db.connections_by_node());
         monoio::select! {
             _ = sleep(Duration::from_secs(1)) => {}
             _ = core.drain.signaled() => {}

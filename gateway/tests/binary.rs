@@ -84,7 +84,11 @@ fn test_graceful_shutdown_completes_inflight() {
     assert_eq!(idle.read_response(false).status, 200);
     std::thread::sleep(Duration::from_millis(100));
     p.signal(libc::SIGTERM);
-    p.wait_log("draining", Duration::from_secs(5));
+    let line = p.wait_log("draining", Duration::from_secs(5));
+    assert_eq!(
+        line["fields"]["open_connections"], 2,
+        "the drain line says what is open: {line}"
+    );
     assert!(
         idle.closed_within(Duration::from_secs(3)),
         "idle keep-alive connection closes on drain"
@@ -104,7 +108,11 @@ fn test_graceful_shutdown_completes_inflight() {
     );
     assert!(inflight.closed_within(Duration::from_secs(3)));
     assert_eq!(p.wait_exit(Duration::from_secs(5)), 0);
-    p.wait_log("drained cleanly", Duration::from_secs(2));
+    let line = p.wait_log("drained cleanly", Duration::from_secs(2));
+    assert!(
+        line["fields"]["elapsed_ms"].as_u64().unwrap() >= 300,
+        "the drain took as long as the in-flight request: {line}"
+    );
 }
 
 #[test]

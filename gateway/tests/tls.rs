@@ -169,7 +169,15 @@ fn sighup_reloads_the_certificate_in_the_binary() {
     assert_eq!(request(&mut old, "/health").status, 200);
     let (_, _, second) = write_cert(dir.path());
     p.signal(libc::SIGHUP);
-    p.wait_log("TLS certificate reloaded", Duration::from_secs(5));
+    let line = p.wait_log("TLS certificate reloaded", Duration::from_secs(5));
+    let f = &line["fields"];
+    assert!(
+        f["fingerprint"].as_str().is_some_and(|s| s.len() == 32)
+            && f["previous"].as_str().is_some_and(|s| s.len() == 32)
+            && f["fingerprint"] != f["previous"]
+            && f["chain"] == 1,
+        "the reload line names the new and the old certificate: {line}"
+    );
     common::eventually(Duration::from_secs(3), "new certificate served", || {
         let mut fresh = connect(addr, &second, &[&rustls::version::TLS13]);
         try_request(&mut fresh, "/health").is_some_and(|r| r.status == 200)

@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     rc::Rc,
     sync::Arc,
+    time::Duration,
 };
 
 use deadpool::managed::Object;
@@ -62,6 +63,42 @@ pub struct Shard {
     outstanding: Outstanding,
     on_stale: RefCell<Option<Box<dyn Fn()>>>,
     stats: Cell<ShardStats>,
+    storm: RefCell<StormWatch>,
+}
+
+/// Pools evicted within one upkeep round (about a second) that make an eviction storm.
+pub const STORM_EVICTIONS: u64 = 10;
+/// Storm warnings are this far apart at least; rounds in between are summed.
+const STORM_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Notices eviction storms (many tenant pools closed per second: a cache too small for the
+/// tenants in use, or a topology change) so each gets one warning with its figures.
+#[derive(Debug, Default)]
+pub struct StormWatch {
+    seen: u64,
+    last_warned: Option<Instant>,
+    unreported: u64,
+}
+
+impl StormWatch {
+    /// Folds in the eviction total after one upkeep round; returns the evictions to report
+    /// when this round is a storm and no warning went out in the last ten seconds.
+    pub fn round(&mut self, evicted_total: u64, now: Instant) -> Option<u64> {
+        let fresh = evicted_total.saturating_sub(self.seen);
+        self.seen = evicted_total;
+        if fresh < STORM_EVICTIONS {
+            return None;
+        }
+        self.unreported += fresh;
+        if self
+            .last_warned
+            .is_some_and(|t| now.duration_since(t) < STORM_LOG_EVERY)
+        {
+            return None;
+        }
+        self.last_warned = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -88,6 +125,7 @@ impl Shard {
             outstanding: Rc::default(),
             on_stale: RefCell::new(None),
             stats: Cell::new(ShardStats::default()),
+            storm: RefCell::new(StormWatch::default()),
         })
     }
 
@@ -285,6 +323,22 @@ impl Shard {
         for p in expired {
             p.close();
         }
+        let s = self.stats();
+        let total = s.evicted_capacity + s.evicted_idle + s.evicted_topology;
+        if let Some(n) = self.storm.borrow_mut().round(total, now) {
+            warn!(
+                core = self.core,
+                evicted = n,
+                evicted_capacity_total = s.evicted_capacity,
+                evicted_idle_total = s.evicted_idle,
+                evicted_topology_total = s.evicted_topology,
+                pools = s.pools,
+                max_pools = self.config.max_tenant_pools,
+                "tenant pool eviction storm: {n} pools closed since the last warning; \
+                 if capacity evictions dominate, more tenants are active than \
+                 RINGGATE_MAX_TENANT_POOLS holds"
+            );
+        }
         let mut trimmed = 0;
         for p in self.cache.borrow().pools() {
             trimmed += p.trim_idle(self.config.min_warm, self.config.conn_idle_timeout);
@@ -299,6 +353,15 @@ impl Shard {
         for p in self.cache.borrow_mut().remove_where(|_| true) {
             p.close();
         }
+    }
+
+    /// Server connections open per member (idle and in use), sorted by member name.
+    pub fn connections_by_node(&self) -> Vec<(String, u64)> {
+        let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+        for p in self.cache.borrow().pools() {
+            *by.entry(p.key().node.clone()).or_default() += p.size() as u64;
+        }
+        by.into_iter().collect()
     }
 
     /// Current counters.
@@ -395,5 +458,29 @@ impl Drop for OutstandingGuard {
         if let Some(n) = self.map.borrow_mut().get_mut(&self.node) {
             *n = n.saturating_sub(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storm_is_warned_once_per_ten_seconds_with_its_sum() {
+        let t0 = Instant::now();
+        let mut w = StormWatch::default();
+        assert_eq!(w.round(3, t0), None, "a few evictions are no storm");
+        assert_eq!(w.round(3 + 25, t0 + Duration::from_secs(1)), Some(25));
+        assert_eq!(
+            w.round(28 + 40, t0 + Duration::from_secs(2)),
+            None,
+            "within ten seconds: summed, not logged"
+        );
+        assert_eq!(w.round(68 + 2, t0 + Duration::from_secs(3)), None);
+        assert_eq!(
+            w.round(70 + 12, t0 + Duration::from_secs(12)),
+            Some(52),
+            "the next warning carries what was not reported"
+        );
     }
 }

@@ -12,5 +12,5 @@
 mod load;
 mod reload;
 
-pub use load::{load_server_config, Error};
+pub use load::{chain_summary, load_server_config, Error};
 pub use reload::CertStore;

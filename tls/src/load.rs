@@ -106,6 +106,20 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// The leaf certificate's SHA-256 fingerprint (hex, first 16 bytes) and the chain length,
+/// for log lines that tell which certificate is in service.
+pub fn chain_summary(path: &Path) -> Result<(String, usize), Error> {
+    let chain = read_certs(path)?;
+    let leaf = chain.first().map(|c| {
+        let d = ::ring::digest::digest(&::ring::digest::SHA256, c.as_ref());
+        d.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
+    Ok((leaf.unwrap_or_default(), chain.len()))
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let pem = read(path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())

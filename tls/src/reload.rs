@@ -8,7 +8,7 @@ use std::{
 use rustls::ServerConfig;
 use tracing::{error, info};
 
-use crate::{load_server_config, Error};
+use crate::{chain_summary, load_server_config, Error};
 
 /// The certificate and key files behind the HTTPS listener, and the config last loaded.
 ///
@@ -19,16 +19,20 @@ pub struct CertStore {
     cert: PathBuf,
     key: PathBuf,
     current: Arc<ServerConfig>,
+    fingerprint: String,
 }
 
 impl CertStore {
     /// Loads the files once; fails at start when they are missing or do not match.
     pub fn try_new(cert: &Path, key: &Path) -> Result<Self, Error> {
         let current = load_server_config(cert, key)?;
+        let (fingerprint, chain) = chain_summary(cert)?;
+        info!(cert = %cert.display(), %fingerprint, chain, "TLS certificate loaded");
         Ok(Self {
             cert: cert.into(),
             key: key.into(),
             current,
+            fingerprint,
         })
     }
 
@@ -42,12 +46,20 @@ impl CertStore {
     pub fn reload(&mut self) -> Result<Arc<ServerConfig>, Error> {
         match load_server_config(&self.cert, &self.key) {
             Ok(config) => {
-                info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                let (fingerprint, chain) = chain_summary(&self.cert).unwrap_or_default();
+                info!(
+                    cert = %self.cert.display(),
+                    %fingerprint,
+                    previous = %self.fingerprint,
+                    chain,
+                    "TLS certificate reloaded; new connections get it, established ones keep theirs"
+                );
                 self.current = config.clone();
+                self.fingerprint = fingerprint;
                 Ok(config)
             }
             Err(error) => {
-                error!(%error, "TLS certificate reload failed; still serving the previous certificate");
+                error!(%error, fingerprint = %self.fingerprint, "TLS certificate reload failed; still serving the previous certificate");
                 Err(error)
             }
         }
