@@ -1,10 +1,13 @@
 //! Operator endpoints, off unless `RINGGATE_ADMIN_TOKEN` is set, and then only for
-//! `Authorization: Bearer <token>`:
+//! `Authorization: Bearer <token>` (or, for a browser, HTTP Basic with the token as the
+//! password):
 //! - `GET /admin/status`: JSON — build, this core, topology, pools, upstreams, Redis.
 //! - `GET /admin/upstreams`: JSON — workers by group with weights and health.
 //! - `GET /admin`: the same status as a small server-rendered HTML page.
 //!
-//! Each answer is the view of the core that took the connection (cores share nothing).
+//! Topology, upstreams and Redis are the answering core's view (cores share nothing on the
+//! request path); pool figures are every core's, as each last published them (once a
+//! second).
 
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
@@ -35,19 +38,37 @@ fn refuse(core: &Core, req: &Request) -> Option<Response> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(presented_token);
     match presented {
         Some(p) if same_token(p.as_bytes(), token.as_bytes()) => None,
         _ => Some(
             error_response(
                 StatusCode::UNAUTHORIZED,
                 "admin_unauthorized",
-                "admin endpoints need Authorization: Bearer <RINGGATE_ADMIN_TOKEN>",
+                "admin endpoints need Authorization: Bearer <RINGGATE_ADMIN_TOKEN> (or Basic with it as the password)",
             )
-            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer, Basic realm=\"ringgate admin\""),
+            ),
         ),
     }
+}
+
+/// The token in an `Authorization` value: `Bearer <token>`, or `Basic` credentials whose
+/// password is the token (any user name), so a browser can open `/admin`.
+fn presented_token(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    Some(password.to_string())
 }
 
 /// Handles `/admin`, `/admin/status` and `/admin/upstreams`.
@@ -112,23 +133,34 @@ fn status(core: &Core) -> Value {
         json!({
             "epoch": t.epoch,
             "stale": t.stale,
+            "leader_changes": core.registry.cluster().leader_changes(),
+            "seconds_since_change": core.registry.cluster().since_change().map(|d| d.as_secs()),
             "leader": t.leader.as_ref().map(member),
             "replicas": t.replicas.iter().map(member).collect::<Vec<_>>(),
         })
     });
-    let pools = core.db.as_ref().map(|db| {
-        let s = db.stats();
-        json!({
-            "tenant_pools": s.pools,
-            "server_connections": s.connections,
-            "in_use": s.in_use,
-            "evicted_capacity": s.evicted_capacity,
-            "evicted_idle": s.evicted_idle,
-            "evicted_topology": s.evicted_topology,
-            "wait_timeouts": s.wait_timeouts,
-        })
-    });
     let registry = &core.registry;
+    let pools = core.db.as_ref().map(|_| {
+        registry
+            .pools_by_core()
+            .into_iter()
+            .enumerate()
+            .map(|(n, p)| {
+                let mut o = serde_json::Map::new();
+                o.insert("core".into(), json!(n));
+                for (name, v) in p.figures {
+                    let key = name
+                        .trim_start_matches("ringgate_pool_")
+                        .trim_start_matches("ringgate_");
+                    o.insert(key.into(), json!(v));
+                }
+                let nodes: serde_json::Map<String, Value> =
+                    p.nodes.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                o.insert("connections_by_node".into(), Value::Object(nodes));
+                Value::Object(o)
+            })
+            .collect::<Vec<_>>()
+    });
     json!({
         "build": {
             "version": env!("CARGO_PKG_VERSION"),
@@ -209,18 +241,39 @@ pub fn render_page(status: &Value) -> String {
         ));
     }
     html.push_str(&format!(
-        "</table><p>epoch {} · stale {}</p>",
+        "</table><p>epoch {} · stale {} · leader changes {} · last change {} s ago</p>",
         cell(&t["epoch"]),
-        cell(&t["stale"])
+        cell(&t["stale"]),
+        cell(&t["leader_changes"]),
+        cell(&t["seconds_since_change"])
     ));
-    html.push_str("<h2>Pools (this core)</h2><table id=\"pools\">");
-    if let Some(p) = status["pools"].as_object() {
-        for (k, v) in p {
-            html.push_str(&format!(
-                "<tr><th>{}</th><td>{}</td></tr>",
-                escape(k),
-                cell(v)
-            ));
+    html.push_str("<h2>Pools per core</h2><table id=\"pools\">");
+    if let Some(cores) = status["pools"].as_array() {
+        let columns: Vec<&String> = cores
+            .first()
+            .and_then(Value::as_object)
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        html.push_str("<tr>");
+        for c in &columns {
+            html.push_str(&format!("<th>{}</th>", escape(&c.replace('_', " "))));
+        }
+        html.push_str("</tr>");
+        for core in cores {
+            html.push_str("<tr>");
+            for c in &columns {
+                let v = &core[c.as_str()];
+                let shown = match v.as_object() {
+                    Some(nodes) => nodes
+                        .iter()
+                        .map(|(n, k)| format!("{}: {}", escape(n), cell(k)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    None => cell(v),
+                };
+                html.push_str(&format!("<td>{shown}</td>"));
+            }
+            html.push_str("</tr>");
         }
     }
     html.push_str("</table><h2>Upstreams</h2><table id=\"upstreams\"><tr><th>group</th><th>worker</th><th>colour</th><th>weight</th><th>effective</th><th>healthy</th></tr>");
@@ -268,7 +321,7 @@ mod tests {
             "core": 0,
             "draining": true,
             "topology": {"leader": {"name": "<pg1>", "addr": "a"}, "replicas": [], "epoch": 3, "stale": false},
-            "pools": {"tenant_pools": 1},
+            "pools": [{"core": 0, "tenant_pools": 1, "connections_by_node": {"pg<1>": 2}}],
             "upstreams": {"groups": {"g": [{"addr": "x&y", "weight": 1}]}},
             "redis": {"configured": false, "master": null},
         });
@@ -277,5 +330,18 @@ mod tests {
         assert!(html.contains("x&amp;y"));
         assert!(html.contains("draining"));
         assert!(html.contains("id=\"topology\"") && html.contains("id=\"upstreams\""));
+        assert!(html.contains("<th>tenant pools</th>") && html.contains("pg&lt;1&gt;: 2"));
+    }
+
+    #[test]
+    fn bearer_and_basic_credentials_carry_the_token() {
+        assert_eq!(presented_token("Bearer abc ").as_deref(), Some("abc"));
+        // "admin:s3cret:x" — the password may contain colons.
+        assert_eq!(
+            presented_token("Basic YWRtaW46czNjcmV0Ong=").as_deref(),
+            Some("s3cret:x")
+        );
+        assert_eq!(presented_token("Basic !!!"), None);
+        assert_eq!(presented_token("Digest x"), None);
     }
 }

@@ -32,8 +32,25 @@ fn test_admin_endpoints_need_the_right_token() {
         let r = request(addr, "GET", "/admin/status", &headers, b"");
         assert_eq!(r.status, 401, "{auth:?}");
         assert_eq!(r.json()["code"], "admin_unauthorized");
-        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer, Basic realm=\"ringgate admin\"")
+        );
     }
+    // A browser's Basic credentials: any user name, the token as the password.
+    let basic = |user_pass: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+    };
+    let wrong = basic("admin:wrong-token-wrong-token");
+    let r = request(addr, "GET", "/admin", &[("Authorization", &wrong)], b"");
+    assert_eq!(r.status, 401);
+    let right = basic(&format!("ops:{}", ringgate_tests::gateway::ADMIN_TOKEN));
+    let r = request(addr, "GET", "/admin", &[("Authorization", &right)], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = request(addr, "POST", "/admin/status", &[], b"");
     assert_eq!(r.status, 405);
 }
