@@ -4,6 +4,8 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use ringgate::{config::Config, Gateway};
 
+use crate::backend::{pg_admin_url, required};
+
 /// The admin token every test gateway gets (`RINGGATE_ADMIN_TOKEN`).
 pub const ADMIN_TOKEN: &str = "ringgate-test-admin-token";
 
@@ -21,4 +23,34 @@ pub fn start(env: &[(&str, &str)]) -> (Gateway, SocketAddr) {
     let g = Gateway::start(config).expect("gateway starts");
     let addr = g.plain_addr().expect("plain listener");
     (g, addr)
+}
+
+/// [`start`] with the backend's database, control database, Redis (through its Sentinels)
+/// and authenticator settings, on top of `extra`.
+pub fn start_with_redis(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
+    let (db, control) = (pg_admin_url(), required("RINGGATE_CONTROL_DATABASE_URL"));
+    let (sentinels, password, auth) = (
+        required("RINGGATE_REDIS_SENTINELS"),
+        required("RINGGATE_REDIS_PASSWORD"),
+        required("RINGGATE_AUTHENTICATOR_PASSWORD"),
+    );
+    let master = required("RINGGATE_REDIS_MASTER");
+    let mut env = vec![
+        ("DATABASE_URL", db.as_str()),
+        ("RINGGATE_CONTROL_DATABASE_URL", control.as_str()),
+        ("RINGGATE_REDIS_SENTINELS", sentinels.as_str()),
+        ("RINGGATE_REDIS_MASTER", master.as_str()),
+        ("RINGGATE_REDIS_PASSWORD", password.as_str()),
+        ("RINGGATE_AUTHENTICATOR_PASSWORD", auth.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let owned: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let refs: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    start(&refs)
 }

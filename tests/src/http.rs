@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// A parsed response.
@@ -100,4 +100,23 @@ pub fn request(
 pub fn admin_get(addr: SocketAddr, path: &str) -> Resp {
     let bearer = format!("Bearer {}", crate::gateway::ADMIN_TOKEN);
     request(addr, "GET", path, &[("Authorization", &bearer)], b"")
+}
+
+/// GETs `path` until the body starts with `name` (a proxy test worker's answer); returns
+/// how long it took. Panics after `limit`.
+pub fn wait_for_worker(addr: SocketAddr, path: &str, name: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = request(addr, "GET", path, &[], b"");
+        if r.status == 200 && r.text().starts_with(name) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} got no request within {limit:?} (last: {} {})",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

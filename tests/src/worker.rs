@@ -4,16 +4,24 @@
 //! uploads take no memory. Special paths: `/download/N` sends N bytes, `/chunked/N` sends
 //! N bytes chunked, `/slow/MS` answers after MS milliseconds. [`TestWorker::kill`] makes it
 //! drop every connection without answering. Stops accepting when dropped.
+//!
+//! The connection code ([`serve_connection`]) is shared with the `rg-test-worker` binary,
+//! which runs it in a process of its own and drains it on SIGTERM ([`Switches::draining`]).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+/// How long a connection may stay idle, or a request take to arrive, before it is closed.
+const READ_LIMIT: Duration = Duration::from_secs(30);
+/// How often an idle connection looks at [`Switches::draining`].
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// A running test worker.
 #[derive(Debug)]
@@ -22,9 +30,7 @@ pub struct TestWorker {
     pub addr: SocketAddr,
     /// Requests answered so far.
     pub served: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    sick: Arc<AtomicBool>,
-    failing: Arc<AtomicBool>,
+    switches: Switches,
 }
 
 impl TestWorker {
@@ -33,22 +39,14 @@ impl TestWorker {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a worker");
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
-        let served = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let sick = Arc::new(AtomicBool::new(false));
-        let failing = Arc::new(AtomicBool::new(false));
-        let flags = Flags {
-            stop: stop.clone(),
-            sick: sick.clone(),
-            failing: failing.clone(),
-        };
-        let (s, n) = (served.clone(), name.to_string());
+        let switches = Switches::default();
+        let (sw, n) = (switches.clone(), name.to_string());
         std::thread::spawn(move || {
-            while !flags.stop.load(Ordering::Relaxed) {
+            while !sw.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (s, n, f) = (s.clone(), n.clone(), flags.clone());
-                        std::thread::spawn(move || serve(stream, &n, &s, &f));
+                        let (n, sw) = (n.clone(), sw.clone());
+                        std::thread::spawn(move || serve_connection(stream, &n, &sw));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -56,10 +54,8 @@ impl TestWorker {
         });
         Self {
             addr,
-            served,
-            stop,
-            sick,
-            failing,
+            served: switches.served.clone(),
+            switches,
         }
     }
 
@@ -70,45 +66,114 @@ impl TestWorker {
 
     /// Makes `GET /health` answer 503 (`true`) or 200 (`false`).
     pub fn set_sick(&self, sick: bool) {
-        self.sick.store(sick, Ordering::Relaxed);
+        self.switches.sick.store(sick, Ordering::Relaxed);
     }
 
     /// Makes every request but `/health` answer 500 (`true`) or normally (`false`).
     pub fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::Relaxed);
+        self.switches.failing.store(failing, Ordering::Relaxed);
     }
 
     /// Dies: stops accepting, and every open connection is closed on its next request
     /// without a response.
     pub fn kill(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.switches.stop.store(true, Ordering::Relaxed);
     }
 }
 
 impl Drop for TestWorker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.switches.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// The switches a test flips on a running worker.
-#[derive(Debug, Clone)]
-struct Flags {
-    stop: Arc<AtomicBool>,
-    sick: Arc<AtomicBool>,
-    failing: Arc<AtomicBool>,
+/// The counters and switches every connection of one worker shares.
+#[derive(Debug, Clone, Default)]
+pub struct Switches {
+    /// Requests answered so far (not `/health`).
+    pub served: Arc<AtomicUsize>,
+    /// Requests begun (request line read) whose response is not completely written yet.
+    pub in_flight: Arc<AtomicUsize>,
+    /// Dead: a connection closes on its next request without answering it.
+    pub stop: Arc<AtomicBool>,
+    /// `GET /health` answers 503.
+    pub sick: Arc<AtomicBool>,
+    /// Every request but `/health` answers 500.
+    pub failing: Arc<AtomicBool>,
+    /// Draining: idle connections close (a request already in the socket is still
+    /// answered), and requests being served are answered with `connection: close`.
+    pub draining: Arc<AtomicBool>,
 }
 
-fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, flags: &Flags) {
-    let (stop, sick) = (&flags.stop, &flags.sick);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+/// Counts a request in [`Switches::in_flight`] until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits for the first byte of the next request on `reader`. `false` when the connection
+/// is to close instead: the peer closed it, it was idle for [`READ_LIMIT`], or the worker
+/// is draining and nothing has arrived.
+fn next_request_arrives(reader: &mut BufReader<TcpStream>, sw: &Switches) -> bool {
+    if !reader.buffer().is_empty() {
+        return true;
+    }
+    let _ = reader.get_ref().set_read_timeout(Some(IDLE_POLL));
+    let idle_since = Instant::now();
+    let arrived = loop {
+        if sw.draining.load(Ordering::SeqCst) {
+            // Last look without waiting: a request already in the socket is answered.
+            if reader.get_ref().set_nonblocking(true).is_err() {
+                break false;
+            }
+            let waiting = matches!(reader.fill_buf(), Ok(b) if !b.is_empty());
+            let _ = reader.get_ref().set_nonblocking(false);
+            break waiting;
+        }
+        match reader.fill_buf() {
+            Ok(b) => break !b.is_empty(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if idle_since.elapsed() >= READ_LIMIT {
+                    break false;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = reader.get_ref().set_read_timeout(Some(READ_LIMIT));
+    arrived
+}
+
+/// Serves one connection as the worker `name` until the peer closes it, the worker is
+/// stopped, or (while draining) it has no request left.
+pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
+    let (stop, sick) = (&sw.stop, &sw.sick);
+    let _ = stream.set_read_timeout(Some(READ_LIMIT));
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
     let mut out = stream;
     loop {
+        if !next_request_arrives(&mut reader, sw) {
+            return;
+        }
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || stop.load(Ordering::Relaxed) {
             return;
         }
+        let _in_flight = InFlight::new(&sw.in_flight);
         let mut parts = line.split_whitespace();
         let (method, path) = (
             parts.next().unwrap_or("").to_string(),
@@ -152,19 +217,41 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, flags: &Flags) {
             return;
         }
         if path != "/health" {
-            served.fetch_add(1, Ordering::Relaxed);
+            sw.served.fetch_add(1, Ordering::Relaxed);
         }
         let number = |marker: &str| {
             let at = path.find(marker)?;
             path[at + marker.len()..].parse::<usize>().ok()
         };
+        // Decided when the response starts: a drain that began meanwhile closes after it.
+        let closing = std::cell::Cell::new(false);
+        let connection = || {
+            let close = sw.draining.load(Ordering::SeqCst);
+            closing.set(close);
+            if close {
+                "connection: close\r\n"
+            } else {
+                ""
+            }
+        };
         let head = |extra: &str| {
-            format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nx-worker: {name}\r\n{extra}\r\n")
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nx-worker: {name}\r\n{}{extra}\r\n",
+                connection()
+            )
         };
         let sent = if path == "/health" && sick.load(Ordering::Relaxed) {
-            out.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
-        } else if path != "/health" && flags.failing.load(Ordering::Relaxed) {
-            out.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 6\r\n\r\nbroken")
+            let resp = format!(
+                "HTTP/1.1 503 Service Unavailable\r\n{}content-length: 0\r\n\r\n",
+                connection()
+            );
+            out.write_all(resp.as_bytes())
+        } else if path != "/health" && sw.failing.load(Ordering::Relaxed) {
+            let resp = format!(
+                "HTTP/1.1 500 Internal Server Error\r\n{}content-length: 6\r\n\r\nbroken",
+                connection()
+            );
+            out.write_all(resp.as_bytes())
         } else if let Some(n) = number("/download/") {
             out.write_all(head(&format!("content-length: {n}\r\n")).as_bytes())
                 .and_then(|_| send_bytes(&mut out, n, false))
@@ -177,12 +264,17 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize, flags: &Flags) {
             }
             let text = format!("{name} {method} {path} xff={xff} body={length}");
             let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-worker: {name}\r\ncontent-length: {}\r\n\r\n{text}",
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-worker: {name}\r\n{}content-length: {}\r\n\r\n{text}",
+                connection(),
                 text.len()
             );
             out.write_all(resp.as_bytes())
         };
         if sent.is_err() {
+            return;
+        }
+        if closing.get() {
+            let _ = out.shutdown(std::net::Shutdown::Write);
             return;
         }
     }

@@ -11,8 +11,8 @@ use ringgate_tests::{
         chaos_lock, cluster, pg_admin_url, redis_cli, redis_master, redis_master_addr,
         repair_cluster, required, unique,
     },
-    gateway::start,
-    http::{admin_get, request, Resp},
+    gateway::{start, start_with_redis},
+    http::{admin_get, request, wait_for_worker, Resp},
     worker::TestWorker,
 };
 use serde_json::{json, Value};
@@ -32,35 +32,6 @@ fn put_session(api_key: &str, session: &Value) {
         Some("2"),
         "both Redis replicas have the session"
     );
-}
-
-/// Redis, control database and authenticator settings, on top of `extra`.
-fn start_with_redis(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
-    let (db, control) = (pg_admin_url(), required("RINGGATE_CONTROL_DATABASE_URL"));
-    let (sentinels, password, auth) = (
-        required("RINGGATE_REDIS_SENTINELS"),
-        required("RINGGATE_REDIS_PASSWORD"),
-        required("RINGGATE_AUTHENTICATOR_PASSWORD"),
-    );
-    let master = required("RINGGATE_REDIS_MASTER");
-    let mut env = vec![
-        ("DATABASE_URL", db.as_str()),
-        ("RINGGATE_CONTROL_DATABASE_URL", control.as_str()),
-        ("RINGGATE_REDIS_SENTINELS", sentinels.as_str()),
-        ("RINGGATE_REDIS_MASTER", master.as_str()),
-        ("RINGGATE_REDIS_PASSWORD", password.as_str()),
-        ("RINGGATE_AUTHENTICATOR_PASSWORD", auth.as_str()),
-    ];
-    env.extend_from_slice(extra);
-    let owned: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let refs: Vec<(&str, &str)> = owned
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    start(&refs)
 }
 
 fn sql_with(addr: SocketAddr, headers: &[(&str, &str)], query: &str) -> Resp {
@@ -165,24 +136,6 @@ fn register(group: &str, id: &str, worker: &TestWorker, ttl_secs: u32, announce:
     redis_master(&["SET", &key, &value, "EX", &ttl_secs.to_string()]);
     if announce {
         redis_master(&["PUBLISH", "ringgate:workers", &key]);
-    }
-}
-
-/// GETs `path` until the body starts with `name`; returns how long it took.
-fn wait_for_worker(addr: SocketAddr, path: &str, name: &str, limit: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let r = request(addr, "GET", path, &[], b"");
-        if r.status == 200 && r.text().starts_with(name) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{name} got no request within {limit:?} (last: {} {})",
-            r.status,
-            r.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
