@@ -1,7 +1,8 @@
-//! The `/admin` page as an operator sees it: headless Chromium (Debian's `chromium`) opens
-//! it with the token as Basic credentials, against ringgate following the real Patroni
-//! cluster, and takes a screenshot. The test checks what the browser rendered (the DOM
-//! after parsing) and that the screenshot is a page, not a blank or an error.
+//! The `/admin` page as an operator sees it: headless Chromium (Debian's `chromium`, driven
+//! by puppeteer-core from tests/browser) opens it with the admin token, against ringgate
+//! following the real Patroni cluster, and takes a screenshot. The test checks what the
+//! browser rendered (the DOM after parsing) and that the screenshot is a page, not a blank
+//! or an error.
 
 use std::{
     net::SocketAddr,
@@ -17,26 +18,15 @@ use ringgate_tests::{
     worker::TestWorker,
 };
 
-/// Runs Chromium headless on `url` with `mode` (`--dump-dom` or `--screenshot=...`);
-/// returns its standard output.
-fn chromium(url: &str, mode: &str, profile: &Path) -> String {
+/// Opens `url` in headless Chromium with the admin token, saves a screenshot to `shot`
+/// and returns the rendered DOM.
+fn chromium(url: &str, shot: &Path) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/screenshot.mjs");
     let out = Command::new("timeout")
-        .args([
-            "90",
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=1280,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(mode)
-        .arg(url)
+        .args(["90", "node", script, url, ADMIN_TOKEN])
+        .arg(shot)
         .output()
-        .expect("run chromium (scripts/install-deps installs Debian's chromium)");
+        .expect("run node (scripts/test installs tests/browser's puppeteer-core)");
     assert!(
         out.status.success(),
         "chromium failed: {}\n{}",
@@ -118,9 +108,10 @@ fn test_admin_page_renders_in_headless_chromium_with_a_screenshot() {
         .expect("a leader from Patroni")
         .to_string();
 
-    let profile = tempfile_dir("chromium-profile");
-    let url = format!("http://ops:{ADMIN_TOKEN}@{addr}/admin");
-    let dom = chromium(&url, "--dump-dom", &profile);
+    let url = format!("http://{addr}/admin");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let dom = chromium(&url, &shot);
     for expected in [
         "<h1>ringgate</h1>",
         "Pools per core",
@@ -134,14 +125,9 @@ fn test_admin_page_renders_in_headless_chromium_with_a_screenshot() {
         );
     }
     let rows = dom.matches("<tr>").count();
-    assert!(rows >= 8, "topology, two cores of pools and a worker: {dom}");
-
-    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(
-        &url,
-        &format!("--screenshot={}", shot.display()),
-        &profile,
+    assert!(
+        rows >= 8,
+        "topology, two cores of pools and a worker: {dom}"
     );
     let (w, h, colours, inked) = png_figures(&shot);
     println!(
@@ -158,16 +144,4 @@ fn test_admin_page_renders_in_headless_chromium_with_a_screenshot() {
         (0.005..0.6).contains(&inked),
         "a page of tables on a white background, not blank and not an error fill"
     );
-    let _ = std::fs::remove_dir_all(&profile);
-}
-
-/// A fresh directory under the target dir's tmp (cleaned at the next run).
-fn tempfile_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a profile dir");
-    dir
 }
