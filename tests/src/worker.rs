@@ -74,6 +74,14 @@ impl TestWorker {
         self.switches.failing.store(failing, Ordering::Relaxed);
     }
 
+    /// Closes keep-alive connections idle for `after` (as a worker with a keep-alive
+    /// timeout shorter than ringgate's does).
+    pub fn set_idle_close(&self, after: Duration) {
+        self.switches
+            .idle_close_ms
+            .store(after.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// Dies: stops accepting, and every open connection is closed on its next request
     /// without a response.
     pub fn kill(&self) {
@@ -103,6 +111,8 @@ pub struct Switches {
     /// Draining: idle connections close (a request already in the socket is still
     /// answered), and requests being served are answered with `connection: close`.
     pub draining: Arc<AtomicBool>,
+    /// When not 0: idle keep-alive connections close after this many milliseconds.
+    pub idle_close_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counts a request in [`Switches::in_flight`] until dropped.
@@ -130,6 +140,10 @@ fn next_request_arrives(reader: &mut BufReader<TcpStream>, sw: &Switches) -> boo
     }
     let _ = reader.get_ref().set_read_timeout(Some(IDLE_POLL));
     let idle_since = Instant::now();
+    let limit = match sw.idle_close_ms.load(Ordering::Relaxed) {
+        0 => READ_LIMIT,
+        ms => Duration::from_millis(ms),
+    };
     let arrived = loop {
         if sw.draining.load(Ordering::SeqCst) {
             // Last look without waiting: a request already in the socket is answered.
@@ -143,7 +157,7 @@ fn next_request_arrives(reader: &mut BufReader<TcpStream>, sw: &Switches) -> boo
         match reader.fill_buf() {
             Ok(b) => break !b.is_empty(),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if idle_since.elapsed() >= READ_LIMIT {
+                if idle_since.elapsed() >= limit {
                     break false;
                 }
             }

@@ -403,3 +403,31 @@ fn test_proxy_active_health_checks_take_a_sick_worker_out_and_back() {
     );
     drop(w2);
 }
+
+#[test]
+fn test_proxy_does_not_reuse_connections_the_worker_closed() {
+    // One worker whose keep-alive timeout (100 ms) is far shorter than ringgate's (30 s):
+    // every pooled connection is closed by the worker before the next request comes.
+    let w = TestWorker::start("brief");
+    w.set_idle_close(std::time::Duration::from_millis(100));
+    let upstreams = format!("app={}", w.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/app=app"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s"),
+    ]);
+    for i in 0..6 {
+        let (method, body): (&str, &[u8]) = match i % 2 {
+            0 => ("GET", b""),
+            _ => ("POST", b"not repeatable"),
+        };
+        let r = request(addr, method, &format!("/app/{i}"), &[], body);
+        assert_eq!(r.status, 200, "request {i} ({method}): {}", r.text());
+        assert_eq!(
+            r.text(),
+            format!("brief {method} /app/{i} xff=127.0.0.1 body={}", body.len())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(w.count(), 6, "each request reached the worker exactly once");
+}

@@ -29,6 +29,16 @@ use crate::{
 
 /// Bytes moved per read in either direction.
 const PIPE_CHUNK: usize = 64 * 1024;
+/// One request as it goes to workers: the client's head, the head encoded for workers,
+/// the request id, and whether the client keeps its connection.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    head: &'a ParsedHead,
+    req_head: &'a [u8],
+    request_id: &'a [u8],
+    keep_alive: bool,
+}
+
 /// Workers tried for one request.
 const MAX_TRIES: usize = 3;
 
@@ -44,7 +54,12 @@ pub(super) struct Proxied {
 enum Attempt {
     /// Nothing reached the worker or nothing of the client's body was consumed, and no
     /// response byte came back: another worker may be tried (if the method allows).
-    Retry { sent: bool, reason: String },
+    /// `reused`: it happened on a pooled connection.
+    Retry {
+        sent: bool,
+        reason: String,
+        reused: bool,
+    },
     /// The client must get this answer.
     Answer(Response),
     /// The client connection is unusable (its body broke off, or the response was cut).
@@ -74,6 +89,10 @@ impl Conn {
             encode_request_head(&head.parts, head.framing, self.peer, self.tls, request_id);
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last = String::from("no worker available");
+        let repeatable = idempotent && head.framing == Framing::Empty;
+        // Set once a pooled connection failed a repeatable request: the next attempt (the
+        // same worker may be picked again) opens a fresh connection.
+        let mut fresh = false;
         while tried.len() < MAX_TRIES {
             let sticky = core.config.proxy.sticky_groups.contains(&route.group);
             let Some(picked) = up.pick(&route.group, &tried, &head.parts.headers, sticky) else {
@@ -81,22 +100,38 @@ impl Conn {
             };
             tried.push(picked.worker.addr);
             up.begin(picked.worker.addr);
-            let result = self
-                .attempt(io, head, &req_head, &picked, request_id, keep_alive)
-                .await;
+            let out = Outgoing {
+                head,
+                req_head: &req_head,
+                request_id,
+                keep_alive,
+            };
+            let result = self.attempt(io, &out, &picked, fresh).await;
             up.end(picked.worker.addr);
             match result {
                 Ok(p) => {
                     up.record(picked.worker.addr, Outcome::Success);
                     return p;
                 }
-                Err(Attempt::Retry { sent, reason }) => {
+                Err(Attempt::Retry {
+                    sent,
+                    reason,
+                    reused: true,
+                }) if sent && repeatable && !fresh => {
+                    // The worker closed its end of a pooled connection as the request went
+                    // out: no fault of the worker, and no response byte came back.
+                    debug!(worker = %picked.worker.addr, %reason, "pooled connection failed; retrying on a fresh one");
+                    last = reason;
+                    tried.pop();
+                    fresh = true;
+                }
+                Err(Attempt::Retry { sent, reason, .. }) => {
                     up.record(picked.worker.addr, Outcome::Failure);
                     debug!(worker = %picked.worker.addr, %reason, "proxy attempt failed");
                     last = reason;
                     // Once the head reached a worker, only an idempotent request without a
                     // body may go to another one.
-                    if sent && !(idempotent && head.framing == Framing::Empty) {
+                    if sent && !repeatable {
                         let r = error_response(StatusCode::BAD_GATEWAY, "bad_gateway", &last);
                         return self.answer(io, r, request_id, false).await;
                     }
@@ -127,25 +162,63 @@ impl Conn {
     async fn attempt<IO: AsyncReadRent + AsyncWriteRent>(
         &mut self,
         io: &mut IO,
-        head: &ParsedHead,
-        req_head: &[u8],
+        out: &Outgoing<'_>,
         picked: &Picked,
-        request_id: &[u8],
-        keep_alive: bool,
+        fresh: bool,
     ) -> Result<Proxied, Attempt> {
+        let Outgoing {
+            head,
+            req_head,
+            request_id,
+            keep_alive,
+        } = *out;
         let core = self.core.clone();
         let up = &core.upstreams;
         let cfg = &core.config.proxy;
         let addr = picked.worker.addr;
-        // A pooled connection the worker closed meanwhile fails on first use; a fresh one
-        // is then opened (nothing of the request was processed on a dead connection).
+        // A pooled connection the worker closed meanwhile is dropped by `take_idle`; one
+        // whose write fails at once is too, and a fresh one is opened (nothing of the
+        // request was processed on a dead connection).
         let mut stream = None;
-        if let Some(mut s) = up.take_idle(addr, cfg.idle_timeout) {
+        if let Some(mut s) = (!fresh)
+            .then(|| up.take_idle(addr, cfg.idle_timeout))
+            .flatten()
+        {
             let (res, _) = s.write_all(req_head.to_vec()).await;
             if res.is_ok() {
                 stream = Some(s);
             }
         }
+        let reused = stream.is_some();
+        self.exchange(io, head, picked, request_id, keep_alive, stream, req_head)
+            .await
+            .map_err(|e| match e {
+                Attempt::Retry { sent, reason, .. } => Attempt::Retry {
+                    sent,
+                    reason,
+                    reused,
+                },
+                other => other,
+            })
+    }
+
+    /// The request and response on `stream` (a pooled connection the head was written to),
+    /// or on a fresh connection when there is none.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange<IO: AsyncReadRent + AsyncWriteRent>(
+        &mut self,
+        io: &mut IO,
+        head: &ParsedHead,
+        picked: &Picked,
+        request_id: &[u8],
+        keep_alive: bool,
+        stream: Option<TcpStream>,
+        req_head: &[u8],
+    ) -> Result<Proxied, Attempt> {
+        let core = self.core.clone();
+        let up = &core.upstreams;
+        let cfg = &core.config.proxy;
+        let addr = picked.worker.addr;
         let mut stream = match stream {
             Some(s) => s,
             None => {
@@ -154,11 +227,13 @@ impl Conn {
                     .map_err(|e| Attempt::Retry {
                         sent: false,
                         reason: e.to_string(),
+                        reused: false,
                     })?;
                 let (res, _) = s.write_all(req_head.to_vec()).await;
                 res.map_err(|e| Attempt::Retry {
                     sent: false,
                     reason: format!("{addr}: {e}"),
+                    reused: false,
                 })?;
                 s
             }
@@ -364,6 +439,7 @@ async fn read_response_head(
                 return Err(Attempt::Retry {
                     sent: true,
                     reason: format!("{addr} closed the connection without a response"),
+                    reused: false,
                 })
             }
             Ok(Ok(0)) => {
@@ -378,6 +454,7 @@ async fn read_response_head(
                 return Err(Attempt::Retry {
                     sent: true,
                     reason: format!("{addr}: {e}"),
+                    reused: false,
                 })
             }
             Ok(Err(e)) => {

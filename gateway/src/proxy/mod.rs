@@ -308,12 +308,21 @@ impl Upstreams {
 
     /// A pooled connection to `addr` idle for less than `max_idle`, if there is one;
     /// older ones are closed.
+    ///
+    /// Connections the worker closed meanwhile are dropped here, not used: a request
+    /// written to one would fail only when its response is due.
     pub fn take_idle(&self, addr: SocketAddr, max_idle: Duration) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
         list.retain(|(_, at)| now.saturating_duration_since(*at) < max_idle);
-        list.pop().map(|(s, _)| s)
+        while let Some((s, _)) = list.pop() {
+            if !upstream::unusable(&s) {
+                return Some(s);
+            }
+            debug!(worker = %addr, "pooled connection closed by the worker; dropped");
+        }
+        None
     }
 
     /// Keeps a connection for reuse (while the worker is still in the set).
