@@ -279,6 +279,66 @@ mod tests {
         assert!(!back.stale && back.epoch == 3 && back.leader.as_ref().unwrap().name == "pg2");
     }
 
+    /// A log writer that sends every line over a channel.
+    struct Lines(std::sync::mpsc::Sender<String>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(String::from_utf8_lossy(buf).into_owned());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failover_is_logged_with_the_time_without_a_leader() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Lines(tx.clone()))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut clock = LeaderClock::default();
+            let pg1 = topo("pg1");
+            log_change(&mut clock, None, &pg1);
+            let none = Topology {
+                leader: None,
+                ..pg1.clone()
+            };
+            log_change(&mut clock, Some(&pg1), &none);
+            std::thread::sleep(Duration::from_millis(30));
+            log_change(&mut clock, Some(&none), &topo("pg2"));
+            log_change(&mut clock, Some(&topo("pg2")), &topo("pg3"));
+        });
+        let lines: Vec<String> = rx.try_iter().collect();
+        let text = lines.concat();
+        assert!(
+            text.contains("INFO") && text.contains("topology updated"),
+            "{text}"
+        );
+        assert!(
+            text.contains("WARN")
+                && text.contains("failover: the database has no leader")
+                && text.contains("previous=\"pg1\""),
+            "{text}"
+        );
+        let elected = lines
+            .iter()
+            .find(|l| l.contains("failover: new leader elected"))
+            .expect("an election line");
+        let ms: u64 = elected
+            .split("without_leader_ms=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("without_leader_ms");
+        assert!(ms >= 30, "{elected}");
+        assert!(elected.contains("leader=\"pg2\"") && elected.contains("previous=\"pg1\""));
+        assert!(text.contains("failover: leader changed") && text.contains("leader=\"pg3\""));
+    }
+
     #[test]
     fn nothing_to_keep_when_never_reached() {
         let mut t = Tracker::default();

@@ -129,6 +129,18 @@ fn status_index(code: u16) -> usize {
         .unwrap_or(STATUSES.len())
 }
 
+/// The non-zero counters of one status array, with their `status` label values.
+fn status_counts(counts: &[AtomicU64; N_STATUS]) -> impl Iterator<Item = (String, u64)> + '_ {
+    counts.iter().enumerate().filter_map(|(i, n)| {
+        let n = n.load(Relaxed);
+        let status = STATUSES
+            .get(i)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "other".into());
+        (n > 0).then_some((status, n))
+    })
+}
+
 /// The histogram bucket `elapsed` falls in.
 fn bucket(elapsed: Duration) -> usize {
     let secs = elapsed.as_secs_f64();
@@ -545,15 +557,7 @@ impl Registry {
         writeln!(o, "# TYPE ringgate_http_requests_total counter")?;
         for (c, m) in self.cores.iter().enumerate() {
             for route in Route::ALL {
-                for (s, n) in m.requests[route.index()].iter().enumerate() {
-                    let n = n.load(Relaxed);
-                    if n == 0 {
-                        continue;
-                    }
-                    let status = STATUSES
-                        .get(s)
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "other".into());
+                for (status, n) in status_counts(&m.requests[route.index()]) {
                     writeln!(o, "ringgate_http_requests_total{{core=\"{c}\",route=\"{}\",status=\"{status}\"}} {n}", route.label())?;
                 }
             }
@@ -686,15 +690,7 @@ impl Registry {
         writeln!(o, "# HELP ringgate_sql_requests_total POST /sql answers by core, tenant class (ringgate.projects.class) and status.\n# TYPE ringgate_sql_requests_total counter")?;
         for (c, m) in self.cores.iter().enumerate() {
             for (slot, statuses) in m.sql_requests.iter().enumerate() {
-                for (s, n) in statuses.iter().enumerate() {
-                    let n = n.load(Relaxed);
-                    if n == 0 {
-                        continue;
-                    }
-                    let status = STATUSES
-                        .get(s)
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "other".into());
+                for (status, n) in status_counts(statuses) {
                     writeln!(
                         o,
                         "ringgate_sql_requests_total{{core=\"{c}\",class=\"{}\",status=\"{status}\"}} {n}",

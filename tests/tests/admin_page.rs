@@ -97,7 +97,7 @@ fn test_admin_page_renders_in_headless_chromium_with_a_screenshot() {
             "POST",
             "/sql",
             &[("Neon-Connection-String", cs.as_str())],
-            br#"{"query": "insert into items (name) values ('admin page') returning id"}"#,
+            br#"{"query": "select count(*) from items"}"#,
         );
         assert_eq!(r.status, 200, "{}", r.text());
     }
