@@ -43,6 +43,11 @@ impl Default for ClusterView {
     }
 }
 
+/// A copy of what `slot` holds, even if a writer panicked.
+fn snapshot<T: Clone>(slot: &RwLock<T>) -> T {
+    slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 fn leader_name(t: &Topology) -> Option<&str> {
     t.leader.as_ref().map(|l| l.name.as_str())
 }
@@ -79,10 +84,7 @@ impl ClusterView {
 
     /// Time since the topology last changed, once one was published.
     pub fn since_change(&self) -> Option<Duration> {
-        self.changed_at
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|t| t.elapsed())
+        snapshot(&self.changed_at).map(|t| t.elapsed())
     }
 
     /// Renders the topology and worker families.
@@ -92,11 +94,7 @@ impl ClusterView {
     }
 
     fn render_topology(&self, o: &mut String) -> std::fmt::Result {
-        let topology = self
-            .topology
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let topology = snapshot(&self.topology);
         writeln!(o, "# HELP ringgate_topology_leader_changes_total Times the database leader changed (failovers and switchovers), including to no leader.\n# TYPE ringgate_topology_leader_changes_total counter")?;
         writeln!(
             o,
@@ -160,11 +158,7 @@ impl ClusterView {
     }
 
     fn render_workers(&self, o: &mut String) -> std::fmt::Result {
-        let set = self
-            .workers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let set = snapshot(&self.workers);
         let Some(set) = set else {
             return Ok(());
         };
