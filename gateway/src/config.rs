@@ -218,6 +218,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_DISCOVERY_INTERVAL, default: "30s", help: "rescan of worker registrations in Redis when no announcement arrives" },
     VarDoc { name: ENV_UPSTREAM_CONNECT_TIMEOUT, default: "2s", help: "connect timeout to a worker (then the next worker is tried)" },
     VarDoc { name: ENV_UPSTREAM_IDLE_TIMEOUT, default: "30s", help: "keep-alive connections to a worker idle longer than this are closed, not reused" },
+    VarDoc { name: ENV_UPSTREAM_IDLE_MAX, default: "1024", help: "idle keep-alive connections kept per worker and core (more are closed)" },
     VarDoc { name: ENV_STICKY_GROUPS, default: "(unset)", help: "worker groups with cookie-based sticky sessions (group,...)" },
     VarDoc { name: ENV_RATE_LIMIT, default: "(unset)", help: "proxied requests per second per tenant (Host's project, else client IP), split across cores; over it: 429" },
     VarDoc { name: ENV_RATE_BURST, default: "= rate", help: "token-bucket size per tenant" },

@@ -10,6 +10,12 @@ use ringgate::{
 };
 use tracing::{error, info, warn};
 
+/// mimalloc instead of the system allocator: requests allocate and free many small,
+/// short-lived buffers on every core, which glibc's malloc serves with more work per call
+/// (arena locks, consolidation); measured in bench/RESULTS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 

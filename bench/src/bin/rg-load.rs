@@ -8,7 +8,9 @@
 //!
 //! Usage: rg-load --url http[s]://IP:PORT/PATH --rate N --duration SECS [--connections C]
 //!                [--warmup SECS] [--ca PEM] [--body TEXT] [--header 'Name: value']...
-//! With `--body` the requests are POSTs with that body.
+//! With `--body` the requests are POSTs with that body. With `--slow-ms N` it also prints,
+//! to stderr, each 100 ms window of the schedule that had requests slower than N ms (to tell
+//! periodic stalls from spread-out slowness).
 
 use std::{
     cell::RefCell,
@@ -36,13 +38,14 @@ struct Args {
     ca: Option<String>,
     body: Option<String>,
     headers: Vec<String>,
+    slow_ms: Option<f64>,
 }
 
 fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let (mut url, mut rate, mut duration, mut warmup, mut connections, mut ca) =
         (None, None, 10.0, 2.0, 100, None);
-    let (mut body, mut headers) = (None, Vec::new());
+    let (mut body, mut headers, mut slow_ms) = (None, Vec::new(), None);
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -54,6 +57,7 @@ fn parse_args() -> Result<Args> {
             "--ca" => ca = Some(val()?),
             "--body" => body = Some(val()?),
             "--header" => headers.push(val()?),
+            "--slow-ms" => slow_ms = Some(val()?.parse::<f64>()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -80,6 +84,7 @@ fn parse_args() -> Result<Args> {
         ca,
         body,
         headers,
+        slow_ms,
     })
 }
 
@@ -88,6 +93,9 @@ struct Totals {
     ok: u64,
     errors: u64,
     non_2xx: u64,
+    /// (milliseconds from the start of measurement, latency in µs) of requests slower
+    /// than `--slow-ms`.
+    slow: Vec<(u64, u64)>,
 }
 
 trait Conn: AsyncReadRent + monoio::io::AsyncWriteRent {}
@@ -130,6 +138,7 @@ async fn drive<C: Conn>(
     schedule: Schedule,
     hist: Rc<RefCell<Histogram<u64>>>,
     totals: Rc<RefCell<Totals>>,
+    slow_us: Option<u64>,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut k: u64 = 0;
@@ -153,9 +162,12 @@ async fn drive<C: Conn>(
             match result {
                 Ok(s) if (200..300).contains(&s) => {
                     t.ok += 1;
-                    let _ = hist
-                        .borrow_mut()
-                        .record((done - intended).as_micros() as u64);
+                    let us = (done - intended).as_micros() as u64;
+                    let _ = hist.borrow_mut().record(us);
+                    if slow_us.is_some_and(|s| us > s) {
+                        t.slow
+                            .push(((intended - schedule.measure_from).as_millis() as u64, us));
+                    }
                 }
                 Ok(_) => t.non_2xx += 1,
                 Err(_) => t.errors += 1,
@@ -229,6 +241,7 @@ fn main() -> Result<()> {
         let measure_from = start + args.warmup;
         let end = measure_from + args.duration;
         let mut handles = Vec::new();
+        let slow_us = args.slow_ms.map(|ms| (ms * 1000.0) as u64);
         for i in 0..c {
             let schedule = Schedule { start, measure_from, end, offset: Duration::from_secs_f64(i as f64 / args.rate), period };
             let stream = TcpStream::connect(args.addr).await.context("connect")?;
@@ -239,9 +252,9 @@ fn main() -> Result<()> {
                     let connector = monoio_rustls::TlsConnector::from(cfg.clone());
                     let name = rustls::pki_types::ServerName::try_from("localhost")?;
                     let s = connector.connect(name, stream).await.map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-                    handles.push(monoio::spawn(drive(s, req, schedule, hist, totals)));
+                    handles.push(monoio::spawn(drive(s, req, schedule, hist, totals, slow_us)));
                 }
-                None => handles.push(monoio::spawn(drive(stream, req, schedule, hist, totals))),
+                None => handles.push(monoio::spawn(drive(stream, req, schedule, hist, totals, slow_us))),
             }
         }
         for h in handles {
@@ -263,6 +276,24 @@ fn main() -> Result<()> {
             h.value_at_quantile(0.999) as f64 / 1000.0,
             h.max() as f64 / 1000.0,
         );
+        print_slow_windows(&t.slow);
         Ok(())
     })
+}
+
+/// Prints each 100 ms window that had slow requests: its offset, count and worst latency.
+fn print_slow_windows(slow: &[(u64, u64)]) {
+    let mut windows = std::collections::BTreeMap::<u64, (u64, u64)>::new();
+    for &(at_ms, us) in slow {
+        let w = windows.entry(at_ms / 100).or_default();
+        w.0 += 1;
+        w.1 = w.1.max(us);
+    }
+    for (w, (n, max)) in windows {
+        eprintln!(
+            "slow window t={:.1}s n={n} max_ms={:.1}",
+            w as f64 / 10.0,
+            max as f64 / 1000.0
+        );
+    }
 }

@@ -33,6 +33,8 @@ pub const ENV_UPSTREAM_RESPONSE_TIMEOUT: &str = "RINGGATE_UPSTREAM_RESPONSE_TIME
 
 /// `RINGGATE_UPSTREAM_IDLE_TIMEOUT`: how long a keep-alive connection to a worker may idle.
 pub const ENV_UPSTREAM_IDLE_TIMEOUT: &str = "RINGGATE_UPSTREAM_IDLE_TIMEOUT";
+/// Env var: most idle keep-alive connections kept per worker and core.
+pub const ENV_UPSTREAM_IDLE_MAX: &str = "RINGGATE_UPSTREAM_IDLE_MAX";
 /// `RINGGATE_STICKY_GROUPS`: worker groups with cookie-based sticky sessions.
 pub const ENV_STICKY_GROUPS: &str = "RINGGATE_STICKY_GROUPS";
 /// `RINGGATE_RATE_LIMIT`: proxied requests per second per tenant.
@@ -97,6 +99,8 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// Longest idle time of a pooled worker connection (default 30 s).
     pub idle_timeout: Duration,
+    /// Most idle connections kept per worker and core (default 1024); more are closed.
+    pub idle_max: usize,
     /// Groups with sticky sessions.
     pub sticky_groups: Vec<String>,
     /// Per-tenant rate limit, when set.
@@ -106,6 +110,10 @@ pub struct ProxyConfig {
     /// Active health check path (default `/health`).
     pub health_path: String,
 }
+
+/// Default of [`ProxyConfig::idle_max`]: one idle connection per client connection a core
+/// typically holds, so a busy core does not close and reopen worker connections.
+pub const DEFAULT_IDLE_MAX: usize = 1024;
 
 const SENTINELS: &str = "a comma-separated list of host:port Sentinel addresses";
 const ROUTES: &str = "a comma-separated list of /prefix=group";
@@ -232,6 +240,9 @@ impl Reader<'_> {
             idle_timeout: self
                 .parse(ENV_UPSTREAM_IDLE_TIMEOUT, parse::duration)
                 .unwrap_or(Duration::from_secs(30)),
+            idle_max: self
+                .parse(ENV_UPSTREAM_IDLE_MAX, parse::count)
+                .unwrap_or(DEFAULT_IDLE_MAX),
             sticky_groups,
             rate_limit,
             health_interval: (!health_interval.is_zero()).then_some(health_interval),

@@ -273,7 +273,7 @@ impl Conn {
             return Err(Attempt::Close);
         }
         if body_sent && resp.reusable() && framing != proxy::head::BodyFraming::UntilClose {
-            up.put_idle(addr, stream);
+            up.put_idle(addr, stream, cfg.idle_max);
         }
         Ok(Proxied {
             status: resp.status,
