@@ -320,6 +320,22 @@ mod env_tests {
             named(read(&[("RINGGATE_DISCOVERY_INTERVAL", "soon")])),
             "RINGGATE_DISCOVERY_INTERVAL"
         );
+        for bad in ["0", "-1", "many"] {
+            assert_eq!(
+                named(read(&[("RINGGATE_UPSTREAM_IDLE_MAX", bad)])),
+                "RINGGATE_UPSTREAM_IDLE_MAX"
+            );
+        }
+    }
+
+    #[test]
+    fn idle_worker_connections_default_and_override() {
+        assert_eq!(
+            read(&[]).unwrap().proxy.idle_max,
+            crate::config::DEFAULT_IDLE_MAX
+        );
+        let c = read(&[("RINGGATE_UPSTREAM_IDLE_MAX", "8")]).unwrap();
+        assert_eq!(c.proxy.idle_max, 8);
     }
 
     #[test]
