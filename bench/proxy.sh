@@ -13,6 +13,14 @@ warm=2
 rates="5000 10000"
 scripts/install-deps
 cargo build -q --release --locked -p ringgate -p ringgate-bench
+# Listeners use SO_REUSEPORT, so a leftover server on a port would silently take part of
+# the load: refuse to run instead.
+for port in 18380 18181 18182 18183 18544 18545 18546; do
+  if ss -Htln "( sport = :$port )" | grep -q .; then
+    echo "error: port $port is already in use (a leftover server?): $(ss -Htlnp "( sport = :$port )")" >&2
+    exit 1
+  fi
+done
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -4,6 +4,10 @@
 # (`eval "$(compose/cluster up)"`); runs against the current Patroni leader directly.
 #
 #   bench/sql.sh [SECS=10] [SERVER_CONNS=16]
+#
+# At 500 and 5,000 req/s it also measures, in the same run and on the same cores, nginx
+# answering the same request with the same body from memory (the machine's latency floor)
+# and pgbench -S at the same fixed rate (the database's own latency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -19,6 +23,14 @@ if ! psql -X -At -d "$admin" -c "select 1 from pg_database where datname='ringga
   pgbench -q -i -s 10 "$db" >/dev/null 2>&1
 fi
 cargo build -q --release --locked -p ringgate -p ringgate-bench
+# Listeners use SO_REUSEPORT, so a leftover server on a port would silently take part of
+# the load: refuse to run instead.
+for port in 18380 16432 18390; do
+  if ss -Htln "( sport = :$port )" | grep -q .; then
+    echo "error: port $port is already in use (a leftover server?): $(ss -Htlnp "( sport = :$port )")" >&2
+    exit 1
+  fi
+done
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
@@ -53,7 +65,28 @@ sleep 1
 
 cs="postgresql://postgres:$pw@bench.ringgate.test/ringgate_bench"
 body='{"query":"SELECT abalance FROM pgbench_accounts WHERE aid = $1","params":[12345]}'
-curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18380/sql >/dev/null
+response=$(curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18380/sql)
+# The machine's latency floor: nginx on the same core answering the same POST with the same
+# JSON body from memory, no database. Whatever it shows at a rate is the noise of this
+# machine (other processes, the VM), not ringgate's.
+mkdir -p "$work/floor/logs"
+cat > "$work/floor.conf" <<NGINX
+worker_processes 1;
+worker_cpu_affinity 01;
+error_log $work/floor/logs/error.log warn;
+pid $work/floor/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:18390 backlog=4096;
+    location / { default_type application/json; return 200 '$response'; }
+  }
+}
+NGINX
+nginx -p "$work/floor" -c "$work/floor.conf" -g 'daemon off;' &
+pids+=($!)
 cat > "$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$body'
@@ -65,12 +98,25 @@ field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 echo "== ringgate /sql, wrk -c1000 (max), $conns server connections"
 max=$(taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18380/sql | grep wrk_result)
 echo "$max"
-rates=()
+load() { # url rate
+  taskset -c 1 target/release/rg-load --url "$1" --rate "$2" --duration "$secs" --warmup 2 \
+    --connections 1000 --body "$body" --header "Neon-Connection-String: $cs" --header "Content-Type: application/json"
+}
+# Latency of pgbench -S at a fixed rate (-R; from each transaction's scheduled start, as
+# rg-load measures): the database's own p50/p99/p99.9 through 16 direct connections.
+pgbench_at() { # rate
+  rm -f "$work"/pgb.*
+  (cd "$work" && taskset -c 1 pgbench -n -S -M prepared -c "$conns" -j 1 -T "$secs" -R "$1" -l --log-prefix=pgb "$db" >/dev/null 2>&1)
+  cat "$work"/pgb.* | python3 -c '
+import sys
+v = sorted(int(f[2]) + (int(f[6]) if len(f) > 6 else 0) for f in (l.split() for l in sys.stdin) if len(f) >= 6)
+q = lambda p: v[min(len(v) - 1, int(p * len(v)))] / 1000
+print(f"pgbench_rate n={len(v)} p50_ms={q(0.5):.3f} p99_ms={q(0.99):.3f} p999_ms={q(0.999):.3f}")'
+}
 for rate in 500 5000; do
-  out=$(taskset -c 1 target/release/rg-load --url http://127.0.0.1:18380/sql --rate "$rate" --duration "$secs" --warmup 2 \
-    --connections 1000 --body "$body" --header "Neon-Connection-String: $cs" --header "Content-Type: application/json")
-  echo "== rg-load @ $rate/s: $out"
-  rates+=("$out")
+  echo "== @ $rate/s ringgate /sql: $(load http://127.0.0.1:18380/sql "$rate")"
+  echo "== @ $rate/s nginx fixed body (machine floor): $(load http://127.0.0.1:18390/sql "$rate")"
+  echo "== @ $rate/s pgbench -S -R $rate direct: $(pgbench_at "$rate")"
 done
 echo "== pgbench -S -M prepared -c $conns -j 1 direct"
 direct=$(taskset -c 1 pgbench -n -S -M prepared -c "$conns" -j 1 -T "$secs" "$db" 2>&1 | awk '/^tps/ {print $3; exit}')
