@@ -130,7 +130,9 @@ url_of() { # server proto
 for proto in http https; do
   for server in haproxy nginx ringgate; do
     url=$(url_of $server $proto)
-    taskset -c 1 wrk -t1 -c100 -d"${warm}s" "$url" >/dev/null 2>&1 || true
+    # Warm up at the measured concurrency, so every proxy starts with its worker
+    # connections open (steady state, not 1000 simultaneous first connects).
+    taskset -c 1 wrk -t1 -c1000 -d"${warm}s" "$url" >/dev/null 2>&1 || true
     run_max "$server/$proto/max" "$url"
     for rate in $rates; do run_rate "$server/$proto/$rate" "$url" "$rate"; done
   done
