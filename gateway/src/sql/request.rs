@@ -142,11 +142,44 @@ struct QueryBody {
     array_mode: Option<bool>,
 }
 
+/// The body as sent: one statement (`query`, `params`, `arrayMode`) or a batch
+/// (`queries`). One struct rather than an untagged enum: serde would buffer the body and
+/// try each shape in turn (an error built and dropped for every single query), and its
+/// error for a body of neither shape names neither.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Body {
-    Batch { queries: Vec<QueryBody> },
-    Single(QueryBody),
+#[serde(deny_unknown_fields)]
+struct Body {
+    query: Option<String>,
+    params: Option<Vec<serde_json::Value>>,
+    #[serde(rename = "arrayMode")]
+    array_mode: Option<bool>,
+    queries: Option<Vec<QueryBody>>,
+}
+
+impl Body {
+    /// The statements and whether they are a batch.
+    fn statements(self) -> Result<(Vec<QueryBody>, bool), RequestError> {
+        match (self.query, self.queries) {
+            (Some(query), None) => Ok((
+                vec![QueryBody {
+                    query,
+                    params: self.params.unwrap_or_default(),
+                    array_mode: self.array_mode,
+                }],
+                false,
+            )),
+            (None, Some(queries)) if self.params.is_none() && self.array_mode.is_none() => {
+                Ok((queries, true))
+            }
+            (None, Some(_)) => Err(RequestError::Body(
+                "a batch has only `queries`; `params` and `arrayMode` go in each query".into(),
+            )),
+            (Some(_), Some(_)) => Err(RequestError::Body(
+                "give either `query` or `queries`, not both".into(),
+            )),
+            (None, None) => Err(RequestError::Body("missing field `query`".into())),
+        }
+    }
 }
 
 /// Parses headers and body.
@@ -181,18 +214,13 @@ pub fn parse_for(
         deferrable: flag(headers, "neon-batch-deferrable")?,
     };
     let body: Body = serde_json::from_slice(body).map_err(|e| RequestError::Body(e.to_string()))?;
-    let (queries, batch) = match body {
-        Body::Single(q) => (vec![q], false),
-        Body::Batch { queries } => {
-            if queries.is_empty() || queries.len() > limits.max_batch {
-                return Err(RequestError::BatchSize {
-                    count: queries.len(),
-                    limit: limits.max_batch,
-                });
-            }
-            (queries, true)
-        }
-    };
+    let (queries, batch) = body.statements()?;
+    if batch && (queries.is_empty() || queries.len() > limits.max_batch) {
+        return Err(RequestError::BatchSize {
+            count: queries.len(),
+            limit: limits.max_batch,
+        });
+    }
     let statements = queries
         .into_iter()
         .map(|q| {
@@ -424,8 +452,29 @@ mod tests {
         ));
         assert!(matches!(
             parse(&ok, br#"{"sql":"x"}"#, &l),
-            Err(RequestError::Body(_))
+            Err(RequestError::Body(m)) if m.contains("unknown field `sql`")
         ));
+        for (body, says) in [
+            (&br#"{}"#[..], "missing field `query`"),
+            (br#"{"params":[1]}"#, "missing field `query`"),
+            (br#"{"query":"x","queries":[]}"#, "not both"),
+            (
+                br#"{"queries":[{"query":"x"}],"params":[1]}"#,
+                "go in each query",
+            ),
+            (
+                br#"{"queries":[{"query":"x","sql":1}]}"#,
+                "unknown field `sql`",
+            ),
+            (br#"{"query":7}"#, "invalid type"),
+        ] {
+            assert!(
+                matches!(parse(&ok, body, &l), Err(RequestError::Body(ref m)) if m.contains(says)),
+                "{}: {:?}",
+                String::from_utf8_lossy(body),
+                parse(&ok, body, &l).err()
+            );
+        }
         assert!(matches!(
             parse(&ok, br#"{"query":"select 1234567890"}"#, &l),
             Err(RequestError::QueryTooLong { .. })
