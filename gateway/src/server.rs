@@ -89,6 +89,7 @@ pub async fn run_core(
     }
     if !core.config.proxy.routes.is_empty() {
         monoio::spawn(crate::proxy::health_checks(core.clone()));
+        monoio::spawn(crate::proxy::idle_sweep(core.clone()));
     }
     if core.projects.is_some() {
         monoio::spawn(project_invalidations(core.clone()));

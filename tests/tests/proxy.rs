@@ -431,3 +431,40 @@ fn test_proxy_does_not_reuse_connections_the_worker_closed() {
     }
     assert_eq!(w.count(), 6, "each request reached the worker exactly once");
 }
+
+/// Sockets of this process to `port` in CLOSE_WAIT (the peer closed, we did not).
+fn close_wait_to(port: u16) -> usize {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "close-wait",
+            &format!("( dport = :{port} )"),
+        ])
+        .output()
+        .expect("ss runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn test_proxy_closes_pooled_connections_the_worker_closed_without_new_requests() {
+    // Without a sweep, a pooled connection is looked at only when the next request to its
+    // worker takes it; until then a connection the worker closed stays in CLOSE_WAIT.
+    let w = TestWorker::start("quiet");
+    w.set_idle_close(std::time::Duration::from_millis(100));
+    let upstreams = format!("app={}", w.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/app=app"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s"),
+    ]);
+    let r = request(addr, "GET", "/app/once", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The worker closes its end 100 ms after the response; a sweep runs every second.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        close_wait_to(w.addr.port()),
+        0,
+        "a pooled connection the worker closed is still open 2.5 s later"
+    );
+}

@@ -337,6 +337,21 @@ impl Upstreams {
         None
     }
 
+    /// Closes every pooled connection idle for `max_idle` or longer, or closed by its
+    /// worker; returns how many. Run periodically, so connections of a quiet worker do not
+    /// sit open (in CLOSE_WAIT once the worker has closed its end) until its next request.
+    pub fn sweep_idle(&self, max_idle: Duration) -> usize {
+        let now = Instant::now();
+        let mut closed = 0;
+        for list in self.idle.borrow_mut().values_mut() {
+            let before = list.len();
+            drop_expired(list, now, max_idle);
+            list.retain(|(s, _)| !upstream::unusable(s));
+            closed += before - list.len();
+        }
+        closed
+    }
+
     /// Keeps a connection for reuse (while the worker is still in the set and fewer than
     /// `max` are parked for it).
     pub fn put_idle(&self, addr: SocketAddr, stream: TcpStream, max: usize) {
@@ -441,6 +456,21 @@ pub async fn health_checks(core: Rc<Core>) {
         core.metrics().set_upstreams(groups);
         monoio::select! {
             _ = monoio::time::sleep(interval) => {}
+            _ = core.drain.signaled() => return,
+        }
+    }
+}
+
+/// Once a second: close this core's idle worker connections that expired or that their
+/// worker closed ([`Upstreams::sweep_idle`]).
+pub async fn idle_sweep(core: Rc<Core>) {
+    while !core.drain.is_draining() {
+        let closed = core.upstreams.sweep_idle(core.config.proxy.idle_timeout);
+        if closed > 0 {
+            debug!(core = core.id, closed, "idle worker connections closed");
+        }
+        monoio::select! {
+            _ = monoio::time::sleep(Duration::from_secs(1)) => {}
             _ = core.drain.signaled() => return,
         }
     }
