@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 
+use ringgate::Gateway;
 use ringgate_tests::{
     gateway::start,
     http::{admin_get, request},
@@ -404,18 +405,25 @@ fn test_proxy_active_health_checks_take_a_sick_worker_out_and_back() {
     drop(w2);
 }
 
-#[test]
-fn test_proxy_does_not_reuse_connections_the_worker_closed() {
-    // One worker whose keep-alive timeout (100 ms) is far shorter than ringgate's (30 s):
-    // every pooled connection is closed by the worker before the next request comes.
-    let w = TestWorker::start("brief");
+/// One worker that closes idle keep-alive connections after 100 ms (far shorter than
+/// ringgate's 30 s), routed at `/app`, without active health checks.
+fn gateway_to_brief_worker(name: &str) -> (TestWorker, Gateway, SocketAddr) {
+    let w = TestWorker::start(name);
     w.set_idle_close(std::time::Duration::from_millis(100));
     let upstreams = format!("app={}", w.addr);
-    let (_g, addr) = start(&[
+    let (g, addr) = start(&[
         ("RINGGATE_ROUTES", "/app=app"),
         ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
         ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s"),
     ]);
+    (w, g, addr)
+}
+
+#[test]
+fn test_proxy_does_not_reuse_connections_the_worker_closed() {
+    // One worker whose keep-alive timeout (100 ms) is far shorter than ringgate's (30 s):
+    // every pooled connection is closed by the worker before the next request comes.
+    let (w, _g, addr) = gateway_to_brief_worker("brief");
     for i in 0..6 {
         let (method, body): (&str, &[u8]) = match i % 2 {
             0 => ("GET", b""),
@@ -450,14 +458,7 @@ fn close_wait_to(port: u16) -> usize {
 fn test_proxy_closes_pooled_connections_the_worker_closed_without_new_requests() {
     // Without a sweep, a pooled connection is looked at only when the next request to its
     // worker takes it; until then a connection the worker closed stays in CLOSE_WAIT.
-    let w = TestWorker::start("quiet");
-    w.set_idle_close(std::time::Duration::from_millis(100));
-    let upstreams = format!("app={}", w.addr);
-    let (_g, addr) = start(&[
-        ("RINGGATE_ROUTES", "/app=app"),
-        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
-        ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s"),
-    ]);
+    let (w, _g, addr) = gateway_to_brief_worker("quiet");
     let r = request(addr, "GET", "/app/once", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     // The worker closes its end 100 ms after the response; a sweep runs every second.
