@@ -183,6 +183,7 @@ pub struct CoreMetrics {
     connections_open: AtomicU64,
     connections_total: AtomicU64,
     connections_rejected: AtomicU64,
+    connections_burst: AtomicU64,
     tls_handshake_failures: AtomicU64,
     rate_limited: AtomicU64,
     requests_cut: AtomicU64,
@@ -256,6 +257,7 @@ impl Default for CoreMetrics {
             connections_open: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
+            connections_burst: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             requests_cut: AtomicU64::new(0),
@@ -336,6 +338,11 @@ impl CoreMetrics {
     /// A connection was refused because the core is at its connection limit.
     pub fn connection_rejected(&self) {
         self.connections_rejected.fetch_add(1, Relaxed);
+    }
+
+    /// A connection was taken from the backlog in a burst, right after another accept.
+    pub fn connection_accepted_in_burst(&self) {
+        self.connections_burst.fetch_add(1, Relaxed);
     }
 
     /// A TLS handshake failed.
@@ -577,7 +584,7 @@ impl Registry {
                 )?;
             }
         }
-        let gauges: [PerCoreMetric; 6] = [
+        let gauges: [PerCoreMetric; 7] = [
             (
                 "ringgate_connections_open",
                 "gauge",
@@ -595,6 +602,12 @@ impl Registry {
                 "counter",
                 "Connections refused at the per-core limit.",
                 |m| m.connections_rejected.load(Relaxed),
+            ),
+            (
+                "ringgate_connections_accepted_in_bursts_total",
+                "counter",
+                "Connections taken from the backlog without waiting, right after another accept.",
+                |m| m.connections_burst.load(Relaxed),
             ),
             (
                 "ringgate_tls_handshake_failures_total",

@@ -18,7 +18,7 @@ use monoio_rustls::TlsAcceptor;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::{conn, core::Core};
+use crate::{conn, core::Core, rt::Driver};
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
@@ -192,7 +192,23 @@ async fn pool_upkeep(core: Rc<Core>) {
     }
 }
 
+/// Connections taken from the backlog without waiting, after each one the ring delivers.
+///
+/// The ring completes one accept per turn of the event loop, and under load a turn can
+/// take milliseconds: a burst of new connections (clients starting or reconnecting after a
+/// failover) would otherwise wait in the backlog for hundreds of turns while their first
+/// requests are already sent. (nginx's `multi_accept`, HAProxy's `tune.maxaccept`.)
+const ACCEPT_BURST: usize = 64;
+
 async fn accept_loop(core: Rc<Core>, listener: StdListener, tls: bool) {
+    // A second handle on the same socket for the non-blocking accepts of a burst.
+    let backlog = match listener.try_clone() {
+        Ok(b) => b,
+        Err(error) => {
+            warn!(core = core.id, %error, "cannot duplicate listener");
+            return;
+        }
+    };
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(error) => {
@@ -200,45 +216,75 @@ async fn accept_loop(core: Rc<Core>, listener: StdListener, tls: bool) {
             return;
         }
     };
-    let max = core.config.http.max_connections_per_core;
     loop {
         let accepted = monoio::select! {
             biased;
             _ = core.drain.signaled() => break,
             r = listener.accept() => r,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
+        match accepted {
+            Ok((stream, peer)) => admit(&core, stream, peer, tls),
             Err(error) => {
                 // Out of file descriptors or similar: back off instead of spinning.
                 warn!(core = core.id, %error, "accept failed");
                 sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        if core.connections() >= max {
-            core.metrics().connection_rejected();
-            monoio::spawn(refuse_busy(stream));
-            continue;
         }
-        let _ = stream.set_nodelay(true);
-        let guard = core.track_connection();
-        let span = info_span!("conn", core = core.id, %peer, tls);
-        let core = core.clone();
-        monoio::spawn(
-            async move {
-                let _guard = guard;
-                if tls {
-                    serve_tls(core, stream, peer).await;
-                } else {
-                    conn::serve(core, stream, Some(peer), false).await;
-                }
-            }
-            .instrument(span),
-        );
+        accept_burst(&core, &backlog, tls);
     }
     drop(listener);
     info!(core = core.id, tls, "listener closed");
+}
+
+/// Takes up to [`ACCEPT_BURST`] connections already waiting in the backlog, without
+/// waiting for more.
+fn accept_burst(core: &Rc<Core>, backlog: &StdListener, tls: bool) {
+    for _ in 0..ACCEPT_BURST {
+        let (stream, peer) = match backlog.accept() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(error) => {
+                warn!(core = core.id, %error, "accept failed");
+                return;
+            }
+        };
+        // The ring's accepts yield blocking sockets, epoll's non-blocking ones; match them.
+        let registered = stream
+            .set_nonblocking(core.driver == Driver::Epoll)
+            .and_then(|()| TcpStream::from_std(stream));
+        match registered {
+            Ok(stream) => {
+                core.metrics().connection_accepted_in_burst();
+                admit(core, stream, peer, tls);
+            }
+            Err(error) => warn!(core = core.id, %error, "cannot register connection"),
+        }
+    }
+}
+
+/// Serves an accepted connection on its own task, or refuses it when the core is full.
+fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
+    if core.connections() >= core.config.http.max_connections_per_core {
+        core.metrics().connection_rejected();
+        monoio::spawn(refuse_busy(stream));
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let guard = core.track_connection();
+    let span = info_span!("conn", core = core.id, %peer, tls);
+    let core = core.clone();
+    monoio::spawn(
+        async move {
+            let _guard = guard;
+            if tls {
+                serve_tls(core, stream, peer).await;
+            } else {
+                conn::serve(core, stream, Some(peer), false).await;
+            }
+        }
+        .instrument(span),
+    );
 }
 
 async fn serve_tls(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
