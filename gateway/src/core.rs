@@ -47,6 +47,8 @@ pub struct Core {
     pub upstreams: crate::proxy::Upstreams,
     /// `/sql` memo tables (query classification, connection strings).
     pub sql_memo: crate::sql::memo::SqlMemo,
+    /// `/sql` reads waiting to be pipelined onto a busy connection, by tenant.
+    pub read_queues: crate::sql::pipeline::ReadQueues,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
 }
@@ -102,6 +104,7 @@ impl Core {
             sessions,
             upstreams: Default::default(),
             sql_memo: Default::default(),
+            read_queues: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
         })

@@ -108,10 +108,12 @@ pub enum SqlEvent {
     OutcomeUnknown,
     /// A write that found no leader within the failover wait.
     WriteNoLeader,
+    /// A read sent on a connection busy with other reads of its tenant (pipelined).
+    Pipelined,
 }
 
 impl SqlEvent {
-    const ALL: [SqlEvent; 7] = [
+    const ALL: [SqlEvent; 8] = [
         SqlEvent::WriteHeld,
         SqlEvent::RerunReadOnly,
         SqlEvent::RerunNotSent,
@@ -119,6 +121,7 @@ impl SqlEvent {
         SqlEvent::RerunRead,
         SqlEvent::OutcomeUnknown,
         SqlEvent::WriteNoLeader,
+        SqlEvent::Pipelined,
     ];
 }
 
@@ -712,7 +715,7 @@ impl Registry {
                 }
             }
         }
-        let families: [SqlFamily; 3] = [
+        let families: [SqlFamily; 4] = [
             (
                 "ringgate_sql_reruns_total",
                 "Statements rerun because they provably did not take effect, by reason.",
@@ -735,6 +738,11 @@ impl Registry {
                 "ringgate_sql_writes_held_total",
                 "Writes that waited for a usable leader (during a failover).",
                 &[(SqlEvent::WriteHeld, "")],
+            ),
+            (
+                "ringgate_sql_pipelined_reads_total",
+                "Reads sent on a connection busy with other reads of their tenant (pipelined).",
+                &[(SqlEvent::Pipelined, "")],
             ),
         ];
         for (name, help, events) in families {

@@ -144,6 +144,23 @@ impl Shard {
         core_share(self.config.max_per_tenant, self.cores, self.core)
     }
 
+    /// How long a checkout waits for a connection of an exhausted pool.
+    pub fn wait_timeout(&self) -> Duration {
+        self.config.wait_timeout
+    }
+
+    /// Counts a wait for one of `tenant`'s read connections that timed out outside
+    /// [`Shard::checkout`] (a read queued behind busy connections), and describes it.
+    pub fn reads_exhausted(&self, tenant: &str, waited: Duration) -> Error {
+        self.bump(|s| s.wait_timeouts += 1);
+        Error::Exhausted {
+            tenant: tenant.to_string(),
+            node: "the read members".to_string(),
+            limit: self.tenant_limit(),
+            waited_ms: waited.as_millis() as u64,
+        }
+    }
+
     /// Checks out a connection for `tenant` on the member `intent` routes to.
     pub async fn checkout(
         self: &Rc<Self>,

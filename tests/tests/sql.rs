@@ -712,3 +712,73 @@ fn a_write_the_server_aborted_before_commit_is_rerun_and_applied_once() {
     g.drain();
     psql(&pg_admin_url(), &format!("drop table {table}"));
 }
+
+/// The `ringgate_sql_pipelined_reads_total` counter, over all cores.
+fn pipelined_metric(addr: std::net::SocketAddr) -> u64 {
+    let text = request(addr, "GET", "/metrics", &[], b"").text();
+    text.lines()
+        .filter(|l| l.starts_with("ringgate_sql_pipelined_reads_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn reads_queued_behind_busy_connections_are_pipelined_and_each_gets_its_own_answer() {
+    // One connection per tenant: every read beyond the first waits for it.
+    let (g, addr) = start_on_admin(&[("RINGGATE_POOL_MAX_PER_TENANT", "1")]);
+    let admin = conn_string(&unique("pipe"));
+    let alpha_url = parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL")).unwrap();
+    let alpha = format!(
+        "postgres://{}:{}@alpha.ringgate.test/tenant_alpha",
+        alpha_url.credentials.user, alpha_url.credentials.password
+    );
+    let admin_user = parse_pg_url(&pg_admin_url()).unwrap().credentials.user;
+    let raw = [("Neon-Raw-Text-Output", "true")];
+    // Hold each tenant's only connection while the others queue up.
+    let holders: Vec<_> = [admin.clone(), alpha.clone()]
+        .into_iter()
+        .map(|cs| {
+            std::thread::spawn(move || {
+                sql(addr, &cs, json!({"query": "select pg_sleep(0.5)"}), &[]).status
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    let readers: Vec<_> = (0..40)
+        .map(|i| {
+            let (cs, user) = match i % 2 {
+                0 => (admin.clone(), admin_user.clone()),
+                _ => (alpha.clone(), alpha_url.credentials.user.clone()),
+            };
+            std::thread::spawn(move || {
+                let body = match i % 5 {
+                    // A failing read among the others: its error is its own.
+                    4 => json!({"query": "select 1 / $1::int as q", "params": [0]}),
+                    _ => json!({"query": "select $1::int * 2 as n, current_user::text as u", "params": [i]}),
+                };
+                let r = sql(addr, &cs, body, &raw);
+                (i, user, r.status, r.json())
+            })
+        })
+        .collect();
+    for (i, user, status, v) in readers.into_iter().map(|t| t.join().unwrap()) {
+        if i % 5 == 4 {
+            assert_eq!((status, v["code"].as_str()), (400, Some("22012")), "{v:?}");
+        } else {
+            assert_eq!(status, 200, "{v:?}");
+            let row = &v["rows"][0];
+            assert_eq!(row["n"], (i * 2).to_string(), "read {i} got {v:?}");
+            assert_eq!(row["u"], user, "read {i} ran as its own tenant's role");
+        }
+    }
+    for h in holders {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    assert!(
+        pipelined_metric(addr) >= 10,
+        "queued reads rode on the busy connections: {}",
+        pipelined_metric(addr)
+    );
+    g.drain();
+}

@@ -109,6 +109,12 @@ impl ToSql for TextParam<'_> {
     to_sql_checked!();
 }
 
+/// A statement prepared on one connection, with its result columns.
+pub struct Prepared {
+    statement: tokio_postgres::Statement,
+    fields: Vec<Field>,
+}
+
 /// Runs one statement; `budget` is the response bytes still allowed and shrinks.
 pub async fn run(
     conn: &mut PgConn,
@@ -116,6 +122,13 @@ pub async fn run(
     budget: &mut usize,
     limit: usize,
 ) -> Result<QueryResult, ExecError> {
+    let prepared = prepare(conn, st).await?;
+    execute(conn.client(), prepared, st, budget, limit).await
+}
+
+/// Prepares `st` on `conn` (from the connection's cache when it was prepared before) and
+/// checks its parameter count and column types.
+pub async fn prepare(conn: &mut PgConn, st: &Statement) -> Result<Prepared, ExecError> {
     let statement = conn
         .prepare_cached(&st.sql)
         .await
@@ -140,8 +153,21 @@ pub async fn run(
     if let Some(f) = fields.iter().find(|f| !supported(f.type_oid)) {
         return Err(TextError::Unsupported(f.type_oid).into());
     }
+    Ok(Prepared { statement, fields })
+}
+
+/// Executes a prepared statement. Takes the client by shared reference, so several
+/// statements can be in flight on one connection (tokio-postgres sends them in one write).
+pub async fn execute(
+    client: &tokio_postgres::Client,
+    prepared: Prepared,
+    st: &Statement,
+    budget: &mut usize,
+    limit: usize,
+) -> Result<QueryResult, ExecError> {
+    let Prepared { statement, fields } = prepared;
     let params = st.params.iter().map(|p| TextParam(p.as_deref()));
-    let stream = conn.client().query_raw(&statement, params).await?;
+    let stream = client.query_raw(&statement, params).await?;
     let mut stream = pin!(stream);
     let mut rows = Vec::new();
     while let Some(row) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {

@@ -15,6 +15,7 @@ pub mod api_key;
 pub mod classify;
 pub mod exec;
 pub mod memo;
+pub mod pipeline;
 pub mod request;
 pub mod response;
 pub mod text;
@@ -223,6 +224,11 @@ impl Ctx {
             Kind::Read => Intent::Read,
             Kind::Write => Intent::Write,
         };
+        if kind == Kind::Read {
+            if let Some(r) = pipeline::read(self, sql, st).await {
+                return r;
+            }
+        }
         let array_mode = st.array_mode.unwrap_or(sql.array_mode);
         let mut attempts = Attempts::new(self.wait);
         while attempts.next().await {

@@ -1,0 +1,266 @@
+//! Pipelining of single reads. While as many reads of one tenant run on this core as the
+//! tenant may have connections here, further reads wait in a queue; each connection that
+//! finishes a batch takes the whole queue (up to [`MAX_BATCH`]) and sends it in one write,
+//! so the backend runs those statements without sleeping in between and the core pays one
+//! send and one wake-up per batch instead of per statement.
+//!
+//! Only reads ride along: a broken connection fails every statement of its batch, and only a
+//! read is safe to rerun then (a queued read whose batch failed goes the ordinary way, with
+//! its own checkout and retries). Writes and batch transactions keep a connection each.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{HashMap, VecDeque},
+    rc::Rc,
+};
+
+use futures_util::future::{join, join_all};
+use ringgate_pool::{Checkout, Credentials, Intent};
+use tokio_postgres::error::SqlState;
+
+use super::{
+    exec::{self, ExecError, QueryResult},
+    exec_error, is_disconnect, pool_error,
+    request::{SqlRequest, Statement},
+    response::result_response,
+    Ctx,
+};
+use crate::{http::Response, metrics::SqlEvent};
+
+/// Most statements sent in one write.
+pub const MAX_BATCH: usize = 32;
+
+/// Batches one connection serves after its own before it goes back to the pool, so
+/// writes waiting for a connection of the same pool are not starved by a stream of reads.
+const MAX_ROUNDS: usize = 16;
+
+/// Queues kept before idle ones are dropped.
+const MAX_QUEUES: usize = 4096;
+
+/// The result handed back to a queued read.
+type Outcome = Result<QueryResult, ExecError>;
+
+/// A read waiting for a connection.
+struct Job {
+    st: Statement,
+    done: local_sync::oneshot::Sender<Outcome>,
+}
+
+/// One tenant's (project and credentials) queue on this core.
+#[derive(Default)]
+struct Queue {
+    jobs: RefCell<VecDeque<Job>>,
+    /// Reads holding a connection and serving the queue.
+    drivers: Cell<usize>,
+}
+
+impl Queue {
+    /// Up to [`MAX_BATCH`] queued reads whose clients are still waiting.
+    fn take(&self) -> Vec<Job> {
+        let mut jobs = self.jobs.borrow_mut();
+        let mut batch = Vec::with_capacity(jobs.len().min(MAX_BATCH));
+        while batch.len() < MAX_BATCH {
+            match jobs.pop_front() {
+                Some(job) if job.done.is_closed() => {}
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+        batch
+    }
+}
+
+/// Marks a read as serving its queue; the last one to stop hands the queued reads back to
+/// the ordinary path (dropping their senders).
+struct Driving(Rc<Queue>);
+
+impl Driving {
+    fn new(q: &Rc<Queue>) -> Self {
+        q.drivers.set(q.drivers.get() + 1);
+        Self(q.clone())
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        let left = self.0.drivers.get() - 1;
+        self.0.drivers.set(left);
+        if left == 0 {
+            self.0.jobs.borrow_mut().clear();
+        }
+    }
+}
+
+/// This core's read queues, by project and credentials (so a batch never mixes tenants or
+/// roles).
+#[derive(Default)]
+pub struct ReadQueues {
+    queues: RefCell<HashMap<(String, Credentials), Rc<Queue>>>,
+}
+
+impl std::fmt::Debug for ReadQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadQueues")
+            .field("queues", &self.queues.borrow().len())
+            .finish()
+    }
+}
+
+impl ReadQueues {
+    fn queue(&self, project: &str, credentials: &Credentials) -> Rc<Queue> {
+        let mut queues = self.queues.borrow_mut();
+        // Looked up by reference first: the common case allocates nothing.
+        if let Some(q) = queues
+            .iter()
+            .find(|((p, c), _)| p == project && c == credentials)
+            .map(|(_, q)| q.clone())
+        {
+            return q;
+        }
+        if queues.len() >= MAX_QUEUES {
+            queues.retain(|_, q| q.drivers.get() > 0);
+        }
+        queues
+            .entry((project.to_string(), credentials.clone()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// Runs a single read, pipelined with other reads of its tenant when all the tenant's
+/// connections on this core are busy. `None`: its connection broke (or refused it as
+/// read-only), so nothing is known about it; the caller runs it the ordinary way, with its
+/// retries.
+pub(super) async fn read(ctx: &Ctx, sql: &SqlRequest, st: &Statement) -> Option<Response> {
+    let q = ctx
+        .memo
+        .read_queues
+        .queue(&sql.tenant.project, &sql.tenant.credentials);
+    let outcome = if q.drivers.get() >= ctx.db.tenant_limit().max(1) {
+        let (done, result) = local_sync::oneshot::channel();
+        q.jobs.borrow_mut().push_back(Job {
+            st: st.clone(),
+            done,
+        });
+        // Bounded like a checkout: a read queued behind slow statements gets the same 503.
+        let started = monoio::time::Instant::now();
+        match monoio::time::timeout(ctx.db.wait_timeout(), result).await {
+            Ok(outcome) => {
+                let outcome = outcome.ok()?;
+                ctx.event(SqlEvent::Pipelined);
+                outcome
+            }
+            Err(_) => {
+                let e = ctx
+                    .db
+                    .reads_exhausted(&sql.tenant.project, started.elapsed());
+                return Some(pool_error(&e));
+            }
+        }
+    } else {
+        let driving = Driving::new(&q);
+        let mut c = match ctx.checkout(sql, Intent::Read).await {
+            Ok(c) => c,
+            Err(e) => return Some(pool_error(&e)),
+        };
+        let prepared = exec::prepare(c.conn(), st).await;
+        let batch = Batch::prepare(&mut c, q.take()).await;
+        let client = c.conn().client();
+        let mut budget = ctx.limit;
+        let (mine, batch_broke) = join(
+            async {
+                match prepared {
+                    Ok(p) => exec::execute(client, p, st, &mut budget, ctx.limit).await,
+                    Err(e) => Err(e),
+                }
+            },
+            batch.execute(client, ctx.limit),
+        )
+        .await;
+        if broke(&mine) || batch_broke {
+            c.discard();
+        } else if !q.jobs.borrow().is_empty() {
+            monoio::spawn(serve(c, q.clone(), driving, ctx.limit));
+        }
+        mine
+    };
+    match outcome {
+        Ok(r) => Some(result_response(
+            &r,
+            st.array_mode.unwrap_or(sql.array_mode),
+            sql.raw_text,
+        )),
+        // Refused as read-only, or the connection broke: the ordinary path reruns it.
+        Err(e) if disconnected(&e) || refused_read_only(&e) => None,
+        Err(e) => Some(exec_error(&e)),
+    }
+}
+
+/// Whether the connection broke under this statement.
+fn disconnected(e: &ExecError) -> bool {
+    e.pg().is_some_and(is_disconnect)
+}
+
+fn refused_read_only(e: &ExecError) -> bool {
+    e.pg().and_then(|pg| pg.code()) == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+}
+
+fn broke(r: &Outcome) -> bool {
+    r.as_ref().err().is_some_and(disconnected)
+}
+
+/// Keeps serving the queue on `c` for up to [`MAX_ROUNDS`] batches.
+async fn serve(mut c: Checkout, q: Rc<Queue>, driving: Driving, limit: usize) {
+    for _ in 0..MAX_ROUNDS {
+        let jobs = q.take();
+        if jobs.is_empty() {
+            break;
+        }
+        let batch = Batch::prepare(&mut c, jobs).await;
+        if batch.execute(c.conn().client(), limit).await {
+            c.discard();
+            break;
+        }
+    }
+    drop(driving);
+}
+
+/// Queued reads prepared on one connection.
+struct Batch {
+    jobs: Vec<(Job, Result<exec::Prepared, ExecError>)>,
+}
+
+impl Batch {
+    /// Prepares each job's statement (cached ones cost no round trip).
+    async fn prepare(c: &mut Checkout, jobs: Vec<Job>) -> Self {
+        let mut prepared = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let p = exec::prepare(c.conn(), &job.st).await;
+            prepared.push((job, p));
+        }
+        Self { jobs: prepared }
+    }
+
+    /// Runs every job concurrently on `client` (tokio-postgres sends them in one write) and
+    /// hands each result back as soon as it is complete; true when the connection broke.
+    async fn execute(self, client: &tokio_postgres::Client, limit: usize) -> bool {
+        let broken = Cell::new(false);
+        join_all(self.jobs.into_iter().map(|(job, prepared)| {
+            let broken = &broken;
+            async move {
+                let mut budget = limit;
+                let r = match prepared {
+                    Ok(p) => exec::execute(client, p, &job.st, &mut budget, limit).await,
+                    Err(e) => Err(e),
+                };
+                if broke(&r) {
+                    broken.set(true);
+                }
+                // A reader that went away (its client disconnected) needs no answer.
+                let _ = job.done.send(r);
+            }
+        }))
+        .await;
+        broken.get()
+    }
+}
