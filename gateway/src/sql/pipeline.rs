@@ -91,17 +91,20 @@ impl Drop for Driving {
     }
 }
 
-/// This core's read queues, by project and credentials (so a batch never mixes tenants or
-/// roles).
+/// This core's read queues, by project and then credentials (so a batch never mixes
+/// tenants or roles).
 #[derive(Default)]
 pub struct ReadQueues {
-    queues: RefCell<HashMap<(String, Credentials), Rc<Queue>>>,
+    queues: RefCell<HashMap<String, RoleQueues>>,
 }
+
+/// One project's queues, by credentials (a project has few roles).
+type RoleQueues = Vec<(Credentials, Rc<Queue>)>;
 
 impl std::fmt::Debug for ReadQueues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadQueues")
-            .field("queues", &self.queues.borrow().len())
+            .field("projects", &self.queues.borrow().len())
             .finish()
     }
 }
@@ -111,19 +114,23 @@ impl ReadQueues {
         let mut queues = self.queues.borrow_mut();
         // Looked up by reference first: the common case allocates nothing.
         if let Some(q) = queues
-            .iter()
-            .find(|((p, c), _)| p == project && c == credentials)
-            .map(|(_, q)| q.clone())
+            .get(project)
+            .and_then(|roles| roles.iter().find(|(c, _)| c == credentials))
         {
-            return q;
+            return q.1.clone();
         }
-        if queues.len() >= MAX_QUEUES {
-            queues.retain(|_, q| q.drivers.get() > 0);
+        if queues.values().map(Vec::len).sum::<usize>() >= MAX_QUEUES {
+            queues.retain(|_, roles| {
+                roles.retain(|(_, q)| q.drivers.get() > 0);
+                !roles.is_empty()
+            });
         }
+        let q = Rc::new(Queue::default());
         queues
-            .entry((project.to_string(), credentials.clone()))
+            .entry(project.to_string())
             .or_default()
-            .clone()
+            .push((credentials.clone(), q.clone()));
+        q
     }
 }
 
