@@ -110,6 +110,7 @@ impl ToSql for TextParam<'_> {
 }
 
 /// A statement prepared on one connection, with its result columns.
+#[derive(Clone)]
 pub struct Prepared {
     statement: tokio_postgres::Statement,
     fields: Vec<Field>,

@@ -238,11 +238,21 @@ struct Batch {
 }
 
 impl Batch {
-    /// Prepares each job's statement (cached ones cost no round trip).
+    /// Prepares each job's statement (cached ones cost no round trip); a job with the same
+    /// text and parameter count as the one before it reuses that preparation.
     async fn prepare(c: &mut Checkout, jobs: Vec<Job>) -> Self {
-        let mut prepared = Vec::with_capacity(jobs.len());
+        let mut prepared: Vec<(Job, Result<exec::Prepared, ExecError>)> =
+            Vec::with_capacity(jobs.len());
         for job in jobs {
-            let p = exec::prepare(c.conn(), &job.st).await;
+            let p = match prepared.last() {
+                // Same text and parameter count: the checks `prepare` made hold for it too.
+                Some((prev, Ok(p)))
+                    if prev.st.sql == job.st.sql && prev.st.params.len() == job.st.params.len() =>
+                {
+                    Ok(p.clone())
+                }
+                _ => exec::prepare(c.conn(), &job.st).await,
+            };
             prepared.push((job, p));
         }
         Self { jobs: prepared }
