@@ -222,6 +222,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_STICKY_GROUPS, default: "(unset)", help: "worker groups with cookie-based sticky sessions (group,...)" },
     VarDoc { name: ENV_RATE_LIMIT, default: "(unset)", help: "proxied requests per second per tenant (Host's project, else client IP), split across cores; over it: 429" },
     VarDoc { name: ENV_RATE_BURST, default: "= rate", help: "token-bucket size per tenant" },
+    VarDoc { name: ENV_GLOBAL_RATE_LIMIT, default: "(unset)", help: "proxied requests per second per tenant across every instance sharing the Redis (needs RINGGATE_REDIS_SENTINELS); over it: 429" },
     VarDoc { name: ENV_UPSTREAM_HEALTH_INTERVAL, default: "2s", help: "active health check of every worker (0s: off)" },
     VarDoc { name: ENV_UPSTREAM_HEALTH_PATH, default: "/health", help: "path the active health check GETs (2xx/3xx = healthy)" },
     VarDoc { name: ENV_UPSTREAM_RESPONSE_TIMEOUT, default: "30s", help: "wait for a worker's response head (then 504)" },
@@ -517,6 +518,12 @@ impl Config {
             r.missing(
                 ENV_REDIS_SENTINELS,
                 "RINGGATE_AUTHENTICATOR_PASSWORD is set (API keys live in Redis)",
+            );
+        }
+        if proxy.global_rate_limit.is_some() && redis.is_none() && r.errors.is_empty() {
+            r.missing(
+                ENV_REDIS_SENTINELS,
+                "RINGGATE_GLOBAL_RATE_LIMIT is set (the fleet's counts live in Redis)",
             );
         }
         let tls = match (tls_listen, tls_cert, tls_key) {
@@ -1075,6 +1082,44 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn global_rate_limit_needs_redis_and_a_positive_count() {
+        let sentinels = (ENV_REDIS_SENTINELS, "127.0.4.1:26379");
+        let limit = |v| (ENV_GLOBAL_RATE_LIMIT, v);
+        assert_eq!(read(&[]).unwrap().proxy.global_rate_limit, None);
+        assert_eq!(
+            read(&[sentinels, limit("500")])
+                .unwrap()
+                .proxy
+                .global_rate_limit,
+            Some(500)
+        );
+        let err = read(&[limit("500")]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvError::Missing {
+                    name: ENV_REDIS_SENTINELS,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        for bad in ["0", "-5", "2.5", "lots"] {
+            let err = read(&[sentinels, limit(bad)]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    EnvError::Invalid {
+                        name: ENV_GLOBAL_RATE_LIMIT,
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Core {
     pub projects: Option<crate::projects::ProjectCache>,
     /// API-key sessions, when Redis is configured.
     pub sessions: Option<crate::sessions::SessionCache>,
+    /// The fleet-wide per-tenant rate limit, when `RINGGATE_GLOBAL_RATE_LIMIT` is set.
+    pub global_rate: Option<crate::proxy::global_rate::GlobalRateLimit>,
     /// Workers and connections to them (the reverse proxy).
     pub upstreams: crate::proxy::Upstreams,
     /// `/sql` memo tables (query classification, connection strings).
@@ -74,6 +76,17 @@ impl Core {
         topology: Arc<Topology>,
         redis: Option<ringgate_discovery::redis::RedisHandle>,
     ) -> Rc<Self> {
+        let global_rate = match (&redis, config.proxy.global_rate_limit) {
+            (Some(handle), Some(per_second)) => {
+                Some(crate::proxy::global_rate::GlobalRateLimit::new(
+                    handle.clone(),
+                    per_second as f64,
+                    registry.clone(),
+                    id,
+                ))
+            }
+            _ => None,
+        };
         let sessions = match (redis, &config.redis) {
             (Some(handle), Some(r)) => Some(crate::sessions::SessionCache::new(
                 handle,
@@ -102,6 +115,7 @@ impl Core {
             db,
             projects,
             sessions,
+            global_rate,
             upstreams: Default::default(),
             sql_memo: Default::default(),
             read_queues: Default::default(),

@@ -189,6 +189,8 @@ pub struct CoreMetrics {
     connections_burst: AtomicU64,
     tls_handshake_failures: AtomicU64,
     rate_limited: AtomicU64,
+    rate_limited_global: AtomicU64,
+    rate_limit_sync_failures: AtomicU64,
     requests_cut: AtomicU64,
     pool: [AtomicU64; POOL_GAUGES.len()],
     pool_wait_buckets: [AtomicU64; N_BUCKET],
@@ -263,6 +265,8 @@ impl Default for CoreMetrics {
             connections_burst: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            rate_limited_global: AtomicU64::new(0),
+            rate_limit_sync_failures: AtomicU64::new(0),
             requests_cut: AtomicU64::new(0),
             pool: std::array::from_fn(|_| AtomicU64::new(0)),
             pool_wait_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -356,6 +360,16 @@ impl CoreMetrics {
     /// A proxied request refused by the per-tenant rate limit.
     pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Relaxed);
+    }
+
+    /// A proxied request refused by the fleet-wide limit (counted in `rate_limited` too).
+    pub fn rate_limited_global(&self) {
+        self.rate_limited_global.fetch_add(1, Relaxed);
+    }
+
+    /// A report of admissions to Redis for the fleet-wide limit failed.
+    pub fn rate_limit_sync_failed(&self) {
+        self.rate_limit_sync_failures.fetch_add(1, Relaxed);
     }
 
     /// Requests still in flight when the drain deadline passed.
@@ -587,7 +601,7 @@ impl Registry {
                 )?;
             }
         }
-        let gauges: [PerCoreMetric; 7] = [
+        let gauges: [PerCoreMetric; 9] = [
             (
                 "ringgate_connections_open",
                 "gauge",
@@ -623,6 +637,18 @@ impl Registry {
                 "counter",
                 "Proxied requests refused with 429 by the per-tenant rate limit.",
                 |m| m.rate_limited.load(Relaxed),
+            ),
+            (
+                "ringgate_rate_limited_global_total",
+                "counter",
+                "Proxied requests refused with 429 by the fleet-wide limit counted in Redis.",
+                |m| m.rate_limited_global.load(Relaxed),
+            ),
+            (
+                "ringgate_rate_limit_sync_failures_total",
+                "counter",
+                "Reports to Redis for the fleet-wide rate limit that failed (their requests were counted on the core alone).",
+                |m| m.rate_limit_sync_failures.load(Relaxed),
             ),
             (
                 "ringgate_drain_requests_cut_total",

@@ -120,3 +120,16 @@ pub fn wait_for_worker(addr: SocketAddr, path: &str, name: &str, limit: Duration
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The sum over every label set of the counter `name` on ringgate's `/metrics`.
+pub fn metric_total(addr: SocketAddr, name: &str) -> u64 {
+    let metrics = request(addr, "GET", "/metrics", &[], b"").text();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use ringgate::Gateway;
 use ringgate_tests::{
     gateway::start,
-    http::{admin_get, request},
+    http::{admin_get, metric_total, request},
     worker::TestWorker,
 };
 
@@ -320,13 +320,52 @@ fn test_proxy_rate_limit_answers_429_per_tenant() {
     // Another tenant has its own bucket.
     let r = request(addr, "GET", "/r", &[("Host", "beta.example.com")], b"");
     assert_eq!(r.status, 200);
-    let metrics = request(addr, "GET", "/metrics", &[], b"").text();
-    let limited: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("ringgate_rate_limited_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(limited >= 4, "{metrics}");
+    let limited = metric_total(addr, "ringgate_rate_limited_total");
+    assert!(limited >= 4, "{limited} requests counted as rate limited");
+}
+
+#[test]
+fn test_proxy_global_rate_limit_counts_on_the_core_while_redis_is_unreachable() {
+    let w = TestWorker::start("rl-alone");
+    let upstreams = format!("g={}", w.addr);
+    let sentinel = dead_addr().to_string();
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/r=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_REDIS_SENTINELS", sentinel.as_str()),
+        ("RINGGATE_REDIS_TIMEOUT", "100ms"),
+        ("RINGGATE_GLOBAL_RATE_LIMIT", "5"),
+    ]);
+    let host = [("Host", "gamma.example.com")];
+    // No Redis: the core counts on its own, so the limit still holds on this core.
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| request(addr, "GET", "/r", &host, b"").status)
+        .collect();
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    let r = request(addr, "GET", "/r", &host, b"");
+    assert_eq!(
+        (r.status, r.json()["code"].as_str(), r.header("retry-after")),
+        (429, Some("rate_limited"), Some("1"))
+    );
+    assert!(metric_total(addr, "ringgate_rate_limited_global_total") >= 8);
+    // The report gives up after the Redis failover wait (15 s) and is counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    while metric_total(addr, "ringgate_rate_limit_sync_failures_total") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed report counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Requests keep being served (the limit is per second).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(request(addr, "GET", "/r", &host, b"").status, 200);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use ringgate_tests::{
         repair_cluster, required, unique,
     },
     gateway::{start, start_with_redis},
-    http::{admin_get, request, wait_for_worker, Resp},
+    http::{admin_get, metric_total, request, wait_for_worker, Resp},
     worker::TestWorker,
 };
 use serde_json::{json, Value};
@@ -510,4 +510,90 @@ fn test_blue_green_deploy_script_promotes_green_or_rolls_back() {
         redis_master(&["DEL", &format!("ringgate:worker:{group}:{id}")]);
     }
     redis_master(&["DEL", &weights]);
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_global_rate_limit_is_shared_by_every_gateway_through_redis() {
+    const LIMIT: usize = 40;
+    let w = TestWorker::start("global-rl");
+    let upstreams = format!("g={}", w.addr);
+    let env = [
+        ("RINGGATE_ROUTES", "/g=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_GLOBAL_RATE_LIMIT", "40"),
+        ("RINGGATE_WORKERS", "2"),
+    ];
+    let (_a, a) = start_with_redis(&env);
+    let (_b, b) = start_with_redis(&env);
+    for addr in [a, b] {
+        wait_for_worker(addr, "/g/ready", "global-rl", Duration::from_secs(10));
+    }
+    let before = w.count();
+    let tenant = unique("rl");
+    let host = format!("{tenant}.example.com");
+    let headers = [("Host", host.as_str())];
+    // Three seconds of requests, alternating between the two gateways (each with two
+    // cores), far faster than the limit.
+    let run = Duration::from_secs(3);
+    let started = Instant::now();
+    let (mut admitted, mut refused) = ([0usize; 2], 0usize);
+    while started.elapsed() < run {
+        for (i, addr) in [a, b].into_iter().enumerate() {
+            let r = request(addr, "GET", "/g/x", &headers, b"");
+            match r.status {
+                200 => admitted[i] += 1,
+                429 => {
+                    assert_eq!(r.json()["code"].as_str(), Some("rate_limited"));
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                    refused += 1;
+                }
+                s => panic!("unexpected {s}: {}", r.text()),
+            }
+        }
+    }
+    let total = admitted[0] + admitted[1];
+    let attempts = total + refused;
+    // The fleet admits about LIMIT per second (a sliding window over the last second):
+    // LIMIT in the first second, then LIMIT per second, 120 to 160 in all, plus the few
+    // that cores admit before they see each other's reports (2-3 per second measured).
+    // Unshared, each gateway would admit LIMIT per second on its own: twice as many.
+    assert!(
+        (2 * LIMIT..=4 * LIMIT + LIMIT / 2).contains(&total),
+        "admitted {admitted:?} of {attempts} requests in {run:?}"
+    );
+    assert!(attempts > 6 * LIMIT, "only {attempts} requests were sent");
+    assert!(admitted[0] > 0 && admitted[1] > 0, "admitted {admitted:?}");
+    assert_eq!(
+        w.count() - before,
+        total,
+        "every admitted request reached the worker"
+    );
+    let refused_metric = metric_total(a, "ringgate_rate_limited_global_total")
+        + metric_total(b, "ringgate_rate_limited_global_total");
+    assert_eq!(refused_metric as usize, refused);
+    // Redis holds the fleet's per-second counts for the tenant (once the last reports,
+    // at most 10 ms apart, are in).
+    std::thread::sleep(Duration::from_millis(200));
+    let keys = redis_master(&["KEYS", &format!("ringgate:ratelimit:{tenant}:*")]);
+    let counted: usize = keys
+        .lines()
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            redis_master(&["GET", k])
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(counted, total, "keys {keys:?}");
+    let ttl: i64 = redis_master(&["TTL", keys.lines().next().unwrap()])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((0..=5).contains(&ttl), "counter TTL {ttl}");
+    // Another tenant has its own count.
+    let other = format!("{}.example.com", unique("rl-other"));
+    let r = request(a, "GET", "/g/x", &[("Host", other.as_str())], b"");
+    assert_eq!(r.status, 200);
 }

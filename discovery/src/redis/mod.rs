@@ -104,4 +104,33 @@ impl RedisHandle {
                 .map_err(|e| RedisError::Command(e.to_string())),
         }
     }
+
+    /// `INCRBY key by` and `EXPIRE key ttl_secs`, and `GET also`, in one round trip (a
+    /// script); returns the new value of `key` and the value of `also` (0 when missing).
+    /// Not idempotent: never repeated when its outcome is unknown.
+    pub async fn incr_by_with_expiry(
+        &self,
+        key: &str,
+        by: u64,
+        ttl_secs: u64,
+        also: &str,
+    ) -> Result<(i64, i64), RedisError> {
+        const SCRIPT: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+                              redis.call('EXPIRE', KEYS[1], ARGV[2]) \
+                              return {n, tonumber(redis.call('GET', KEYS[2]) or '0') or 0}";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT)
+            .arg(2)
+            .arg(key)
+            .arg(also)
+            .arg(by)
+            .arg(ttl_secs);
+        let answer = self.query(cmd, Safety::NotIdempotent).await?;
+        match answer.as_sequence() {
+            Some([redis::Value::Int(n), redis::Value::Int(other)]) => Ok((*n, *other)),
+            _ => Err(RedisError::Command(format!(
+                "INCRBY script answered {answer:?}"
+            ))),
+        }
+    }
 }

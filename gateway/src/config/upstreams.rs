@@ -41,6 +41,9 @@ pub const ENV_STICKY_GROUPS: &str = "RINGGATE_STICKY_GROUPS";
 pub const ENV_RATE_LIMIT: &str = "RINGGATE_RATE_LIMIT";
 /// `RINGGATE_RATE_BURST`: burst per tenant.
 pub const ENV_RATE_BURST: &str = "RINGGATE_RATE_BURST";
+/// `RINGGATE_GLOBAL_RATE_LIMIT`: proxied requests per second per tenant across every
+/// instance sharing the Redis.
+pub const ENV_GLOBAL_RATE_LIMIT: &str = "RINGGATE_GLOBAL_RATE_LIMIT";
 /// `RINGGATE_UPSTREAM_HEALTH_INTERVAL`: active health check period.
 pub const ENV_UPSTREAM_HEALTH_INTERVAL: &str = "RINGGATE_UPSTREAM_HEALTH_INTERVAL";
 /// `RINGGATE_UPSTREAM_HEALTH_PATH`: active health check path.
@@ -105,6 +108,8 @@ pub struct ProxyConfig {
     pub sticky_groups: Vec<String>,
     /// Per-tenant rate limit, when set.
     pub rate_limit: Option<RateLimit>,
+    /// Per-tenant requests per second across every instance sharing the Redis, when set.
+    pub global_rate_limit: Option<usize>,
     /// Active health check period (default 2 s; `None` when `0s`).
     pub health_interval: Option<Duration>,
     /// Active health check path (default `/health`).
@@ -212,6 +217,7 @@ impl Reader<'_> {
             per_second,
             burst: burst.unwrap_or(per_second),
         });
+        let global_rate_limit = self.parse(ENV_GLOBAL_RATE_LIMIT, parse::count);
         let health_interval = self
             .parse(ENV_UPSTREAM_HEALTH_INTERVAL, parse::duration)
             .unwrap_or(Duration::from_secs(2));
@@ -245,6 +251,7 @@ impl Reader<'_> {
                 .unwrap_or(DEFAULT_IDLE_MAX),
             sticky_groups,
             rate_limit,
+            global_rate_limit,
             health_interval: (!health_interval.is_zero()).then_some(health_interval),
             health_path,
             routes,

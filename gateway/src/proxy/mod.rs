@@ -7,9 +7,11 @@
 //! passive health (ejected after [`EJECT_AFTER`] consecutive failures, backing off from 1 s
 //! to 30 s, then tried again), active health (`GET RINGGATE_UPSTREAM_HEALTH_PATH` every
 //! `RINGGATE_UPSTREAM_HEALTH_INTERVAL`), keep-alive connections, token buckets for the
-//! per-tenant rate limit (the configured rate split across cores).
+//! per-tenant rate limit (the configured rate split across cores). The optional fleet-wide
+//! limit is counted in Redis ([`global_rate`]).
 
 pub mod chunks;
+pub mod global_rate;
 pub mod head;
 pub mod upstream;
 
@@ -381,31 +383,52 @@ impl Upstreams {
         }
     }
 
-    /// The per-tenant rate limit: `Some(429)` when the tenant (the `Host` header's project,
-    /// else the client address) is over its share on this core.
+    /// The per-tenant rate limits: `Some(429)` when the tenant (the `Host` header's project,
+    /// else the client address) is over its share on this core or, with
+    /// `RINGGATE_GLOBAL_RATE_LIMIT`, over the fleet's limit.
     pub fn rate_limit(
         &self,
         core: &Core,
         parts: &Parts,
         peer: Option<SocketAddr>,
     ) -> Option<Response> {
+        let global = core.global_rate.as_ref();
+        if core.config.proxy.rate_limit.is_none() && global.is_none() {
+            return None;
+        }
+        let tenant = tenant_of(parts, peer);
+        let wait = match self.local_wait(core, &tenant) {
+            Some(wait) => wait,
+            None if global.is_some_and(|g| !g.admit(&tenant)) => {
+                core.metrics().rate_limited_global();
+                1
+            }
+            None => return None,
+        };
+        core.metrics().rate_limited();
+        Some(
+            error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &format!("tenant {tenant:?} is over its rate limit"),
+            )
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from(wait)),
+        )
+    }
+
+    /// This core's token bucket for `tenant`: `None` when a token was taken, else the
+    /// seconds until the next one.
+    fn local_wait(&self, core: &Core, tenant: &str) -> Option<u32> {
         let limit = core.config.proxy.rate_limit?;
         let cores = core.config.workers.max(1) as f64;
         let rate = limit.per_second / cores;
         let burst = (limit.burst / cores).max(1.0);
-        let tenant = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| crate::sql::request::project_of(h.split(':').next().unwrap_or(h)))
-            .or_else(|| peer.map(|p| p.ip().to_string()))
-            .unwrap_or_default();
         let now = Instant::now();
         let mut buckets = self.buckets.borrow_mut();
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&tenant) {
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(tenant) {
             buckets.clear();
         }
-        let b = buckets.entry(tenant.clone()).or_insert(Bucket {
+        let b = buckets.entry(tenant.to_string()).or_insert(Bucket {
             tokens: burst,
             at: now,
         });
@@ -416,17 +439,20 @@ impl Upstreams {
             b.tokens -= 1.0;
             return None;
         }
-        core.metrics().rate_limited();
-        let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0) as u32;
-        Some(
-            error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                &format!("tenant {tenant:?} is over its rate limit"),
-            )
-            .with_header(http::header::RETRY_AFTER, HeaderValue::from(wait)),
-        )
+        Some(((1.0 - b.tokens) / rate).ceil().max(1.0) as u32)
     }
+}
+
+/// Whom a proxied request is counted for: the `Host` header's project, else the client's
+/// address.
+fn tenant_of(parts: &Parts, peer: Option<SocketAddr>) -> String {
+    parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| crate::sql::request::project_of(h.split(':').next().unwrap_or(h)))
+        .or_else(|| peer.map(|p| p.ip().to_string()))
+        .unwrap_or_default()
 }
 
 /// Active health checks on this core: `GET <path>` on every worker each interval; a
