@@ -119,7 +119,7 @@ fn test_proxy_streams_large_bodies_both_ways_in_bounded_memory() {
         ("RINGGATE_ROUTES", "/s=g"),
         ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
     ]);
-    let size = 256 * MIB;
+    let size = 1024 * MIB;
     let before = rss();
     let watch = RssWatch::start();
     // Upload: far above RINGGATE_MAX_BODY_BYTES (1 MiB), streamed to the worker.
