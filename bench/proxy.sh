@@ -4,11 +4,16 @@
 # on CPU 0 only (ringgate: 1 core; HAProxy: 1 thread; nginx: 1 worker); the upstream and
 # the load generator share CPU 1. All in one run, so the ratios compare like with like.
 #
-#   bench/proxy.sh [SECS]   wrk -c1000 (max req/s), then rg-load at 5k and 10k req/s
-#                           (open loop, coordinated-omission corrected) for p50/p99/p99.9.
+#   bench/proxy.sh [SECS] [ROUNDS]
+#       wrk -c1000 (max req/s) ROUNDS times (default 3), the three proxies interleaved in
+#       each round so that the machine's slow and fast minutes hit all of them alike; the
+#       table shows the median round (every round's figures are listed below it). Then
+#       rg-load at 5k and 10k req/s (open loop, coordinated-omission corrected) for
+#       p50/p99/p99.9.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
+rounds="${2:-3}"
 warm=2
 rates="5000 10000"
 scripts/install-deps
@@ -110,10 +115,16 @@ done
 cp bench/wrk-report.lua "$work/pct.lua"
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 declare -A R
+declare -A ROUNDS_OF
 run_max() { # name url
   local out
   out=$(taskset -c 1 wrk -t1 -c1000 -d"${secs}s" --latency -s "$work/pct.lua" "$2" 2>&1 | grep wrk_result)
-  R[$1]="$(echo "$out" | field rps) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)"
+  ROUNDS_OF[$1]+="$(echo "$out" | field rps) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)
+"
+}
+# The round with the median req/s of a proxy's max runs.
+median_round() { # name
+  printf '%s' "${ROUNDS_OF[$1]}" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'
 }
 run_rate() { # name url rate
   local out
@@ -128,12 +139,18 @@ url_of() { # server proto
   esac
 }
 for proto in http https; do
+  for round in $(seq "$rounds"); do
+    for server in haproxy nginx ringgate; do
+      url=$(url_of $server $proto)
+      # Warm up at the measured concurrency, so every proxy starts with its worker
+      # connections open (steady state, not 1000 simultaneous first connects).
+      taskset -c 1 wrk -t1 -c1000 -d"${warm}s" "$url" >/dev/null 2>&1 || true
+      run_max "$server/$proto/max" "$url"
+    done
+  done
   for server in haproxy nginx ringgate; do
+    R[$server/$proto/max]=$(median_round "$server/$proto/max")
     url=$(url_of $server $proto)
-    # Warm up at the measured concurrency, so every proxy starts with its worker
-    # connections open (steady state, not 1000 simultaneous first connects).
-    taskset -c 1 wrk -t1 -c1000 -d"${warm}s" "$url" >/dev/null 2>&1 || true
-    run_max "$server/$proto/max" "$url"
     for rate in $rates; do run_rate "$server/$proto/$rate" "$url" "$rate"; done
   done
 done
@@ -158,7 +175,15 @@ mkdir -p bench/results
 {
   echo "# bench/proxy.sh $secs — $stamp"
   echo
-  echo "machine: $(nproc) cores, kernel $(uname -r); proxies on CPU 0 (1 core / 1 thread / 1 worker), upstream nginx (1 KiB body) and load on CPU 1; ${secs}s per scenario; errors: see raw wrk/rg-load output"
+  echo "machine: $(nproc) cores, kernel $(uname -r); proxies on CPU 0 (1 core / 1 thread / 1 worker), upstream nginx (1 KiB body) and load on CPU 1; ${secs}s per scenario, max in $rounds interleaved rounds (median shown); errors: see raw wrk/rg-load output"
   echo
   echo "$table"
+  echo
+  echo "max req/s of every round (HAProxy / nginx / ringgate, interleaved in that order; the table shows each proxy's median round):"
+  echo
+  for proto in http https; do
+    for server in haproxy nginx ringgate; do
+      echo "- $proto $server: $(printf '%s' "${ROUNDS_OF[$server/$proto/max]}" | awk '{printf "%s%s", sep, $1; sep=", "}')"
+    done
+  done
 } | tee "bench/results/proxy-$stamp.md"

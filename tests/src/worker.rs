@@ -269,6 +269,13 @@ pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
         } else if let Some(n) = number("/download/") {
             out.write_all(head(&format!("content-length: {n}\r\n")).as_bytes())
                 .and_then(|_| send_bytes(&mut out, n, false))
+        } else if let Some(n) = number("/head/") {
+            // A response head of about n bytes (one long header), written in pieces.
+            let filler = "f".repeat(n);
+            let resp = head(&format!("x-filler: {filler}\r\ncontent-length: 2\r\n")) + "ok";
+            resp.as_bytes()
+                .chunks(4096)
+                .try_for_each(|piece| out.write_all(piece).and_then(|_| out.flush()))
         } else if let Some(n) = number("/chunked/") {
             out.write_all(head("transfer-encoding: chunked\r\n").as_bytes())
                 .and_then(|_| send_bytes(&mut out, n, true))

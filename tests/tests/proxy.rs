@@ -181,6 +181,29 @@ fn test_proxy_streams_large_bodies_both_ways_in_bounded_memory() {
 }
 
 #[test]
+fn test_proxy_reads_response_heads_over_many_reads_up_to_its_limit() {
+    let w = TestWorker::start("heads");
+    let upstreams = format!("g={}", w.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/h=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+    ]);
+    // 40 KiB of head, several times the first read's buffer, arriving in 4 KiB pieces.
+    let r = request(addr, "GET", "/h/head/40960", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-filler").map(str::len), Some(40960));
+    assert_eq!(r.text(), "ok");
+    // Over the 64 KiB limit: a clear 502, not a hang or a cut connection.
+    let r = request(addr, "GET", "/h/head/70000", &[], b"");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["code"].as_str(), Some("bad_gateway"));
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("larger than"));
+}
+
+#[test]
 fn test_proxy_passes_chunked_bodies_through() {
     use std::io::{Read, Write};
     let w = TestWorker::start("chunky");

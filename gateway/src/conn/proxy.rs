@@ -29,6 +29,11 @@ use crate::{
 
 /// Bytes moved per read in either direction.
 const PIPE_CHUNK: usize = 64 * 1024;
+/// Room for the first read of a response: its head and, usually, all of a small body. A
+/// whole [`PIPE_CHUNK`] per request would be a large allocation each time (the allocator
+/// returns such pages to the kernel and faults them in again, zeroed); the buffer grows
+/// to [`PIPE_CHUNK`] only while a larger body streams.
+const HEAD_CHUNK: usize = 8 * 1024;
 /// One request as it goes to workers: the client's head, the head encoded for workers,
 /// the request id, and whether the client keeps its connection.
 #[derive(Clone, Copy)]
@@ -241,7 +246,7 @@ impl Conn {
         // The body, client → worker.
         let body_sent = self.pipe_request_body(io, head, &mut stream).await?;
         // The response head.
-        let mut pending = BytesMut::with_capacity(PIPE_CHUNK);
+        let mut pending = BytesMut::with_capacity(HEAD_CHUNK);
         let resp =
             read_response_head(&mut stream, &mut pending, cfg.response_timeout, addr).await?;
         let head_only = head.parts.method == Method::HEAD;
@@ -433,7 +438,7 @@ async fn read_response_head(
             }
         }
         let had = pending.len();
-        let read = monoio::time::timeout_at(deadline, read_into(stream, pending)).await;
+        let read = monoio::time::timeout_at(deadline, read_into(stream, pending, HEAD_CHUNK)).await;
         match read {
             Ok(Ok(0)) if had == 0 => {
                 return Err(Attempt::Retry {
@@ -476,9 +481,13 @@ async fn read_response_head(
 }
 
 /// Appends one read from `stream` to `buf` (straight into its spare capacity).
-async fn read_into(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_into(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    room: usize,
+) -> std::io::Result<usize> {
     let mut owned = std::mem::take(buf);
-    owned.reserve(PIPE_CHUNK);
+    owned.reserve(room);
     // monoio reads into a buffer from its start: read into the spare tail instead.
     let len = owned.len();
     let (res, tail) = stream.read(owned.slice_mut(len..)).await;
@@ -544,7 +553,7 @@ async fn pipe_response<IO: AsyncWriteRent>(
         if finished {
             return true;
         }
-        match timeout(read_pause, read_into(stream, &mut pending)).await {
+        match timeout(read_pause, read_into(stream, &mut pending, PIPE_CHUNK)).await {
             Ok(Ok(0)) => return framing == BodyFraming::UntilClose,
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return false,

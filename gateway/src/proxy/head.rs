@@ -160,6 +160,10 @@ impl ResponseHead {
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut parsed = httparse::Response::new(&mut slots);
         match parsed.parse(buf) {
+            // Whether the head came in one read or many, the limit is the same.
+            Ok(httparse::Status::Complete(len)) if len > MAX_RESPONSE_HEAD => {
+                Err(ResponseHeadError::TooLarge)
+            }
             Ok(httparse::Status::Complete(len)) => {
                 let head = ResponseHead {
                     status: parsed.code.unwrap_or(502),
@@ -313,6 +317,26 @@ mod tests {
         let c =
             String::from_utf8(encode_request_head(&p, Framing::Chunked, None, false, b"")).unwrap();
         assert!(c.contains("transfer-encoding: chunked\r\n") && !c.contains("content-length"));
+    }
+
+    #[test]
+    fn response_heads_over_the_limit_are_refused_whole_or_partial() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nx-filler: {}\r\n",
+            "f".repeat(MAX_RESPONSE_HEAD)
+        );
+        let mut partial = BytesMut::from(big.as_bytes());
+        assert!(matches!(
+            ResponseHead::parse(&mut partial),
+            Err(ResponseHeadError::TooLarge)
+        ));
+        let mut whole = BytesMut::from(format!("{big}content-length: 0\r\n\r\n").as_bytes());
+        assert!(matches!(
+            ResponseHead::parse(&mut whole),
+            Err(ResponseHeadError::TooLarge)
+        ));
+        let mut fits = BytesMut::from(&b"HTTP/1.1 204 No Content\r\n\r\n"[..]);
+        assert_eq!(ResponseHead::parse(&mut fits).unwrap().unwrap().status, 204);
     }
 
     #[test]
