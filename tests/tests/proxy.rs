@@ -9,6 +9,18 @@ use ringgate_tests::{
     worker::TestWorker,
 };
 
+/// A gateway proxying `prefix` to `worker` (group `g`), with `extra` settings.
+fn proxy_to(worker: &TestWorker, prefix: &str, extra: &[(&str, &str)]) -> (Gateway, SocketAddr) {
+    let route = format!("{prefix}=g");
+    let upstreams = format!("g={}", worker.addr);
+    let mut env = vec![
+        ("RINGGATE_ROUTES", route.as_str()),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    start(&env)
+}
+
 /// An address nothing listens on.
 fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -114,11 +126,7 @@ const MIB: usize = 1024 * 1024;
 fn test_proxy_streams_large_bodies_both_ways_in_bounded_memory() {
     use std::io::{BufRead, BufReader, Read, Write};
     let w = TestWorker::start("big");
-    let upstreams = format!("g={}", w.addr);
-    let (_g, addr) = start(&[
-        ("RINGGATE_ROUTES", "/s=g"),
-        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
-    ]);
+    let (_g, addr) = proxy_to(&w, "/s", &[]);
     let size = 1024 * MIB;
     let before = rss();
     let watch = RssWatch::start();
@@ -183,11 +191,7 @@ fn test_proxy_streams_large_bodies_both_ways_in_bounded_memory() {
 #[test]
 fn test_proxy_reads_response_heads_over_many_reads_up_to_its_limit() {
     let w = TestWorker::start("heads");
-    let upstreams = format!("g={}", w.addr);
-    let (_g, addr) = start(&[
-        ("RINGGATE_ROUTES", "/h=g"),
-        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
-    ]);
+    let (_g, addr) = proxy_to(&w, "/h", &[]);
     // 40 KiB of head, several times the first read's buffer, arriving in 4 KiB pieces.
     let r = request(addr, "GET", "/h/head/40960", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -207,11 +211,7 @@ fn test_proxy_reads_response_heads_over_many_reads_up_to_its_limit() {
 fn test_proxy_passes_chunked_bodies_through() {
     use std::io::{Read, Write};
     let w = TestWorker::start("chunky");
-    let upstreams = format!("g={}", w.addr);
-    let (_g, addr) = start(&[
-        ("RINGGATE_ROUTES", "/c=g"),
-        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
-    ]);
+    let (_g, addr) = proxy_to(&w, "/c", &[]);
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     // A chunked upload, then a chunked download on the same connection.
     s.write_all(b"POST /c/up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\n\r\n")
@@ -274,12 +274,7 @@ fn test_proxy_worker_death_fails_no_idempotent_request() {
 #[test]
 fn test_proxy_does_not_repeat_a_post_whose_worker_died() {
     let (w1, w2) = (TestWorker::start("w1"), TestWorker::start("w2"));
-    let upstreams = format!("g={}", w1.addr);
-    let (_g, addr) = start(&[
-        ("RINGGATE_ROUTES", "/p=g"),
-        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
-        ("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s"),
-    ]);
+    let (_g, addr) = proxy_to(&w1, "/p", &[("RINGGATE_UPSTREAM_HEALTH_INTERVAL", "0s")]);
     assert_eq!(request(addr, "POST", "/p/a", &[], b"x").status, 200);
     // w1 now takes requests and dies without answering: the POST reached it, so it is
     // answered 502 and not sent anywhere else.
@@ -322,13 +317,11 @@ fn test_proxy_sticky_sessions_pin_a_client_to_its_worker() {
 #[test]
 fn test_proxy_rate_limit_answers_429_per_tenant() {
     let w = TestWorker::start("rl");
-    let upstreams = format!("g={}", w.addr);
-    let (_g, addr) = start(&[
-        ("RINGGATE_ROUTES", "/r=g"),
-        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
-        ("RINGGATE_RATE_LIMIT", "2"),
-        ("RINGGATE_RATE_BURST", "5"),
-    ]);
+    let (_g, addr) = proxy_to(
+        &w,
+        "/r",
+        &[("RINGGATE_RATE_LIMIT", "2"), ("RINGGATE_RATE_BURST", "5")],
+    );
     let host = [("Host", "alpha.example.com")];
     let statuses: Vec<u16> = (0..8)
         .map(|_| request(addr, "GET", "/r", &host, b"").status)
@@ -394,11 +387,7 @@ fn test_proxy_global_rate_limit_counts_on_the_core_while_redis_is_unreachable() 
 #[test]
 fn test_proxy_drain_lets_inflight_requests_finish() {
     let w = TestWorker::start("slow");
-    let upstreams = format!("g={}", w.addr);
-    let (g, addr) = start(&[
-        ("RINGGATE_ROUTES", "/w=g"),
-        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
-    ]);
+    let (g, addr) = proxy_to(&w, "/w", &[]);
     let inflight = std::thread::spawn(move || request(addr, "GET", "/w/slow/700", &[], b""));
     std::thread::sleep(std::time::Duration::from_millis(200));
     let report = g.drain();
