@@ -9,7 +9,7 @@
 #       each round so that the machine's slow and fast minutes hit all of them alike; the
 #       table shows the median round (every round's figures are listed below it). Then
 #       rg-load at 5k and 10k req/s (open loop, coordinated-omission corrected) for
-#       p50/p99/p99.9.
+#       p50/p99/p99.9 and each proxy's CPU time per request (/proc/PID/stat).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -111,6 +111,8 @@ for port in 18181 18182 18183; do
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/x" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fsS "http://127.0.0.1:$port/x" >/dev/null
 done
+# The processes doing each proxy's work (nginx: its one worker, not the master).
+declare -A PID=([nginx]=$(pgrep -P "${pids[1]}" | head -1) [haproxy]=${pids[2]} [ringgate]=${pids[3]})
 
 cp bench/wrk-report.lua "$work/pct.lua"
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
@@ -126,10 +128,17 @@ run_max() { # name url
 median_round() { # name
   printf '%s' "${ROUNDS_OF[$1]}" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'
 }
-run_rate() { # name url rate
-  local out
+# CPU time (user + system) a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A CPU
+run_rate() { # name url rate pid
+  local out before after
+  before=$(cpu_ticks "$4")
   out=$(taskset -c 1 target/release/rg-load --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
+  after=$(cpu_ticks "$4")
   R[$1]="$(echo "$out" | field achieved_rate) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)"
+  # The proxy's CPU per request over the whole open-loop run (warm-up included).
+  CPU[$1]=$(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) * 1e6 / ($3 * ($secs + $warm)):.1f}')")
 }
 url_of() { # server proto
   case "$1/$2" in
@@ -151,7 +160,7 @@ for proto in http https; do
   for server in haproxy nginx ringgate; do
     R[$server/$proto/max]=$(median_round "$server/$proto/max")
     url=$(url_of $server $proto)
-    for rate in $rates; do run_rate "$server/$proto/$rate" "$url" "$rate"; done
+    for rate in $rates; do run_rate "$server/$proto/$rate" "$url" "$rate" "${PID[$server]}"; done
   done
 done
 
@@ -178,6 +187,17 @@ mkdir -p bench/results
   echo "machine: $(nproc) cores, kernel $(uname -r); proxies on CPU 0 (1 core / 1 thread / 1 worker), upstream nginx (1 KiB body) and load on CPU 1; ${secs}s per scenario, max in $rounds interleaved rounds (median shown); errors: see raw wrk/rg-load output"
   echo
   echo "$table"
+  echo
+  echo "CPU per request at the fixed rates (user + system µs of the proxy's process over the whole rg-load run):"
+  echo
+  echo "| scenario | HAProxy | nginx | ringgate | ringgate : HAProxy |"
+  echo "|---|---|---|---|---|"
+  for proto in http https; do
+    for rate in $rates; do
+      h=${CPU[haproxy/$proto/$rate]}; n=${CPU[nginx/$proto/$rate]}; r=${CPU[ringgate/$proto/$rate]}
+      echo "| $proto @ $rate/s | $h | $n | $r | $(python3 -c "print(f'{$r/$h:.2f}x' if $h else '-')") |"
+    done
+  done
   echo
   echo "max req/s of every round (HAProxy / nginx / ringgate, interleaved in that order; the table shows each proxy's median round):"
   echo
