@@ -172,7 +172,7 @@ impl Window {
         }
     }
 
-    /// The report task stopped without taking what is unsent (it failed).
+    /// The report task stopped early (the tenant table started over without this window).
     fn stopped(&mut self) {
         self.syncing = false;
     }
