@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod core;

@@ -7,11 +7,7 @@
 //! every use, cached or not. Lookups are idempotent reads, so they ride through a
 //! Sentinel failover (retried against the new master within the Redis failover wait).
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{cell::RefCell, collections::HashMap, time::Duration};
 
 use http::HeaderMap;
 use monoio::time::Instant;
@@ -84,13 +80,6 @@ pub fn parse_session(value: &str) -> Result<Session, SessionError> {
     })
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// One core's session cache in front of Redis.
 #[derive(Debug)]
 pub struct SessionCache {
@@ -140,7 +129,7 @@ impl SessionCache {
             }
         };
         match session {
-            Some(s) if s.expires_at.is_none_or(|e| e > unix_now()) => Ok(s),
+            Some(s) if s.expires_at.is_none_or(|e| e > crate::clock::unix_secs()) => Ok(s),
             _ => Err(SessionError::Unknown),
         }
     }

@@ -123,6 +123,12 @@ pub fn wait_for_worker(addr: SocketAddr, path: &str, name: &str, limit: Duration
 
 /// The sum over every label set of the counter `name` on ringgate's `/metrics`.
 pub fn metric_total(addr: SocketAddr, name: &str) -> u64 {
+    metric_total_where(addr, name, "")
+}
+
+/// The sum of the counter `name` over the label sets whose line contains `label` (e.g.
+/// `reason="read"`).
+pub fn metric_total_where(addr: SocketAddr, name: &str, label: &str) -> u64 {
     let metrics = request(addr, "GET", "/metrics", &[], b"").text();
     metrics
         .lines()
@@ -130,6 +136,7 @@ pub fn metric_total(addr: SocketAddr, name: &str) -> u64 {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(['{', ' ']))
         })
+        .filter(|l| l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }

@@ -6,7 +6,7 @@ use ringgate_pool::url::parse_pg_url;
 use ringgate_tests::{
     backend::{pg_admin_url, psql, required, unique},
     gateway::start,
-    http::{request, Resp},
+    http::{metric_total, metric_total_where, request, Resp},
 };
 use serde_json::{json, Value};
 
@@ -636,14 +636,11 @@ fn terminate_backend_running(marker: &str) -> String {
 }
 
 fn rerun_metric(addr: std::net::SocketAddr) -> u64 {
-    let text = request(addr, "GET", "/metrics", &[], b"").text();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("ringgate_sql_reruns_total{")
-                && l.contains("reason=\"aborted_by_server\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    metric_total_where(
+        addr,
+        "ringgate_sql_reruns_total",
+        "reason=\"aborted_by_server\"",
+    )
 }
 
 #[test]
@@ -715,11 +712,7 @@ fn a_write_the_server_aborted_before_commit_is_rerun_and_applied_once() {
 
 /// The `ringgate_sql_pipelined_reads_total` counter, over all cores.
 fn pipelined_metric(addr: std::net::SocketAddr) -> u64 {
-    let text = request(addr, "GET", "/metrics", &[], b"").text();
-    text.lines()
-        .filter(|l| l.starts_with("ringgate_sql_pipelined_reads_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    metric_total(addr, "ringgate_sql_pipelined_reads_total")
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, RwLock,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use ringgate_discovery::{workers::WorkerSet, Role, Topology};
@@ -65,10 +65,8 @@ impl ClusterView {
             }
         }
         *slot = Some(t);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.changed_unix_ms.store(now.as_millis() as u64, Relaxed);
+        self.changed_unix_ms
+            .store(crate::clock::unix_millis(), Relaxed);
         *self.changed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 

@@ -20,7 +20,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     rc::Rc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use local_sync::oneshot;
@@ -28,7 +28,7 @@ use monoio::time::Instant;
 use ringgate_discovery::redis::{RedisError, RedisHandle};
 use tracing::warn;
 
-use crate::metrics::Registry;
+use crate::{clock::unix_millis, metrics::Registry};
 
 /// Redis key prefix of the per-second counters.
 pub const KEY_PREFIX: &str = "ringgate:ratelimit:";
@@ -42,14 +42,6 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Tenants tracked per core; the table starts over when full.
 const MAX_TENANTS: usize = 100_000;
-
-/// A point on the wall clock, in milliseconds since the Unix epoch.
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The Redis key counting `tenant`'s requests in `second`.
 pub fn redis_key(tenant: &str, second: u64) -> String {
@@ -171,23 +163,14 @@ impl Window {
             self.sending = self.sending.saturating_sub(sent);
         }
     }
-
-    /// The report task stopped early (the tenant table started over without this window).
-    fn stopped(&mut self) {
-        self.syncing = false;
-    }
 }
 
 /// One core's view of the fleet-wide limit: a window per tenant and the report tasks.
 #[derive(Debug)]
 pub struct GlobalRateLimit {
-    redis: RedisHandle,
     per_second: f64,
-    registry: std::sync::Arc<Registry>,
-    core: usize,
     tenants: RefCell<HashMap<String, Rc<Tenant>>>,
-    /// When this core last logged a failed report (one line per [`WARN_EVERY`]).
-    last_warning: Rc<Cell<Option<Instant>>>,
+    reporter: Rc<Reporter>,
 }
 
 // === impl GlobalRateLimit ===
@@ -201,12 +184,14 @@ impl GlobalRateLimit {
         core: usize,
     ) -> Self {
         Self {
-            redis,
             per_second,
-            registry,
-            core,
             tenants: RefCell::new(HashMap::new()),
-            last_warning: Rc::new(Cell::new(None)),
+            reporter: Rc::new(Reporter {
+                redis,
+                registry,
+                core,
+                last_warning: Cell::new(None),
+            }),
         }
     }
 
@@ -236,16 +221,7 @@ impl GlobalRateLimit {
             return false;
         };
         if start_sync {
-            monoio::spawn(report(
-                self.redis.clone(),
-                tenant.to_string(),
-                state,
-                Failures {
-                    registry: self.registry.clone(),
-                    core: self.core,
-                    last_warning: self.last_warning.clone(),
-                },
-            ));
+            monoio::spawn(self.reporter.clone().report(tenant.to_string(), state));
         } else if report_now {
             if let Some(wake) = state.wake.take() {
                 let _ = wake.send(());
@@ -270,15 +246,57 @@ impl std::fmt::Debug for Tenant {
     }
 }
 
-/// Where a report task counts and logs its failures.
-struct Failures {
+/// What this core's report tasks share: the Redis handle, where failures are counted,
+/// and when one was last logged.
+#[derive(Debug)]
+struct Reporter {
+    redis: RedisHandle,
     registry: std::sync::Arc<Registry>,
     core: usize,
-    last_warning: Rc<Cell<Option<Instant>>>,
+    /// One warning per [`WARN_EVERY`] at most.
+    last_warning: Cell<Option<Instant>>,
 }
 
-impl Failures {
-    fn record(&self, tenant: &str, error: &RedisError) {
+impl Reporter {
+    /// Reports `tenant`'s admissions on this core to Redis until none are left to report.
+    /// A task whose tenant table started over meanwhile reports what it still holds, then
+    /// ends like any other.
+    async fn report(self: Rc<Self>, tenant: String, state: Rc<Tenant>) {
+        let window = &state.window;
+        loop {
+            let (second, n) = window.borrow_mut().take_unsent(unix_millis());
+            if n == 0 {
+                return;
+            }
+            let key = redis_key(&tenant, second);
+            let previous_key = redis_key(&tenant, second.saturating_sub(1));
+            let answer = self
+                .redis
+                .incr_by_with_expiry(&key, n, KEY_TTL_SECS, &previous_key)
+                .await;
+            let pause = match answer {
+                Ok((total, previous)) => {
+                    let mut w = window.borrow_mut();
+                    w.reported(second, n, total.max(0) as u64);
+                    w.previous_was(second, previous.max(0) as u64);
+                    SYNC_PERIOD
+                }
+                Err(error) => {
+                    window.borrow_mut().report_failed(second, n);
+                    self.failed(&tenant, &error);
+                    RETRY_AFTER_FAILURE
+                }
+            };
+            let (wake, woken) = oneshot::channel();
+            state.wake.set(Some(wake));
+            let sleep = std::pin::pin!(monoio::time::sleep(pause));
+            let _ = futures_util::future::select(sleep, woken).await;
+            state.wake.set(None);
+        }
+    }
+
+    /// Counts a failed report and logs it (at most once per [`WARN_EVERY`]).
+    fn failed(&self, tenant: &str, error: &RedisError) {
         self.registry.core(self.core).rate_limit_sync_failed();
         let now = Instant::now();
         if self
@@ -295,46 +313,6 @@ impl Failures {
             %error,
             "global rate limit: could not report to Redis; counting on this core alone"
         );
-    }
-}
-
-/// Reports `tenant`'s admissions on this core to Redis until none are left to report.
-async fn report(redis: RedisHandle, tenant: String, state: Rc<Tenant>, failures: Failures) {
-    let window = &state.window;
-    loop {
-        let (second, n) = window.borrow_mut().take_unsent(unix_millis());
-        if n == 0 {
-            return;
-        }
-        let key = redis_key(&tenant, second);
-        let previous_key = redis_key(&tenant, second.saturating_sub(1));
-        let answer = redis
-            .incr_by_with_expiry(&key, n, KEY_TTL_SECS, &previous_key)
-            .await;
-        let pause = match answer {
-            Ok((total, previous)) => {
-                let mut w = window.borrow_mut();
-                w.reported(second, n, total.max(0) as u64);
-                w.previous_was(second, previous.max(0) as u64);
-                drop(w);
-                SYNC_PERIOD
-            }
-            Err(error) => {
-                window.borrow_mut().report_failed(second, n);
-                failures.record(&tenant, &error);
-                RETRY_AFTER_FAILURE
-            }
-        };
-        let (wake, woken) = oneshot::channel();
-        state.wake.set(Some(wake));
-        let sleep = std::pin::pin!(monoio::time::sleep(pause));
-        let _ = futures_util::future::select(sleep, woken).await;
-        state.wake.set(None);
-        if Rc::strong_count(&state) == 1 {
-            // The tenant table started over; nobody reads this window any more.
-            window.borrow_mut().stopped();
-            return;
-        }
     }
 }
 

@@ -397,6 +397,7 @@ impl Upstreams {
             return None;
         }
         let tenant = tenant_of(parts, peer);
+        // The fleet's limit sees only what this core's own bucket let through.
         let wait = match self.local_wait(core, &tenant) {
             Some(wait) => wait,
             None if global.is_some_and(|g| !g.admit(&tenant)) => {
@@ -425,13 +426,20 @@ impl Upstreams {
         let burst = (limit.burst / cores).max(1.0);
         let now = Instant::now();
         let mut buckets = self.buckets.borrow_mut();
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(tenant) {
-            buckets.clear();
+        // Only a tenant seen for the first time costs an allocation.
+        if !buckets.contains_key(tenant) {
+            if buckets.len() >= MAX_BUCKETS {
+                buckets.clear();
+            }
+            buckets.insert(
+                tenant.to_string(),
+                Bucket {
+                    tokens: burst,
+                    at: now,
+                },
+            );
         }
-        let b = buckets.entry(tenant.to_string()).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
+        let b = buckets.get_mut(tenant).expect("inserted above");
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * rate).min(burst);
         b.at = now;
