@@ -3,15 +3,19 @@
 # PgBouncer, same number of server connections, same run. Needs the local backend
 # (`eval "$(compose/cluster up)"`); runs against the current Patroni leader directly.
 #
-#   bench/sql.sh [SECS=10] [SERVER_CONNS=16]
+#   bench/sql.sh [SECS=10] [SERVER_CONNS=16] [ROUNDS=3]
 #
-# At 500 and 5,000 req/s it also measures, in the same run and on the same cores, nginx
+# Max req/s: ringgate on one core pinned to CPU 0, wrk and pgbench on CPU 1.
+# At 500 and 5,000 req/s, in ROUNDS interleaved rounds (the machine's slow and fast
+# minutes hit every server alike; the median round's figures are shown): ringgate as
+# deployed by default (every core, not pinned), ringgate on one core pinned to CPU 0, nginx
 # answering the same request with the same body from memory (the machine's latency floor)
 # and pgbench -S at the same fixed rate (the database's own latency).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-16}"
+rounds="${3:-3}"
 : "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
 leader=$(compose/cluster leader)
 host="127.0.1.${leader#pg}"
@@ -25,7 +29,7 @@ fi
 cargo build -q --release --locked -p ringgate -p ringgate-bench
 # Listeners use SO_REUSEPORT, so a leftover server on a port would silently take part of
 # the load: refuse to run instead.
-for port in 18380 16432 18390; do
+for port in 18380 18381 16432 18390; do
   if ss -Htln "( sport = :$port )" | grep -q .; then
     echo "error: port $port is already in use (a leftover server?): $(ss -Htlnp "( sport = :$port )")" >&2
     exit 1
@@ -42,6 +46,11 @@ trap cleanup EXIT
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18380 RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
   DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
   target/release/ringgate 2>"$work/ringgate.log" &
+pids+=($!)
+# The default deployment: one core per CPU, not pinned; the same server connections in all.
+env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18381 RINGGATE_LOG=warn \
+  DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
+  target/release/ringgate 2>"$work/ringgate-default.log" &
 pids+=($!)
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
@@ -113,11 +122,39 @@ v = sorted(int(f[2]) + (int(f[6]) if len(f) > 6 else 0) for f in (l.split() for 
 q = lambda p: v[min(len(v) - 1, int(p * len(v)))] / 1000
 print(f"pgbench_rate n={len(v)} p50_ms={q(0.5):.3f} p99_ms={q(0.99):.3f} p999_ms={q(0.999):.3f}")'
 }
+curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18381/sql >/dev/null
+declare -A ROUNDS_OF
+latency_round() { # rate round
+  local line
+  line=$(load http://127.0.0.1:18381/sql "$1"); echo "== @ $1/s round $2 ringgate /sql (default: every core, unpinned): $line"
+  ROUNDS_OF[default/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
+"
+  line=$(load http://127.0.0.1:18380/sql "$1"); echo "== @ $1/s round $2 ringgate /sql (1 core pinned to CPU 0): $line"
+  ROUNDS_OF[pinned/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
+"
+  line=$(load http://127.0.0.1:18390/sql "$1"); echo "== @ $1/s round $2 nginx fixed body (machine floor): $line"
+  ROUNDS_OF[floor/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
+"
+  line=$(pgbench_at "$1"); echo "== @ $1/s round $2 pgbench -S -R $1 direct: $line"
+  ROUNDS_OF[pgbench/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
+"
+}
 for rate in 500 5000; do
-  echo "== @ $rate/s ringgate /sql: $(load http://127.0.0.1:18380/sql "$rate")"
-  echo "== @ $rate/s nginx fixed body (machine floor): $(load http://127.0.0.1:18390/sql "$rate")"
-  echo "== @ $rate/s pgbench -S -R $rate direct: $(pgbench_at "$rate")"
+  for round in $(seq "$rounds"); do latency_round "$rate" "$round"; done
 done
+# The median round by p99 (p99 p50 p99.9), and every round's p99.
+median_p99() { printf '%s' "${ROUNDS_OF[$1]}" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+all_p99() { printf '%s' "${ROUNDS_OF[$1]}" | awk '{printf "%s%s", sep, $1; sep=", "}'; }
+echo
+echo "| @ rate | server | p50 / p99 / p99.9 ms (median round by p99) | p99 of every round |"
+echo "|---|---|---|---|"
+for rate in 500 5000; do
+  for who in "default:ringgate, every core, unpinned" "pinned:ringgate, 1 core pinned" "floor:nginx fixed body (floor)" "pgbench:pgbench -S -R direct"; do
+    read -r p99 p50 p999 <<<"$(median_p99 "${who%%:*}/$rate")"
+    echo "| $rate/s | ${who#*:} | $p50 / $p99 / $p999 | $(all_p99 "${who%%:*}/$rate") |"
+  done
+done
+echo
 echo "== pgbench -S -M prepared -c $conns -j 1 direct"
 direct=$(taskset -c 1 pgbench -n -S -M prepared -c "$conns" -j 1 -T "$secs" "$db" 2>&1 | awk '/^tps/ {print $3; exit}')
 echo "tps=$direct"

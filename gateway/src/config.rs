@@ -138,8 +138,8 @@ pub const VARS: &[VarDoc] = &[
     },
     VarDoc {
         name: ENV_PIN_CORES,
-        default: "true",
-        help: "pin core n's thread to CPU n (modulo the CPUs available)",
+        default: "false",
+        help: "pin core n's thread to the n-th CPU the process may use; for hosts running nothing else busy",
     },
     VarDoc {
         name: ENV_IO_DRIVER,
@@ -388,7 +388,7 @@ pub struct Config {
     pub tls: Option<TlsListen>,
     /// Number of cores to run (default: available parallelism).
     pub workers: usize,
-    /// Pin each core's thread to a CPU (default true).
+    /// Pin each core's thread to a CPU (default false).
     pub pin_cores: bool,
     /// io driver (default auto).
     pub driver: DriverChoice,
@@ -553,7 +553,7 @@ impl Config {
             listen,
             tls,
             workers: workers.unwrap_or_else(available_cores),
-            pin_cores: pin_cores.unwrap_or(true),
+            pin_cores: pin_cores.unwrap_or(false),
             driver: driver.unwrap_or(DriverChoice::Auto),
             http,
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
@@ -844,6 +844,7 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(30));
         assert_eq!(c.driver, DriverChoice::Auto);
         assert_eq!(c.workers, available_cores());
+        assert!(!c.pin_cores);
         assert_eq!(c.log_format, LogFormat::Plain);
     }
 

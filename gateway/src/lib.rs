@@ -213,6 +213,7 @@ impl Gateway {
             registry.clone(),
         )?;
         let mut channels = channels;
+        let cpus = rt::allowed_cpus();
         let mut cores = Vec::with_capacity(n);
         for id in (0..n).rev() {
             let listeners = CoreListeners {
@@ -224,12 +225,12 @@ impl Gateway {
             if let Some(store) = &certs {
                 let _ = tx.send(Control::Tls(store.current()));
             }
-            let (config, registry) = (config.clone(), registry.clone());
+            let (config, registry, cpus) = (config.clone(), registry.clone(), cpus.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("ringgate-core-{id}"))
                 .spawn(move || {
                     if config.pin_cores {
-                        rt::pin_to_cpu(id);
+                        rt::pin_to_cpu(id, &cpus);
                     }
                     let run = rt::block_on(driver, || {
                         let core = core::Core::new(id, driver, config, registry, topology, redis);

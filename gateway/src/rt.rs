@@ -139,10 +139,34 @@ where
     }
 }
 
-/// Pins this thread to CPU `core` modulo the CPUs the process may use.
-pub fn pin_to_cpu(core: usize) {
-    let cpus = crate::config::available_cores();
-    let cpu = core % cpus.max(1);
+/// The CPUs this thread may run on (its affinity mask, inherited from the process), in
+/// ascending order; empty if the kernel would not say.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and sched_getaffinity
+    // writes at most `size_of::<cpu_set_t>()` bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the set's capacity.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// The CPU core `core` runs on: the core-th of the `allowed` CPUs, wrapping around.
+fn cpu_for_core(core: usize, allowed: &[usize]) -> Option<usize> {
+    (!allowed.is_empty()).then(|| allowed[core % allowed.len()])
+}
+
+/// Pins this thread to the core-th CPU of `allowed` (the process's CPUs from
+/// [`allowed_cpus`]), so that `taskset` or a cpuset around the process is respected.
+pub fn pin_to_cpu(core: usize, allowed: &[usize]) {
+    let Some(cpu) = cpu_for_core(core, allowed) else {
+        warn!(core, "could not read the process's CPUs; core thread not pinned");
+        return;
+    };
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
         warn!(core, cpu, error = ?e, "could not pin core thread to its CPU");
     }
@@ -185,6 +209,24 @@ mod tests {
             .next()
             .and_then(|major| major.parse::<u32>().ok())
             .is_some_and(|major| major >= 6)
+    }
+
+    #[test]
+    fn cores_are_pinned_to_the_process_cpus_in_turn() {
+        assert_eq!(cpu_for_core(0, &[2, 5]), Some(2));
+        assert_eq!(cpu_for_core(1, &[2, 5]), Some(5));
+        assert_eq!(cpu_for_core(2, &[2, 5]), Some(2));
+        assert_eq!(cpu_for_core(0, &[]), None);
+    }
+
+    #[test]
+    fn allowed_cpus_are_this_threads_affinity() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+        // SAFETY: sched_getcpu has no preconditions.
+        let now_on = unsafe { libc::sched_getcpu() };
+        assert!(cpus.contains(&(now_on as usize)), "{now_on} not in {cpus:?}");
     }
 
     #[test]

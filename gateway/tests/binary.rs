@@ -62,6 +62,73 @@ fn invalid_configuration_exits_64_naming_the_variable() {
     assert!(err.contains("RINGGATE_"), "{err}");
 }
 
+/// Each core thread's name and allowed CPUs (`Cpus_allowed_list`), from /proc.
+fn core_thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut cores = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        if let Some(name) = name.trim().strip_prefix("ringgate-core-") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            cores.push((name.to_string(), cpus));
+        }
+    }
+    cores.sort();
+    cores
+}
+
+/// [`core_thread_cpus`] once it equals `want` (threads pin themselves just after they
+/// start), or its last reading after 5 s.
+fn core_thread_cpus_settled(pid: u32, want: &[(String, String)]) -> Vec<(String, String)> {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = core_thread_cpus(pid);
+        if now == want || std::time::Instant::now() > end {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn cores_are_pinned_only_when_asked_and_within_the_process_cpus() {
+    let cpus = ringgate::rt::allowed_cpus();
+    let pinned = [("RINGGATE_PIN_CORES", "true")];
+
+    // Default: not pinned; every core may run on every CPU the process may.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let p = Process::start(&[("RINGGATE_PIN_CORES", "false")]);
+    let want = [("0".into(), own.clone()), ("1".into(), own)];
+    assert_eq!(core_thread_cpus_settled(p.child.id(), &want), want);
+    drop(p);
+
+    // Pinned: core n on the n-th CPU the process may use.
+    let p = Process::start(&pinned);
+    let want: Vec<_> = (0..2)
+        .map(|n| (n.to_string(), cpus[n % cpus.len()].to_string()))
+        .collect();
+    assert_eq!(core_thread_cpus_settled(p.child.id(), &want), want);
+    drop(p);
+
+    // Pinned inside a narrower affinity (taskset): never a CPU outside it.
+    let last = *cpus.last().unwrap();
+    let p = Process::start_on_cpus(&pinned, &[last]);
+    let want = [("0".into(), last.to_string()), ("1".into(), last.to_string())];
+    assert_eq!(core_thread_cpus_settled(p.child.id(), &want), want);
+}
+
 #[test]
 fn port_in_use_is_a_clear_start_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

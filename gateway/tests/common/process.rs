@@ -20,6 +20,35 @@ pub struct Process {
 impl Process {
     /// Starts the binary with `env` (plus JSON logs) and waits for its listeners.
     pub fn start(env: &[(&str, &str)]) -> Self {
+        Self::spawn(Self::command(env), env)
+    }
+
+    /// Like [`Process::start`], with the process's CPU affinity set to `cpus` (as `taskset`
+    /// would).
+    pub fn start_on_cpus(env: &[(&str, &str)], cpus: &[usize]) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Self::command(env);
+        // SAFETY: cpu_set_t is plain data (zeroed is the empty set).
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus {
+            // SAFETY: `set` is a valid cpu_set_t.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        // SAFETY: the closure only calls sched_setaffinity (async-signal-safe) on a set built
+        // before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn(cmd, env)
+    }
+
+    /// The command line for the binary: a clean environment plus `env`.
+    fn command(env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringgate"));
         cmd.env_clear()
             .env("RINGGATE_LOG_FORMAT", "json")
@@ -30,6 +59,11 @@ impl Process {
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Spawns `cmd` and waits for the listeners `env` asks for.
+    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Self {
         let mut child = cmd.spawn().expect("spawn ringgate");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
