@@ -8,8 +8,9 @@
 #       wrk -c1000 (max req/s) ROUNDS times (default 3), the three proxies interleaved in
 #       each round so that the machine's slow and fast minutes hit all of them alike; the
 #       table shows the median round (every round's figures are listed below it). Then
-#       rg-load at 5k and 10k req/s (open loop, coordinated-omission corrected) for
-#       p50/p99/p99.9 and each proxy's CPU time per request (/proc/PID/stat).
+#       rg-load at 5k and 10k req/s (open loop, coordinated-omission corrected), also in
+#       ROUNDS interleaved rounds, for p50/p99/p99.9 (the round with the median p99) and
+#       each proxy's CPU time per request (/proc/PID/stat; the median round's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -130,15 +131,23 @@ median_round() { # name
 }
 # CPU time (user + system) a process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-declare -A CPU
 run_rate() { # name url rate pid
-  local out before after
+  local out before after cpu
   before=$(cpu_ticks "$4")
   out=$(taskset -c 1 target/release/rg-load --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
   after=$(cpu_ticks "$4")
-  R[$1]="$(echo "$out" | field achieved_rate) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)"
   # The proxy's CPU per request over the whole open-loop run (warm-up included).
-  CPU[$1]=$(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) * 1e6 / ($3 * ($secs + $warm)):.1f}')")
+  cpu=$(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) * 1e6 / ($3 * ($secs + $warm)):.1f}')")
+  ROUNDS_OF[$1]+="$(echo "$out" | field p99_ms) $(echo "$out" | field achieved_rate) $(echo "$out" | field p50_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors) $cpu
+"
+}
+# The fixed-rate round with the median p99: "rate p50 p99 p99.9 errors" and its CPU/request.
+declare -A CPU
+median_rate_round() { # name
+  local p99 rate p50 p999 errors cpu
+  read -r p99 rate p50 p999 errors cpu <<<"$(printf '%s' "${ROUNDS_OF[$1]}" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')"
+  R[$1]="$rate $p50 $p99 $p999 $errors"
+  CPU[$1]=$cpu
 }
 url_of() { # server proto
   case "$1/$2" in
@@ -157,10 +166,16 @@ for proto in http https; do
       run_max "$server/$proto/max" "$url"
     done
   done
+  for round in $(seq "$rounds"); do
+    for rate in $rates; do
+      for server in haproxy nginx ringgate; do
+        run_rate "$server/$proto/$rate" "$(url_of $server $proto)" "$rate" "${PID[$server]}"
+      done
+    done
+  done
   for server in haproxy nginx ringgate; do
     R[$server/$proto/max]=$(median_round "$server/$proto/max")
-    url=$(url_of $server $proto)
-    for rate in $rates; do run_rate "$server/$proto/$rate" "$url" "$rate" "${PID[$server]}"; done
+    for rate in $rates; do median_rate_round "$server/$proto/$rate"; done
   done
 done
 
@@ -184,11 +199,11 @@ mkdir -p bench/results
 {
   echo "# bench/proxy.sh $secs — $stamp"
   echo
-  echo "machine: $(nproc) cores, kernel $(uname -r); proxies on CPU 0 (1 core / 1 thread / 1 worker), upstream nginx (1 KiB body) and load on CPU 1; ${secs}s per scenario, max in $rounds interleaved rounds (median shown); errors: see raw wrk/rg-load output"
+  echo "machine: $(nproc) cores, kernel $(uname -r); proxies on CPU 0 (1 core / 1 thread / 1 worker), upstream nginx (1 KiB body) and load on CPU 1; ${secs}s per scenario, each in $rounds interleaved rounds (max: the median req/s round; fixed rates: the median p99 round); errors: see raw wrk/rg-load output"
   echo
   echo "$table"
   echo
-  echo "CPU per request at the fixed rates (user + system µs of the proxy's process over the whole rg-load run):"
+  echo "CPU per request at the fixed rates (user + system µs of the proxy's process over the whole rg-load run, in the median-p99 round):"
   echo
   echo "| scenario | HAProxy | nginx | ringgate | ringgate : HAProxy |"
   echo "|---|---|---|---|---|"
@@ -204,6 +219,16 @@ mkdir -p bench/results
   for proto in http https; do
     for server in haproxy nginx ringgate; do
       echo "- $proto $server: $(printf '%s' "${ROUNDS_OF[$server/$proto/max]}" | awk '{printf "%s%s", sep, $1; sep=", "}')"
+    done
+  done
+  echo
+  echo "p99 ms of every fixed-rate round (HAProxy / nginx / ringgate interleaved in each round), and CPU µs per request:"
+  echo
+  for proto in http https; do
+    for rate in $rates; do
+      for server in haproxy nginx ringgate; do
+        echo "- $proto @ $rate/s $server: p99 $(printf '%s' "${ROUNDS_OF[$server/$proto/$rate]}" | awk '{printf "%s%s", sep, $1; sep=", "}'); CPU $(printf '%s' "${ROUNDS_OF[$server/$proto/$rate]}" | awk '{printf "%s%s", sep, $6; sep=", "}')"
+      done
     done
   done
 } | tee "bench/results/proxy-$stamp.md"
