@@ -164,7 +164,10 @@ fn cpu_for_core(core: usize, allowed: &[usize]) -> Option<usize> {
 /// [`allowed_cpus`]), so that `taskset` or a cpuset around the process is respected.
 pub fn pin_to_cpu(core: usize, allowed: &[usize]) {
     let Some(cpu) = cpu_for_core(core, allowed) else {
-        warn!(core, "could not read the process's CPUs; core thread not pinned");
+        warn!(
+            core,
+            "could not read the process's CPUs; core thread not pinned"
+        );
         return;
     };
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
@@ -226,7 +229,10 @@ mod tests {
         assert!(cpus.windows(2).all(|w| w[0] < w[1]));
         // SAFETY: sched_getcpu has no preconditions.
         let now_on = unsafe { libc::sched_getcpu() };
-        assert!(cpus.contains(&(now_on as usize)), "{now_on} not in {cpus:?}");
+        assert!(
+            cpus.contains(&(now_on as usize)),
+            "{now_on} not in {cpus:?}"
+        );
     }
 
     #[test]

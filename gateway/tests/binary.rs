@@ -125,7 +125,10 @@ fn cores_are_pinned_only_when_asked_and_within_the_process_cpus() {
     // Pinned inside a narrower affinity (taskset): never a CPU outside it.
     let last = *cpus.last().unwrap();
     let p = Process::start_on_cpus(&pinned, &[last]);
-    let want = [("0".into(), last.to_string()), ("1".into(), last.to_string())];
+    let want = [
+        ("0".into(), last.to_string()),
+        ("1".into(), last.to_string()),
+    ];
     assert_eq!(core_thread_cpus_settled(p.child.id(), &want), want);
 }
 
