@@ -62,6 +62,16 @@ fn invalid_configuration_exits_64_naming_the_variable() {
     assert!(err.contains("RINGGATE_"), "{err}");
 }
 
+/// The `Cpus_allowed_list` of a /proc `status` file (the CPUs a task may run on).
+fn cpus_allowed_list(status_path: &str) -> String {
+    let status = std::fs::read_to_string(status_path).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    list.trim().to_string()
+}
+
 /// Each core thread's name and allowed CPUs (`Cpus_allowed_list`), from /proc.
 fn core_thread_cpus(pid: u32) -> Vec<(String, String)> {
     let mut cores = Vec::new();
@@ -69,13 +79,7 @@ fn core_thread_cpus(pid: u32) -> Vec<(String, String)> {
         let dir = task.unwrap().path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap();
         if let Some(name) = name.trim().strip_prefix("ringgate-core-") {
-            let status = std::fs::read_to_string(dir.join("status")).unwrap();
-            let cpus = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .unwrap()
-                .trim()
-                .to_string();
+            let cpus = cpus_allowed_list(dir.join("status").to_str().unwrap());
             cores.push((name.to_string(), cpus));
         }
     }
@@ -101,14 +105,9 @@ fn cores_are_pinned_only_when_asked_and_within_the_process_cpus() {
     let cpus = ringgate::rt::allowed_cpus();
     let pinned = [("RINGGATE_PIN_CORES", "true")];
 
-    // Default: not pinned; every core may run on every CPU the process may.
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    let own = own
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    // Not pinned (the default, checked in the config tests): every core may run on every
+    // CPU the process may.
+    let own = cpus_allowed_list("/proc/self/status");
     let p = Process::start(&[("RINGGATE_PIN_CORES", "false")]);
     let want = [("0".into(), own.clone()), ("1".into(), own)];
     assert_eq!(core_thread_cpus_settled(p.child.id(), &want), want);
