@@ -125,7 +125,7 @@ run_max() { # name url
   ROUNDS_OF[$1]+="$(echo "$out" | field rps) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)
 "
 }
-# The round with the median req/s of a proxy's max runs.
+# The round whose first field (req/s of a max run, p99 of a fixed-rate run) is the median.
 median_round() { # name
   printf '%s' "${ROUNDS_OF[$1]}" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'
 }
@@ -145,7 +145,7 @@ run_rate() { # name url rate pid
 declare -A CPU
 median_rate_round() { # name
   local p99 rate p50 p999 errors cpu
-  read -r p99 rate p50 p999 errors cpu <<<"$(printf '%s' "${ROUNDS_OF[$1]}" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')"
+  read -r p99 rate p50 p999 errors cpu <<<"$(median_round "$1")"
   R[$1]="$rate $p50 $p99 $p999 $errors"
   CPU[$1]=$cpu
 }

@@ -124,20 +124,21 @@ print(f"pgbench_rate n={len(v)} p50_ms={q(0.5):.3f} p99_ms={q(0.99):.3f} p999_ms
 }
 curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18381/sql >/dev/null
 declare -A ROUNDS_OF
-latency_round() { # rate round
+# Runs one scenario (the command after KEY and LABEL), prints its line and keeps its
+# "p99 p50 p99.9" for the summary.
+keep() { # key label command...
   local line
-  line=$(load http://127.0.0.1:18381/sql "$1"); echo "== @ $1/s round $2 ringgate /sql (default: every core, unpinned): $line"
-  ROUNDS_OF[default/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
+  line=$("${@:3}")
+  echo "== $2: $line"
+  ROUNDS_OF[$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
 "
-  line=$(load http://127.0.0.1:18380/sql "$1"); echo "== @ $1/s round $2 ringgate /sql (1 core pinned to CPU 0): $line"
-  ROUNDS_OF[pinned/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
-"
-  line=$(load http://127.0.0.1:18390/sql "$1"); echo "== @ $1/s round $2 nginx fixed body (machine floor): $line"
-  ROUNDS_OF[floor/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
-"
-  line=$(pgbench_at "$1"); echo "== @ $1/s round $2 pgbench -S -R $1 direct: $line"
-  ROUNDS_OF[pgbench/$1]+="$(echo "$line" | field p99_ms) $(echo "$line" | field p50_ms) $(echo "$line" | field p999_ms)
-"
+}
+latency_round() { # rate round
+  local at="@ $1/s round $2"
+  keep "default/$1" "$at ringgate /sql (default: every core, unpinned)" load http://127.0.0.1:18381/sql "$1"
+  keep "pinned/$1" "$at ringgate /sql (1 core pinned to CPU 0)" load http://127.0.0.1:18380/sql "$1"
+  keep "floor/$1" "$at nginx fixed body (machine floor)" load http://127.0.0.1:18390/sql "$1"
+  keep "pgbench/$1" "$at pgbench -S -R $1 direct" pgbench_at "$1"
 }
 for rate in 500 5000; do
   for round in $(seq "$rounds"); do latency_round "$rate" "$round"; done

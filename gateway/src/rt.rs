@@ -18,7 +18,8 @@ const URING_ENTRIES: u32 = 4096;
 /// The io driver a core runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
-    /// Linux io_uring; `cooperative` when the kernel took [`cooperative_rings`]' flags.
+    /// Linux io_uring; `cooperative` when the kernel took [`uring_runtime`]'s cooperative
+    /// flags.
     IoUring {
         /// Rings run completions' task work cooperatively (no interrupt per completion).
         cooperative: bool,
@@ -37,16 +38,21 @@ impl Driver {
     }
 }
 
-/// The ring setup for a core that only its own thread uses (Linux 6.0 and later):
-/// `IORING_SETUP_COOP_TASKRUN` runs the task work that turns socket readiness into
-/// completions when the core's thread next enters the kernel, which it does at every turn of
-/// its event loop, instead of interrupting it for each one; `IORING_SETUP_SINGLE_ISSUER`
-/// tells the kernel only that thread submits. At 15,000 proxied requests per second this cut
-/// ringgate's kernel time per request from 26-34 µs to 19-21 µs (bench/RESULTS.md).
-pub fn cooperative_rings() -> io_uring::Builder {
+/// A core's io_uring runtime builder. `cooperative` rings are set up for a core that only
+/// its own thread uses (Linux 6.0 and later): `IORING_SETUP_COOP_TASKRUN` runs the task work
+/// that turns socket readiness into completions when the core's thread next enters the
+/// kernel, which it does at every turn of its event loop, instead of interrupting it for
+/// each one; `IORING_SETUP_SINGLE_ISSUER` tells the kernel only that thread submits. At
+/// 15,000 proxied requests per second this cut ringgate's kernel time per request from
+/// 28.6-32 µs to 18.1-25 µs (bench/RESULTS.md, "Cooperative io_uring rings").
+fn uring_runtime(cooperative: bool) -> RuntimeBuilder<IoUringDriver> {
     let mut urb = io_uring::IoUring::builder();
-    urb.setup_coop_taskrun().setup_single_issuer();
-    urb
+    if cooperative {
+        urb.setup_coop_taskrun().setup_single_issuer();
+    }
+    RuntimeBuilder::<IoUringDriver>::new()
+        .with_entries(URING_ENTRIES)
+        .uring_builder(urb)
 }
 
 /// Why no runtime could be started.
@@ -90,23 +96,17 @@ pub fn select_driver(choice: DriverChoice) -> Result<Driver, RtError> {
 }
 
 /// Checks that io_uring has every opcode monoio needs and that a ring can be built here;
-/// `Ok(true)` when [`cooperative_rings`] can be built too (older kernels refuse its flags).
+/// `Ok(true)` when a cooperative ring can be built too (older kernels refuse its flags).
 fn probe_uring() -> Result<bool, String> {
     if !monoio::utils::detect_uring() {
         return Err("io_uring setup or an opcode monoio needs is refused by the kernel".into());
     }
-    let ring = |urb: io_uring::Builder| {
-        RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .uring_builder(urb)
-            .build()
-            .map(drop)
-    };
-    if ring(cooperative_rings()).is_ok() {
+    if uring_runtime(true).build().is_ok() {
         return Ok(true);
     }
-    ring(io_uring::IoUring::builder())
-        .map(|()| false)
+    uring_runtime(false)
+        .build()
+        .map(|_| false)
         .map_err(|e| format!("cannot build a ring of {URING_ENTRIES} entries: {e}"))
 }
 
@@ -118,16 +118,7 @@ where
 {
     match driver {
         Driver::IoUring { cooperative } => {
-            let urb = if cooperative {
-                cooperative_rings()
-            } else {
-                io_uring::IoUring::builder()
-            };
-            let mut rt = RuntimeBuilder::<IoUringDriver>::new()
-                .with_entries(URING_ENTRIES)
-                .uring_builder(urb)
-                .enable_timer()
-                .build()?;
+            let mut rt = uring_runtime(cooperative).enable_timer().build()?;
             Ok(rt.block_on(make()))
         }
         Driver::Epoll => {

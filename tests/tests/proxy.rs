@@ -356,13 +356,8 @@ fn test_proxy_global_rate_limit_counts_on_the_core_while_redis_is_unreachable() 
     // No Redis: the core counts on its own, so the limit still holds on this core. The
     // burst starts just after a wall-clock second begins and ends within it (the window
     // slides: later in the next second there would be room again).
-    let into_second = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_millis();
-    std::thread::sleep(std::time::Duration::from_millis(
-        1010 - u64::from(into_second),
-    ));
+    let into_second = ringgate::clock::unix_millis() % 1000;
+    std::thread::sleep(std::time::Duration::from_millis(1010 - into_second));
     let started = std::time::Instant::now();
     let statuses: Vec<u16> = (0..12)
         .map(|_| request(addr, "GET", "/r", &host, b"").status)
