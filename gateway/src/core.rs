@@ -6,7 +6,6 @@ use std::{
     sync::Arc,
 };
 
-use monoio_rustls::TlsAcceptor;
 use ringgate_discovery::Topology;
 use ringgate_pool::Shard;
 
@@ -31,8 +30,10 @@ pub struct Core {
     pub registry: Arc<Registry>,
     /// This core's drain signal.
     pub drain: Drain,
-    /// The TLS acceptor for the current certificate, swapped on reload.
-    pub tls: RefCell<Option<TlsAcceptor>>,
+    /// The TLS config for the current certificate, swapped on reload.
+    pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// The pace of this core's TLS handshakes.
+    pub handshakes: crate::handshake::HandshakePace,
     /// Request id generator.
     pub request_ids: RequestIds,
     /// Cached `date` header.
@@ -110,6 +111,7 @@ impl Core {
             registry,
             drain: Drain::default(),
             tls: RefCell::new(None),
+            handshakes: Default::default(),
             request_ids: RequestIds::new(),
             date: DateCache::default(),
             db,

@@ -31,6 +31,7 @@ pub mod config;
 pub mod conn;
 pub mod core;
 pub mod error;
+pub mod handshake;
 pub mod http;
 pub mod metrics;
 pub mod projects;

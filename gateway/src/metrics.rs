@@ -188,6 +188,7 @@ pub struct CoreMetrics {
     connections_rejected: AtomicU64,
     connections_burst: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    tls_handshakes_paced: AtomicU64,
     rate_limited: AtomicU64,
     rate_limited_global: AtomicU64,
     rate_limit_sync_failures: AtomicU64,
@@ -264,6 +265,7 @@ impl Default for CoreMetrics {
             connections_rejected: AtomicU64::new(0),
             connections_burst: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            tls_handshakes_paced: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             rate_limited_global: AtomicU64::new(0),
             rate_limit_sync_failures: AtomicU64::new(0),
@@ -355,6 +357,11 @@ impl CoreMetrics {
     /// A TLS handshake failed.
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A TLS handshake waited for its slot ([`crate::handshake`]).
+    pub fn tls_handshake_paced(&self) {
+        self.tls_handshakes_paced.fetch_add(1, Relaxed);
     }
 
     /// A proxied request refused by the per-tenant rate limit.
@@ -601,7 +608,7 @@ impl Registry {
                 )?;
             }
         }
-        let gauges: [PerCoreMetric; 9] = [
+        let gauges: [PerCoreMetric; 10] = [
             (
                 "ringgate_connections_open",
                 "gauge",
@@ -631,6 +638,12 @@ impl Registry {
                 "counter",
                 "TLS handshakes that failed.",
                 |m| m.tls_handshake_failures.load(Relaxed),
+            ),
+            (
+                "ringgate_tls_handshakes_paced_total",
+                "counter",
+                "TLS handshakes that waited for their slot because requests were in flight.",
+                |m| m.tls_handshakes_paced.load(Relaxed),
             ),
             (
                 "ringgate_rate_limited_total",

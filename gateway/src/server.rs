@@ -14,7 +14,6 @@ use monoio::{
     net::{TcpListener, TcpStream},
     time::{sleep, timeout, Instant},
 };
-use monoio_rustls::TlsAcceptor;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -98,7 +97,7 @@ pub async fn run_core(
     loop {
         match control.recv_async().await {
             Ok(Control::Tls(config)) => {
-                *core.tls.borrow_mut() = Some(TlsAcceptor::from(config));
+                *core.tls.borrow_mut() = Some(config);
                 debug!(core = core.id, "TLS config swapped");
             }
             Ok(Control::Topology(t)) => {
@@ -288,12 +287,12 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
 }
 
 async fn serve_tls(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    let Some(acceptor) = core.tls.borrow().clone() else {
+    let Some(config) = core.tls.borrow().clone() else {
         return;
     };
     match timeout(
         core.config.http.header_read_timeout,
-        acceptor.accept(stream),
+        crate::handshake::accept(&core, config, stream),
     )
     .await
     {

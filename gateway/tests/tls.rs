@@ -218,3 +218,104 @@ fn bad_certificate_files_stop_the_start() {
         assert!(err.contains(expect), "expected {expect:?} in {err}");
     }
 }
+
+/// A TLS-serving gateway on one core, with its certificate's DER.
+fn start_tls_one_core(
+    d: ringgate::config::DriverChoice,
+    dir: &Path,
+) -> (ringgate::Gateway, CertificateDer<'static>) {
+    let (c, k, der) = write_cert(dir);
+    let mut config = test_config(d, &[("RINGGATE_WORKERS", "1")]);
+    config.tls = Some(ringgate::config::TlsListen {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        cert: c,
+        key: k,
+    });
+    (ringgate::Gateway::start(config).unwrap(), der)
+}
+
+/// The value of a counter of core 0 on `/metrics`.
+fn core0_counter(g: &ringgate::Gateway, name: &str) -> u64 {
+    let metrics = common::get(g.plain_addr().unwrap(), "/metrics").text();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{core=\"0\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} for core 0: {metrics}"))
+}
+
+#[test]
+fn handshakes_wait_their_turn_while_requests_are_in_flight_and_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in drivers() {
+        let (g, der) = start_tls_one_core(d, dir.path());
+        let addr = g.tls_addr().unwrap();
+        // A request in flight: its head is in, its body is not.
+        let mut held = common::Client::connect(g.plain_addr().unwrap());
+        held.send(b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+        // 48 ClientHellos at once: more public-key work than the pace lets run ahead.
+        let mut clients: Vec<Tls> = (0..48)
+            .map(|_| {
+                let mut tls = connect(addr, &der, &[&rustls::version::TLS13]);
+                let (conn, tcp) = {
+                    let s = tls.get_mut();
+                    (&mut s.conn, &mut s.sock)
+                };
+                conn.write_tls(tcp).unwrap();
+                tls
+            })
+            .collect();
+        for tls in &mut clients {
+            assert_eq!(request(tls, "/health").status, 200, "{d:?}");
+        }
+        assert!(
+            core0_counter(&g, "ringgate_tls_handshakes_paced_total") > 0,
+            "{d:?}: no handshake waited for its slot"
+        );
+        // The held request is answered as well (405: /health is read with GET).
+        held.send(b"ping");
+        assert_eq!(held.read_response(false).status, 405, "{d:?}");
+        g.drain();
+    }
+}
+
+#[test]
+fn a_bad_or_broken_handshake_gets_an_alert_is_counted_and_harms_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in drivers() {
+        let (g, der) = start_tls_one_core(d, dir.path());
+        let addr = g.tls_addr().unwrap();
+        let before = core0_counter(&g, "ringgate_tls_handshake_failures_total");
+        // Plain HTTP on the TLS port: a TLS alert record back, then the connection closes.
+        let mut plain = TcpStream::connect(addr).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        plain
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        std::io::Read::read_to_end(&mut plain, &mut answer).unwrap();
+        assert_eq!(
+            answer.first(),
+            Some(&0x15),
+            "{d:?}: not an alert record: {answer:?}"
+        );
+        // A ClientHello, then the client goes away.
+        let mut gone = connect(addr, &der, &[&rustls::version::TLS13]);
+        {
+            let s = gone.get_mut();
+            s.conn.write_tls(&mut s.sock).unwrap();
+        }
+        drop(gone);
+        common::eventually(Duration::from_secs(5), "both failures counted", || {
+            core0_counter(&g, "ringgate_tls_handshake_failures_total") >= before + 2
+        });
+        // The core serves TLS as before.
+        let mut ok = connect(addr, &der, &[&rustls::version::TLS12]);
+        assert_eq!(request(&mut ok, "/health").status, 200, "{d:?}");
+        g.drain();
+    }
+}

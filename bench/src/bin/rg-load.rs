@@ -5,7 +5,7 @@
 //! `start + (k * C + i) / R`. A request's latency runs from that scheduled instant, not from
 //! when it was actually sent, so a stalled server shows up as latency instead of silently
 //! lowering the load (the wrk2 model). Prints one line of `key=value` figures, among them
-//! `send_lag_p50_ms`/`send_lag_p99_ms`: how late the generator itself sent (scheduled instant
+//! `send_lag_ms_p50`/`send_lag_ms_p99`: how late the generator itself sent (scheduled instant
 //! to the write), which is part of every latency figure and no server's doing.
 //!
 //! Requests wait for their instant on a timerfd (the kernel's high-resolution timers, read
@@ -366,7 +366,7 @@ fn main() -> Result<()> {
         let lag = lag.borrow();
         let secs = args.duration.as_secs_f64();
         println!(
-            "target_rate={:.0} achieved_rate={:.0} ok={} non_2xx={} errors={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} send_lag_p50_ms={:.3} send_lag_p99_ms={:.3}",
+            "target_rate={:.0} achieved_rate={:.0} ok={} non_2xx={} errors={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} send_lag_ms_p50={:.3} send_lag_ms_p99={:.3}",
             args.rate,
             t.ok as f64 / secs,
             t.ok,
