@@ -68,8 +68,8 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
             Err(Stop::Close) => return,
         };
         conn.first = false;
-        let _request = conn.core.track_request();
         let started = Instant::now();
+        let _request = conn.core.track_request(started);
         let request_id = conn.core.request_ids.for_request(&head.parts.headers);
         let routes = &conn.core.config.proxy.routes;
         let path = head.parts.uri.path();

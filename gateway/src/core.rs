@@ -18,6 +18,9 @@ use crate::{
     shutdown::Drain,
 };
 
+/// How long after a request began [`Core::serving_requests`] still says yes.
+pub const RECENT_REQUEST: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Everything one core's tasks share.
 pub struct Core {
     /// Core number, from 0.
@@ -54,6 +57,8 @@ pub struct Core {
     pub read_queues: crate::sql::pipeline::ReadQueues,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
+    /// When the latest request began.
+    last_request: Cell<monoio::time::Instant>,
 }
 
 impl std::fmt::Debug for Core {
@@ -123,6 +128,7 @@ impl Core {
             read_queues: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
+            last_request: Cell::new(monoio::time::Instant::now()),
         })
     }
 
@@ -148,10 +154,17 @@ impl Core {
         ConnectionGuard(self.clone())
     }
 
-    /// Counts a request in flight until the guard drops.
-    pub fn track_request(self: &Rc<Self>) -> RequestGuard {
+    /// Counts a request in flight until the guard drops; `now` is when it began.
+    pub fn track_request(self: &Rc<Self>, now: monoio::time::Instant) -> RequestGuard {
         self.in_flight.set(self.in_flight.get() + 1);
+        self.last_request.set(now);
         RequestGuard(self.clone())
+    }
+
+    /// Whether this core is serving requests: one is in flight, or one began within
+    /// [`RECENT_REQUEST`] (between the requests of a steady stream, none may be in flight).
+    pub fn serving_requests(&self) -> bool {
+        self.in_flight.get() > 0 || self.last_request.get().elapsed() < RECENT_REQUEST
     }
 }
 

@@ -4,10 +4,11 @@
 //! hundred microseconds) runs in one piece on the core that accepted the connection. When
 //! hundreds of clients connect at once (a restart, a failover, a pool refill), those pieces
 //! would run back to back and every request on an established connection would wait behind
-//! all of them. So while requests are in flight, a core spends at most [`HANDSHAKE_SHARE`]
-//! of its time on that work: a handshake whose ClientHello has arrived waits for its slot
-//! (HAProxy runs handshakes as "heavy" tasks, a few per scheduler pass, for the same reason).
-//! With no request in flight, handshakes run at once, at full speed.
+//! all of them. So while it serves requests ([`Core::serving_requests`]), a core spends at
+//! most [`HANDSHAKE_SHARE`] of its time on that work: a handshake whose ClientHello has
+//! arrived waits for its slot (HAProxy runs handshakes as "heavy" tasks, a few per
+//! scheduler pass, for the same reason). With no request to serve, handshakes run at once,
+//! at full speed.
 //!
 //! The handshake is driven here rather than by `monoio_rustls::TlsAcceptor`, which reads
 //! the ClientHello and does the public-key work in the same step: rustls's
@@ -117,7 +118,7 @@ impl HandshakePace {
 }
 
 /// Runs the server side of a TLS handshake on `stream`, pacing its public-key work with the
-/// core's [`HandshakePace`] while the core has requests in flight.
+/// core's [`HandshakePace`] while the core serves requests.
 pub async fn accept(
     core: &Core,
     config: Arc<ServerConfig>,
@@ -144,7 +145,7 @@ pub async fn accept(
         }
     };
     let pace = &core.handshakes;
-    let slot = pace.enter(core.in_flight() > 0).await;
+    let slot = pace.enter(core.serving_requests()).await;
     if slot.waited {
         core.metrics().tls_handshake_paced();
     }

@@ -642,7 +642,7 @@ impl Registry {
             (
                 "ringgate_tls_handshakes_paced_total",
                 "counter",
-                "TLS handshakes that waited for their slot because requests were in flight.",
+                "TLS handshakes that waited for their slot while the core served requests.",
                 |m| m.tls_handshakes_paced.load(Relaxed),
             ),
             (

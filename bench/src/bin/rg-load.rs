@@ -5,8 +5,9 @@
 //! `start + (k * C + i) / R`. A request's latency runs from that scheduled instant, not from
 //! when it was actually sent, so a stalled server shows up as latency instead of silently
 //! lowering the load (the wrk2 model). Prints one line of `key=value` figures, among them
-//! `send_lag_ms_p50`/`send_lag_ms_p99`: how late the generator itself sent (scheduled instant
-//! to the write), which is part of every latency figure and no server's doing.
+//! `send_lag_ms_p50`/`send_lag_ms_p99`: how late requests were written (scheduled instant to
+//! the write). It includes waits for a connection's previous response, so a stalling server
+//! raises it too; against a fast one it is the generator's own precision.
 //!
 //! Requests wait for their instant on a timerfd (the kernel's high-resolution timers, read
 //! through the ring), not on monoio's timer wheel: the wheel ticks in whole milliseconds and
