@@ -10,7 +10,9 @@
 #       table shows the median round (every round's figures are listed below it). Then
 #       rg-load at 5k and 10k req/s (open loop, coordinated-omission corrected), also in
 #       ROUNDS interleaved rounds, for p50/p99/p99.9 (the round with the median p99) and
-#       each proxy's CPU time per request (/proc/PID/stat; the median round's).
+#       each proxy's CPU time per request (/proc/PID/stat; the median round's). Last, HTTPS
+#       at 5k req/s while three reconnect storms (wrk -c1000 -d1s: 1000 new TLS connections
+#       at once, each) hit the same proxy: the p99 of established connections' requests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -131,10 +133,16 @@ median_round() { # name
 }
 # CPU time (user + system) a process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-run_rate() { # name url rate pid
-  local out before after cpu
+run_rate() { # name url rate pid [storm]
+  local out before after cpu storm=""
   before=$(cpu_ticks "$4")
+  if [ "${5:-}" = storm ]; then
+    # Three bursts of 1000 new TLS connections, from one second into the measurement.
+    (sleep $((warm + 1)); for _ in 1 2 3; do taskset -c 1 wrk -t1 -c1000 -d1s "$2" >/dev/null 2>&1 || true; done) &
+    storm=$!
+  fi
   out=$(taskset -c 1 target/release/rg-load --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
+  [ -z "$storm" ] || wait "$storm"
   after=$(cpu_ticks "$4")
   # The proxy's CPU per request over the whole open-loop run (warm-up included).
   cpu=$(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) * 1e6 / ($3 * ($secs + $warm)):.1f}')")
@@ -178,20 +186,29 @@ for proto in http https; do
     for rate in $rates; do median_rate_round "$server/$proto/$rate"; done
   done
 done
+for round in $(seq "$rounds"); do
+  for server in haproxy nginx ringgate; do
+    run_rate "$server/https/storm" "$(url_of $server https)" 5000 "${PID[$server]}" storm
+  done
+done
+for server in haproxy nginx ringgate; do median_rate_round "$server/https/storm"; done
 
 table=$(
   echo "| scenario | HAProxy req/s | nginx req/s | ringgate req/s | vs HAProxy | vs nginx | HAProxy p50/p99/p99.9 ms | nginx p50/p99/p99.9 ms | ringgate p50/p99/p99.9 ms |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  for proto in http https; do
-    for load in max $rates; do
+  for scenario in http/max http/5000 http/10000 https/max https/5000 https/10000 https/storm; do
+      proto=${scenario%/*} load=${scenario#*/}
       read -r hr h50 h99 h999 he <<<"${R[haproxy/$proto/$load]}"
       read -r nr n50 n99 n999 ne <<<"${R[nginx/$proto/$load]}"
       read -r rr r50 r99 r999 re <<<"${R[ringgate/$proto/$load]}"
-      label="$proto, $( [ "$load" = max ] && echo "wrk -c1000 (max)" || echo "rg-load @ $load/s")"
+      case $load in
+        max) label="$proto, wrk -c1000 (max)" ;;
+        storm) label="$proto, rg-load @ 5000/s during 3 reconnect storms" ;;
+        *) label="$proto, rg-load @ $load/s" ;;
+      esac
       vh=$(python3 -c "print(f'{$rr/$hr:.2f}x' if $hr else '-')")
       vn=$(python3 -c "print(f'{$rr/$nr:.2f}x' if $nr else '-')")
       echo "| $label | $hr | $nr | $rr | $vh | $vn | $h50 / $h99 / $h999 | $n50 / $n99 / $n999 | $r50 / $r99 / $r999 |"
-    done
   done
 )
 stamp=$(date -u +%Y-%m-%dT%H%MZ)
@@ -222,13 +239,11 @@ mkdir -p bench/results
     done
   done
   echo
-  echo "p99 ms of every fixed-rate round (HAProxy / nginx / ringgate interleaved in each round), and CPU µs per request:"
+  echo "p99 ms of every fixed-rate round (HAProxy / nginx / ringgate interleaved in each round), and CPU µs per request (in the storm rounds that CPU includes the storms' handshakes and requests):"
   echo
-  for proto in http https; do
-    for rate in $rates; do
-      for server in haproxy nginx ringgate; do
-        echo "- $proto @ $rate/s $server: p99 $(printf '%s' "${ROUNDS_OF[$server/$proto/$rate]}" | awk '{printf "%s%s", sep, $1; sep=", "}'); CPU $(printf '%s' "${ROUNDS_OF[$server/$proto/$rate]}" | awk '{printf "%s%s", sep, $6; sep=", "}')"
-      done
+  for scenario in http/5000 http/10000 https/5000 https/10000 https/storm; do
+    for server in haproxy nginx ringgate; do
+      echo "- ${scenario/\//, } $server: p99 $(printf '%s' "${ROUNDS_OF[$server/$scenario]}" | awk '{printf "%s%s", sep, $1; sep=", "}'); CPU $(printf '%s' "${ROUNDS_OF[$server/$scenario]}" | awk '{printf "%s%s", sep, $6; sep=", "}')"
     done
   done
 } | tee "bench/results/proxy-$stamp.md"
