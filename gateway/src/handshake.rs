@@ -211,56 +211,44 @@ async fn flush(
 mod tests {
     use super::*;
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    #[test]
-    fn an_idle_core_never_makes_handshakes_wait() {
-        block_on(async {
-            let pace = HandshakePace::default();
-            let start = Instant::now();
-            for _ in 0..200 {
-                let slot = pace.enter(false).await;
-                pace.spent(slot, Duration::from_micros(300));
-            }
-            // 200 handshakes of 300 µs would owe 120 ms at a 50% share; idle, nothing waited
-            // and no more than the burst is owed.
-            assert!(start.elapsed() < Duration::from_millis(50));
-            assert!(pace.free_at.get() <= Instant::now() + PACE_BURST + Duration::from_millis(1));
-        });
-    }
-
-    #[test]
-    fn a_busy_core_spreads_handshakes_at_its_share() {
-        block_on(async {
-            let pace = HandshakePace::default();
-            let start = Instant::now();
-            // Each handshake reports 1 ms of work: at a 50% share, 20 of them take about
-            // 40 ms of wall time (less the burst), not 0.
-            for _ in 0..20 {
-                let slot = pace.enter(true).await;
-                pace.spent(slot, Duration::from_millis(1));
-            }
-            let took = start.elapsed();
-            let floor = Duration::from_millis(20).div_f64(HANDSHAKE_SHARE) - PACE_BURST * 2;
-            assert!(took >= floor, "20 handshakes of 1 ms passed in {took:?}");
-        });
-    }
-
-    #[test]
-    fn the_estimate_follows_the_measured_cost() {
+    #[monoio::test(timer_enabled = true)]
+    async fn an_idle_core_never_makes_handshakes_wait() {
         let pace = HandshakePace::default();
-        block_on(async {
-            for _ in 0..40 {
-                let slot = pace.enter(false).await;
-                pace.spent(slot, Duration::from_micros(80));
-            }
-        });
+        // 200 handshakes of 300 µs would owe 120 ms at a 50% share; idle, none waits and
+        // no more than the burst is owed.
+        for _ in 0..200 {
+            let slot = pace.enter(false).await;
+            assert!(!slot.waited);
+            pace.spent(slot, Duration::from_micros(300));
+        }
+        assert!(pace.free_at.get() <= Instant::now() + PACE_BURST + Duration::from_millis(1));
+    }
+
+    #[monoio::test(timer_enabled = true)]
+    async fn a_busy_core_spreads_handshakes_at_its_share() {
+        let pace = HandshakePace::default();
+        let start = Instant::now();
+        // Each handshake reports 1 ms of work: at a 50% share, 20 of them take about
+        // 40 ms of wall time (less the burst), not 0.
+        let mut waited = 0;
+        for _ in 0..20 {
+            let slot = pace.enter(true).await;
+            waited += usize::from(slot.waited);
+            pace.spent(slot, Duration::from_millis(1));
+        }
+        let took = start.elapsed();
+        assert!(waited > 0);
+        let floor = Duration::from_millis(20).div_f64(HANDSHAKE_SHARE) - PACE_BURST * 2;
+        assert!(took >= floor, "20 handshakes of 1 ms passed in {took:?}");
+    }
+
+    #[monoio::test(timer_enabled = true)]
+    async fn the_estimate_follows_the_measured_cost() {
+        let pace = HandshakePace::default();
+        for _ in 0..40 {
+            let slot = pace.enter(false).await;
+            pace.spent(slot, Duration::from_micros(80));
+        }
         let e = pace.estimate.get();
         assert!(e < Duration::from_micros(90), "estimate {e:?}");
     }

@@ -234,6 +234,14 @@ fn start_tls_one_core(
     (ringgate::Gateway::start(config).unwrap(), der)
 }
 
+/// A TLS 1.3 client that has sent its ClientHello and nothing more yet.
+fn client_hello_sent(addr: SocketAddr, trust: &CertificateDer<'static>) -> Tls {
+    let mut tls = connect(addr, trust, &[&rustls::version::TLS13]);
+    let s = tls.get_mut();
+    s.conn.write_tls(&mut s.sock).unwrap();
+    tls
+}
+
 /// The value of a counter of core 0 on `/metrics`.
 fn core0_counter(g: &ringgate::Gateway, name: &str) -> u64 {
     let metrics = common::get(g.plain_addr().unwrap(), "/metrics").text();
@@ -256,17 +264,7 @@ fn handshakes_wait_their_turn_while_requests_are_in_flight_and_all_complete() {
         held.send(b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n");
         std::thread::sleep(Duration::from_millis(100));
         // 48 ClientHellos at once: more public-key work than the pace lets run ahead.
-        let mut clients: Vec<Tls> = (0..48)
-            .map(|_| {
-                let mut tls = connect(addr, &der, &[&rustls::version::TLS13]);
-                let (conn, tcp) = {
-                    let s = tls.get_mut();
-                    (&mut s.conn, &mut s.sock)
-                };
-                conn.write_tls(tcp).unwrap();
-                tls
-            })
-            .collect();
+        let mut clients: Vec<Tls> = (0..48).map(|_| client_hello_sent(addr, &der)).collect();
         for tls in &mut clients {
             assert_eq!(request(tls, "/health").status, 200, "{d:?}");
         }
@@ -304,12 +302,7 @@ fn a_bad_or_broken_handshake_gets_an_alert_is_counted_and_harms_no_one() {
             "{d:?}: not an alert record: {answer:?}"
         );
         // A ClientHello, then the client goes away.
-        let mut gone = connect(addr, &der, &[&rustls::version::TLS13]);
-        {
-            let s = gone.get_mut();
-            s.conn.write_tls(&mut s.sock).unwrap();
-        }
-        drop(gone);
+        drop(client_hello_sent(addr, &der));
         common::eventually(Duration::from_secs(5), "both failures counted", || {
             core0_counter(&g, "ringgate_tls_handshake_failures_total") >= before + 2
         });

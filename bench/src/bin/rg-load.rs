@@ -407,37 +407,25 @@ fn print_slow_windows(slow: &[(u64, u64)]) {
 mod tests {
     use super::*;
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(f)
+    #[monoio::test(timer_enabled = true)]
+    async fn the_pacer_never_returns_before_the_instant() {
+        let mut pacer = Pacer::new().unwrap();
+        for wait_us in [50, 300, 1_500, 4_000] {
+            let at = Instant::now() + Duration::from_micros(wait_us);
+            pacer.until(at).await.unwrap();
+            assert!(
+                Instant::now() >= at,
+                "woke before an instant {wait_us} µs ahead"
+            );
+        }
     }
 
-    #[test]
-    fn the_pacer_never_returns_before_the_instant() {
-        block_on(async {
-            let mut pacer = Pacer::new().unwrap();
-            for wait_us in [50, 300, 1_500, 4_000] {
-                let at = Instant::now() + Duration::from_micros(wait_us);
-                pacer.until(at).await.unwrap();
-                assert!(
-                    Instant::now() >= at,
-                    "woke before an instant {wait_us} µs ahead"
-                );
-            }
-        });
-    }
-
-    #[test]
-    fn the_pacer_returns_at_once_for_a_past_instant() {
-        block_on(async {
-            let mut pacer = Pacer::new().unwrap();
-            let past = Instant::now() - Duration::from_millis(5);
-            pacer.until(past).await.unwrap();
-            // Set in the past, the timer would also fire at once: both ways return.
-            pacer.until(Instant::now()).await.unwrap();
-        });
+    #[monoio::test(timer_enabled = true)]
+    async fn the_pacer_returns_at_once_for_a_past_instant() {
+        let mut pacer = Pacer::new().unwrap();
+        let past = Instant::now() - Duration::from_millis(5);
+        pacer.until(past).await.unwrap();
+        // Set in the past, the timer would also fire at once: both ways return.
+        pacer.until(Instant::now()).await.unwrap();
     }
 }
