@@ -39,7 +39,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 cat "$work/cert.pem" "$work/key.pem" > "$work/both.pem"
 body=$(head -c 1024 /dev/zero | tr '\0' 'x')
 
-# The upstream (CPU 1) and nginx as a proxy (CPU 0): two nginx instances.
+# The upstream (CPU 1) and nginx as a proxy (CPU 0): two nginx instances. The upstream takes
+# every pending connection per wakeup (multi_accept): without it, one per event-loop pass on
+# a CPU shared with the load generators, and during a reconnect storm the proxies' new
+# upstream connections queued in its backlog (bench/RESULTS.md, 2026-12-03 third session).
 mkdir -p "$work/up/logs" "$work/ngx/logs"
 cat > "$work/up.conf" <<NGINX
 worker_processes 1;
@@ -47,7 +50,7 @@ worker_cpu_affinity 10;
 worker_rlimit_nofile 65536;
 error_log $work/up/logs/error.log warn;
 pid $work/up/nginx.pid;
-events { worker_connections 20000; }
+events { worker_connections 20000; multi_accept on; }
 http {
   access_log off;
   keepalive_requests 1000000;
