@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
 use monoio::{
     buf::IoBufMut,
@@ -39,7 +39,7 @@ const HEAD_CHUNK: usize = 8 * 1024;
 #[derive(Clone, Copy)]
 struct Outgoing<'a> {
     head: &'a ParsedHead,
-    req_head: &'a [u8],
+    req_head: &'a Bytes,
     request_id: &'a [u8],
     keep_alive: bool,
 }
@@ -90,21 +90,31 @@ impl Conn {
         }
         let method = head.parts.method.clone();
         let idempotent = proxy::idempotent(&method);
-        let req_head =
-            encode_request_head(&head.parts, head.framing, self.peer, self.tls, request_id);
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut last = String::from("no worker available");
+        let req_head = Bytes::from(encode_request_head(
+            &head.parts,
+            head.framing,
+            self.peer,
+            self.tls,
+            request_id,
+        ));
+        // The workers tried so far: `tried[..n_tried]`.
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_TRIES];
+        let mut n_tried = 0;
+        let mut last = String::new();
         let repeatable = idempotent && head.framing == Framing::Empty;
         // Set once a pooled connection failed a repeatable request: the next attempt (the
         // same worker may be picked again) opens a fresh connection.
         let mut fresh = false;
-        while tried.len() < MAX_TRIES {
+        while n_tried < MAX_TRIES {
             let sticky = core.config.proxy.sticky_groups.contains(&route.group);
-            let Some(picked) = up.pick(&route.group, &tried, &head.parts.headers, sticky) else {
+            let Some(picked) =
+                up.pick(&route.group, &tried[..n_tried], &head.parts.headers, sticky)
+            else {
                 break;
             };
-            tried.push(picked.worker.addr);
-            up.begin(picked.worker.addr);
+            tried[n_tried] = picked.addr;
+            n_tried += 1;
+            up.begin(picked.addr);
             let out = Outgoing {
                 head,
                 req_head: &req_head,
@@ -112,10 +122,10 @@ impl Conn {
                 keep_alive,
             };
             let result = self.attempt(io, &out, &picked, fresh).await;
-            up.end(picked.worker.addr);
+            up.end(picked.addr);
             match result {
                 Ok(p) => {
-                    up.record(picked.worker.addr, Outcome::Success);
+                    up.record(picked.addr, Outcome::Success);
                     return p;
                 }
                 Err(Attempt::Retry {
@@ -125,14 +135,14 @@ impl Conn {
                 }) if sent && repeatable && !fresh => {
                     // The worker closed its end of a pooled connection as the request went
                     // out: no fault of the worker, and no response byte came back.
-                    debug!(worker = %picked.worker.addr, %reason, "pooled connection failed; retrying on a fresh one");
+                    debug!(worker = %picked.addr, %reason, "pooled connection failed; retrying on a fresh one");
                     last = reason;
-                    tried.pop();
+                    n_tried -= 1;
                     fresh = true;
                 }
                 Err(Attempt::Retry { sent, reason, .. }) => {
-                    up.record(picked.worker.addr, Outcome::Failure);
-                    debug!(worker = %picked.worker.addr, %reason, "proxy attempt failed");
+                    up.record(picked.addr, Outcome::Failure);
+                    debug!(worker = %picked.addr, %reason, "proxy attempt failed");
                     last = reason;
                     // Once the head reached a worker, only an idempotent request without a
                     // body may go to another one.
@@ -142,7 +152,7 @@ impl Conn {
                     }
                 }
                 Err(Attempt::Answer(r)) => {
-                    up.record(picked.worker.addr, Outcome::Failure);
+                    up.record(picked.addr, Outcome::Failure);
                     // A body the worker did not take may still be on the wire: close.
                     let keep = keep_alive && head.framing == Framing::Empty;
                     return self.answer(io, r, request_id, keep).await;
@@ -155,7 +165,7 @@ impl Conn {
                 }
             }
         }
-        let r = if tried.is_empty() {
+        let r = if n_tried == 0 {
             proxy::no_upstream(&route.group)
         } else {
             error_response(StatusCode::BAD_GATEWAY, "bad_gateway", &last)
@@ -180,7 +190,7 @@ impl Conn {
         let core = self.core.clone();
         let up = &core.upstreams;
         let cfg = &core.config.proxy;
-        let addr = picked.worker.addr;
+        let addr = picked.addr;
         // A pooled connection the worker closed meanwhile is dropped by `take_idle`; one
         // whose write fails at once is too, and a fresh one is opened (nothing of the
         // request was processed on a dead connection).
@@ -189,7 +199,7 @@ impl Conn {
             .then(|| up.take_idle(addr, cfg.idle_timeout))
             .flatten()
         {
-            let (res, _) = s.write_all(req_head.to_vec()).await;
+            let (res, _) = s.write_all(req_head.clone()).await;
             if res.is_ok() {
                 stream = Some(s);
             }
@@ -218,12 +228,12 @@ impl Conn {
         request_id: &[u8],
         keep_alive: bool,
         stream: Option<TcpStream>,
-        req_head: &[u8],
+        req_head: &Bytes,
     ) -> Result<Proxied, Attempt> {
         let core = self.core.clone();
         let up = &core.upstreams;
         let cfg = &core.config.proxy;
-        let addr = picked.worker.addr;
+        let addr = picked.addr;
         let mut stream = match stream {
             Some(s) => s,
             None => {
@@ -234,7 +244,7 @@ impl Conn {
                         reason: e.to_string(),
                         reused: false,
                     })?;
-                let (res, _) = s.write_all(req_head.to_vec()).await;
+                let (res, _) = s.write_all(req_head.clone()).await;
                 res.map_err(|e| Attempt::Retry {
                     sent: false,
                     reason: format!("{addr}: {e}"),

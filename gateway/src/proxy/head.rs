@@ -67,18 +67,11 @@ pub fn encode_request_head(
             .iter()
             .map(|v| v.as_bytes()),
     );
-    let mut forwarded_for = String::new();
     for (name, value) in &parts.headers {
         let n = name.as_str();
         match n {
-            "x-forwarded-for" => {
-                if !forwarded_for.is_empty() {
-                    forwarded_for.push_str(", ");
-                }
-                forwarded_for.push_str(&String::from_utf8_lossy(value.as_bytes()));
-            }
-            "content-length" | "x-request-id" | "x-forwarded-proto" | "x-forwarded-host"
-            | "via" => {}
+            "x-forwarded-for" | "content-length" | "x-request-id" | "x-forwarded-proto"
+            | "x-forwarded-host" | "via" => {}
             "host" => {
                 push_header(&mut out, b"host", value.as_bytes());
                 push_header(&mut out, b"x-forwarded-host", value.as_bytes());
@@ -87,14 +80,22 @@ pub fn encode_request_head(
             _ => push_header(&mut out, n.as_bytes(), value.as_bytes()),
         }
     }
-    if let Some(peer) = client {
-        if !forwarded_for.is_empty() {
-            forwarded_for.push_str(", ");
+    // X-Forwarded-For: the client's list, then the client.
+    let mut prior = parts.headers.get_all("x-forwarded-for").iter().peekable();
+    if prior.peek().is_some() || client.is_some() {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        let mut sep: &[u8] = b"";
+        for v in prior {
+            out.extend_from_slice(sep);
+            out.extend_from_slice(v.as_bytes());
+            sep = b", ";
         }
-        forwarded_for.push_str(&peer.ip().to_string());
-    }
-    if !forwarded_for.is_empty() {
-        push_header(&mut out, b"x-forwarded-for", forwarded_for.as_bytes());
+        if let Some(peer) = client {
+            use std::io::Write;
+            out.extend_from_slice(sep);
+            let _ = write!(out, "{}", peer.ip());
+        }
+        out.extend_from_slice(b"\r\n");
     }
     push_header(
         &mut out,
@@ -107,7 +108,10 @@ pub fn encode_request_head(
     }
     match framing {
         Framing::Empty => {}
-        Framing::Length(n) => push_header(&mut out, b"content-length", n.to_string().as_bytes()),
+        Framing::Length(n) => {
+            use std::io::Write;
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
         Framing::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
@@ -127,17 +131,35 @@ pub enum BodyFraming {
     UntilClose,
 }
 
-/// A worker's response head.
+/// A worker's response head: its bytes, and where each part lies in them (no copy per
+/// header: the head is parsed once per proxied response).
 #[derive(Debug, Clone)]
 pub struct ResponseHead {
     /// Status code.
     pub status: u16,
-    /// Reason phrase.
-    pub reason: String,
-    /// Headers as received (names lower-case).
-    pub headers: Vec<(String, Vec<u8>)>,
     /// HTTP/1.x minor version.
     pub minor: u8,
+    raw: BytesMut,
+    reason: Span,
+    headers: Vec<(Span, Span)>,
+}
+
+/// A byte range of [`ResponseHead`]'s head.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Where `part` (a slice of `whole`) lies in `whole`.
+    fn of(whole: &[u8], part: &[u8]) -> Self {
+        let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+        Self {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
 }
 
 /// Why a response head could not be read.
@@ -154,6 +176,13 @@ pub enum ResponseHeadError {
     Framing(&'static str),
 }
 
+/// Whether the comma-separated header value `value` lists `token` (case-insensitive).
+fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 impl ResponseHead {
     /// Parses and removes a complete head from the front of `buf`; `None` while incomplete.
     pub fn parse(buf: &mut BytesMut) -> Result<Option<Self>, ResponseHeadError> {
@@ -165,17 +194,22 @@ impl ResponseHead {
                 Err(ResponseHeadError::TooLarge)
             }
             Ok(httparse::Status::Complete(len)) => {
+                let whole = &buf[..len];
+                let status = parsed.code.unwrap_or(502);
+                let minor = parsed.version.unwrap_or(0);
+                let reason = Span::of(whole, parsed.reason.unwrap_or("").as_bytes());
+                let headers = parsed
+                    .headers
+                    .iter()
+                    .map(|h| (Span::of(whole, h.name.as_bytes()), Span::of(whole, h.value)))
+                    .collect();
                 let head = ResponseHead {
-                    status: parsed.code.unwrap_or(502),
-                    reason: parsed.reason.unwrap_or("").to_string(),
-                    minor: parsed.version.unwrap_or(0),
-                    headers: parsed
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                        .collect(),
+                    status,
+                    minor,
+                    raw: buf.split_to(len),
+                    reason,
+                    headers,
                 };
-                let _ = buf.split_to(len);
                 head.check_framing()?;
                 Ok(Some(head))
             }
@@ -187,22 +221,37 @@ impl ResponseHead {
         }
     }
 
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn bytes(&self, span: Span) -> &[u8] {
+        &self.raw[span.start as usize..span.end as usize]
+    }
+
+    /// Headers as received: (name, value).
+    fn header_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.headers
             .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .map(|&(n, v)| (self.bytes(n), self.bytes(v)))
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.header_pairs()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the `Connection` headers list `token`.
+    fn connection_lists(&self, token: &[u8]) -> bool {
+        self.values("connection").any(|v| lists_token(v, token))
     }
 
     fn check_framing(&self) -> Result<(), ResponseHeadError> {
-        let lengths: Vec<&[u8]> = self.values("content-length").collect();
-        if lengths.windows(2).any(|w| w[0] != w[1]) {
-            return Err(ResponseHeadError::Framing(
-                "differing content-length values",
-            ));
-        }
-        if let Some(l) = lengths.first() {
-            std::str::from_utf8(l)
+        let mut lengths = self.values("content-length");
+        if let Some(first) = lengths.next() {
+            if lengths.any(|l| l != first) {
+                return Err(ResponseHeadError::Framing(
+                    "differing content-length values",
+                ));
+            }
+            std::str::from_utf8(first)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or(ResponseHeadError::Framing("content-length is not a number"))?;
@@ -212,8 +261,7 @@ impl ResponseHead {
 
     fn chunked(&self) -> bool {
         self.values("transfer-encoding")
-            .filter_map(|v| std::str::from_utf8(v).ok())
-            .any(|v| v.to_ascii_lowercase().contains("chunked"))
+            .any(|v| v.windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked")))
     }
 
     /// How the body is delimited (`head_only` for a HEAD request).
@@ -236,35 +284,42 @@ impl ResponseHead {
 
     /// Whether the worker keeps the connection open after this response.
     pub fn reusable(&self) -> bool {
-        let tokens = connection_tokens(self.values("connection"));
         if self.minor == 0 {
-            tokens.iter().any(|t| t == "keep-alive")
+            self.connection_lists(b"keep-alive")
         } else {
-            !tokens.iter().any(|t| t == "close")
+            !self.connection_lists(b"close")
         }
     }
 
-    /// The head for the client, without its final empty line: status, end-to-end headers,
-    /// framing, `via`, `x-request-id`, and `connection: close` when not `keep_alive`.
+    /// The head for the client, without its final empty line: status, end-to-end headers
+    /// (names lower-case), framing, `via`, `x-request-id`, and `connection: close` when
+    /// not `keep_alive`.
     pub fn encode_for_client(&self, request_id: &[u8], keep_alive: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(self.status.to_string().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.reason.as_bytes());
+        use std::io::Write;
+        let mut out = Vec::with_capacity(self.raw.len() + 128);
+        let _ = write!(out, "HTTP/1.1 {} ", self.status);
+        out.extend_from_slice(self.bytes(self.reason));
         out.extend_from_slice(b"\r\n");
-        let listed = connection_tokens(self.values("connection"));
         let chunked = self.chunked();
-        for (name, value) in &self.headers {
-            let n = name.as_str();
+        let mut lower = [0u8; 64];
+        for (name, value) in self.header_pairs() {
+            let n: &[u8] = match lower.get_mut(..name.len()) {
+                Some(buf) => {
+                    buf.copy_from_slice(name);
+                    buf.make_ascii_lowercase();
+                    buf
+                }
+                // A name longer than any hop-by-hop one: passed as received.
+                None => name,
+            };
             let keep = match n {
-                "transfer-encoding" => chunked,
-                "content-length" => !chunked,
-                "x-request-id" | "via" => false,
-                _ => !HOP_BY_HOP.contains(&n) && !listed.iter().any(|l| l == n),
+                b"transfer-encoding" => chunked,
+                b"content-length" => !chunked,
+                b"x-request-id" | b"via" => false,
+                _ => !HOP_BY_HOP.iter().any(|h| h.as_bytes() == n) && !self.connection_lists(n),
             };
             if keep {
-                push_header(&mut out, n.as_bytes(), value);
+                push_header(&mut out, n, value);
             }
         }
         push_header(&mut out, b"via", b"1.1 ringgate");
@@ -317,6 +372,29 @@ mod tests {
         let c =
             String::from_utf8(encode_request_head(&p, Framing::Chunked, None, false, b"")).unwrap();
         assert!(c.contains("transfer-encoding: chunked\r\n") && !c.contains("content-length"));
+    }
+
+    #[test]
+    fn response_header_names_match_in_any_case_and_go_out_lower_case() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nTransfer-Encoding: Chunked\r\nConnection: Keep-Alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\n\r\n"[..],
+        );
+        let h = ResponseHead::parse(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(h.body_framing(false), BodyFraming::Chunked);
+        assert!(h.reusable());
+        let out = String::from_utf8(h.encode_for_client(b"ours", false)).unwrap();
+        assert_eq!(
+            out,
+            "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\ntransfer-encoding: Chunked\r\nvia: 1.1 ringgate\r\nx-request-id: ours\r\nconnection: close\r\n"
+        );
+        // HTTP/1.0 keeps the connection only when asked to, in any case.
+        let mut ten = BytesMut::from(
+            &b"HTTP/1.0 200 OK\r\nCONNECTION: KEEP-ALIVE\r\ncontent-length: 0\r\n\r\n"[..],
+        );
+        assert!(ResponseHead::parse(&mut ten).unwrap().unwrap().reusable());
+        let mut ten = BytesMut::from(&b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"[..]);
+        assert!(!ResponseHead::parse(&mut ten).unwrap().unwrap().reusable());
     }
 
     #[test]

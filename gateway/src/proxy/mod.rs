@@ -83,8 +83,8 @@ impl Health {
 /// A chosen worker, and the sticky cookie to set when the client had none.
 #[derive(Debug, Clone)]
 pub struct Picked {
-    /// The worker.
-    pub worker: Worker,
+    /// The worker's address.
+    pub addr: SocketAddr,
     /// `Set-Cookie` value, for sticky groups.
     pub set_cookie: Option<String>,
 }
@@ -210,17 +210,17 @@ impl Upstreams {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// A weighted draw among `candidates` (weights already effective).
-    fn draw<'a>(&self, candidates: &[(&'a Worker, u64)]) -> &'a Worker {
-        let total: u64 = candidates.iter().map(|(_, w)| w).sum();
+    /// A weighted draw among `candidates` (worker, effective weight, healthy).
+    fn draw(&self, candidates: &[(&Worker, u64, bool)]) -> SocketAddr {
+        let total: u64 = candidates.iter().map(|c| c.1).sum();
         let mut point = self.random() % total.max(1);
-        for (w, weight) in candidates {
+        for (w, weight, _) in candidates {
             if point < *weight {
-                return w;
+                return w.addr;
             }
             point -= weight;
         }
-        candidates[candidates.len() - 1].0
+        candidates[candidates.len() - 1].0.addr
     }
 
     /// Picks a worker of `group`, skipping `tried` ones and zero weights: the sticky one
@@ -235,56 +235,51 @@ impl Upstreams {
     ) -> Option<Picked> {
         let set = self.workers();
         let now = Instant::now();
-        let weighted: Vec<(&Worker, u64)> = set
+        // The group's workers that may take the request, with their weights and health.
+        let health = self.health.borrow();
+        let mut candidates: Vec<(&Worker, u64, bool)> = set
             .group(group)
             .iter()
             .map(|w| (w, effective_weight(&set, w)))
             .filter(|(w, weight)| *weight > 0 && !tried.contains(&w.addr))
-            .collect();
-        let health = self.health.borrow();
-        let healthy: Vec<(&Worker, u64)> = weighted
-            .iter()
-            .copied()
-            .filter(|(w, _)| health.get(&w.addr).is_none_or(|h| h.usable(now)))
+            .map(|(w, weight)| {
+                let healthy = health.get(&w.addr).is_none_or(|h| h.usable(now));
+                (w, weight, healthy)
+            })
             .collect();
         drop(health);
-        let candidates = if healthy.is_empty() {
-            weighted
-        } else {
-            healthy
-        };
+        // Healthy ones only, unless none is.
+        if candidates.iter().any(|c| c.2) {
+            candidates.retain(|c| c.2);
+        }
         if candidates.is_empty() {
             return None;
         }
         if sticky {
             let name = sticky_cookie_name(group);
             if let Some(token) = cookie(headers, &name) {
-                if let Some((w, _)) = candidates
+                if let Some((w, _, _)) = candidates
                     .iter()
-                    .find(|(w, _)| sticky_token(w.addr) == token)
+                    .find(|(w, _, _)| sticky_token(w.addr) == token)
                 {
                     return Some(Picked {
-                        worker: (*w).clone(),
+                        addr: w.addr,
                         set_cookie: None,
                     });
                 }
             }
         }
         let (a, b) = (self.draw(&candidates), self.draw(&candidates));
-        let load = |w: &Worker| self.outstanding.borrow().get(&w.addr).copied().unwrap_or(0);
-        let worker = if load(b) < load(a) {
-            b.clone()
-        } else {
-            a.clone()
-        };
+        let load = |addr: SocketAddr| self.outstanding.borrow().get(&addr).copied().unwrap_or(0);
+        let addr = if load(b) < load(a) { b } else { a };
         let set_cookie = sticky.then(|| {
             format!(
                 "{}={}; Path=/; HttpOnly; SameSite=Lax",
                 sticky_cookie_name(group),
-                sticky_token(worker.addr)
+                sticky_token(addr)
             )
         });
-        Some(Picked { worker, set_cookie })
+        Some(Picked { addr, set_cookie })
     }
 
     /// Records the outcome of an attempt (passive health).
@@ -580,29 +575,16 @@ mod tests {
         ])));
         let none = HeaderMap::new();
         for _ in 0..50 {
-            assert_ne!(
-                up.pick("g", &[], &none, false).unwrap().worker.addr.port(),
-                1
-            );
+            assert_ne!(up.pick("g", &[], &none, false).unwrap().addr.port(), 1);
         }
         let two = SocketAddr::from(([127, 0, 0, 1], 2));
-        assert_eq!(
-            up.pick("g", &[two], &none, false)
-                .unwrap()
-                .worker
-                .addr
-                .port(),
-            3
-        );
+        assert_eq!(up.pick("g", &[two], &none, false).unwrap().addr.port(), 3);
         for _ in 0..EJECT_AFTER {
             up.record(two, Outcome::Failure);
         }
         assert!(!up.healthy(two));
         for _ in 0..50 {
-            assert_eq!(
-                up.pick("g", &[], &none, false).unwrap().worker.addr.port(),
-                3
-            );
+            assert_eq!(up.pick("g", &[], &none, false).unwrap().addr.port(), 3);
         }
         // Every candidate unhealthy: try them anyway rather than refuse.
         up.record_check(SocketAddr::from(([127, 0, 0, 1], 3)), false);
@@ -621,7 +603,7 @@ mod tests {
         up.set_workers(Arc::new(set));
         for _ in 0..50 {
             let p = up.pick("g", &[], &HeaderMap::new(), false).unwrap();
-            assert_eq!(p.worker.addr.port(), 2);
+            assert_eq!(p.addr.port(), 2);
         }
     }
 
@@ -640,7 +622,7 @@ mod tests {
         );
         for _ in 0..30 {
             let p = up.pick("g", &[], &h, true).unwrap();
-            assert_eq!(p.worker.addr, first.worker.addr);
+            assert_eq!(p.addr, first.addr);
             assert!(p.set_cookie.is_none());
         }
     }
