@@ -71,16 +71,18 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
         let started = Instant::now();
         let _request = conn.core.track_request(started);
         let request_id = conn.core.request_ids.for_request(&head.parts.headers);
-        let routes = &conn.core.config.proxy.routes;
+        // The config outlives this request; holding it here lets the route be borrowed
+        // while `conn` is borrowed mutably below.
+        let config = conn.core.config.clone();
         let path = head.parts.uri.path();
         let proxied = (!router::is_own(path))
-            .then(|| crate::proxy::route_for(routes, path).cloned())
+            .then(|| crate::proxy::route_for(&config.proxy.routes, path))
             .flatten();
         if let Some(route) = proxied {
             let keep_alive = head.keep_alive && !conn.core.drain.is_draining();
             let span = debug_span!("proxy", method = %head.parts.method, path = head.parts.uri.path(), group = %route.group);
             let done = conn
-                .proxy(&mut io, &head, &route, request_id.as_bytes(), keep_alive)
+                .proxy(&mut io, &head, route, request_id.as_bytes(), keep_alive)
                 .instrument(span)
                 .await;
             conn.core
