@@ -152,12 +152,16 @@ struct Span {
 }
 
 impl Span {
-    /// Where `part` (a slice of `whole`) lies in `whole`.
+    /// Where `part` lies in `whole`; empty when `part` is not a slice of `whole` (an
+    /// empty reason phrase need not point into the head).
     fn of(whole: &[u8], part: &[u8]) -> Self {
-        let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-        Self {
-            start: start as u32,
-            end: (start + part.len()) as u32,
+        let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+        match start.checked_add(part.len()) {
+            Some(end) if end <= whole.len() => Self {
+                start: start as u32,
+                end: end as u32,
+            },
+            _ => Self { start: 0, end: 0 },
         }
     }
 }
@@ -388,6 +392,11 @@ mod tests {
             out,
             "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\ntransfer-encoding: Chunked\r\nvia: 1.1 ringgate\r\nx-request-id: ours\r\nconnection: close\r\n"
         );
+        // No reason phrase at all.
+        let mut bare = BytesMut::from(&b"HTTP/1.1 204\r\nx-a: 1\r\n\r\n"[..]);
+        let h = ResponseHead::parse(&mut bare).unwrap().unwrap();
+        let out = String::from_utf8(h.encode_for_client(b"", true)).unwrap();
+        assert!(out.starts_with("HTTP/1.1 204 \r\nx-a: 1\r\n"), "{out}");
         // HTTP/1.0 keeps the connection only when asked to, in any case.
         let mut ten = BytesMut::from(
             &b"HTTP/1.0 200 OK\r\nCONNECTION: KEEP-ALIVE\r\ncontent-length: 0\r\n\r\n"[..],
