@@ -130,10 +130,7 @@ pub async fn accept(
     let mut acceptor = Acceptor::default();
     let accepted = loop {
         buf = read_some(&mut stream, buf).await?;
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            acceptor.read_tls(&mut rd)?;
-        }
+        feed(&buf, |rd| acceptor.read_tls(rd))?;
         match acceptor.accept() {
             Ok(Some(accepted)) => break accepted,
             Ok(None) => {}
@@ -167,10 +164,7 @@ pub async fn accept(
             break;
         }
         buf = read_some(&mut stream, buf).await?;
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            conn.read_tls(&mut rd)?;
-        }
+        feed(&buf, |rd| conn.read_tls(rd))?;
         if let Err(error) = conn.process_new_packets() {
             // rustls has queued the alert that tells the client why.
             let _ = flush(&mut conn, &mut stream, out).await;
@@ -189,6 +183,20 @@ async fn read_some(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>, 
         0 => Err(HandshakeError::Eof),
         _ => Ok(buf),
     }
+}
+
+/// Hands all of `bytes` to rustls through `read_tls`; rustls taking nothing (its buffer
+/// full) ends the handshake instead of looping.
+fn feed(
+    mut bytes: &[u8],
+    mut read_tls: impl FnMut(&mut dyn io::Read) -> io::Result<usize>,
+) -> Result<(), HandshakeError> {
+    while !bytes.is_empty() {
+        if read_tls(&mut bytes)? == 0 {
+            return Err(io::Error::other("TLS buffer full during the handshake").into());
+        }
+    }
+    Ok(())
 }
 
 /// Writes everything rustls has queued for the client.
@@ -240,6 +248,20 @@ mod tests {
         assert!(waited > 0);
         let floor = Duration::from_millis(20).div_f64(HANDSHAKE_SHARE) - PACE_BURST * 2;
         assert!(took >= floor, "20 handshakes of 1 ms passed in {took:?}");
+    }
+
+    #[test]
+    fn feeding_rustls_takes_every_byte_or_fails_when_it_takes_none() {
+        let mut taken = Vec::new();
+        feed(b"0123456789", |rd| {
+            let mut three = [0u8; 3];
+            let n = rd.read(&mut three)?;
+            taken.extend_from_slice(&three[..n]);
+            Ok(n)
+        })
+        .unwrap();
+        assert_eq!(taken, b"0123456789");
+        assert!(matches!(feed(b"x", |_| Ok(0)), Err(HandshakeError::Io(_))));
     }
 
     #[monoio::test(timer_enabled = true)]
