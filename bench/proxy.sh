@@ -121,7 +121,9 @@ done
 declare -A PID=([nginx]=$(pgrep -P "${pids[1]}" | head -1) [haproxy]=${pids[2]} [ringgate]=${pids[3]})
 
 cp bench/wrk-report.lua "$work/pct.lua"
-field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+# The value of `key=` in a line of `key=value` fields (whole keys only: `p50_ms` is not
+# the tail of `send_lag_p50_ms`).
+field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 declare -A R
 declare -A ROUNDS_OF
 run_max() { # name url

@@ -69,7 +69,9 @@ for port in 18180 18280; do curl -fsS "http://127.0.0.1:$port/health" >/dev/null
 
 cp bench/wrk-report.lua "$work/pct.lua"
 
-field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+# The value of `key=` in a line of `key=value` fields (whole keys only: `p50_ms` is not
+# the tail of `send_lag_p50_ms`).
+field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 declare -A R
 run_wrk() { # name url
   local out

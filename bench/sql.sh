@@ -103,7 +103,9 @@ wrk.headers["Neon-Connection-String"] = "$cs"
 wrk.headers["Content-Type"] = "application/json"
 dofile("bench/wrk-report.lua")
 LUA
-field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+# The value of `key=` in a line of `key=value` fields (whole keys only: `p50_ms` is not
+# the tail of `send_lag_p50_ms`).
+field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 echo "== ringgate /sql, wrk -c1000 (max), $conns server connections"
 max=$(taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18380/sql | grep wrk_result)
 echo "$max"
