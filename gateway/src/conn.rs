@@ -71,12 +71,12 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
         let started = Instant::now();
         let _request = conn.core.track_request(started);
         let request_id = conn.core.request_ids.for_request(&head.parts.headers);
-        // The config outlives this request; holding it here lets the route be borrowed
-        // while `conn` is borrowed mutably below.
-        let config = conn.core.config.clone();
+        // A second handle on the core (an `Rc`: no count shared across cores) lets the
+        // route be borrowed from its config while `conn` is borrowed mutably below.
+        let core = conn.core.clone();
         let path = head.parts.uri.path();
         let proxied = (!router::is_own(path))
-            .then(|| crate::proxy::route_for(&config.proxy.routes, path))
+            .then(|| crate::proxy::route_for(&core.config.proxy.routes, path))
             .flatten();
         if let Some(route) = proxied {
             let keep_alive = head.keep_alive && !conn.core.drain.is_draining();

@@ -25,13 +25,12 @@ const HOP_BY_HOP: &[&str] = &[
 /// Largest response head accepted from a worker.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Header names the `Connection` header lists (they are hop-by-hop too).
-fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
-        .filter(|t| !t.is_empty())
-        .collect()
+/// Whether the comma-separated header value `value` lists `token` (case-insensitive): the
+/// `Connection` header names hop-by-hop headers this way.
+fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -60,13 +59,7 @@ pub fn encode_request_head(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let listed = connection_tokens(
-        parts
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .map(|v| v.as_bytes()),
-    );
+    let connection = parts.headers.get_all(http::header::CONNECTION);
     for (name, value) in &parts.headers {
         let n = name.as_str();
         match n {
@@ -76,7 +69,10 @@ pub fn encode_request_head(
                 push_header(&mut out, b"host", value.as_bytes());
                 push_header(&mut out, b"x-forwarded-host", value.as_bytes());
             }
-            _ if HOP_BY_HOP.contains(&n) || listed.iter().any(|l| l == n) => {}
+            _ if HOP_BY_HOP.contains(&n)
+                || connection
+                    .iter()
+                    .any(|v| lists_token(v.as_bytes(), n.as_bytes())) => {}
             _ => push_header(&mut out, n.as_bytes(), value.as_bytes()),
         }
     }
@@ -178,13 +174,6 @@ pub enum ResponseHeadError {
     /// Conflicting or unreadable framing.
     #[error("invalid framing: {0}")]
     Framing(&'static str),
-}
-
-/// Whether the comma-separated header value `value` lists `token` (case-insensitive).
-fn lists_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 impl ResponseHead {
