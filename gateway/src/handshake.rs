@@ -7,8 +7,18 @@
 //! all of them. So while it serves requests ([`Core::serving_requests`]), a core spends at
 //! most [`HANDSHAKE_SHARE`] of its time on that work: a handshake whose ClientHello has
 //! arrived waits for its slot (HAProxy runs handshakes as "heavy" tasks, a few per
-//! scheduler pass, for the same reason). With no request to serve, handshakes run at once,
-//! at full speed.
+//! scheduler pass, for the same reason). With no request to serve, handshakes may take
+//! [`IDLE_SHARE`] of the core, not all of it: a core cannot be preempted, and hundreds of
+//! handshakes that arrived while it was idle would otherwise run back to back, in one turn
+//! of its event loop, while the requests that came in meanwhile waited behind all of them.
+//! A client that leaves while its handshake waits costs no public-key work.
+//!
+//! The pace is a virtual clock that each handshake moves on by its cost divided by the
+//! share; a handshake waits while the clock is more than [`PACE_BURST`] ahead of real time.
+//! Handshakes run back to back move real time on by their cost, so at a share `s` the clock
+//! gains `1/s - 1` of each one's cost: at most `PACE_BURST / (1/s - 1)` of work runs before
+//! one waits (2 ms at [`HANDSHAKE_SHARE`], 4 ms at [`IDLE_SHARE`]), and a waiting one
+//! sleeps on the timer, so the event loop polls its sockets in between.
 //!
 //! The handshake is driven here rather than by `monoio_rustls::TlsAcceptor`, which reads
 //! the ClientHello and does the public-key work in the same step: rustls's
@@ -28,8 +38,11 @@ use crate::core::Core;
 
 /// The share of a core's time handshakes may take while requests are in flight.
 pub const HANDSHAKE_SHARE: f64 = 0.5;
-/// Handshake work that may run ahead of the pace (as wall time at [`HANDSHAKE_SHARE`]):
-/// a few handshakes at once never wait.
+/// The share of a core's time handshakes may take while it serves no request. Below 1, so
+/// that handshakes run back to back still stop for the event loop now and then.
+pub const IDLE_SHARE: f64 = 2.0 / 3.0;
+/// How far the pace's clock may run ahead of real time: a few handshakes at once never
+/// wait.
 const PACE_BURST: Duration = Duration::from_millis(2);
 /// The public-key work of one handshake before any was measured.
 const FIRST_ESTIMATE: Duration = Duration::from_micros(200);
@@ -51,7 +64,8 @@ pub enum HandshakeError {
 }
 
 /// One core's pace for handshakes' public-key work: a virtual clock (`free_at`) that each
-/// handshake moves on by its cost divided by [`HANDSHAKE_SHARE`].
+/// handshake moves on by its cost divided by the share it runs at ([`HANDSHAKE_SHARE`] while
+/// the core serves requests, [`IDLE_SHARE`] while it does not); see the module's text.
 #[derive(Debug)]
 pub struct HandshakePace {
     free_at: Cell<Instant>,
@@ -73,47 +87,53 @@ impl Default for HandshakePace {
 #[must_use]
 pub struct Slot {
     reserved: Duration,
-    /// Whether the handshake waited for it.
-    pub waited: bool,
+    share: f64,
+    /// How long the handshake waited for it.
+    pub wait: Option<Duration>,
 }
 
 impl HandshakePace {
     /// Reserves a slot for one handshake and returns when it may do its public-key work:
-    /// at once when `busy` is false (no request in flight) or the pace has room, else when
-    /// its slot comes.
+    /// at once while the pace's clock is less than [`PACE_BURST`] ahead, else when its
+    /// slot comes. `busy` (requests in flight) paces at [`HANDSHAKE_SHARE`], otherwise at
+    /// [`IDLE_SHARE`].
     pub async fn enter(&self, busy: bool) -> Slot {
-        let now = Instant::now();
-        let reserved = self.estimate.get();
-        let slot = self.free_at.get().max(now);
-        let mut free_at = slot + reserved.div_f64(HANDSHAKE_SHARE);
-        if !busy {
-            // Work done while nothing else waited harms nobody: no debt beyond the burst.
-            free_at = free_at.min(now + PACE_BURST);
-        }
-        self.free_at.set(free_at);
-        let wait = slot
-            .checked_duration_since(now + PACE_BURST)
-            .filter(|_| busy);
-        if let Some(wait) = wait {
+        let slot = self.reserve(Instant::now(), busy);
+        if let Some(wait) = slot.wait {
             monoio::time::sleep(wait).await;
         }
+        slot
+    }
+
+    /// The reservation [`enter`](Self::enter) makes at `now`, and how long it must wait.
+    fn reserve(&self, now: Instant, busy: bool) -> Slot {
+        let share = if busy { HANDSHAKE_SHARE } else { IDLE_SHARE };
+        let reserved = self.estimate.get();
+        let slot = self.free_at.get().max(now);
+        self.free_at.set(slot + reserved.div_f64(share));
         Slot {
             reserved,
-            waited: wait.is_some(),
+            share,
+            wait: slot
+                .checked_duration_since(now + PACE_BURST)
+                .filter(|w| !w.is_zero()),
         }
     }
 
-    /// Settles `slot` with what the handshake's public-key work really took.
+    /// Settles `slot` with what the handshake's public-key work really took (zero when it
+    /// was not done).
     pub fn spent(&self, slot: Slot, took: Duration) {
         let free_at = self.free_at.get();
         self.free_at.set(if took >= slot.reserved {
-            free_at + (took - slot.reserved).div_f64(HANDSHAKE_SHARE)
+            free_at + (took - slot.reserved).div_f64(slot.share)
         } else {
-            free_at - (slot.reserved - took).div_f64(HANDSHAKE_SHARE)
+            free_at - (slot.reserved - took).div_f64(slot.share)
         });
-        // An exponential average over about eight handshakes.
-        let e = self.estimate.get();
-        self.estimate.set((e * 7 + took) / 8);
+        if !took.is_zero() {
+            // An exponential average over about eight handshakes.
+            let e = self.estimate.get();
+            self.estimate.set((e * 7 + took) / 8);
+        }
     }
 }
 
@@ -143,8 +163,13 @@ pub async fn accept(
     };
     let pace = &core.handshakes;
     let slot = pace.enter(core.serving_requests()).await;
-    if slot.waited {
+    if slot.wait.is_some() {
         core.metrics().tls_handshake_paced();
+        if peer_left(&stream) {
+            core.metrics().tls_handshake_abandoned();
+            pace.spent(slot, Duration::ZERO);
+            return Err(HandshakeError::Eof);
+        }
     }
     let started = Instant::now();
     let conn = accepted.into_connection(config);
@@ -172,6 +197,29 @@ pub async fn accept(
         }
     }
     Ok(ServerTlsStream::new(stream, conn))
+}
+
+/// Whether the client closed or reset the connection (it gave up while its handshake
+/// waited): a non-blocking peek sees the end of the stream or an error. A client still
+/// there has sent nothing since its ClientHello, so the peek finds no data.
+#[allow(unsafe_code)]
+fn peer_left(stream: &impl std::os::fd::AsRawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the fd is the stream's, open while it is borrowed; recv writes at most one
+    // byte into `byte`.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock,
+    }
 }
 
 /// Reads what the socket has (at least one byte) into `buf`, resized to what was read.
@@ -219,17 +267,116 @@ async fn flush(
 mod tests {
     use super::*;
 
-    #[monoio::test(timer_enabled = true)]
-    async fn an_idle_core_never_makes_handshakes_wait() {
+    /// Reserves `n` slots at the same instant; returns how many may start at once and how
+    /// far ahead the pace's clock has moved.
+    fn reserve_many(pace: &HandshakePace, now: Instant, n: u32, busy: bool) -> (u32, Duration) {
+        let at_once = (0..n)
+            .filter(|_| pace.reserve(now, busy).wait.is_none())
+            .count() as u32;
+        (at_once, pace.free_at.get() - now)
+    }
+
+    #[test]
+    fn an_idle_core_reserves_handshakes_at_its_idle_share() {
         let pace = HandshakePace::default();
-        // 200 handshakes of 300 µs would owe 120 ms at a 50% share; idle, none waits and
-        // no more than the burst is owed.
-        for _ in 0..200 {
-            let slot = pace.enter(false).await;
-            assert!(!slot.waited);
-            pace.spent(slot, Duration::from_micros(300));
+        let now = Instant::now();
+        // 100 ClientHellos at one instant on an idle core: only those within the burst
+        // start at once; the others wait, so requests arriving meanwhile are not stuck
+        // behind all 100.
+        let (at_once, ahead) = reserve_many(&pace, now, 100, false);
+        assert_eq!(ahead, (FIRST_ESTIMATE * 100).div_f64(IDLE_SHARE));
+        let spacing = FIRST_ESTIMATE.div_f64(IDLE_SHARE);
+        assert_eq!(
+            at_once,
+            (PACE_BURST.as_nanos() / spacing.as_nanos()) as u32 + 1
+        );
+    }
+
+    #[test]
+    fn handshakes_run_back_to_back_stop_for_the_event_loop_within_a_bounded_run() {
+        // Each handshake enters as the previous one's work ends (one turn of the event
+        // loop): real time moves on by the work, the clock by the work over the share.
+        for (busy, share) in [(true, HANDSHAKE_SHARE), (false, IDLE_SHARE)] {
+            let pace = HandshakePace::default();
+            let mut now = Instant::now();
+            let mut run = Duration::ZERO;
+            loop {
+                let slot = pace.reserve(now, busy);
+                if slot.wait.is_some() {
+                    break;
+                }
+                now += FIRST_ESTIMATE;
+                run += FIRST_ESTIMATE;
+                pace.spent(slot, FIRST_ESTIMATE);
+                assert!(
+                    run < Duration::from_millis(10),
+                    "never stops (busy: {busy})"
+                );
+            }
+            let bound = PACE_BURST.div_f64(1.0 / share - 1.0);
+            assert!(
+                run <= bound + FIRST_ESTIMATE,
+                "{run:?} of work in one run (busy: {busy})"
+            );
+            assert!(
+                run + FIRST_ESTIMATE >= bound,
+                "{run:?}: stopped early (busy: {busy})"
+            );
         }
-        assert!(pace.free_at.get() <= Instant::now() + PACE_BURST + Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_busy_core_reserves_handshakes_at_its_share() {
+        let pace = HandshakePace::default();
+        let now = Instant::now();
+        let (at_once, ahead) = reserve_many(&pace, now, 100, true);
+        assert_eq!(ahead, (FIRST_ESTIMATE * 100).div_f64(HANDSHAKE_SHARE));
+        assert!(at_once < 10, "{at_once} handshakes started at once");
+    }
+
+    #[test]
+    fn a_handshake_not_done_gives_its_slot_back() {
+        let pace = HandshakePace::default();
+        let now = Instant::now();
+        let (_, ahead) = reserve_many(&pace, now, 20, true);
+        let slot = pace.reserve(now, true);
+        pace.spent(slot, Duration::ZERO);
+        assert_eq!(pace.free_at.get() - now, ahead);
+        assert_eq!(pace.estimate.get(), FIRST_ESTIMATE);
+    }
+
+    #[test]
+    fn a_client_that_left_is_seen_and_one_still_waiting_is_not() {
+        use std::{
+            io::Write,
+            net::{TcpListener, TcpStream},
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Waiting for the ServerHello: nothing to read, still there.
+        let waiting = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!peer_left(&server));
+        // Sent more (early data, say): still there.
+        (&waiting).write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!peer_left(&server));
+        // Closed: gone, whether data was left unread or not.
+        drop(waiting);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!peer_left(&server), "unread data comes first");
+        let closed = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(closed);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(peer_left(&server));
+        // Reset (SO_LINGER 0): gone.
+        let reset = socket2::Socket::from(TcpStream::connect(addr).unwrap());
+        let (server, _) = listener.accept().unwrap();
+        reset.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(reset);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(peer_left(&server));
     }
 
     #[monoio::test(timer_enabled = true)]
@@ -241,7 +388,7 @@ mod tests {
         let mut waited = 0;
         for _ in 0..20 {
             let slot = pace.enter(true).await;
-            waited += usize::from(slot.waited);
+            waited += usize::from(slot.wait.is_some());
             pace.spent(slot, Duration::from_millis(1));
         }
         let took = start.elapsed();

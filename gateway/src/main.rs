@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         eprintln!("ringgate: invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if let Err(error) = rt::disable_transparent_huge_pages() {
+        warn!(%error, "could not turn transparent huge pages off");
+    }
     match rt::raise_nofile_limit() {
         Ok(n) => info!(nofile = n, "open-file limit raised"),
         Err(error) => warn!(%error, "could not raise the open-file limit"),

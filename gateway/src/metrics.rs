@@ -189,6 +189,7 @@ pub struct CoreMetrics {
     connections_burst: AtomicU64,
     tls_handshake_failures: AtomicU64,
     tls_handshakes_paced: AtomicU64,
+    tls_handshakes_abandoned: AtomicU64,
     rate_limited: AtomicU64,
     rate_limited_global: AtomicU64,
     rate_limit_sync_failures: AtomicU64,
@@ -266,6 +267,7 @@ impl Default for CoreMetrics {
             connections_burst: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             tls_handshakes_paced: AtomicU64::new(0),
+            tls_handshakes_abandoned: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             rate_limited_global: AtomicU64::new(0),
             rate_limit_sync_failures: AtomicU64::new(0),
@@ -362,6 +364,11 @@ impl CoreMetrics {
     /// A TLS handshake waited for its slot ([`crate::handshake`]).
     pub fn tls_handshake_paced(&self) {
         self.tls_handshakes_paced.fetch_add(1, Relaxed);
+    }
+
+    /// A client left while its TLS handshake waited; no public-key work was done for it.
+    pub fn tls_handshake_abandoned(&self) {
+        self.tls_handshakes_abandoned.fetch_add(1, Relaxed);
     }
 
     /// A proxied request refused by the per-tenant rate limit.
@@ -608,7 +615,7 @@ impl Registry {
                 )?;
             }
         }
-        let gauges: [PerCoreMetric; 10] = [
+        let gauges: [PerCoreMetric; 11] = [
             (
                 "ringgate_connections_open",
                 "gauge",
@@ -642,8 +649,14 @@ impl Registry {
             (
                 "ringgate_tls_handshakes_paced_total",
                 "counter",
-                "TLS handshakes that waited for their slot while the core served requests.",
+                "TLS handshakes that waited for their slot (more than a burst of them arrived at once).",
                 |m| m.tls_handshakes_paced.load(Relaxed),
+            ),
+            (
+                "ringgate_tls_handshakes_abandoned_total",
+                "counter",
+                "TLS handshakes whose client left while they waited (no public-key work done; also counted as failed).",
+                |m| m.tls_handshakes_abandoned.load(Relaxed),
             ),
             (
                 "ringgate_rate_limited_total",

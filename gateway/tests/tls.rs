@@ -279,6 +279,62 @@ fn handshakes_wait_their_turn_while_requests_are_in_flight_and_all_complete() {
     }
 }
 
+/// Polls counter `name` of core 0 until it reaches `want` (or 10 s pass); returns it.
+fn core0_counter_reaches(g: &ringgate::Gateway, name: &str, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = core0_counter(g, name);
+        if v >= want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_crowd_of_handshakes_on_an_idle_core_goes_a_burst_at_a_time_and_leavers_cost_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in drivers() {
+        let (g, der) = start_tls_one_core(d, dir.path());
+        let addr = g.tls_addr().unwrap();
+        let failed_before = core0_counter(&g, "ringgate_tls_handshake_failures_total");
+        // No request in flight, and none began lately (reading /metrics was one). 96
+        // clients connect, then all send their ClientHello at once: more public-key work
+        // than an idle core runs in one go (4 ms), so some wait.
+        std::thread::sleep(ringgate::core::RECENT_REQUEST * 3);
+        let mut clients: Vec<Tls> = (0..96)
+            .map(|_| connect(addr, &der, &[&rustls::version::TLS13]))
+            .collect();
+        for tls in &mut clients {
+            let s = tls.get_mut();
+            s.conn.write_tls(&mut s.sock).unwrap();
+        }
+        // The last 48 give up at once; those still waiting for their slot are dropped
+        // without public-key work.
+        let leavers = clients.split_off(48);
+        drop(leavers);
+        for tls in &mut clients {
+            assert_eq!(request(tls, "/health").status, 200, "{d:?}");
+        }
+        assert!(
+            core0_counter(&g, "ringgate_tls_handshakes_paced_total") > 0,
+            "{d:?}: an idle core ran all 96 handshakes in one go"
+        );
+        let failed = core0_counter_reaches(
+            &g,
+            "ringgate_tls_handshake_failures_total",
+            failed_before + 48,
+        );
+        assert_eq!(failed, failed_before + 48, "{d:?}");
+        let abandoned = core0_counter(&g, "ringgate_tls_handshakes_abandoned_total");
+        assert!(
+            abandoned > 0 && abandoned <= 48,
+            "{d:?}: {abandoned} abandoned"
+        );
+        g.drain();
+    }
+}
+
 #[test]
 fn a_bad_or_broken_handshake_gets_an_alert_is_counted_and_harms_no_one() {
     let dir = tempfile::tempdir().unwrap();
