@@ -265,7 +265,7 @@ impl Conn {
         let client_keep = keep_alive
             && !core.drain.is_draining()
             && framing != proxy::head::BodyFraming::UntilClose;
-        let mut out = resp.encode_for_client(request_id, client_keep);
+        let mut out = resp.encode_for_client(request_id, client_keep, pending.len());
         if let Some(cookie) = picked.set_cookie.as_deref() {
             out.extend_from_slice(b"set-cookie: ");
             out.extend_from_slice(cookie.as_bytes());

@@ -286,14 +286,33 @@ impl ResponseHead {
 
     /// The head for the client, without its final empty line: status, end-to-end headers
     /// (names lower-case), framing, `via`, `x-request-id`, and `connection: close` when
-    /// not `keep_alive`.
-    pub fn encode_for_client(&self, request_id: &[u8], keep_alive: bool) -> Vec<u8> {
+    /// not `keep_alive`. `room` is extra capacity for what the caller appends (the body
+    /// bytes that go out in the same write).
+    pub fn encode_for_client(&self, request_id: &[u8], keep_alive: bool, room: usize) -> Vec<u8> {
         use std::io::Write;
-        let mut out = Vec::with_capacity(self.raw.len() + 128);
+        let mut out = Vec::with_capacity(self.raw.len() + 128 + room);
         let _ = write!(out, "HTTP/1.1 {} ", self.status);
         out.extend_from_slice(self.bytes(self.reason));
         out.extend_from_slice(b"\r\n");
         let chunked = self.chunked();
+        // The `Connection` values, found once (a head rarely has more than one).
+        let mut connection: [&[u8]; 4] = [&[]; 4];
+        let mut n_connection = 0;
+        for value in self.values("connection") {
+            if let Some(slot) = connection.get_mut(n_connection) {
+                *slot = value;
+            }
+            n_connection += 1;
+        }
+        let listed = |name: &[u8]| {
+            if n_connection > connection.len() {
+                self.connection_lists(name)
+            } else {
+                connection[..n_connection]
+                    .iter()
+                    .any(|v| lists_token(v, name))
+            }
+        };
         let mut lower = [0u8; 64];
         for (name, value) in self.header_pairs() {
             let n: &[u8] = match lower.get_mut(..name.len()) {
@@ -309,7 +328,7 @@ impl ResponseHead {
                 b"transfer-encoding" => chunked,
                 b"content-length" => !chunked,
                 b"x-request-id" | b"via" => false,
-                _ => !HOP_BY_HOP.iter().any(|h| h.as_bytes() == n) && !self.connection_lists(n),
+                _ => !HOP_BY_HOP.iter().any(|h| h.as_bytes() == n) && !listed(n),
             };
             if keep {
                 push_header(&mut out, n, value);
@@ -368,6 +387,26 @@ mod tests {
     }
 
     #[test]
+    fn headers_named_by_any_of_many_connection_headers_stay_behind() {
+        for n in [1, 4, 5, 7] {
+            let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+            for i in 0..n {
+                head.push_str(&format!(
+                    "Connection: x-a{i}, X-B{i}\r\nX-A{i}: 1\r\nx-b{i}: 2\r\n"
+                ));
+            }
+            head.push_str("X-Kept: 3\r\n\r\n");
+            let mut buf = BytesMut::from(head.as_bytes());
+            let h = ResponseHead::parse(&mut buf).unwrap().unwrap();
+            let out = String::from_utf8(h.encode_for_client(b"", true, 0)).unwrap();
+            assert_eq!(
+                out, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-kept: 3\r\nvia: 1.1 ringgate\r\n",
+                "{n} Connection headers"
+            );
+        }
+    }
+
+    #[test]
     fn response_header_names_match_in_any_case_and_go_out_lower_case() {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nTransfer-Encoding: Chunked\r\nConnection: Keep-Alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\n\r\n"[..],
@@ -376,7 +415,7 @@ mod tests {
         assert!(buf.is_empty());
         assert_eq!(h.body_framing(false), BodyFraming::Chunked);
         assert!(h.reusable());
-        let out = String::from_utf8(h.encode_for_client(b"ours", false)).unwrap();
+        let out = String::from_utf8(h.encode_for_client(b"ours", false, 0)).unwrap();
         assert_eq!(
             out,
             "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\ntransfer-encoding: Chunked\r\nvia: 1.1 ringgate\r\nx-request-id: ours\r\nconnection: close\r\n"
@@ -384,7 +423,7 @@ mod tests {
         // No reason phrase at all.
         let mut bare = BytesMut::from(&b"HTTP/1.1 204\r\nx-a: 1\r\n\r\n"[..]);
         let h = ResponseHead::parse(&mut bare).unwrap().unwrap();
-        let out = String::from_utf8(h.encode_for_client(b"", true)).unwrap();
+        let out = String::from_utf8(h.encode_for_client(b"", true, 0)).unwrap();
         assert!(out.starts_with("HTTP/1.1 204 \r\nx-a: 1\r\n"), "{out}");
         // HTTP/1.0 keeps the connection only when asked to, in any case.
         let mut ten = BytesMut::from(
@@ -425,7 +464,7 @@ mod tests {
         assert_eq!(h.body_framing(false), BodyFraming::Chunked);
         assert_eq!(h.body_framing(true), BodyFraming::None);
         assert!(!h.reusable());
-        let out = String::from_utf8(h.encode_for_client(b"id1", true)).unwrap();
+        let out = String::from_utf8(h.encode_for_client(b"id1", true, 0)).unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(out.contains("transfer-encoding: chunked\r\n"));
         assert!(!out.contains("x-hop") && !out.contains("connection"));
