@@ -42,6 +42,7 @@ pub mod rt;
 pub mod server;
 pub mod sessions;
 pub mod shutdown;
+pub mod socket_peek;
 pub mod sql;
 
 use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};

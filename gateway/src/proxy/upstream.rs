@@ -36,30 +36,10 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Con
 
 /// Whether a pooled connection can no longer carry a request: the worker closed it (a
 /// keep-alive timeout shorter than ours), reset it, or sent bytes nobody asked for. Looks
-/// without blocking or consuming (`recv` with `MSG_PEEK | MSG_DONTWAIT`).
+/// without blocking or consuming ([`crate::socket_peek::peek`]).
 pub fn unusable(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut byte = 0u8;
-    // SAFETY: the descriptor belongs to `stream`, which is borrowed for the call, and the
-    // buffer is one valid byte on the stack.
-    #[allow(unsafe_code)]
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        // Nothing to read: the connection is idle, as it should be.
-        -1 => !matches!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::EAGAIN) | Some(libc::EINTR)
-        ),
-        // 0: the worker closed it; more: an unsolicited byte, so the framing is unknown.
-        _ => true,
-    }
+    // Data: an unsolicited byte, so the framing of the next response is unknown.
+    crate::socket_peek::peek(stream) != crate::socket_peek::Peek::Empty
 }
 
 /// Sends `request` and returns the response's status code (the body is not read; the
