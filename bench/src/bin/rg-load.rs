@@ -50,8 +50,15 @@ struct Args {
     slow_ms: Option<f64>,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut it = std::env::args().skip(1);
+/// The usage text, for `--help` and for a wrong argument.
+const USAGE: &str =
+    "usage: rg-load --url http[s]://IP:PORT/PATH --rate N --duration SECS [--connections C]
+               [--warmup SECS] [--ca PEM] [--body TEXT] [--header 'Name: value']... [--slow-ms N]
+";
+
+/// Reads the arguments after the program name; `None` for `--help`.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>> {
+    let mut it = args.into_iter();
     let (mut url, mut rate, mut duration, mut warmup, mut connections, mut ca) =
         (None, None, 10.0, 2.0, 100, None);
     let (mut body, mut headers, mut slow_ms) = (None, Vec::new(), None);
@@ -67,7 +74,8 @@ fn parse_args() -> Result<Args> {
             "--body" => body = Some(val()?),
             "--header" => headers.push(val()?),
             "--slow-ms" => slow_ms = Some(val()?.parse::<f64>()?),
-            other => bail!("unknown argument {other}"),
+            "-h" | "--help" => return Ok(None),
+            other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
     let url = url.context("--url is required")?;
@@ -82,7 +90,7 @@ fn parse_args() -> Result<Args> {
         .split_once('/')
         .map(|(h, p)| (h, format!("/{p}")))
         .unwrap_or((rest, "/".into()));
-    Ok(Args {
+    Ok(Some(Args {
         tls,
         addr: hostport.parse().context("the URL's host must be IP:PORT")?,
         path,
@@ -94,7 +102,7 @@ fn parse_args() -> Result<Args> {
         body,
         headers,
         slow_ms,
-    })
+    }))
 }
 
 #[derive(Default)]
@@ -313,8 +321,27 @@ fn tls_config(ca: &Option<String>) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-fn main() -> Result<()> {
-    let args = parse_args()?;
+fn main() -> std::process::ExitCode {
+    match parse_args(std::env::args().skip(1)) {
+        Ok(None) => {
+            print!("{USAGE}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Some(args)) => match run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rg-load: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("rg-load: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     let tls = if args.tls {
         Some(tls_config(&args.ca)?)
     } else {
@@ -406,6 +433,29 @@ fn print_slow_windows(slow: &[(u64, u64)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(list: &[&str]) -> Result<Option<Args>> {
+        parse_args(list.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn help_is_asked_for_and_a_wrong_argument_gets_the_usage() {
+        assert!(args(&["--help"]).unwrap().is_none());
+        assert!(args(&["--url", "http://127.0.0.1:1/", "-h"])
+            .unwrap()
+            .is_none());
+        let e = args(&["--rat", "5"]).err().unwrap().to_string();
+        assert!(
+            e.contains("unknown argument --rat") && e.contains("usage: rg-load"),
+            "{e}"
+        );
+        let e = args(&["--url", "ftp://x"]).err().unwrap().to_string();
+        assert!(e.contains("must start with http"), "{e}");
+        let a = args(&["--url", "https://127.0.0.1:8443/x", "--rate", "100"])
+            .unwrap()
+            .unwrap();
+        assert!(a.tls && a.path == "/x" && a.rate == 100.0);
+    }
 
     #[monoio::test(timer_enabled = true)]
     async fn the_pacer_never_returns_before_the_instant() {
