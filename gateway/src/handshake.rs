@@ -16,9 +16,10 @@
 //! The pace is a virtual clock that each handshake moves on by its cost divided by the
 //! share; a handshake waits while the clock is more than [`PACE_BURST`] ahead of real time.
 //! Handshakes run back to back move real time on by their cost, so at a share `s` the clock
-//! gains `1/s - 1` of each one's cost: at most `PACE_BURST / (1/s - 1)` of work runs before
-//! one waits (2 ms at [`HANDSHAKE_SHARE`], 4 ms at [`IDLE_SHARE`]), and a waiting one
-//! sleeps on the timer, so the event loop polls its sockets in between.
+//! gains `1/s - 1` of each one's cost: about `PACE_BURST / (1/s - 1)` of work (as the pace
+//! estimates it) runs before one waits, 2 ms at [`HANDSHAKE_SHARE`] and 4 ms at
+//! [`IDLE_SHARE`]; a waiting one sleeps on the timer, so the event loop polls its sockets
+//! in between.
 //!
 //! The handshake is driven here rather than by `monoio_rustls::TlsAcceptor`, which reads
 //! the ClientHello and does the public-key work in the same step: rustls's
@@ -91,7 +92,7 @@ impl Default for HandshakePace {
 pub struct Slot {
     reserved: Duration,
     share: f64,
-    /// How long the handshake waited for it.
+    /// How long the handshake waits for it (`None`: it starts at once).
     pub wait: Option<Duration>,
 }
 
