@@ -47,7 +47,7 @@ pub const HANDSHAKE_SHARE: f64 = 0.5;
 pub const IDLE_SHARE: f64 = 2.0 / 3.0;
 /// How far the pace's clock may run ahead of real time: a few handshakes at once never
 /// wait.
-const PACE_BURST: Duration = Duration::from_millis(2);
+pub const PACE_BURST: Duration = Duration::from_millis(2);
 /// The public-key work of one handshake before any was measured.
 const FIRST_ESTIMATE: Duration = Duration::from_micros(200);
 /// Bytes read from the socket at a time during the handshake.
