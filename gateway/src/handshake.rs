@@ -23,7 +23,7 @@
 //!
 //! The handshake is driven here rather than by `monoio_rustls::TlsAcceptor`, which reads
 //! the ClientHello and does the public-key work in the same step: rustls's
-//! [`Acceptor`](rustls::server::Acceptor) reads the ClientHello first, without crypto.
+//! [`Acceptor`] reads the ClientHello first, without crypto.
 
 use std::{cell::Cell, io, sync::Arc, time::Duration};
 

@@ -21,7 +21,7 @@
 //! - [`sessions`]: API keys from Redis, cached per core.
 //! - [`proxy`]: the reverse proxy to workers.
 //! - [`shutdown`]: signals and the drain.
-//! - [`error`]: request errors and their HTTP mapping.
+//! - [`error`](mod@error): request errors and their HTTP mapping.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![deny(unsafe_code)]
 

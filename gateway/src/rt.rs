@@ -18,7 +18,7 @@ const URING_ENTRIES: u32 = 4096;
 /// The io driver a core runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
-    /// Linux io_uring; `cooperative` when the kernel took [`uring_runtime`]'s cooperative
+    /// Linux io_uring; `cooperative` when the kernel took `uring_runtime`'s cooperative
     /// flags.
     IoUring {
         /// Rings run completions' task work cooperatively (no interrupt per completion).

@@ -14,8 +14,7 @@
 //! rounds every deadline up, so each request went out 1 to 2 ms late and that showed as
 //! server latency (a fixed-body nginx measured 1.1 ms at p50).
 //!
-//! Usage: rg-load --url http[s]://IP:PORT/PATH --rate N --duration SECS [--connections C]
-//!                [--warmup SECS] [--ca PEM] [--body TEXT] [--header 'Name: value']...
+//! Usage: see [`USAGE`] (`rg-load --help`).
 //! With `--body` the requests are POSTs with that body. With `--slow-ms N` it also prints,
 //! to stderr, each 100 ms window of the schedule that had requests slower than N ms (to tell
 //! periodic stalls from spread-out slowness).

@@ -8,7 +8,7 @@
 //! Failure rules: a statement that provably did not take effect is retried (it was not
 //! sent: a dead pooled connection, a missing or unreachable leader for up to
 //! `RINGGATE_FAILOVER_WAIT`; it was refused: a replica answering 25006; or the server
-//! aborted it before committing, see [`aborted_by_server`]); a write whose connection broke
+//! aborted it before committing, see `aborted_by_server`); a write whose connection broke
 //! after it was sent is never retried and gets 503 `outcome_unknown`.
 
 pub mod api_key;
