@@ -148,7 +148,7 @@ pub async fn accept(
     config: Arc<ServerConfig>,
     mut stream: TcpStream,
 ) -> Result<ServerTlsStream<TcpStream>, HandshakeError> {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::new();
     // The ClientHello: no crypto yet.
     let mut acceptor = Acceptor::default();
@@ -158,9 +158,8 @@ pub async fn accept(
         match acceptor.accept() {
             Ok(Some(accepted)) => break accepted,
             Ok(None) => {}
-            Err((error, mut alert)) => {
-                let _ = alert.write(&mut out);
-                let _ = stream.write_all(out).await;
+            Err((error, alert)) => {
+                send_alert(&mut stream, alert).await;
                 return Err(error.into());
             }
         }
@@ -180,9 +179,8 @@ pub async fn accept(
     pace.spent(slot, started.elapsed());
     let mut conn = match conn {
         Ok(conn) => conn,
-        Err((error, mut alert)) => {
-            let _ = alert.write(&mut out);
-            let _ = stream.write_all(out).await;
+        Err((error, alert)) => {
+            send_alert(&mut stream, alert).await;
             return Err(error.into());
         }
     };
@@ -201,6 +199,13 @@ pub async fn accept(
         }
     }
     Ok(ServerTlsStream::new(stream, conn))
+}
+
+/// Tells the client why its handshake was refused (best effort: it is closed next anyway).
+async fn send_alert(stream: &mut TcpStream, mut alert: rustls::server::AcceptedAlert) {
+    let mut out = Vec::new();
+    let _ = alert.write(&mut out);
+    let _ = stream.write_all(out).await;
 }
 
 /// Whether the client closed or reset the connection (it gave up while its handshake

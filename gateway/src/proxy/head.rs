@@ -24,6 +24,10 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Largest response head accepted from a worker.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most header lines a worker's response head may have.
+const MAX_RESPONSE_HEADERS: usize = 128;
+// [`ResponseHead::connection_listed`] keeps a bit per header.
+const _: () = assert!(MAX_RESPONSE_HEADERS <= u128::BITS as usize);
 
 /// Whether the comma-separated header value `value` lists `token` (case-insensitive): the
 /// `Connection` header names hop-by-hop headers this way.
@@ -179,7 +183,7 @@ pub enum ResponseHeadError {
 impl ResponseHead {
     /// Parses and removes a complete head from the front of `buf`; `None` while incomplete.
     pub fn parse(buf: &mut BytesMut) -> Result<Option<Self>, ResponseHeadError> {
-        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         let mut parsed = httparse::Response::new(&mut slots);
         match parsed.parse(buf) {
             // Whether the head came in one read or many, the limit is the same.
@@ -234,6 +238,22 @@ impl ResponseHead {
     /// Whether the `Connection` headers list `token`.
     fn connection_lists(&self, token: &[u8]) -> bool {
         self.values("connection").any(|v| lists_token(v, token))
+    }
+
+    /// The headers the `Connection` headers name, a bit per header in order: each listed
+    /// token is looked for once, not each header's name in every `Connection` value.
+    fn connection_listed(&self) -> u128 {
+        let mut listed = 0;
+        for value in self.values("connection") {
+            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                for (i, (name, _)) in self.header_pairs().enumerate() {
+                    if name.eq_ignore_ascii_case(token) {
+                        listed |= 1 << i;
+                    }
+                }
+            }
+        }
+        listed
     }
 
     fn check_framing(&self) -> Result<(), ResponseHeadError> {
@@ -295,26 +315,9 @@ impl ResponseHead {
         out.extend_from_slice(self.bytes(self.reason));
         out.extend_from_slice(b"\r\n");
         let chunked = self.chunked();
-        // The `Connection` values, found once (a head rarely has more than one).
-        let mut connection: [&[u8]; 4] = [&[]; 4];
-        let mut n_connection = 0;
-        for value in self.values("connection") {
-            if let Some(slot) = connection.get_mut(n_connection) {
-                *slot = value;
-            }
-            n_connection += 1;
-        }
-        let listed = |name: &[u8]| {
-            if n_connection > connection.len() {
-                self.connection_lists(name)
-            } else {
-                connection[..n_connection]
-                    .iter()
-                    .any(|v| lists_token(v, name))
-            }
-        };
+        let listed = self.connection_listed();
         let mut lower = [0u8; 64];
-        for (name, value) in self.header_pairs() {
+        for (i, (name, value)) in self.header_pairs().enumerate() {
             let n: &[u8] = match lower.get_mut(..name.len()) {
                 Some(buf) => {
                     buf.copy_from_slice(name);
@@ -328,7 +331,7 @@ impl ResponseHead {
                 b"transfer-encoding" => chunked,
                 b"content-length" => !chunked,
                 b"x-request-id" | b"via" => false,
-                _ => !HOP_BY_HOP.iter().any(|h| h.as_bytes() == n) && !listed(n),
+                _ => !HOP_BY_HOP.iter().any(|h| h.as_bytes() == n) && listed & (1 << i) == 0,
             };
             if keep {
                 push_header(&mut out, n, value);
