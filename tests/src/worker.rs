@@ -2,7 +2,10 @@
 //! `<name> <method> <path> xff=<x-forwarded-for> body=<bytes>`, keeps connections alive,
 //! and counts requests (not `/health`). Bodies are read and discarded in pieces, so large
 //! uploads take no memory. Special paths: `/download/N` sends N bytes, `/chunked/N` sends
-//! N bytes chunked, `/slow/MS` answers after MS milliseconds. [`TestWorker::kill`] makes it
+//! N bytes chunked, `/slow/MS` answers after MS milliseconds, `/headers` answers with the
+//! request's header lines (names lower-cased, one per line) and adds hop-by-hop headers of
+//! its own (`connection: x-hop`, `x-hop`, `keep-alive`, `proxy-authenticate`) to its
+//! response. [`TestWorker::kill`] makes it
 //! drop every connection without answering. Stops accepting when dropped.
 //!
 //! The connection code ([`serve_connection`]) is shared with the `rg-test-worker` binary,
@@ -194,6 +197,7 @@ pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
             parts.next().unwrap_or("").to_string(),
         );
         let (mut length, mut xff, mut chunked) = (0usize, String::new(), false);
+        let mut lines = String::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -204,6 +208,11 @@ pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
+                lines.push_str(&format!(
+                    "{}: {}\n",
+                    k.trim().to_ascii_lowercase(),
+                    v.trim()
+                ));
                 match k.trim().to_ascii_lowercase().as_str() {
                     "content-length" => length = v.trim().parse().unwrap_or(0),
                     "x-forwarded-for" => xff = v.trim().to_string(),
@@ -276,6 +285,10 @@ pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
             resp.as_bytes()
                 .chunks(4096)
                 .try_for_each(|piece| out.write_all(piece).and_then(|_| out.flush()))
+        } else if path.ends_with("/headers") {
+            let hop = "connection: x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nproxy-authenticate: Basic\r\n";
+            let resp = head(&format!("{hop}content-length: {}\r\n", lines.len())) + &lines;
+            out.write_all(resp.as_bytes())
         } else if let Some(n) = number("/chunked/") {
             out.write_all(head("transfer-encoding: chunked\r\n").as_bytes())
                 .and_then(|_| send_bytes(&mut out, n, true))

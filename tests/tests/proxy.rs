@@ -66,6 +66,91 @@ fn test_proxy_static_workers_retry_refused_connects_on_another_worker() {
 }
 
 #[test]
+fn test_proxy_forwards_client_context_and_keeps_hop_by_hop_headers_on_each_side() {
+    let w = TestWorker::start("hw");
+    let (_g, addr) = proxy_to(&w, "/h", &[]);
+    let r = request(
+        addr,
+        "GET",
+        "/h/headers",
+        &[
+            ("Host", "app.example"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("X-Forwarded-Proto", "spoofed"),
+            ("Via", "1.0 spoofed"),
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("X-Custom", "yes"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.text();
+    let seen: Vec<&str> = seen.lines().collect();
+    for want in [
+        "host: app.example",
+        "x-forwarded-host: app.example",
+        "x-forwarded-for: 10.0.0.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "via: 1.1 ringgate",
+        "x-custom: yes",
+    ] {
+        assert!(
+            seen.contains(&want),
+            "the worker did not get {want:?}: {seen:?}"
+        );
+    }
+    assert!(
+        seen.iter().any(|l| l.starts_with("x-request-id: ")),
+        "{seen:?}"
+    );
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(
+            !seen.iter().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} reached the worker: {seen:?}"
+        );
+    }
+    assert_eq!(seen.iter().filter(|l| l.starts_with("via:")).count(), 1);
+    // The worker's own hop-by-hop headers stay here too.
+    assert_eq!(r.header("x-worker"), Some("hw"));
+    assert_eq!(r.header("via"), Some("1.1 ringgate"));
+    for gone in ["x-hop", "keep-alive", "proxy-authenticate", "connection"] {
+        assert_eq!(r.header(gone), None, "{gone} reached the client");
+    }
+}
+
+#[test]
+fn test_proxy_answers_504_when_a_worker_does_not_answer_in_time() {
+    let w = TestWorker::start("late");
+    let (_g, addr) = proxy_to(&w, "/l", &[("RINGGATE_UPSTREAM_RESPONSE_TIMEOUT", "200ms")]);
+    let started = std::time::Instant::now();
+    let r = request(addr, "GET", "/l/slow/3000", &[], b"");
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (504, Some("upstream_timeout")),
+        "{}",
+        r.text()
+    );
+    // Answered at the limit, not when the worker would have.
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500));
+    // A prompt request on the same route still goes through.
+    let r = request(addr, "GET", "/l/fast", &[], b"");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "late GET /l/fast xff=127.0.0.1 body=0")
+    );
+}
+
+#[test]
 fn test_proxy_answers_502_when_every_worker_is_down() {
     let upstreams = format!("app={},{}", dead_addr(), dead_addr());
     let (_g, addr) = start(&[
