@@ -150,6 +150,53 @@ fn test_proxy_answers_504_when_a_worker_does_not_answer_in_time() {
     );
 }
 
+/// A listener that never accepts, with its accept queue already full: connects to it hang
+/// (the kernel drops their SYNs) instead of being refused. Keep the returned sockets alive.
+fn black_hole() -> (SocketAddr, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = vec![listener];
+    // Fill the queue: connects complete until it is full; then one is left hanging.
+    for _ in 0..4 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        if s.connect_timeout(&addr.into(), std::time::Duration::from_millis(300))
+            .is_err()
+        {
+            return (addr, held);
+        }
+        held.push(s);
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[test]
+fn test_proxy_gives_up_a_connect_that_hangs_at_the_connect_timeout() {
+    let (hole, _held) = black_hole();
+    let w = TestWorker::start("after");
+    let upstreams = format!("only={hole};both={hole},{}", w.addr);
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/only=only,/both=both"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_UPSTREAM_CONNECT_TIMEOUT", "200ms"),
+    ]);
+    let started = std::time::Instant::now();
+    let r = request(addr, "GET", "/only/x", &[], b"");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("timed out"), "{}", r.text());
+    assert!(started.elapsed() < std::time::Duration::from_millis(2000));
+    // With a live worker in the group every request succeeds: a connect that timed out
+    // sent nothing, so the request moves on.
+    for i in 0..10 {
+        let r = request(addr, "GET", &format!("/both/{i}"), &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
 #[test]
 fn test_proxy_answers_502_when_every_worker_is_down() {
     let upstreams = format!("app={},{}", dead_addr(), dead_addr());
