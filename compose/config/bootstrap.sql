@@ -1,30 +1,38 @@
 -- What ringgate needs in a fresh cluster. Run once by the launcher on the leader as the
--- superuser; idempotent. :'app_password', :'alpha_password', :'beta_password' are psql
--- variables, as is :'authenticator_password'.
+-- superuser; idempotent. :'app_password', :'alpha_password', :'beta_password' and
+-- :'key_login_secret' (32+ characters; ringgate's RINGGATE_KEY_LOGIN_SECRET) are psql
+-- variables. Re-running it with a new secret rotates every API-key login's password.
 SELECT format('CREATE ROLE ringgate_app LOGIN PASSWORD %L', :'app_password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ringgate_app') \gexec
 SELECT format('CREATE ROLE alpha_owner LOGIN PASSWORD %L', :'alpha_password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'alpha_owner') \gexec
 SELECT format('CREATE ROLE beta_owner LOGIN PASSWORD %L', :'beta_password')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'beta_owner') \gexec
--- The role ringgate logs in as for requests that present an API key: it holds no
--- privileges of its own (NOINHERIT) and takes the session's role at connection start
--- (`options=-c role=...`), which PostgreSQL allows only for roles granted to it.
-SELECT format('CREATE ROLE ringgate_authenticator LOGIN NOINHERIT PASSWORD %L', :'authenticator_password')
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ringgate_authenticator') \gexec
-GRANT alpha_owner, beta_owner TO ringgate_authenticator;
+-- Earlier versions had one authenticator granted every tenant role, so a key holder could
+-- SET ROLE to any tenant; it is gone (API keys now log in as one role per tenant role,
+-- made by ringgate_private.sync_key_login below).
+SELECT format('REVOKE %I FROM ringgate_authenticator', g.rolname)
+FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+WHERE u.rolname = 'ringgate_authenticator' \gexec
+SELECT format('REVOKE ALL ON DATABASE %I FROM ringgate_authenticator', datname) FROM pg_database
+WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ringgate_authenticator') \gexec
+DROP ROLE IF EXISTS ringgate_authenticator;
 SELECT 'CREATE DATABASE tenant_alpha OWNER alpha_owner'
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tenant_alpha') \gexec
 SELECT 'CREATE DATABASE tenant_beta OWNER beta_owner'
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tenant_beta') \gexec
 SELECT 'CREATE DATABASE ringgate_control OWNER ringgate_app'
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'ringgate_control') \gexec
--- A tenant's database is reachable only by its own role (and the app role, which ringgate
--- uses for its own checks).
+-- A tenant's database is reachable only by its own role (and, made by the projects
+-- trigger, the API-key login of each of the project's roles); the control database only
+-- by ringgate's app role.
 REVOKE CONNECT ON DATABASE tenant_alpha FROM PUBLIC;
 REVOKE CONNECT ON DATABASE tenant_beta FROM PUBLIC;
-GRANT CONNECT ON DATABASE tenant_alpha TO alpha_owner, ringgate_app, ringgate_authenticator;
-GRANT CONNECT ON DATABASE tenant_beta TO beta_owner, ringgate_app, ringgate_authenticator;
+REVOKE CONNECT ON DATABASE ringgate_control FROM PUBLIC;
+REVOKE CONNECT ON DATABASE tenant_alpha, tenant_beta FROM ringgate_app;
+GRANT CONNECT ON DATABASE tenant_alpha TO alpha_owner;
+GRANT CONNECT ON DATABASE tenant_beta TO beta_owner;
+GRANT CONNECT ON DATABASE ringgate_control TO ringgate_app;
 
 \connect tenant_alpha
 SET ROLE alpha_owner;
@@ -82,8 +90,175 @@ $$;
 DROP TRIGGER IF EXISTS projects_changed ON ringgate.projects;
 CREATE TRIGGER projects_changed AFTER INSERT OR UPDATE OR DELETE ON ringgate.projects
     FOR EACH ROW EXECUTE FUNCTION ringgate.notify_project_change();
+RESET ROLE;
+
+-- API-key logins. Each tenant role r listed in ringgate.projects gets a login role
+-- <prefix>r: LOGIN NOINHERIT, member of r alone (no ADMIN OPTION, nobody a member of it),
+-- CONNECT on exactly the databases of the projects that list r, and the password
+-- hex(HMAC-SHA256(secret, r)), which ringgate derives from the same secret. So a key
+-- holder's session reaches r and nothing else: SET ROLE / RESET ROLE / set_config('role')
+-- can only name r or the login itself (which holds no privileges), and SET SESSION
+-- AUTHORIZATION needs a superuser. A trigger keeps the logins in step with every change of
+-- ringgate.projects, so projects added at run time get the same fence. The secret lives in
+-- a schema only superusers can read; the functions run as the superuser who ran this file
+-- (SECURITY DEFINER, fixed search_path) and check that ringgate.projects is still a plain
+-- table with text columns, so its owner cannot make them run code of its own.
+CREATE SCHEMA IF NOT EXISTS ringgate_private;
+REVOKE ALL ON SCHEMA ringgate_private FROM PUBLIC;
+CREATE EXTENSION IF NOT EXISTS pgcrypto WITH SCHEMA ringgate_private;
+CREATE TABLE IF NOT EXISTS ringgate_private.key_login (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    prefix text NOT NULL CHECK (prefix ~ '^[a-z_][a-z0-9_]{0,29}$'),
+    secret text NOT NULL CHECK (length(secret) >= 32)
+);
+REVOKE ALL ON ringgate_private.key_login FROM PUBLIC;
+INSERT INTO ringgate_private.key_login (prefix, secret)
+VALUES (coalesce(nullif(:'key_login_prefix', ''), 'ringgate_key_'), :'key_login_secret')
+ON CONFLICT (singleton) DO UPDATE SET prefix = EXCLUDED.prefix, secret = EXCLUDED.secret;
+
+CREATE OR REPLACE FUNCTION ringgate_private.check_projects_table() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = 'ringgate.projects'::regclass) <> 'r'
+       OR (SELECT atttypid FROM pg_attribute
+           WHERE attrelid = 'ringgate.projects'::regclass AND attname = 'roles') <> 'text[]'::regtype
+       OR (SELECT atttypid FROM pg_attribute
+           WHERE attrelid = 'ringgate.projects'::regclass AND attname = 'database') <> 'text'::regtype
+    THEN
+        RAISE EXCEPTION 'ringgate.projects must be a table with database text and roles text[]';
+    END IF;
+END
+$$;
+
+-- Brings tenant_role's API-key login in line with ringgate.projects.
+CREATE OR REPLACE FUNCTION ringgate_private.sync_key_login(tenant_role text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg record;
+    login text;
+    login_oid oid;
+    dbs text[];
+    db text;
+    r record;
+BEGIN
+    PERFORM ringgate_private.check_projects_table();
+    SELECT prefix, secret INTO cfg FROM ringgate_private.key_login;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no API-key login secret: run compose/config/bootstrap.sql';
+    END IF;
+    IF tenant_role !~ '^[a-z_][a-z0-9_]*$' OR length(cfg.prefix || tenant_role) > 63 THEN
+        RAISE EXCEPTION 'role "%" cannot have an API-key login: it must be a lowercase identifier of at most % characters',
+            tenant_role, 63 - length(cfg.prefix);
+    END IF;
+    login := cfg.prefix || tenant_role;
+    SELECT coalesce(array_agg(DISTINCT p.database), '{}') INTO dbs
+    FROM ringgate.projects p WHERE tenant_role = ANY (p.roles);
+    SELECT oid INTO login_oid FROM pg_roles WHERE rolname = login;
+
+    IF cardinality(dbs) = 0 THEN
+        -- No project lists the role any more: the login can do nothing.
+        IF login_oid IS NOT NULL THEN
+            EXECUTE format('ALTER ROLE %I NOLOGIN PASSWORD NULL', login);
+            FOR r IN SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                     WHERE m.member = login_oid LOOP
+                EXECUTE format('REVOKE %I FROM %I', r.rolname, login);
+            END LOOP;
+            FOR r IN SELECT d.datname FROM pg_database d, aclexplode(d.datacl) a
+                     WHERE a.grantee = login_oid LOOP
+                EXECUTE format('REVOKE ALL ON DATABASE %I FROM %I', r.datname, login);
+            END LOOP;
+        END IF;
+        RETURN;
+    END IF;
+
+    -- The tenant role must exist and reach no privileged role, directly or through others.
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = tenant_role) THEN
+        RAISE EXCEPTION 'role "%" does not exist: create it before listing it in ringgate.projects', tenant_role;
+    END IF;
+    IF tenant_role = 'ringgate_app' OR tenant_role LIKE cfg.prefix || '%' THEN
+        RAISE EXCEPTION 'role "%" is ringgate''s own and cannot be a tenant role', tenant_role;
+    END IF;
+    IF EXISTS (
+        WITH RECURSIVE reach(oid) AS (
+            SELECT oid FROM pg_roles WHERE rolname = tenant_role
+            UNION
+            SELECT m.roleid FROM pg_auth_members m JOIN reach ON m.member = reach.oid
+        )
+        SELECT 1 FROM reach JOIN pg_roles g ON g.oid = reach.oid
+        WHERE g.rolsuper OR g.rolcreaterole OR g.rolreplication OR g.rolbypassrls
+           OR g.rolname LIKE 'pg\_%' OR g.rolname = 'ringgate_app'
+    ) THEN
+        RAISE EXCEPTION 'role "%" is or reaches a privileged role and cannot be a tenant role', tenant_role;
+    END IF;
+    FOREACH db IN ARRAY dbs LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = db) THEN
+            RAISE EXCEPTION 'database "%" does not exist: create it before listing it in ringgate.projects', db;
+        END IF;
+    END LOOP;
+
+    IF login_oid IS NULL THEN
+        EXECUTE format('CREATE ROLE %I', login);
+        SELECT oid INTO login_oid FROM pg_roles WHERE rolname = login;
+    END IF;
+    EXECUTE format('ALTER ROLE %I LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE '
+                   'NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1 VALID UNTIL ''infinity'' PASSWORD %L',
+                   login, encode(ringgate_private.hmac(tenant_role, cfg.secret, 'sha256'), 'hex'));
+    -- Member of tenant_role alone, without ADMIN OPTION; nobody is a member of the login.
+    FOR r IN SELECT g.rolname, m.admin_option FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+             WHERE m.member = login_oid LOOP
+        IF r.rolname <> tenant_role OR r.admin_option THEN
+            EXECUTE format('REVOKE %I FROM %I', r.rolname, login);
+        END IF;
+    END LOOP;
+    FOR r IN SELECT u.rolname FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member
+             WHERE m.roleid = login_oid LOOP
+        EXECUTE format('REVOKE %I FROM %I', login, r.rolname);
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                   WHERE m.member = login_oid AND g.rolname = tenant_role) THEN
+        EXECUTE format('GRANT %I TO %I', tenant_role, login);
+    END IF;
+    -- CONNECT on exactly the projects' databases, which nobody else reaches through PUBLIC.
+    FOR r IN SELECT d.datname FROM pg_database d, aclexplode(d.datacl) a
+             WHERE a.grantee = login_oid AND NOT d.datname = ANY (dbs) LOOP
+        EXECUTE format('REVOKE ALL ON DATABASE %I FROM %I', r.datname, login);
+    END LOOP;
+    FOREACH db IN ARRAY dbs LOOP
+        EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', db);
+        EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', db, login);
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ringgate_private.projects_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    roles text[] := '{}';
+    tenant_role text;
+BEGIN
+    PERFORM ringgate_private.check_projects_table();
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        roles := roles || OLD.roles;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        roles := roles || NEW.roles;
+    END IF;
+    FOR tenant_role IN SELECT DISTINCT unnest(roles) LOOP
+        PERFORM ringgate_private.sync_key_login(tenant_role);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ringgate_private FROM PUBLIC;
+DROP TRIGGER IF EXISTS projects_key_logins ON ringgate.projects;
+CREATE TRIGGER projects_key_logins AFTER INSERT OR UPDATE OR DELETE ON ringgate.projects
+    FOR EACH ROW EXECUTE FUNCTION ringgate_private.projects_changed();
+
+SET ROLE ringgate_app;
 INSERT INTO ringgate.projects (project_id, database, roles) VALUES
     ('alpha', 'tenant_alpha', ARRAY['alpha_owner']),
     ('beta', 'tenant_beta', ARRAY['beta_owner'])
 ON CONFLICT (project_id) DO NOTHING;
 RESET ROLE;
+-- Every listed role's login, made or brought up to date (a new secret rotates them all).
+SELECT ringgate_private.sync_key_login(r) FROM (SELECT DISTINCT unnest(roles) AS r FROM ringgate.projects) s;

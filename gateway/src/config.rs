@@ -211,8 +211,8 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_REDIS_PASSWORD, default: "(unset)", help: "password of the Redis nodes (requirepass)" },
     VarDoc { name: ENV_REDIS_TIMEOUT, default: "1s", help: "connect and response timeout of one Redis attempt" },
     VarDoc { name: ENV_SESSION_CACHE_TTL, default: "5s", help: "how long a core keeps a looked-up API key (0s: ask Redis every time)" },
-    VarDoc { name: ENV_AUTHENTICATOR_USER, default: "ringgate_authenticator", help: "role /sql logs in as for API-key requests, taking the session's role" },
-    VarDoc { name: ENV_AUTHENTICATOR_PASSWORD, default: "(unset)", help: "its password; with Redis set, enables API keys (apikey header, Bearer token)" },
+    VarDoc { name: ENV_KEY_LOGIN_SECRET, default: "(unset)", help: "secret (32+ characters) the per-role API-key login passwords derive from; with Redis set, enables API keys (apikey header, Bearer token)" },
+    VarDoc { name: ENV_KEY_LOGIN_PREFIX, default: "ringgate_key_", help: "prefix of the login role of each tenant role (API-key requests log in as <prefix><role>)" },
     VarDoc { name: ENV_ROUTES, default: "(unset)", help: "reverse-proxy routes: /prefix=group,... (longest prefix wins)" },
     VarDoc { name: ENV_WORKER_UPSTREAMS, default: "(unset)", help: "static workers: group=ip:port[*weight],...;group=..." },
     VarDoc { name: ENV_DISCOVERY_INTERVAL, default: "30s", help: "rescan of worker registrations in Redis when no announcement arrives" },
@@ -256,6 +256,14 @@ pub enum EnvError {
     NotUnicode {
         /// The variable.
         name: String,
+    },
+    /// A variable that is no longer read is set.
+    #[error("{name} is no longer read: {instead}")]
+    Removed {
+        /// The variable.
+        name: &'static str,
+        /// What to set instead.
+        instead: &'static str,
     },
     /// A variable another one requires is missing.
     #[error("{name} must be set: {why}")]
@@ -408,8 +416,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Redis through Sentinel, when `RINGGATE_REDIS_SENTINELS` is set.
     pub redis: Option<RedisSettings>,
-    /// The API-key login, when `RINGGATE_AUTHENTICATOR_PASSWORD` is set.
-    pub authenticator: Option<Authenticator>,
+    /// The API-key logins, when `RINGGATE_KEY_LOGIN_SECRET` is set.
+    pub key_login: Option<KeyLogin>,
     /// Reverse-proxy routes and workers.
     pub proxy: ProxyConfig,
     /// Bearer token for the admin endpoints (off when `None`).
@@ -512,12 +520,12 @@ impl Config {
             }
         });
         let redis = r.redis();
-        let authenticator = r.authenticator();
+        let key_login = r.key_login();
         let proxy = r.proxy();
-        if authenticator.is_some() && redis.is_none() && r.errors.is_empty() {
+        if key_login.is_some() && redis.is_none() && r.errors.is_empty() {
             r.missing(
                 ENV_REDIS_SENTINELS,
-                "RINGGATE_AUTHENTICATOR_PASSWORD is set (API keys live in Redis)",
+                "RINGGATE_KEY_LOGIN_SECRET is set (API keys live in Redis)",
             );
         }
         if proxy.global_rate_limit.is_some() && redis.is_none() && r.errors.is_empty() {
@@ -563,7 +571,7 @@ impl Config {
             log_filter: log_filter.unwrap_or_else(|| "info".to_string()),
             log_format: log_format.unwrap_or(LogFormat::Plain),
             redis,
-            authenticator,
+            key_login,
             proxy,
             admin_token,
         })
@@ -818,6 +826,11 @@ impl Reader<'_> {
             value,
             expected,
         });
+    }
+
+    fn removed(&mut self, name: &'static str, instead: &'static str) {
+        error!("{name} is no longer read: {instead}");
+        self.errors.push(EnvError::Removed { name, instead });
     }
 
     fn missing(&mut self, name: &'static str, why: &'static str) {

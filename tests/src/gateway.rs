@@ -26,13 +26,13 @@ pub fn start(env: &[(&str, &str)]) -> (Gateway, SocketAddr) {
 }
 
 /// [`start`] with the backend's database, control database, Redis (through its Sentinels)
-/// and authenticator settings, on top of `extra`.
+/// and API-key login settings, on top of `extra`.
 pub fn start_with_redis(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
     let (db, control) = (pg_admin_url(), required("RINGGATE_CONTROL_DATABASE_URL"));
     let (sentinels, password, auth) = (
         required("RINGGATE_REDIS_SENTINELS"),
         required("RINGGATE_REDIS_PASSWORD"),
-        required("RINGGATE_AUTHENTICATOR_PASSWORD"),
+        required("RINGGATE_KEY_LOGIN_SECRET"),
     );
     let master = required("RINGGATE_REDIS_MASTER");
     let mut env = vec![
@@ -41,7 +41,7 @@ pub fn start_with_redis(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAdd
         ("RINGGATE_REDIS_SENTINELS", sentinels.as_str()),
         ("RINGGATE_REDIS_MASTER", master.as_str()),
         ("RINGGATE_REDIS_PASSWORD", password.as_str()),
-        ("RINGGATE_AUTHENTICATOR_PASSWORD", auth.as_str()),
+        ("RINGGATE_KEY_LOGIN_SECRET", auth.as_str()),
     ];
     env.extend_from_slice(extra);
     let owned: Vec<(String, String)> = env

@@ -16,10 +16,22 @@ pub const ENV_REDIS_PASSWORD: &str = "RINGGATE_REDIS_PASSWORD";
 pub const ENV_REDIS_TIMEOUT: &str = "RINGGATE_REDIS_TIMEOUT";
 /// `RINGGATE_SESSION_CACHE_TTL`: how long a core keeps a looked-up API key.
 pub const ENV_SESSION_CACHE_TTL: &str = "RINGGATE_SESSION_CACHE_TTL";
-/// `RINGGATE_AUTHENTICATOR_USER`: the role API-key requests log in as.
-pub const ENV_AUTHENTICATOR_USER: &str = "RINGGATE_AUTHENTICATOR_USER";
-/// `RINGGATE_AUTHENTICATOR_PASSWORD`: its password; enables API keys.
-pub const ENV_AUTHENTICATOR_PASSWORD: &str = "RINGGATE_AUTHENTICATOR_PASSWORD";
+/// `RINGGATE_KEY_LOGIN_SECRET`: the secret API-key login passwords are derived from;
+/// enables API keys.
+pub const ENV_KEY_LOGIN_SECRET: &str = "RINGGATE_KEY_LOGIN_SECRET";
+/// `RINGGATE_KEY_LOGIN_PREFIX`: the prefix of the login role of each tenant role.
+pub const ENV_KEY_LOGIN_PREFIX: &str = "RINGGATE_KEY_LOGIN_PREFIX";
+/// Variables of the shared authenticator login, replaced by per-role key logins: a set one
+/// stops the start (an operator who upgrades learns that the fence changed).
+pub const REMOVED_AUTHENTICATOR_VARS: [&str; 2] = [
+    "RINGGATE_AUTHENTICATOR_USER",
+    "RINGGATE_AUTHENTICATOR_PASSWORD",
+];
+/// Default of [`ENV_KEY_LOGIN_PREFIX`]; the bootstrap's `ringgate_private.key_login_prefix`
+/// must agree.
+pub const DEFAULT_KEY_LOGIN_PREFIX: &str = "ringgate_key_";
+/// Shortest accepted key-login secret.
+const MIN_KEY_LOGIN_SECRET: usize = 32;
 /// `RINGGATE_WORKER_UPSTREAMS`: static workers.
 pub const ENV_WORKER_UPSTREAMS: &str = "RINGGATE_WORKER_UPSTREAMS";
 /// `RINGGATE_DISCOVERY_INTERVAL`: worker rescan period.
@@ -69,13 +81,40 @@ pub struct RedisSettings {
     pub session_cache_ttl: Duration,
 }
 
-/// The login API-key requests use (`RINGGATE_AUTHENTICATOR_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authenticator {
-    /// Role name (default `ringgate_authenticator`).
-    pub user: String,
-    /// Its password.
-    pub password: String,
+/// How API-key requests log in (`RINGGATE_KEY_LOGIN_*`): each tenant role `r` has its own
+/// login role `<prefix>r`, `NOINHERIT` and granted `r` alone, whose password is
+/// `hex(HMAC-SHA256(secret, r))`. The control database's trigger on `ringgate.projects`
+/// creates and fences these roles (compose/config/bootstrap.sql); ringgate only derives the
+/// password, so no per-tenant password is stored anywhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyLogin {
+    /// Prefix of the login roles (default [`DEFAULT_KEY_LOGIN_PREFIX`]).
+    pub prefix: String,
+    /// The shared secret (32+ characters).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for KeyLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLogin")
+            .field("prefix", &self.prefix)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl KeyLogin {
+    /// The login role and password for tenant role `role`, or `None` when the login's name
+    /// would exceed PostgreSQL's 63 bytes.
+    pub fn login_for(&self, role: &str) -> Option<(String, String)> {
+        let user = format!("{}{role}", self.prefix);
+        if user.len() > 63 {
+            return None;
+        }
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.secret.as_bytes());
+        let tag = ring::hmac::sign(&key, role.as_bytes());
+        Some((user, hex::encode(tag.as_ref())))
+    }
 }
 
 /// One entry of `RINGGATE_ROUTES`.
@@ -188,13 +227,44 @@ impl Reader<'_> {
         })
     }
 
-    /// `RINGGATE_AUTHENTICATOR_USER` / `_PASSWORD`; `None` without a password.
-    pub(super) fn authenticator(&mut self) -> Option<Authenticator> {
-        let user = self
-            .string(ENV_AUTHENTICATOR_USER)
-            .unwrap_or_else(|| "ringgate_authenticator".into());
-        let password = self.string(ENV_AUTHENTICATOR_PASSWORD)?;
-        Some(Authenticator { user, password })
+    /// `RINGGATE_KEY_LOGIN_SECRET` / `_PREFIX`; `None` without a secret. The removed
+    /// `RINGGATE_AUTHENTICATOR_*` variables are refused by name.
+    pub(super) fn key_login(&mut self) -> Option<KeyLogin> {
+        for name in REMOVED_AUTHENTICATOR_VARS {
+            if self.string(name).is_some() {
+                self.removed(
+                    name,
+                    "API keys log in as one role per tenant role now; set RINGGATE_KEY_LOGIN_SECRET (README, API keys)",
+                );
+            }
+        }
+        let prefix = self
+            .parse(ENV_KEY_LOGIN_PREFIX, |s| {
+                let ok = !s.is_empty()
+                    && s.len() <= 30
+                    && s.bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                    && s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                match ok {
+                    true => Ok(s.to_string()),
+                    false => Err(parse::ParseError {
+                        expected: "a lowercase identifier prefix of at most 30 characters",
+                    }),
+                }
+            })
+            .unwrap_or_else(|| DEFAULT_KEY_LOGIN_PREFIX.into());
+        let secret = self.string(ENV_KEY_LOGIN_SECRET)?;
+        if secret.len() < MIN_KEY_LOGIN_SECRET {
+            self.invalid(
+                ENV_KEY_LOGIN_SECRET,
+                "<redacted>".into(),
+                "a secret of at least 32 characters",
+            );
+            return None;
+        }
+        Some(KeyLogin { prefix, secret })
     }
 
     /// `RINGGATE_ROUTES`, `RINGGATE_WORKER_UPSTREAMS` and the upstream timeouts.
@@ -288,7 +358,9 @@ mod tests {
 mod env_tests {
     use std::collections::HashMap;
 
-    use crate::config::{Config, EnvError};
+    use crate::config::{
+        Config, EnvError, KeyLogin, DEFAULT_KEY_LOGIN_PREFIX, REMOVED_AUTHENTICATOR_VARS,
+    };
 
     fn read(pairs: &[(&'static str, &'static str)]) -> Result<Config, EnvError> {
         Config::from_strings(&pairs.iter().copied().collect::<HashMap<_, _>>())
@@ -296,7 +368,11 @@ mod env_tests {
 
     fn named(r: Result<Config, EnvError>) -> &'static str {
         match r {
-            Err(EnvError::Invalid { name, .. } | EnvError::Missing { name, .. }) => name,
+            Err(
+                EnvError::Invalid { name, .. }
+                | EnvError::Missing { name, .. }
+                | EnvError::Removed { name, .. },
+            ) => name,
             other => panic!("expected an error, got {other:?}"),
         }
     }
@@ -307,10 +383,23 @@ mod env_tests {
             named(read(&[("RINGGATE_REDIS_SENTINELS", "nohostport")])),
             "RINGGATE_REDIS_SENTINELS"
         );
+        let secret = "0123456789abcdef0123456789abcdef";
         assert_eq!(
-            named(read(&[("RINGGATE_AUTHENTICATOR_PASSWORD", "x")])),
+            named(read(&[("RINGGATE_KEY_LOGIN_SECRET", secret)])),
             "RINGGATE_REDIS_SENTINELS"
         );
+        let sentinels = ("RINGGATE_REDIS_SENTINELS", "127.0.0.1:26379");
+        assert_eq!(
+            named(read(&[sentinels, ("RINGGATE_KEY_LOGIN_SECRET", "short")])),
+            "RINGGATE_KEY_LOGIN_SECRET"
+        );
+        assert_eq!(
+            named(read(&[sentinels, ("RINGGATE_KEY_LOGIN_PREFIX", "Bad-")])),
+            "RINGGATE_KEY_LOGIN_PREFIX"
+        );
+        for removed in REMOVED_AUTHENTICATOR_VARS {
+            assert_eq!(named(read(&[sentinels, (removed, "x")])), removed);
+        }
         assert_eq!(
             named(read(&[("RINGGATE_ROUTES", "api=x")])),
             "RINGGATE_ROUTES"
@@ -351,10 +440,29 @@ mod env_tests {
         let r = c.redis.unwrap();
         assert_eq!(r.redis.master, "mymaster");
         assert_eq!(r.session_cache_ttl, std::time::Duration::from_secs(5));
-        assert!(c.authenticator.is_none());
+        assert!(c.key_login.is_none());
         assert_eq!(
             c.proxy.discovery_interval,
             std::time::Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn a_key_login_is_the_prefixed_role_with_a_password_derived_from_the_secret() {
+        let login = KeyLogin {
+            prefix: DEFAULT_KEY_LOGIN_PREFIX.into(),
+            secret: "0123456789abcdef0123456789abcdef".into(),
+        };
+        let (user, password) = login.login_for("alpha_owner").unwrap();
+        assert_eq!(user, "ringgate_key_alpha_owner");
+        // The same HMAC the bootstrap's trigger computes with pgcrypto (value from
+        // `select encode(hmac('alpha_owner', secret, 'sha256'), 'hex')` on the cluster).
+        assert_eq!(
+            password,
+            "76e4079f5a43fc00526620ba70b843e7b6746b3dd1dfb948cb7029f9d404d394"
+        );
+        assert_ne!(login.login_for("beta_owner").unwrap().1, password);
+        assert_eq!(login.login_for(&"r".repeat(51)), None);
+        assert!(!format!("{login:?}").contains("0123456789abcdef"));
     }
 }

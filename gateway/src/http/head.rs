@@ -84,15 +84,32 @@ pub fn parse_head(buf: &mut BytesMut, max_bytes: usize) -> Result<Option<ParsedH
             .headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if parts.version == Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
-        return Err(HeadError::Malformed("HTTP/1.1 request without Host".into()));
-    }
+    check_host(&parts)?;
     Ok(Some(ParsedHead {
         parts,
         framing,
         keep_alive,
         expect_continue,
     }))
+}
+
+/// One `Host`, agreeing with an absolute-form target (RFC 9112 3.2): a request that names
+/// two authorities could be routed by one and checked against the other.
+fn check_host(parts: &http::request::Parts) -> Result<(), HeadError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HeadError::Malformed("more than one Host header".into()));
+    }
+    match (host, parts.uri.authority()) {
+        (None, _) if parts.version == Version::HTTP_11 => Err(HeadError::Malformed(
+            "HTTP/1.1 request without Host".into(),
+        )),
+        (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Err(
+            HeadError::Malformed("Host disagrees with the request target's authority".into()),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Decides the body framing, rejecting anything ambiguous (request smuggling vectors).
@@ -181,6 +198,27 @@ mod tests {
         assert_eq!(head.framing, Framing::Empty);
         assert!(head.keep_alive);
         assert_eq!(&buf[..], b"GET /next");
+    }
+
+    #[test]
+    fn one_host_that_agrees_with_an_absolute_target() {
+        for bad in [
+            "GET / HTTP/1.1\r\nHost: alpha.x\r\nHost: beta.x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+            "GET http://beta.x/sql HTTP/1.1\r\nHost: alpha.x\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(HeadError::Malformed(_))),
+                "{bad:?} must be refused"
+            );
+        }
+        for good in [
+            "GET http://Alpha.x:8080/sql HTTP/1.1\r\nHost: alpha.x:8080\r\n\r\n",
+            "GET /sql HTTP/1.0\r\n\r\n",
+        ] {
+            assert!(parse(good).unwrap().is_some(), "{good:?}");
+        }
     }
 
     #[test]

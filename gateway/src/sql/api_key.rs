@@ -1,10 +1,13 @@
 //! `/sql` requests that present an API key instead of a connection string.
 //!
 //! The key's session (from Redis) names the project and the role; the project's row names
-//! the database. ringgate connects as the authenticator role with `-c role=<role>`, which
-//! PostgreSQL accepts only for roles granted to the authenticator, so the statements run
-//! with exactly the session role's privileges. When the request's `Host` names a project
-//! (its first label), it must be the session's.
+//! the database. ringgate connects as the role's own key login (`<prefix><role>`, see
+//! [`KeyLogin`](crate::config::KeyLogin)) with `-c role=<role>`. The fence is PostgreSQL's:
+//! that login is granted the session's role alone and may connect only to the databases of
+//! the projects that list the role, so no statement the key holder sends (`SET ROLE`,
+//! `RESET ROLE`, `SET SESSION AUTHORIZATION`, `set_config`, functions, `DO` blocks) reaches
+//! any other role. When the request's `Host` names a project (its first label), it must be
+//! the session's.
 
 use std::rc::Rc;
 
@@ -45,7 +48,7 @@ pub async fn tenant(
     key: &str,
     headers: &HeaderMap,
 ) -> Result<(Tenant, usize), Response> {
-    let (Some(sessions), Some(auth)) = (&core.sessions, &core.config.authenticator) else {
+    let (Some(sessions), Some(key_login)) = (&core.sessions, &core.config.key_login) else {
         return Err(gateway_error(
             StatusCode::UNAUTHORIZED,
             "api_keys_disabled",
@@ -103,16 +106,20 @@ pub async fn tenant(
         }
         Err(e) => return Err(unavailable("control_unavailable", &e.to_string(), 1)),
     };
-    if !project.roles.contains(&session.role) || !plain_identifier(&session.role) {
+    let login = match project.roles.contains(&session.role) && plain_identifier(&session.role) {
+        true => key_login.login_for(&session.role),
+        false => None,
+    };
+    let Some((user, password)) = login else {
         return Err(gateway_error(
             StatusCode::FORBIDDEN,
             "role_not_allowed",
             &format!(
-                "role {:?} is not one of project {:?}'s roles",
+                "role {:?} is not one of project {:?}'s roles usable with API keys",
                 session.role, session.project
             ),
         ));
-    }
+    };
     let mut options = format!("-c role={}", session.role);
     if project.statement_timeout_ms > 0 {
         options.push_str(&format!(
@@ -124,8 +131,8 @@ pub async fn tenant(
         project: session.project,
         credentials: Credentials {
             database: project.database,
-            user: auth.user.clone(),
-            password: auth.password.clone(),
+            user,
+            password,
             options,
         },
     };

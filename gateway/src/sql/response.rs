@@ -120,7 +120,32 @@ pub fn batch_response(results: &[String]) -> Response {
     Response::new(StatusCode::OK, "application/json", out)
 }
 
-/// PostgreSQL's error as the driver expects it, HTTP 400 (403 for authentication).
+/// A server's refusal of a new connection: a failed authentication (wrong password, no such
+/// role: PostgreSQL does not say which) is 401, a known identity that may not connect
+/// (no CONNECT on the database, no such database, too many connections for the role) 403,
+/// anything else as [`db_error`].
+pub fn startup_error(e: &DbError) -> Response {
+    let sqlstate = e.code().code();
+    let (status, code, message) = match sqlstate {
+        "28P01" | "28000" => (
+            StatusCode::UNAUTHORIZED,
+            "authentication_failed",
+            "the database refused the credentials: wrong password or no such role".to_string(),
+        ),
+        "42501" | "3D000" | "53300" => (
+            StatusCode::FORBIDDEN,
+            "connection_refused",
+            format!("the database refused the connection: {}", e.message()),
+        ),
+        _ => return db_error(e),
+    };
+    Response::json(
+        status,
+        &json!({"code": code, "message": message, "sqlstate": sqlstate}),
+    )
+}
+
+/// PostgreSQL's error as the driver expects it, HTTP 400.
 pub fn db_error(e: &DbError) -> Response {
     let mut m = Map::new();
     m.insert("message".into(), e.message().into());
@@ -145,12 +170,7 @@ pub fn db_error(e: &DbError) -> Response {
     if let Some(tokio_postgres::error::ErrorPosition::Original(p)) = e.position() {
         m.insert("position".into(), p.to_string().into());
     }
-    let status = if e.code().code().starts_with("28") {
-        StatusCode::FORBIDDEN
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    Response::json(status, &Value::Object(m))
+    Response::json(StatusCode::BAD_REQUEST, &Value::Object(m))
 }
 
 /// A gateway error in the same shape: `{message, code}` (code is ours, not a SQLSTATE).
