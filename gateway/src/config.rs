@@ -6,6 +6,7 @@
 //! turns that into exit code 64. [`VARS`] documents each variable for `ringgate --help`.
 
 pub mod parse;
+pub mod secret_file;
 pub mod upstreams;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
@@ -273,11 +274,29 @@ pub enum EnvError {
         /// Which setting needs it.
         why: &'static str,
     },
+    /// Both a variable and its `_FILE` variant are set.
+    #[error("{name} and {name}_FILE are both set: set one of them")]
+    ValueAndFile {
+        /// The variable (without `_FILE`).
+        name: String,
+    },
+    /// The file a `_FILE` variable names cannot be read.
+    #[error("{name}={path:?} cannot be read: {error}")]
+    File {
+        /// The `_FILE` variable.
+        name: String,
+        /// The path it holds.
+        path: String,
+        /// Why it cannot be read.
+        error: String,
+    },
 }
 
 /// A source of configuration strings: the process environment or, in tests, a map.
+/// Both read `X_FILE` for every variable `X` ([`secret_file::resolve`]).
 pub trait Strings {
-    /// The value of `key`, `None` when unset or empty.
+    /// The value of `key` (or the content of the file `key_FILE` names), `None` when unset
+    /// or empty.
     fn get(&self, key: &str) -> Result<Option<String>, EnvError>;
 }
 
@@ -287,22 +306,24 @@ pub struct Env;
 
 impl Strings for Env {
     fn get(&self, key: &str) -> Result<Option<String>, EnvError> {
-        match std::env::var(key) {
+        secret_file::resolve(key, |key| match std::env::var(key) {
             Ok(v) if v.is_empty() => Ok(None),
             Ok(v) => Ok(Some(v)),
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(std::env::VarError::NotUnicode(_)) => Err(EnvError::NotUnicode {
                 name: key.to_string(),
             }),
-        }
+        })
     }
 }
 
 impl Strings for HashMap<&str, &str> {
     fn get(&self, key: &str) -> Result<Option<String>, EnvError> {
-        Ok(HashMap::get(self, key)
-            .filter(|v| !v.is_empty())
-            .map(|v| v.to_string()))
+        secret_file::resolve(key, |key| {
+            Ok(HashMap::get(self, key)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.to_string()))
+        })
     }
 }
 
@@ -592,7 +613,8 @@ pub fn help_text() -> String {
          Usage: ringgate [--help | --version]\n\n\
          Configuration comes from environment variables only. An invalid value stops the\n\
          process with exit code 64 and names the variable. Durations: 250ms, 30s, 5m, 1h.\n\
-         Sizes: bytes, or 16KiB, 1MiB, 1GiB.\n\n\
+         Sizes: bytes, or 16KiB, 1MiB, 1GiB. Any variable X can instead be read from a file:\n\
+         X_FILE=/run/secrets/x (trimmed content; both set is an error).\n\n\
          Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the TLS certificate.\n\n\
          Environment variables:\n",
     );
