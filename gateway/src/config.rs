@@ -221,7 +221,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_UPSTREAM_IDLE_TIMEOUT, default: "30s", help: "keep-alive connections to a worker idle longer than this are closed, not reused" },
     VarDoc { name: ENV_UPSTREAM_IDLE_MAX, default: "1024", help: "idle keep-alive connections kept per worker and core (more are closed)" },
     VarDoc { name: ENV_STICKY_GROUPS, default: "(unset)", help: "worker groups with cookie-based sticky sessions (group,...)" },
-    VarDoc { name: ENV_RATE_LIMIT, default: "(unset)", help: "proxied requests per second per tenant (Host's project, else client IP), split across cores; over it: 429" },
+    VarDoc { name: ENV_RATE_LIMIT, default: "(unset)", help: "proxied requests per second per tenant (a valid API key's project, else client IP), split across cores; over it: 429" },
     VarDoc { name: ENV_RATE_BURST, default: "= rate", help: "token-bucket size per tenant" },
     VarDoc { name: ENV_GLOBAL_RATE_LIMIT, default: "(unset)", help: "proxied requests per second per tenant across every instance sharing the Redis (needs RINGGATE_REDIS_SENTINELS); over it: 429" },
     VarDoc { name: ENV_UPSTREAM_HEALTH_INTERVAL, default: "2s", help: "active health check of every worker (0s: off)" },

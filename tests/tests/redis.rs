@@ -74,6 +74,29 @@ fn test_api_key_runs_sql_as_the_session_role_of_its_project() {
         (403, Some("project_mismatch"))
     );
 
+    // Two Host headers (the key check would read one, a worker both): 400 before any
+    // project check. A key and a connection string together: 400, neither is used.
+    let r = sql_with(
+        addr,
+        &[
+            ("apikey", &key),
+            ("Host", "alpha.ringgate.test"),
+            ("Host", "beta.ringgate.test"),
+        ],
+        q,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let cs = ringgate_tests::backend::alpha_conn_string();
+    for auth in [("apikey", key.as_str()), ("Authorization", bearer.as_str())] {
+        let r = sql_with(addr, &[auth, ("Neon-Connection-String", &cs)], q);
+        assert_eq!(
+            (r.status, r.json()["code"].as_str()),
+            (400, Some("ambiguous_credentials")),
+            "{}",
+            r.text()
+        );
+    }
+
     // Unknown, expired, malformed keys; a role the project does not have.
     let r = sql_with(addr, &[("apikey", "no-such-key")], q);
     assert_eq!(
@@ -530,9 +553,13 @@ fn test_global_rate_limit_is_shared_by_every_gateway_through_redis() {
         wait_for_worker(addr, "/g/ready", "global-rl", Duration::from_secs(10));
     }
     let before = w.count();
-    let tenant = unique("rl");
-    let host = format!("{tenant}.example.com");
-    let headers = [("Host", host.as_str())];
+    // The tenant is the API key's project (a Host header would be ignored).
+    let project = unique("rl");
+    let tenant = format!("project:{project}");
+    let key = unique("rl-key-");
+    put_session(&key, &json!({"project": project, "role": "x"}));
+    let host = format!("{}.example.com", unique("rotated"));
+    let headers = [("apikey", key.as_str()), ("Host", host.as_str())];
     // Three seconds of requests, alternating between the two gateways (each with two
     // cores), far faster than the limit.
     let run = Duration::from_secs(3);
@@ -596,4 +623,48 @@ fn test_global_rate_limit_is_shared_by_every_gateway_through_redis() {
     let other = format!("{}.example.com", unique("rl-other"));
     let r = request(a, "GET", "/g/x", &[("Host", other.as_str())], b"");
     assert_eq!(r.status, 200);
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_rate_limit_counts_the_api_key_project_not_the_host() {
+    let w = TestWorker::start("rl-key");
+    let upstreams = format!("g={}", w.addr);
+    let (_g, addr) = start_with_redis(&[
+        ("RINGGATE_ROUTES", "/g=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+        ("RINGGATE_RATE_LIMIT", "1"),
+        ("RINGGATE_RATE_BURST", "3"),
+    ]);
+    wait_for_worker(addr, "/g/ready", "rl-key", Duration::from_secs(10));
+    let (alpha, beta) = (unique("rl-a-"), unique("rl-b-"));
+    put_session(&alpha, &json!({"project": unique("rla"), "role": "x"}));
+    put_session(&beta, &json!({"project": unique("rlb"), "role": "x"}));
+    // One key's project: 3 requests (the burst), then 429 whatever Host it sends.
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| {
+            let host = format!("h{i}.example.com");
+            request(
+                addr,
+                "GET",
+                "/g/x",
+                &[("apikey", &alpha), ("Host", &host)],
+                b"",
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    // Another project's key, from the same address, has its own bucket.
+    let r = request(addr, "GET", "/g/x", &[("apikey", &beta)], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // No key, or an unknown one: the client's address, a bucket of its own.
+    for headers in [&[][..], &[("apikey", "no-such-key")][..]] {
+        let r = request(addr, "GET", "/g/x", headers, b"");
+        assert!(r.status == 200 || r.status == 429, "{}", r.status);
+    }
+    let burst: Vec<u16> = (0..4)
+        .map(|_| request(addr, "GET", "/g/x", &[("apikey", "no-such-key")], b"").status)
+        .collect();
+    assert_eq!(burst.last(), Some(&429), "{burst:?}");
 }

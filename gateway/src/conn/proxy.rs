@@ -83,7 +83,7 @@ impl Conn {
     ) -> Proxied {
         let core = self.core.clone();
         let up = &core.upstreams;
-        if let Some(refusal) = up.rate_limit(&core, &head.parts, self.peer) {
+        if let Some(refusal) = up.rate_limit(&core, &head.parts, self.peer).await {
             return self
                 .answer_and_drain_body(io, head, refusal, request_id)
                 .await;

@@ -102,9 +102,9 @@ fn check_host(parts: &http::request::Parts) -> Result<(), HeadError> {
         return Err(HeadError::Malformed("more than one Host header".into()));
     }
     match (host, parts.uri.authority()) {
-        (None, _) if parts.version == Version::HTTP_11 => Err(HeadError::Malformed(
-            "HTTP/1.1 request without Host".into(),
-        )),
+        (None, _) if parts.version == Version::HTTP_11 => {
+            Err(HeadError::Malformed("HTTP/1.1 request without Host".into()))
+        }
         (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) => Err(
             HeadError::Malformed("Host disagrees with the request target's authority".into()),
         ),

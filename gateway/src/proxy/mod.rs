@@ -378,10 +378,9 @@ impl Upstreams {
         }
     }
 
-    /// The per-tenant rate limits: `Some(429)` when the tenant (the `Host` header's project,
-    /// else the client address) is over its share on this core or, with
-    /// `RINGGATE_GLOBAL_RATE_LIMIT`, over the fleet's limit.
-    pub fn rate_limit(
+    /// The per-tenant rate limits: `Some(429)` when the tenant (see [`tenant_of`]) is over
+    /// its share on this core or, with `RINGGATE_GLOBAL_RATE_LIMIT`, over the fleet's limit.
+    pub async fn rate_limit(
         &self,
         core: &Core,
         parts: &Parts,
@@ -391,7 +390,7 @@ impl Upstreams {
         if core.config.proxy.rate_limit.is_none() && global.is_none() {
             return None;
         }
-        let tenant = tenant_of(parts, peer);
+        let tenant = tenant_of(core, parts, peer).await;
         // The fleet's limit sees only what this core's own bucket let through.
         let wait = match self.local_wait(core, &tenant) {
             Some(wait) => wait,
@@ -446,16 +445,19 @@ impl Upstreams {
     }
 }
 
-/// Whom a proxied request is counted for: the `Host` header's project, else the client's
-/// address.
-fn tenant_of(parts: &Parts, peer: Option<SocketAddr>) -> String {
-    parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| crate::sql::request::project_of(h.split(':').next().unwrap_or(h)))
-        .or_else(|| peer.map(|p| p.ip().to_string()))
-        .unwrap_or_default()
+/// Whom a proxied request is counted for: the project of the API key it presents, when
+/// the key is valid, else the client's address. Never the `Host` header, which a client
+/// can rotate to get a fresh bucket each time; an invalid key counts as the address too.
+async fn tenant_of(core: &Core, parts: &Parts, peer: Option<SocketAddr>) -> String {
+    if let (Some(key), Some(sessions)) = (
+        crate::sessions::presented_key(&parts.headers),
+        &core.sessions,
+    ) {
+        if let Ok(session) = sessions.lookup(key).await {
+            return format!("project:{}", session.project);
+        }
+    }
+    peer.map(|p| format!("ip:{}", p.ip())).unwrap_or_default()
 }
 
 /// Active health checks on this core: `GET <path>` on every worker each interval; a

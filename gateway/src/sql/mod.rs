@@ -34,7 +34,8 @@ use self::{
     exec::ExecError,
     request::{RequestError, SqlRequest},
     response::{
-        batch_response, db_error, gateway_error, result_response, unavailable, write_result,
+        batch_response, db_error, gateway_error, result_response, startup_error, unavailable,
+        write_result,
     },
 };
 use crate::{
@@ -103,10 +104,14 @@ async fn answer(core: &Rc<Core>, req: &Request, class: &mut usize) -> Response {
         );
     };
     let headers = &req.head.headers;
-    let api_key = match request::has_connection_string(headers) {
-        true => None,
-        false => crate::sessions::presented_key(headers),
-    };
+    let api_key = crate::sessions::presented_key(headers);
+    if api_key.is_some() && request::has_connection_string(headers) {
+        return gateway_error(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_credentials",
+            "send either an API key (apikey or Authorization: Bearer) or Neon-Connection-String, not both",
+        );
+    }
     if let Some(key) = api_key {
         let tenant = match api_key::tenant(core, &db, key, headers).await {
             Ok((t, slot)) => {
@@ -127,7 +132,7 @@ async fn answer(core: &Rc<Core>, req: &Request, class: &mut usize) -> Response {
         Err(e) => return request_error(&e),
     };
     if let Some(projects) = &core.projects {
-        match check_project(projects, &db, &sql).await {
+        match check_project(projects, &db, &sql, headers).await {
             Ok(p) => {
                 *class = p.class_slot;
                 if p.statement_timeout_ms > 0 {
@@ -147,6 +152,7 @@ async fn check_project(
     projects: &crate::projects::ProjectCache,
     db: &Rc<Shard>,
     sql: &SqlRequest,
+    headers: &http::HeaderMap,
 ) -> Result<crate::projects::Project, Response> {
     let t = &sql.tenant;
     match projects.get(db, &t.project).await {
@@ -163,11 +169,17 @@ async fn check_project(
                 t.project, t.credentials.database, t.credentials.user
             ),
         )),
-        Ok(None) => Err(gateway_error(
-            StatusCode::NOT_FOUND,
-            "unknown_project",
-            &format!("no project {:?}", t.project),
-        )),
+        Ok(None) => {
+            // How the project was derived, never which projects exist.
+            let how = request::project_origin(headers)
+                .map(|o| format!(": {o}"))
+                .unwrap_or_default();
+            Err(gateway_error(
+                StatusCode::NOT_FOUND,
+                "unknown_project",
+                &format!("no project {:?}{how}", t.project),
+            ))
+        }
         Err(e) => Err(unavailable("control_unavailable", &e.to_string(), 1)),
     }
 }
@@ -238,7 +250,12 @@ impl Ctx {
             };
             let mut budget = self.limit;
             match exec::run(c.conn(), st, &mut budget, self.limit).await {
-                Ok(r) => return result_response(&r, array_mode, sql.raw_text),
+                Ok(r) => {
+                    if kind == Kind::Write {
+                        reset_then_release(c);
+                    }
+                    return result_response(&r, array_mode, sql.raw_text);
+                }
                 Err(e) => {
                     match self.after_failure(c, intent, &e, || commits_with_transaction(&st.sql)) {
                         Next::Retry(next) => intent = next,
@@ -323,7 +340,10 @@ impl Ctx {
                 }
             }
             return match c.conn().client().batch_execute("COMMIT").await {
-                Ok(()) => batch_response(&results),
+                Ok(()) => {
+                    reset_then_release(c);
+                    batch_response(&results)
+                }
                 Err(e) if aborted_by_server(&e) && rerunnable() => {
                     c.discard();
                     self.event(SqlEvent::RerunAbortedByServer);
@@ -504,6 +524,28 @@ fn exec_error(e: &ExecError) -> Response {
     }
 }
 
+/// Session state a request can leave on its server connection (`SET`, `SET ROLE`, `LISTEN`,
+/// advisory locks, temporary tables, sequence caches). `RESET ALL` and `RESET ROLE` return
+/// to the connection's startup settings (its `-c` options: role, statement timeout).
+/// Prepared statements stay: they are ringgate's own cache.
+const RESET_SESSION: &str = "RESET ALL; RESET ROLE; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// Resets the session of a connection that ran a write or a batch, then returns it to its
+/// pool; runs after the response is on its way, so the client waits for none of it. A
+/// connection whose reset fails is closed. Plain reads (per the classifier) skip it.
+fn reset_then_release(mut c: Checkout) {
+    monoio::spawn(async move {
+        if c.conn()
+            .client()
+            .batch_execute(RESET_SESSION)
+            .await
+            .is_err()
+        {
+            c.discard();
+        }
+    });
+}
+
 /// Pool errors as responses: limits and outages are 503 with `Retry-After`.
 fn pool_error(e: &PoolError) -> Response {
     match e {
@@ -517,7 +559,7 @@ fn pool_error(e: &PoolError) -> Response {
         | PoolError::Closed
         | PoolError::Tls(_) => unavailable("backend_unavailable", &e.to_string(), 1),
         PoolError::Backend(pg) => match pg.as_db_error() {
-            Some(db) => db_error(db),
+            Some(db) => startup_error(db),
             None => unavailable("backend_unavailable", &pg.to_string(), 1),
         },
     }

@@ -321,11 +321,39 @@ fn tenant(s: &str) -> Result<Tenant, RequestError> {
 
 /// The project a host names: its first label, when it has several and is not an address.
 pub fn project_of(host: &str) -> Option<String> {
-    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+    if is_address(host) {
         return None;
     }
     let (first, rest) = host.split_once('.')?;
     (!first.is_empty() && !rest.is_empty()).then(|| first.to_ascii_lowercase())
+}
+
+fn is_address(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[')
+}
+
+/// How the request's connection string named its project, and how to name another, for
+/// a refusal such as `unknown_project`: `None` without a connection string that parses.
+pub fn project_origin(headers: &HeaderMap) -> Option<String> {
+    let parts = parse_parts(header(headers, "neon-connection-string")?).ok()?;
+    let (host, database) = (parts.host, parts.database?);
+    const FORM: &str = "postgres://role:password@PROJECT.any.host/database";
+    const RESOLVED: &str = "ringgate does not resolve the host";
+    Some(if project_of(&host).is_some() {
+        format!(
+            "it is the first label of the connection string's host {host:?} ({FORM}; {RESOLVED})"
+        )
+    } else {
+        let why = match is_address(&host) {
+            true => format!("host {host} is an IP address"),
+            false => format!("host {host:?} is a single label"),
+        };
+        format!(
+            "the connection string's {why}, so the project was taken from the database \
+             name {database:?}; to name a project, make it the host's first label: \
+             {FORM} ({RESOLVED})"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -421,6 +449,42 @@ mod tests {
                 .project,
             "tenant_beta"
         );
+    }
+
+    #[test]
+    fn project_origin_says_where_the_project_came_from() {
+        let origin = |cs: &'static str| project_origin(&headers(&[("neon-connection-string", cs)]));
+        let label = origin("postgres://u:p@gamma.localtest.me/tenant_gamma").unwrap();
+        assert!(
+            label.starts_with(
+                "it is the first label of the connection string's host \"gamma.localtest.me\""
+            ) && label.contains("PROJECT.any.host"),
+            "{label}"
+        );
+        for (cs, host) in [
+            (
+                "postgres://u:p@127.0.0.1:8080/tenant_alpha",
+                "host 127.0.0.1 is an IP address",
+            ),
+            (
+                "postgres://u:p@[::1]/tenant_alpha",
+                "host ::1 is an IP address",
+            ),
+            (
+                "postgres://u:p@localhost/tenant_alpha",
+                "host \"localhost\" is a single label",
+            ),
+        ] {
+            let said = origin(cs).unwrap();
+            assert!(
+                said.contains(host)
+                    && said.contains("taken from the database name \"tenant_alpha\"")
+                    && said.contains("PROJECT.any.host"),
+                "{cs}: {said}"
+            );
+        }
+        assert_eq!(project_origin(&HeaderMap::new()), None);
+        assert_eq!(origin("nonsense"), None);
     }
 
     #[test]
