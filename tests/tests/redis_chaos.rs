@@ -104,14 +104,15 @@ fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
 
 /// Sets a canary key on the master and waits until both replicas have it.
 fn canary() -> (String, String) {
-    let master = agreed_master().expect("the Sentinels agree on a master");
+    // A replica that has just resynchronised may not acknowledge at once: start healthy.
+    let master = assert_healthy_with(&[], HEALTHY_WITHIN);
     let (key, value) = (unique("canary:"), unique("v"));
     assert_eq!(
         redis(&master, &["SET", &key, &value]).as_deref(),
         Some("OK")
     );
     assert_eq!(
-        redis(&master, &["WAIT", "2", "2000"]).as_deref(),
+        redis(&master, &["WAIT", "2", "5000"]).as_deref(),
         Some("2"),
         "both replicas have the canary before the fault"
     );
@@ -186,6 +187,20 @@ fn assert_healthy_with(canaries: &[(String, String)], limit: Duration) -> String
     master
 }
 
+/// The node just started without its files must not serve as a master: it is a replica
+/// (or not running yet), never a master holding no key.
+fn assert_not_an_empty_master(addr: &str) {
+    for _ in 0..10 {
+        let role = redis(addr, &["ROLE"]).unwrap_or_default();
+        let keys = redis(addr, &["DBSIZE"]).unwrap_or_default();
+        assert!(
+            !(role.starts_with("master") && keys == "0"),
+            "{addr} came back as an empty master (ROLE {role:?}, DBSIZE {keys})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 const HEALTHY_WITHIN: Duration = Duration::from_secs(45);
 
 /// Removes a node's whole run directory: its AOF, its RDB, its config.
@@ -219,6 +234,7 @@ fn chaos_redis_master_restarted_without_its_files_is_not_an_empty_master() {
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(agreed_master().as_deref(), Some(old.as_str()));
     cluster(&["start", &node]);
+    assert_not_an_empty_master(&old);
     let new = assert_healthy_with(&[c], HEALTHY_WITHIN);
     assert_ne!(new, old, "the node without its files is not the master");
 }
@@ -237,16 +253,50 @@ fn chaos_every_redis_node_restarted_keeps_the_data() {
     }
     assert_healthy_with(std::slice::from_ref(&first), HEALTHY_WITHIN);
 
-    // Every node killed and the master's files gone (its disk replaced), then the whole
-    // backend brought back by `compose/cluster up`.
+    // Every node killed and the master's files gone (its disk replaced). Started first, it
+    // is refused: there is no replica to promote. Then the others, then it again.
     let second = canary();
-    let master = node_name(&agreed_master().unwrap());
+    let master_addr = agreed_master().unwrap();
+    let master = node_name(&master_addr);
+    for i in 1..=3 {
+        cluster(&["kill", &format!("redis{i}")]);
+    }
+    remove_files(&master);
+    let out = std::process::Command::new(required("RINGGATE_CLUSTER"))
+        .args(["start", &master])
+        .output()
+        .expect("run compose/cluster");
+    assert!(
+        !out.status.success(),
+        "{master} without its files started while no other node ran: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        redis(&master_addr, &["PING"]),
+        None,
+        "{master} is not running"
+    );
+    for i in 1..=3 {
+        let node = format!("redis{i}");
+        if node != master {
+            cluster(&["start", &node]);
+        }
+    }
+    cluster(&["start", &master]);
+    assert_not_an_empty_master(&master_addr);
+    assert_healthy_with(&[first, second], HEALTHY_WITHIN);
+
+    // And once more through `compose/cluster up`, which starts the nodes with data first.
+    let third = canary();
+    let master_addr = agreed_master().unwrap();
+    let master = node_name(&master_addr);
     for i in 1..=3 {
         cluster(&["kill", &format!("redis{i}")]);
     }
     remove_files(&master);
     repair_cluster().unwrap_or_else(|e| panic!("compose/cluster up failed: {e}"));
-    assert_healthy_with(&[first, second], HEALTHY_WITHIN);
+    assert_not_an_empty_master(&master_addr);
+    assert_healthy_with(&[third], HEALTHY_WITHIN);
 }
 
 #[test]
