@@ -261,4 +261,18 @@ INSERT INTO ringgate.projects (project_id, database, roles) VALUES
 ON CONFLICT (project_id) DO NOTHING;
 RESET ROLE;
 -- Every listed role's login, made or brought up to date (a new secret rotates them all).
-SELECT ringgate_private.sync_key_login(r) FROM (SELECT DISTINCT unnest(roles) AS r FROM ringgate.projects) s;
+-- One role that cannot be synced (dropped since its project was listed) is reported, not
+-- fatal to the rest.
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOR r IN SELECT DISTINCT unnest(roles) FROM ringgate.projects LOOP
+        BEGIN
+            PERFORM ringgate_private.sync_key_login(r);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'API-key login of role %: %', r, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;

@@ -15,6 +15,7 @@
 //! - [`patroni`]: DCS member data or REST `/cluster` → topology.
 //! - [`etcd`]: etcd v3 JSON gateway client.
 //! - [`http`]: the blocking HTTP client both use.
+//! - [`lease`]: the leader's lease, gating writes.
 //! - [`watch`]: the watcher thread.
 //! - [`redis`]: Redis through Sentinel, on a tokio side thread.
 //! - [`workers`]: upstream workers, static and registered in Redis.
@@ -23,6 +24,7 @@
 
 pub mod etcd;
 pub mod http;
+pub mod lease;
 pub mod patroni;
 pub mod redis;
 pub mod topology;

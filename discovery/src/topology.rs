@@ -42,6 +42,9 @@ pub struct Topology {
     pub replicas: Vec<Member>,
     /// True when no source could be reached and this is the last known state.
     pub stale: bool,
+    /// The leader's term as the lease gate knows it ([`crate::lease`]); 0 for a fixed
+    /// topology, whose writes are not gated.
+    pub lease_generation: u64,
 }
 
 impl Topology {
@@ -65,6 +68,7 @@ impl Topology {
                 .into_iter()
                 .collect(),
             stale: false,
+            lease_generation: 0,
         }
     }
 

@@ -10,7 +10,16 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::{etcd::Etcd, http, patroni, DiscoveryError, Topology};
+use crate::{
+    etcd::{self, Etcd},
+    http,
+    lease::{Generations, LeaseGate, LeaseReading},
+    patroni, DiscoveryError, Topology,
+};
+
+/// Taken off every lease deadline: covers the rate difference between etcd's clock and
+/// ours over a TTL and the time a core needs to act on a closed gate.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(1000);
 
 /// Where the topology comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +39,11 @@ pub struct Sources {
 impl Sources {
     /// One read of the cluster: etcd first, Patroni's REST API when etcd fails.
     pub fn fetch(&self) -> Result<Topology, DiscoveryError> {
+        self.fetch_with_lease().map(|(t, _)| t)
+    }
+
+    /// One read of the cluster with what it says of the leader's lease.
+    pub fn fetch_with_lease(&self) -> Result<(Topology, Lease), DiscoveryError> {
         let mut errors = Vec::new();
         if !self.etcd.is_empty() {
             match self.fetch_etcd() {
@@ -39,37 +53,66 @@ impl Sources {
         }
         for base in &self.patroni {
             match http::call(base, "GET", "/cluster", None, self.timeout) {
-                Ok(body) => return patroni::from_rest(&body),
+                Ok(body) => return patroni::from_rest(&body).map(|t| (t, Lease::Unknown)),
                 Err(e) => errors.push(e.to_string()),
             }
         }
         Err(DiscoveryError::Unreachable(errors.join("; ")))
     }
 
-    fn fetch_etcd(&self) -> Result<Topology, DiscoveryError> {
-        let ns = self.namespace.trim_end_matches('/');
-        let prefix = format!("{ns}/{}/", self.scope);
-        let kvs = Etcd::new(self.etcd.clone(), self.timeout).get_prefix(&prefix)?;
+    /// The DCS key prefix of the cluster (`/service/<scope>/`).
+    fn prefix(&self) -> String {
+        format!("{}/{}/", self.namespace.trim_end_matches('/'), self.scope)
+    }
+
+    fn fetch_etcd(&self) -> Result<(Topology, Lease), DiscoveryError> {
+        let prefix = self.prefix();
+        let etcd = Etcd::new(self.etcd.clone(), self.timeout);
+        let kvs = etcd.get_prefix_kvs(&prefix)?;
         let leader = kvs
             .iter()
-            .find(|(k, _)| k.strip_prefix(&prefix) == Some("leader"))
-            .map(|(_, v)| v.as_str());
+            .find(|kv| kv.key.strip_prefix(&prefix) == Some("leader"));
         let members: Vec<(String, String)> = kvs
             .iter()
-            .filter_map(|(k, v)| {
+            .filter_map(|kv| {
                 Some((
-                    k.strip_prefix(&prefix)?
+                    kv.key
+                        .strip_prefix(&prefix)?
                         .strip_prefix("members/")?
                         .to_string(),
-                    v.clone(),
+                    kv.value.clone(),
                 ))
             })
             .collect();
         if members.is_empty() {
             return Err(DiscoveryError::Parse(format!("no members under {prefix}")));
         }
-        patroni::from_dcs(leader, &members)
+        let topology = patroni::from_dcs(leader.map(|kv| kv.value.as_str()), &members)?;
+        // The lease is read after the key that names it: its deadline can only be earlier
+        // than the one that held when the key was read.
+        let lease = match leader.and_then(|kv| kv.lease) {
+            Some(id) => {
+                let sent = Instant::now();
+                match etcd.lease_ttl(id)? {
+                    Some(ttl) => Lease::Held(LeaseReading { id, ttl, sent }),
+                    None => Lease::Lapsed,
+                }
+            }
+            None => Lease::Lapsed,
+        };
+        Ok((topology, lease))
     }
+}
+
+/// What one read says of the leader's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// etcd: the leader key's lease and its remaining TTL.
+    Held(LeaseReading),
+    /// etcd: no leader key, a key without a lease, or an expired lease.
+    Lapsed,
+    /// Patroni's REST API, which knows no lease.
+    Unknown,
 }
 
 /// Asks the watcher to re-read the sources now (a core saw a read-only "leader").
@@ -127,16 +170,70 @@ impl Tracker {
     }
 }
 
-/// Starts the watcher thread: it reads the sources every `interval` (or when asked) and
-/// calls `publish` with every new snapshot. Returns the first snapshot (read before the
-/// thread starts, so cores start with a topology), the re-resolution handle and the thread.
+/// What [`spawn`] starts.
+#[derive(Debug)]
+pub struct Watcher {
+    /// The first snapshot, read before the thread started.
+    pub first: Arc<Topology>,
+    /// Asks for a re-read now.
+    pub resolve: Resolve,
+    /// The leader's lease, for gating writes.
+    pub gate: Arc<LeaseGate>,
+    /// The watcher thread.
+    pub thread: JoinHandle<()>,
+}
+
+/// Folds reads into snapshots, lease generations and the gate.
+struct State {
+    tracker: Tracker,
+    generations: Generations,
+    gate: Arc<LeaseGate>,
+}
+
+impl State {
+    /// Folds one read in; returns the snapshot to publish, if it changed. A failed read
+    /// leaves the gate as it was: its deadline still bounds the last lease seen.
+    fn update(
+        &mut self,
+        fetched: Result<(Topology, Lease), DiscoveryError>,
+    ) -> Option<Arc<Topology>> {
+        let fetched = fetched.map(|(mut t, lease)| {
+            let leader = t.leader.as_ref().map(|l| l.name.as_str());
+            let id = match lease {
+                Lease::Held(l) => Some(l.id),
+                Lease::Lapsed | Lease::Unknown => None,
+            };
+            let generation = self.generations.of(leader, id);
+            t.lease_generation = generation;
+            match lease {
+                Lease::Held(l) => self.gate.grant(generation, l.valid_until(LEASE_MARGIN)),
+                Lease::Lapsed => self.gate.grant(generation, Instant::now()),
+                // Patroni's REST API: the same leader keeps its generation and the gate
+                // runs out on its own; another leader has a new generation, never granted.
+                Lease::Unknown => {}
+            }
+            t
+        });
+        self.tracker.update(fetched)
+    }
+}
+
+/// Starts the watcher thread: it reads the sources every `interval`, at once when asked,
+/// and at once when etcd reports a change of the leader key (a watch stream per cluster,
+/// on a thread of its own), and calls `publish` with every new snapshot. The first
+/// snapshot is read before the thread starts, so cores start with a topology.
 pub fn spawn(
     sources: Sources,
     interval: Duration,
     publish: impl Fn(Arc<Topology>) + Send + 'static,
-) -> std::io::Result<(Arc<Topology>, Resolve, JoinHandle<()>)> {
-    let mut tracker = Tracker::default();
-    let first = match tracker.update(sources.fetch()) {
+) -> std::io::Result<Watcher> {
+    let gate = LeaseGate::new();
+    let mut state = State {
+        tracker: Tracker::default(),
+        generations: Generations::default(),
+        gate: gate.clone(),
+    };
+    let first = match state.update(sources.fetch_with_lease()) {
         Some(t) => t,
         None => {
             warn!("no topology source answered at start; starting with no leader");
@@ -145,27 +242,64 @@ pub fn spawn(
                 stale: true,
                 ..Topology::default()
             });
-            tracker.last = Some(empty.clone());
+            state.tracker.last = Some(empty.clone());
             empty
         }
     };
     let mut clock = LeaderClock::default();
     log_change(&mut clock, None, &first);
     let (tx, rx) = mpsc::channel();
-    let handle = std::thread::Builder::new()
+    let resolve = Resolve(tx);
+    if !sources.etcd.is_empty() {
+        let (sources, resolve) = (sources.clone(), resolve.clone());
+        std::thread::Builder::new()
+            .name("ringgate-etcd-watch".into())
+            .spawn(move || watch_leader_key(&sources, &resolve))?;
+    }
+    let thread = std::thread::Builder::new()
         .name("ringgate-discovery".into())
         .spawn(move || loop {
             match rx.recv_timeout(interval) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
-            let before = tracker.last();
-            if let Some(t) = tracker.update(sources.fetch()) {
+            let before = state.tracker.last();
+            if let Some(t) = state.update(sources.fetch_with_lease()) {
                 log_change(&mut clock, before.as_deref(), &t);
                 publish(t);
             }
         })?;
-    Ok((first, Resolve(tx), handle))
+    Ok(Watcher {
+        first,
+        resolve,
+        gate,
+        thread,
+    })
+}
+
+/// Keeps a watch on the leader key, on each etcd endpoint in turn, waking the watcher on
+/// every change: a switchover or a deleted key is seen in milliseconds, not at the next
+/// poll. Reconnects after a second when a stream ends or fails; the polls go on meanwhile.
+fn watch_leader_key(sources: &Sources, resolve: &Resolve) {
+    let key = format!("{}leader", sources.prefix());
+    let mut next = 0;
+    loop {
+        let endpoint = &sources.etcd[next % sources.etcd.len()];
+        let result = etcd::watch_key(
+            endpoint,
+            &key,
+            sources.timeout,
+            Duration::from_secs(30),
+            || resolve.now(),
+        );
+        if let Err(error) = result {
+            tracing::debug!(%error, "etcd watch ended; reconnecting");
+            next += 1;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // Changes made while no stream was open are caught by the next poll.
+        resolve.now();
+    }
 }
 
 /// Remembers the last leader and since when the cluster has had none, for the failover
@@ -254,6 +388,7 @@ mod tests {
             }),
             replicas: vec![],
             stale: false,
+            lease_generation: 0,
         }
     }
 

@@ -89,20 +89,26 @@ pub struct Gateway {
     tls_addr: Option<SocketAddr>,
 }
 
+/// What [`start_topology`] hands the cores: the first topology, and when it follows
+/// Patroni, the handle that asks for re-resolution and the leader's lease.
+struct TopologyStart {
+    first: Arc<ringgate_discovery::Topology>,
+    resolve: Option<ringgate_discovery::watch::Resolve>,
+    lease_gate: Option<Arc<ringgate_discovery::lease::LeaseGate>>,
+}
+
 /// The first topology, and when it follows Patroni, a watcher publishing to every core.
 fn start_topology(
     config: &Config,
     cores: Vec<flume::Sender<Control>>,
     registry: Arc<Registry>,
-) -> Result<
-    (
-        Arc<ringgate_discovery::Topology>,
-        Option<ringgate_discovery::watch::Resolve>,
-    ),
-    StartError,
-> {
+) -> Result<TopologyStart, StartError> {
     let Some(db) = &config.database else {
-        return Ok((Arc::default(), None));
+        return Ok(TopologyStart {
+            first: Arc::default(),
+            resolve: None,
+            lease_gate: None,
+        });
     };
     if let Some(sources) = &db.patroni {
         let view = registry.clone();
@@ -112,11 +118,15 @@ fn start_topology(
                 let _ = tx.send(Control::Topology(t.clone()));
             }
         };
-        let (first, resolve, _thread) =
+        let watcher =
             ringgate_discovery::watch::spawn(sources.clone(), db.topology_interval, publish)
                 .map_err(StartError::Thread)?;
-        registry.cluster().topology_is(first.clone());
-        return Ok((first, Some(resolve)));
+        registry.cluster().topology_is(watcher.first.clone());
+        return Ok(TopologyStart {
+            first: watcher.first,
+            resolve: Some(watcher.resolve),
+            lease_gate: Some(watcher.gate),
+        });
     }
     let fixed = match &db.primary {
         Some(p) => ringgate_discovery::Topology::fixed(
@@ -127,7 +137,11 @@ fn start_topology(
     };
     let fixed = Arc::new(fixed);
     registry.cluster().topology_is(fixed.clone());
-    Ok((fixed, None))
+    Ok(TopologyStart {
+        first: fixed,
+        resolve: None,
+        lease_gate: None,
+    })
 }
 
 /// The Redis side thread when Redis is configured (its worker watch publishing to every
@@ -204,7 +218,11 @@ impl Gateway {
         let tls_addr = tls.first().and_then(|l| l.local_addr().ok());
         let registry = Registry::new(n, driver.label());
         let channels: Vec<_> = (0..n).map(|_| flume::unbounded::<Control>()).collect();
-        let (topology, resolve) = start_topology(
+        let TopologyStart {
+            first: topology,
+            resolve,
+            lease_gate,
+        } = start_topology(
             &config,
             channels.iter().map(|(tx, _)| tx.clone()).collect(),
             registry.clone(),
@@ -224,6 +242,7 @@ impl Gateway {
             };
             let (tx, rx) = channels.pop().expect("one channel per core");
             let (topology, resolve, redis) = (topology.clone(), resolve.clone(), redis.clone());
+            let lease_gate = lease_gate.clone();
             if let Some(store) = &certs {
                 let _ = tx.send(Control::Tls(store.current()));
             }
@@ -238,6 +257,9 @@ impl Gateway {
                         let core = core::Core::new(id, driver, config, registry, topology, redis);
                         if let (Some(db), Some(resolve)) = (&core.db, resolve) {
                             db.on_stale(move || resolve.now());
+                        }
+                        if let (Some(db), Some(gate)) = (&core.db, lease_gate) {
+                            db.set_lease_gate(gate);
                         }
                         server::run_core(core, listeners, rx)
                     });

@@ -106,6 +106,12 @@ pub enum SqlEvent {
     RerunRead,
     /// A write whose connection broke after sending: answered `outcome_unknown`.
     OutcomeUnknown,
+    /// A write whose leader's lease ran out or passed on before its answer:
+    /// `outcome_unknown`, its connection closed.
+    OutcomeUnknownLease,
+    /// A write committed locally whose synchronous standby never confirmed it:
+    /// `outcome_unknown`.
+    OutcomeUnknownUnconfirmed,
     /// A write that found no leader within the failover wait.
     WriteNoLeader,
     /// A read sent on a connection busy with other reads of its tenant (pipelined).
@@ -113,13 +119,15 @@ pub enum SqlEvent {
 }
 
 impl SqlEvent {
-    const ALL: [SqlEvent; 8] = [
+    const ALL: [SqlEvent; 10] = [
         SqlEvent::WriteHeld,
         SqlEvent::RerunReadOnly,
         SqlEvent::RerunNotSent,
         SqlEvent::RerunAbortedByServer,
         SqlEvent::RerunRead,
         SqlEvent::OutcomeUnknown,
+        SqlEvent::OutcomeUnknownLease,
+        SqlEvent::OutcomeUnknownUnconfirmed,
         SqlEvent::WriteNoLeader,
         SqlEvent::Pipelined,
     ];
@@ -783,6 +791,8 @@ impl Registry {
                 "Writes answered with an error because of the backend, by reason (outcome_unknown: may or may not have been applied).",
                 &[
                     (SqlEvent::OutcomeUnknown, "outcome_unknown"),
+                    (SqlEvent::OutcomeUnknownLease, "outcome_unknown_lease_lost"),
+                    (SqlEvent::OutcomeUnknownUnconfirmed, "outcome_unknown_commit_unconfirmed"),
                     (SqlEvent::WriteNoLeader, "no_leader"),
                 ],
             ),

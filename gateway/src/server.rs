@@ -125,6 +125,9 @@ pub async fn run_core(
     report
 }
 
+/// How often the project listener checks that it still listens to the leader.
+const LEADER_CHECK: Duration = Duration::from_millis(200);
+
 /// Listens for `NOTIFY ringgate_projects` on the leader and drops the named project from
 /// this core's cache; reconnects (clearing the cache, since changes may have been missed)
 /// when the connection ends.
@@ -134,6 +137,15 @@ async fn project_invalidations(core: Rc<Core>) {
     };
     let mut listened = false;
     while !core.drain.is_draining() {
+        // The leader (and its term) listened to: a new one moves the LISTEN at once, in
+        // the failover, not when a frozen old leader wakes up.
+        let term = |t: &ringgate_discovery::Topology| {
+            (
+                t.leader.as_ref().map(|l| l.name.clone()),
+                t.lease_generation,
+            )
+        };
+        let listening_to = term(&db.topology());
         match db.listen(projects.control()).await {
             Ok((client, mut notifications)) => match client
                 .batch_execute("LISTEN ringgate_projects")
@@ -156,6 +168,12 @@ async fn project_invalidations(core: Rc<Core>) {
                                 Some(project) => projects.invalidate(&project),
                                 None => break,
                             },
+                            _ = sleep(LEADER_CHECK) => {
+                                if term(&db.topology()) != listening_to {
+                                    info!(core = core.id, "the leader changed; moving the LISTEN for project changes");
+                                    break;
+                                }
+                            }
                             _ = core.drain.signaled() => return,
                         }
                     }

@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -16,7 +16,7 @@ use std::{
 
 use monoio::io::IntoPollIo;
 use tokio_postgres::{Client, NoTls, Statement};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::Error;
 
@@ -135,6 +135,9 @@ impl Drop for Permit {
 #[derive(Debug)]
 pub struct PgConn {
     client: Client,
+    /// Set when the server said a commit is local only (its wait for a synchronous
+    /// standby was cancelled); see [`PgConn::commit_unconfirmed`].
+    unconfirmed: Arc<AtomicBool>,
     statements: HashMap<String, Statement>,
     statement_cache: usize,
     _permit: Permit,
@@ -169,6 +172,15 @@ impl PgConn {
         self.statements.len()
     }
 
+    /// Whether the server warned, since this connection opened, that a transaction "has
+    /// already committed locally, but might not have been replicated to the standby": its
+    /// wait for a synchronous standby was cancelled (a statement timeout, a cancel, a
+    /// shutdown). Such a commit is neither proof of success (it may be lost in a
+    /// failover) nor of failure (it must never be rerun).
+    pub fn commit_unconfirmed(&self) -> bool {
+        self.unconfirmed.load(Relaxed)
+    }
+
     /// Whether the server side is gone.
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
@@ -182,7 +194,7 @@ pub type Notifications = futures_channel::mpsc::UnboundedReceiver<String>;
 /// when the connection does. The caller issues `LISTEN`.
 pub async fn connect_listening(target: &Target) -> Result<(Client, Notifications), Error> {
     let (tx, rx) = futures_channel::mpsc::unbounded();
-    Ok((open(target, Some(tx)).await?, rx))
+    Ok((open(target, Some(tx), Arc::default()).await?, rx))
 }
 
 /// Connects (TCP, optional TLS, startup) within the connect timeout and spawns the
@@ -190,6 +202,7 @@ pub async fn connect_listening(target: &Target) -> Result<(Client, Notifications
 async fn open(
     target: &Target,
     notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
+    unconfirmed: Arc<AtomicBool>,
 ) -> Result<Client, Error> {
     let addr = target.addr;
     let mut config = tokio_postgres::Config::new();
@@ -215,7 +228,7 @@ async fn open(
         let client = match &target.tls {
             None => {
                 let (client, connection) = config.connect_raw(stream, NoTls).await?;
-                monoio::spawn(drive(connection, notify, node));
+                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node));
                 client
             }
             Some(tls) => {
@@ -223,7 +236,7 @@ async fn open(
                 let connector = crate::tls::RustlsConnect::new(tls, &target.host)
                     .map_err(|e| Error::Tls(e.to_string()))?;
                 let (client, connection) = config.connect_raw(stream, connector).await?;
-                monoio::spawn(drive(connection, notify, node));
+                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node));
                 client
             }
         };
@@ -235,10 +248,13 @@ async fn open(
     }
 }
 
-/// Runs a connection until it ends, forwarding notifications.
+/// Runs a connection until it ends, forwarding notifications and noting warnings that a
+/// commit is local only. A notice is handled before any message after it is delivered
+/// (the connection reads in order), so the flag is set before the commit's answer arrives.
 async fn drive<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
     notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
+    unconfirmed: Arc<AtomicBool>,
     node: String,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -251,6 +267,16 @@ async fn drive<S, T>(
                     let _ = tx.unbounded_send(n.payload().to_string());
                 }
             }
+            Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                if is_local_only_commit(&notice) {
+                    warn!(
+                        node,
+                        message = notice.message(),
+                        "a commit is local only: its wait for a synchronous standby was cancelled"
+                    );
+                    unconfirmed.store(true, Relaxed);
+                }
+            }
             Some(Ok(_)) => {}
             Some(Err(error)) => {
                 debug!(%error, node, "server connection ended");
@@ -261,11 +287,23 @@ async fn drive<S, T>(
     }
 }
 
+/// Whether a notice is PostgreSQL's warning that a commit's wait for synchronous
+/// replication was cancelled (`SyncRepWaitForLSN`): by a cancel or timeout (the commit
+/// then completes), or by a terminate (the connection then closes without an error).
+fn is_local_only_commit(notice: &tokio_postgres::error::DbError) -> bool {
+    notice.message().contains("synchronous replication")
+        || notice
+            .detail()
+            .is_some_and(|d| d.contains("committed locally"))
+}
+
 /// Opens a connection to `target` on the current monoio runtime, counted against `permit`.
 pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
-    let client = open(target, None).await?;
+    let unconfirmed = Arc::<AtomicBool>::default();
+    let client = open(target, None, unconfirmed.clone()).await?;
     Ok(PgConn {
         client,
+        unconfirmed,
         statements: HashMap::new(),
         statement_cache: target.statement_cache,
         _permit: permit,

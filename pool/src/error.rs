@@ -58,6 +58,10 @@ pub enum Error {
     /// The topology names no leader for a write.
     #[error("no primary is known")]
     NoPrimary,
+    /// The leader's lease may have run out (no renewal seen in time) or passed to another
+    /// member: no write may be sent to it.
+    #[error("the leader's lease has lapsed")]
+    LeaseLapsed,
     /// The pool was closed (evicted, or its node left the topology).
     #[error("pool closed")]
     Closed,

@@ -37,5 +37,5 @@ pub use config::Config;
 pub use conn::{Credentials, PgConn};
 pub use error::{Error, TimeoutKind};
 pub use route::Intent;
-pub use shard::{Checkout, Shard, ShardStats};
+pub use shard::{Checkout, Lease, Shard, ShardStats};
 pub use tenant::PoolKey;

@@ -57,6 +57,7 @@ mod tests {
             leader: leader.then(|| member("pg1", Role::Leader, true, None)),
             replicas,
             stale: false,
+            lease_generation: 0,
         }
     }
 

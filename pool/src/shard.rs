@@ -11,7 +11,10 @@ use std::{
 
 use deadpool::managed::Object;
 use monoio::time::Instant;
-use ringgate_discovery::{Member, Role, Topology};
+use ringgate_discovery::{
+    lease::{LeaseGate, LeaseState},
+    Member, Role, Topology,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -64,6 +67,8 @@ pub struct Shard {
     on_stale: RefCell<Option<Box<dyn Fn()>>>,
     stats: Cell<ShardStats>,
     storm: RefCell<StormWatch>,
+    /// The leader's lease when the topology follows Patroni through etcd.
+    lease_gate: RefCell<Option<Arc<LeaseGate>>>,
 }
 
 /// Pools evicted within one upkeep round (about a second) that make an eviction storm.
@@ -126,7 +131,13 @@ impl Shard {
             on_stale: RefCell::new(None),
             stats: Cell::new(ShardStats::default()),
             storm: RefCell::new(StormWatch::default()),
+            lease_gate: RefCell::new(None),
         })
+    }
+
+    /// Gates writes on the leader's lease (see [`ringgate_discovery::lease`]).
+    pub fn set_lease_gate(&self, gate: Arc<LeaseGate>) {
+        *self.lease_gate.borrow_mut() = Some(gate);
     }
 
     /// The topology routed by now.
@@ -184,10 +195,18 @@ impl Shard {
                 self.bump(|s| s.wait_timeouts += 1);
             }
         })?;
+        let lease = match (member.role, self.lease_gate.borrow().as_ref()) {
+            (Role::Leader, Some(gate)) if topology.lease_generation != 0 => Some(Lease {
+                gate: gate.clone(),
+                generation: topology.lease_generation,
+            }),
+            _ => None,
+        };
         Ok(Checkout {
             conn,
             node: member.name,
             role: member.role,
+            lease,
             _guard: guard,
         })
     }
@@ -428,7 +447,22 @@ pub struct Checkout {
     conn: Object<PgManager>,
     node: String,
     role: Role,
+    lease: Option<Lease>,
     _guard: OutstandingGuard,
+}
+
+/// The lease a leader connection was routed under.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    gate: Arc<LeaseGate>,
+    generation: u64,
+}
+
+impl Lease {
+    /// The lease's state now.
+    pub fn state(&self) -> LeaseState {
+        self.gate.check(self.generation)
+    }
 }
 
 impl Checkout {
@@ -445,6 +479,12 @@ impl Checkout {
     /// That member's role when routed.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The leader's lease this connection was routed under; `None` for replicas and for a
+    /// fixed topology (no lease to go by).
+    pub fn lease(&self) -> Option<&Lease> {
+        self.lease.as_ref()
     }
 
     /// Drops the connection instead of returning it (its state is unknown).

@@ -485,13 +485,13 @@ fn chaos_patroni_isolated_leader_is_replaced_and_rejoins_after_heal() {
     assert_eq!(cluster(&["leader"]), new);
 }
 
-/// Turns synchronous mode off again when dropped.
-struct SyncOff;
+/// Turns synchronous mode on again (the backend's default) when dropped.
+struct SyncOn;
 
-impl Drop for SyncOff {
+impl Drop for SyncOn {
     fn drop(&mut self) {
         let _ = std::process::Command::new(required("RINGGATE_CLUSTER"))
-            .args(["sync", "off"])
+            .args(["sync", "on"])
             .status();
     }
 }
@@ -506,7 +506,7 @@ fn chaos_synchronous_mode_switches_on_and_off() {
             "select string_agg(sync_state, ',' order by sync_state) from pg_stat_replication",
         )
     };
-    let _off = SyncOff;
+    let _on = SyncOn;
     cluster(&["sync", "on"]);
     let (_, took) = wait_until("one synchronous standby", Duration::from_secs(20), || {
         let s = sync_states()?;

@@ -78,11 +78,11 @@ fn discovery_reads_the_cluster_from_etcd_and_from_rest() {
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn chaos_topology_follows_a_leader_kill_within_a_second() {
     let (tx, rx) = mpsc::channel();
-    let (first, _resolve, _thread) =
-        watch::spawn(sources(true, true), Duration::from_millis(100), move |t| {
-            let _ = tx.send((Instant::now(), t));
-        })
-        .unwrap();
+    let first = watch::spawn(sources(true, true), Duration::from_millis(100), move |t| {
+        let _ = tx.send((Instant::now(), t));
+    })
+    .unwrap()
+    .first;
     let old = cluster(&["leader"]);
     assert_eq!(first.leader.as_ref().unwrap().name, old);
     cluster(&["kill", &old]);

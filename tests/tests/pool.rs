@@ -435,6 +435,7 @@ async fn topology_change_closes_pools_and_read_only_primary_marks_stale() {
         leader: None,
         replicas: vec![],
         stale: true,
+        lease_generation: 0,
     }));
     assert!(matches!(
         s.checkout(&tenant, &url.credentials, Intent::Write).await,

@@ -208,6 +208,7 @@ mod tests {
             leader: leader.map(|l| member(l, Role::Leader, None)),
             replicas: vec![member("pg\"3", Role::Replica, Some(replica_lag))],
             stale: false,
+            lease_generation: 0,
         })
     }
 

@@ -14,6 +14,7 @@
 pub mod api_key;
 pub mod classify;
 pub mod exec;
+pub mod lease;
 pub mod memo;
 pub mod pipeline;
 pub mod request;
@@ -32,6 +33,7 @@ use tracing::debug;
 use self::{
     classify::{classify, commits_with_transaction, Kind},
     exec::ExecError,
+    lease::{under_lease, LeaseLost},
     request::{RequestError, SqlRequest},
     response::{
         batch_response, db_error, gateway_error, result_response, startup_error, unavailable,
@@ -249,7 +251,31 @@ impl Ctx {
                 Err(e) => return pool_error(&e),
             };
             let mut budget = self.limit;
-            match exec::run(c.conn(), st, &mut budget, self.limit).await {
+            let lease = match intent {
+                Intent::Write => c.lease().cloned(),
+                Intent::Read => None,
+            };
+            // Preparing sends nothing that could commit: a lease lost meanwhile is a
+            // write held for the next leader.
+            let prepared = match under_lease(lease.as_ref(), exec::prepare(c.conn(), st)).await {
+                Ok(p) => p,
+                Err(LeaseLost) => {
+                    c.discard();
+                    self.event(SqlEvent::RerunNotSent);
+                    continue;
+                }
+            };
+            let sent = async {
+                exec::execute(c.conn().client(), prepared?, st, &mut budget, self.limit).await
+            };
+            let result = match under_lease(lease.as_ref(), sent).await {
+                Ok(result) => result,
+                Err(LeaseLost) => return self.unknown(c, Unknown::LeaseLost),
+            };
+            match result {
+                Ok(_) if c.conn().commit_unconfirmed() => {
+                    return self.unknown(c, Unknown::CommitUnconfirmed)
+                }
                 Ok(r) => {
                     if kind == Kind::Write {
                         reset_then_release(c);
@@ -299,8 +325,21 @@ impl Ctx {
                 Ok(c) => c,
                 Err(e) => return pool_error(&e),
             };
+            let lease = match intent {
+                Intent::Write => c.lease().cloned(),
+                Intent::Read => None,
+            };
             // BEGIN runs nothing: a connection that fails it is retried.
-            if let Err(e) = c.conn().client().batch_execute(&begin).await {
+            let begun =
+                match under_lease(lease.as_ref(), c.conn().client().batch_execute(&begin)).await {
+                    Ok(r) => r,
+                    Err(LeaseLost) => {
+                        c.discard();
+                        self.event(SqlEvent::RerunNotSent);
+                        continue 'attempt;
+                    }
+                };
+            if let Err(e) = begun {
                 match self.after_failure(c, intent, &ExecError::Prepare(e), || false) {
                     Next::Retry(_) => continue,
                     Next::Answer(r) => return r,
@@ -309,7 +348,22 @@ impl Ctx {
             let mut budget = self.limit;
             let mut results = Vec::with_capacity(sql.statements.len());
             for st in &sql.statements {
-                match exec::run(c.conn(), st, &mut budget, self.limit).await {
+                // Nothing commits before COMMIT: a lease lost before it is a batch held
+                // for the next leader (closing the connection aborts the transaction).
+                let ran = match under_lease(
+                    lease.as_ref(),
+                    exec::run(c.conn(), st, &mut budget, self.limit),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(LeaseLost) => {
+                        c.discard();
+                        self.event(SqlEvent::RerunNotSent);
+                        continue 'attempt;
+                    }
+                };
+                match ran {
                     Ok(r) => {
                         let mut one = String::new();
                         write_result(
@@ -339,10 +393,25 @@ impl Ctx {
                     }
                 }
             }
-            return match c.conn().client().batch_execute("COMMIT").await {
+            let committed = match under_lease(
+                lease.as_ref(),
+                c.conn().client().batch_execute("COMMIT"),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(LeaseLost) => return self.unknown(c, Unknown::LeaseLost),
+            };
+            return match committed {
+                Ok(()) if c.conn().commit_unconfirmed() => {
+                    self.unknown(c, Unknown::CommitUnconfirmed)
+                }
                 Ok(()) => {
                     reset_then_release(c);
                     batch_response(&results)
+                }
+                Err(_) if c.conn().commit_unconfirmed() => {
+                    self.unknown(c, Unknown::CommitUnconfirmed)
                 }
                 Err(e) if aborted_by_server(&e) && rerunnable() => {
                     c.discard();
@@ -352,11 +421,7 @@ impl Ctx {
                 Err(e) if e.as_db_error().is_some() && !is_disconnect(&e) => {
                     db_error(e.as_db_error().unwrap())
                 }
-                Err(_) => {
-                    c.discard();
-                    self.event(SqlEvent::OutcomeUnknown);
-                    outcome_unknown()
-                }
+                Err(_) => self.unknown(c, Unknown::ConnectionLost),
             };
         }
         unavailable(
@@ -380,12 +445,30 @@ impl Ctx {
                 .checkout(&sql.tenant.project, &sql.tenant.credentials, intent)
                 .await;
             metrics.pool_waited(asked.elapsed());
+            // A write routed to a leader whose lease may have run out is held like one
+            // with no leader: nothing has been sent on the connection.
+            let result = match result {
+                Ok(c)
+                    if intent == Intent::Write
+                        && c.lease().is_some_and(|l| !l.state().is_valid()) =>
+                {
+                    Err(PoolError::LeaseLapsed)
+                }
+                other => other,
+            };
             let waitable = match &result {
                 Err(
                     PoolError::NoPrimary
+                    | PoolError::LeaseLapsed
                     | PoolError::Connect { .. }
-                    | PoolError::ConnectTimeout { .. },
+                    | PoolError::ConnectTimeout { .. }
+                    // The pool closed under a waiting checkout: its member left or changed
+                    // role (a failover); the write waits for the next leader.
+                    | PoolError::Closed,
                 ) => true,
+                // The leader's connections are all stuck (a frozen leader): writes wait
+                // while the lease decides, within the failover wait.
+                Err(PoolError::Exhausted { .. }) => intent == Intent::Write,
                 // Refused during startup (closed by a proxy with no server behind it, or
                 // "the database system is starting up"): nothing was sent yet.
                 Err(PoolError::Backend(e)) => e.as_db_error().is_none() || is_disconnect(e),
@@ -438,6 +521,10 @@ impl Ctx {
             }
         }
         // The connection is gone.
+        let mut c = c;
+        if c.conn().commit_unconfirmed() {
+            return Next::Answer(self.unknown(c, Unknown::CommitUnconfirmed));
+        }
         c.discard();
         if intent == Intent::Read {
             self.event(SqlEvent::RerunRead);
@@ -452,8 +539,31 @@ impl Ctx {
             return Next::Retry(intent);
         }
         self.event(SqlEvent::OutcomeUnknown);
-        Next::Answer(outcome_unknown())
+        Next::Answer(outcome_unknown(Unknown::ConnectionLost))
     }
+
+    /// Closes the connection of a write whose fate cannot be known and answers so.
+    fn unknown(&self, c: Checkout, why: Unknown) -> Response {
+        c.discard();
+        self.event(match why {
+            Unknown::ConnectionLost => SqlEvent::OutcomeUnknown,
+            Unknown::LeaseLost => SqlEvent::OutcomeUnknownLease,
+            Unknown::CommitUnconfirmed => SqlEvent::OutcomeUnknownUnconfirmed,
+        });
+        outcome_unknown(why)
+    }
+}
+
+/// Why a write's outcome cannot be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// The connection broke after the write was sent.
+    ConnectionLost,
+    /// The leader's lease ran out or passed to another leader before the answer came.
+    LeaseLost,
+    /// The server said the commit is local only (its wait for a synchronous standby was
+    /// cancelled).
+    CommitUnconfirmed,
 }
 
 /// What to do after a failure.
@@ -496,12 +606,23 @@ fn server_aborted(code: &SqlState, severity: &str) -> bool {
     *code == SqlState::ADMIN_SHUTDOWN && severity == "FATAL"
 }
 
-fn outcome_unknown() -> Response {
-    unavailable(
-        "outcome_unknown",
-        "the connection to the primary broke after the statement was sent; it may or may not have been applied, and was not retried",
-        1,
+/// 503 `outcome_unknown` with PostgreSQL's own code for it, 08007
+/// (transaction_resolution_unknown).
+fn outcome_unknown(why: Unknown) -> Response {
+    let cause = match why {
+        Unknown::ConnectionLost => "the connection to the primary broke after the statement was sent",
+        Unknown::LeaseLost => "the primary lost its leadership (its lease ran out or passed to another member) before it answered",
+        Unknown::CommitUnconfirmed => "the primary committed locally but its synchronous standby never confirmed it",
+    };
+    Response::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({
+            "code": "outcome_unknown",
+            "sqlstate": "08007",
+            "message": format!("{cause}; it may or may not have been applied, and was not retried"),
+        }),
     )
+    .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(1u32))
 }
 
 fn exec_error(e: &ExecError) -> Response {
@@ -554,6 +675,11 @@ fn pool_error(e: &PoolError) -> Response {
         PoolError::NoPrimary => {
             unavailable("no_primary", "no primary is available; retry shortly", 1)
         }
+        PoolError::LeaseLapsed => unavailable(
+            "no_primary",
+            "the primary's leadership lease lapsed and no new primary took over within the failover wait; nothing was sent",
+            1,
+        ),
         PoolError::Connect { .. }
         | PoolError::ConnectTimeout { .. }
         | PoolError::Closed
