@@ -399,7 +399,11 @@ fn one_projects_credentials_never_open_anothers_database() {
         );
         // A known identity that may not connect: 403, with PostgreSQL's reason.
         assert_eq!(
-            (r.status, r.json()["code"].as_str(), r.json()["sqlstate"].as_str()),
+            (
+                r.status,
+                r.json()["code"].as_str(),
+                r.json()["sqlstate"].as_str()
+            ),
             (403, Some("connection_refused"), Some("42501")),
             "permission denied for database: {:?}",
             r.json()
