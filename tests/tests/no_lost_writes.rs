@@ -409,3 +409,89 @@ fn chaos_no_lost_write_in_a_switchover() {
         |_| {},
     );
 }
+
+/// A commit whose wait for the synchronous standby is cancelled (a cancel, or a terminate
+/// as in a fast shutdown) has "already committed locally, but might not have been
+/// replicated": PostgreSQL reports it as a WARNING, then success (cancel) or a closed
+/// connection (terminate). Neither is proof of anything: `outcome_unknown`, never 200, never
+/// rerun.
+#[test]
+#[ignore = "needs compose/cluster (chaos: freezes the synchronous standby)"]
+fn chaos_a_commit_its_standby_never_confirmed_is_outcome_unknown() {
+    let _chaos = Chaos::begin();
+    let admin = ringgate_tests::backend::pg_admin_url();
+    let sync = psql(
+        &admin,
+        "select application_name from pg_stat_replication where sync_state = 'sync'",
+    );
+    assert!(
+        !sync.is_empty(),
+        "synchronous_mode is on (the backend's default)"
+    );
+    let alpha = required("RINGGATE_TEST_ALPHA_URL");
+    let table = unique("unconfirmed_");
+    psql(
+        &alpha,
+        &format!("create table {table} (id bigint not null)"),
+    );
+    wait_replicas_caught_up(Duration::from_secs(10));
+    let (g, addr) = gateway();
+    // A first write warms the pool, so the one that hangs is the only statement in flight.
+    let (status, code) = post(
+        addr,
+        &json!({"query": format!("insert into {table} values (0)"), "params": []}),
+    );
+    assert_eq!(status, 200, "{code}");
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            cluster(&["resume", &self.0]);
+        }
+    }
+    cluster(&["pause", &sync]);
+    let _resume = Resume(sync.clone());
+    for (id, how) in [(1, "pg_cancel_backend"), (2, "pg_terminate_backend")] {
+        let body = json!({"query": format!("insert into {table} values ({id})"), "params": []});
+        let write = std::thread::spawn(move || post(addr, &body));
+        // The commit waits for the frozen standby ...
+        let end = Instant::now() + Duration::from_secs(3);
+        let pid = loop {
+            let pid = psql(
+                &admin,
+                "select pid from pg_stat_activity where wait_event = 'SyncRep' \
+                 and application_name like 'ringgate/%' limit 1",
+            );
+            if !pid.is_empty() {
+                break pid;
+            }
+            assert!(Instant::now() < end, "no commit waits for the standby");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // ... until it is cancelled or terminated.
+        psql(&admin, &format!("select {how}({pid})"));
+        let (status, code) = write.join().unwrap();
+        assert_eq!(
+            (status, code.as_str()),
+            (503, "outcome_unknown"),
+            "{how}: a commit the standby never confirmed"
+        );
+        // It did commit locally: the row is on the leader.
+        assert_eq!(
+            psql(
+                &alpha,
+                &format!("select count(*) from {table} where id = {id}")
+            ),
+            "1",
+            "{how}: committed locally, answered outcome_unknown, not rerun"
+        );
+    }
+    let unconfirmed = ringgate_tests::http::metric_total_where(
+        addr,
+        "ringgate_sql_writes_failed_total",
+        "outcome_unknown_commit_unconfirmed",
+    );
+    assert_eq!(unconfirmed, 2, "both counted as commit_unconfirmed");
+    g.drain();
+    drop(_resume);
+    psql(&alpha, &format!("drop table {table}"));
+}
