@@ -13,7 +13,7 @@
 //! - [`conn`]: the only module doing socket I/O: connect, statement cache.
 //! - [`manager`]: deadpool's `Manager` for connections on the local runtime.
 //! - [`tenant`]: one tenant pool on one node.
-//! - [`lru`]: the bounded pool cache and idle expiry.
+//! - [`pool_cache`]: the bounded cache of tenant pools and idle expiry.
 //! - [`route`]: which member serves a read or a write.
 //! - [`shard`]: one core's pools, budget and topology.
 //! - [`tls`]: optional TLS to PostgreSQL (`require`, `verify-full`).
@@ -25,7 +25,7 @@
 pub mod config;
 pub mod conn;
 pub mod error;
-pub mod lru;
+pub mod pool_cache;
 pub mod manager;
 pub mod route;
 pub mod shard;

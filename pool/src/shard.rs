@@ -21,7 +21,7 @@ use crate::{
     config::{core_share, Config},
     conn::{Budget, Credentials, PgConn, Target},
     error::Error,
-    lru::PoolCache,
+    pool_cache::PoolCache,
     manager::PgManager,
     route::{self, Intent},
     tenant::{PoolKey, TenantPool},
