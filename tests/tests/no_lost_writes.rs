@@ -495,3 +495,89 @@ fn chaos_a_commit_its_standby_never_confirmed_is_outcome_unknown() {
     drop(_resume);
     psql(&alpha, &format!("drop table {table}"));
 }
+
+/// The LISTEN for project changes follows the leader within the failover: with the old
+/// leader frozen, a listening connection appears on the new one soon after it is elected
+/// (not when the old one wakes up).
+#[test]
+#[ignore = "needs compose/cluster (chaos: freezes the leader)"]
+fn chaos_the_project_listen_moves_with_the_leader() {
+    let _chaos = Chaos::begin();
+    let (g, _addr) = start(&[
+        (
+            "RINGGATE_ETCD_ENDPOINTS",
+            &required("RINGGATE_ETCD_ENDPOINTS"),
+        ),
+        ("RINGGATE_PATRONI_URLS", &required("RINGGATE_PATRONI_URLS")),
+        (
+            "RINGGATE_PATRONI_SCOPE",
+            &required("RINGGATE_PATRONI_SCOPE"),
+        ),
+        (
+            "RINGGATE_PATRONI_NAMESPACE",
+            &required("RINGGATE_PATRONI_NAMESPACE"),
+        ),
+        (
+            "RINGGATE_CONTROL_DATABASE_URL",
+            &required("RINGGATE_CONTROL_DATABASE_URL"),
+        ),
+    ]);
+    let listening_on = |node: &str| {
+        let i: usize = node.trim_start_matches("pg").parse().expect("pgN");
+        let host_port = required("RINGGATE_PG_NODES")
+            .split(',')
+            .nth(i - 1)
+            .expect("a node address")
+            .to_string();
+        ringgate_tests::backend::try_psql(
+            &ringgate_tests::backend::pg_node_url(&host_port),
+            "select count(*) from pg_stat_activity where application_name like 'ringgate/listen/%' \
+             and query ilike 'listen%'",
+        )
+        .is_some_and(|n| n.trim() != "0")
+    };
+    let old = cluster(&["leader"]);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !listening_on(&old) {
+        assert!(
+            Instant::now() < end,
+            "ringgate never listened on the leader {old}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    struct Resume(String);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            cluster(&["resume", &self.0]);
+        }
+    }
+    cluster(&["pause", &old]);
+    let _resume = Resume(old.clone());
+    let end = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let leader = std::process::Command::new(required("RINGGATE_CLUSTER"))
+            .arg("leader")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if let Some(l) = leader.filter(|l| *l != old) {
+            break l;
+        }
+        assert!(Instant::now() < end, "no new leader while {old} is frozen");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elected = Instant::now();
+    while !listening_on(&new) {
+        assert!(
+            elected.elapsed() < Duration::from_secs(5),
+            "no LISTEN on the new leader {new} 5 s after its election (old {old} still frozen)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "LISTEN moved from {old} to {new} {:.2}s after the election",
+        elected.elapsed().as_secs_f64()
+    );
+    g.drain();
+}
