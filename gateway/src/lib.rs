@@ -17,6 +17,7 @@
 //! - [`http`]: request head parsing, body framing, response encoding.
 //! - [`router`]: routes and handlers.
 //! - [`metrics`]: per-core Prometheus metrics.
+//! - [`cache`]: the one bounded per-core cache type (bytes and TTL).
 //! - [`projects`]: project config from the control database, cached per core.
 //! - [`sessions`]: API keys from Redis, cached per core.
 //! - [`proxy`]: the reverse proxy to workers.
@@ -26,6 +27,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod conn;

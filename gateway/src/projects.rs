@@ -7,10 +7,12 @@
 //! once when the control database announces it: each core LISTENs on `ringgate_projects`
 //! (a trigger on the table NOTIFYs the project id) and drops that entry.
 
-use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
+use std::{rc::Rc, time::Duration};
 
 use monoio::time::Instant;
 use ringgate_pool::{Credentials, Intent, Shard};
+
+use crate::cache::{Cache, Weigh};
 
 /// One row of `ringgate.projects`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,22 +39,22 @@ pub enum ProjectError {
     Control(String),
 }
 
-/// Whether an entry stored at `stored` is still fresh at `now`.
-pub fn fresh(stored: Instant, now: Instant, ttl: Duration) -> bool {
-    now.saturating_duration_since(stored) < ttl
+impl Weigh for Project {
+    fn heap_bytes(&self) -> usize {
+        self.database.capacity() + self.roles.heap_bytes() + self.class.capacity()
+    }
 }
 
 /// One core's cache of project rows.
 #[derive(Debug)]
 pub struct ProjectCache {
     control: Credentials,
-    ttl: Duration,
-    entries: RefCell<HashMap<String, (Option<Project>, Instant)>>,
+    entries: Cache<Option<Project>>,
     registry: std::sync::Arc<crate::metrics::Registry>,
 }
 
-/// Entries kept at most; the table starts over when full.
-const CAPACITY: usize = 10_000;
+/// Bytes of project rows (and unknown projects) kept per core.
+const CACHE_BYTES: u64 = 4 << 20;
 
 const QUERY: &str =
     "SELECT database, roles, statement_timeout_ms, max_connections, class FROM ringgate.projects WHERE project_id = $1";
@@ -67,8 +69,7 @@ impl ProjectCache {
     ) -> Self {
         Self {
             control,
-            ttl,
-            entries: RefCell::new(HashMap::new()),
+            entries: Cache::new(CACHE_BYTES, ttl),
             registry,
         }
     }
@@ -79,11 +80,8 @@ impl ProjectCache {
         db: &Rc<Shard>,
         project: &str,
     ) -> Result<Option<Project>, ProjectError> {
-        let now = Instant::now();
-        if let Some((p, at)) = self.entries.borrow().get(project) {
-            if fresh(*at, now, self.ttl) {
-                return Ok(p.clone());
-            }
+        if let Some(p) = self.entries.get(project, Instant::now()) {
+            return Ok(p);
         }
         let err = |e: &dyn std::fmt::Display| ProjectError::Control(e.to_string());
         let mut c = db
@@ -108,11 +106,7 @@ impl ProjectCache {
                 class,
             }
         });
-        let mut entries = self.entries.borrow_mut();
-        if entries.len() >= CAPACITY {
-            entries.clear();
-        }
-        entries.insert(project.to_string(), (found.clone(), Instant::now()));
+        self.entries.insert(project, found.clone(), Instant::now());
         Ok(found)
     }
 
@@ -123,25 +117,11 @@ impl ProjectCache {
 
     /// Drops every entry (after a gap in notifications).
     pub fn clear(&self) {
-        self.entries.borrow_mut().clear();
+        self.entries.clear();
     }
 
     /// Drops a project's entry so the next request reads it again.
     pub fn invalidate(&self, project: &str) {
-        self.entries.borrow_mut().remove(project);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn freshness_is_a_pure_function_of_time() {
-        let t0 = Instant::now();
-        let ttl = Duration::from_secs(60);
-        assert!(fresh(t0, t0, ttl));
-        assert!(fresh(t0, t0 + Duration::from_secs(59), ttl));
-        assert!(!fresh(t0, t0 + ttl, ttl));
+        self.entries.remove(project);
     }
 }

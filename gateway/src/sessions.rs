@@ -7,11 +7,13 @@
 //! every use, cached or not. Lookups are idempotent reads, so they ride through a
 //! Sentinel failover (retried against the new master within the Redis failover wait).
 
-use std::{cell::RefCell, collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use http::HeaderMap;
 use monoio::time::Instant;
 use ringgate_discovery::redis::{RedisError, RedisHandle};
+
+use crate::cache::{Cache, Weigh};
 
 /// Redis key prefix of API keys.
 pub const KEY_PREFIX: &str = "ringgate:apikey:";
@@ -85,11 +87,17 @@ pub fn parse_session(value: &str) -> Result<Session, SessionError> {
 pub struct SessionCache {
     redis: RedisHandle,
     ttl: Duration,
-    entries: RefCell<HashMap<String, (Option<Session>, Instant)>>,
+    entries: Cache<Option<Session>>,
 }
 
-/// Entries kept at most; the table starts over when full.
-const CAPACITY: usize = 10_000;
+/// Bytes of sessions (found or not) kept per core.
+const CACHE_BYTES: u64 = 4 << 20;
+
+impl Weigh for Session {
+    fn heap_bytes(&self) -> usize {
+        self.project.capacity() + self.role.capacity()
+    }
+}
 
 impl SessionCache {
     /// A cache keeping answers (found or not) for `ttl`; zero asks Redis every time.
@@ -97,20 +105,14 @@ impl SessionCache {
         Self {
             redis,
             ttl,
-            entries: RefCell::new(HashMap::new()),
+            entries: Cache::new(CACHE_BYTES, ttl),
         }
     }
 
     /// The session of `api_key`, if it exists and has not expired.
     pub async fn lookup(&self, api_key: &str) -> Result<Session, SessionError> {
         let key = redis_key(api_key);
-        let now = Instant::now();
-        let cached = self
-            .entries
-            .borrow()
-            .get(&key)
-            .filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl)
-            .map(|(s, _)| s.clone());
+        let cached = self.entries.get(&key, Instant::now());
         let session = match cached {
             Some(s) => s,
             None => {
@@ -119,11 +121,7 @@ impl SessionCache {
                     None => None,
                 };
                 if !self.ttl.is_zero() {
-                    let mut entries = self.entries.borrow_mut();
-                    if entries.len() >= CAPACITY {
-                        entries.clear();
-                    }
-                    entries.insert(key, (found.clone(), Instant::now()));
+                    self.entries.insert(&key, found.clone(), Instant::now());
                 }
                 found
             }

@@ -18,7 +18,6 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
     rc::Rc,
     time::Duration,
 };
@@ -28,7 +27,11 @@ use monoio::time::Instant;
 use ringgate_discovery::redis::{RedisError, RedisHandle};
 use tracing::warn;
 
-use crate::{clock::unix_millis, metrics::Registry};
+use crate::{
+    cache::{Cache, Weigh},
+    clock::unix_millis,
+    metrics::Registry,
+};
 
 /// Redis key prefix of the per-second counters.
 pub const KEY_PREFIX: &str = "ringgate:ratelimit:";
@@ -40,8 +43,9 @@ pub const SYNC_PERIOD: Duration = Duration::from_millis(10);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// At most one warning per core this often about failed reports.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Tenants tracked per core; the table starts over when full.
-const MAX_TENANTS: usize = 100_000;
+/// Bytes of tenant windows tracked per core (some 50,000 tenants). Windows do not expire
+/// by age (a busy tenant's window must persist); cold tenants are evicted first.
+const TENANTS_BYTES: u64 = 8 << 20;
 
 /// The Redis key counting `tenant`'s requests in `second`.
 pub fn redis_key(tenant: &str, second: u64) -> String {
@@ -169,7 +173,7 @@ impl Window {
 #[derive(Debug)]
 pub struct GlobalRateLimit {
     per_second: f64,
-    tenants: RefCell<HashMap<String, Rc<Tenant>>>,
+    tenants: Cache<Rc<Tenant>>,
     reporter: Rc<Reporter>,
 }
 
@@ -185,7 +189,7 @@ impl GlobalRateLimit {
     ) -> Self {
         Self {
             per_second,
-            tenants: RefCell::new(HashMap::new()),
+            tenants: Cache::new(TENANTS_BYTES, Duration::MAX),
             reporter: Rc::new(Reporter {
                 redis,
                 registry,
@@ -198,20 +202,10 @@ impl GlobalRateLimit {
     /// Whether `tenant` may send one more request now; starts or wakes its report task.
     pub fn admit(&self, tenant: &str) -> bool {
         let now = unix_millis();
-        let state = {
-            let mut tenants = self.tenants.borrow_mut();
-            if tenants.len() >= MAX_TENANTS && !tenants.contains_key(tenant) {
-                tenants.clear();
-            }
-            match tenants.get(tenant) {
-                Some(t) => t.clone(),
-                None => {
-                    let t = Rc::new(Tenant::default());
-                    tenants.insert(tenant.to_string(), t.clone());
-                    t
-                }
-            }
-        };
+        let state = self
+            .tenants
+            .get_or_try::<()>(tenant, Instant::now(), || Ok(Rc::new(Tenant::default())))
+            .unwrap_or_default();
         let admission = state.window.borrow_mut().admit(now, self.per_second);
         let Admission::Admit {
             start_sync,
@@ -238,6 +232,12 @@ struct Tenant {
     wake: Cell<Option<oneshot::Sender<()>>>,
 }
 
+impl Weigh for Tenant {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
 impl std::fmt::Debug for Tenant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tenant")
@@ -259,8 +259,8 @@ struct Reporter {
 
 impl Reporter {
     /// Reports `tenant`'s admissions on this core to Redis until none are left to report.
-    /// A task whose tenant table started over meanwhile reports what it still holds, then
-    /// ends like any other.
+    /// A task whose tenant was evicted meanwhile reports what it still holds, then ends like
+    /// any other.
     async fn report(self: Rc<Self>, tenant: String, state: Rc<Tenant>) {
         let window = &state.window;
         loop {
