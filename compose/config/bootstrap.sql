@@ -190,9 +190,24 @@ BEGIN
     ) THEN
         RAISE EXCEPTION 'role "%" is or reaches a privileged role and cannot be a tenant role', tenant_role;
     END IF;
+    -- A key login reaches no database its role does not reach by itself (as owner or by
+    -- an explicit grant; PUBLIC's CONNECT is revoked below), and never a system database.
     FOREACH db IN ARRAY dbs LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = db) THEN
             RAISE EXCEPTION 'database "%" does not exist: create it before listing it in ringgate.projects', db;
+        END IF;
+        IF db IN ('postgres', 'template0', 'template1', 'ringgate_control') THEN
+            RAISE EXCEPTION 'database "%" is a system database and cannot be a project''s', db;
+        END IF;
+        IF NOT EXISTS (
+            SELECT 1 FROM pg_database d JOIN pg_roles tr ON tr.rolname = tenant_role
+            WHERE d.datname = db
+              AND (d.datdba = tr.oid OR EXISTS (
+                    SELECT 1 FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+                    WHERE a.grantee = tr.oid AND a.privilege_type = 'CONNECT'))
+        ) THEN
+            RAISE EXCEPTION 'role "%" may not connect to database "%" itself, so its API-key login may not either: GRANT CONNECT ON DATABASE % TO % first',
+                tenant_role, db, quote_ident(db), quote_ident(tenant_role);
         END IF;
     END LOOP;
 

@@ -502,7 +502,7 @@ fn test_project_config_cache_ttl() {
         "the new row after the TTL"
     );
     silently(&format!(
-        "update ringgate.projects set database = 'tenant_beta' where project_id = '{project}'"
+        "update ringgate.projects set database = 'tenant_beta', roles = array['beta_owner'] where project_id = '{project}'"
     ));
     assert_eq!(
         project_request(addr, &project).status,
@@ -549,8 +549,8 @@ fn test_project_config_cache_ttl() {
             );
         }
     };
-    notified(&format!("update ringgate.projects set database = 'tenant_alpha', updated_at = now() where project_id = '{project}'"), 200);
-    notified(&format!("update ringgate.projects set database = 'tenant_beta', updated_at = now() where project_id = '{project}'"), 403);
+    notified(&format!("update ringgate.projects set database = 'tenant_alpha', roles = array['alpha_owner'], updated_at = now() where project_id = '{project}'"), 200);
+    notified(&format!("update ringgate.projects set database = 'tenant_beta', roles = array['beta_owner'], updated_at = now() where project_id = '{project}'"), 403);
     psql(
         &control,
         &format!("delete from ringgate.projects where project_id = '{project}'"),

@@ -315,6 +315,32 @@ fn test_a_project_added_at_run_time_gets_its_own_fenced_key_login() {
     psql(&admin, &format!("create database {database} owner {role}"));
     let control_super = super_url("ringgate_control");
     let control = required("RINGGATE_CONTROL_DATABASE_URL");
+    /// Removes the project, its login, database and role even when the test fails, so a
+    /// later bootstrap finds no row naming a dropped role.
+    struct Cleanup([String; 5]);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let [project, login, database, role, control] = &self.0;
+            let admin = pg_admin_url();
+            try_psql(
+                control,
+                &format!("delete from ringgate.projects where project_id = '{project}'"),
+            );
+            try_psql(&admin, &format!("drop role if exists {login}"));
+            try_psql(
+                &admin,
+                &format!("drop database if exists {database} with (force)"),
+            );
+            try_psql(&admin, &format!("drop role if exists {role}"));
+        }
+    }
+    let _cleanup = Cleanup([
+        project.clone(),
+        format!("ringgate_key_{role}"),
+        database.clone(),
+        role.clone(),
+        control.clone(),
+    ]);
     psql(
         &control,
         &format!(
@@ -403,6 +429,30 @@ fn test_a_project_added_at_run_time_gets_its_own_fenced_key_login() {
         );
     }
 
+    // Nor a database the role cannot connect to itself (beta's), or a system database:
+    // the key login never reaches more than its role does.
+    for (db, why) in [
+        ("tenant_beta", "may not connect to database"),
+        ("postgres", "system database"),
+    ] {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &control, "-c"])
+            .arg(format!(
+                "update ringgate.projects set database = '{db}' where project_id = '{project}'"
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{db}: {err}");
+    }
+    assert_eq!(
+        psql(
+            &admin,
+            &format!("select has_database_privilege('{login}', 'tenant_beta', 'CONNECT')")
+        ),
+        "f"
+    );
+
     // Removing the project takes the login's rights away (and a cached project row expires
     // or is notified away; the login itself can no longer log in).
     psql(
@@ -420,9 +470,14 @@ fn test_a_project_added_at_run_time_gets_its_own_fenced_key_login() {
         ),
         "false,0,false"
     );
-    psql(&control_super, &format!("drop role if exists {login}"));
-    psql(&admin, &format!("drop database {database} with (force)"));
-    psql(&admin, &format!("drop role {role}"));
+    drop(_cleanup);
+    assert_eq!(
+        psql(
+            &control_super,
+            &format!("select count(*) from pg_roles where rolname in ('{login}', '{role}')")
+        ),
+        "0"
+    );
 }
 
 /// A request's session changes (`SET ROLE NONE`, `SET statement_timeout`, `SET
