@@ -257,3 +257,84 @@ fn unreachable_sources_keep_the_last_topology_marked_stale() {
     );
     g.drain();
 }
+
+/// etcd answers with the leader key's lease: its TTL is at most Patroni's (6 s) and more
+/// than nothing while Patroni renews it; Patroni's REST API knows no lease.
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn the_leaders_lease_is_read_from_etcd_only() {
+    use ringgate_discovery::watch::Lease;
+    let (_, lease) = sources(true, false)
+        .fetch_with_lease()
+        .expect("etcd answers");
+    match lease {
+        Lease::Held(l) => {
+            assert!(
+                l.ttl >= Duration::from_secs(1) && l.ttl <= Duration::from_secs(6),
+                "{l:?}"
+            );
+            assert!(
+                l.valid_until(Duration::from_secs(1)) < Instant::now() + Duration::from_secs(6)
+            );
+        }
+        other => panic!("the leader's lease from etcd, got {other:?}"),
+    }
+    let (_, lease) = sources(false, true)
+        .fetch_with_lease()
+        .expect("REST answers");
+    assert_eq!(lease, Lease::Unknown);
+}
+
+/// The etcd watch reports a change of the watched key within a moment, and nothing for
+/// other keys.
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn an_etcd_watch_reports_a_change_of_its_key() {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    let endpoint = required("RINGGATE_ETCD_ENDPOINTS")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let key = format!(
+        "/ringgate-test/{}",
+        ringgate_tests::backend::unique("watch")
+    );
+    let (tx, rx) = mpsc::channel();
+    let (e, k) = (endpoint.clone(), key.clone());
+    std::thread::spawn(move || {
+        let _ = ringgate_discovery::etcd::watch_key(
+            &e,
+            &k,
+            Duration::from_secs(1),
+            Duration::from_secs(20),
+            || {
+                let _ = tx.send(Instant::now());
+            },
+        );
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let put = |k: &str| {
+        let body = serde_json::json!({"key": STANDARD.encode(k), "value": STANDARD.encode("v")})
+            .to_string();
+        ringgate_discovery::http::call(
+            &endpoint,
+            "POST",
+            "/v3/kv/put",
+            Some(&body),
+            Duration::from_secs(1),
+        )
+        .expect("put");
+    };
+    put(&format!("{key}-other"));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "another key is not reported"
+    );
+    let at = Instant::now();
+    put(&key);
+    let seen = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("the change is reported");
+    assert!(seen.duration_since(at) < Duration::from_millis(500));
+}
