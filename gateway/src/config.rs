@@ -38,6 +38,8 @@ pub const ENV_MAX_BODY_BYTES: &str = "RINGGATE_MAX_BODY_BYTES";
 pub const ENV_HEADER_READ_TIMEOUT: &str = "RINGGATE_HEADER_READ_TIMEOUT";
 /// Longest pause allowed while a request body arrives.
 pub const ENV_BODY_READ_TIMEOUT: &str = "RINGGATE_BODY_READ_TIMEOUT";
+/// Longest time one write of a response to the client may take.
+pub const ENV_RESPONSE_WRITE_TIMEOUT: &str = "RINGGATE_RESPONSE_WRITE_TIMEOUT";
 /// How long an idle keep-alive connection is kept.
 pub const ENV_KEEPALIVE_TIMEOUT: &str = "RINGGATE_KEEPALIVE_TIMEOUT";
 /// Open client connections allowed per core.
@@ -98,6 +100,61 @@ pub const ENV_ADMIN_TOKEN: &str = "RINGGATE_ADMIN_TOKEN";
 pub const ENV_LOG: &str = "RINGGATE_LOG";
 /// Log format: `plain` or `json`.
 pub const ENV_LOG_FORMAT: &str = "RINGGATE_LOG_FORMAT";
+
+/// Variables whose values are secrets: never shown in a log line or an error, only named.
+/// Passwords inside URLs (`DATABASE_URL`, ...) are hidden by [`shown`] for every variable.
+pub const SECRET_VARS: &[&str] = &[ENV_ADMIN_TOKEN, ENV_KEY_LOGIN_SECRET, ENV_REDIS_PASSWORD];
+
+/// What stands for a hidden value.
+const HIDDEN: &str = "<hidden>";
+
+/// `value` of `name` as it may be logged or put in an error: nothing of a secret
+/// variable, and of every URL in it (comma-separated lists too) neither the user
+/// information (`user:password@`) nor the query (`?password=...`).
+pub fn shown(name: &str, value: &str) -> String {
+    if SECRET_VARS.contains(&name) {
+        return HIDDEN.to_string();
+    }
+    let url = |item: &str| -> String {
+        let Some((scheme, rest)) = item.split_once("://") else {
+            return item.to_string();
+        };
+        let rest = match rest.rfind('@') {
+            Some(at) => format!("{HIDDEN}@{}", &rest[at + 1..]),
+            None => rest.to_string(),
+        };
+        match rest.find('?') {
+            Some(q) => format!("{scheme}://{}?{HIDDEN}", &rest[..q]),
+            None => format!("{scheme}://{rest}"),
+        }
+    };
+    value.split(',').map(url).collect::<Vec<_>>().join(",")
+}
+
+/// A secret setting: its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
 
 /// Documentation of one environment variable, shown by `ringgate --help`.
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +223,11 @@ pub const VARS: &[VarDoc] = &[
         name: ENV_BODY_READ_TIMEOUT,
         default: "30s",
         help: "longest pause while a request body arrives; then 408",
+    },
+    VarDoc {
+        name: ENV_RESPONSE_WRITE_TIMEOUT,
+        default: "30s",
+        help: "longest time one write of a response (or proxied response piece) to the client may take; then the connection is closed",
     },
     VarDoc {
         name: ENV_KEEPALIVE_TIMEOUT,
@@ -369,6 +431,8 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Longest pause while a body arrives (default 30 s).
     pub body_read_timeout: Duration,
+    /// Longest time one write to the client may take (default 30 s); then it is closed.
+    pub response_write_timeout: Duration,
     /// Idle keep-alive lifetime (default 60 s).
     pub keepalive_timeout: Duration,
     /// Open connections per core (default 16384).
@@ -382,6 +446,7 @@ impl Default for HttpLimits {
             max_body_bytes: 1 << 20,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            response_write_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(60),
             max_connections_per_core: 16384,
         }
@@ -442,7 +507,7 @@ pub struct Config {
     /// Reverse-proxy routes and workers.
     pub proxy: ProxyConfig,
     /// Bearer token for the admin endpoints (off when `None`).
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 }
 
 impl Config {
@@ -491,6 +556,9 @@ impl Config {
             body_read_timeout: r
                 .parse(ENV_BODY_READ_TIMEOUT, parse::duration)
                 .unwrap_or(defaults.body_read_timeout),
+            response_write_timeout: r
+                .parse(ENV_RESPONSE_WRITE_TIMEOUT, parse::duration)
+                .unwrap_or(defaults.response_write_timeout),
             keepalive_timeout: r
                 .parse(ENV_KEEPALIVE_TIMEOUT, parse::duration)
                 .unwrap_or(defaults.keepalive_timeout),
@@ -533,7 +601,7 @@ impl Config {
         let admin_token = r.parse(ENV_ADMIN_TOKEN, |s| {
             let t = s.trim();
             if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) {
-                Ok(t.to_string())
+                Ok(Secret(t.to_string()))
             } else {
                 Err(parse::ParseError {
                     expected: "at least 16 printable characters without spaces",
@@ -735,14 +803,9 @@ impl Reader<'_> {
             match parse_pg_url(&s) {
                 Ok(u) => Some(u),
                 Err(e) => {
-                    // Never echo the password back.
-                    let shown = s.split('@').next_back().unwrap_or("").to_string();
-                    error!("{name}=\"...@{shown}\" is not valid: expected {URL} ({e})");
-                    r.errors.push(EnvError::Invalid {
-                        name,
-                        value: format!("...@{shown}"),
-                        expected: URL,
-                    });
+                    // The parser's reasons name options and hosts, never values.
+                    r.invalid(name, s, URL);
+                    error!("{name}: {e}");
                     None
                 }
             }
@@ -841,7 +904,9 @@ impl Reader<'_> {
         }
     }
 
+    /// Records a bad value; what is logged and kept of it is [`shown`], never a secret.
     fn invalid(&mut self, name: &'static str, value: String, expected: &'static str) {
+        let value = shown(name, &value);
         error!("{name}={value:?} is not valid: expected {expected}");
         self.errors.push(EnvError::Invalid {
             name,
@@ -1156,6 +1221,173 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    /// Log lines written while `f` runs, with what it returns.
+    fn logged<T>(f: impl FnOnce() -> T) -> (String, T) {
+        #[derive(Clone, Default)]
+        struct Sink(std::sync::Arc<std::sync::RwLock<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.write().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&sink.0.read().unwrap()).into_owned();
+        (text, out)
+    }
+
+    #[test]
+    fn secrets_never_appear_in_logs_errors_or_debug_output() {
+        // Each case: the variables set, and the secret that must not be shown. Invalid
+        // values first (logged and returned as errors), then valid ones (Debug of the config).
+        let db = (ENV_DATABASE_URL, "postgres://app:pw-db-ok@127.0.0.1/db");
+        let sentinels = (ENV_REDIS_SENTINELS, "127.0.4.1:26379");
+        let invalid: &[(&[(&str, &str)], &str)] = &[
+            (&[(ENV_ADMIN_TOKEN, "tok3n secret with spaces")], "tok3n"),
+            (&[(ENV_ADMIN_TOKEN, "short-t0ken")], "short-t0ken"),
+            (
+                &[(ENV_KEY_LOGIN_SECRET, "k3y-login-too-short")],
+                "k3y-login",
+            ),
+            (
+                &[(ENV_DATABASE_URL, "mysql://root:pw-mysql@db/x")],
+                "pw-mysql",
+            ),
+            (
+                &[(ENV_DATABASE_URL, "postgres://app:pw-nohost@")],
+                "pw-nohost",
+            ),
+            (
+                &[(
+                    ENV_DATABASE_URL,
+                    "postgres://app:pw-p@ss@127.0.0.1/db?sslmode=bogus",
+                )],
+                "pw-p",
+            ),
+            (
+                &[(
+                    ENV_DATABASE_URL,
+                    "postgres://127.0.0.1/db?password=pw-query&sslmode=no",
+                )],
+                "pw-query",
+            ),
+            (
+                &[
+                    db,
+                    (
+                        ENV_READ_REPLICA_URL,
+                        "postgres://app:pw-replica@/db?sslmode=x",
+                    ),
+                ],
+                "pw-replica",
+            ),
+            (
+                &[
+                    db,
+                    (
+                        ENV_CONTROL_DATABASE_URL,
+                        "postgres://ctl:pw-control@h:notaport/db",
+                    ),
+                ],
+                "pw-control",
+            ),
+            (
+                &[(
+                    ENV_ETCD_ENDPOINTS,
+                    "http://root:pw-etcd@127.0.0.1:2379,nonsense",
+                )],
+                "pw-etcd",
+            ),
+            (
+                &[(ENV_PATRONI_URLS, "http://u:pw-patroni@127.0.0.1:8008,:::")],
+                "pw-patroni",
+            ),
+            (
+                &[
+                    (ENV_REDIS_PASSWORD, "pw-redis-bad"),
+                    (ENV_REDIS_SENTINELS, "nonsense"),
+                ],
+                "pw-redis-bad",
+            ),
+        ];
+        for (vars, secret) in invalid {
+            let (log, result) = logged(|| read(vars));
+            let err = result.expect_err(secret);
+            assert!(
+                log.contains("is not valid"),
+                "{secret}: nothing logged: {log}"
+            );
+            for shown in [log, err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains(secret), "{secret} shown: {shown}");
+            }
+        }
+        let valid: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[(ENV_ADMIN_TOKEN, "adm1n-token-0123456789")],
+                "adm1n-token",
+            ),
+            (
+                &[
+                    (ENV_KEY_LOGIN_SECRET, "kls-0123456789abcdef0123456789abcdef"),
+                    sentinels,
+                ],
+                "kls-0123",
+            ),
+            (
+                &[(ENV_REDIS_PASSWORD, "pw-redis-ok"), sentinels],
+                "pw-redis-ok",
+            ),
+            (&[db], "pw-db-ok"),
+            (
+                &[
+                    db,
+                    (ENV_READ_REPLICA_URL, "postgres://r:pw-rep-ok@127.0.0.1/db"),
+                ],
+                "pw-rep-ok",
+            ),
+            (
+                &[
+                    db,
+                    (
+                        ENV_CONTROL_DATABASE_URL,
+                        "postgres://c:pw-ctl-ok@127.0.0.1/db",
+                    ),
+                ],
+                "pw-ctl-ok",
+            ),
+        ];
+        for (vars, secret) in valid {
+            let (log, config) = logged(|| read(vars));
+            let config = config.expect(secret);
+            for shown in [log, format!("{config:?}")] {
+                assert!(!shown.contains(secret), "{secret} shown: {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn shown_values_keep_what_helps_and_hide_credentials() {
+        assert_eq!(shown(ENV_ADMIN_TOKEN, "x"), "<hidden>");
+        assert_eq!(shown(ENV_DRAIN_TIMEOUT, "30"), "30");
+        assert_eq!(
+            shown(ENV_DATABASE_URL, "postgres://a:b@c@host:5432/db?password=x"),
+            "postgres://<hidden>@host:5432/db?<hidden>"
+        );
+        assert_eq!(
+            shown(ENV_ETCD_ENDPOINTS, "http://u:p@e1:2379,http://e2:2379"),
+            "http://<hidden>@e1:2379,http://e2:2379"
+        );
     }
 
     #[test]

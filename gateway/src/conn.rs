@@ -249,8 +249,11 @@ impl Conn {
         head: &ParsedHead,
     ) -> Result<(), Stop> {
         if head.expect_continue {
-            let (res, _) = io.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
-            res.map_err(|_| Stop::Close)?;
+            let limit = self.core.config.http.response_write_timeout;
+            match timeout(limit, io.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])).await {
+                Ok((Ok(_), _)) => {}
+                _ => return Err(Stop::Close),
+            }
         }
         Ok(())
     }
@@ -298,7 +301,7 @@ impl Conn {
         let complete = self.core.date.with_now(|date| {
             response.encode_head(&mut out, date, request_id, keep_alive, head_only)
         });
-        let limit = self.core.config.http.body_read_timeout;
+        let limit = self.core.config.http.response_write_timeout;
         let (res, out) = match timeout(limit, io.write_all(out)).await {
             Ok(r) => r,
             Err(_) => return false,

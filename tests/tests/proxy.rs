@@ -659,3 +659,44 @@ fn test_proxy_closes_pooled_connections_the_worker_closed_without_new_requests()
         "a pooled connection the worker closed is still open 2.5 s later"
     );
 }
+
+#[test]
+fn test_a_client_that_stops_reading_is_dropped_at_the_response_write_timeout() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let w = TestWorker::start("stall");
+    // Body reads may pause for a minute; one response write may take half a second.
+    let (_g, addr) = proxy_to(
+        &w,
+        "/s",
+        &[
+            ("RINGGATE_BODY_READ_TIMEOUT", "60s"),
+            ("RINGGATE_RESPONSE_WRITE_TIMEOUT", "500ms"),
+        ],
+    );
+    let size = 256 * MIB;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /s/download/{size} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    // Not reading: the socket buffers fill and ringgate's write stalls.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let started = std::time::Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; MIB];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < 64 * MIB,
+        "{} MiB arrived after the stall: the write was not given up at 500 ms",
+        got / MIB
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}

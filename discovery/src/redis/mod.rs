@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::side::{spawn, MasterObserver, WorkerWatch};
 
-/// Where Redis is and how to talk to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Redis is and how to talk to it. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Sentinel addresses (`host:port`).
     pub sentinels: Vec<String>,
@@ -35,6 +35,18 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// How long a command may wait for a usable master (a failover in progress).
     pub failover_wait: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("sentinels", &self.sentinels)
+            .field("master", &self.master)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("timeout", &self.timeout)
+            .field("failover_wait", &self.failover_wait)
+            .finish()
+    }
 }
 
 /// Why a Redis command failed.

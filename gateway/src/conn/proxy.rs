@@ -272,7 +272,7 @@ impl Conn {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        let write_limit = core.config.http.body_read_timeout;
+        let write_limit = core.config.http.response_write_timeout;
         // Head and body, worker → client.
         let complete = pipe_response(
             &mut stream,
@@ -352,8 +352,11 @@ impl Conn {
     }
 
     async fn send_continue<IO: AsyncWriteRent>(&mut self, io: &mut IO) -> Result<(), Attempt> {
-        let (res, _) = io.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
-        res.map(|_| ()).map_err(|_| Attempt::Close)
+        let limit = self.core.config.http.response_write_timeout;
+        match timeout(limit, io.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])).await {
+            Ok((Ok(_), _)) => Ok(()),
+            _ => Err(Attempt::Close),
+        }
     }
 
     async fn read_body_piece<IO: AsyncReadRent>(
