@@ -237,3 +237,50 @@ pub fn alpha_conn_string() -> String {
         .to_string();
     format!("postgresql://{creds}@alpha.ringgate.test/tenant_alpha")
 }
+
+/// A chaos test's hold on the cluster: the exclusive [`chaos_lock`], a healthy cluster to
+/// start from, and a repaired one left behind (also when the test fails).
+#[derive(Debug)]
+pub struct Chaos {
+    _lock: std::fs::File,
+}
+
+impl Chaos {
+    /// Takes the lock and repairs the cluster; panics when it cannot be made healthy.
+    pub fn begin() -> Self {
+        let lock = chaos_lock();
+        repair_cluster().unwrap_or_else(|e| panic!("the cluster is not healthy: {e}"));
+        Chaos { _lock: lock }
+    }
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        let start = std::time::Instant::now();
+        match repair_cluster() {
+            Ok(()) => eprintln!(
+                "cluster healthy again ({:.1}s)",
+                start.elapsed().as_secs_f64()
+            ),
+            Err(e) if std::thread::panicking() => eprintln!("repairing the cluster failed: {e}"),
+            Err(e) => panic!("repairing the cluster failed: {e}"),
+        }
+    }
+}
+
+/// Stores an API-key session on the Redis master and waits until both replicas have it.
+pub fn put_session(api_key: &str, session: &serde_json::Value) {
+    let key = ringgate::sessions::redis_key(api_key);
+    redis_master(&["SET", &key, &session.to_string(), "EX", "600"]);
+    let password = required("RINGGATE_REDIS_PASSWORD");
+    assert_eq!(
+        redis_cli(
+            &redis_master_addr(),
+            Some(&password),
+            &["WAIT", "2", "2000"]
+        )
+        .as_deref(),
+        Some("2"),
+        "both Redis replicas have the session"
+    );
+}

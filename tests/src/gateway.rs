@@ -54,3 +54,18 @@ pub fn start_with_redis(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAdd
         .collect();
     start(&refs)
 }
+
+/// [`start`] following Patroni through etcd (with the REST API as fallback), as
+/// `scripts/run` does, with `extra` on top.
+pub fn start_following_patroni(extra: &[(&str, &str)]) -> (Gateway, SocketAddr) {
+    let vars = [
+        "RINGGATE_ETCD_ENDPOINTS",
+        "RINGGATE_PATRONI_URLS",
+        "RINGGATE_PATRONI_SCOPE",
+        "RINGGATE_PATRONI_NAMESPACE",
+    ];
+    let owned: Vec<(&str, String)> = vars.iter().map(|v| (*v, required(v))).collect();
+    let mut env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra);
+    start(&env)
+}

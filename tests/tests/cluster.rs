@@ -7,38 +7,10 @@
 use std::time::{Duration, Instant};
 
 use ringgate_tests::backend::{
-    chaos_lock, cluster, http_get, pg_admin_url, pg_node_url, psql, redis_cli, repair_cluster,
-    required, try_psql, unique, wait_replicas_caught_up,
+    chaos_lock, cluster, http_get, pg_admin_url, pg_node_url, psql, redis_cli, required, try_psql,
+    unique, wait_replicas_caught_up, Chaos,
 };
 use serde_json::Value;
-
-/// Holds the chaos lock for a test that mutates the cluster; makes sure the cluster is healthy
-/// first and repairs it (`compose/cluster up`: heal, resume, start, wait) when dropped.
-struct Chaos {
-    _lock: std::fs::File,
-}
-
-impl Chaos {
-    fn begin() -> Self {
-        let lock = chaos_lock();
-        repair_cluster().unwrap_or_else(|e| panic!("the cluster is not healthy: {e}"));
-        Chaos { _lock: lock }
-    }
-}
-
-impl Drop for Chaos {
-    fn drop(&mut self) {
-        let start = Instant::now();
-        match repair_cluster() {
-            Ok(()) => eprintln!(
-                "cluster healthy again ({:.1}s)",
-                start.elapsed().as_secs_f64()
-            ),
-            Err(e) if std::thread::panicking() => eprintln!("repairing the cluster failed: {e}"),
-            Err(e) => panic!("repairing the cluster failed: {e}"),
-        }
-    }
-}
 
 fn patroni_urls() -> Vec<String> {
     required("RINGGATE_PATRONI_URLS")

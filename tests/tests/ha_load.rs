@@ -176,17 +176,7 @@ fn analyse(samples: &[Sample], fault: Duration) -> Report {
 
 /// ringgate following Patroni (etcd and REST), with a table for the writes.
 fn start_following_patroni() -> (ringgate::Gateway, SocketAddr, String) {
-    let (etcd, patroni, scope, ns) = (
-        required("RINGGATE_ETCD_ENDPOINTS"),
-        required("RINGGATE_PATRONI_URLS"),
-        required("RINGGATE_PATRONI_SCOPE"),
-        required("RINGGATE_PATRONI_NAMESPACE"),
-    );
-    let (g, addr) = start(&[
-        ("RINGGATE_ETCD_ENDPOINTS", etcd.as_str()),
-        ("RINGGATE_PATRONI_URLS", patroni.as_str()),
-        ("RINGGATE_PATRONI_SCOPE", scope.as_str()),
-        ("RINGGATE_PATRONI_NAMESPACE", ns.as_str()),
+    let (g, addr) = ringgate_tests::gateway::start_following_patroni(&[
         ("RINGGATE_FAILOVER_WAIT", "30s"),
         ("RINGGATE_WORKERS", "2"),
     ]);

@@ -26,10 +26,10 @@ use std::{
 
 use ringgate_tests::{
     backend::{
-        alpha_conn_string, chaos_lock, cluster, psql, repair_cluster, required, unique,
-        wait_replicas_caught_up,
+        alpha_conn_string, cluster, psql, repair_cluster, required, unique,
+        wait_replicas_caught_up, Chaos,
     },
-    gateway::start,
+    gateway::start_following_patroni,
     http::request,
 };
 use serde_json::{json, Value};
@@ -145,49 +145,9 @@ impl Load {
     }
 }
 
-/// A ringgate following Patroni through etcd (with the REST API as fallback).
+/// A ringgate following Patroni through etcd (with the REST API as fallback), two cores.
 fn gateway() -> (ringgate::Gateway, SocketAddr) {
-    start(&[
-        (
-            "RINGGATE_ETCD_ENDPOINTS",
-            &required("RINGGATE_ETCD_ENDPOINTS"),
-        ),
-        ("RINGGATE_PATRONI_URLS", &required("RINGGATE_PATRONI_URLS")),
-        (
-            "RINGGATE_PATRONI_SCOPE",
-            &required("RINGGATE_PATRONI_SCOPE"),
-        ),
-        (
-            "RINGGATE_PATRONI_NAMESPACE",
-            &required("RINGGATE_PATRONI_NAMESPACE"),
-        ),
-        ("RINGGATE_WORKERS", "2"),
-    ])
-}
-
-/// The exclusive chaos lock and a healthy cluster in synchronous mode; repairs on drop.
-struct Chaos {
-    _lock: std::fs::File,
-}
-
-impl Chaos {
-    fn begin() -> Self {
-        let lock = chaos_lock();
-        repair_cluster().unwrap_or_else(|e| panic!("the cluster is not healthy: {e}"));
-        Chaos { _lock: lock }
-    }
-}
-
-impl Drop for Chaos {
-    fn drop(&mut self) {
-        if let Err(e) = repair_cluster() {
-            if std::thread::panicking() {
-                eprintln!("repairing the cluster failed: {e}");
-            } else {
-                panic!("repairing the cluster failed: {e}");
-            }
-        }
-    }
+    start_following_patroni(&[("RINGGATE_WORKERS", "2")])
 }
 
 /// Runs the load, injects `fault` after 3 s, keeps the load going until writes have
@@ -503,25 +463,8 @@ fn chaos_a_commit_its_standby_never_confirmed_is_outcome_unknown() {
 #[ignore = "needs compose/cluster (chaos: freezes the leader)"]
 fn chaos_the_project_listen_moves_with_the_leader() {
     let _chaos = Chaos::begin();
-    let (g, _addr) = start(&[
-        (
-            "RINGGATE_ETCD_ENDPOINTS",
-            &required("RINGGATE_ETCD_ENDPOINTS"),
-        ),
-        ("RINGGATE_PATRONI_URLS", &required("RINGGATE_PATRONI_URLS")),
-        (
-            "RINGGATE_PATRONI_SCOPE",
-            &required("RINGGATE_PATRONI_SCOPE"),
-        ),
-        (
-            "RINGGATE_PATRONI_NAMESPACE",
-            &required("RINGGATE_PATRONI_NAMESPACE"),
-        ),
-        (
-            "RINGGATE_CONTROL_DATABASE_URL",
-            &required("RINGGATE_CONTROL_DATABASE_URL"),
-        ),
-    ]);
+    let control = required("RINGGATE_CONTROL_DATABASE_URL");
+    let (g, _addr) = start_following_patroni(&[("RINGGATE_CONTROL_DATABASE_URL", &control)]);
     let listening_on = |node: &str| {
         let i: usize = node.trim_start_matches("pg").parse().expect("pgN");
         let host_port = required("RINGGATE_PG_NODES")

@@ -8,7 +8,7 @@ use std::{
 
 use ringgate_tests::{
     backend::{
-        chaos_lock, cluster, pg_admin_url, redis_cli, redis_master, redis_master_addr,
+        chaos_lock, cluster, pg_admin_url, put_session, redis_cli, redis_master, redis_master_addr,
         repair_cluster, required, unique,
     },
     gateway::{start, start_with_redis},
@@ -16,23 +16,6 @@ use ringgate_tests::{
     worker::TestWorker,
 };
 use serde_json::{json, Value};
-
-/// Stores a session for `api_key` on the Redis master and waits until both replicas have it.
-fn put_session(api_key: &str, session: &Value) {
-    let key = ringgate::sessions::redis_key(api_key);
-    redis_master(&["SET", &key, &session.to_string(), "EX", "600"]);
-    let password = required("RINGGATE_REDIS_PASSWORD");
-    assert_eq!(
-        redis_cli(
-            &redis_master_addr(),
-            Some(&password),
-            &["WAIT", "2", "2000"]
-        )
-        .as_deref(),
-        Some("2"),
-        "both Redis replicas have the session"
-    );
-}
 
 fn sql_with(addr: SocketAddr, headers: &[(&str, &str)], query: &str) -> Resp {
     let mut h = vec![("Content-Type", "application/json")];

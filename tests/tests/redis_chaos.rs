@@ -13,30 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ringgate_tests::backend::{chaos_lock, cluster, redis_cli, repair_cluster, required, unique};
-
-/// Holds the chaos lock and leaves the cluster repaired (`compose/cluster up`).
-struct Chaos {
-    _lock: std::fs::File,
-}
-
-impl Chaos {
-    fn begin() -> Self {
-        let lock = chaos_lock();
-        repair_cluster().unwrap_or_else(|e| panic!("the cluster is not healthy: {e}"));
-        Chaos { _lock: lock }
-    }
-}
-
-impl Drop for Chaos {
-    fn drop(&mut self) {
-        match repair_cluster() {
-            Ok(()) => {}
-            Err(e) if std::thread::panicking() => eprintln!("repairing the cluster failed: {e}"),
-            Err(e) => panic!("repairing the cluster failed: {e}"),
-        }
-    }
-}
+use ringgate_tests::backend::{cluster, redis_cli, repair_cluster, required, unique, Chaos};
 
 fn list(name: &str) -> Vec<String> {
     required(name).split(',').map(String::from).collect()

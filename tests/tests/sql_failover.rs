@@ -181,22 +181,8 @@ fn chaos_sql_write_in_flight_when_the_leader_dies_is_outcome_unknown() {
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn chaos_sql_with_patroni_topology_follows_the_new_leader() {
-    let (g, addr) = start(&[
-        (
-            "RINGGATE_ETCD_ENDPOINTS",
-            &required("RINGGATE_ETCD_ENDPOINTS"),
-        ),
-        ("RINGGATE_PATRONI_URLS", &required("RINGGATE_PATRONI_URLS")),
-        (
-            "RINGGATE_PATRONI_SCOPE",
-            &required("RINGGATE_PATRONI_SCOPE"),
-        ),
-        (
-            "RINGGATE_PATRONI_NAMESPACE",
-            &required("RINGGATE_PATRONI_NAMESPACE"),
-        ),
-        ("RINGGATE_FAILOVER_WAIT", "30s"),
-    ]);
+    let (g, addr) =
+        ringgate_tests::gateway::start_following_patroni(&[("RINGGATE_FAILOVER_WAIT", "30s")]);
     let table = unique("patroni_t");
     assert_eq!(
         sql(

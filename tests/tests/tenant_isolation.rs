@@ -10,30 +10,11 @@
 use std::net::SocketAddr;
 
 use ringgate_tests::{
-    backend::{
-        alpha_conn_string, pg_admin_url, psql, redis_cli, redis_master, redis_master_addr,
-        required, try_psql, unique,
-    },
+    backend::{alpha_conn_string, pg_admin_url, psql, put_session, required, try_psql, unique},
     gateway::start_with_redis,
     http::{request, Resp},
 };
 use serde_json::{json, Value};
-
-/// Stores an API-key session on the Redis master and waits for both replicas.
-fn put_session(api_key: &str, session: &Value) {
-    let key = ringgate::sessions::redis_key(api_key);
-    redis_master(&["SET", &key, &session.to_string(), "EX", "600"]);
-    let password = required("RINGGATE_REDIS_PASSWORD");
-    assert_eq!(
-        redis_cli(
-            &redis_master_addr(),
-            Some(&password),
-            &["WAIT", "2", "2000"]
-        )
-        .as_deref(),
-        Some("2")
-    );
-}
 
 /// How a request names its tenant.
 #[derive(Clone, Copy, Debug)]
