@@ -25,8 +25,8 @@
 pub mod config;
 pub mod conn;
 pub mod error;
-pub mod pool_cache;
 pub mod manager;
+pub mod pool_cache;
 pub mod route;
 pub mod shard;
 pub mod tenant;

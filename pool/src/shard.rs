@@ -21,8 +21,8 @@ use crate::{
     config::{core_share, Config},
     conn::{Budget, Credentials, PgConn, Target},
     error::Error,
-    pool_cache::PoolCache,
     manager::PgManager,
+    pool_cache::PoolCache,
     route::{self, Intent},
     tenant::{PoolKey, TenantPool},
 };
