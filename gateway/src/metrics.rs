@@ -140,6 +140,37 @@ fn status_index(code: u16) -> usize {
         .unwrap_or(STATUSES.len())
 }
 
+/// A label value as the Prometheus text format needs it: backslash, double quote and line
+/// feed escaped, written without allocating. Every label value that is not a literal in
+/// this module or [`cluster`] is written through it.
+pub fn label(value: &str) -> Label<'_> {
+    Label(value)
+}
+
+/// See [`label`].
+#[derive(Debug, Clone, Copy)]
+pub struct Label<'a>(&'a str);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            f.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().unwrap_or_default();
+            match c {
+                '\n' => f.write_str("\\n")?,
+                c => {
+                    f.write_char('\\')?;
+                    f.write_char(c)?;
+                }
+            }
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
 /// The non-zero counters of one status array, with their `status` label values.
 fn status_counts(counts: &[AtomicU64; N_STATUS]) -> impl Iterator<Item = (String, u64)> + '_ {
     counts.iter().enumerate().filter_map(|(i, n)| {
@@ -506,7 +537,7 @@ impl Registry {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(n - 1)
-                .map(|c| cluster::label(c))
+                .map(|c| label(c).to_string())
                 .unwrap_or_else(|| "other".into()),
         }
     }
@@ -579,8 +610,8 @@ impl Registry {
         writeln!(
             o,
             "ringgate_build_info{{version=\"{}\",driver=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
-            self.driver
+            label(env!("CARGO_PKG_VERSION")),
+            label(self.driver)
         )?;
         writeln!(o, "# HELP ringgate_draining 1 while the process drains after SIGTERM.\n# TYPE ringgate_draining gauge")?;
         writeln!(o, "ringgate_draining {}", self.draining.load(Relaxed) as u8)?;
@@ -697,7 +728,7 @@ impl Registry {
                 writeln!(
                     o,
                     "{name}{{core=\"{c}\",driver=\"{}\"}} {}",
-                    self.driver,
+                    label(self.driver),
                     get(m)
                 )?;
             }
@@ -713,7 +744,8 @@ impl Registry {
             for (group, total, _) in m.upstreams.read().unwrap_or_else(|e| e.into_inner()).iter() {
                 writeln!(
                     o,
-                    "ringgate_upstream_workers{{core=\"{c}\",group=\"{group}\"}} {total}"
+                    "ringgate_upstream_workers{{core=\"{c}\",group=\"{}\"}} {total}",
+                    label(group)
                 )?;
             }
         }
@@ -723,7 +755,8 @@ impl Registry {
             {
                 writeln!(
                     o,
-                    "ringgate_upstream_healthy_workers{{core=\"{c}\",group=\"{group}\"}} {healthy}"
+                    "ringgate_upstream_healthy_workers{{core=\"{c}\",group=\"{}\"}} {healthy}",
+                    label(group)
                 )?;
             }
         }
@@ -842,7 +875,7 @@ impl Registry {
                 writeln!(
                     o,
                     "ringgate_pool_node_connections{{core=\"{c}\",node=\"{}\"}} {n}",
-                    cluster::label(node)
+                    label(node)
                 )?;
             }
         }
@@ -882,6 +915,111 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names a worker group, tenant class, database member or colour may have.
+    const HOSTILE: &[&str] = &[
+        "quote\"d",
+        "back\\slash",
+        "new\nline",
+        "\\\"",
+        "trailing\\",
+        "} 1\nfake_metric{a=\"b\"} 2",
+        "car\riage",
+        "tab\there",
+        "ünïcødé ☃",
+        "a,b=c",
+        "",
+    ];
+
+    /// `promtool check metrics` (Debian's prometheus package) accepts `text`.
+    fn promtool_accepts(text: &str) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (apt-get install prometheus)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Exit 1: the text does not parse; 3: lint findings (naming, duplicates).
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {:?}: {said}\n{text}",
+            out.status.code()
+        );
+    }
+
+    #[test]
+    fn hostile_label_values_are_escaped_everywhere_promtool_accepts_the_output() {
+        use ringgate_discovery::{workers::Worker, Member, Role, Topology};
+        let reg = Registry::new(2, "epoll");
+        let groups: Vec<(String, u64, u64)> =
+            HOSTILE.iter().map(|g| (g.to_string(), 2, 1)).collect();
+        reg.core(0).set_upstreams(groups.clone());
+        reg.core(1).set_upstreams(groups);
+        reg.core(0)
+            .set_pool_nodes(HOSTILE.iter().map(|n| (n.to_string(), 1)).collect());
+        for class in HOSTILE {
+            let slot = reg.class_slot(class);
+            reg.core(0).sql_answered(slot, 200);
+        }
+        let member = |i: usize, name: &str, role| Member {
+            name: name.into(),
+            addr: format!("127.0.1.{}:5432", i + 1).parse().unwrap(),
+            host: "h".into(),
+            role,
+            healthy: true,
+            lag_bytes: Some(7),
+            timeline: Some(2),
+        };
+        reg.cluster().topology_is(std::sync::Arc::new(Topology {
+            leader: Some(member(0, HOSTILE[0], Role::Leader)),
+            replicas: HOSTILE[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| member(i + 1, n, Role::Replica))
+                .collect(),
+            ..Topology::default()
+        }));
+        let workers = HOSTILE.iter().enumerate().map(|(i, g)| Worker {
+            group: g.to_string(),
+            addr: format!("127.0.3.{}:80", i + 1).parse().unwrap(),
+            weight: 1,
+            colour: Some(g.to_string()),
+        });
+        let mut set = ringgate_discovery::workers::WorkerSet::from_workers(workers);
+        for g in HOSTILE {
+            set.colour_weights
+                .entry(g.to_string())
+                .or_default()
+                .insert(g.to_string(), 50);
+        }
+        reg.cluster().workers_are(std::sync::Arc::new(set));
+        let text = reg.render();
+        assert!(!text.contains("\nfake_metric"), "{text}");
+        assert!(text.contains("group=\"quote\\\"d\""), "{text}");
+        assert!(text.contains("group=\"new\\nline\""), "{text}");
+        promtool_accepts(&text);
+    }
+
+    #[test]
+    fn label_escapes_backslash_quote_and_line_feed_only() {
+        assert_eq!(label("plain").to_string(), "plain");
+        assert_eq!(label("a\"b\\c\nd\re").to_string(), "a\\\"b\\\\c\\nd\re");
+        assert_eq!(label("ü\n").to_string(), "ü\\n");
+    }
 
     #[test]
     fn renders_counters_histograms_and_gauges_per_core() {

@@ -13,13 +13,7 @@ use std::{
 
 use ringgate_discovery::{workers::WorkerSet, Role, Topology};
 
-/// Escapes a label value (backslash, quote, newline).
-pub fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+use super::label;
 
 /// The last topology and worker set, with change bookkeeping.
 #[derive(Debug)]
