@@ -75,10 +75,8 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
         // route be borrowed from its config while `conn` is borrowed mutably below.
         let core = conn.core.clone();
         let path = head.parts.uri.path();
-        let proxied = (!router::is_own(path))
-            .then(|| crate::proxy::route_for(&core.config.proxy.routes, path))
-            .flatten();
-        if let Some(route) = proxied {
+        let target = router::dispatch(&core.config.proxy.routes, path);
+        if let router::Target::Proxy(route) = target {
             let keep_alive = head.keep_alive && !conn.core.drain.is_draining();
             let span = debug_span!("proxy", method = %head.parts.method, path = head.parts.uri.path(), group = %route.group);
             let done = conn
@@ -107,7 +105,13 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
             tls,
         };
         let span = debug_span!("request", method = %req.head.method, path = req.head.uri.path());
-        let (route, response) = router::route(&conn.core, &req).instrument(span).await;
+        let endpoint = match target {
+            router::Target::Own(e) => Some(e),
+            _ => None,
+        };
+        let (route, response) = router::route(&conn.core, &req, endpoint)
+            .instrument(span)
+            .await;
         let head_only = req.head.method == Method::HEAD;
         let written = conn
             .write(

@@ -1,7 +1,9 @@
-//! Routes a complete request to its handler.
+//! Routes a request: decided once, by [`dispatch`], from its path.
 //!
-//! ringgate's own endpoints: `GET /health` (liveness), `GET /ready` (503 while draining),
-//! `GET /metrics` (Prometheus text). Anything else is a JSON 404.
+//! ringgate's own endpoints ([`Endpoint`]: `GET /health` (liveness), `GET /ready` (503
+//! while draining), `GET /metrics` (Prometheus text), `POST /sql`, `/admin`) come first, so
+//! no proxy route, `/` included, can shadow one; then the longest matching proxy route;
+//! anything else is a JSON 404.
 
 use std::rc::Rc;
 
@@ -23,17 +25,87 @@ pub struct Request {
     pub tls: bool,
 }
 
-/// Whether `path` is one of ringgate's own endpoints (never proxied).
-pub fn is_own(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/sql" | "/admin")
-        || path.starts_with("/admin/")
+/// ringgate's own endpoints: the one list of the paths it answers itself (never proxied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/health`.
+    Health,
+    /// `/ready`.
+    Ready,
+    /// `/metrics`.
+    Metrics,
+    /// `/sql`.
+    Sql,
+    /// `/admin` and everything under `/admin/`.
+    Admin,
 }
 
-/// Handles `req` on `core`; returns the route it was counted under and the response.
-pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
+impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::Health,
+        Endpoint::Ready,
+        Endpoint::Metrics,
+        Endpoint::Sql,
+        Endpoint::Admin,
+    ];
+
+    /// The endpoint `path` names, if any.
+    pub fn of(path: &str) -> Option<Self> {
+        match path {
+            "/health" => Some(Endpoint::Health),
+            "/ready" => Some(Endpoint::Ready),
+            "/metrics" => Some(Endpoint::Metrics),
+            "/sql" => Some(Endpoint::Sql),
+            _ if path == "/admin" || path.starts_with("/admin/") => Some(Endpoint::Admin),
+            _ => None,
+        }
+    }
+
+    /// A path it answers.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Health => "/health",
+            Endpoint::Ready => "/ready",
+            Endpoint::Metrics => "/metrics",
+            Endpoint::Sql => "/sql",
+            Endpoint::Admin => "/admin",
+        }
+    }
+}
+
+/// Who answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'r> {
+    /// ringgate itself.
+    Own(Endpoint),
+    /// A worker group, through this proxy route.
+    Proxy(&'r crate::config::Route),
+    /// Nobody: 404.
+    NotFound,
+}
+
+/// Decides who answers a request for `path`: an own endpoint before any proxy route.
+pub fn dispatch<'r>(routes: &'r [crate::config::Route], path: &str) -> Target<'r> {
+    match Endpoint::of(path) {
+        Some(e) => Target::Own(e),
+        None => match crate::proxy::route_for(routes, path) {
+            Some(r) => Target::Proxy(r),
+            None => Target::NotFound,
+        },
+    }
+}
+
+/// Handles `req` on `core` as [`dispatch`] decided (`None`: no route); returns the route
+/// it was counted under and the response.
+pub async fn route(
+    core: &Rc<Core>,
+    req: &Request,
+    endpoint: Option<Endpoint>,
+) -> (Route, Response) {
     let path = req.head.uri.path();
-    let (route, response) = match path {
-        "/health" => (
+    let (route, response) = match endpoint {
+        Some(Endpoint::Health) => (
             Route::Health,
             only_get(req, || {
                 Response::new(
@@ -43,8 +115,8 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
                 )
             }),
         ),
-        "/ready" => (Route::Ready, only_get(req, || ready(core))),
-        "/metrics" => (
+        Some(Endpoint::Ready) => (Route::Ready, only_get(req, || ready(core))),
+        Some(Endpoint::Metrics) => (
             Route::Metrics,
             only_get(req, || {
                 Response::new(
@@ -54,12 +126,12 @@ pub async fn route(core: &Rc<Core>, req: &Request) -> (Route, Response) {
                 )
             }),
         ),
-        "/sql" => (Route::Sql, crate::sql::handle(core, req).await),
-        _ if path == "/admin" || path.starts_with("/admin/") => (
+        Some(Endpoint::Sql) => (Route::Sql, crate::sql::handle(core, req).await),
+        Some(Endpoint::Admin) => (
             Route::Admin,
             only_get(req, || crate::admin::handle(core, req)),
         ),
-        _ => (
+        None => (
             Route::NotFound,
             error_response(
                 StatusCode::NOT_FOUND,
@@ -118,5 +190,33 @@ fn only_get(req: &Request, f: impl FnOnce() -> Response) -> Response {
             ),
         )
         .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_endpoints_come_before_every_proxy_route_even_slash() {
+        let routes =
+            crate::config::parse_routes("/=catchall,/sql=sqlgroup,/admin=admins,/health=h")
+                .expect("routes");
+        for e in Endpoint::ALL {
+            assert_eq!(Endpoint::of(e.path()), Some(e));
+            assert_eq!(dispatch(&routes, e.path()), Target::Own(e), "{}", e.path());
+        }
+        assert_eq!(
+            dispatch(&routes, "/admin/status"),
+            Target::Own(Endpoint::Admin)
+        );
+        let group = |t: Target<'_>| match t {
+            Target::Proxy(r) => r.group.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(group(dispatch(&routes, "/sql/x")), "sqlgroup");
+        assert_eq!(group(dispatch(&routes, "/administrator")), "catchall");
+        assert_eq!(group(dispatch(&routes, "/healthz")), "catchall");
+        assert_eq!(dispatch(&[], "/nothing"), Target::NotFound);
     }
 }

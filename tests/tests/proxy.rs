@@ -700,3 +700,31 @@ fn test_a_client_that_stops_reading_is_dropped_at_the_response_write_timeout() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }
+
+#[test]
+fn test_a_catch_all_proxy_route_never_shadows_an_own_endpoint() {
+    let upstreams = format!("g={}", dead_addr());
+    let (_g, addr) = start(&[
+        ("RINGGATE_ROUTES", "/=g"),
+        ("RINGGATE_WORKER_UPSTREAMS", upstreams.as_str()),
+    ]);
+    let own = |method: &str, path: &str| {
+        let r = request(addr, method, path, &[("Host", "t")], b"{}");
+        assert!(
+            r.header("content-type").is_some() && r.status != 502,
+            "{method} {path} went to the dead worker: {} {}",
+            r.status,
+            r.text()
+        );
+        r.status
+    };
+    for e in ringgate::router::Endpoint::ALL {
+        own("GET", e.path());
+    }
+    assert_eq!(own("GET", "/health"), 200);
+    assert_eq!(own("GET", "/metrics"), 200);
+    assert_eq!(own("GET", "/admin/status"), 401);
+    own("POST", "/sql");
+    // Anything else is the catch-all's.
+    assert_eq!(request(addr, "GET", "/healthz", &[], b"").status, 502);
+}
