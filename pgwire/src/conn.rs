@@ -1,0 +1,757 @@
+//! One server connection: connect and authenticate, then run statements with the extended
+//! query protocol, results in text format.
+//!
+//! Every statement is `Parse` (only the first time on this connection: statements are
+//! cached by their text) + `Describe` + `Bind` + `Execute` + `Sync`, all in one write, so a
+//! statement costs one round trip even the first time. Several statements can go in one
+//! write ([`Connection::pipeline`]); each ends with its own `Sync`, so one's error does not
+//! touch the others (outside an explicit transaction).
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use monoio::net::TcpStream;
+use postgres_protocol::{
+    authentication::{
+        md5_hash,
+        sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256},
+    },
+    message::{backend::Message, frontend},
+    IsNull,
+};
+
+use crate::{
+    error::{DbError, Error},
+    stream::Stream,
+};
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// Notices kept per connection (the newest).
+const NOTICES_KEPT: usize = 16;
+
+/// Where and as whom to connect.
+#[derive(Clone)]
+pub struct ConnectConfig {
+    /// The server.
+    pub addr: SocketAddr,
+    /// Its host name (TLS server name).
+    pub host: String,
+    /// Role.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+    /// Database.
+    pub database: String,
+    /// Startup `options` (`-c name=value ...`), empty for none.
+    pub options: String,
+    /// `application_name`.
+    pub application_name: String,
+    /// TLS, when wanted (`SSLRequest`; the server must accept).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ConnectConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectConfig")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("options", &self.options)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A result column, as `RowDescription` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Name.
+    pub name: String,
+    /// Type OID.
+    pub type_oid: u32,
+    /// Table OID, 0 when not a table column.
+    pub table_oid: u32,
+    /// Column number in that table, 0 when not a table column.
+    pub column_id: i16,
+    /// Type modifier.
+    pub type_modifier: i32,
+    /// Type size (negative: variable).
+    pub type_size: i16,
+}
+
+/// A statement prepared on one connection.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    name: String,
+    /// Parameter type OIDs, as the server inferred them.
+    pub params: Arc<[u32]>,
+    /// Result columns (empty for statements that return none).
+    pub columns: Arc<[Column]>,
+}
+
+/// One row: each value in the server's text format, `None` for NULL.
+pub type Row = Vec<Option<String>>;
+
+/// A statement's result.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueryResult {
+    /// The server's command tag (`INSERT 0 3`, `SELECT 2`, `CREATE TABLE`).
+    pub tag: String,
+    /// Its command word (`INSERT`, `SELECT`, `CREATE`), as node-postgres reads it.
+    pub command: String,
+    /// The row count the tag ends with, else the rows returned.
+    pub row_count: u64,
+    /// Result columns.
+    pub columns: Arc<[Column]>,
+    /// Rows.
+    pub rows: Vec<Row>,
+}
+
+impl QueryResult {
+    fn with_tag(mut self, tag: &str) -> Self {
+        self.tag = tag.to_string();
+        let mut words = tag.split(' ');
+        self.command = words.next().unwrap_or("").to_string();
+        self.row_count = tag
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(self.rows.len() as u64);
+        self
+    }
+}
+
+/// What is needed to cancel a connection's running query from elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelToken {
+    addr: SocketAddr,
+    process_id: i32,
+    secret_key: i32,
+}
+
+impl CancelToken {
+    /// Sends `CancelRequest` on a new connection (the server cancels whatever the
+    /// connection runs now, if anything; it answers nothing).
+    pub async fn cancel(&self) -> Result<(), Error> {
+        let mut out = BytesMut::with_capacity(16);
+        frontend::cancel_request(self.process_id, self.secret_key, &mut out);
+        let mut s = Stream::Plain(TcpStream::connect(self.addr).await?);
+        s.write_all(&mut out).await
+    }
+}
+
+/// One server connection. Not shared: one request at a time drives it.
+#[derive(Debug)]
+pub struct Connection {
+    stream: Stream,
+    read: BytesMut,
+    write: BytesMut,
+    cancel: CancelToken,
+    statements: HashMap<String, Prepared>,
+    statement_cache: usize,
+    next_statement: u64,
+    notices: Vec<DbError>,
+    commit_unconfirmed: bool,
+    broken: bool,
+    transaction_status: u8,
+}
+
+/// One statement of a [`Connection::pipeline`]: SQL text and text parameters.
+pub type Job<'a> = (&'a str, &'a [Option<String>]);
+
+impl Connection {
+    /// Connects, negotiates TLS when configured, and authenticates (SCRAM-SHA-256, MD5 or
+    /// cleartext, as the server asks). Statements are cached up to `statement_cache`.
+    pub async fn connect(cfg: &ConnectConfig, statement_cache: usize) -> Result<Self, Error> {
+        let tcp = TcpStream::connect(cfg.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match &cfg.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => Stream::tls(tcp, tls.clone(), &cfg.host).await?,
+        };
+        let mut conn = Connection {
+            stream,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: BytesMut::with_capacity(1024),
+            cancel: CancelToken {
+                addr: cfg.addr,
+                process_id: 0,
+                secret_key: 0,
+            },
+            statements: HashMap::new(),
+            statement_cache,
+            next_statement: 0,
+            notices: Vec::new(),
+            commit_unconfirmed: false,
+            broken: false,
+            transaction_status: b'I',
+        };
+        conn.startup(cfg).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, cfg: &ConnectConfig) -> Result<(), Error> {
+        let mut params: Vec<(&str, &str)> = vec![
+            ("user", &cfg.user),
+            ("database", &cfg.database),
+            ("application_name", &cfg.application_name),
+            ("client_encoding", "UTF8"),
+        ];
+        if !cfg.options.trim().is_empty() {
+            params.push(("options", cfg.options.trim()));
+        }
+        frontend::startup_message(params.iter().copied(), &mut self.write)?;
+        self.flush().await?;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.next().await? {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(cfg.password.as_bytes(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(b) => {
+                    let hash = md5_hash(cfg.user.as_bytes(), cfg.password.as_bytes(), b.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(b) => {
+                    let mut mechanisms = b.mechanisms();
+                    let mut scram_offered = false;
+                    while let Some(m) = mechanisms.next()? {
+                        scram_offered |= m == SCRAM_SHA_256;
+                    }
+                    if !scram_offered {
+                        return Err(Error::Auth("SASL without SCRAM-SHA-256".into()));
+                    }
+                    let s =
+                        ScramSha256::new(cfg.password.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write)?;
+                    self.flush().await?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(b) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| Error::Protocol("SASL continue before start".into()))?;
+                    s.update(b.data())?;
+                    frontend::sasl_response(s.message(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(b) => {
+                    scram
+                        .as_mut()
+                        .ok_or_else(|| Error::Protocol("SASL final before start".into()))?
+                        .finish(b.data())?;
+                }
+                Message::BackendKeyData(b) => {
+                    self.cancel.process_id = b.process_id();
+                    self.cancel.secret_key = b.secret_key();
+                }
+                Message::ReadyForQuery(b) => {
+                    self.transaction_status = b.status();
+                    return Ok(());
+                }
+                Message::ErrorResponse(b) => {
+                    self.broken = true;
+                    return Err(Error::Db(Box::new(DbError::parse(b.fields())?)));
+                }
+                Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential => {
+                    return Err(Error::Auth("GSS, SSPI, Kerberos or SCM".into()));
+                }
+                _ => return Err(Error::Protocol("unexpected message during startup".into())),
+            }
+        }
+    }
+
+    /// The token to cancel this connection's running query.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel
+    }
+
+    /// Whether the connection can no longer be used (the socket failed, the server closed
+    /// it, or an answer was abandoned half-read).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// `I` (idle), `T` (in a transaction) or `E` (in a failed transaction), as the last
+    /// `ReadyForQuery` said.
+    pub fn transaction_status(&self) -> u8 {
+        self.transaction_status
+    }
+
+    /// Whether the server warned, since this connection opened, that a transaction "has
+    /// already committed locally, but might not have been replicated to the standby" (its
+    /// wait for a synchronous standby was cancelled).
+    pub fn commit_unconfirmed(&self) -> bool {
+        self.commit_unconfirmed
+    }
+
+    /// The notices received since the last call (the newest [`NOTICES_KEPT`]).
+    pub fn take_notices(&mut self) -> Vec<DbError> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Statements cached on this connection.
+    pub fn cached_statements(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Runs `sql` with text `params`; the rows may take at most `limit` bytes (value
+    /// lengths plus column names), else [`Error::TooLarge`] (the rest is read and dropped,
+    /// the connection stays usable).
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[Option<String>],
+        limit: usize,
+    ) -> Result<QueryResult, Error> {
+        self.pipeline(&[(sql, params)], limit)
+            .await
+            .pop()
+            .expect("one result per job")
+    }
+
+    /// Sends every job in one write and reads their results in order; `limit` bounds all
+    /// their rows together.
+    pub async fn pipeline(
+        &mut self,
+        jobs: &[Job<'_>],
+        limit: usize,
+    ) -> Vec<Result<QueryResult, Error>> {
+        if self.broken {
+            return jobs.iter().map(|_| Err(Error::Closed)).collect();
+        }
+        let mut pending: Vec<Option<String>> = Vec::with_capacity(jobs.len());
+        let mut encoded: Vec<Result<(), Error>> = Vec::with_capacity(jobs.len());
+        // A text new to this connection is parsed once even when it comes twice.
+        let mut fresh: HashMap<&str, String> = HashMap::new();
+        for (sql, params) in jobs {
+            let (name, new) = match (self.statements.get(*sql), fresh.get(*sql)) {
+                (Some(p), _) => (p.name.clone(), false),
+                (None, Some(name)) => (name.clone(), false),
+                (None, None) => {
+                    self.next_statement += 1;
+                    let name = format!("rg{}", self.next_statement);
+                    fresh.insert(sql, name.clone());
+                    (name, true)
+                }
+            };
+            let r = self.encode(sql, &name, new, params);
+            pending.push(new.then_some(name));
+            encoded.push(r);
+        }
+        if let Err(e) = self.flush().await {
+            self.broken = true;
+            let reason = e.to_string();
+            return jobs
+                .iter()
+                .map(|_| Err(Error::Io(std::io::Error::other(reason.clone()))))
+                .collect();
+        }
+        let mut budget = limit;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (i, (sql, _)) in jobs.iter().enumerate() {
+            if let Err(e) = std::mem::replace(&mut encoded[i], Ok(())) {
+                out.push(Err(e));
+                continue;
+            }
+            let cached = self.statements.get(*sql).cloned();
+            let (r, prepared) = self
+                .read_result(cached, pending[i].take(), &mut budget, limit)
+                .await;
+            if let Some(p) = prepared {
+                self.remember(sql, p).await;
+            }
+            out.push(r);
+            if self.broken {
+                while out.len() < jobs.len() {
+                    out.push(Err(Error::Closed));
+                }
+                break;
+            }
+        }
+        out
+    }
+
+    /// Caches a statement this connection parsed; when the cache is full every cached
+    /// statement is closed first (one round trip, rare), rather than tracking recency.
+    async fn remember(&mut self, sql: &str, prepared: Prepared) {
+        let mut close: Vec<String> = Vec::new();
+        if self.statement_cache == 0 {
+            close.push(prepared.name);
+        } else {
+            if self.statements.len() >= self.statement_cache {
+                close.extend(self.statements.drain().map(|(_, p)| p.name));
+            }
+            self.statements.insert(sql.to_string(), prepared);
+        }
+        if close.is_empty() || self.broken {
+            return;
+        }
+        for name in &close {
+            let _ = frontend::close(b'S', name, &mut self.write);
+        }
+        frontend::sync(&mut self.write);
+        if self.flush().await.is_err() {
+            return;
+        }
+        loop {
+            match self.next().await {
+                Ok(Message::ReadyForQuery(b)) => {
+                    self.transaction_status = b.status();
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Encodes one job: Parse + Describe when `new`, then Bind (text in, text out),
+    /// Execute, Sync.
+    fn encode(
+        &mut self,
+        sql: &str,
+        name: &str,
+        new: bool,
+        params: &[Option<String>],
+    ) -> Result<(), Error> {
+        if new {
+            frontend::parse(name, sql, std::iter::empty(), &mut self.write)?;
+            frontend::describe(b'S', name, &mut self.write)?;
+        }
+        let bound = frontend::bind(
+            "",
+            name,
+            std::iter::once(0i16),
+            params.iter(),
+            |p, buf| match p {
+                None => Ok(IsNull::Yes),
+                Some(v) => {
+                    buf.extend_from_slice(v.as_bytes());
+                    Ok(IsNull::No)
+                }
+            },
+            std::iter::once(0i16),
+            &mut self.write,
+        );
+        match bound {
+            Ok(()) => {}
+            Err(frontend::BindError::Serialization(e)) => return Err(Error::Io(e)),
+            Err(frontend::BindError::Conversion(e)) => {
+                return Err(Error::Protocol(format!("cannot encode a parameter: {e}")))
+            }
+        }
+        frontend::execute("", 0, &mut self.write)?;
+        frontend::sync(&mut self.write);
+        Ok(())
+    }
+
+    /// Reads one job's answer up to its `ReadyForQuery`; returns the statement's
+    /// description when this answer carried one (a new statement).
+    async fn read_result(
+        &mut self,
+        cached: Option<Prepared>,
+        new_name: Option<String>,
+        budget: &mut usize,
+        limit: usize,
+    ) -> (Result<QueryResult, Error>, Option<Prepared>) {
+        let mut parsed = false;
+        let mut described = false;
+        let mut columns: Arc<[Column]> = cached
+            .as_ref()
+            .map_or_else(|| Arc::from([]), |p| p.columns.clone());
+        let mut params: Arc<[u32]> = cached
+            .as_ref()
+            .map_or_else(|| Arc::from([]), |p| p.params.clone());
+        let r = self
+            .read_answer(
+                &mut parsed,
+                &mut described,
+                &mut columns,
+                &mut params,
+                budget,
+                limit,
+            )
+            .await;
+        // A statement parsed and described is kept even when its execution failed.
+        let prepared = match (new_name, parsed && described) {
+            (Some(name), true) => Some(Prepared {
+                name,
+                params,
+                columns: columns.clone(),
+            }),
+            _ => None,
+        };
+        (
+            r.map(|mut q| {
+                q.columns = columns;
+                q
+            }),
+            prepared,
+        )
+    }
+
+    async fn read_answer(
+        &mut self,
+        parsed: &mut bool,
+        described: &mut bool,
+        columns: &mut Arc<[Column]>,
+        params: &mut Arc<[u32]>,
+        budget: &mut usize,
+        limit: usize,
+    ) -> Result<QueryResult, Error> {
+        let mut result = QueryResult::default();
+        let mut error: Option<Error> = None;
+        loop {
+            let message = match self.next().await {
+                Ok(m) => m,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(error.unwrap_or(e));
+                }
+            };
+            match message {
+                Message::ParseComplete => *parsed = true,
+                Message::ParameterDescription(b) => {
+                    *params = b.parameters().collect::<Vec<u32>>()?.into();
+                }
+                Message::RowDescription(b) => {
+                    *columns = b
+                        .fields()
+                        .map(|f| {
+                            Ok(Column {
+                                name: f.name().to_string(),
+                                type_oid: f.type_oid(),
+                                table_oid: f.table_oid(),
+                                column_id: f.column_id(),
+                                type_modifier: f.type_modifier(),
+                                type_size: f.type_size(),
+                            })
+                        })
+                        .collect::<Vec<_>>()?
+                        .into();
+                    *described = true;
+                }
+                Message::NoData => {
+                    *columns = Arc::from([]);
+                    *described = true;
+                }
+                Message::BindComplete | Message::CloseComplete | Message::PortalSuspended => {}
+                Message::DataRow(b) => {
+                    if error.is_some() {
+                        continue;
+                    }
+                    let buf = b.buffer();
+                    let mut ranges = b.ranges();
+                    let mut row = Vec::with_capacity(columns.len());
+                    let mut i = 0;
+                    while let Some(range) = ranges.next()? {
+                        let value = range.map(|r| String::from_utf8_lossy(&buf[r]).into_owned());
+                        let name = columns.get(i).map_or(0, |c| c.name.len());
+                        let cost = value.as_ref().map_or(4, |v| v.len() + 2) + name;
+                        i += 1;
+                        match budget.checked_sub(cost) {
+                            Some(left) => *budget = left,
+                            None => {
+                                error = Some(Error::TooLarge { limit });
+                                break;
+                            }
+                        }
+                        row.push(value);
+                    }
+                    if error.is_none() {
+                        result.rows.push(row);
+                    }
+                }
+                Message::CommandComplete(b) => {
+                    let tag = b.tag()?.to_string();
+                    result = std::mem::take(&mut result).with_tag(&tag);
+                }
+                Message::EmptyQueryResponse => {}
+                Message::ErrorResponse(b) => {
+                    let e = DbError::parse(b.fields())?;
+                    let fatal = e.severity == "FATAL" || e.severity == "PANIC";
+                    if error.is_none() || fatal {
+                        error = Some(Error::Db(Box::new(e)));
+                    }
+                    if fatal {
+                        self.broken = true;
+                        return Err(error.expect("just set"));
+                    }
+                }
+                Message::ReadyForQuery(b) => {
+                    self.transaction_status = b.status();
+                    break;
+                }
+                Message::CopyInResponse(_)
+                | Message::CopyOutResponse(_)
+                | Message::CopyData(_)
+                | Message::CopyDone => {
+                    self.broken = true;
+                    return Err(Error::Protocol("COPY is not supported on this path".into()));
+                }
+                _ => {
+                    self.broken = true;
+                    return Err(Error::Protocol(
+                        "unexpected message in a query's answer".into(),
+                    ));
+                }
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(result),
+        }
+    }
+
+    /// Runs `sql` with the simple query protocol (several statements allowed, no
+    /// parameters, results discarded): `BEGIN`, `COMMIT`, `ROLLBACK`, session resets.
+    pub async fn simple(&mut self, sql: &str) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::Closed);
+        }
+        frontend::query(sql, &mut self.write)?;
+        if let Err(e) = self.flush().await {
+            self.broken = true;
+            return Err(e);
+        }
+        let mut error = None;
+        loop {
+            match self.next().await {
+                Err(e) => {
+                    self.broken = true;
+                    return Err(error.unwrap_or(e));
+                }
+                Ok(Message::ReadyForQuery(b)) => {
+                    self.transaction_status = b.status();
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    };
+                }
+                Ok(Message::ErrorResponse(b)) => {
+                    let e = DbError::parse(b.fields())?;
+                    let fatal = e.severity == "FATAL" || e.severity == "PANIC";
+                    error.get_or_insert(Error::Db(Box::new(e)));
+                    if fatal {
+                        self.broken = true;
+                        return Err(error.expect("just set"));
+                    }
+                }
+                Ok(Message::CopyInResponse(_) | Message::CopyOutResponse(_)) => {
+                    self.broken = true;
+                    return Err(Error::Protocol("COPY is not supported on this path".into()));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Ends the session politely (`Terminate`).
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.write);
+        let _ = self.flush().await;
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.write.is_empty() {
+            return Ok(());
+        }
+        let r = self.stream.write_all(&mut self.write).await;
+        if r.is_err() {
+            self.broken = true;
+        }
+        r
+    }
+
+    /// The next message, with asynchronous ones (notices, parameter status,
+    /// notifications) handled on the way.
+    async fn next(&mut self) -> Result<Message, Error> {
+        loop {
+            match Message::parse(&mut self.read)? {
+                Some(Message::NoticeResponse(b)) => {
+                    let notice = DbError::parse(b.fields())?;
+                    if is_local_only_commit(&notice) {
+                        self.commit_unconfirmed = true;
+                    }
+                    if self.notices.len() == NOTICES_KEPT {
+                        self.notices.remove(0);
+                    }
+                    self.notices.push(notice);
+                }
+                Some(Message::ParameterStatus(_) | Message::NotificationResponse(_)) => {}
+                Some(m) => return Ok(m),
+                None => {
+                    if let Err(e) = self.stream.read_into(&mut self.read, READ_CHUNK).await {
+                        self.broken = true;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a notice is PostgreSQL's warning that a commit's wait for synchronous
+/// replication was cancelled (`SyncRepWaitForLSN`): by a cancel (the commit then
+/// completes) or a terminate (the connection then closes without an error).
+pub fn is_local_only_commit(notice: &DbError) -> bool {
+    notice.message.contains("synchronous replication")
+        || notice
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("committed locally"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_and_row_count_come_from_the_tag() {
+        let q = |tag: &str, rows: usize| {
+            QueryResult {
+                rows: vec![vec![]; rows],
+                ..Default::default()
+            }
+            .with_tag(tag)
+        };
+        let r = q("INSERT 0 3", 0);
+        assert_eq!((r.command.as_str(), r.row_count), ("INSERT", 3));
+        let r = q("SELECT 2", 2);
+        assert_eq!((r.command.as_str(), r.row_count), ("SELECT", 2));
+        let r = q("CREATE TABLE", 0);
+        assert_eq!((r.command.as_str(), r.row_count), ("CREATE", 0));
+        let r = q("UPDATE 7", 0);
+        assert_eq!(
+            (r.command.as_str(), r.row_count, r.tag.as_str()),
+            ("UPDATE", 7, "UPDATE 7")
+        );
+    }
+
+    #[test]
+    fn a_cancelled_wait_for_the_standby_is_recognised() {
+        let cancelled = DbError {
+            severity: "WARNING".into(),
+            code: "01000".into(),
+            message: "canceling wait for synchronous replication due to user request".into(),
+            detail: Some("The transaction has already committed locally, but might not have been replicated to the standby.".into()),
+            ..Default::default()
+        };
+        assert!(is_local_only_commit(&cancelled));
+        let other = DbError {
+            severity: "NOTICE".into(),
+            message: "table \"t\" does not exist, skipping".into(),
+            ..Default::default()
+        };
+        assert!(!is_local_only_commit(&other));
+    }
+}

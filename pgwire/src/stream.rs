@@ -1,0 +1,94 @@
+//! A server connection's socket, plain or TLS, read and written with owned buffers on the
+//! core's own runtime.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use monoio::{
+    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
+    net::TcpStream,
+};
+use rustls::pki_types::ServerName;
+
+use crate::error::Error;
+
+/// The socket under a [`crate::Connection`].
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS (after the server accepted `SSLRequest`).
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Plain(_) => "Stream::Plain",
+            Stream::Tls(_) => "Stream::Tls",
+        })
+    }
+}
+
+impl Stream {
+    /// Asks the server for TLS (`SSLRequest`) and wraps `tcp` in it; the server must agree.
+    pub async fn tls(
+        mut tcp: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        host: &str,
+    ) -> Result<Stream, Error> {
+        let mut request = BytesMut::with_capacity(8);
+        postgres_protocol::message::frontend::ssl_request(&mut request);
+        let (r, _) = tcp.write_all(request).await;
+        r?;
+        let (r, answer) = tcp.read(vec![0u8; 1]).await;
+        match (r?, answer.first()) {
+            (1, Some(b'S')) => {}
+            (1, Some(b'N')) => return Err(Error::Tls("the server does not accept TLS".into())),
+            (0, _) => return Err(Error::Closed),
+            (_, other) => return Err(Error::Protocol(format!("answer to SSLRequest: {other:?}"))),
+        }
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| Error::Tls(format!("server name {host:?}: {e}")))?;
+        let stream = monoio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+
+    /// Reads what is available into `buf`'s spare capacity (at least `min_spare` of it);
+    /// `Err(Closed)` at end of stream.
+    pub async fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+        min_spare: usize,
+    ) -> Result<usize, Error> {
+        buf.reserve(min_spare);
+        let owned = std::mem::take(buf);
+        let (r, owned) = match self {
+            Stream::Plain(s) => s.read(owned).await,
+            Stream::Tls(s) => s.read(owned).await,
+        };
+        *buf = owned;
+        match r? {
+            0 => Err(Error::Closed),
+            n => Ok(n),
+        }
+    }
+
+    /// Writes all of `out` and leaves it empty (its capacity kept).
+    pub async fn write_all(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        let owned = std::mem::take(out);
+        let (r, mut owned) = match self {
+            Stream::Plain(s) => s.write_all(owned).await,
+            Stream::Tls(s) => s.write_all(owned).await,
+        };
+        owned.clear();
+        *out = owned;
+        r?;
+        if let Stream::Tls(s) = self {
+            s.flush().await?;
+        }
+        Ok(())
+    }
+}
