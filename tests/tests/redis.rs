@@ -8,14 +8,14 @@ use std::{
 
 use ringgate_tests::{
     backend::{
-        chaos_lock, cluster, pg_admin_url, put_session, redis_cli, redis_master, redis_master_addr,
-        repair_cluster, required, unique,
+        chaos_lock, cluster, pg_admin_url, put_session, redis_master, redis_master_addr,
+        repair_cluster, unique,
     },
     gateway::{start, start_with_redis},
     http::{admin_get, metric_total, request, wait_for_worker, Resp},
     worker::TestWorker,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn sql_with(addr: SocketAddr, headers: &[(&str, &str)], query: &str) -> Resp {
     let mut h = vec![("Content-Type", "application/json")];
