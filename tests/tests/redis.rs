@@ -114,6 +114,11 @@ fn test_api_key_runs_sql_as_the_session_role_of_its_project() {
         (r.status, r.json()["code"].as_str()),
         (404, Some("unknown_project"))
     );
+    let message = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("the API key's session") && !message.contains("alpha"),
+        "says where the project came from, names no other project: {message}"
+    );
 
     // Neither a key nor a connection string.
     let r = sql_with(addr, &[], q);

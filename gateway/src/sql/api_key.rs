@@ -101,7 +101,11 @@ pub async fn tenant(
             return Err(gateway_error(
                 StatusCode::NOT_FOUND,
                 "unknown_project",
-                &format!("no project {:?}", session.project),
+                &format!(
+                    "no project {:?}: it is the project the API key's session names in Redis \
+                     (ringgate:apikey:<sha256 of the key>); store the key again with an existing project",
+                    session.project
+                ),
             ))
         }
         Err(e) => return Err(unavailable("control_unavailable", &e.to_string(), 1)),
