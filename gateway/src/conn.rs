@@ -52,6 +52,7 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
     mut io: IO,
     peer: Option<std::net::SocketAddr>,
     tls: bool,
+    client: Option<router::ClientSocket>,
 ) {
     let mut conn = Conn {
         core,
@@ -103,6 +104,7 @@ pub async fn serve<IO: AsyncReadRent + AsyncWriteRent>(
             body,
             peer,
             tls,
+            client,
         };
         let span = debug_span!("request", method = %req.head.method, path = req.head.uri.path());
         let endpoint = match target {

@@ -116,10 +116,12 @@ pub enum SqlEvent {
     WriteNoLeader,
     /// A read sent on a connection busy with other reads of its tenant (pipelined).
     Pipelined,
+    /// A statement whose client went away while it ran was cancelled on the server.
+    ClientGone,
 }
 
 impl SqlEvent {
-    const ALL: [SqlEvent; 10] = [
+    const ALL: [SqlEvent; 11] = [
         SqlEvent::WriteHeld,
         SqlEvent::RerunReadOnly,
         SqlEvent::RerunNotSent,
@@ -130,6 +132,7 @@ impl SqlEvent {
         SqlEvent::OutcomeUnknownUnconfirmed,
         SqlEvent::WriteNoLeader,
         SqlEvent::Pipelined,
+        SqlEvent::ClientGone,
     ];
 }
 
@@ -808,7 +811,7 @@ impl Registry {
                 }
             }
         }
-        let families: [SqlFamily; 4] = [
+        let families: [SqlFamily; 5] = [
             (
                 "ringgate_sql_reruns_total",
                 "Statements rerun because they provably did not take effect, by reason.",
@@ -838,6 +841,11 @@ impl Registry {
                 "ringgate_sql_pipelined_reads_total",
                 "Reads sent on a connection busy with other reads of their tenant (pipelined).",
                 &[(SqlEvent::Pipelined, "")],
+            ),
+            (
+                "ringgate_sql_cancelled_client_gone_total",
+                "Statements cancelled on the server because their client went away while they ran.",
+                &[(SqlEvent::ClientGone, "")],
             ),
         ];
         for (name, help, events) in families {

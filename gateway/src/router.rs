@@ -23,6 +23,36 @@ pub struct Request {
     pub peer: Option<std::net::SocketAddr>,
     /// Whether it came over TLS.
     pub tls: bool,
+    /// The client's socket, watched while the request is answered.
+    pub client: Option<ClientSocket>,
+}
+
+/// How often a client is checked for having gone while its request runs.
+pub const CLIENT_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The socket of a request's client, to tell whether the client went away meanwhile (a
+/// one-byte peek, see [`crate::socket_peek`]); valid while the connection is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSocket(pub std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for ClientSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+impl ClientSocket {
+    /// Resolves once the client has closed its end or its connection failed, checked every
+    /// [`CLIENT_CHECK`]; never while it is there (or has sent more, a pipelined request).
+    pub async fn gone(self) {
+        use crate::socket_peek::{peek, Peek};
+        loop {
+            monoio::time::sleep(CLIENT_CHECK).await;
+            if matches!(peek(&self), Peek::Closed | Peek::Failed) {
+                return;
+            }
+        }
+    }
 }
 
 /// ringgate's own endpoints: the one list of the paths it answers itself (never proxied).

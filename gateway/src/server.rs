@@ -291,20 +291,29 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let guard = core.track_connection();
     let span = info_span!("conn", core = core.id, %peer, tls);
     let core = core.clone();
+    // The descriptor stays the connection's until its task ends.
+    let client = Some(crate::router::ClientSocket(
+        std::os::fd::AsRawFd::as_raw_fd(&stream),
+    ));
     monoio::spawn(
         async move {
             let _guard = guard;
             if tls {
-                serve_tls(core, stream, peer).await;
+                serve_tls(core, stream, peer, client).await;
             } else {
-                conn::serve(core, stream, Some(peer), false).await;
+                conn::serve(core, stream, Some(peer), false, client).await;
             }
         }
         .instrument(span),
     );
 }
 
-async fn serve_tls(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_tls(
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    client: Option<crate::router::ClientSocket>,
+) {
     let Some(config) = core.tls.borrow().clone() else {
         return;
     };
@@ -314,7 +323,7 @@ async fn serve_tls(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     )
     .await
     {
-        Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true).await,
+        Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client).await,
         Ok(Err(error)) => {
             core.metrics().tls_handshake_failed();
             debug!(%error, "TLS handshake failed");

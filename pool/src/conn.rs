@@ -131,10 +131,61 @@ impl Drop for Permit {
     }
 }
 
+/// What it takes to cancel the statement a connection runs: the server's address, the
+/// connection's cancel key and the TLS it connected with. A CancelRequest goes over a new
+/// connection of its own, made here on the core's runtime (tokio-postgres'
+/// `CancelToken::cancel_query` would need a tokio runtime).
+#[derive(Clone)]
+pub struct Canceller {
+    addr: SocketAddr,
+    token: tokio_postgres::CancelToken,
+    tls: Option<(crate::tls::PgTls, String)>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canceller")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Canceller {
+    /// Asks the server to cancel whatever the connection runs now, within the connect
+    /// timeout. The server answers nothing: the statement, if it still runs, ends with
+    /// `query_canceled` (57014) on its own connection.
+    pub async fn cancel(&self) -> Result<(), Error> {
+        let addr = self.addr;
+        let send = async {
+            let stream = monoio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|source| Error::Connect { addr, source })?;
+            let stream = stream
+                .into_poll_io()
+                .map_err(|source| Error::Connect { addr, source })?;
+            match &self.tls {
+                None => self.token.cancel_query_raw(stream, NoTls).await?,
+                Some((tls, host)) => {
+                    let connector = crate::tls::RustlsConnect::new(tls, host)
+                        .map_err(|e| Error::Tls(e.to_string()))?;
+                    self.token.cancel_query_raw(stream, connector).await?
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        match monoio::time::timeout(self.timeout, send).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::ConnectTimeout { addr }),
+        }
+    }
+}
+
 /// A server connection with its prepared-statement cache.
 #[derive(Debug)]
 pub struct PgConn {
     client: Client,
+    canceller: Canceller,
     /// Set when the server said a commit is local only (its wait for a synchronous
     /// standby was cancelled); see [`PgConn::commit_unconfirmed`].
     unconfirmed: Arc<AtomicBool>,
@@ -149,6 +200,11 @@ impl PgConn {
     /// The tokio-postgres client.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// What cancels the statement this connection runs.
+    pub fn canceller(&self) -> Canceller {
+        self.canceller.clone()
     }
 
     /// Prepares `sql` once per connection and reuses the statement afterwards.
@@ -301,8 +357,15 @@ fn is_local_only_commit(notice: &tokio_postgres::error::DbError) -> bool {
 pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     let unconfirmed = Arc::<AtomicBool>::default();
     let client = open(target, None, unconfirmed.clone()).await?;
+    let canceller = Canceller {
+        addr: target.addr,
+        token: client.cancel_token(),
+        tls: target.tls.clone().map(|t| (t, target.host.clone())),
+        timeout: target.connect_timeout,
+    };
     Ok(PgConn {
         client,
+        canceller,
         unconfirmed,
         statements: HashMap::new(),
         statement_cache: target.statement_cache,

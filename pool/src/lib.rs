@@ -34,7 +34,7 @@ pub mod tls;
 pub mod url;
 
 pub use config::Config;
-pub use conn::{Credentials, PgConn};
+pub use conn::{Canceller, Credentials, PgConn};
 pub use error::{Error, TimeoutKind};
 pub use route::Intent;
 pub use shard::{Checkout, Lease, Shard, ShardStats};

@@ -788,3 +788,85 @@ fn reads_queued_behind_busy_connections_are_pipelined_and_each_gets_its_own_answ
     );
     g.drain();
 }
+
+/// Whether a backend runs a query containing `marker` (other than the one asking).
+fn running(marker: &str) -> bool {
+    let find = format!(
+        "select count(*) from pg_stat_activity where state = 'active' and query like '%{marker}%' and pid <> pg_backend_pid()"
+    );
+    psql(&pg_admin_url(), &find).trim() != "0"
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn a_statement_whose_client_disconnects_is_cancelled_on_the_server() {
+    use std::io::Write;
+    let (g, addr) = start_on_admin(&[]);
+    let cs = conn_string("alpha");
+    let table = unique("gone_t");
+    psql(&pg_admin_url(), &format!("create table {table} (id int)"));
+    let cases = |marker: &str| {
+        [
+            (
+                "read",
+                json!({"query": format!("select pg_sleep(30) /* {marker} */")}),
+            ),
+            (
+                "write",
+                json!({"query": format!("insert into {table} select 1 from pg_sleep(30) /* {marker} */")}),
+            ),
+            (
+                "batch",
+                json!({"queries": [
+                    {"query": format!("insert into {table} values (2)")},
+                    {"query": format!("select pg_sleep(30) /* {marker} */")},
+                ]}),
+            ),
+        ]
+    };
+    for kind in ["read", "write", "batch"] {
+        let marker = unique("gone");
+        let body = cases(&marker)
+            .into_iter()
+            .find(|(k, _)| *k == kind)
+            .unwrap()
+            .1
+            .to_string();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST /sql HTTP/1.1\r\nHost: t\r\nNeon-Connection-String: {cs}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !running(&marker) {
+            assert!(std::time::Instant::now() < deadline, "{kind}: never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(s);
+        let gone_at = std::time::Instant::now();
+        while running(&marker) {
+            assert!(
+                gone_at.elapsed() < Duration::from_secs(3),
+                "{kind}: still running {:?} after its client disconnected",
+                gone_at.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{kind}: cancelled {:?} after the client left",
+            gone_at.elapsed()
+        );
+    }
+    // Nothing of the cancelled write or batch was applied, and ringgate serves on.
+    assert_eq!(
+        psql(&pg_admin_url(), &format!("select count(*) from {table}")).trim(),
+        "0"
+    );
+    let r = sql(addr, &cs, json!({"query": "select 1 as one"}), &[]);
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert!(metric_total(addr, "ringgate_sql_cancelled_client_gone_total") >= 3);
+    psql(&pg_admin_url(), &format!("drop table {table}"));
+    g.drain();
+}

@@ -126,7 +126,7 @@ async fn answer(core: &Rc<Core>, req: &Request, class: &mut usize) -> Response {
             Ok(r) => r,
             Err(e) => return request_error(&e),
         };
-        return Ctx::new(core, db).run(&sql).await;
+        return Ctx::new(core, db, req).run(&sql).await;
     }
     let mut sql = match request::parse(headers, &req.body, &core.config.sql, &core.sql_memo.tenants)
     {
@@ -145,7 +145,7 @@ async fn answer(core: &Rc<Core>, req: &Request, class: &mut usize) -> Response {
             Err(refused) => return refused,
         }
     }
-    Ctx::new(core, db).run(&sql).await
+    Ctx::new(core, db, req).run(&sql).await
 }
 
 /// The project must exist and the connection string must name its database and one of its
@@ -206,15 +206,44 @@ struct Ctx {
     db: Rc<Shard>,
     wait: Duration,
     limit: usize,
+    /// The client's socket: a statement whose client goes away is cancelled.
+    client: Option<crate::router::ClientSocket>,
 }
 
 impl Ctx {
-    fn new(core: &Rc<Core>, db: Rc<Shard>) -> Self {
+    fn new(core: &Rc<Core>, db: Rc<Shard>, req: &Request) -> Self {
         Self {
             memo: core.clone(),
             db,
             wait: core.config.failover_wait,
             limit: core.config.sql.max_response_bytes,
+            client: req.client,
+        }
+    }
+
+    /// Runs `statement`, which has its connection to itself. If the client goes away
+    /// meanwhile, the server is asked to cancel it (through `canceller`) and it is still
+    /// waited for: it ends with `query_canceled`, or with its result if that came first, and
+    /// its connection goes back to the pool as after any error.
+    async fn cancellable<T>(
+        &self,
+        canceller: ringgate_pool::Canceller,
+        statement: impl std::future::Future<Output = T>,
+    ) -> T {
+        let Some(client) = self.client else {
+            return statement.await;
+        };
+        let mut statement = std::pin::pin!(statement);
+        let gone = std::pin::pin!(client.gone());
+        match futures_util::future::select(statement.as_mut(), gone).await {
+            futures_util::future::Either::Left((done, _)) => done,
+            futures_util::future::Either::Right(((), _)) => {
+                self.event(SqlEvent::ClientGone);
+                if let Err(error) = canceller.cancel().await {
+                    debug!(%error, "the client went away; its statement could not be cancelled");
+                }
+                statement.await
+            }
         }
     }
 
@@ -265,9 +294,10 @@ impl Ctx {
                     continue;
                 }
             };
-            let sent = async {
+            let canceller = c.conn().canceller();
+            let sent = self.cancellable(canceller, async {
                 exec::execute(c.conn().client(), prepared?, st, &mut budget, self.limit).await
-            };
+            });
             let result = match under_lease(lease.as_ref(), sent).await {
                 Ok(result) => result,
                 Err(LeaseLost) => return self.unknown(c, Unknown::LeaseLost),
@@ -350,9 +380,10 @@ impl Ctx {
             for st in &sql.statements {
                 // Nothing commits before COMMIT: a lease lost before it is a batch held
                 // for the next leader (closing the connection aborts the transaction).
+                let canceller = c.conn().canceller();
                 let ran = match under_lease(
                     lease.as_ref(),
-                    exec::run(c.conn(), st, &mut budget, self.limit),
+                    self.cancellable(canceller, exec::run(c.conn(), st, &mut budget, self.limit)),
                 )
                 .await
                 {

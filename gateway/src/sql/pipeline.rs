@@ -172,18 +172,21 @@ pub(super) async fn read(ctx: &Ctx, sql: &SqlRequest, st: &Statement) -> Option<
         };
         let prepared = exec::prepare(c.conn(), st).await;
         let batch = Batch::prepare(&mut c, q.take()).await;
+        let canceller = c.conn().canceller();
         let client = c.conn().client();
         let mut budget = ctx.limit;
-        let (mine, batch_broke) = join(
-            async {
-                match prepared {
-                    Ok(p) => exec::execute(client, p, st, &mut budget, ctx.limit).await,
-                    Err(e) => Err(e),
-                }
-            },
-            batch.execute(client, ctx.limit),
-        )
-        .await;
+        let mine = async {
+            match prepared {
+                Ok(p) => exec::execute(client, p, st, &mut budget, ctx.limit).await,
+                Err(e) => Err(e),
+            }
+        };
+        let (mine, batch_broke) = if batch.jobs.is_empty() {
+            // Alone on its connection: a cancel can only hit this read.
+            (ctx.cancellable(canceller, mine).await, false)
+        } else {
+            join(mine, batch.execute(client, ctx.limit)).await
+        };
         if broke(&mine) || batch_broke {
             c.discard();
         } else if !q.jobs.borrow().is_empty() {
