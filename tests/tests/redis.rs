@@ -656,3 +656,47 @@ fn test_rate_limit_counts_the_api_key_project_not_the_host() {
         .collect();
     assert_eq!(burst.last(), Some(&429), "{burst:?}");
 }
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn test_a_flood_of_unknown_api_keys_does_not_evict_a_hot_session() {
+    use std::io::{BufReader, Write};
+    let (_g, addr) = start_with_redis(&[("RINGGATE_SESSION_CACHE_TTL", "600s")]);
+    let hot = unique("hot-key-");
+    put_session(&hot, &json!({"project": "alpha", "role": "alpha_owner"}));
+    assert_eq!(sql_with(addr, &[("apikey", &hot)], "select 1").status, 200);
+    // Gone from Redis: from now on only the core's cache knows the hot key.
+    redis_master(&["DEL", &ringgate::sessions::redis_key(&hot)]);
+    let body = json!({"query": "select 1"}).to_string();
+    let one = |key: &str| {
+        format!(
+            "POST /sql HTTP/1.1\r\nHost: t\r\napikey: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let mut reader = BufReader::new(s);
+    // Some 30,000 one-off keys (each a Redis miss, cached as unknown: far more than the
+    // cache holds), pipelined 200 to a write, the hot key used in every write.
+    let run = unique("flood");
+    for round in 0..150 {
+        let mut out = one(&hot);
+        for i in 0..199 {
+            out.push_str(&one(&format!("{run}-{round}-{i}")));
+        }
+        writer.write_all(out.as_bytes()).unwrap();
+        let hot_answer = ringgate_tests::http::read_response(&mut reader).expect("an answer");
+        assert_eq!(
+            hot_answer.status,
+            200,
+            "round {round}: the hot session was evicted by one-off keys: {}",
+            hot_answer.text()
+        );
+        for _ in 0..199 {
+            let r = ringgate_tests::http::read_response(&mut reader).expect("an answer");
+            assert_eq!(r.status, 401, "{}", r.text());
+        }
+    }
+}
