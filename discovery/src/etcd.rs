@@ -91,15 +91,16 @@ impl Etcd {
 /// Watches `key` on `endpoint` (etcd's streaming `POST /v3/watch`) and calls `on_event`
 /// for every change the stream reports; returns when the stream ends, fails, or carries
 /// nothing for `idle` (the caller reconnects). The JSON gateway sends one message per line,
-/// in chunks; only whole lines are looked at.
+/// in chunks (framed by ringgate's one chunked state machine); only whole lines are looked
+/// at.
 pub fn watch_key(
     endpoint: &str,
     key: &str,
     connect_timeout: Duration,
     idle: Duration,
-    mut on_event: impl FnMut(),
+    on_event: impl FnMut(),
 ) -> Result<(), DiscoveryError> {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Write;
 
     let unreachable = |e: &dyn std::fmt::Display| {
         DiscoveryError::Unreachable(format!("etcd watch {endpoint}: {e}"))
@@ -118,59 +119,95 @@ pub fn watch_key(
         body.len()
     )
     .map_err(|e| unreachable(&e))?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| unreachable(&e))?;
-    if line.split_whitespace().nth(1) != Some("200") {
-        return Err(DiscoveryError::Parse(format!(
-            "etcd watch: {}",
-            line.trim()
-        )));
+    read_watch(&mut s, on_event).map_err(|e| match e {
+        WatchError::Io(e) => unreachable(&e),
+        WatchError::Parse(m) => DiscoveryError::Parse(format!("etcd watch: {m}")),
+    })
+}
+
+/// Why a watch stream stopped with an error.
+#[derive(Debug)]
+enum WatchError {
+    Io(std::io::Error),
+    Parse(String),
+}
+
+/// The sink of the watch stream's chunks: the bytes of messages not yet complete.
+struct Lines<'a>(&'a mut Vec<u8>);
+
+impl ringgate_http1::Sink for Lines<'_> {
+    fn data(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
     }
-    loop {
-        line.clear();
-        if r.read_line(&mut line).map_err(|e| unreachable(&e))? == 0 {
-            return Ok(());
+}
+
+/// Reads a watch response from `r`: its head, then its chunked body as it arrives, calling
+/// `on_event` for every message that reports events. `Ok` when the stream ends or is idle
+/// past the read timeout.
+fn read_watch(r: &mut impl std::io::Read, mut on_event: impl FnMut()) -> Result<(), WatchError> {
+    use bytes::Buf;
+    use ringgate_http1::{Chunked, ResponseHead};
+
+    let mut buf = bytes::BytesMut::with_capacity(8 * 1024);
+    let mut piece = [0u8; 8 * 1024];
+    let mut in_body = false;
+    // Fills `buf`; `Ok(false)` when the stream ended or, in the body, went idle.
+    let mut read_more = |buf: &mut bytes::BytesMut, in_body: bool| match r.read(&mut piece) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            buf.extend_from_slice(&piece[..n]);
+            Ok(true)
         }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    // Chunked body: size line, data, CRLF; messages are newline-separated inside.
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
+        Err(e)
+            if in_body
+                && matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
-            {
-                return Ok(())
-            }
-            Err(e) => return Err(unreachable(&e)),
+        {
+            Ok(false)
         }
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| DiscoveryError::Parse(format!("etcd watch: chunk size {line:?}")))?;
-        if size == 0 {
-            return Ok(());
+        Err(e) => Err(WatchError::Io(e)),
+    };
+    let head = loop {
+        match ResponseHead::parse(&mut buf, http::MAX_HEAD)
+            .map_err(|e| WatchError::Parse(e.to_string()))?
+        {
+            Some(h) if h.status < 200 => continue,
+            Some(h) => break h,
+            None if read_more(&mut buf, in_body)? => {}
+            None => return Ok(()),
         }
-        let mut chunk = vec![0; size + 2];
-        r.read_exact(&mut chunk).map_err(|e| unreachable(&e))?;
-        pending.extend_from_slice(&chunk[..size]);
+    };
+    if head.status != 200 {
+        return Err(WatchError::Parse(format!(
+            "status {} {}",
+            head.status,
+            String::from_utf8_lossy(head.reason())
+        )));
+    }
+    if !head.chunked() {
+        return Err(WatchError::Parse("the stream is not chunked".into()));
+    }
+    in_body = true;
+    let mut chunked = Chunked::new();
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = chunked
+            .feed(&buf, &mut Lines(&mut pending))
+            .map_err(|e| WatchError::Parse(e.to_string()))?;
+        buf.advance(n);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let message: Vec<u8> = pending.drain(..=end).collect();
-            if memmem(&message, b"\"events\"") {
+            if memmem(&pending[..end], b"\"events\"") {
                 on_event();
             }
+            pending.drain(..=end);
         }
         if pending.len() > 1 << 20 {
-            return Err(DiscoveryError::Parse(
-                "etcd watch: message over 1 MiB".into(),
-            ));
+            return Err(WatchError::Parse("message over 1 MiB".into()));
+        }
+        if chunked.done() || !read_more(&mut buf, in_body)? {
+            return Ok(());
         }
     }
 }
@@ -235,5 +272,30 @@ mod tests {
         );
         assert!(parse_range(r#"{"header":{}}"#).unwrap().is_empty());
         assert!(parse_range("garbage").is_err());
+    }
+
+    #[test]
+    fn watch_streams_are_read_through_the_one_chunked_state_machine() {
+        let stream = |body: &str| {
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{body}").into_bytes()
+        };
+        let count = |raw: Vec<u8>| {
+            let mut events = 0;
+            let r = read_watch(&mut &raw[..], || events += 1);
+            r.map(|()| events)
+        };
+        // A message split across chunks, one without events, an extension and a trailer.
+        let ok = stream("b;x=1\r\n{\"events\":[\r\n4\r\n1]}\n\r\n8\r\n{\"a\":1}\n\r\nf\r\n{\"events\":[2]}\n\r\n0\r\nX: y\r\n\r\n");
+        assert_eq!(count(ok).unwrap(), 2);
+        for bad in ["b \r\n", "0xb\r\n", "b\n", "+b\r\n"] {
+            assert!(
+                matches!(count(stream(bad)), Err(WatchError::Parse(_))),
+                "{bad:?}"
+            );
+        }
+        let refused = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec();
+        assert!(matches!(count(refused), Err(WatchError::Parse(_))));
+        // The stream ending mid-way is an end, not an error (the caller reconnects).
+        assert_eq!(count(stream("f\r\n{\"events\":[2]}\n")).unwrap(), 1);
     }
 }

@@ -7,6 +7,9 @@ use std::{
     time::Duration,
 };
 
+use bytes::BytesMut;
+use ringgate_http1::{ChunkedDecoder, ResponseFraming, ResponseHead};
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -73,24 +76,7 @@ pub fn call(
         url: url.clone(),
         reason: reason.into(),
     };
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no header end"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("head is not UTF-8"))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    let mut payload = raw[end + 4..].to_vec();
-    if chunked {
-        payload = dechunk(&payload).ok_or_else(|| bad("bad chunked body"))?;
-    }
+    let (status, payload) = read_response(&raw, method == "HEAD").map_err(|e| bad(&e))?;
     let text = String::from_utf8(payload).map_err(|_| bad("body is not UTF-8"))?;
     if !(200..300).contains(&status) {
         return Err(bad(&format!(
@@ -101,24 +87,39 @@ pub fn call(
     Ok(text)
 }
 
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_str = std::str::from_utf8(&b[..line_end])
-            .ok()?
-            .split(';')
-            .next()?
-            .trim()
-            .to_string();
-        let size = usize::from_str_radix(&size_str, 16).ok()?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Some(out);
+/// Largest response head read.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Largest response body read.
+const MAX_BODY: usize = 64 << 20;
+
+/// One whole response (the connection was closed after it) through ringgate's one HTTP/1
+/// codec: its status and body. Interim (1xx) responses are skipped.
+fn read_response(raw: &[u8], head_only: bool) -> Result<(u16, Vec<u8>), String> {
+    let mut buf = BytesMut::from(raw);
+    let head = loop {
+        match ResponseHead::parse(&mut buf, MAX_HEAD).map_err(|e| e.to_string())? {
+            Some(h) if h.status < 200 => continue,
+            Some(h) => break h,
+            None => return Err("incomplete response head".into()),
         }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
+    };
+    let body = match head.body_framing(head_only) {
+        ResponseFraming::None => Vec::new(),
+        ResponseFraming::Length(n) => buf
+            .get(..usize::try_from(n).unwrap_or(usize::MAX))
+            .ok_or("body shorter than its content-length")?
+            .to_vec(),
+        ResponseFraming::Chunked => {
+            let mut body = ChunkedDecoder::with_buffer(Vec::new(), MAX_BODY);
+            body.decode_slice(&buf).map_err(|e| e.to_string())?;
+            if !body.done() {
+                return Err("chunked body cut short".into());
+            }
+            body.into_body()
+        }
+        ResponseFraming::UntilClose => buf.to_vec(),
+    };
+    Ok((head.status, body))
 }
 
 #[cfg(test)]
@@ -126,12 +127,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dechunks_and_parses_bases() {
+    fn reads_bodies_by_their_framing() {
+        let chunked = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n";
         assert_eq!(
-            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
+            read_response(chunked, false).unwrap(),
+            (200, b"abcde".to_vec())
         );
-        assert!(dechunk(b"zz\r\n").is_none());
+        let length = b"HTTP/1.1 503 No\r\nContent-Length: 2\r\n\r\nnoXX";
+        assert_eq!(read_response(length, false).unwrap(), (503, b"no".to_vec()));
+        let close = b"HTTP/1.0 200 OK\r\n\r\nall of it";
+        assert_eq!(read_response(close, false).unwrap().1, b"all of it");
+        assert_eq!(read_response(length, true).unwrap().1, b"");
+    }
+
+    #[test]
+    fn refuses_what_the_gateway_refuses() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n",
+            b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+        ] {
+            assert!(
+                read_response(bad, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn parses_bases() {
         assert_eq!(base_addr("http://127.0.0.1:2379/").unwrap().port(), 2379);
         assert!(base_addr("https://127.0.0.1:2379").is_err());
     }

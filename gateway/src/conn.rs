@@ -223,14 +223,13 @@ impl Conn {
             }
             Framing::Chunked => {
                 let mut decoder = ChunkedDecoder::new(limits.max_body_bytes);
-                let mut body = BytesMut::new();
                 let mut asked = false;
                 loop {
                     if decoder
-                        .decode(&mut self.buf, &mut body)
+                        .decode(&mut self.buf)
                         .map_err(|e| Stop::Refuse(e.into()))?
                     {
-                        return Ok(body.freeze());
+                        return Ok(decoder.into_body().freeze());
                     }
                     if !asked {
                         self.continue_if_expected(io, head).await?;

@@ -6,7 +6,7 @@
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::http::{body::ChunkedError, HeadError, Response};
+use crate::http::{ChunkedError, HeadError, Response};
 
 /// A request the connection could not accept. Each closes the connection after the response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -11,6 +11,8 @@
 //! The connection code ([`serve_connection`]) is shared with the `rg-test-worker` binary,
 //! which runs it in a process of its own and drains it on SIGTERM ([`Switches::draining`]).
 
+use bytes::BytesMut;
+use ringgate_http1::Framing;
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -21,6 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Largest request head read.
+const MAX_HEAD: usize = 64 * 1024;
 /// How long a connection may stay idle, or a request take to arrive, before it is closed.
 const READ_LIMIT: Duration = Duration::from_secs(30);
 /// How often an idle connection looks at [`Switches::draining`].
@@ -186,41 +190,55 @@ pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
         if !next_request_arrives(&mut reader, sw) {
             return;
         }
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || stop.load(Ordering::Relaxed) {
+        // The head, line by line, through ringgate's one HTTP/1 parser: a head it refuses
+        // is a 400 here too.
+        let mut raw = Vec::new();
+        if reader.read_until(b'\n', &mut raw).unwrap_or(0) == 0 || stop.load(Ordering::Relaxed) {
             return;
         }
         let _in_flight = InFlight::new(&sw.in_flight);
-        let mut parts = line.split_whitespace();
-        let (method, path) = (
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("").to_string(),
-        );
-        let (mut length, mut xff, mut chunked) = (0usize, String::new(), false);
-        let mut lines = String::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                lines.push_str(&format!(
-                    "{}: {}\n",
-                    k.trim().to_ascii_lowercase(),
-                    v.trim()
-                ));
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse().unwrap_or(0),
-                    "x-forwarded-for" => xff = v.trim().to_string(),
-                    "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
-                    _ => {}
+        let head = loop {
+            match ringgate_http1::parse_request(&mut BytesMut::from(&raw[..]), MAX_HEAD) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = out.write_all(
+                        format!("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{e}", e.to_string().len()).as_bytes(),
+                    );
+                    return;
                 }
             }
-        }
+            if reader.read_until(b'\n', &mut raw).unwrap_or(0) == 0 {
+                return;
+            }
+        };
+        let (method, path) = (
+            head.parts.method.to_string(),
+            head.parts
+                .uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.to_string()),
+        );
+        let xff = head
+            .parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        // Header lines in the order they came (the parser has checked them).
+        let lines: String = String::from_utf8_lossy(&raw)
+            .split("\r\n")
+            .skip_while(|l| l.is_empty())
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| format!("{}: {}\n", k.to_ascii_lowercase(), v.trim()))
+            .collect();
+        let (chunked, mut length) = match head.framing {
+            Framing::Empty => (false, 0),
+            Framing::Length(n) => (false, n),
+            Framing::Chunked => (true, 0),
+        };
         if chunked {
             match read_chunked(&mut reader) {
                 Some(n) => length = n,
@@ -335,25 +353,27 @@ fn send_bytes(out: &mut TcpStream, n: usize, chunked: bool) -> std::io::Result<(
     Ok(())
 }
 
-/// Reads a chunked body (discarding it); returns its length.
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> Option<usize> {
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let size = usize::from_str_radix(line.trim().split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            // Trailers up to the empty line.
-            loop {
-                let mut t = String::new();
-                reader.read_line(&mut t).ok()?;
-                if t.trim().is_empty() {
-                    return Some(total);
-                }
-            }
-        }
-        let mut data = vec![0u8; size + 2];
-        reader.read_exact(&mut data).ok()?;
-        total += size;
+/// Counts the decoded bytes of a chunked body.
+struct Count(usize);
+
+impl ringgate_http1::Sink for Count {
+    fn data(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
     }
+}
+
+/// Reads a chunked body (discarding it) with ringgate's one chunked state machine; returns
+/// its length. Bytes after it stay in `reader`.
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Option<usize> {
+    let mut chunked = ringgate_http1::Chunked::new();
+    let mut count = Count(0);
+    while !chunked.done() {
+        let buf = reader.fill_buf().ok()?;
+        if buf.is_empty() {
+            return None;
+        }
+        let n = chunked.feed(buf, &mut count).ok()?;
+        reader.consume(n);
+    }
+    Some(count.0)
 }

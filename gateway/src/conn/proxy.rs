@@ -21,11 +21,11 @@ use crate::{
     http::{Framing, ParsedHead, Response},
     proxy::{
         self,
-        chunks::ChunkScanner,
-        head::{encode_request_head, ResponseHead},
+        head::{encode_for_client, encode_request_head, parse_response, ResponseHead},
         Outcome, Picked,
     },
 };
+use ringgate_http1::{Chunked, Forward};
 
 /// Bytes moved per read in either direction.
 const PIPE_CHUNK: usize = 64 * 1024;
@@ -67,6 +67,9 @@ enum Attempt {
     },
     /// The client must get this answer.
     Answer(Response),
+    /// The client broke the protocol (a malformed or stalled body): it gets this answer
+    /// and its connection closes; the worker is not blamed.
+    Client(Response),
     /// The client connection is unusable (its body broke off, or the response was cut).
     Close,
 }
@@ -151,6 +154,7 @@ impl Conn {
                         return self.answer(io, r, request_id, false).await;
                     }
                 }
+                Err(Attempt::Client(r)) => return self.answer(io, r, request_id, false).await,
                 Err(Attempt::Answer(r)) => {
                     up.record(picked.addr, Outcome::Failure);
                     // A body the worker did not take may still be on the wire: close.
@@ -265,7 +269,7 @@ impl Conn {
         let client_keep = keep_alive
             && !core.drain.is_draining()
             && framing != proxy::head::BodyFraming::UntilClose;
-        let mut out = resp.encode_for_client(request_id, client_keep, pending.len());
+        let mut out = encode_for_client(&resp, request_id, client_keep, pending.len());
         if let Some(cookie) = picked.set_cookie.as_deref() {
             out.extend_from_slice(b"set-cookie: ");
             out.extend_from_slice(cookie.as_bytes());
@@ -324,7 +328,9 @@ impl Conn {
                 }
             }
             Framing::Chunked => {
-                let mut scanner = ChunkScanner::default();
+                // Framed by the same state machine as the gateway's own bodies: a body
+                // refused on `/sql` is refused here too, with the same answer.
+                let mut chunked = Chunked::new();
                 loop {
                     if self.buf.is_empty() {
                         if head.expect_continue && !continued {
@@ -333,16 +339,12 @@ impl Conn {
                         }
                         self.read_body_piece(io, pause).await?;
                     }
-                    let n = scanner.feed(&self.buf).map_err(|e| {
-                        Attempt::Answer(error_response(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            &format!("malformed chunked body: {e}"),
-                        ))
+                    let n = chunked.feed(&self.buf, &mut Forward).map_err(|e| {
+                        Attempt::Client(crate::error::RequestError::Chunked(e).to_response())
                     })?;
                     let piece = self.buf.split_to(n);
                     write_upstream(stream, piece).await?;
-                    if scanner.done() {
+                    if chunked.done() {
                         break;
                     }
                 }
@@ -369,7 +371,7 @@ impl Conn {
             .await
         {
             Fill::Data => Ok(()),
-            Fill::Timeout => Err(Attempt::Answer(
+            Fill::Timeout => Err(Attempt::Client(
                 crate::error::RequestError::BodyTimeout.to_response(),
             )),
             Fill::Eof | Fill::Drain | Fill::Error => Err(Attempt::Close),
@@ -437,7 +439,7 @@ async fn read_response_head(
     let deadline = Instant::now() + limit;
     loop {
         if !pending.is_empty() {
-            match ResponseHead::parse(pending) {
+            match parse_response(pending) {
                 Ok(Some(h)) if h.status < 200 => continue,
                 Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}
@@ -525,12 +527,12 @@ async fn pipe_response<IO: AsyncWriteRent>(
         BodyFraming::Length(n) => Some(n),
         BodyFraming::Chunked | BodyFraming::UntilClose => None,
     };
-    let mut scanner = (framing == BodyFraming::Chunked).then(ChunkScanner::default);
+    let mut scanner = (framing == BodyFraming::Chunked).then(Chunked::new);
     let mut head = Some(head);
     loop {
         // Forward what is buffered, up to the body's end (with the head, the first time).
         let take = match (&mut scanner, left) {
-            (Some(s), _) => match s.feed(&pending) {
+            (Some(s), _) => match s.feed(&pending, &mut Forward) {
                 Ok(n) => n,
                 Err(_) => return false,
             },

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use http::request::Parts;
+use ringgate_http1::head::lists_token;
+pub use ringgate_http1::{HeadError, ResponseFraming as BodyFraming, ResponseHead};
 
 use crate::http::Framing;
 
@@ -24,19 +26,6 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Largest response head accepted from a worker.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Most header lines a worker's response head may have.
-const MAX_RESPONSE_HEADERS: usize = 128;
-// [`ResponseHead::connection_listed`] keeps a bit per header.
-const _: () = assert!(MAX_RESPONSE_HEADERS <= u128::BITS as usize);
-
-/// Whether the comma-separated header value `value` lists `token` (case-insensitive): the
-/// `Connection` header names hop-by-hop headers this way.
-fn lists_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -118,234 +107,58 @@ pub fn encode_request_head(
     out
 }
 
-/// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
-    /// No body (HEAD, 204, 304).
-    None,
-    /// `content-length` bytes.
-    Length(u64),
-    /// Chunked (passed through as is).
-    Chunked,
-    /// Until the worker closes (the client connection closes after it too).
-    UntilClose,
+/// Parses and removes a worker's complete response head from the front of `buf` (the one
+/// codec, [`ringgate_http1`]); `None` while incomplete and within [`MAX_RESPONSE_HEAD`].
+pub fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
+    ResponseHead::parse(buf, MAX_RESPONSE_HEAD)
 }
 
-/// A worker's response head: its bytes, and where each part lies in them (no copy per
-/// header: the head is parsed once per proxied response).
-#[derive(Debug, Clone)]
-pub struct ResponseHead {
-    /// Status code.
-    pub status: u16,
-    /// HTTP/1.x minor version.
-    pub minor: u8,
-    raw: BytesMut,
-    reason: Span,
-    headers: Vec<(Span, Span)>,
-}
-
-/// A byte range of [`ResponseHead`]'s head.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    end: u32,
-}
-
-impl Span {
-    /// Where `part` lies in `whole`; empty when `part` is not a slice of `whole` (an
-    /// empty reason phrase need not point into the head).
-    fn of(whole: &[u8], part: &[u8]) -> Self {
-        let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
-        match start.checked_add(part.len()) {
-            Some(end) if end <= whole.len() => Self {
-                start: start as u32,
-                end: end as u32,
-            },
-            _ => Self { start: 0, end: 0 },
-        }
-    }
-}
-
-/// Why a response head could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResponseHeadError {
-    /// Not HTTP/1.x.
-    #[error("{0}")]
-    Syntax(String),
-    /// Longer than [`MAX_RESPONSE_HEAD`].
-    #[error("response head larger than {MAX_RESPONSE_HEAD} bytes")]
-    TooLarge,
-    /// Conflicting or unreadable framing.
-    #[error("invalid framing: {0}")]
-    Framing(&'static str),
-}
-
-impl ResponseHead {
-    /// Parses and removes a complete head from the front of `buf`; `None` while incomplete.
-    pub fn parse(buf: &mut BytesMut) -> Result<Option<Self>, ResponseHeadError> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        match parsed.parse(buf) {
-            // Whether the head came in one read or many, the limit is the same.
-            Ok(httparse::Status::Complete(len)) if len > MAX_RESPONSE_HEAD => {
-                Err(ResponseHeadError::TooLarge)
+/// The head for the client, without its final empty line: status, end-to-end headers
+/// (names lower-case), framing, `via`, `x-request-id`, and `connection: close` when
+/// not `keep_alive`. `room` is extra capacity for what the caller appends (the body
+/// bytes that go out in the same write).
+pub fn encode_for_client(
+    resp: &ResponseHead,
+    request_id: &[u8],
+    keep_alive: bool,
+    room: usize,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(resp.len() + 128 + room);
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(resp.reason());
+    out.extend_from_slice(b"\r\n");
+    let chunked = resp.chunked();
+    let listed = resp.connection_listed();
+    let mut lower = [0u8; 64];
+    for (i, (name, value)) in resp.headers().enumerate() {
+        let n: &[u8] = match lower.get_mut(..name.len()) {
+            Some(buf) => {
+                buf.copy_from_slice(name);
+                buf.make_ascii_lowercase();
+                buf
             }
-            Ok(httparse::Status::Complete(len)) => {
-                let whole = &buf[..len];
-                let status = parsed.code.unwrap_or(502);
-                let minor = parsed.version.unwrap_or(0);
-                let reason = Span::of(whole, parsed.reason.unwrap_or("").as_bytes());
-                let headers = parsed
-                    .headers
-                    .iter()
-                    .map(|h| (Span::of(whole, h.name.as_bytes()), Span::of(whole, h.value)))
-                    .collect();
-                let head = ResponseHead {
-                    status,
-                    minor,
-                    raw: buf.split_to(len),
-                    reason,
-                    headers,
-                };
-                head.check_framing()?;
-                Ok(Some(head))
-            }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
-                Err(ResponseHeadError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(ResponseHeadError::Syntax(e.to_string())),
+            // A name longer than any hop-by-hop one: passed as received.
+            None => name,
+        };
+        let keep = match n {
+            b"transfer-encoding" => chunked,
+            b"content-length" => !chunked,
+            b"x-request-id" | b"via" => false,
+            _ => !HOP_BY_HOP.iter().any(|h| h.as_bytes() == n) && listed & (1 << i) == 0,
+        };
+        if keep {
+            push_header(&mut out, n, value);
         }
     }
-
-    fn bytes(&self, span: Span) -> &[u8] {
-        &self.raw[span.start as usize..span.end as usize]
+    push_header(&mut out, b"via", b"1.1 ringgate");
+    if !request_id.is_empty() {
+        push_header(&mut out, b"x-request-id", request_id);
     }
-
-    /// Headers as received: (name, value).
-    fn header_pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.headers
-            .iter()
-            .map(|&(n, v)| (self.bytes(n), self.bytes(v)))
+    if !keep_alive {
+        push_header(&mut out, b"connection", b"close");
     }
-
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.header_pairs()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
-    }
-
-    /// Whether the `Connection` headers list `token`.
-    fn connection_lists(&self, token: &[u8]) -> bool {
-        self.values("connection").any(|v| lists_token(v, token))
-    }
-
-    /// The headers the `Connection` headers name, a bit per header in order: each listed
-    /// token is looked for once, not each header's name in every `Connection` value.
-    fn connection_listed(&self) -> u128 {
-        let mut listed = 0;
-        for value in self.values("connection") {
-            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                for (i, (name, _)) in self.header_pairs().enumerate() {
-                    if name.eq_ignore_ascii_case(token) {
-                        listed |= 1 << i;
-                    }
-                }
-            }
-        }
-        listed
-    }
-
-    fn check_framing(&self) -> Result<(), ResponseHeadError> {
-        let mut lengths = self.values("content-length");
-        if let Some(first) = lengths.next() {
-            if lengths.any(|l| l != first) {
-                return Err(ResponseHeadError::Framing(
-                    "differing content-length values",
-                ));
-            }
-            std::str::from_utf8(first)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or(ResponseHeadError::Framing("content-length is not a number"))?;
-        }
-        Ok(())
-    }
-
-    fn chunked(&self) -> bool {
-        self.values("transfer-encoding")
-            .any(|v| v.windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked")))
-    }
-
-    /// How the body is delimited (`head_only` for a HEAD request).
-    pub fn body_framing(&self, head_only: bool) -> BodyFraming {
-        if head_only || self.status == 204 || self.status == 304 {
-            return BodyFraming::None;
-        }
-        if self.chunked() {
-            return BodyFraming::Chunked;
-        }
-        match self
-            .values("content-length")
-            .next()
-            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
-        {
-            Some(n) => BodyFraming::Length(n),
-            None => BodyFraming::UntilClose,
-        }
-    }
-
-    /// Whether the worker keeps the connection open after this response.
-    pub fn reusable(&self) -> bool {
-        if self.minor == 0 {
-            self.connection_lists(b"keep-alive")
-        } else {
-            !self.connection_lists(b"close")
-        }
-    }
-
-    /// The head for the client, without its final empty line: status, end-to-end headers
-    /// (names lower-case), framing, `via`, `x-request-id`, and `connection: close` when
-    /// not `keep_alive`. `room` is extra capacity for what the caller appends (the body
-    /// bytes that go out in the same write).
-    pub fn encode_for_client(&self, request_id: &[u8], keep_alive: bool, room: usize) -> Vec<u8> {
-        use std::io::Write;
-        let mut out = Vec::with_capacity(self.raw.len() + 128 + room);
-        let _ = write!(out, "HTTP/1.1 {} ", self.status);
-        out.extend_from_slice(self.bytes(self.reason));
-        out.extend_from_slice(b"\r\n");
-        let chunked = self.chunked();
-        let listed = self.connection_listed();
-        let mut lower = [0u8; 64];
-        for (i, (name, value)) in self.header_pairs().enumerate() {
-            let n: &[u8] = match lower.get_mut(..name.len()) {
-                Some(buf) => {
-                    buf.copy_from_slice(name);
-                    buf.make_ascii_lowercase();
-                    buf
-                }
-                // A name longer than any hop-by-hop one: passed as received.
-                None => name,
-            };
-            let keep = match n {
-                b"transfer-encoding" => chunked,
-                b"content-length" => !chunked,
-                b"x-request-id" | b"via" => false,
-                _ => !HOP_BY_HOP.iter().any(|h| h.as_bytes() == n) && listed & (1 << i) == 0,
-            };
-            if keep {
-                push_header(&mut out, n, value);
-            }
-        }
-        push_header(&mut out, b"via", b"1.1 ringgate");
-        if !request_id.is_empty() {
-            push_header(&mut out, b"x-request-id", request_id);
-        }
-        if !keep_alive {
-            push_header(&mut out, b"connection", b"close");
-        }
-        out
-    }
+    out
 }
 
 #[cfg(test)]
@@ -400,8 +213,8 @@ mod tests {
             }
             head.push_str("X-Kept: 3\r\n\r\n");
             let mut buf = BytesMut::from(head.as_bytes());
-            let h = ResponseHead::parse(&mut buf).unwrap().unwrap();
-            let out = String::from_utf8(h.encode_for_client(b"", true, 0)).unwrap();
+            let h = parse_response(&mut buf).unwrap().unwrap();
+            let out = String::from_utf8(encode_for_client(&h, b"", true, 0)).unwrap();
             assert_eq!(
                 out, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-kept: 3\r\nvia: 1.1 ringgate\r\n",
                 "{n} Connection headers"
@@ -414,27 +227,27 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nTransfer-Encoding: Chunked\r\nConnection: Keep-Alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Request-Id: theirs\r\n\r\n"[..],
         );
-        let h = ResponseHead::parse(&mut buf).unwrap().unwrap();
+        let h = parse_response(&mut buf).unwrap().unwrap();
         assert!(buf.is_empty());
         assert_eq!(h.body_framing(false), BodyFraming::Chunked);
         assert!(h.reusable());
-        let out = String::from_utf8(h.encode_for_client(b"ours", false, 0)).unwrap();
+        let out = String::from_utf8(encode_for_client(&h, b"ours", false, 0)).unwrap();
         assert_eq!(
             out,
             "HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\ntransfer-encoding: Chunked\r\nvia: 1.1 ringgate\r\nx-request-id: ours\r\nconnection: close\r\n"
         );
         // No reason phrase at all.
         let mut bare = BytesMut::from(&b"HTTP/1.1 204\r\nx-a: 1\r\n\r\n"[..]);
-        let h = ResponseHead::parse(&mut bare).unwrap().unwrap();
-        let out = String::from_utf8(h.encode_for_client(b"", true, 0)).unwrap();
+        let h = parse_response(&mut bare).unwrap().unwrap();
+        let out = String::from_utf8(encode_for_client(&h, b"", true, 0)).unwrap();
         assert!(out.starts_with("HTTP/1.1 204 \r\nx-a: 1\r\n"), "{out}");
         // HTTP/1.0 keeps the connection only when asked to, in any case.
         let mut ten = BytesMut::from(
             &b"HTTP/1.0 200 OK\r\nCONNECTION: KEEP-ALIVE\r\ncontent-length: 0\r\n\r\n"[..],
         );
-        assert!(ResponseHead::parse(&mut ten).unwrap().unwrap().reusable());
+        assert!(parse_response(&mut ten).unwrap().unwrap().reusable());
         let mut ten = BytesMut::from(&b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"[..]);
-        assert!(!ResponseHead::parse(&mut ten).unwrap().unwrap().reusable());
+        assert!(!parse_response(&mut ten).unwrap().unwrap().reusable());
     }
 
     #[test]
@@ -445,16 +258,16 @@ mod tests {
         );
         let mut partial = BytesMut::from(big.as_bytes());
         assert!(matches!(
-            ResponseHead::parse(&mut partial),
-            Err(ResponseHeadError::TooLarge)
+            parse_response(&mut partial),
+            Err(HeadError::TooLarge { .. })
         ));
         let mut whole = BytesMut::from(format!("{big}content-length: 0\r\n\r\n").as_bytes());
         assert!(matches!(
-            ResponseHead::parse(&mut whole),
-            Err(ResponseHeadError::TooLarge)
+            parse_response(&mut whole),
+            Err(HeadError::TooLarge { .. })
         ));
         let mut fits = BytesMut::from(&b"HTTP/1.1 204 No Content\r\n\r\n"[..]);
-        assert_eq!(ResponseHead::parse(&mut fits).unwrap().unwrap().status, 204);
+        assert_eq!(parse_response(&mut fits).unwrap().unwrap().status, 204);
     }
 
     #[test]
@@ -462,28 +275,28 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close, x-hop\r\nx-hop: 1\r\n\r\n5\r\n"[..],
         );
-        let h = ResponseHead::parse(&mut buf).unwrap().unwrap();
+        let h = parse_response(&mut buf).unwrap().unwrap();
         assert_eq!(&buf[..], b"5\r\n");
         assert_eq!(h.body_framing(false), BodyFraming::Chunked);
         assert_eq!(h.body_framing(true), BodyFraming::None);
         assert!(!h.reusable());
-        let out = String::from_utf8(h.encode_for_client(b"id1", true, 0)).unwrap();
+        let out = String::from_utf8(encode_for_client(&h, b"id1", true, 0)).unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(out.contains("transfer-encoding: chunked\r\n"));
         assert!(!out.contains("x-hop") && !out.contains("connection"));
         assert!(out.contains("x-request-id: id1\r\n"));
 
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
-        assert!(ResponseHead::parse(&mut partial).unwrap().is_none());
+        assert!(parse_response(&mut partial).unwrap().is_none());
         let mut bad = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
         );
         assert!(matches!(
-            ResponseHead::parse(&mut bad),
-            Err(ResponseHeadError::Framing(_))
+            parse_response(&mut bad),
+            Err(HeadError::Framing(_))
         ));
         let mut until_close = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\n"[..]);
-        let h = ResponseHead::parse(&mut until_close).unwrap().unwrap();
+        let h = parse_response(&mut until_close).unwrap().unwrap();
         assert_eq!(h.body_framing(false), BodyFraming::UntilClose);
     }
 }

@@ -10,7 +10,6 @@
 //! per-tenant rate limit (the configured rate split across cores). The optional fleet-wide
 //! limit is counted in Redis ([`global_rate`]).
 
-pub mod chunks;
 pub mod global_rate;
 pub mod head;
 pub mod upstream;

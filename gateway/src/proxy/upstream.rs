@@ -9,7 +9,7 @@ use monoio::{
     time::timeout,
 };
 
-use super::head::ResponseHead;
+use super::head::parse_response;
 
 /// Why a worker could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,7 @@ pub async fn status_of(addr: SocketAddr, request: Vec<u8>, limit: Duration) -> R
         res.map_err(|e| e.to_string())?;
         let mut pending = BytesMut::new();
         loop {
-            if let Some(head) = ResponseHead::parse(&mut pending).map_err(|e| e.to_string())? {
+            if let Some(head) = parse_response(&mut pending).map_err(|e| e.to_string())? {
                 if head.status >= 200 {
                     return Ok(head.status);
                 }
