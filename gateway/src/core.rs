@@ -21,6 +21,32 @@ use crate::{
 /// How long after a request began [`Core::serving_requests`] still says yes.
 pub const RECENT_REQUEST: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// What every core shares: the process-wide connection budgets and rate-limit buckets
+/// (atomics, locked only when a core meets a tenant or node it has not seen).
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// Server connections per tenant and node, and per node, on all cores.
+    pub budgets: Option<Arc<ringgate_pool::Budgets>>,
+    /// Token buckets of the per-tenant rate limit, when `RINGGATE_RATE_LIMIT` is set.
+    pub rates: Option<Arc<crate::proxy::rate::RateTable>>,
+}
+
+impl Shared {
+    /// The shared state for `config`; made once, before the cores start.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            budgets: config
+                .database
+                .as_ref()
+                .map(|d| ringgate_pool::Budgets::new(&d.pool)),
+            rates: config
+                .proxy
+                .rate_limit
+                .map(|l| crate::proxy::rate::RateTable::new(l.per_second, l.burst)),
+        }
+    }
+}
+
 /// Everything one core's tasks share.
 pub struct Core {
     /// Core number, from 0.
@@ -47,6 +73,8 @@ pub struct Core {
     pub projects: Option<crate::projects::ProjectCache>,
     /// API-key sessions, when Redis is configured.
     pub sessions: Option<crate::sessions::SessionCache>,
+    /// What all cores share (budgets, rate buckets).
+    pub shared: Shared,
     /// The fleet-wide per-tenant rate limit, when `RINGGATE_GLOBAL_RATE_LIMIT` is set.
     pub global_rate: Option<crate::proxy::global_rate::GlobalRateLimit>,
     /// Workers and connections to them (the reverse proxy).
@@ -73,7 +101,8 @@ impl std::fmt::Debug for Core {
 // === impl Core ===
 
 impl Core {
-    /// A core with no connections yet.
+    /// A core with no connections yet; `shared` is the same for every core (see
+    /// [`Shared::new`]).
     pub fn new(
         id: usize,
         driver: Driver,
@@ -81,6 +110,7 @@ impl Core {
         registry: Arc<Registry>,
         topology: Arc<Topology>,
         redis: Option<ringgate_discovery::redis::RedisHandle>,
+        shared: Shared,
     ) -> Rc<Self> {
         let global_rate = match (&redis, config.proxy.global_rate_limit) {
             (Some(handle), Some(per_second)) => {
@@ -100,10 +130,13 @@ impl Core {
             )),
             _ => None,
         };
-        let db = config
-            .database
-            .as_ref()
-            .map(|d| Shard::new(id, config.workers, d.pool.clone(), topology.clone()));
+        let db = config.database.as_ref().map(|d| {
+            let budgets = shared
+                .budgets
+                .clone()
+                .unwrap_or_else(|| ringgate_pool::Budgets::new(&d.pool));
+            Shard::new(id, budgets, d.pool.clone(), topology.clone())
+        });
         let projects = config.database.as_ref().and_then(|d| {
             d.control.clone().map(|c| {
                 crate::projects::ProjectCache::new(c, d.project_cache_ttl, registry.clone())
@@ -122,6 +155,7 @@ impl Core {
             db,
             projects,
             sessions,
+            shared,
             global_rate,
             upstreams: Default::default(),
             sql_memo: Default::default(),

@@ -236,6 +236,7 @@ impl Gateway {
         )?;
         let mut channels = channels;
         let cpus = rt::allowed_cpus();
+        let shared = core::Shared::new(&config);
         let mut cores = Vec::with_capacity(n);
         for id in (0..n).rev() {
             let listeners = CoreListeners {
@@ -244,7 +245,7 @@ impl Gateway {
             };
             let (tx, rx) = channels.pop().expect("one channel per core");
             let (topology, resolve, redis) = (topology.clone(), resolve.clone(), redis.clone());
-            let lease_gate = lease_gate.clone();
+            let (lease_gate, shared) = (lease_gate.clone(), shared.clone());
             if let Some(store) = &certs {
                 let _ = tx.send(Control::Tls(store.current()));
             }
@@ -256,7 +257,8 @@ impl Gateway {
                         rt::pin_to_cpu(id, &cpus);
                     }
                     let run = rt::block_on(driver, || {
-                        let core = core::Core::new(id, driver, config, registry, topology, redis);
+                        let core =
+                            core::Core::new(id, driver, config, registry, topology, redis, shared);
                         if let (Some(db), Some(resolve)) = (&core.db, resolve) {
                             db.on_stale(move || resolve.now());
                         }

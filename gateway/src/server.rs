@@ -195,16 +195,22 @@ async fn project_invalidations(core: Rc<Core>) {
     }
 }
 
-/// Once a second: expire idle pools, trim idle connections, publish pool metrics.
+/// Once a second: expire idle pools, trim idle connections (all those requests on other
+/// cores wait for), publish pool metrics. In between, at once when a request on another
+/// core starts waiting for a permit: give back the idle connections it waits for.
 async fn pool_upkeep(core: Rc<Core>) {
     let Some(db) = core.db.clone() else { return };
     while !core.drain.is_draining() {
         db.maintain();
         core.metrics().set_pool(&db.stats());
         core.metrics().set_pool_nodes(db.connections_by_node());
-        monoio::select! {
-            _ = sleep(Duration::from_secs(1)) => {}
-            _ = core.drain.signaled() => {}
+        let next = monoio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            monoio::select! {
+                _ = monoio::time::sleep_until(next) => break,
+                _ = db.wanted() => db.give_back_wanted(),
+                _ = core.drain.signaled() => break,
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ fn main() {
             max_total: conns,
             ..Config::default()
         };
-        let shard = Shard::new(0, 1, config, topology);
+        let shard = Shard::new(0, ringgate_pool::Budgets::new(&config), config, topology);
         let done = Rc::new(Cell::new(0u64));
         let errors = Rc::new(Cell::new(0u64));
         let warm_end = Instant::now() + Duration::from_secs(1);

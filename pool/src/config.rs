@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-/// Settings for every core's pools. Limits are process-wide and split across cores.
+/// Settings for every core's pools. Limits are process-wide: every core counts against the
+/// same [`crate::budget::Budgets`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Tenant pools cached per core (default 100). Over it the coldest pool is evicted.
@@ -50,29 +51,5 @@ impl Default for Config {
             statement_timeout: Duration::from_secs(30),
             tls: None,
         }
-    }
-}
-
-/// Core `core`'s share of a process-wide `limit` split over `cores`: the shares add up to
-/// `limit` exactly, so the limit is never exceeded.
-pub fn core_share(limit: usize, cores: usize, core: usize) -> usize {
-    let cores = cores.max(1);
-    limit / cores + usize::from(core < limit % cores)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shares_add_up_to_the_limit() {
-        for limit in 0..50 {
-            for cores in 1..8 {
-                let total: usize = (0..cores).map(|c| core_share(limit, cores, c)).sum();
-                assert_eq!(total, limit, "limit {limit} over {cores} cores");
-            }
-        }
-        assert_eq!(core_share(10, 4, 0), 3);
-        assert_eq!(core_share(10, 4, 3), 2);
     }
 }

@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -18,7 +18,7 @@ use monoio::io::IntoPollIo;
 use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{debug, warn};
 
-use crate::error::Error;
+use crate::{budget::Permit, error::Error};
 
 /// Role and password a tenant connects with, and its database.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -83,54 +83,6 @@ pub struct Target {
     pub host: String,
 }
 
-/// Counts server connections against one core's budget for one node.
-#[derive(Debug)]
-pub struct Budget {
-    limit: usize,
-    used: AtomicUsize,
-}
-
-impl Budget {
-    /// A budget of `limit` connections.
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            used: AtomicUsize::new(0),
-        })
-    }
-
-    /// Takes one connection's worth, or `None` at the limit.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        // Only the owning core touches this counter; atomics just keep the type Send.
-        let used = self.used.load(Relaxed);
-        if used >= self.limit {
-            return None;
-        }
-        self.used.store(used + 1, Relaxed);
-        Some(Permit(self.clone()))
-    }
-
-    /// Connections currently counted.
-    pub fn used(&self) -> usize {
-        self.used.load(Relaxed)
-    }
-
-    /// The limit.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-}
-
-/// One connection's share of a [`Budget`], returned on drop.
-#[derive(Debug)]
-pub struct Permit(Arc<Budget>);
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.used.fetch_sub(1, Relaxed);
-    }
-}
-
 /// What it takes to cancel the statement a connection runs: the server's address, the
 /// connection's cancel key and the TLS it connected with. A CancelRequest goes over a new
 /// connection of its own, made here on the core's runtime (tokio-postgres'
@@ -191,7 +143,6 @@ pub struct PgConn {
     unconfirmed: Arc<AtomicBool>,
     statements: HashMap<String, Statement>,
     statement_cache: usize,
-    _permit: Permit,
 }
 
 // === impl PgConn ===
@@ -250,15 +201,17 @@ pub type Notifications = futures_channel::mpsc::UnboundedReceiver<String>;
 /// when the connection does. The caller issues `LISTEN`.
 pub async fn connect_listening(target: &Target) -> Result<(Client, Notifications), Error> {
     let (tx, rx) = futures_channel::mpsc::unbounded();
-    Ok((open(target, Some(tx), Arc::default()).await?, rx))
+    Ok((open(target, Some(tx), Arc::default(), None).await?, rx))
 }
 
 /// Connects (TCP, optional TLS, startup) within the connect timeout and spawns the
-/// connection task on this runtime; notifications go to `notify` when given.
+/// connection task on this runtime; notifications go to `notify` when given. The task holds
+/// `permit` until the server has closed the connection.
 async fn open(
     target: &Target,
     notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
     unconfirmed: Arc<AtomicBool>,
+    permit: Option<Permit>,
 ) -> Result<Client, Error> {
     let addr = target.addr;
     let mut config = tokio_postgres::Config::new();
@@ -281,10 +234,11 @@ async fn open(
         let stream = stream
             .into_poll_io()
             .map_err(|source| Error::Connect { addr, source })?;
+        let stream = UntilClosed::new(stream);
         let client = match &target.tls {
             None => {
                 let (client, connection) = config.connect_raw(stream, NoTls).await?;
-                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node));
+                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node, permit));
                 client
             }
             Some(tls) => {
@@ -292,7 +246,7 @@ async fn open(
                 let connector = crate::tls::RustlsConnect::new(tls, &target.host)
                     .map_err(|e| Error::Tls(e.to_string()))?;
                 let (client, connection) = config.connect_raw(stream, connector).await?;
-                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node));
+                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node, permit));
                 client
             }
         };
@@ -307,11 +261,15 @@ async fn open(
 /// Runs a connection until it ends, forwarding notifications and noting warnings that a
 /// commit is local only. A notice is handled before any message after it is delivered
 /// (the connection reads in order), so the flag is set before the commit's answer arrives.
+/// The budget permit is given back when the connection has ended: once the client is
+/// dropped, only after the server closed its side ([`UntilClosed`]), so its backend has
+/// left `pg_stat_activity` before another core may open one in its place.
 async fn drive<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
     notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
     unconfirmed: Arc<AtomicBool>,
     node: String,
+    _permit: Option<Permit>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -356,7 +314,7 @@ fn is_local_only_commit(notice: &tokio_postgres::error::DbError) -> bool {
 /// Opens a connection to `target` on the current monoio runtime, counted against `permit`.
 pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     let unconfirmed = Arc::<AtomicBool>::default();
-    let client = open(target, None, unconfirmed.clone()).await?;
+    let client = open(target, None, unconfirmed.clone(), Some(permit)).await?;
     let canceller = Canceller {
         addr: target.addr,
         token: client.cancel_token(),
@@ -369,6 +327,77 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
         unconfirmed,
         statements: HashMap::new(),
         statement_cache: target.statement_cache,
-        _permit: permit,
     })
+}
+
+/// How long a closing connection waits for the server to close its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// A server stream whose shutdown completes when the server has closed its side too (or
+/// after [`CLOSE_WAIT`]): PostgreSQL ends its backend (and its `pg_stat_activity` row)
+/// before the socket closes, so a connection counted as closed is gone on the server.
+struct UntilClosed<S> {
+    inner: S,
+    wait: Option<std::pin::Pin<Box<monoio::time::Sleep>>>,
+}
+
+impl<S> UntilClosed<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, wait: None }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for UntilClosed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for UntilClosed<S>
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::{future::Future, task::Poll};
+        let this = &mut *self;
+        if this.wait.is_none() {
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.wait = Some(Box::pin(monoio::time::sleep(CLOSE_WAIT)));
+        }
+        let mut scratch = [0u8; 512];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        match this.wait.as_mut().map(|w| w.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    }
 }

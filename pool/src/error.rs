@@ -15,13 +15,15 @@ pub enum TimeoutKind {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The tenant's pool stayed exhausted for the whole wait timeout.
-    #[error("tenant {tenant:?} is at its limit of {limit} connections to {node} on this core; waited {waited_ms} ms")]
+    #[error(
+        "tenant {tenant:?} is at its limit of {limit} connections to {node}; waited {waited_ms} ms"
+    )]
     Exhausted {
         /// The tenant.
         tenant: String,
         /// The node.
         node: String,
-        /// This core's share of the tenant limit.
+        /// The tenant's limit (process-wide).
         limit: usize,
         /// How long the request waited.
         waited_ms: u64,
@@ -44,12 +46,13 @@ pub enum Error {
     /// failed.
     #[error("{0}")]
     Backend(#[from] tokio_postgres::Error),
-    /// Every connection ringgate may open to this node on this core is in use.
-    #[error("connection budget of {limit} to {node} on this core is used up")]
+    /// Every connection ringgate may open to this node is in use, and none was given back
+    /// within the wait timeout.
+    #[error("connection budget of {limit} to {node} is used up")]
     Budget {
         /// The node.
         node: String,
-        /// This core's share of the global limit.
+        /// The process-wide limit.
         limit: usize,
     },
     /// TLS to the server could not be set up.

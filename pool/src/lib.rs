@@ -1,8 +1,8 @@
 //! Per-core tenant pools of PostgreSQL connections, and replica-aware routing.
 //!
 //! This crate owns every PostgreSQL connection ringgate makes. Each core has one [`Shard`]:
-//! a bounded cache of tenant pools keyed by (tenant, database, role, node), a share of the
-//! connection budget, and the current [`Topology`](ringgate_discovery::Topology) to route
+//! a bounded cache of tenant pools keyed by (tenant, database, role, node), counted against
+//! process-wide connection budgets ([`budget`]), and the current [`Topology`](ringgate_discovery::Topology) to route
 //! by. Connections are tokio-postgres clients built on the core's own monoio runtime (no
 //! tokio runtime anywhere), managed by deadpool.
 //!
@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //! - [`config`]: limits and timeouts, with documented defaults.
+//! - [`budget`]: the process-wide connection budgets per tenant and node, shared by cores.
 //! - [`conn`]: the only module doing socket I/O: connect, statement cache.
 //! - [`manager`]: deadpool's `Manager` for connections on the local runtime.
 //! - [`tenant`]: one tenant pool on one node.
@@ -22,6 +23,7 @@
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -33,6 +35,7 @@ pub mod tenant;
 pub mod tls;
 pub mod url;
 
+pub use budget::Budgets;
 pub use config::Config;
 pub use conn::{Canceller, Credentials, PgConn};
 pub use error::{Error, TimeoutKind};

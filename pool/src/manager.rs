@@ -9,24 +9,37 @@ use std::{sync::Arc, time::Duration};
 use deadpool::managed::{Metrics, RecycleError, RecycleResult};
 
 use crate::{
-    conn::{connect, Budget, PgConn, Target},
+    budget::{try_acquire, Full, Gate},
+    conn::{connect, PgConn, Target},
     error::Error,
 };
 
-/// Creates and recycles connections to one target, within one core's budget.
+/// Creates and recycles connections to one target, within the process-wide budgets of its
+/// tenant and its node.
 #[derive(Debug)]
 pub struct PgManager {
     target: Arc<Target>,
-    budget: Arc<Budget>,
+    tenant: String,
+    gates: Gates,
     ping_after_idle: Duration,
 }
 
+/// The gates a pool's connections count against.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// The tenant's connections to the node, on all cores.
+    pub tenant: Arc<Gate>,
+    /// All connections to the node, on all cores.
+    pub node: Arc<Gate>,
+}
+
 impl PgManager {
-    /// A manager for `target` counting connections against `budget`.
-    pub fn new(target: Target, budget: Arc<Budget>, ping_after_idle: Duration) -> Self {
+    /// A manager for `target` counting `tenant`'s connections against `gates`.
+    pub fn new(target: Target, tenant: String, gates: Gates, ping_after_idle: Duration) -> Self {
         Self {
             target: Arc::new(target),
-            budget,
+            tenant,
+            gates,
             ping_after_idle,
         }
     }
@@ -42,11 +55,22 @@ impl deadpool::managed::Manager for PgManager {
     type Error = Error;
 
     async fn create(&self) -> Result<PgConn, Error> {
-        let Some(permit) = self.budget.try_acquire() else {
-            return Err(Error::Budget {
-                node: self.target.node.clone(),
-                limit: self.budget.limit(),
-            });
+        let permit = match try_acquire(&self.gates.tenant, &self.gates.node) {
+            Ok(p) => p,
+            Err(Full::Tenant) => {
+                return Err(Error::Exhausted {
+                    tenant: self.tenant.clone(),
+                    node: self.target.node.clone(),
+                    limit: self.gates.tenant.limit(),
+                    waited_ms: 0,
+                })
+            }
+            Err(Full::Node) => {
+                return Err(Error::Budget {
+                    node: self.target.node.clone(),
+                    limit: self.gates.node.limit(),
+                })
+            }
         };
         let (tx, rx) = futures_channel::oneshot::channel();
         let target = self.target.clone();

@@ -1,5 +1,7 @@
-//! One core's pools: the pool cache, this core's share of the budgets, the topology it
-//! routes by, and per-member outstanding counts. Owned by the core; nothing here is locked.
+//! One core's pools: the pool cache, the process-wide budgets they count against, the
+//! topology it routes by, and per-member outstanding counts. Owned by the core; nothing
+//! here is locked on the request path (the budgets' gates are atomics, touched when a
+//! server connection opens or closes).
 
 use std::{
     cell::{Cell, RefCell},
@@ -18,10 +20,11 @@ use ringgate_discovery::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{core_share, Config},
-    conn::{Budget, Credentials, PgConn, Target},
+    budget::Budgets,
+    config::Config,
+    conn::{Credentials, PgConn, Target},
     error::Error,
-    manager::PgManager,
+    manager::{Gates, PgManager},
     pool_cache::PoolCache,
     route::{self, Intent},
     tenant::{PoolKey, TenantPool},
@@ -58,11 +61,11 @@ type Outstanding = Rc<RefCell<HashMap<String, usize>>>;
 /// One core's tenant pools.
 pub struct Shard {
     core: usize,
-    cores: usize,
     config: Config,
     cache: RefCell<PoolCache>,
     topology: RefCell<Arc<Topology>>,
-    budgets: RefCell<HashMap<String, Arc<Budget>>>,
+    budgets: Arc<Budgets>,
+    demand: Arc<crate::budget::Demand>,
     outstanding: Outstanding,
     on_stale: RefCell<Option<Box<dyn Fn()>>>,
     stats: Cell<ShardStats>,
@@ -118,15 +121,21 @@ impl std::fmt::Debug for Shard {
 // === impl Shard ===
 
 impl Shard {
-    /// Core `core` of `cores`, routing by `topology`.
-    pub fn new(core: usize, cores: usize, config: Config, topology: Arc<Topology>) -> Rc<Self> {
+    /// Core `core`, counting its connections against `budgets` (shared by every core,
+    /// made by [`Budgets::new`] from the same config), routing by `topology`.
+    pub fn new(
+        core: usize,
+        budgets: Arc<Budgets>,
+        config: Config,
+        topology: Arc<Topology>,
+    ) -> Rc<Self> {
         Rc::new(Self {
             core,
-            cores,
             cache: RefCell::new(PoolCache::new(config.max_tenant_pools)),
             config,
             topology: RefCell::new(topology),
-            budgets: RefCell::new(HashMap::new()),
+            demand: budgets.demand(),
+            budgets,
             outstanding: Rc::default(),
             on_stale: RefCell::new(None),
             stats: Cell::new(ShardStats::default()),
@@ -150,9 +159,20 @@ impl Shard {
         *self.on_stale.borrow_mut() = Some(Box::new(f));
     }
 
-    /// This core's share of one tenant's connection limit per node.
+    /// One tenant's connection limit per node (process-wide: one core may use all of it).
     pub fn tenant_limit(&self) -> usize {
-        core_share(self.config.max_per_tenant, self.cores, self.core)
+        self.config.max_per_tenant
+    }
+
+    /// Resolves when a request on some core starts waiting for a tenant's or a node's
+    /// permits: time to run [`Shard::give_back_wanted`].
+    pub async fn wanted(&self) {
+        self.demand.signalled().await
+    }
+
+    /// The process-wide budgets this core counts against.
+    pub fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
     }
 
     /// How long a checkout waits for a connection of an exhausted pool.
@@ -203,7 +223,8 @@ impl Shard {
             _ => None,
         };
         Ok(Checkout {
-            conn,
+            conn: Some(conn),
+            pool,
             node: member.name,
             role: member.role,
             lease,
@@ -230,19 +251,14 @@ impl Shard {
             }
         }
         let target = self.target_for(tenant, credentials, member);
-        let budget = self
-            .budgets
-            .borrow_mut()
-            .entry(member.name.clone())
-            .or_insert_with(|| {
-                Budget::new(core_share(self.config.max_total, self.cores, self.core))
-            })
-            .clone();
+        let gates = Gates {
+            tenant: self.budgets.tenant(tenant, &member.name),
+            node: self.budgets.node(&member.name),
+        };
         let pool = Rc::new(TenantPool::new(
             key,
             target,
-            budget,
-            self.tenant_limit(),
+            gates,
             self.config.ping_after_idle,
         ));
         let evicted = cache.insert(pool.clone());
@@ -377,9 +393,33 @@ impl Shard {
         }
         let mut trimmed = 0;
         for p in self.cache.borrow().pools() {
-            trimmed += p.trim_idle(self.config.min_warm, self.config.conn_idle_timeout);
+            // Another core waits for this tenant's (or this node's) permits: give every
+            // idle connection back, the warm one too.
+            trimmed += if p.wanted_elsewhere() {
+                p.trim_idle(0, Duration::ZERO)
+            } else {
+                p.trim_idle(self.config.min_warm, self.config.conn_idle_timeout)
+            };
         }
         if trimmed > 0 {
+            self.bump(|s| s.trimmed_connections += trimmed as u64);
+        }
+    }
+
+    /// Closes the idle connections of pools whose permits requests elsewhere wait for (the
+    /// part of [`Shard::maintain`] to run at once when [`Shard::wanted`] resolves).
+    pub fn give_back_wanted(&self) {
+        let mut trimmed = 0;
+        for p in self.cache.borrow().pools() {
+            if p.wanted_elsewhere() {
+                trimmed += p.trim_idle(0, Duration::ZERO);
+            }
+        }
+        if trimmed > 0 {
+            debug!(
+                core = self.core,
+                trimmed, "idle connections given back to other cores"
+            );
             self.bump(|s| s.trimmed_connections += trimmed as u64);
         }
     }
@@ -441,10 +481,13 @@ fn startup_options(config: &Config, role: Role) -> String {
     o.trim().to_string()
 }
 
-/// A checked-out connection; returns to its pool on drop.
+/// A checked-out connection; returns to its pool on drop, or is closed when a request on
+/// another core waits for its permit (see [`TenantPool::give_back`]).
 #[derive(Debug)]
 pub struct Checkout {
-    conn: Object<PgManager>,
+    /// `None` only while dropping.
+    conn: Option<Object<PgManager>>,
+    pool: Rc<TenantPool>,
     node: String,
     role: Role,
     lease: Option<Lease>,
@@ -468,7 +511,7 @@ impl Lease {
 impl Checkout {
     /// The connection.
     pub fn conn(&mut self) -> &mut PgConn {
-        &mut self.conn
+        self.conn.as_mut().expect("taken only on drop")
     }
 
     /// The member it is on.
@@ -488,8 +531,23 @@ impl Checkout {
     }
 
     /// Drops the connection instead of returning it (its state is unknown).
-    pub fn discard(self) {
-        let _ = Object::take(self.conn);
+    pub fn discard(mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = Object::take(conn);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.pool.give_back(&conn) {
+                let _ = Object::take(conn);
+            } else {
+                drop(conn);
+            }
+        }
+        self.pool.returned();
     }
 }
 

@@ -1,14 +1,20 @@
 //! One tenant's pool of connections to one node.
 
-use std::{cell::Cell, sync::Arc, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    sync::Arc,
+    task::{Poll, Waker},
+    time::Duration,
+};
 
-use deadpool::managed::{Object, Pool, PoolError};
+use deadpool::managed::{Object, Pool, PoolError, Timeouts};
 use monoio::time::Instant;
 
 use crate::{
-    conn::{Budget, Credentials, Target},
+    budget::Waiting,
+    conn::{Credentials, Target},
     error::Error,
-    manager::PgManager,
+    manager::{Gates, PgManager},
 };
 
 /// What a pool is for: a tenant's role on a database on one node.
@@ -24,29 +30,47 @@ pub struct PoolKey {
     pub node: String,
 }
 
-/// A bounded deadpool of connections for one [`PoolKey`], with its last use.
+/// A deadpool of connections for one [`PoolKey`] on one core, with its last use. Its
+/// connections count against the process-wide gates of its tenant and node, so one core
+/// may hold all of a tenant's connections while the others need none.
 #[derive(Debug)]
 pub struct TenantPool {
     key: PoolKey,
     credentials: Credentials,
     pool: Pool<PgManager>,
-    limit: usize,
+    gates: Gates,
     last_used: Cell<Instant>,
+    /// Requests of this pool getting a connection now.
+    waiting: Cell<usize>,
+    /// Those of them waiting for a permit of the tenant's gate, and of the node's.
+    on_tenant: Cell<usize>,
+    on_node: Cell<usize>,
+    /// Their wakers, woken when a connection of this pool is returned or dropped.
+    returned: RefCell<Vec<Waker>>,
 }
+
+/// A connection another core waits for is given back when it is returned after being on
+/// this core this long, even while this core has requests waiting too: the cores take
+/// turns instead of the busiest keeping every connection.
+pub const SHARE_AFTER: Duration = Duration::from_millis(250);
+
+/// Takes an idle connection or opens one when a permit is free, never waiting inside
+/// deadpool: the waiting is ours (for a permit of any core, or a local return).
+const NOW: Timeouts = Timeouts {
+    wait: Some(Duration::ZERO),
+    create: None,
+    recycle: None,
+};
 
 // === impl TenantPool ===
 
 impl TenantPool {
-    /// A pool of at most `limit` connections to `target`.
-    pub fn new(
-        key: PoolKey,
-        target: Target,
-        budget: Arc<Budget>,
-        limit: usize,
-        ping_after_idle: Duration,
-    ) -> Self {
+    /// A pool for `target` counted against `gates` (at most the tenant's limit, which is
+    /// process-wide).
+    pub fn new(key: PoolKey, target: Target, gates: Gates, ping_after_idle: Duration) -> Self {
         let credentials = target.credentials.clone();
-        let manager = PgManager::new(target, budget, ping_after_idle);
+        let limit = gates.tenant.limit();
+        let manager = PgManager::new(target, key.tenant.clone(), gates.clone(), ping_after_idle);
         let pool = Pool::builder(manager)
             .max_size(limit.max(1))
             .build()
@@ -55,8 +79,12 @@ impl TenantPool {
             key,
             credentials,
             pool,
-            limit,
+            gates,
             last_used: Cell::new(Instant::now()),
+            waiting: Cell::new(0),
+            on_tenant: Cell::new(0),
+            on_node: Cell::new(0),
+            returned: RefCell::new(Vec::new()),
         }
     }
 
@@ -91,23 +119,102 @@ impl TenantPool {
         s.size.saturating_sub(s.available)
     }
 
-    /// Checks out a connection, waiting at most `wait` for one to free up.
+    /// Checks out a connection, waiting at most `wait` for one: an idle one of this
+    /// pool, a new one when the tenant's and the node's gates have room, else the first of
+    /// a connection returned here or a permit given back on any core.
     pub async fn get(&self, wait: Duration) -> Result<Object<PgManager>, Error> {
-        if self.limit == 0 {
+        if self.gates.tenant.limit() == 0 {
             return Err(self.exhausted(Duration::ZERO));
         }
         self.touch();
         let started = Instant::now();
-        // The checkout runs as its own task: when the wait times out, a connection being
-        // opened for it is not abandoned half-way (which would let deadpool open another
-        // beyond the limit); it finishes and returns to the pool idle.
-        let pool = self.pool.clone();
-        let checkout = monoio::spawn(async move { pool.get().await });
-        match monoio::time::timeout(wait, checkout).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(PoolError::Backend(e))) => Err(e),
-            Ok(Err(PoolError::Closed)) => Err(Error::Closed),
-            Ok(Err(_)) | Err(_) => Err(self.exhausted(started.elapsed())),
+        let deadline = started + wait;
+        let mut waiting: Option<GateWait<'_>> = None;
+        let _local = LocalWait::new(self);
+        loop {
+            // Each attempt runs as its own task: when the wait times out, a connection
+            // being opened for it is not abandoned half-way; it finishes and stays idle.
+            let pool = self.pool.clone();
+            let attempt = monoio::spawn(async move { pool.timeout_get(&NOW).await });
+            let left = deadline.saturating_duration_since(Instant::now());
+            let full = match monoio::time::timeout(left, attempt).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(PoolError::Backend(Error::Exhausted { .. }))) => Some(&self.gates.tenant),
+                Ok(Err(PoolError::Backend(Error::Budget { .. }))) => Some(&self.gates.node),
+                Ok(Err(PoolError::Backend(e))) => return Err(e),
+                Ok(Err(PoolError::Closed)) => return Err(Error::Closed),
+                // Every connection this pool may have is checked out here.
+                Ok(Err(_)) => None,
+                Err(_) => return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started)),
+            };
+            match (full, &waiting) {
+                (Some(gate), Some(w)) if Arc::ptr_eq(gate, w.wait.gate()) => {}
+                (Some(gate), _) => waiting = Some(GateWait::new(self, gate)),
+                (None, _) => waiting = None,
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let woken = self.woken(waiting.as_mut().map(|w| &mut w.wait));
+            // The timer's own wake may look like a wake-up to `woken`: check the clock.
+            if monoio::time::timeout(left, woken).await.is_err() || Instant::now() >= deadline {
+                return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started));
+            }
+        }
+    }
+
+    /// Sleeps until a connection of this pool is returned or, when `waiting`, a permit of
+    /// its gate is given back on any core; at once when either happened meanwhile.
+    async fn woken(&self, mut waiting: Option<&mut Waiting>) {
+        let mut slept = false;
+        std::future::poll_fn(|cx| {
+            if slept {
+                return Poll::Ready(());
+            }
+            self.returned.borrow_mut().push(cx.waker().clone());
+            if let Some(w) = waiting.as_deref_mut() {
+                w.register(cx.waker());
+                if w.gate().has_room() {
+                    return Poll::Ready(());
+                }
+            }
+            if self.pool.status().available > 0 {
+                return Poll::Ready(());
+            }
+            slept = true;
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// A connection of this pool was returned or dropped: wakes this core's waiters.
+    pub fn returned(&self) {
+        let wakers = std::mem::take(&mut *self.returned.borrow_mut());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether a connection being returned should be closed instead, so its permit goes to
+    /// a request waiting on another core: when requests elsewhere wait for the tenant's (or
+    /// the node's) permits, and this pool has no waiter of its own or has held the
+    /// connection for [`SHARE_AFTER`].
+    pub fn give_back(&self, conn: &Object<PgManager>) -> bool {
+        self.wanted_elsewhere()
+            && (self.waiting.get() == 0 || Object::metrics(conn).age() >= SHARE_AFTER)
+    }
+
+    /// Whether requests on other cores (or of other pools) wait for this pool's gates.
+    pub fn wanted_elsewhere(&self) -> bool {
+        self.gates.tenant.waiting() > self.on_tenant.get()
+            || self.gates.node.waiting() > self.on_node.get()
+    }
+
+    fn timed_out(&self, waiting: Option<&Waiting>, started: Instant) -> Error {
+        match waiting {
+            Some(w) if Arc::ptr_eq(w.gate(), &self.gates.node) => Error::Budget {
+                node: self.key.node.clone(),
+                limit: self.gates.node.limit(),
+            },
+            _ => self.exhausted(started.elapsed()),
         }
     }
 
@@ -115,7 +222,7 @@ impl TenantPool {
         Error::Exhausted {
             tenant: self.key.tenant.clone(),
             node: self.key.node.clone(),
-            limit: self.limit,
+            limit: self.gates.tenant.limit(),
             waited_ms: waited.as_millis() as u64,
         }
     }
@@ -142,5 +249,48 @@ impl TenantPool {
     /// Whether [`TenantPool::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.pool.is_closed()
+    }
+}
+
+/// Counts a request as waiting in its pool until dropped.
+struct LocalWait<'a>(&'a TenantPool);
+
+impl<'a> LocalWait<'a> {
+    fn new(pool: &'a TenantPool) -> Self {
+        pool.waiting.set(pool.waiting.get() + 1);
+        Self(pool)
+    }
+}
+
+impl Drop for LocalWait<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.set(self.0.waiting.get() - 1);
+    }
+}
+
+/// A request of a pool waiting on one of its gates, counted in the pool until dropped.
+struct GateWait<'a> {
+    wait: Waiting,
+    counter: &'a Cell<usize>,
+}
+
+impl<'a> GateWait<'a> {
+    fn new(pool: &'a TenantPool, gate: &Arc<crate::budget::Gate>) -> Self {
+        let counter = if Arc::ptr_eq(gate, &pool.gates.tenant) {
+            &pool.on_tenant
+        } else {
+            &pool.on_node
+        };
+        counter.set(counter.get() + 1);
+        Self {
+            wait: gate.wait(),
+            counter,
+        }
+    }
+}
+
+impl Drop for GateWait<'_> {
+    fn drop(&mut self) {
+        self.counter.set(self.counter.get() - 1);
     }
 }

@@ -6,7 +6,7 @@ use monoio::time::sleep;
 use ringgate_discovery::Topology;
 use ringgate_pool::{
     url::{parse_pg_url, PgUrl},
-    Config, Error, Intent, PoolKey, Shard,
+    Budgets, Config, Error, Intent, PoolKey, Shard,
 };
 use ringgate_tests::backend::{backends_named, pg_admin_url, psql, required, unique};
 
@@ -22,7 +22,7 @@ fn shard(config: Config, primary: &PgUrl, replica: Option<&PgUrl>) -> Rc<Shard> 
         (primary.addr, primary.host.clone()),
         replica.map(|r| (r.addr, r.host.clone())),
     );
-    Shard::new(0, 1, config, Arc::new(topology))
+    Shard::new(0, Budgets::new(&config), config, Arc::new(topology))
 }
 
 fn key(tenant: &str, url: &PgUrl, node: &str) -> PoolKey {
@@ -594,6 +594,7 @@ async fn node_budget_is_never_exceeded_across_tenants() {
     let config = Config {
         max_total: 3,
         max_per_tenant: 2,
+        wait_timeout: Duration::from_millis(200),
         ..Config::default()
     };
     let s = shard(config, &url, None);
@@ -616,4 +617,63 @@ async fn node_budget_is_never_exceeded_across_tenants() {
     assert_eq!(backends_named(&format!("ringgate/{run}")), 3);
     drop(held);
     s.close_all();
+}
+
+/// Two cores' shards sharing one process-wide budget (on one thread here; the wake across
+/// threads is the budget's unit test): one core may take all of a tenant's connections, a
+/// request on the other waits for one, gets it when the first core returns one, and the
+/// tenant never has more than its limit.
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn a_tenant_limit_is_process_wide_and_follows_demand_across_cores() {
+    let url = admin();
+    let tenant = unique("cores");
+    let config = Config {
+        max_per_tenant: 3,
+        wait_timeout: Duration::from_secs(3),
+        ..Config::default()
+    };
+    let topology = Arc::new(Topology::fixed((url.addr, url.host.clone()), None));
+    let budgets = Budgets::new(&config);
+    let a = Shard::new(0, budgets.clone(), config.clone(), topology.clone());
+    let b = Shard::new(1, budgets.clone(), config.clone(), topology);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            a.checkout(&tenant, &url.credentials, Intent::Write)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(backends_named(&format!("ringgate/{tenant}/core0")), 3);
+    let waiting = {
+        let (b, tenant, creds) = (b.clone(), tenant.clone(), url.credentials.clone());
+        monoio::spawn(async move {
+            let started = std::time::Instant::now();
+            let c = b.checkout(&tenant, &creds, Intent::Write).await;
+            (c, started.elapsed())
+        })
+    };
+    sleep(Duration::from_millis(300)).await;
+    let node = held[0].node().to_string();
+    assert_eq!(budgets.tenant_used(&tenant, &node), 3);
+    // Core 0 returns one with no request of its own waiting: it is closed, and its permit
+    // goes to core 1 once the server has let the backend go.
+    drop(held.pop());
+    let (c, waited) = waiting.await;
+    let mut c = c.expect("core 1 got the permit core 0 gave back");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    c.conn().client().simple_query("select 1").await.unwrap();
+    assert_eq!(backends_named(&format!("ringgate/{tenant}/core1")), 1);
+    assert_eq!(backends_named(&format!("ringgate/{tenant}/")), 3);
+    assert_eq!(budgets.tenant_used(&tenant, &node), 3);
+    drop(c);
+    drop(held);
+    a.close_all();
+    b.close_all();
+    eventually("every connection closed", Duration::from_secs(5), || {
+        budgets.tenant_used(&tenant, &node) == 0
+            && backends_named(&format!("ringgate/{tenant}/")) == 0
+    })
+    .await;
 }

@@ -6,12 +6,13 @@
 //! state, never shared: outstanding requests per worker (power of two choices, weighted),
 //! passive health (ejected after [`EJECT_AFTER`] consecutive failures, backing off from 1 s
 //! to 30 s, then tried again), active health (`GET RINGGATE_UPSTREAM_HEALTH_PATH` every
-//! `RINGGATE_UPSTREAM_HEALTH_INTERVAL`), keep-alive connections, token buckets for the
-//! per-tenant rate limit (the configured rate split across cores). The optional fleet-wide
-//! limit is counted in Redis ([`global_rate`]).
+//! `RINGGATE_UPSTREAM_HEALTH_INTERVAL`), keep-alive connections, the per-tenant rate limit
+//! (one process-wide token bucket per tenant, [`rate`]). The optional fleet-wide limit is
+//! counted in Redis ([`global_rate`]).
 
 pub mod global_rate;
 pub mod head;
+pub mod rate;
 pub mod upstream;
 
 use std::{
@@ -41,8 +42,6 @@ pub const EJECT_AFTER: u32 = 3;
 /// First ejection; doubles up to [`MAX_EJECTION`].
 const FIRST_EJECTION: Duration = Duration::from_secs(1);
 const MAX_EJECTION: Duration = Duration::from_secs(30);
-/// Tenants tracked by the rate limiter per core; the table starts over when full.
-const MAX_BUCKETS: usize = 100_000;
 
 /// Whether an attempt on a worker worked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,13 +87,6 @@ pub struct Picked {
     pub set_cookie: Option<String>,
 }
 
-/// A token bucket.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// One core's view of the workers and its connections to them.
 #[derive(Debug, Default)]
 pub struct Upstreams {
@@ -103,7 +95,7 @@ pub struct Upstreams {
     health: RefCell<HashMap<SocketAddr, Health>>,
     /// Keep-alive connections per worker, with when they were parked (newest last).
     idle: RefCell<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
-    buckets: RefCell<HashMap<String, Bucket>>,
+    buckets: rate::CoreBuckets,
     seed: Cell<u64>,
 }
 
@@ -378,7 +370,7 @@ impl Upstreams {
     }
 
     /// The per-tenant rate limits: `Some(429)` when the tenant (see [`tenant_of`]) is over
-    /// its share on this core or, with `RINGGATE_GLOBAL_RATE_LIMIT`, over the fleet's limit.
+    /// its rate (on all cores together) or, with `RINGGATE_GLOBAL_RATE_LIMIT`, over the fleet's limit.
     pub async fn rate_limit(
         &self,
         core: &Core,
@@ -410,37 +402,11 @@ impl Upstreams {
         )
     }
 
-    /// This core's token bucket for `tenant`: `None` when a token was taken, else the
+    /// A token of `tenant`'s process-wide bucket: `None` when one was taken, else the
     /// seconds until the next one.
     fn local_wait(&self, core: &Core, tenant: &str) -> Option<u32> {
-        let limit = core.config.proxy.rate_limit?;
-        let cores = core.config.workers.max(1) as f64;
-        let rate = limit.per_second / cores;
-        let burst = (limit.burst / cores).max(1.0);
-        let now = Instant::now();
-        let mut buckets = self.buckets.borrow_mut();
-        // Only a tenant seen for the first time costs an allocation.
-        if !buckets.contains_key(tenant) {
-            if buckets.len() >= MAX_BUCKETS {
-                buckets.clear();
-            }
-            buckets.insert(
-                tenant.to_string(),
-                Bucket {
-                    tokens: burst,
-                    at: now,
-                },
-            );
-        }
-        let b = buckets.get_mut(tenant).expect("inserted above");
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return None;
-        }
-        Some(((1.0 - b.tokens) / rate).ceil().max(1.0) as u32)
+        let table = core.shared.rates.as_ref()?;
+        self.buckets.take(table, tenant)
     }
 }
 

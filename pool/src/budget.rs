@@ -1,0 +1,476 @@
+//! Process-wide connection budgets, shared by every core.
+//!
+//! A [`Gate`] counts server connections against one limit: one gate per node
+//! (`max_total`) and one per tenant and node (`max_per_tenant`). A connection takes a
+//! [`Permit`] from both when it is opened and gives it back when the server has closed it,
+//! so the gates are touched per connection, never per request, and the count is what
+//! PostgreSQL sees: a permit is free only once its backend is gone.
+//!
+//! A request that finds its tenant (or the node) at the limit waits on the gate: every
+//! permit given back wakes the gate's waiters, on whichever core they run (monoio's wakers
+//! are thread-safe with its `sync` feature). [`Gate::waiting`] tells the cores holding
+//! connections that another core needs one: they give theirs back (see
+//! [`crate::tenant::TenantPool`]), so a tenant's connections follow its demand. When a gate
+//! gets its first waiter, every core's [`Demand`] is signalled, so cores holding idle
+//! connections give them back at once rather than at their next upkeep.
+//!
+//! The map from (tenant, node) to its gate is locked only when a core creates a tenant pool;
+//! it holds weak references, so a gate lives as long as some core's pool holds it, and the
+//! map is bounded by the pools the cores may cache.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Weak,
+    },
+    task::Waker,
+};
+
+use parking_lot::Mutex;
+
+use crate::config::Config;
+
+/// Every gate of the process, by node and by (tenant, node).
+#[derive(Debug)]
+pub struct Budgets {
+    max_total: usize,
+    max_per_tenant: usize,
+    nodes: Mutex<HashMap<String, Arc<Gate>>>,
+    tenants: Mutex<Tenants>,
+    board: Arc<Board>,
+}
+
+/// Every core's [`Demand`] signal.
+#[derive(Debug, Default)]
+struct Board {
+    cores: Mutex<Vec<Arc<Demand>>>,
+}
+
+impl Board {
+    fn signal(&self) {
+        for d in self.cores.lock().iter() {
+            d.signal();
+        }
+    }
+}
+
+/// Set when a request somewhere starts waiting for a permit: the core should give back
+/// the idle connections others wait for.
+#[derive(Debug, Default)]
+pub struct Demand {
+    set: std::sync::atomic::AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Demand {
+    fn signal(&self) {
+        // Already set: the core has not looked yet, and will.
+        if self.set.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let waker = self.waker.lock().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Resolves when signalled (at once when signalled since the last time).
+    pub async fn signalled(&self) {
+        std::future::poll_fn(|cx| {
+            if self.set.swap(false, Ordering::SeqCst) {
+                return std::task::Poll::Ready(());
+            }
+            *self.waker.lock() = Some(cx.waker().clone());
+            if self.set.swap(false, Ordering::SeqCst) {
+                return std::task::Poll::Ready(());
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+#[derive(Debug, Default)]
+struct Tenants {
+    gates: HashMap<(String, String), Weak<Gate>>,
+    /// Dead entries are swept when the map reaches this size.
+    sweep_at: usize,
+}
+
+// === impl Budgets ===
+
+impl Budgets {
+    /// The budgets for `config`'s `max_total` and `max_per_tenant`, to share among cores.
+    pub fn new(config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: config.max_total,
+            max_per_tenant: config.max_per_tenant,
+            nodes: Mutex::default(),
+            tenants: Mutex::new(Tenants {
+                gates: HashMap::new(),
+                sweep_at: 64,
+            }),
+            board: Arc::default(),
+        })
+    }
+
+    /// A core's demand signal (call once per core).
+    pub fn demand(&self) -> Arc<Demand> {
+        let d = Arc::<Demand>::default();
+        self.board.cores.lock().push(d.clone());
+        d
+    }
+
+    /// The gate of all connections to `node`.
+    pub fn node(&self, node: &str) -> Arc<Gate> {
+        let mut nodes = self.nodes.lock();
+        if let Some(g) = nodes.get(node) {
+            return g.clone();
+        }
+        let g = Arc::new(Gate::with_board(self.max_total, self.board.clone()));
+        nodes.insert(node.to_string(), g.clone());
+        g
+    }
+
+    /// The gate of `tenant`'s connections to `node`.
+    pub fn tenant(&self, tenant: &str, node: &str) -> Arc<Gate> {
+        let mut t = self.tenants.lock();
+        let key = (tenant.to_string(), node.to_string());
+        if let Some(g) = t.gates.get(&key).and_then(Weak::upgrade) {
+            return g;
+        }
+        if t.gates.len() >= t.sweep_at {
+            t.gates.retain(|_, g| g.strong_count() > 0);
+            t.sweep_at = (t.gates.len() * 2).max(64);
+        }
+        let g = Arc::new(Gate::with_board(self.max_per_tenant, self.board.clone()));
+        t.gates.insert(key, Arc::downgrade(&g));
+        g
+    }
+
+    /// Connections `tenant` holds to `node` now, on all cores.
+    pub fn tenant_used(&self, tenant: &str, node: &str) -> usize {
+        let t = self.tenants.lock();
+        t.gates
+            .get(&(tenant.to_string(), node.to_string()))
+            .and_then(Weak::upgrade)
+            .map_or(0, |g| g.used())
+    }
+
+    /// Connections to `node` now, on all cores.
+    pub fn node_used(&self, node: &str) -> usize {
+        self.nodes.lock().get(node).map_or(0, |g| g.used())
+    }
+
+    /// Tenant gates alive now (for tests: the map is bounded).
+    pub fn tenant_gates(&self) -> usize {
+        let t = self.tenants.lock();
+        t.gates.values().filter(|g| g.strong_count() > 0).count()
+    }
+}
+
+/// Which gate refused a permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The tenant is at `max_per_tenant` on this node.
+    Tenant,
+    /// The node is at `max_total`.
+    Node,
+}
+
+/// Takes a permit from both gates, or says which is full.
+pub fn try_acquire(tenant: &Arc<Gate>, node: &Arc<Gate>) -> Result<Permit, Full> {
+    if !tenant.try_take() {
+        return Err(Full::Tenant);
+    }
+    if !node.try_take() {
+        tenant.give();
+        return Err(Full::Node);
+    }
+    Ok(Permit {
+        tenant: tenant.clone(),
+        node: node.clone(),
+    })
+}
+
+/// One limit, counted across cores, and the requests waiting under it.
+#[derive(Debug)]
+pub struct Gate {
+    limit: usize,
+    used: AtomicUsize,
+    /// Requests waiting for a permit of this gate, on any core.
+    waiting: AtomicUsize,
+    wakers: WakerList,
+    board: Arc<Board>,
+}
+
+// === impl Gate ===
+
+impl Gate {
+    /// A gate of `limit` permits.
+    pub fn new(limit: usize) -> Self {
+        Self::with_board(limit, Arc::default())
+    }
+
+    fn with_board(limit: usize, board: Arc<Board>) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            wakers: WakerList::default(),
+            board,
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < self.limit).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    fn give(&self) {
+        self.used.fetch_sub(1, Ordering::AcqRel);
+        // SeqCst pairs with `Waiter::register`: either the waiter sees the freed permit
+        // when it looks again after registering, or this sees its waker.
+        if self.wakers.len.load(Ordering::SeqCst) > 0 {
+            self.wakers.wake_all();
+        }
+    }
+
+    /// Permits taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether a permit is free now.
+    pub fn has_room(&self) -> bool {
+        self.used() < self.limit
+    }
+
+    /// Requests waiting for a permit now, on all cores.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Counts a request as waiting until the guard drops. The first waiter signals every
+    /// core's [`Demand`].
+    pub fn wait(self: &Arc<Self>) -> Waiting {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.board.signal();
+        }
+        Waiting {
+            gate: self.clone(),
+            slot: None,
+        }
+    }
+}
+
+/// A request waiting on a gate; registers its waker to be woken by the next permit given
+/// back on any core.
+#[derive(Debug)]
+pub struct Waiting {
+    gate: Arc<Gate>,
+    slot: Option<u64>,
+}
+
+impl Waiting {
+    /// Registers (or refreshes) the waker; the caller then checks [`Gate::has_room`]
+    /// before it sleeps, so a permit freed in between is not missed.
+    pub fn register(&mut self, waker: &Waker) {
+        self.gate.wakers.register(&mut self.slot, waker);
+    }
+
+    /// The gate waited on.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(id) = self.slot {
+            self.gate.wakers.cancel(id);
+        }
+        self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Wakers of the requests waiting on a gate. Locked only by waiting requests and by a
+/// permit given back while some wait.
+#[derive(Debug, Default)]
+struct WakerList {
+    len: AtomicUsize,
+    next: AtomicU64,
+    wakers: Mutex<Vec<(u64, Waker)>>,
+}
+
+impl WakerList {
+    fn register(&self, slot: &mut Option<u64>, waker: &Waker) {
+        let mut list = self.wakers.lock();
+        let id = *slot.get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed));
+        match list.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, w)) => w.clone_from(waker),
+            None => list.push((id, waker.clone())),
+        }
+        self.len.store(list.len(), Ordering::SeqCst);
+    }
+
+    fn cancel(&self, id: u64) {
+        let mut list = self.wakers.lock();
+        list.retain(|(i, _)| *i != id);
+        self.len.store(list.len(), Ordering::SeqCst);
+    }
+
+    fn wake_all(&self) {
+        let woken = {
+            let mut list = self.wakers.lock();
+            self.len.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *list)
+        };
+        for (_, w) in woken {
+            w.wake();
+        }
+    }
+}
+
+/// One server connection's share of its tenant's and its node's gates; given back on drop.
+#[derive(Debug)]
+pub struct Permit {
+    tenant: Arc<Gate>,
+    node: Arc<Gate>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.tenant.give();
+        self.node.give();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::AtomicBool,
+        task::{Context, Wake},
+    };
+
+    use super::*;
+
+    fn budgets(per_tenant: usize, total: usize) -> Arc<Budgets> {
+        Budgets::new(&Config {
+            max_per_tenant: per_tenant,
+            max_total: total,
+            ..Config::default()
+        })
+    }
+
+    #[test]
+    fn a_tenant_gets_its_whole_limit_from_one_core_and_never_more() {
+        let b = budgets(10, 200);
+        let (t, n) = (b.tenant("a", "n1"), b.node("n1"));
+        let held: Vec<_> = (0..10).map(|_| try_acquire(&t, &n).unwrap()).collect();
+        assert_eq!(try_acquire(&t, &n).unwrap_err(), Full::Tenant);
+        // Another core asking for the same tenant and node gets the same gate.
+        assert_eq!(
+            try_acquire(&b.tenant("a", "n1"), &b.node("n1")).unwrap_err(),
+            Full::Tenant
+        );
+        assert!(try_acquire(&b.tenant("b", "n1"), &n).is_ok());
+        assert_eq!(b.tenant_used("a", "n1"), 10);
+        drop(held);
+        assert_eq!(b.tenant_used("a", "n1"), 0);
+        assert_eq!(b.node_used("n1"), 0);
+    }
+
+    #[test]
+    fn the_node_gate_caps_all_tenants_and_a_refusal_takes_nothing() {
+        let b = budgets(2, 3);
+        let n = b.node("n1");
+        let gates: Vec<_> = (0..3).map(|i| b.tenant(&format!("t{i}"), "n1")).collect();
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for g in &gates {
+            for _ in 0..2 {
+                match try_acquire(g, &n) {
+                    Ok(p) => held.push(p),
+                    Err(Full::Node) => refused += 1,
+                    Err(Full::Tenant) => panic!("no tenant is at its limit"),
+                }
+            }
+        }
+        assert_eq!((held.len(), refused), (3, 3));
+        assert_eq!(
+            gates[2].used(),
+            0,
+            "a node refusal gives the tenant's permit back"
+        );
+    }
+
+    #[test]
+    fn the_first_waiter_signals_every_core() {
+        let b = budgets(1, 10);
+        let cores: Vec<_> = (0..3).map(|_| b.demand()).collect();
+        let t = b.tenant("a", "n1");
+        let first = t.wait();
+        for d in &cores {
+            assert!(d.set.load(Ordering::SeqCst));
+            d.set.store(false, Ordering::SeqCst);
+        }
+        let second = t.wait();
+        assert!(cores.iter().all(|d| !d.set.load(Ordering::SeqCst)), "once");
+        drop((first, second));
+        let _again = t.wait();
+        assert!(cores.iter().all(|d| d.set.load(Ordering::SeqCst)));
+    }
+
+    #[test]
+    fn gates_of_tenants_no_pool_holds_are_dropped() {
+        let b = budgets(1, 1000);
+        for i in 0..1000 {
+            let _g = b.tenant(&format!("t{i}"), "n1");
+        }
+        assert_eq!(b.tenant_gates(), 0);
+        assert!(
+            b.tenants.lock().gates.len() <= 128,
+            "dead entries are swept"
+        );
+        let kept = b.tenant("kept", "n1");
+        for i in 0..1000 {
+            let _g = b.tenant(&format!("u{i}"), "n1");
+        }
+        assert!(Arc::ptr_eq(&kept, &b.tenant("kept", "n1")));
+    }
+
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_permit_given_back_on_another_thread_wakes_the_waiters() {
+        let b = budgets(1, 10);
+        let (t, n) = (b.tenant("a", "n1"), b.node("n1"));
+        let held = try_acquire(&t, &n).unwrap();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut w = t.wait();
+        w.register(&Context::from_waker(&waker).waker().clone());
+        assert_eq!(t.waiting(), 1);
+        assert!(!t.has_room());
+        std::thread::spawn(move || drop(held)).join().unwrap();
+        assert!(flag.0.load(Ordering::SeqCst), "woken across threads");
+        assert!(t.has_room());
+        drop(w);
+        assert_eq!(t.waiting(), 0);
+        assert_eq!(t.wakers.len.load(Ordering::SeqCst), 0);
+    }
+}
