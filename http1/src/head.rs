@@ -56,7 +56,15 @@ pub enum HeadError {
 /// Refuses a head with a bare LF (RFC 9112 §2.2 lets a recipient accept one; a proxy that
 /// does and a worker that does not disagree on where the head ends).
 fn check_line_ends(head: &[u8]) -> Result<(), HeadError> {
-    let bare = memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r');
+    // No early exit, so the compiler can compare many bytes at once: heads are parsed for
+    // every request and every proxied response.
+    let bare = head.first() == Some(&b'\n')
+        || head[1.min(head.len())..]
+            .iter()
+            .zip(head)
+            .fold(false, |bare, (&b, &before)| {
+                bare | ((b == b'\n') & (before != b'\r'))
+            });
     if bare {
         return Err(HeadError::Malformed("bare LF line ending".into()));
     }
@@ -71,8 +79,6 @@ struct Declared {
     chunked_last: bool,
     /// `chunked` is the one and only coding.
     chunked_only: bool,
-    /// Codings, for the error message.
-    codings: String,
     /// The agreed `Content-Length`.
     length: Option<u64>,
 }
@@ -84,7 +90,6 @@ fn declared(headers: &[httparse::Header<'_>]) -> Result<Declared, HeadError> {
         te: false,
         chunked_last: false,
         chunked_only: false,
-        codings: String::new(),
         length: None,
     };
     let mut count = 0;
@@ -99,21 +104,10 @@ fn declared(headers: &[httparse::Header<'_>]) -> Result<Declared, HeadError> {
                 }
                 count += 1;
                 d.chunked_last = coding.eq_ignore_ascii_case("chunked");
-                if !d.codings.is_empty() {
-                    d.codings.push_str(", ");
-                }
-                d.codings.push_str(coding);
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value)
-                .map_err(|_| HeadError::Framing("Content-Length is not a number"))?;
-            for item in value.split(',').map(|c| c.trim_matches(OWS)) {
-                if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(HeadError::Framing("Content-Length is not a number"));
-                }
-                let n: u64 = item
-                    .parse()
-                    .map_err(|_| HeadError::Framing("Content-Length is too large"))?;
+            for item in h.value.split(|&b| b == b',') {
+                let n = content_length(item.trim_ascii())?;
                 match d.length {
                     Some(prev) if prev != n => {
                         return Err(HeadError::Framing("differing Content-Length values"))
@@ -132,6 +126,30 @@ fn declared(headers: &[httparse::Header<'_>]) -> Result<Declared, HeadError> {
         ));
     }
     Ok(d)
+}
+
+/// The transfer codings of `headers`, for an error message.
+fn codings(headers: &[httparse::Header<'_>]) -> String {
+    let values = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .map(|h| String::from_utf8_lossy(h.value));
+    values.collect::<Vec<_>>().join(", ")
+}
+
+/// One `Content-Length` value: `1*DIGIT` that fits in 64 bits.
+fn content_length(digits: &[u8]) -> Result<u64, HeadError> {
+    if digits.is_empty() {
+        return Err(HeadError::Framing("Content-Length is not a number"));
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return Err(HeadError::Framing("Content-Length is not a number"));
+        }
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(HeadError::Framing("Content-Length is too large"))
+    })
 }
 
 /// Byte offset of `part` inside `whole` (a slice of it, as httparse returns).
@@ -193,7 +211,7 @@ pub fn parse_request(
             ));
         }
         if !framing_of.chunked_only {
-            return Err(HeadError::UnsupportedCoding(framing_of.codings));
+            return Err(HeadError::UnsupportedCoding(codings(req.headers)));
         }
         Framing::Chunked
     } else {
@@ -232,8 +250,11 @@ pub fn parse_request(
         let [name_at, name_len, value_at, value_len] = span.map(|n| n as usize);
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| HeadError::Malformed("invalid header name".into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-            .map_err(|_| HeadError::Malformed("invalid header value".into()))?;
+        let value = head.slice(value_at..value_at + value_len);
+        // SAFETY: httparse accepts only HTAB, SP, visible ASCII and obs-text in a value,
+        // every one of them valid in a `HeaderValue` (debug builds check it again).
+        #[allow(unsafe_code)]
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
         headers.append(name, value);
     }
     let (mut parts, ()) = http::Request::new(()).into_parts();

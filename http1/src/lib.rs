@@ -16,7 +16,7 @@
 //! It owns parsing and framing only; no I/O, no limits beyond the ones a caller passes, no
 //! header rewriting (the proxy's hop-by-hop rules are in the gateway).
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod chunked;
 pub mod head;
