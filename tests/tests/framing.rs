@@ -8,6 +8,7 @@ use std::{
     convert::Infallible,
     io::{BufReader, Write},
     net::{SocketAddr, TcpStream},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -19,6 +20,9 @@ use ringgate_tests::{
     http::{read_response, Resp},
     worker::TestWorker,
 };
+
+/// Requests for `/p/next` that reached the hyper worker through ringgate (with its `via`).
+static NEXT_VIA_RINGGATE: AtomicUsize = AtomicUsize::new(0);
 
 /// A hyper HTTP/1.1 server on 127.0.0.1 answering every request with what it saw:
 /// `<method> <target> <body length> <body>`, with `x-worker: hyper`. Runs until the test
@@ -41,6 +45,9 @@ fn hyper_worker() -> SocketAddr {
                 tokio::spawn(async move {
                     let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
                         let (parts, body) = req.into_parts();
+                        if parts.uri.path() == "/p/next" && parts.headers.contains_key("via") {
+                            NEXT_VIA_RINGGATE.fetch_add(1, Ordering::SeqCst);
+                        }
                         let body = match body.collect().await {
                             Ok(b) => b.to_bytes(),
                             Err(e) => Bytes::from(format!("<body error: {e}>")),
@@ -315,7 +322,9 @@ fn test_framing_corpus_same_answer_on_every_route_and_the_same_ends_as_hyper() {
     let (_g, addr) = gateway_to(hyper);
     let mut lenient_hyper = Vec::new();
     for (name, case, verdict) in CORPUS {
+        let next_before = NEXT_VIA_RINGGATE.load(Ordering::SeqCst);
         let proxied = exchange(addr, &with_sentinel(case, "/p/x", "/p/next"));
+        let next_seen = NEXT_VIA_RINGGATE.load(Ordering::SeqCst) - next_before;
         let direct = exchange(hyper, &with_sentinel(case, "/p/x", "/p/next"));
         let own = exchange(addr, &with_sentinel(case, "/sql", "/health"));
         match verdict {
@@ -324,6 +333,7 @@ fn test_framing_corpus_same_answer_on_every_route_and_the_same_ends_as_hyper() {
                 // connection is dropped): ringgate's own answer, then the connection closes,
                 // so nothing after the request is ever read as a request.
                 assert_eq!(proxied.len(), 1, "{name}: proxied: {proxied:?}");
+                assert_eq!(next_seen, 0, "{name}: the next request reached the worker");
                 let answer = own_answer(&proxied[0])
                     .unwrap_or_else(|| panic!("{name}: the worker answered: {proxied:?}"));
                 assert_eq!(answer.0, *status, "{name}: {answer:?}");
@@ -364,6 +374,7 @@ fn test_framing_corpus_same_answer_on_every_route_and_the_same_ends_as_hyper() {
                     "{name}: {proxied:?}"
                 );
                 assert_eq!(proxied[1].text(), "GET /p/next 0 ", "{name}");
+                assert_eq!(next_seen, 1, "{name}");
                 // `/sql` reads the same body (its answer is about the missing database,
                 // not the framing) and then the next request.
                 assert_eq!(own.len(), 2, "{name}: /sql: {own:?}");
