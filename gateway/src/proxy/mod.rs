@@ -369,7 +369,8 @@ impl Upstreams {
         }
     }
 
-    /// The per-tenant rate limits: `Some(429)` when the tenant (see [`tenant_of`]) is over
+    /// The per-tenant rate limits: `Some(429)` when the tenant (the API key's project, else
+    /// the client address) is over
     /// its rate (on all cores together) or, with `RINGGATE_GLOBAL_RATE_LIMIT`, over the fleet's limit.
     pub async fn rate_limit(
         &self,
