@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // Before anything looks a host name up (DATABASE_URL's host is resolved while the
+    // configuration is read).
+    let pinned_name_services = rt::pin_static_name_services();
     // Log config errors with a plain subscriber before the configured one exists.
     let config = match tracing::subscriber::with_default(plain_stderr(), Config::from_env) {
         Ok(c) => c,
@@ -46,6 +49,13 @@ fn main() -> ExitCode {
     if let Err(e) = init_tracing(&config) {
         eprintln!("ringgate: invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
+    }
+    if pinned_name_services {
+        info!(
+            "static binary: host names are looked up in /etc/hosts and DNS only (no NSS modules)"
+        );
+    } else if rt::STATIC_BINARY {
+        warn!("static binary: could not limit host lookups to /etc/hosts and DNS; NSS modules may be loaded");
     }
     if let Err(error) = rt::disable_transparent_huge_pages() {
         warn!(%error, "could not turn transparent huge pages off");

@@ -166,6 +166,35 @@ pub fn pin_to_cpu(core: usize, allowed: &[usize]) {
     }
 }
 
+/// Whether this binary is linked statically (`scripts/build-static`: glibc, `+crt-static`).
+pub const STATIC_BINARY: bool = cfg!(target_feature = "crt-static");
+
+/// In the static binary, has host lookups use glibc's built-in services only: `files`
+/// (`/etc/hosts`) and `dns` (`/etc/resolv.conf`), whatever `/etc/nsswitch.conf` lists.
+/// A static glibc binary cannot rely on NSS modules: it would `dlopen` the host's
+/// `libnss_*.so` (mdns, resolve, myhostname, sss...), built against whatever glibc the
+/// host has. Since glibc 2.34 `files` and `dns` are part of libc itself, so with this a
+/// lookup opens no module at all. Returns whether the services were set (always false in
+/// a dynamically linked binary, which uses NSS as configured). Call before any lookup.
+pub fn pin_static_name_services() -> bool {
+    #[cfg(all(target_env = "gnu", target_feature = "crt-static"))]
+    {
+        extern "C" {
+            fn __nss_configure_lookup(
+                db: *const libc::c_char,
+                service_line: *const libc::c_char,
+            ) -> libc::c_int;
+        }
+        // SAFETY: both arguments are NUL-terminated strings that outlive the call; glibc
+        // copies what it keeps. Called at start, before any thread looks a name up.
+        unsafe { __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr()) == 0 }
+    }
+    #[cfg(not(all(target_env = "gnu", target_feature = "crt-static")))]
+    {
+        false
+    }
+}
+
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`). Memory that
 /// comes and goes with connections (a TLS connection's buffers take 32 KiB) is handed back
 /// to the kernel by the allocator a second after it is freed; with huge pages, the next

@@ -213,7 +213,7 @@ async fn open(
     unconfirmed: Arc<AtomicBool>,
     permit: Option<Permit>,
 ) -> Result<Client, Error> {
-    let addr = target.addr;
+    let addr = current_addr(target).await;
     let mut config = tokio_postgres::Config::new();
     config
         .dbname(&target.credentials.database)
@@ -255,6 +255,48 @@ async fn open(
     match monoio::time::timeout(target.connect_timeout, setup).await {
         Ok(r) => r,
         Err(_) => Err(Error::ConnectTimeout { addr }),
+    }
+}
+
+/// Where to connect for `target` now: its host looked up again when it is a name (a
+/// server that moved, `DATABASE_URL`'s host included, is found on the next connect, not
+/// only at start), the address of the family it had first; its last known address when the
+/// host is an IP address or the lookup fails or takes longer than the connect timeout. The
+/// lookup (`getaddrinfo`, which may wait for DNS) runs on a thread of its own, never on a
+/// core.
+pub async fn current_addr(target: &Target) -> SocketAddr {
+    let known = target.addr;
+    let host = target.host.trim_matches(['[', ']']);
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        return known;
+    }
+    let (tx, rx) = futures_channel::oneshot::channel();
+    let (name, port) = (host.to_string(), known.port());
+    let spawned = std::thread::Builder::new()
+        .name("ringgate-resolve".into())
+        .spawn(move || {
+            use std::net::ToSocketAddrs;
+            let _ = tx.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|a| a.collect::<Vec<_>>()),
+            );
+        });
+    if spawned.is_err() {
+        return known;
+    }
+    match monoio::time::timeout(target.connect_timeout, rx).await {
+        Ok(Ok(Ok(found))) => found
+            .iter()
+            .find(|a| a.is_ipv4() == known.is_ipv4())
+            .or(found.first())
+            .copied()
+            .unwrap_or(known),
+        Ok(Ok(Err(error))) => {
+            debug!(host, %error, "lookup failed; connecting to the last known address");
+            known
+        }
+        _ => known,
     }
 }
 

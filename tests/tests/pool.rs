@@ -677,3 +677,32 @@ async fn a_tenant_limit_is_process_wide_and_follows_demand_across_cores() {
     })
     .await;
 }
+
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn test_a_host_name_is_looked_up_again_on_connect() {
+    // DATABASE_URL named `localhost`; the address it had at start is stale now (nothing
+    // answers at 10.255.255.1): a connect must look the name up again, not dial the old one.
+    let mut url = admin();
+    url.host = "localhost".into();
+    url.addr = std::net::SocketAddr::new([10, 255, 255, 1].into(), url.addr.port());
+    let shard = shard(
+        Config {
+            connect_timeout: Duration::from_secs(2),
+            ..Config::default()
+        },
+        &url,
+        None,
+    );
+    let mut c = shard
+        .checkout(&unique("moved"), &url.credentials, Intent::Write)
+        .await
+        .expect("connected to localhost's current address");
+    let rows = c
+        .conn()
+        .client()
+        .simple_query("select 1")
+        .await
+        .expect("query");
+    assert!(!rows.is_empty());
+}
