@@ -20,14 +20,33 @@ pub fn choose(
     max_lag: u64,
     outstanding: impl Fn(&str) -> usize,
 ) -> Option<&Member> {
+    choose_from(topology, intent, max_lag, 0, outstanding)
+}
+
+/// [`choose`], breaking ties between replicas starting from the `first`-th (modulo their
+/// number): each core passes its own number, so cores with nothing outstanding spread
+/// their reads over the replicas instead of all taking the first, and each core's
+/// connections (which count against process-wide budgets) stay on fewer members.
+pub fn choose_from(
+    topology: &Topology,
+    intent: Intent,
+    max_lag: u64,
+    first: usize,
+    outstanding: impl Fn(&str) -> usize,
+) -> Option<&Member> {
     match intent {
         Intent::Write => topology.leader.as_ref(),
-        Intent::Read => topology
-            .replicas
-            .iter()
-            .filter(|r| r.healthy && r.lag_bytes.is_none_or(|lag| lag <= max_lag))
-            .min_by_key(|r| outstanding(&r.name))
-            .or(topology.leader.as_ref()),
+        Intent::Read => {
+            let n = topology.replicas.len().max(1);
+            topology
+                .replicas
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.healthy && r.lag_bytes.is_none_or(|lag| lag <= max_lag))
+                .min_by_key(|(i, r)| (outstanding(&r.name), (i + n - first % n) % n))
+                .map(|(_, r)| r)
+                .or(topology.leader.as_ref())
+        }
     }
 }
 
@@ -59,6 +78,34 @@ mod tests {
             stale: false,
             lease_generation: 0,
         }
+    }
+
+    #[test]
+    fn idle_cores_spread_their_reads_over_the_replicas() {
+        let t = topo(
+            vec![
+                member("pg2", Role::Replica, true, Some(0)),
+                member("pg3", Role::Replica, true, Some(0)),
+            ],
+            true,
+        );
+        let picks: Vec<_> = (0..4)
+            .map(|core| {
+                choose_from(&t, Intent::Read, 100, core, |_| 0)
+                    .unwrap()
+                    .name
+                    .clone()
+            })
+            .collect();
+        assert_eq!(picks, ["pg2", "pg3", "pg2", "pg3"]);
+        // Fewer outstanding still wins over the core's turn.
+        let load = HashMap::from([("pg2", 0), ("pg3", 3)]);
+        assert_eq!(
+            choose_from(&t, Intent::Read, 100, 1, |n| load[n])
+                .unwrap()
+                .name,
+            "pg2"
+        );
     }
 
     #[test]

@@ -202,9 +202,13 @@ impl Shard {
         let topology = self.topology();
         let member = {
             let outstanding = self.outstanding.borrow();
-            route::choose(&topology, intent, self.config.max_replica_lag, |n| {
-                outstanding.get(n).copied().unwrap_or(0)
-            })
+            route::choose_from(
+                &topology,
+                intent,
+                self.config.max_replica_lag,
+                self.core,
+                |n| outstanding.get(n).copied().unwrap_or(0),
+            )
             .cloned()
             .ok_or(Error::NoPrimary)?
         };

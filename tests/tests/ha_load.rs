@@ -415,7 +415,9 @@ fn chaos_soak_connections_stay_within_budget_and_memory_is_flat() {
 }
 
 /// The soak on 16 cores (on this 2-CPU machine): the one tenant's clients land on every
-/// core, and its 10 connections per member (a process-wide limit) follow them.
+/// core, and its 10 connections per member (a process-wide limit) follow them. Latency is
+/// printed, not asserted: here every core wants the tenant's connections, so they move
+/// between cores (a reconnect each) and the load falls behind (README, Limits across cores).
 #[test]
 #[ignore = "needs compose/cluster (exclusive: counts every ringgate server connection)"]
 fn chaos_soak_on_sixteen_cores_keeps_the_tenants_budget() {
@@ -435,9 +437,15 @@ fn soak(workers: usize) {
         required("RINGGATE_PATRONI_SCOPE"),
         required("RINGGATE_PATRONI_NAMESPACE"),
     );
-    // Budget: the tenant's 10 server connections per member (RINGGATE_POOL_MAX_PER_TENANT,
-    // under RINGGATE_POOL_MAX_TOTAL), for the whole process.
-    let per_node = 10;
+    // Budget: the tenant's server connections per member (RINGGATE_POOL_MAX_PER_TENANT, 10
+    // unless RINGGATE_SOAK_PER_TENANT says otherwise, under RINGGATE_POOL_MAX_TOTAL=20), for
+    // the whole process.
+    let per_tenant: usize = std::env::var("RINGGATE_SOAK_PER_TENANT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let per_node = per_tenant.min(20);
+    let per_tenant = per_tenant.to_string();
     let baseline_by_node = ringgate_backends_by_node();
     let budget = per_node * baseline_by_node.len();
     let workers_s = workers.to_string();
@@ -447,7 +455,7 @@ fn soak(workers: usize) {
         ("RINGGATE_PATRONI_SCOPE", scope.as_str()),
         ("RINGGATE_PATRONI_NAMESPACE", ns.as_str()),
         ("RINGGATE_WORKERS", workers_s.as_str()),
-        ("RINGGATE_POOL_MAX_PER_TENANT", "10"),
+        ("RINGGATE_POOL_MAX_PER_TENANT", per_tenant.as_str()),
         ("RINGGATE_POOL_MAX_TOTAL", "20"),
         ("RINGGATE_POOL_IDLE_TTL", "3s"),
     ]);
