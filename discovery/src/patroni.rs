@@ -131,8 +131,59 @@ fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     (host, port).to_socket_addrs().ok()?.next()
 }
 
+/// Whether Patroni's dynamic configuration (the DCS `config` key) has
+/// `synchronous_mode` on.
+pub fn synchronous_mode(config: Option<&str>) -> bool {
+    config
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .is_some_and(|v| {
+            matches!(v["synchronous_mode"], Value::Bool(true)) || v["synchronous_mode"] == "on"
+        })
+}
+
+/// Whether Patroni's `sync` key names `leader` as the leader with at least one
+/// synchronous standby: only then has PostgreSQL been told to wait for that standby, so
+/// a commit it acknowledges is on a member Patroni may promote.
+pub fn synchronously_replicated(sync: Option<&str>, leader: &str) -> bool {
+    let Some(v) = sync.and_then(|s| serde_json::from_str::<Value>(s).ok()) else {
+        return false;
+    };
+    v["leader"].as_str() == Some(leader)
+        && v["sync_standby"]
+            .as_str()
+            .is_some_and(|s| s.split(',').any(|n| !n.trim().is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn synchronous_mode_and_the_sync_key() {
+        assert!(synchronous_mode(Some(
+            r#"{"ttl":6,"synchronous_mode":true}"#
+        )));
+        assert!(!synchronous_mode(Some(
+            r#"{"ttl":6,"synchronous_mode":false}"#
+        )));
+        assert!(!synchronous_mode(Some(r#"{"ttl":6}"#)));
+        assert!(!synchronous_mode(None));
+        let sync = r#"{"leader":"pg3","sync_standby":"pg2"}"#;
+        assert!(synchronously_replicated(Some(sync), "pg3"));
+        assert!(
+            !synchronously_replicated(Some(sync), "pg2"),
+            "names another leader"
+        );
+        assert!(!synchronously_replicated(
+            Some(r#"{"leader":"pg3","sync_standby":null}"#),
+            "pg3"
+        ));
+        assert!(!synchronously_replicated(
+            Some(r#"{"leader":"pg3","sync_standby":""}"#),
+            "pg3"
+        ));
+        assert!(!synchronously_replicated(None, "pg3"));
+        assert!(!synchronously_replicated(Some("garbage"), "pg3"));
+    }
+
     use super::*;
 
     fn member(role: &str, state: &str, n: u8, xlog: u64, tl: u64) -> (String, String) {

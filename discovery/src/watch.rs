@@ -88,6 +88,22 @@ impl Sources {
             return Err(DiscoveryError::Parse(format!("no members under {prefix}")));
         }
         let topology = patroni::from_dcs(leader.map(|kv| kv.value.as_str()), &members)?;
+        let key = |name: &str| {
+            kvs.iter()
+                .find(|kv| kv.key.strip_prefix(&prefix) == Some(name))
+                .map(|kv| kv.value.as_str())
+        };
+        // With synchronous_mode on, a leader takes writes only once Patroni's sync key
+        // names it with a synchronous standby: a member just promoted commits without
+        // waiting for any standby until then, and such a commit can be lost to a member
+        // that takes the key back (seen in the SIGSTOP chaos test).
+        if let Some(name) = topology.leader.as_ref().map(|l| l.name.as_str()) {
+            if patroni::synchronous_mode(key("config"))
+                && !patroni::synchronously_replicated(key("sync"), name)
+            {
+                return Ok((topology, Lease::Lapsed));
+            }
+        }
         // The lease is read after the key that names it: its deadline can only be earlier
         // than the one that held when the key was read.
         let lease = match leader.and_then(|kv| kv.lease) {
@@ -109,7 +125,8 @@ impl Sources {
 pub enum Lease {
     /// etcd: the leader key's lease and its remaining TTL.
     Held(LeaseReading),
-    /// etcd: no leader key, a key without a lease, or an expired lease.
+    /// etcd: no leader key, a key without a lease, an expired lease, or (with
+    /// synchronous_mode on) a leader that Patroni's sync key does not name with a standby.
     Lapsed,
     /// Patroni's REST API, which knows no lease.
     Unknown,

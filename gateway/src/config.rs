@@ -94,6 +94,11 @@ pub const ENV_SQL_MAX_RESPONSE_BYTES: &str = "RINGGATE_SQL_MAX_RESPONSE_BYTES";
 pub const ENV_SQL_STATEMENT_TIMEOUT: &str = "RINGGATE_SQL_STATEMENT_TIMEOUT";
 /// How long a write waits for a leader during failover.
 pub const ENV_FAILOVER_WAIT: &str = "RINGGATE_FAILOVER_WAIT";
+/// Default of [`ENV_FAILOVER_WAIT`]: the local backend's failover under synchronous mode
+/// (lease TTL 6 s, promotion, then a synchronous standby assigned) took 16-17 s after a
+/// frozen leader (bench/RESULTS.md), so 15 s failed writes a little longer wait would
+/// have carried.
+pub const DEFAULT_FAILOVER_WAIT: Duration = Duration::from_secs(30);
 /// `RINGGATE_ADMIN_TOKEN`: bearer token for `/admin`; admin endpoints are off without it.
 pub const ENV_ADMIN_TOKEN: &str = "RINGGATE_ADMIN_TOKEN";
 /// Log filter in `tracing_subscriber::EnvFilter` syntax.
@@ -265,7 +270,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_SQL_MAX_PARAMS, default: "1000", help: "most parameters per /sql query; more gets 413" },
     VarDoc { name: ENV_SQL_MAX_RESPONSE_BYTES, default: "10MiB", help: "largest /sql result; larger gets 507" },
     VarDoc { name: ENV_SQL_STATEMENT_TIMEOUT, default: "30s", help: "statement_timeout on every server connection (0s for none)" },
-    VarDoc { name: ENV_FAILOVER_WAIT, default: "15s", help: "a write with no reachable leader waits this long for a new one, then 503" },
+    VarDoc { name: ENV_FAILOVER_WAIT, default: "30s", help: "a write with no usable leader waits this long for a new one, then 503 (cover the backend's failover: TTL, promotion, synchronous standby)" },
     VarDoc { name: ENV_CONTROL_DATABASE_URL, default: "(unset)", help: "control database with ringgate.projects; when set, /sql checks the project, its database and role" },
     VarDoc { name: ENV_PROJECT_CACHE_TTL, default: "60s", help: "how long a project's row (or its absence) is cached per core" },
     VarDoc { name: ENV_ADMIN_TOKEN, default: "(unset)", help: "bearer token (16+ characters) for /admin, /admin/status, /admin/upstreams; off when unset" },
@@ -494,7 +499,7 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     /// `/sql` limits.
     pub sql: crate::sql::request::SqlLimits,
-    /// How long a write waits for a leader (default 15 s).
+    /// How long a write waits for a leader (default [`DEFAULT_FAILOVER_WAIT`]).
     pub failover_wait: Duration,
     /// Log filter (default `info`).
     pub log_filter: String,
@@ -656,7 +661,7 @@ impl Config {
             drain_timeout: drain_timeout.unwrap_or(Duration::from_secs(30)),
             database,
             sql,
-            failover_wait: failover_wait.unwrap_or(Duration::from_secs(15)),
+            failover_wait: failover_wait.unwrap_or(DEFAULT_FAILOVER_WAIT),
             log_filter: log_filter.unwrap_or_else(|| "info".to_string()),
             log_format: log_format.unwrap_or(LogFormat::Plain),
             redis,
