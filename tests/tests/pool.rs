@@ -619,6 +619,35 @@ async fn node_budget_is_never_exceeded_across_tenants() {
     s.close_all();
 }
 
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn test_a_host_name_is_looked_up_again_on_connect() {
+    // DATABASE_URL named `localhost`; the address it had at start is stale now (nothing
+    // answers at 10.255.255.1): a connect must look the name up again, not dial the old one.
+    let mut url = admin();
+    url.host = "localhost".into();
+    url.addr = std::net::SocketAddr::new([10, 255, 255, 1].into(), url.addr.port());
+    let shard = shard(
+        Config {
+            connect_timeout: Duration::from_secs(2),
+            ..Config::default()
+        },
+        &url,
+        None,
+    );
+    let mut c = shard
+        .checkout(&unique("moved"), &url.credentials, Intent::Write)
+        .await
+        .expect("connected to localhost's current address");
+    let rows = c
+        .conn()
+        .client()
+        .simple_query("select 1")
+        .await
+        .expect("query");
+    assert!(!rows.is_empty());
+}
+
 /// Two cores' shards sharing one process-wide budget (on one thread here; the wake across
 /// threads is the budget's unit test): one core may take all of a tenant's connections, a
 /// request on the other waits for one, gets it when the first core returns one, and the
@@ -676,33 +705,4 @@ async fn a_tenant_limit_is_process_wide_and_follows_demand_across_cores() {
             && backends_named(&format!("ringgate/{tenant}/")) == 0
     })
     .await;
-}
-
-#[monoio::test_all(timer_enabled = true)]
-#[ignore = "needs compose backend (compose/cluster up)"]
-async fn test_a_host_name_is_looked_up_again_on_connect() {
-    // DATABASE_URL named `localhost`; the address it had at start is stale now (nothing
-    // answers at 10.255.255.1): a connect must look the name up again, not dial the old one.
-    let mut url = admin();
-    url.host = "localhost".into();
-    url.addr = std::net::SocketAddr::new([10, 255, 255, 1].into(), url.addr.port());
-    let shard = shard(
-        Config {
-            connect_timeout: Duration::from_secs(2),
-            ..Config::default()
-        },
-        &url,
-        None,
-    );
-    let mut c = shard
-        .checkout(&unique("moved"), &url.credentials, Intent::Write)
-        .await
-        .expect("connected to localhost's current address");
-    let rows = c
-        .conn()
-        .client()
-        .simple_query("select 1")
-        .await
-        .expect("query");
-    assert!(!rows.is_empty());
 }
