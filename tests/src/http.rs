@@ -140,3 +140,24 @@ pub fn metric_total_where(addr: SocketAddr, name: &str, label: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// `POST /sql` with a connection string and a JSON body; the status and the error `code`
+/// (empty when the answer has none).
+pub fn post_sql(
+    addr: SocketAddr,
+    connection_string: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let r = request(
+        addr,
+        "POST",
+        "/sql",
+        &[("Neon-Connection-String", connection_string)],
+        body.to_string().as_bytes(),
+    );
+    let code = serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (r.status, code)
+}

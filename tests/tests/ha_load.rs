@@ -20,7 +20,7 @@ use ringgate_tests::{
     gateway::start,
     http::request,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Requests per second of the mixed load.
 const RATE: f64 = 500.0;
@@ -71,22 +71,12 @@ impl Load {
                         } else {
                             json!({"query": "select id, name from items where id = $1", "params": [(n % 100 + 1).to_string()]})
                         };
-                        let r = request(
-                            addr,
-                            "POST",
-                            "/sql",
-                            &[("Neon-Connection-String", &cs)],
-                            body.to_string().as_bytes(),
-                        );
-                        let code = serde_json::from_slice::<Value>(&r.body)
-                            .ok()
-                            .and_then(|v| v["code"].as_str().map(str::to_string))
-                            .unwrap_or_default();
+                        let (status, code) = ringgate_tests::http::post_sql(addr, &cs, &body);
                         let _ = tx.send(Sample {
                             write,
                             due,
                             latency: start.elapsed().saturating_sub(due),
-                            status: r.status,
+                            status,
                             code,
                         });
                         k += 1;

@@ -30,7 +30,6 @@ use ringgate_tests::{
         wait_replicas_caught_up, Chaos,
     },
     gateway::start_following_patroni,
-    http::request,
 };
 use serde_json::{json, Value};
 
@@ -59,19 +58,7 @@ struct Load {
 }
 
 fn post(addr: SocketAddr, body: &Value) -> (u16, String) {
-    let cs = alpha_conn_string();
-    let r = request(
-        addr,
-        "POST",
-        "/sql",
-        &[("Neon-Connection-String", &cs)],
-        body.to_string().as_bytes(),
-    );
-    let code = serde_json::from_slice::<Value>(&r.body)
-        .ok()
-        .and_then(|v| v["code"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    (r.status, code)
+    ringgate_tests::http::post_sql(addr, &alpha_conn_string(), body)
 }
 
 impl Load {
