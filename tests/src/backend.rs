@@ -284,3 +284,14 @@ pub fn put_session(api_key: &str, session: &serde_json::Value) {
         "both Redis replicas have the session"
     );
 }
+
+/// Patroni members `compose/cluster status` shows up: running (the leader, or a replica
+/// before it streams) or streaming (Patroni 3.0.4 and later say so for a replica that does).
+pub fn members_up(status: &str) -> usize {
+    status
+        .lines()
+        .filter(|l| {
+            l.contains("timeline=") && (l.contains(" running ") || l.contains(" streaming "))
+        })
+        .count()
+}

@@ -123,7 +123,8 @@ fn chaos_topology_follows_a_leader_kill_within_a_second() {
     let end = Instant::now() + Duration::from_secs(90);
     loop {
         let status = cluster(&["status"]);
-        if status.matches(" running ").count() >= 3 && status.contains("primary UP=1 replicas UP=2")
+        if ringgate_tests::backend::members_up(&status) >= 3
+            && status.contains("primary UP=1 replicas UP=2")
         {
             break;
         }

@@ -74,7 +74,7 @@ fn restore(old: &str) {
         )
         .as_deref()
             == Some("f");
-        if status.matches(" running ").count() >= 3
+        if ringgate_tests::backend::members_up(&status) >= 3
             && status.contains("primary UP=1 replicas UP=2")
             && writable
         {
