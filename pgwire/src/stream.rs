@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use monoio::{
+    buf::IoBufMut,
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
     net::TcpStream,
 };
@@ -64,12 +65,16 @@ impl Stream {
         min_spare: usize,
     ) -> Result<usize, Error> {
         buf.reserve(min_spare);
+        // monoio reads into a buffer from its start: read into the spare capacity after
+        // what is already there (a message split across reads), not over it.
         let owned = std::mem::take(buf);
-        let (r, owned) = match self {
-            Stream::Plain(s) => s.read(owned).await,
-            Stream::Tls(s) => s.read(owned).await,
+        let (len, cap) = (owned.len(), owned.capacity());
+        let spare = owned.slice_mut(len..cap);
+        let (r, spare) = match self {
+            Stream::Plain(s) => s.read(spare).await,
+            Stream::Tls(s) => s.read(spare).await,
         };
-        *buf = owned;
+        *buf = spare.into_inner();
         match r? {
             0 => Err(Error::Closed),
             n => Ok(n),

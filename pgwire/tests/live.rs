@@ -33,12 +33,18 @@ fn config(url: &str) -> ConnectConfig {
     }
 }
 
+/// Runs a test body on a monoio runtime; a body that hangs (a lost message) fails after
+/// 30 s instead of holding up the suite.
 fn run<F: std::future::Future>(f: F) -> F::Output {
     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()
         .expect("a runtime")
-        .block_on(f)
+        .block_on(async {
+            monoio::time::timeout(Duration::from_secs(30), f)
+                .await
+                .expect("the test body finished within 30 s")
+        })
 }
 
 fn none() -> Vec<Option<String>> {
@@ -172,6 +178,23 @@ fn text_results_tags_errors_and_pipelines_against_the_server() {
             c.query("select 7", &none(), 100).await.unwrap().rows[0][0].as_deref(),
             Some("7")
         );
+
+        // A result far larger than one read: every message split across reads arrives whole.
+        let r = c
+            .query(
+                "select i, repeat('y', 70000) as v from generate_series(1, 40) i",
+                &none(),
+                8 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.rows.len(), 40);
+        assert!(r.rows.iter().enumerate().all(|(i, row)| {
+            row[0].as_deref() == Some((i + 1).to_string().as_str())
+                && row[1]
+                    .as_deref()
+                    .is_some_and(|v| v.len() == 70000 && v.bytes().all(|b| b == b'y'))
+        }));
 
         // Transactions through the simple protocol.
         c.simple("begin").await.unwrap();
