@@ -58,6 +58,11 @@ fn host_port(m: &Value) -> String {
     format!("{}:{}", m["host"].as_str().unwrap_or_default(), m["port"])
 }
 
+/// A replica in Patroni's `/cluster` (3.0.4 calls the synchronous one `sync_standby`).
+fn is_replica(m: &Value) -> bool {
+    matches!(m["role"].as_str(), Some("replica" | "sync_standby"))
+}
+
 fn leader_of(members: &[Value]) -> Option<String> {
     members
         .iter()
@@ -166,10 +171,10 @@ fn cluster_topology_is_as_expected() {
     let members = patroni_members();
     assert_eq!(members.len(), 3, "{members:?}");
     let leader = leader_of(&members).expect("a leader");
-    assert_eq!(members.iter().filter(|m| m["role"] == "replica").count(), 2);
+    assert_eq!(members.iter().filter(|m| is_replica(m)).count(), 2);
     let mut replicas: Vec<String> = members
         .iter()
-        .filter(|m| m["role"] == "replica")
+        .filter(|m| is_replica(m))
         .map(|m| m["name"].as_str().unwrap().to_string())
         .collect();
     replicas.sort();
@@ -363,7 +368,7 @@ fn chaos_patroni_leader_kill_fails_over_and_rejoins() {
         || {
             let members = patroni_members();
             let m = member(&members, &old)?;
-            (m["role"] == "replica" && streaming_from_leader("")?.contains(&old)).then_some(())
+            (is_replica(m) && streaming_from_leader("")?.contains(&old)).then_some(())
         },
     );
     eprintln!(
@@ -426,7 +431,7 @@ fn chaos_patroni_isolated_leader_is_replaced_and_rejoins_after_heal() {
     let rejoined = || {
         let members = patroni_members();
         let m = member(&members, &old)?;
-        (m["role"] == "replica"
+        (is_replica(m)
             && timeline(&members, &old)? > timeline_before
             && streaming_from_leader("")?.contains(&old))
         .then_some(())
