@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc,
     },
     time::{Duration, Instant},
@@ -42,6 +42,8 @@ struct Sample {
 /// A running load: every fifth request is an INSERT, the others point reads.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// The latest due time (µs from the start) of a write answered 200.
+    last_write_ok: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<()>>,
     samples: mpsc::Receiver<Sample>,
     start: Instant,
@@ -50,12 +52,14 @@ struct Load {
 impl Load {
     fn start(addr: SocketAddr, table: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let last_write_ok = Arc::new(AtomicU64::new(0));
         let (tx, samples) = mpsc::channel();
         let start = Instant::now();
         let cs = alpha_conn_string();
         let threads = (0..CLIENTS)
             .map(|i| {
                 let (stop, tx, cs, table) = (stop.clone(), tx.clone(), cs.clone(), table.to_string());
+                let last_write_ok = last_write_ok.clone();
                 std::thread::spawn(move || {
                     let mut k = 0u64;
                     while !stop.load(Ordering::Relaxed) {
@@ -72,6 +76,9 @@ impl Load {
                             json!({"query": "select id, name from items where id = $1", "params": [(n % 100 + 1).to_string()]})
                         };
                         let (status, code) = ringgate_tests::http::post_sql(addr, &cs, &body);
+                        if write && status == 200 {
+                            last_write_ok.fetch_max(due.as_micros() as u64, Ordering::Relaxed);
+                        }
                         let _ = tx.send(Sample {
                             write,
                             due,
@@ -86,6 +93,7 @@ impl Load {
             .collect();
         Self {
             stop,
+            last_write_ok,
             threads,
             samples,
             start,
@@ -94,6 +102,21 @@ impl Load {
 
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// Waits until a write due after `fault` has been answered 200 (at most `bound`),
+    /// then `settle` more, so the report sees the writes come back whatever the backend's
+    /// pace; returns whether they came back.
+    fn wait_writes_back(&self, fault: Duration, bound: Duration, settle: Duration) -> bool {
+        let end = Instant::now() + bound;
+        while Instant::now() < end {
+            if Duration::from_micros(self.last_write_ok.load(Ordering::Relaxed)) > fault {
+                std::thread::sleep(settle);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     fn finish(self) -> Vec<Sample> {
@@ -149,7 +172,10 @@ fn analyse(samples: &[Sample], fault: Duration) -> Report {
         .unwrap_or(Duration::MAX);
     let window = |s: &&Sample| {
         s.due + Duration::from_secs(1) > fault
-            && s.due < fault + writes_back_after + Duration::from_secs(1)
+            && s.due
+                < fault
+                    .saturating_add(writes_back_after)
+                    .saturating_add(Duration::from_secs(1))
     };
     let during: Vec<Duration> = samples.iter().filter(window).map(|s| s.latency).collect();
     Report {
@@ -177,18 +203,6 @@ fn start_following_patroni() -> (ringgate::Gateway, SocketAddr, String) {
     );
     wait_replicas_caught_up(Duration::from_secs(10));
     (g, addr, table)
-}
-
-/// The Patroni leader, `None` while there is none (during a failover).
-fn current_leader() -> Option<String> {
-    let out = std::process::Command::new(required("RINGGATE_CLUSTER"))
-        .arg("leader")
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|l| !l.is_empty())
 }
 
 /// Entry `name` (`pgN`) of a comma-separated per-member list, in member order.
@@ -255,18 +269,13 @@ fn chaos_ha_leader_kill_under_load() {
     std::thread::sleep(Duration::from_secs(3));
     cluster(&["kill", &old]);
     let fault = load.now();
-    // Until writes are back, then 5 s more.
-    let end = Instant::now() + Duration::from_secs(40);
-    while Instant::now() < end {
-        if current_leader().is_some_and(|new| new != old) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(8));
+    // Until writes are back (a new leader, named in Patroni's sync key with a synchronous
+    // standby), then 5 s more.
+    let back = load.wait_writes_back(fault, Duration::from_secs(45), Duration::from_secs(5));
     let samples = load.finish();
     let r = analyse(&samples, fault);
     print("leader SIGKILL", &r);
+    assert!(back, "no write answered 200 within 45 s of the fault");
 
     // The old leader rejoins as a replica and takes reads again.
     cluster(&["start", &old]);
@@ -335,17 +344,11 @@ fn chaos_ha_switchover_under_load() {
         "switchover: {}",
         String::from_utf8_lossy(&out.stdout).trim()
     );
-    let end = Instant::now() + Duration::from_secs(40);
-    while Instant::now() < end {
-        if current_leader().is_some_and(|new| new != old) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(6));
+    let back = load.wait_writes_back(fault, Duration::from_secs(45), Duration::from_secs(5));
     let samples = load.finish();
     let r = analyse(&samples, fault);
     print("Patroni switchover", &r);
+    assert!(back, "no write answered 200 within 45 s of the fault");
     finish_fault_run(g, &table, &r);
 }
 
