@@ -18,10 +18,21 @@
 //!
 //! The gate is one atomic word (generation and deadline), written by the discovery thread
 //! a few times a second and read by a core once per write: no lock on the hot path.
+//!
+//! A lease says when a write's answer can no longer be trusted, but a leader that froze or
+//! lost its network a moment ago still holds its lease for up to a TTL, and every write
+//! sent to it meanwhile hangs and ends `outcome_unknown`. So the gate has a second word of
+//! the same shape: how long the leader's Patroni is known to be answering (the leader
+//! probe, [`crate::probe`]). A write is *sent* only while both hold
+//! ([`LeaseGate::may_send`]); its answer is *trusted* while the lease holds
+//! ([`LeaseGate::check`]). A leader that stops answering its probe thus stops receiving
+//! writes within [`crate::probe::vouch_for`] of its last answer, long before its lease
+//! runs out; the writes are held as in a failover, and sent once it answers again or
+//! another leader is elected.
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -56,6 +67,10 @@ impl LeaseState {
 #[derive(Debug)]
 pub struct LeaseGate {
     word: AtomicU64,
+    /// Generation and deadline until which the leader is known to answer its probe.
+    vouched: AtomicU64,
+    /// Whether a probe runs: without one, [`LeaseGate::may_send`] is the lease alone.
+    probed: AtomicBool,
     anchor: Instant,
 }
 
@@ -64,6 +79,8 @@ impl LeaseGate {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             word: AtomicU64::new(0),
+            vouched: AtomicU64::new(0),
+            probed: AtomicBool::new(false),
             anchor: Instant::now(),
         })
     }
@@ -71,12 +88,20 @@ impl LeaseGate {
     /// Publishes that `generation`'s leader holds its lease until `until`; an `until` in
     /// the past closes the gate for it.
     pub fn grant(&self, generation: u64, until: Instant) {
-        let ms = until
-            .checked_duration_since(self.anchor)
-            .map_or(0, |d| d.as_millis() as u64)
-            .min(DEADLINE_MASK);
-        let word = ((generation & GENERATION_MASK) << DEADLINE_BITS) | ms;
-        self.word.store(word, Ordering::Release);
+        self.word
+            .store(self.encode(generation, until), Ordering::Release);
+    }
+
+    /// From now on writes are sent only while the leader answers its probe.
+    pub fn require_probe(&self) {
+        self.probed.store(true, Ordering::Release);
+    }
+
+    /// Publishes that `generation`'s leader answered its probe: writes may be sent to it
+    /// until `until` (while its lease also holds).
+    pub fn vouch(&self, generation: u64, until: Instant) {
+        self.vouched
+            .store(self.encode(generation, until), Ordering::Release);
     }
 
     /// The state of `generation`'s lease now.
@@ -86,7 +111,33 @@ impl LeaseGate {
 
     /// The state of `generation`'s lease at `now`.
     pub fn check_at(&self, generation: u64, now: Instant) -> LeaseState {
-        let word = self.word.load(Ordering::Acquire);
+        self.decode(self.word.load(Ordering::Acquire), generation, now)
+    }
+
+    /// Whether a write may be sent to `generation`'s leader now: its lease holds and (when
+    /// a probe runs) it answered its probe recently.
+    pub fn may_send(&self, generation: u64) -> bool {
+        self.may_send_at(generation, Instant::now())
+    }
+
+    /// [`LeaseGate::may_send`] at `now`.
+    pub fn may_send_at(&self, generation: u64, now: Instant) -> bool {
+        self.check_at(generation, now).is_valid()
+            && (!self.probed.load(Ordering::Acquire)
+                || self
+                    .decode(self.vouched.load(Ordering::Acquire), generation, now)
+                    .is_valid())
+    }
+
+    fn encode(&self, generation: u64, until: Instant) -> u64 {
+        let ms = until
+            .checked_duration_since(self.anchor)
+            .map_or(0, |d| d.as_millis() as u64)
+            .min(DEADLINE_MASK);
+        ((generation & GENERATION_MASK) << DEADLINE_BITS) | ms
+    }
+
+    fn decode(&self, word: u64, generation: u64, now: Instant) -> LeaseState {
         if word >> DEADLINE_BITS != generation & GENERATION_MASK {
             return LeaseState::Superseded;
         }
@@ -186,6 +237,39 @@ mod tests {
             "2^24 generations apart alias"
         );
         assert_eq!(gate.check_at(6, now), LeaseState::Superseded);
+    }
+
+    #[test]
+    fn with_a_probe_a_write_is_sent_only_while_the_leader_answers_it() {
+        let gate = LeaseGate::new();
+        let now = Instant::now();
+        gate.grant(1, now + Duration::from_secs(5));
+        assert!(gate.may_send_at(1, now), "no probe: the lease alone");
+        gate.require_probe();
+        assert!(!gate.may_send_at(1, now), "probed, not yet answered");
+        gate.vouch(1, now + Duration::from_secs(1));
+        assert!(gate.may_send_at(1, now));
+        assert!(
+            !gate.may_send_at(1, now + Duration::from_secs(1)),
+            "the last answer is too old: hold"
+        );
+        assert!(
+            gate.check_at(1, now + Duration::from_secs(1)).is_valid(),
+            "answers to writes already sent are still trusted"
+        );
+        assert!(
+            !gate.may_send_at(2, now),
+            "an answer vouches for its leader only"
+        );
+        gate.grant(2, now + Duration::from_secs(5));
+        assert!(!gate.may_send_at(2, now));
+        gate.vouch(2, now + Duration::from_secs(1));
+        assert!(gate.may_send_at(2, now));
+        gate.grant(2, now);
+        assert!(
+            !gate.may_send_at(2, now),
+            "a lapsed lease wins over an answer"
+        );
     }
 
     #[test]

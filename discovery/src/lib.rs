@@ -16,6 +16,7 @@
 //! - [`etcd`]: etcd v3 JSON gateway client.
 //! - [`http`]: the blocking HTTP client both use.
 //! - [`lease`]: the leader's lease, gating writes.
+//! - [`probe`]: the leader probe, holding writes from a leader that stopped answering.
 //! - [`watch`]: the watcher thread.
 //! - [`redis`]: Redis through Sentinel, on a tokio side thread.
 //! - [`workers`]: upstream workers, static and registered in Redis.
@@ -26,6 +27,7 @@ pub mod etcd;
 pub mod http;
 pub mod lease;
 pub mod patroni;
+pub mod probe;
 pub mod redis;
 pub mod topology;
 pub mod watch;

@@ -41,6 +41,7 @@ pub fn from_dcs(
                 healthy: state == "running",
                 lag_bytes: None,
                 timeline,
+                api: api_base(v),
             });
         } else {
             let on_timeline = leader_tl.is_none() || timeline == leader_tl;
@@ -59,6 +60,7 @@ pub fn from_dcs(
                     && !matches!(v["role"].as_str(), Some("master" | "primary")),
                 lag_bytes: lag,
                 timeline,
+                api: api_base(v),
             });
         }
     }
@@ -98,6 +100,7 @@ pub fn from_rest(cluster: &str) -> Result<Topology, DiscoveryError> {
                 healthy: state == "running",
                 lag_bytes: None,
                 timeline,
+                api: api_base(m),
             });
         } else {
             t.replicas.push(Member {
@@ -109,11 +112,20 @@ pub fn from_rest(cluster: &str) -> Result<Topology, DiscoveryError> {
                     && (leader_tl.is_none() || timeline == leader_tl),
                 lag_bytes: m["lag"].as_u64(),
                 timeline,
+                api: api_base(m),
             });
         }
     }
     t.replicas.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(t)
+}
+
+/// A member's `api_url` (`http://host:8008/patroni`) → the REST API's base URL.
+fn api_base(member: &Value) -> Option<String> {
+    let url = member["api_url"].as_str()?;
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    Some(format!("http://{authority}"))
 }
 
 /// `postgres://host:port/db` → host and address.

@@ -29,6 +29,8 @@ pub struct Member {
     pub lag_bytes: Option<u64>,
     /// Its timeline, when known.
     pub timeline: Option<u64>,
+    /// Base URL of its Patroni REST API (`http://host:8008`), when known.
+    pub api: Option<String>,
 }
 
 /// An immutable snapshot of the cluster. A new snapshot replaces the old one whole.
@@ -59,6 +61,7 @@ impl Topology {
             healthy: true,
             lag_bytes: None,
             timeline: None,
+            api: None,
         };
         Self {
             epoch: 1,

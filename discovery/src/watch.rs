@@ -14,7 +14,9 @@ use crate::{
     etcd::{self, Etcd},
     http,
     lease::{Generations, LeaseGate, LeaseReading},
-    patroni, DiscoveryError, Topology,
+    patroni,
+    probe::{self, Probe},
+    DiscoveryError, Topology,
 };
 
 /// Taken off every lease deadline: covers the rate difference between etcd's clock and
@@ -34,6 +36,9 @@ pub struct Sources {
     pub scope: String,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// How often the leader's Patroni is asked whether it still leads ([`crate::probe`]);
+    /// `None`: never (writes are then gated by the lease alone). Used with etcd only.
+    pub leader_probe: Option<Duration>,
 }
 
 impl Sources {
@@ -205,6 +210,7 @@ struct State {
     tracker: Tracker,
     generations: Generations,
     gate: Arc<LeaseGate>,
+    probe: Option<Probe>,
 }
 
 impl State {
@@ -222,6 +228,9 @@ impl State {
             };
             let generation = self.generations.of(leader, id);
             t.lease_generation = generation;
+            if let (Some(probe), Some(leader)) = (&self.probe, &t.leader) {
+                probe.aim(generation, leader.api.as_deref());
+            }
             match lease {
                 Lease::Held(l) => self.gate.grant(generation, l.valid_until(LEASE_MARGIN)),
                 Lease::Lapsed => self.gate.grant(generation, Instant::now()),
@@ -245,10 +254,15 @@ pub fn spawn(
     publish: impl Fn(Arc<Topology>) + Send + 'static,
 ) -> std::io::Result<Watcher> {
     let gate = LeaseGate::new();
+    let probe = match sources.leader_probe {
+        Some(every) if !sources.etcd.is_empty() => Some(probe::spawn(gate.clone(), every)?),
+        _ => None,
+    };
     let mut state = State {
         tracker: Tracker::default(),
         generations: Generations::default(),
         gate: gate.clone(),
+        probe,
     };
     let first = match state.update(sources.fetch_with_lease()) {
         Some(t) => t,
@@ -402,6 +416,7 @@ mod tests {
                 healthy: true,
                 lag_bytes: None,
                 timeline: Some(1),
+                api: None,
             }),
             replicas: vec![],
             stale: false,

@@ -92,6 +92,11 @@ pub const ENV_SQL_MAX_PARAMS: &str = "RINGGATE_SQL_MAX_PARAMS";
 pub const ENV_SQL_MAX_RESPONSE_BYTES: &str = "RINGGATE_SQL_MAX_RESPONSE_BYTES";
 /// `statement_timeout` on every server connection.
 pub const ENV_SQL_STATEMENT_TIMEOUT: &str = "RINGGATE_SQL_STATEMENT_TIMEOUT";
+/// How often the leader's Patroni is asked whether it still leads, or `off`.
+pub const ENV_LEADER_PROBE: &str = "RINGGATE_LEADER_PROBE";
+/// Default of [`ENV_LEADER_PROBE`]: a leader that stops answering stops receiving writes
+/// within four intervals (1 s) of its last answer.
+pub const DEFAULT_LEADER_PROBE: Duration = Duration::from_millis(250);
 /// How long a write waits for a leader during failover.
 pub const ENV_FAILOVER_WAIT: &str = "RINGGATE_FAILOVER_WAIT";
 /// Default of [`ENV_FAILOVER_WAIT`]: the local backend's failover under synchronous mode
@@ -263,6 +268,7 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_PATRONI_URLS, default: "(unset)", help: "Patroni REST URLs (http://host:8008), read when etcd does not answer" },
     VarDoc { name: ENV_PATRONI_SCOPE, default: "(unset)", help: "Patroni's scope (cluster name); required with RINGGATE_ETCD_ENDPOINTS" },
     VarDoc { name: ENV_PATRONI_NAMESPACE, default: "/service/", help: "Patroni's DCS namespace" },
+    VarDoc { name: ENV_LEADER_PROBE, default: "250ms", help: "with etcd: how often the leader's Patroni REST API is asked GET /liveness; writes are sent (and awaited) only within four intervals of its last 200, so a frozen or cut-off leader gets no new writes and those on it end outcome_unknown within a second; `off` to gate by the etcd lease alone (when ringgate cannot reach Patroni's REST API)" },
     VarDoc { name: ENV_TOPOLOGY_INTERVAL, default: "200ms", help: "how often the Patroni sources are read (re-read at once on a read-only leader)" },
     VarDoc { name: ENV_PG_SSLMODE, default: "disable", help: "TLS to PostgreSQL: `disable`, `require` (encrypt, no verification) or `verify-full`" },
     VarDoc { name: ENV_PG_SSLROOTCERT, default: "(unset)", help: "PEM root certificates the server's must chain to (needed by verify-full)" },
@@ -732,6 +738,9 @@ impl Reader<'_> {
         };
         let etcd = list(self, ENV_ETCD_ENDPOINTS);
         let patroni = list(self, ENV_PATRONI_URLS);
+        let leader_probe = self
+            .parse(ENV_LEADER_PROBE, parse::interval_or_off)
+            .unwrap_or(Some(DEFAULT_LEADER_PROBE));
         let scope = self.string(ENV_PATRONI_SCOPE);
         let namespace = self
             .string(ENV_PATRONI_NAMESPACE)
@@ -753,6 +762,7 @@ impl Reader<'_> {
             namespace,
             scope,
             timeout: Duration::from_millis(500),
+            leader_probe,
         })
     }
 

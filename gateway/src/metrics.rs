@@ -991,6 +991,7 @@ mod tests {
             healthy: true,
             lag_bytes: Some(7),
             timeline: Some(2),
+            api: None,
         };
         reg.cluster().topology_is(std::sync::Arc::new(Topology {
             leader: Some(member(0, HOSTILE[0], Role::Leader)),

@@ -67,6 +67,7 @@ mod tests {
             healthy,
             lag_bytes: lag,
             timeline: Some(1),
+            api: None,
         }
     }
 

@@ -506,9 +506,14 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The lease's state now.
+    /// The lease's state now: whether an answer arriving now is trusted.
     pub fn state(&self) -> LeaseState {
         self.gate.check(self.generation)
+    }
+
+    /// Whether a write may be sent now: the lease holds and the leader answers its probe.
+    pub fn may_send(&self) -> bool {
+        self.gate.may_send(self.generation)
     }
 }
 

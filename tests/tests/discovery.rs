@@ -30,6 +30,7 @@ fn sources(etcd: bool, rest: bool) -> Sources {
         namespace: required("RINGGATE_PATRONI_NAMESPACE"),
         scope: required("RINGGATE_PATRONI_SCOPE"),
         timeout: Duration::from_millis(500),
+        leader_probe: None,
     }
 }
 

@@ -4,8 +4,11 @@
 //! with the answers, exactly:
 //!
 //! - every id answered 200 is on the final leader (lost: 0), and no id is there twice;
-//! - every failed write is `outcome_unknown` (503, SQLSTATE 08007), and was in flight during
-//!   the disruption (sent before the first write that succeeded after the fault);
+//! - every failed write is `outcome_unknown` (503, SQLSTATE 08007), and was in flight at the
+//!   fault: sent before the fault took effect, or within the leader probe's window after it
+//!   (`probe::vouch_for(RINGGATE_LEADER_PROBE)`, 1 s: a write sent to a leader that froze a
+//!   moment ago cannot be told from one sent to a slow leader; after that window writes are
+//!   held, not sent);
 //! - every write sent after that succeeded; reads never failed.
 //!
 //! Faults: SIGKILL of the leader's Patroni alone (its PostgreSQL keeps accepting writes),
@@ -137,10 +140,11 @@ fn gateway() -> (ringgate::Gateway, SocketAddr) {
     start_following_patroni(&[("RINGGATE_WORKERS", "2")])
 }
 
-/// Runs the load, injects `fault` after 3 s, keeps the load going until writes have
+/// Runs the load, injects `fault` after 3 s (which calls its second argument once the
+/// fault has taken effect), keeps the load going until writes have
 /// succeeded for 3 s after it (at most 60 s), undoes the fault with `heal`, lets the
 /// cluster settle, and checks the accounting.
-fn run(name: &str, fault: impl FnOnce(&str), heal: impl FnOnce(&str)) {
+fn run(name: &str, fault: impl FnOnce(&str, &mut dyn FnMut()), heal: impl FnOnce(&str)) {
     let _chaos = Chaos::begin();
     let admin = required("RINGGATE_TEST_ALPHA_URL");
     let table = unique("lw_");
@@ -154,7 +158,9 @@ fn run(name: &str, fault: impl FnOnce(&str), heal: impl FnOnce(&str)) {
     let load = Load::start(addr, &table);
     std::thread::sleep(Duration::from_secs(3));
     let fault_at = load.now();
-    fault(&leader);
+    let mut took_effect = None;
+    fault(&leader, &mut || took_effect = Some(load.now()));
+    let fault_done = took_effect.expect("the fault says when it took effect");
     // The fault's whole course: lease expiry (6 s TTL), election, promotion, and writes
     // flowing on the new leader for a while.
     std::thread::sleep(Duration::from_secs(15));
@@ -210,7 +216,7 @@ fn run(name: &str, fault: impl FnOnce(&str), heal: impl FnOnce(&str)) {
     eprintln!(
         "{name}: writes {} acknowledged {} lost {} outcome_unknown {unknown} failed by cause {by_cause:?} \
          longest gap between acknowledged writes {:.2}s, writes back {:.2}s after the fault; \
-         reads {} failed {}; rows {} (leader was {leader}, now {})",
+         reads {} failed {}; rows {} (leader was {leader}, now {}); failed writes sent at most {:.2}s and answered at most {:.2}s after the fault took effect",
         writes.len(),
         acked.len(),
         lost.len(),
@@ -220,6 +226,20 @@ fn run(name: &str, fault: impl FnOnce(&str), heal: impl FnOnce(&str)) {
         failed_reads.len(),
         rows.len(),
         cluster(&["leader"]),
+        writes
+            .iter()
+            .filter(|w| w.status != 200)
+            .map(|w| w.sent.saturating_sub(fault_done))
+            .max()
+            .unwrap_or_default()
+            .as_secs_f64(),
+        writes
+            .iter()
+            .filter(|w| w.status != 200)
+            .map(|w| w.done.saturating_sub(fault_done))
+            .max()
+            .unwrap_or_default()
+            .as_secs_f64(),
     );
     psql(&admin, &format!("drop table {table}"));
 
@@ -241,6 +261,7 @@ fn run(name: &str, fault: impl FnOnce(&str), heal: impl FnOnce(&str)) {
         acked.iter().any(|w| w.sent + Duration::from_secs(3) > end),
         "{name}: no write acknowledged in the last 3 s"
     );
+    let window = ringgate_discovery::probe::vouch_for(ringgate::config::DEFAULT_LEADER_PROBE);
     for w in writes.iter().filter(|w| w.status != 200) {
         assert_eq!(
             (w.status, w.code.as_str()),
@@ -255,6 +276,21 @@ fn run(name: &str, fault: impl FnOnce(&str), heal: impl FnOnce(&str)) {
             w.id,
             w.sent,
             w.done
+        );
+        assert!(
+            w.sent <= fault_done + window,
+            "{name}: write {} failed but was sent {:?} after the fault took effect, past the \
+             leader probe's window ({window:?}): it should have been held",
+            w.id,
+            w.sent.saturating_sub(fault_done),
+        );
+        // Answered once the leader's silence passes the window (plus a check interval and
+        // scheduling slack), not when its lease runs out seconds later.
+        assert!(
+            w.done <= fault_done + window + Duration::from_millis(1500),
+            "{name}: write {} was answered {:?} after the fault took effect",
+            w.id,
+            w.done.saturating_sub(fault_done),
         );
     }
     assert!(
@@ -283,8 +319,9 @@ fn pg_node_addr(node: &str) -> String {
 fn chaos_no_lost_write_when_the_leaders_patroni_dies() {
     run(
         "SIGKILL of the leader's Patroni",
-        |leader| {
+        |leader, took_effect| {
             cluster(&["kill-patroni", leader]);
+            took_effect();
         },
         |_| {},
     );
@@ -295,8 +332,9 @@ fn chaos_no_lost_write_when_the_leaders_patroni_dies() {
 fn chaos_no_lost_write_when_the_leaders_postmaster_dies() {
     run(
         "SIGKILL of the leader's postmaster",
-        |leader| {
+        |leader, took_effect| {
             cluster(&["kill-postmaster", leader]);
+            took_effect();
         },
         |_| {},
     );
@@ -307,8 +345,9 @@ fn chaos_no_lost_write_when_the_leaders_postmaster_dies() {
 fn chaos_no_lost_write_when_the_leader_freezes_past_its_lease() {
     run(
         "SIGSTOP of the leader for 10 s",
-        |leader| {
+        |leader, took_effect| {
             cluster(&["pause", leader]);
+            took_effect();
             // Longer than the TTL (6 s): a new leader is elected meanwhile.
             std::thread::sleep(Duration::from_secs(10));
             cluster(&["resume", leader]);
@@ -322,8 +361,9 @@ fn chaos_no_lost_write_when_the_leader_freezes_past_its_lease() {
 fn chaos_no_lost_write_when_the_leader_is_isolated() {
     run(
         "isolation of the leader for 10 s",
-        |leader| {
+        |leader, took_effect| {
             cluster(&["isolate", leader]);
+            took_effect();
             std::thread::sleep(Duration::from_secs(10));
         },
         |leader| {
@@ -337,7 +377,7 @@ fn chaos_no_lost_write_when_the_leader_is_isolated() {
 fn chaos_no_lost_write_in_a_switchover() {
     run(
         "Patroni switchover",
-        |leader| {
+        |leader, took_effect| {
             let out = std::process::Command::new("curl")
                 .args([
                     "-sS",
@@ -348,6 +388,7 @@ fn chaos_no_lost_write_in_a_switchover() {
                 ])
                 .output()
                 .expect("curl");
+            took_effect();
             eprintln!(
                 "switchover: {}",
                 String::from_utf8_lossy(&out.stdout).trim()

@@ -33,6 +33,19 @@ pub fn duration(s: &str) -> Result<Duration, ParseError> {
     }
 }
 
+/// Parses a positive duration, or `off` (`None`).
+pub fn interval_or_off(s: &str) -> Result<Option<Duration>, ParseError> {
+    if s.trim() == "off" {
+        return Ok(None);
+    }
+    match duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        _ => Err(ParseError {
+            expected: "a duration greater than zero like 250ms, or off",
+        }),
+    }
+}
+
 /// Parses byte sizes: a plain number of bytes, or a number with `KiB`, `MiB` or `GiB`.
 pub fn bytes(s: &str) -> Result<usize, ParseError> {
     let err = ParseError { expected: BYTES };
@@ -75,6 +88,17 @@ pub fn addr(s: &str) -> Result<SocketAddr, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_or_off() {
+        assert_eq!(interval_or_off("off"), Ok(None));
+        assert_eq!(
+            interval_or_off("250ms"),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        assert!(interval_or_off("0ms").is_err());
+        assert!(interval_or_off("never").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -196,6 +196,7 @@ mod tests {
             healthy: true,
             lag_bytes: lag,
             timeline: Some(2),
+            api: None,
         };
         Arc::new(Topology {
             epoch: 1,

@@ -3,7 +3,10 @@
 //! lease still held (see [`ringgate_discovery::lease`]). A write whose lease runs out or is
 //! superseded while it waits for its answer is abandoned at once: its connection is closed
 //! and it is answered `outcome_unknown`, even if the server would have reported success
-//! later (a frozen leader that resumes commits on a node that will be rewound).
+//! later (a frozen leader that resumes commits on a node that will be rewound). So is a
+//! write whose leader stopped answering its probe ([`ringgate_discovery::probe`]): its fate
+//! is as unknown either way, and its client learns so within a second, not at the end of
+//! a lease.
 
 use std::{future::Future, time::Duration};
 
@@ -16,7 +19,8 @@ use ringgate_pool::Lease;
 /// on a deposed leader can keep its client waiting.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// The lease ran out or was superseded before the answer came.
+/// The lease ran out or was superseded, or the leader stopped answering its probe, before
+/// the answer came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseLost;
 
@@ -32,6 +36,9 @@ pub async fn under_lease<F: Future>(lease: Option<&Lease>, fut: F) -> Result<F::
             LeaseState::Valid(left) => left,
             LeaseState::Expired | LeaseState::Superseded => return Err(LeaseLost),
         };
+        if !lease.may_send() {
+            return Err(LeaseLost);
+        }
         monoio::select! {
             out = &mut fut => {
                 return match lease.state().is_valid() {

@@ -476,13 +476,11 @@ impl Ctx {
                 .checkout(&sql.tenant.project, &sql.tenant.credentials, intent)
                 .await;
             metrics.pool_waited(asked.elapsed());
-            // A write routed to a leader whose lease may have run out is held like one
-            // with no leader: nothing has been sent on the connection.
+            // A write routed to a leader whose lease may have run out, or that stopped
+            // answering its probe, is held like one with no leader: nothing has been sent
+            // on the connection.
             let result = match result {
-                Ok(c)
-                    if intent == Intent::Write
-                        && c.lease().is_some_and(|l| !l.state().is_valid()) =>
-                {
+                Ok(c) if intent == Intent::Write && c.lease().is_some_and(|l| !l.may_send()) => {
                     Err(PoolError::LeaseLapsed)
                 }
                 other => other,
