@@ -148,7 +148,8 @@ impl TenantPool {
                 Err(_) => return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started)),
             };
             match (full, &waiting) {
-                (Some(gate), Some(w)) if Arc::ptr_eq(gate, w.wait.gate()) => {}
+                (Some(gate), Some(w))
+                    if Arc::ptr_eq(gate, w.wait.gate()) && w.asks() == self.asks_others(gate) => {}
                 (Some(gate), _) => waiting = Some(GateWait::new(self, gate)),
                 (None, _) => waiting = None,
             }
@@ -159,6 +160,26 @@ impl TenantPool {
                 return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started));
             }
         }
+    }
+
+    /// Whether a request waiting for a permit of `gate` asks other cores to give theirs
+    /// back (closing an idle connection so this core can open one): for the node's gate
+    /// (other tenants' connections), and for the tenant's only while no other core holds
+    /// one of its connections to the node. While one does, requests go to it instead (the
+    /// gateway hands them over), and a request that waits here waits for this core's own
+    /// connections or a permit freed anyway, without moving a connection.
+    fn asks_others(&self, gate: &Arc<crate::budget::Gate>) -> bool {
+        !Arc::ptr_eq(gate, &self.gates.tenant) || !gate.holders().any_but(self.gates.core)
+    }
+
+    /// The gates its connections count against.
+    pub fn gates(&self) -> &Gates {
+        &self.gates
+    }
+
+    /// Idle connections now.
+    pub fn idle(&self) -> usize {
+        self.pool.status().available
     }
 
     /// Sleeps until a connection of this pool is returned or, when `waiting`, a permit of
@@ -268,14 +289,22 @@ impl Drop for LocalWait<'_> {
     }
 }
 
-/// A request of a pool waiting on one of its gates, counted in the pool until dropped.
+/// A request of a pool waiting on one of its gates; when it asks other cores to give
+/// permits back, counted in the pool until dropped (so the pool does not give its own
+/// connections away to it).
 struct GateWait<'a> {
     wait: Waiting,
-    counter: &'a Cell<usize>,
+    counter: Option<&'a Cell<usize>>,
 }
 
 impl<'a> GateWait<'a> {
     fn new(pool: &'a TenantPool, gate: &Arc<crate::budget::Gate>) -> Self {
+        if !pool.asks_others(gate) {
+            return Self {
+                wait: gate.watch(),
+                counter: None,
+            };
+        }
         let counter = if Arc::ptr_eq(gate, &pool.gates.tenant) {
             &pool.on_tenant
         } else {
@@ -284,13 +313,19 @@ impl<'a> GateWait<'a> {
         counter.set(counter.get() + 1);
         Self {
             wait: gate.wait(),
-            counter,
+            counter: Some(counter),
         }
+    }
+
+    fn asks(&self) -> bool {
+        self.counter.is_some()
     }
 }
 
 impl Drop for GateWait<'_> {
     fn drop(&mut self) {
-        self.counter.set(self.counter.get() - 1);
+        if let Some(c) = self.counter {
+            c.set(c.get() - 1);
+        }
     }
 }
