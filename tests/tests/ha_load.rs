@@ -501,14 +501,25 @@ fn soak(workers: usize) {
         std::thread::sleep(Duration::from_millis(500));
         after = ringgate_backends();
     }
+    // Connections opened per request: how often connections moved between cores.
+    let connects = g.registry().server_connects();
+    let handed: u64 = (0..workers)
+        .map(|c| {
+            g.registry()
+                .core(c)
+                .sql_events(ringgate::metrics::SqlEvent::HandedOff)
+        })
+        .sum();
     eprintln!(
         "soak {secs}s on {workers} cores at {RATE} req/s: {} requests, {failed} failed, p50/p99 {:.1}/{:.1} ms; \
          server connections peak {peak} (budget {budget}), at most {node_peak} on one member (limit {per_node}), {after} after {:.1}s idle (baseline {baseline}); \
+         {connects} server connects ({:.3} per request), {handed} requests handed to another core; \
          RSS {:.1} MiB early, {:.1} MiB late",
         samples.len(),
         p50.as_secs_f64() * 1000.0,
         p99.as_secs_f64() * 1000.0,
         idle_start.elapsed().as_secs_f64(),
+        connects as f64 / samples.len().max(1) as f64,
         early as f64 / 1048576.0,
         late as f64 / 1048576.0,
     );
