@@ -409,31 +409,41 @@ impl Holders {
         })
     }
 
-    /// The `n`-th holder (modulo their number) in core order, so callers can take turns
-    /// over them; `None` when there is none.
-    pub fn nth(&self, n: usize) -> Option<usize> {
-        let words: Vec<u64> = self
-            .words
-            .iter()
-            .map(|w| w.load(Ordering::Acquire))
-            .collect();
-        let len: usize = words.iter().map(|w| w.count_ones() as usize).sum();
-        if len == 0 {
+    /// The holders in core order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, w)| {
+            let mut bits = w.load(Ordering::Acquire);
+            std::iter::from_fn(move || {
+                let bit = bits.trailing_zeros() as usize;
+                (bits != 0).then(|| {
+                    bits &= bits - 1;
+                    i * 64 + bit
+                })
+            })
+        })
+    }
+
+    /// The core holding the `n`-th permit (modulo the permits held), holders in core
+    /// order: turns taken this way give each holder a share in proportion to the
+    /// connections it holds. `None` when no core holds one.
+    pub fn nth_permit(&self, n: usize) -> Option<usize> {
+        let held = |c: usize| self.counts[c].load(Ordering::Acquire) as usize;
+        let total: usize = self.iter().map(held).sum();
+        if total == 0 {
             return None;
         }
-        let mut left = n % len;
-        for (i, mut bits) in words.into_iter().enumerate() {
-            let here = bits.count_ones() as usize;
-            if left >= here {
-                left -= here;
-                continue;
+        let mut left = n % total;
+        let mut last = None;
+        for c in self.iter() {
+            let k = held(c);
+            if left < k {
+                return Some(c);
             }
-            for _ in 0..left {
-                bits &= bits - 1;
-            }
-            return Some(i * 64 + bits.trailing_zeros() as usize);
+            left -= k;
+            last = Some(c);
         }
-        None
+        // Permits given back since they were summed.
+        last
     }
 }
 
@@ -649,7 +659,7 @@ mod tests {
     fn holders_beyond_64_cores_are_a_bit_each_backed_by_a_count() {
         let h = Holders::new(130);
         assert!(h.is_empty());
-        assert_eq!(h.nth(0), None);
+        assert_eq!(h.nth_permit(0), None);
         for core in [0, 63, 64, 127, 128, 129, 129] {
             h.add(core);
         }
@@ -658,9 +668,14 @@ mod tests {
             assert!(h.contains(core), "core {core}");
         }
         assert!(!h.contains(1) && !h.contains(65) && !h.contains(500));
-        // Turns go round every holder in core order, across the words.
-        let turns: Vec<_> = (0..8).map(|n| h.nth(n).unwrap()).collect();
-        assert_eq!(turns, [0, 63, 64, 127, 128, 129, 0, 63]);
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [0, 63, 64, 127, 128, 129],
+            "across the words"
+        );
+        // Turns go round every permit: core 129 holds two, so it takes two turns.
+        let turns: Vec<_> = (0..9).map(|n| h.nth_permit(n).unwrap()).collect();
+        assert_eq!(turns, [0, 63, 64, 127, 128, 129, 129, 0, 63]);
         // Core 129 holds two permits: its bit stays until both are given back.
         h.remove(129);
         assert!(h.contains(129));
@@ -670,7 +685,7 @@ mod tests {
             h.remove(core);
         }
         assert_eq!(h.len(), 1);
-        assert_eq!(h.nth(5), Some(64));
+        assert_eq!(h.nth_permit(5), Some(64));
         assert!(h.any_but(0) && !h.any_but(64));
         h.remove(64);
         assert!(h.is_empty() && !h.any_but(64));

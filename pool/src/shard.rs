@@ -276,8 +276,8 @@ impl Shard {
     /// Where a request of `tenant` with `intent` should run: `None` here, or another core
     /// holding the tenant's connections on the member it routes to, when this core has no
     /// idle connection there and the tenant (or the member) is at its limit. Holders take
-    /// turns (this core among them when it holds some), so handed requests spread over
-    /// them. Lock-free: one look at the pool's idle count and at the gates' atomics.
+    /// turns in proportion to the connections they hold (this core among them when it holds
+    /// some), so handed requests spread over the connections. Lock-free: one look at the pool's idle count and at the gates' atomics.
     pub fn hand_off_target(
         &self,
         tenant: &str,
@@ -299,7 +299,7 @@ impl Shard {
         }
         let turn = self.turn.get();
         self.turn.set(turn.wrapping_add(1));
-        let core = holders.nth(turn)?;
+        let core = holders.nth_permit(turn)?;
         (core != self.core).then_some(HandOff {
             core,
             node: member.name,
