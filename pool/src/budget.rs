@@ -18,8 +18,8 @@
 //! a bit per core, any number of cores), set and cleared as permits are taken and given
 //! back. A core with no idle connection for a tenant at its limit reads it to hand the
 //! request to a core that holds one (see `gateway/src/sql/handoff.rs`) instead of moving a
-//! connection; a request asks other cores to give connections back only when no other core
-//! holds one.
+//! connection; a request waiting on a core that holds some waits for them rather than ask
+//! other cores to give connections back ([`Gate::watch`]).
 //!
 //! The map from (tenant, node) to its gate is locked only when a core creates a tenant pool;
 //! it holds weak references, so a gate lives as long as some core's pool holds it, and the

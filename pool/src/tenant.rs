@@ -164,12 +164,13 @@ impl TenantPool {
 
     /// Whether a request waiting for a permit of `gate` asks other cores to give theirs
     /// back (closing an idle connection so this core can open one): for the node's gate
-    /// (other tenants' connections), and for the tenant's only while no other core holds
-    /// one of its connections to the node. While one does, requests go to it instead (the
-    /// gateway hands them over), and a request that waits here waits for this core's own
-    /// connections or a permit freed anyway, without moving a connection.
+    /// (other tenants' connections), and for the tenant's while this core holds none of
+    /// the tenant's connections to the node. A core that holds some waits for them (or a
+    /// permit freed anyway) without moving a connection: the gateway hands requests to the
+    /// cores holding connections, so a core holding none waits here only when that could
+    /// not be done (another core took the last permit between the look and the connect).
     fn asks_others(&self, gate: &Arc<crate::budget::Gate>) -> bool {
-        !Arc::ptr_eq(gate, &self.gates.tenant) || !gate.holders().any_but(self.gates.core)
+        !Arc::ptr_eq(gate, &self.gates.tenant) || !gate.holders().contains(self.gates.core)
     }
 
     /// The gates its connections count against.
