@@ -306,6 +306,28 @@ impl Shard {
         })
     }
 
+    /// How many of `tenant`'s reads this core may run at once, each on a connection of its
+    /// own: the tenant's limit while the member reads route to (`prefer` when it may serve
+    /// them) has room, else the connections this core holds there (at least one). The
+    /// gateway pipelines further reads onto those connections rather than wait for more.
+    pub fn read_slots(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        prefer: Option<&str>,
+    ) -> usize {
+        let Ok(member) = self.route(&self.topology(), Intent::Read, prefer) else {
+            return self.config.max_per_tenant;
+        };
+        let pool = self.pool_for(tenant, credentials, &member);
+        let gates = pool.gates();
+        if gates.tenant.has_room() && gates.node.has_room() {
+            self.config.max_per_tenant.max(1)
+        } else {
+            pool.size().clamp(1, self.config.max_per_tenant.max(1))
+        }
+    }
+
     /// The cached pool for this tenant on `member`, created (and cached) when missing or
     /// when the credentials changed.
     fn pool_for(&self, tenant: &str, credentials: &Credentials, member: &Member) -> Rc<TenantPool> {
