@@ -352,6 +352,13 @@ fn chaos_ha_switchover_under_load() {
     finish_fault_run(g, &table, &r);
 }
 
+/// Counts the server connections of ringgate's pools on a member (`application_name`
+/// `ringgate/<tenant>/core<n>`). Project-change listeners (`ringgate/listen/...`, outside
+/// the budgets) are left out: the gateways under test here have no control database, and
+/// another gateway's listeners on the shared cluster must not count against their budget.
+const POOLED_BACKENDS: &str = "select count(*) from pg_stat_activity \
+     where application_name like 'ringgate/%' and application_name not like 'ringgate/listen/%'";
+
 /// Server connections ringgate holds on every member (`application_name` `ringgate/...`).
 fn ringgate_backends() -> usize {
     required("RINGGATE_PG_NODES")
@@ -359,7 +366,7 @@ fn ringgate_backends() -> usize {
         .filter_map(|node| {
             ringgate_tests::backend::try_psql(
                 &ringgate_tests::backend::pg_node_url(node),
-                "select count(*) from pg_stat_activity where application_name like 'ringgate/%'",
+                POOLED_BACKENDS,
             )
         })
         .filter_map(|n| n.parse::<usize>().ok())
@@ -393,7 +400,7 @@ fn ringgate_backends_by_node() -> Vec<usize> {
         .map(|node| {
             ringgate_tests::backend::try_psql(
                 &ringgate_tests::backend::pg_node_url(node),
-                "select count(*) from pg_stat_activity where application_name like 'ringgate/%'",
+                POOLED_BACKENDS,
             )
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
