@@ -239,6 +239,8 @@ pub struct Gate {
     wakers: WakerList,
     /// The cores holding its permits.
     holders: Holders,
+    /// The cores with an idle connection under it (as each last marked).
+    idle: CoreSet,
     board: Arc<Board>,
 }
 
@@ -257,6 +259,7 @@ impl Gate {
             waiting: AtomicUsize::new(0),
             wakers: WakerList::default(),
             holders: Holders::new(cores),
+            idle: CoreSet::new(cores),
             board,
         }
     }
@@ -264,6 +267,17 @@ impl Gate {
     /// The cores holding this gate's permits now (connections open, opening or closing).
     pub fn holders(&self) -> &Holders {
         &self.holders
+    }
+
+    /// The cores that marked an idle connection under this gate ([`Gate::mark_idle`]).
+    pub fn idle(&self) -> &CoreSet {
+        &self.idle
+    }
+
+    /// Marks whether `core` has an idle connection under this gate (a core calls it when
+    /// its pool's idle count turns zero or stops being zero). Writes only on a change.
+    pub fn mark_idle(&self, core: usize, idle: bool) {
+        self.idle.set(core, idle);
     }
 
     fn try_take(&self) -> bool {
@@ -325,6 +339,81 @@ impl Gate {
             slot: None,
             counted: false,
         }
+    }
+}
+
+/// A set of cores: a bit per core in words of 64, any number of cores, read and written
+/// without a lock.
+#[derive(Debug)]
+pub struct CoreSet {
+    words: Box<[AtomicU64]>,
+    cores: usize,
+}
+
+// === impl CoreSet ===
+
+impl CoreSet {
+    /// No core among `cores`.
+    pub fn new(cores: usize) -> Self {
+        Self {
+            words: (0..cores.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            cores,
+        }
+    }
+
+    /// Puts `core` in the set or takes it out (nothing for a core beyond those counted);
+    /// writes only when that changes it.
+    pub fn set(&self, core: usize, on: bool) {
+        if core >= self.cores || self.contains(core) == on {
+            return;
+        }
+        let bit = 1u64 << (core % 64);
+        match on {
+            true => self.words[core / 64].fetch_or(bit, Ordering::AcqRel),
+            false => self.words[core / 64].fetch_and(!bit, Ordering::AcqRel),
+        };
+    }
+
+    /// Whether `core` is in the set.
+    pub fn contains(&self, core: usize) -> bool {
+        self.words
+            .get(core / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (core % 64)) != 0)
+    }
+
+    /// The `n`-th core of the set other than `except` (modulo their number), in core
+    /// order; `None` when there is none.
+    pub fn nth_except(&self, n: usize, except: usize) -> Option<usize> {
+        let words: Vec<u64> = self
+            .words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let bits = w.load(Ordering::Acquire);
+                if i == except / 64 {
+                    bits & !(1 << (except % 64))
+                } else {
+                    bits
+                }
+            })
+            .collect();
+        let len: usize = words.iter().map(|w| w.count_ones() as usize).sum();
+        if len == 0 {
+            return None;
+        }
+        let mut left = n % len;
+        for (i, mut bits) in words.into_iter().enumerate() {
+            let here = bits.count_ones() as usize;
+            if left >= here {
+                left -= here;
+                continue;
+            }
+            for _ in 0..left {
+                bits &= bits - 1;
+            }
+            return Some(i * 64 + bits.trailing_zeros() as usize);
+        }
+        None
     }
 }
 
@@ -731,5 +820,25 @@ mod tests {
         assert!(!core.set.load(Ordering::SeqCst));
         drop(w);
         assert_eq!(t.waiting(), 0);
+    }
+
+    #[test]
+    fn a_core_set_beyond_64_cores_takes_turns_and_skips_one() {
+        let set = CoreSet::new(200);
+        assert_eq!(set.nth_except(0, 0), None);
+        for core in [5, 70, 199] {
+            set.set(core, true);
+        }
+        set.set(70, true);
+        set.set(250, true);
+        assert!(set.contains(199) && !set.contains(6) && !set.contains(250));
+        let turns: Vec<_> = (0..4).map(|n| set.nth_except(n, 1).unwrap()).collect();
+        assert_eq!(turns, [5, 70, 199, 5]);
+        let turns: Vec<_> = (0..3).map(|n| set.nth_except(n, 70).unwrap()).collect();
+        assert_eq!(turns, [5, 199, 5]);
+        set.set(5, false);
+        set.set(199, false);
+        assert_eq!(set.nth_except(7, 0), Some(70));
+        assert_eq!(set.nth_except(7, 70), None);
     }
 }

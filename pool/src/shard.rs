@@ -275,9 +275,10 @@ impl Shard {
 
     /// Where a request of `tenant` with `intent` should run: `None` here, or another core
     /// holding the tenant's connections on the member it routes to, when this core has no
-    /// idle connection there and the tenant (or the member) is at its limit. Holders take
-    /// turns in proportion to the connections they hold (this core among them when it holds
-    /// some), so handed requests spread over the connections. Lock-free: one look at the pool's idle count and at the gates' atomics.
+    /// idle connection there and the tenant (or the member) is at its limit. Cores that
+    /// marked an idle connection of the tenant there take turns first; when none has one,
+    /// holders take turns in proportion to the connections they hold (this core among them
+    /// when it holds some), so handed requests spread over the connections. Lock-free: one look at the pool's idle count and at the gates' atomics.
     pub fn hand_off_target(
         &self,
         tenant: &str,
@@ -299,7 +300,11 @@ impl Shard {
         }
         let turn = self.turn.get();
         self.turn.set(turn.wrapping_add(1));
-        let core = holders.nth_permit(turn)?;
+        // A core with an idle connection first; else by turns over the connections.
+        let core = match gates.tenant.idle().nth_except(turn, self.core) {
+            Some(core) if holders.contains(core) => core,
+            _ => holders.nth_permit(turn)?,
+        };
         (core != self.core).then_some(HandOff {
             core,
             node: member.name,

@@ -138,7 +138,10 @@ impl TenantPool {
             let attempt = monoio::spawn(async move { pool.timeout_get(&NOW).await });
             let left = deadline.saturating_duration_since(Instant::now());
             let full = match monoio::time::timeout(left, attempt).await {
-                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Ok(conn)) => {
+                    self.mark_idle();
+                    return Ok(conn);
+                }
                 Ok(Err(PoolError::Backend(Error::Exhausted { .. }))) => Some(&self.gates.tenant),
                 Ok(Err(PoolError::Backend(Error::Budget { .. }))) => Some(&self.gates.node),
                 Ok(Err(PoolError::Backend(e))) => return Err(e),
@@ -207,8 +210,17 @@ impl TenantPool {
         .await
     }
 
+    /// Tells the tenant's gate whether this core has an idle connection of it now, so
+    /// other cores hand requests to a core that can run them at once.
+    fn mark_idle(&self) {
+        self.gates
+            .tenant
+            .mark_idle(self.gates.core, self.pool.status().available > 0);
+    }
+
     /// A connection of this pool was returned or dropped: wakes this core's waiters.
     pub fn returned(&self) {
+        self.mark_idle();
         let wakers = std::mem::take(&mut *self.returned.borrow_mut());
         for w in wakers {
             w.wake();
@@ -260,12 +272,14 @@ impl TenantPool {
                 false
             }
         });
+        self.mark_idle();
         result.removed.len()
     }
 
     /// Closes the pool: idle connections close now, in-use ones when returned.
     pub fn close(&self) {
         self.pool.close();
+        self.gates.tenant.mark_idle(self.gates.core, false);
     }
 
     /// Whether [`TenantPool::close`] was called.

@@ -212,6 +212,84 @@ fn sixty_four_cores_a_tenant_on_every_core_gets_its_limit_and_no_more() {
     a_tenant_on_every_core_gets_its_limit_and_no_more(64);
 }
 
+/// A drain while requests are handed between cores: the connections are taken by a
+/// first round, then 30 one-second statements on fresh client connections (most handed
+/// to the cores holding connections) are in flight when the gateway drains. Every one is
+/// answered 200: a core answers what was handed to it before it closes its pools.
+fn a_drain_answers_the_requests_handed_over(workers: usize) {
+    let (g, addr) = start_on_admin(workers);
+    let project = unique("drain");
+    let cs = conn_string(&project);
+    let warm: Vec<_> = (0..20)
+        .map(|_| {
+            let cs = cs.clone();
+            std::thread::spawn(move || {
+                let body = json!({"query": "select pg_sleep(0.2)"}).to_string();
+                request(
+                    addr,
+                    "POST",
+                    "/sql",
+                    &[("Neon-Connection-String", &cs)],
+                    body.as_bytes(),
+                )
+                .status
+            })
+        })
+        .collect();
+    for t in warm {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let registry = g.registry().clone();
+    let handed = |r: &ringgate::metrics::Registry| -> u64 {
+        (0..workers)
+            .map(|c| r.core(c).sql_events(ringgate::metrics::SqlEvent::HandedOff))
+            .sum()
+    };
+    let before = handed(&registry);
+    let clients: Vec<_> = (0..30)
+        .map(|_| {
+            let cs = cs.clone();
+            std::thread::spawn(move || {
+                let body = json!({"query": "select pg_sleep(1)"}).to_string();
+                let r = request(
+                    addr,
+                    "POST",
+                    "/sql",
+                    &[("Neon-Connection-String", &cs)],
+                    body.as_bytes(),
+                );
+                (r.status, r.text())
+            })
+        })
+        .collect();
+    // The requests are in: being run here or there, or waiting for a connection.
+    let sent = Instant::now();
+    while handed(&registry) == before && sent.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let report = g.drain();
+    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let handed_now = handed(&registry) - before;
+    eprintln!(
+        "{workers} cores: drained with 30 statements in flight, {handed_now} handed over; \
+         {} answered 200; {} requests cut",
+        answers.iter().filter(|(s, _)| *s == 200).count(),
+        report.cut_requests
+    );
+    assert!(handed_now > 0, "requests were handed over");
+    for (status, text) in &answers {
+        assert_eq!(*status, 200, "{text}");
+    }
+    assert_eq!(report.cut_requests, 0);
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn sixteen_cores_a_drain_answers_the_requests_handed_over() {
+    a_drain_answers_the_requests_handed_over(16);
+}
+
 /// Keep-alive clients that all landed on one core (found by asking the server which core
 /// ran their statement) use all 10 of the tenant's connections, including those the probe
 /// left idle on other cores (their core runs the requests handed to it).
