@@ -241,6 +241,8 @@ pub struct Gate {
     holders: Holders,
     /// The cores with an idle connection under it (as each last marked).
     idle: CoreSet,
+    /// Requests handed to each core and not yet answered.
+    handed: Box<[AtomicU32]>,
     board: Arc<Board>,
 }
 
@@ -260,6 +262,7 @@ impl Gate {
             wakers: WakerList::default(),
             holders: Holders::new(cores),
             idle: CoreSet::new(cores),
+            handed: (0..cores).map(|_| AtomicU32::new(0)).collect(),
             board,
         }
     }
@@ -272,6 +275,24 @@ impl Gate {
     /// The cores that marked an idle connection under this gate ([`Gate::mark_idle`]).
     pub fn idle(&self) -> &CoreSet {
         &self.idle
+    }
+
+    /// Counts a request handed to `core` until the guard drops (when it is answered).
+    pub fn hand_to(self: &Arc<Self>, core: usize) -> Handed {
+        if let Some(n) = self.handed.get(core) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+        Handed {
+            gate: self.clone(),
+            core,
+        }
+    }
+
+    /// Requests handed to `core` under this gate and not yet answered.
+    pub fn handed(&self, core: usize) -> usize {
+        self.handed
+            .get(core)
+            .map_or(0, |n| n.load(Ordering::Acquire) as usize)
     }
 
     /// Marks whether `core` has an idle connection under this gate (a core calls it when
@@ -467,6 +488,13 @@ impl Holders {
         self.words[core / 64].fetch_or(1 << (core % 64), Ordering::AcqRel);
     }
 
+    /// Permits `core` holds.
+    pub fn count(&self, core: usize) -> usize {
+        self.counts
+            .get(core)
+            .map_or(0, |n| n.load(Ordering::Acquire) as usize)
+    }
+
     /// Whether `core` holds a permit.
     pub fn contains(&self, core: usize) -> bool {
         self.words
@@ -533,6 +561,21 @@ impl Holders {
         }
         // Permits given back since they were summed.
         last
+    }
+}
+
+/// A request handed to a core, counted in its gate until dropped.
+#[derive(Debug)]
+pub struct Handed {
+    gate: Arc<Gate>,
+    core: usize,
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if let Some(n) = self.gate.handed.get(self.core) {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -803,6 +846,11 @@ mod tests {
         assert!(!t.holders().contains(99), "a refusal marks nothing");
         assert_eq!((t.holders().len(), n.holders().len()), (2, 2));
         assert!(t.holders().any_but(3) && t.holders().any_but(70));
+        assert_eq!((t.holders().count(3), t.holders().count(70)), (2, 1));
+        let handed = [t.hand_to(70), t.hand_to(70)];
+        assert_eq!((t.handed(70), t.handed(3)), (2, 0));
+        drop(handed);
+        assert_eq!(t.handed(70), 0);
         drop(on_70);
         assert!(!t.holders().any_but(3));
         drop(on_3);

@@ -77,12 +77,14 @@ pub struct Shard {
 }
 
 /// A core to hand a request to: it holds connections of the request's tenant on `node`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct HandOff {
     /// The core.
     pub core: usize,
     /// The member the request was routed to here (the other core should use it too).
     pub node: String,
+    /// Counts the request as handed to the core until dropped (keep it until answered).
+    pub handed: crate::budget::Handed,
 }
 
 /// Pools evicted within one upkeep round (about a second) that make an eviction storm.
@@ -275,10 +277,10 @@ impl Shard {
 
     /// Where a request of `tenant` with `intent` should run: `None` here, or another core
     /// holding the tenant's connections on the member it routes to, when this core has no
-    /// idle connection there and the tenant (or the member) is at its limit. Cores that
-    /// marked an idle connection of the tenant there take turns first; when none has one,
-    /// holders take turns in proportion to the connections they hold (this core among them
-    /// when it holds some), so handed requests spread over the connections. Lock-free: one look at the pool's idle count and at the gates' atomics.
+    /// idle connection there and the tenant (or the member) is at its limit. The holder
+    /// with the fewest requests per connection takes it (this core among them when it
+    /// holds some: then `None`), counting requests handed to it and not yet answered and,
+    /// unless it marked an idle connection, its own connections as busy. Lock-free: one look at the pool's idle count and at the gates' atomics.
     pub fn hand_off_target(
         &self,
         tenant: &str,
@@ -300,14 +302,32 @@ impl Shard {
         }
         let turn = self.turn.get();
         self.turn.set(turn.wrapping_add(1));
-        // A core with an idle connection first; else by turns over the connections.
-        let core = match gates.tenant.idle().nth_except(turn, self.core) {
-            Some(core) if holders.contains(core) => core,
-            _ => holders.nth_permit(turn)?,
+        // The holder with the fewest requests per connection: those handed to it and not
+        // yet answered, plus its own connections when it has none idle (as it last
+        // marked). Ties go by turns, so equal holders share the requests.
+        let mut candidates: Vec<usize> = holders.iter().collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let at = turn % candidates.len();
+        candidates.rotate_left(at);
+        let load = |c: usize| {
+            let held = holders.count(c).max(1);
+            let busy = if c != self.core && gates.tenant.idle().contains(c) {
+                0
+            } else {
+                held
+            };
+            (gates.tenant.handed(c) + busy, held)
         };
-        (core != self.core).then_some(HandOff {
+        let core = candidates.into_iter().min_by(|&a, &b| {
+            let ((la, ha), (lb, hb)) = (load(a), load(b));
+            (la * hb).cmp(&(lb * ha))
+        })?;
+        (core != self.core).then(|| HandOff {
             core,
             node: member.name,
+            handed: gates.tenant.hand_to(core),
         })
     }
 

@@ -116,6 +116,38 @@ fn handed_off(g: &ringgate::Gateway, workers: usize) -> u64 {
         .sum()
 }
 
+/// One `/sql` request on a fresh connection; a connection closed without an answer is
+/// reported with what was read and when (a status 0 response).
+fn try_sql(addr: SocketAddr, cs: &str, body: &str) -> Resp {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "POST /sql HTTP/1.1\r\nHost: test\r\nConnection: close\r\nNeon-Connection-String: {cs}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    match read_response(&mut BufReader::new(&raw[..])) {
+        Some(r) => r,
+        None => {
+            eprintln!(
+                "no answer after {:?}: {read:?}, {} bytes {:?}",
+                started.elapsed(),
+                raw.len(),
+                String::from_utf8_lossy(&raw)
+            );
+            Resp {
+                status: 0,
+                headers: Vec::new(),
+                body: raw,
+            }
+        }
+    }
+}
+
 /// Samples the tenant's server connections until stopped: (most at once, cores seen).
 fn sample(project: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize)> {
     std::thread::spawn(move || {
@@ -148,13 +180,7 @@ fn a_tenant_on_every_core_gets_its_limit_and_no_more(workers: usize) {
             std::thread::spawn(move || {
                 while Instant::now() < end {
                     let body = json!({"query": "select pg_sleep(0.05)"}).to_string();
-                    let r = request(
-                        addr,
-                        "POST",
-                        "/sql",
-                        &[("Neon-Connection-String", &cs)],
-                        body.as_bytes(),
-                    );
+                    let r = try_sql(addr, &cs, &body);
                     if r.status == 200 {
                         ok.fetch_add(1, Ordering::SeqCst);
                     } else {

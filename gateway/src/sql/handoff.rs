@@ -114,6 +114,8 @@ pub(super) async fn run_elsewhere(ctx: &Ctx, sql: &SqlRequest, intent: Intent) -
         .hand_off_target(&sql.tenant.project, &sql.tenant.credentials, intent)?;
     let inbox = offs.inboxes.get(target.core)?;
     let _inbound = Inbound::enter(inbox)?;
+    // Counted against the target until answered, so other cores pick less busy ones.
+    let _handed = target.handed;
     let (answer, response) = futures_channel::oneshot::channel();
     let job = Job {
         sql: sql.clone(),
