@@ -29,6 +29,9 @@ pub struct Shared {
     pub budgets: Option<Arc<ringgate_pool::Budgets>>,
     /// Token buckets of the per-tenant rate limit, when `RINGGATE_RATE_LIMIT` is set.
     pub rates: Option<Arc<crate::proxy::rate::RateTable>>,
+    /// Every core's inbox of `/sql` requests handed over by other cores (with a database
+    /// and more than one core).
+    pub hand_offs: Option<Arc<crate::sql::handoff::HandOffs>>,
 }
 
 impl Shared {
@@ -38,11 +41,13 @@ impl Shared {
             budgets: config
                 .database
                 .as_ref()
-                .map(|d| ringgate_pool::Budgets::new(&d.pool)),
+                .map(|d| ringgate_pool::Budgets::for_cores(&d.pool, config.workers)),
             rates: config
                 .proxy
                 .rate_limit
                 .map(|l| crate::proxy::rate::RateTable::new(l.per_second, l.burst)),
+            hand_offs: (config.database.is_some() && config.workers > 1)
+                .then(|| crate::sql::handoff::HandOffs::new(config.workers)),
         }
     }
 }

@@ -237,6 +237,9 @@ impl Gateway {
         let mut channels = channels;
         let cpus = rt::allowed_cpus();
         let shared = core::Shared::new(&config);
+        if let Some(b) = &shared.budgets {
+            registry.set_budgets(b.clone());
+        }
         let mut cores = Vec::with_capacity(n);
         for id in (0..n).rev() {
             let listeners = CoreListeners {
