@@ -86,10 +86,9 @@ impl deadpool::managed::Manager for PgManager {
         }
         // A connection idle for a while may have been killed without us noticing yet.
         if metrics.last_used() > self.ping_after_idle {
-            conn.client()
-                .simple_query("")
+            conn.simple("")
                 .await
-                .map_err(|e| RecycleError::Backend(Error::Backend(e)))?;
+                .map_err(|e| RecycleError::Backend(Error::Pg(e)))?;
         }
         Ok(())
     }
