@@ -128,12 +128,16 @@ pub type Job = (String, Vec<Option<String>>);
 
 /// A request to a connection's task.
 enum Request {
-    /// Statements sent in one write; each answer goes back on its own channel.
+    /// Statements sent in one write; each answer goes back on its own channel. With
+    /// `check`, the connection first looks for a session that ended while it was idle.
     Jobs {
         jobs: Vec<Job>,
         limit: usize,
+        check: bool,
         answers: Vec<oneshot::Sender<Answer>>,
     },
+    /// Look (without waiting) for a session that ended while the connection was idle.
+    Check { done: oneshot::Sender<()> },
     /// A simple query (no parameters, results discarded).
     Simple {
         sql: String,
@@ -167,21 +171,30 @@ impl PgConn {
     }
 
     /// Runs `sql` with text `params` (types inferred by the server); its rows may take at
-    /// most `limit` bytes.
+    /// most `limit` bytes. The connection first checks (without waiting) that its session
+    /// did not end while idle, so a statement is never sent into a closed session, where
+    /// its fate would look unknown: it is answered as not run instead.
     pub async fn query(&self, sql: &str, params: &[Option<String>], limit: usize) -> Answer {
-        let mut answers = self.pipeline(vec![(sql.to_string(), params.to_vec())], limit);
+        let jobs = vec![(sql.to_string(), params.to_vec())];
+        let mut answers = self.send(jobs, limit, true);
         settle(answers.pop().expect("one answer per job")).await
     }
 
-    /// Sends `jobs` in one write; each answer is awaited on its own (in order they are
-    /// ready in order), each job's rows bounded by `limit`.
+    /// Sends `jobs` in one write (reads, which are safe to rerun: no idle check); each
+    /// answer is awaited on its own (they are ready in order), each job's rows bounded by
+    /// `limit`.
     pub fn pipeline(&self, jobs: Vec<Job>, limit: usize) -> Vec<oneshot::Receiver<Answer>> {
+        self.send(jobs, limit, false)
+    }
+
+    fn send(&self, jobs: Vec<Job>, limit: usize, check: bool) -> Vec<oneshot::Receiver<Answer>> {
         let (answers, receivers): (Vec<_>, Vec<_>) =
             jobs.iter().map(|_| oneshot::channel()).unzip();
         // A task that is gone drops the senders: each receiver then reads as not sent.
         let _ = self.requests.unbounded_send(Request::Jobs {
             jobs,
             limit,
+            check,
             answers,
         });
         receivers
@@ -199,6 +212,22 @@ impl PgConn {
             return Err(ringgate_pgwire::Error::Closed);
         }
         result.await.unwrap_or(Err(ringgate_pgwire::Error::Closed))
+    }
+
+    /// Whether the session ended while the connection was idle (the server closed it or
+    /// sent an error), looked at without waiting; also true when the connection is
+    /// already known to be closed.
+    pub async fn ended_while_idle(&self) -> bool {
+        let (done, checked) = oneshot::channel();
+        if self
+            .requests
+            .unbounded_send(Request::Check { done })
+            .is_err()
+        {
+            return true;
+        }
+        let _ = checked.await;
+        self.is_closed()
     }
 
     /// Statements cached on this connection (as of its last request).
@@ -249,8 +278,12 @@ async fn serve(
             Request::Jobs {
                 jobs,
                 limit,
+                check,
                 mut answers,
             } => {
+                if check {
+                    conn.check_idle().await;
+                }
                 let borrowed: Vec<ringgate_pgwire::Job<'_>> = jobs
                     .iter()
                     .map(|(sql, params)| (sql.as_str(), params.as_slice()))
@@ -269,6 +302,11 @@ async fn serve(
                     }
                 })
                 .await;
+            }
+            Request::Check { done } => {
+                conn.check_idle().await;
+                publish(&shared, &conn);
+                let _ = done.send(());
             }
             Request::Simple { sql, done } => {
                 let r = conn.simple(&sql).await;
