@@ -151,6 +151,9 @@ struct Shared {
     broken: AtomicBool,
     unconfirmed: AtomicBool,
     statements: AtomicUsize,
+    /// A caller gave up on its statement before the answer (see [`Abandon`]): the
+    /// connection is never reused, so a cancel sent for it cannot hit another request.
+    abandoned: AtomicBool,
 }
 
 /// A pooled server connection: a handle to the task that owns it on its core. Statements
@@ -160,6 +163,25 @@ pub struct PgConn {
     requests: mpsc::UnboundedSender<Request>,
     shared: Arc<Shared>,
     canceller: Canceller,
+    /// Asks this connection's cancel task to send a CancelRequest.
+    cancel: mpsc::UnboundedSender<()>,
+}
+
+/// Armed while a caller awaits its statement: dropped armed (the caller gave up: a lease
+/// that ran out, a request dropped), it marks the connection abandoned and has its running
+/// statement cancelled. Dropping needs no runtime (it only sends on a channel).
+struct Abandon<'a> {
+    conn: &'a PgConn,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.shared.abandoned.store(true, Relaxed);
+            let _ = self.conn.cancel.unbounded_send(());
+        }
+    }
 }
 
 // === impl PgConn ===
@@ -177,7 +199,13 @@ impl PgConn {
     pub async fn query(&self, sql: &str, params: &[Option<String>], limit: usize) -> Answer {
         let jobs = vec![(sql.to_string(), params.to_vec())];
         let mut answers = self.send(jobs, limit, true);
-        settle(answers.pop().expect("one answer per job")).await
+        let mut guard = Abandon {
+            conn: self,
+            armed: true,
+        };
+        let answer = settle(answers.pop().expect("one answer per job")).await;
+        guard.armed = false;
+        answer
     }
 
     /// Sends `jobs` in one write (reads, which are safe to rerun: no idle check); each
@@ -190,13 +218,25 @@ impl PgConn {
     fn send(&self, jobs: Vec<Job>, limit: usize, check: bool) -> Vec<oneshot::Receiver<Answer>> {
         let (answers, receivers): (Vec<_>, Vec<_>) =
             jobs.iter().map(|_| oneshot::channel()).unzip();
-        // A task that is gone drops the senders: each receiver then reads as not sent.
-        let _ = self.requests.unbounded_send(Request::Jobs {
+        let sent = self.requests.unbounded_send(Request::Jobs {
             jobs,
             limit,
             check,
             answers,
         });
+        // The task is gone: nothing was sent.
+        if let Err(e) = sent {
+            if let Request::Jobs { answers, .. } = e.into_inner() {
+                for a in answers {
+                    let _ = a.send(Answer {
+                        result: Err(ringgate_pgwire::Error::Closed),
+                        may_have_run: false,
+                        broken: true,
+                        commit_unconfirmed: false,
+                    });
+                }
+            }
+        }
         receivers
     }
 
@@ -211,7 +251,13 @@ impl PgConn {
         if self.requests.unbounded_send(request).is_err() {
             return Err(ringgate_pgwire::Error::Closed);
         }
-        result.await.unwrap_or(Err(ringgate_pgwire::Error::Closed))
+        let mut guard = Abandon {
+            conn: self,
+            armed: true,
+        };
+        let r = result.await.unwrap_or(Err(ringgate_pgwire::Error::Closed));
+        guard.armed = false;
+        r
     }
 
     /// Whether the session ended while the connection was idle (the server closed it or
@@ -244,9 +290,12 @@ impl PgConn {
         self.shared.unconfirmed.load(Relaxed)
     }
 
-    /// Whether the connection can no longer be used.
+    /// Whether the connection can no longer be used (or must not be: a caller abandoned a
+    /// statement on it).
     pub fn is_closed(&self) -> bool {
-        self.shared.broken.load(Relaxed) || self.requests.is_closed()
+        self.shared.broken.load(Relaxed)
+            || self.shared.abandoned.load(Relaxed)
+            || self.requests.is_closed()
     }
 }
 
@@ -501,10 +550,21 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     let (requests, rx) = mpsc::unbounded();
     let shared = Arc::new(Shared::default());
     monoio::spawn(serve(conn, rx, shared.clone(), target.node.clone(), permit));
+    let (cancel, mut wanted) = mpsc::unbounded::<()>();
+    let c = canceller.clone();
+    // Ends with the handle (the last sender).
+    monoio::spawn(async move {
+        while wanted.next().await.is_some() {
+            if let Err(error) = c.cancel().await {
+                debug!(%error, "an abandoned statement could not be cancelled");
+            }
+        }
+    });
     Ok(PgConn {
         requests,
         shared,
         canceller,
+        cancel,
     })
 }
 
