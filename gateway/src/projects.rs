@@ -31,6 +31,31 @@ pub struct Project {
     pub class_slot: usize,
 }
 
+impl ProjectCache {
+    /// Reads a row of [`QUERY`] (text values).
+    fn project(&self, row: Vec<Option<String>>) -> Result<Project, String> {
+        let [database, roles, timeout, max, class]: [Option<String>; 5] = row
+            .try_into()
+            .map_err(|_| "the projects query returned an unexpected row".to_string())?;
+        let text = |v: Option<String>, name: &str| v.ok_or_else(|| format!("{name} is NULL"));
+        let int = |v: Option<String>, name: &str| {
+            text(v, name)?
+                .parse::<i32>()
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let class = text(class, "class")?;
+        Ok(Project {
+            database: text(database, "database")?,
+            roles: serde_json::from_str(&text(roles, "roles")?)
+                .map_err(|e| format!("roles: {e}"))?,
+            statement_timeout_ms: int(timeout, "statement_timeout_ms")?,
+            max_connections: int(max, "max_connections")?,
+            class_slot: self.registry.class_slot(&class),
+            class,
+        })
+    }
+}
+
 /// Why the project could not be looked up.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -56,8 +81,12 @@ pub struct ProjectCache {
 /// Bytes of project rows (and unknown projects) kept per core.
 const CACHE_BYTES: u64 = 4 << 20;
 
+/// Values come back as text: the roles as a JSON array, so names need no unquoting.
 const QUERY: &str =
-    "SELECT database, roles, statement_timeout_ms, max_connections, class FROM ringgate.projects WHERE project_id = $1";
+    "SELECT database, array_to_json(roles)::text, statement_timeout_ms, max_connections, class FROM ringgate.projects WHERE project_id = $1";
+
+/// Rows of the control query are small.
+const ROW_LIMIT: usize = 64 << 10;
 
 impl ProjectCache {
     /// A cache reading the control database as `control`, keeping entries for `ttl`;
@@ -88,24 +117,16 @@ impl ProjectCache {
             .checkout("ringgate-control", &self.control, Intent::Read)
             .await
             .map_err(|e| err(&e))?;
-        let st = c.conn().prepare_cached(QUERY).await.map_err(|e| err(&e))?;
-        let row = c
+        let r = c
             .conn()
-            .client()
-            .query_opt(&st, &[&project])
+            .query(QUERY, &[Some(project.to_string())], ROW_LIMIT)
             .await
+            .result
             .map_err(|e| err(&e))?;
-        let found = row.map(|r| {
-            let class: String = r.get(4);
-            Project {
-                database: r.get(0),
-                roles: r.get(1),
-                statement_timeout_ms: r.get(2),
-                max_connections: r.get(3),
-                class_slot: self.registry.class_slot(&class),
-                class,
-            }
-        });
+        let found = match r.rows.into_iter().next() {
+            None => None,
+            Some(row) => Some(self.project(row).map_err(|e| err(&e))?),
+        };
         self.entries.insert(project, found.clone(), Instant::now());
         Ok(found)
     }

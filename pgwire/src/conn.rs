@@ -123,6 +123,49 @@ impl QueryResult {
     }
 }
 
+/// One job's result in a pipeline, with whether it may have run.
+#[derive(Debug)]
+pub struct Answer {
+    /// The result.
+    pub result: Result<QueryResult, Error>,
+    /// False when the statement provably never executed: it was not sent, or the server
+    /// refused it before binding (a parse or bind error, or the session ended before the
+    /// server read it). A write that failed with this false can be rerun safely.
+    pub may_have_run: bool,
+    /// Whether the connection was broken once this answer was read.
+    pub broken: bool,
+    /// [`Connection::commit_unconfirmed`] once this answer was read.
+    pub commit_unconfirmed: bool,
+}
+
+impl Answer {
+    fn not_run(e: Error) -> Self {
+        Self {
+            result: Err(e),
+            may_have_run: false,
+            broken: false,
+            commit_unconfirmed: false,
+        }
+    }
+}
+
+/// Which of a job's acknowledgements were read.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    parsed: bool,
+    described: bool,
+    bound: bool,
+}
+
+/// How a pipeline's row limit applies.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// One limit for all jobs together.
+    Shared(usize),
+    /// The same limit for each job.
+    Each(usize),
+}
+
 /// What is needed to cancel a connection's running query from elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CancelToken {
@@ -135,10 +178,28 @@ impl CancelToken {
     /// Sends `CancelRequest` on a new connection (the server cancels whatever the
     /// connection runs now, if anything; it answers nothing).
     pub async fn cancel(&self) -> Result<(), Error> {
+        self.cancel_over(None).await
+    }
+
+    /// As [`CancelToken::cancel`], over TLS when `tls` is given (its configuration and the
+    /// server's host name), for servers that accept only TLS connections.
+    pub async fn cancel_over(
+        &self,
+        tls: Option<(Arc<rustls::ClientConfig>, &str)>,
+    ) -> Result<(), Error> {
         let mut out = BytesMut::with_capacity(16);
         frontend::cancel_request(self.process_id, self.secret_key, &mut out);
-        let mut s = Stream::Plain(TcpStream::connect(self.addr).await?);
+        let tcp = TcpStream::connect(self.addr).await?;
+        let mut s = match tls {
+            None => Stream::Plain(tcp),
+            Some((config, host)) => Stream::tls(tcp, config, host).await?,
+        };
         s.write_all(&mut out).await
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
@@ -325,8 +386,41 @@ impl Connection {
         jobs: &[Job<'_>],
         limit: usize,
     ) -> Vec<Result<QueryResult, Error>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        self.run_jobs(jobs, Budget::Shared(limit), |_, a| out.push(a.result))
+            .await;
+        out
+    }
+
+    /// Sends every job in one write and hands each [`Answer`] to `each` (with the job's
+    /// index) as soon as it is read; each job's rows may take at most `limit` bytes.
+    pub async fn pipeline_each(
+        &mut self,
+        jobs: &[Job<'_>],
+        limit: usize,
+        each: impl FnMut(usize, Answer),
+    ) {
+        self.run_jobs(jobs, Budget::Each(limit), each).await
+    }
+
+    /// Marks an answer with the connection's state as it is now.
+    fn stamp(&self, mut a: Answer) -> Answer {
+        a.broken = self.broken;
+        a.commit_unconfirmed = self.commit_unconfirmed;
+        a
+    }
+
+    async fn run_jobs(
+        &mut self,
+        jobs: &[Job<'_>],
+        limit: Budget,
+        mut each: impl FnMut(usize, Answer),
+    ) {
         if self.broken {
-            return jobs.iter().map(|_| Err(Error::Closed)).collect();
+            for i in 0..jobs.len() {
+                each(i, self.stamp(Answer::not_run(Error::Closed)));
+            }
+            return;
         }
         let mut pending: Vec<Option<String>> = Vec::with_capacity(jobs.len());
         let mut encoded: Vec<Result<(), Error>> = Vec::with_capacity(jobs.len());
@@ -343,41 +437,103 @@ impl Connection {
                     (name, true)
                 }
             };
+            let mark = self.write.len();
             let r = self.encode(sql, &name, new, params);
-            pending.push(new.then_some(name));
+            if r.is_err() {
+                // Nothing of a job that could not be encoded is sent.
+                self.write.truncate(mark);
+                if new {
+                    fresh.remove(*sql);
+                }
+            }
+            pending.push((new && r.is_ok()).then_some(name));
             encoded.push(r);
         }
         if let Err(e) = self.flush().await {
             self.broken = true;
             let reason = e.to_string();
-            return jobs
-                .iter()
-                .map(|_| Err(Error::Io(std::io::Error::other(reason.clone()))))
-                .collect();
+            for (i, encoded) in encoded.iter().enumerate() {
+                // Part of the write may have reached the server.
+                let a = Answer {
+                    may_have_run: encoded.is_ok(),
+                    ..Answer::not_run(Error::Io(std::io::Error::other(reason.clone())))
+                };
+                each(i, self.stamp(a));
+            }
+            return;
         }
-        let mut budget = limit;
-        let mut out = Vec::with_capacity(jobs.len());
+        let (mut shared, per_job) = match limit {
+            Budget::Shared(l) => (l, None),
+            Budget::Each(l) => (l, Some(l)),
+        };
+        let cap = per_job.unwrap_or(shared);
         for (i, (sql, _)) in jobs.iter().enumerate() {
             if let Err(e) = std::mem::replace(&mut encoded[i], Ok(())) {
-                out.push(Err(e));
+                each(i, self.stamp(Answer::not_run(e)));
                 continue;
             }
+            if self.broken {
+                each(i, self.stamp(Answer::not_run(Error::Closed)));
+                continue;
+            }
+            if let Some(l) = per_job {
+                shared = l;
+            }
             let cached = self.statements.get(*sql).cloned();
-            let (r, prepared) = self
-                .read_result(cached, pending[i].take(), &mut budget, limit)
+            let (answer, prepared) = self
+                .read_result(cached, pending[i].take(), &mut shared, cap)
                 .await;
             if let Some(p) = prepared {
                 self.remember(sql, p).await;
             }
-            out.push(r);
-            if self.broken {
-                while out.len() < jobs.len() {
-                    out.push(Err(Error::Closed));
-                }
-                break;
+            each(i, self.stamp(answer));
+        }
+    }
+
+    /// Reads what the server sent while the connection was idle, without waiting: notices
+    /// are kept, and an error or the end of the stream (the server ended the session: a
+    /// terminate, a shutdown, a crash) marks the connection broken, so statements are not
+    /// sent into a session that is already gone (their fate would look unknown). Plain
+    /// TCP only (see [`Stream::probe`]).
+    pub async fn check_idle(&mut self) {
+        if self.broken {
+            return;
+        }
+        match self.stream.probe(&mut self.read).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => {
+                self.broken = true;
+                return;
             }
         }
-        out
+        loop {
+            match Message::parse(&mut self.read) {
+                Ok(Some(Message::NoticeResponse(b))) => {
+                    if let Ok(notice) = DbError::parse(b.fields()) {
+                        self.keep_notice(notice);
+                    }
+                }
+                Ok(Some(Message::ParameterStatus(_) | Message::NotificationResponse(_))) => {}
+                // A partial message waits for the rest with the next answer.
+                Ok(None) => return,
+                // Anything else while idle (an ErrorResponse: the session is ending).
+                Ok(Some(_)) | Err(_) => {
+                    self.broken = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn keep_notice(&mut self, notice: DbError) {
+        if is_local_only_commit(&notice) {
+            self.commit_unconfirmed = true;
+        }
+        if self.notices.len() == NOTICES_KEPT {
+            self.notices.remove(0);
+        }
+        self.notices.push(notice);
     }
 
     /// Caches a statement this connection parsed; when the cache is full every cached
@@ -462,9 +618,8 @@ impl Connection {
         new_name: Option<String>,
         budget: &mut usize,
         limit: usize,
-    ) -> (Result<QueryResult, Error>, Option<Prepared>) {
-        let mut parsed = false;
-        let mut described = false;
+    ) -> (Answer, Option<Prepared>) {
+        let mut seen = Seen::default();
         let mut columns: Arc<[Column]> = cached
             .as_ref()
             .map_or_else(|| Arc::from([]), |p| p.columns.clone());
@@ -472,17 +627,10 @@ impl Connection {
             .as_ref()
             .map_or_else(|| Arc::from([]), |p| p.params.clone());
         let r = self
-            .read_answer(
-                &mut parsed,
-                &mut described,
-                &mut columns,
-                &mut params,
-                budget,
-                limit,
-            )
+            .read_answer(&mut seen, &mut columns, &mut params, budget, limit)
             .await;
         // A statement parsed and described is kept even when its execution failed.
-        let prepared = match (new_name, parsed && described) {
+        let prepared = match (new_name, seen.parsed && seen.described) {
             (Some(name), true) => Some(Prepared {
                 name,
                 params,
@@ -490,19 +638,29 @@ impl Connection {
             }),
             _ => None,
         };
+        // An error read before BindComplete (the server answers in order) proves Execute
+        // never ran: Parse or Bind failed, or the server ended the session before reading
+        // this job (its FATAL was already on the way). Anything else (no answer at all, a
+        // broken socket after the write) may follow an execution whose output was still
+        // buffered on the server.
+        let may_have_run = seen.bound || !matches!(r, Err(Error::Db(_)));
         (
-            r.map(|mut q| {
-                q.columns = columns;
-                q
-            }),
+            Answer {
+                result: r.map(|mut q| {
+                    q.columns = columns;
+                    q
+                }),
+                may_have_run,
+                broken: false,
+                commit_unconfirmed: false,
+            },
             prepared,
         )
     }
 
     async fn read_answer(
         &mut self,
-        parsed: &mut bool,
-        described: &mut bool,
+        seen: &mut Seen,
         columns: &mut Arc<[Column]>,
         params: &mut Arc<[u32]>,
         budget: &mut usize,
@@ -519,7 +677,7 @@ impl Connection {
                 }
             };
             match message {
-                Message::ParseComplete => *parsed = true,
+                Message::ParseComplete => seen.parsed = true,
                 Message::ParameterDescription(b) => {
                     *params = b.parameters().collect::<Vec<u32>>()?.into();
                 }
@@ -538,13 +696,14 @@ impl Connection {
                         })
                         .collect::<Vec<_>>()?
                         .into();
-                    *described = true;
+                    seen.described = true;
                 }
                 Message::NoData => {
                     *columns = Arc::from([]);
-                    *described = true;
+                    seen.described = true;
                 }
-                Message::BindComplete | Message::CloseComplete | Message::PortalSuspended => {}
+                Message::BindComplete => seen.bound = true,
+                Message::CloseComplete | Message::PortalSuspended => {}
                 Message::DataRow(b) => {
                     if error.is_some() {
                         continue;
@@ -655,10 +814,20 @@ impl Connection {
         }
     }
 
-    /// Ends the session politely (`Terminate`).
+    /// Ends the session politely (`Terminate`) and waits until the server has closed its
+    /// side: PostgreSQL ends the backend (and its `pg_stat_activity` row) before the socket
+    /// closes. Callers bound the wait.
     pub async fn close(mut self) {
         frontend::terminate(&mut self.write);
-        let _ = self.flush().await;
+        if self.flush().await.is_err() {
+            return;
+        }
+        loop {
+            self.read.clear();
+            if self.stream.read_into(&mut self.read, 512).await.is_err() {
+                return;
+            }
+        }
     }
 
     async fn flush(&mut self) -> Result<(), Error> {
@@ -679,13 +848,7 @@ impl Connection {
             match Message::parse(&mut self.read)? {
                 Some(Message::NoticeResponse(b)) => {
                     let notice = DbError::parse(b.fields())?;
-                    if is_local_only_commit(&notice) {
-                        self.commit_unconfirmed = true;
-                    }
-                    if self.notices.len() == NOTICES_KEPT {
-                        self.notices.remove(0);
-                    }
-                    self.notices.push(notice);
+                    self.keep_notice(notice);
                 }
                 Some(Message::ParameterStatus(_) | Message::NotificationResponse(_)) => {}
                 Some(m) => return Ok(m),

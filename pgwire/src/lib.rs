@@ -22,5 +22,7 @@ pub mod conn;
 pub mod error;
 pub mod stream;
 
-pub use conn::{Column, ConnectConfig, Connection, Prepared, QueryResult, Row};
+pub use conn::{
+    Answer, CancelToken, Column, ConnectConfig, Connection, Job, Prepared, QueryResult, Row,
+};
 pub use error::{DbError, Error};

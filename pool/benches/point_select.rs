@@ -71,12 +71,17 @@ fn main() {
                         + 1;
                     let ok = async {
                         let mut c = shard.checkout("bench", &creds, Intent::Read).await.ok()?;
-                        let st = c
+                        let r = c
                             .conn()
-                            .prepare_cached("SELECT abalance FROM pgbench_accounts WHERE aid = $1")
+                            .query(
+                                "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+                                &[Some(aid.to_string())],
+                                1 << 20,
+                            )
                             .await
+                            .result
                             .ok()?;
-                        c.conn().client().query_one(&st, &[&aid]).await.ok()
+                        (r.rows.len() == 1).then_some(())
                     }
                     .await
                     .is_some();

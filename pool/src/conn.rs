@@ -1,21 +1,26 @@
 //! Server connections on the core's own monoio runtime. The only module doing socket I/O.
 //!
-//! A monoio TCP stream is turned into a tokio-compatible one (`poll-io`), handed to
-//! tokio-postgres' `connect_raw`, and the connection task is spawned with `monoio::spawn`,
-//! so no tokio runtime is involved.
+//! Data-path connections ([`PgConn`]) speak the extended query protocol with text results
+//! through `ringgate-pgwire`: every value is the server's own output text. A connection is
+//! owned by a task on the core that opened it and driven through a channel, so the handle
+//! deadpool keeps is `Send` (a monoio socket is not) and a request whose caller gives up
+//! (a lapsed lease, a timeout) still runs to its end and leaves the connection in a known
+//! state. `LISTEN` connections stay tokio-postgres clients over a `poll-io` stream.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
 };
 
+use futures_channel::{mpsc, oneshot};
+use futures_util::StreamExt;
 use monoio::io::IntoPollIo;
-use tokio_postgres::{Client, NoTls, Statement};
+use ringgate_pgwire::{Answer, ConnectConfig, Connection};
+use tokio_postgres::{Client, NoTls};
 use tracing::{debug, warn};
 
 use crate::{budget::Permit, error::Error};
@@ -85,12 +90,10 @@ pub struct Target {
 
 /// What it takes to cancel the statement a connection runs: the server's address, the
 /// connection's cancel key and the TLS it connected with. A CancelRequest goes over a new
-/// connection of its own, made here on the core's runtime (tokio-postgres'
-/// `CancelToken::cancel_query` would need a tokio runtime).
+/// connection of its own, made here on the core's runtime.
 #[derive(Clone)]
 pub struct Canceller {
-    addr: SocketAddr,
-    token: tokio_postgres::CancelToken,
+    token: ringgate_pgwire::CancelToken,
     tls: Option<(crate::tls::PgTls, String)>,
     timeout: Duration,
 }
@@ -98,7 +101,7 @@ pub struct Canceller {
 impl std::fmt::Debug for Canceller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Canceller")
-            .field("addr", &self.addr)
+            .field("addr", &self.token.addr())
             .finish_non_exhaustive()
     }
 }
@@ -108,75 +111,174 @@ impl Canceller {
     /// timeout. The server answers nothing: the statement, if it still runs, ends with
     /// `query_canceled` (57014) on its own connection.
     pub async fn cancel(&self) -> Result<(), Error> {
-        let addr = self.addr;
-        let send = async {
-            let stream = monoio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|source| Error::Connect { addr, source })?;
-            let stream = stream
-                .into_poll_io()
-                .map_err(|source| Error::Connect { addr, source })?;
-            match &self.tls {
-                None => self.token.cancel_query_raw(stream, NoTls).await?,
-                Some((tls, host)) => {
-                    let connector = crate::tls::RustlsConnect::new(tls, host)
-                        .map_err(|e| Error::Tls(e.to_string()))?;
-                    self.token.cancel_query_raw(stream, connector).await?
-                }
-            }
-            Ok::<_, Error>(())
-        };
-        match monoio::time::timeout(self.timeout, send).await {
-            Ok(r) => r,
+        let addr = self.token.addr();
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|(t, host)| (t.0.clone(), host.as_str()));
+        match monoio::time::timeout(self.timeout, self.token.cancel_over(tls)).await {
+            Ok(r) => r.map_err(Error::Pg),
             Err(_) => Err(Error::ConnectTimeout { addr }),
         }
     }
 }
 
-/// A server connection with its prepared-statement cache.
+/// One statement for [`PgConn::pipeline`]: SQL text and text parameters (`None` is NULL).
+pub type Job = (String, Vec<Option<String>>);
+
+/// A request to a connection's task.
+enum Request {
+    /// Statements sent in one write; each answer goes back on its own channel. With
+    /// `check`, the connection first looks for a session that ended while it was idle.
+    Jobs {
+        jobs: Vec<Job>,
+        limit: usize,
+        check: bool,
+        answers: Vec<oneshot::Sender<Answer>>,
+    },
+    /// Look (without waiting) for a session that ended while the connection was idle.
+    Check { done: oneshot::Sender<()> },
+    /// A simple query (no parameters, results discarded).
+    Simple {
+        sql: String,
+        done: oneshot::Sender<Result<(), ringgate_pgwire::Error>>,
+    },
+}
+
+/// What a connection's task publishes for its handle after each request.
+#[derive(Debug, Default)]
+struct Shared {
+    broken: AtomicBool,
+    unconfirmed: AtomicBool,
+    statements: AtomicUsize,
+    /// A caller gave up on its statement before the answer (see [`Abandon`]): the
+    /// connection is never reused, so a cancel sent for it cannot hit another request.
+    abandoned: AtomicBool,
+}
+
+/// A pooled server connection: a handle to the task that owns it on its core. Statements
+/// are prepared once per connection (cached by text, up to the target's cache size).
 #[derive(Debug)]
 pub struct PgConn {
-    client: Client,
+    requests: mpsc::UnboundedSender<Request>,
+    shared: Arc<Shared>,
     canceller: Canceller,
-    /// Set when the server said a commit is local only (its wait for a synchronous
-    /// standby was cancelled); see [`PgConn::commit_unconfirmed`].
-    unconfirmed: Arc<AtomicBool>,
-    statements: HashMap<String, Statement>,
-    statement_cache: usize,
+    /// Asks this connection's cancel task to send a CancelRequest.
+    cancel: mpsc::UnboundedSender<()>,
+}
+
+/// Armed while a caller awaits its statement: dropped armed (the caller gave up: a lease
+/// that ran out, a request dropped), it marks the connection abandoned and has its running
+/// statement cancelled. Dropping needs no runtime (it only sends on a channel).
+struct Abandon<'a> {
+    conn: &'a PgConn,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.shared.abandoned.store(true, Relaxed);
+            let _ = self.conn.cancel.unbounded_send(());
+        }
+    }
 }
 
 // === impl PgConn ===
 
 impl PgConn {
-    /// The tokio-postgres client.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// What cancels the statement this connection runs.
     pub fn canceller(&self) -> Canceller {
         self.canceller.clone()
     }
 
-    /// Prepares `sql` once per connection and reuses the statement afterwards.
-    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let statement = self.client.prepare(sql).await?;
-        if self.statements.len() >= self.statement_cache {
-            // Simple and bounded: start over rather than track recency per statement.
-            self.statements.clear();
-        }
-        if self.statement_cache > 0 {
-            self.statements.insert(sql.to_string(), statement.clone());
-        }
-        Ok(statement)
+    /// Runs `sql` with text `params` (types inferred by the server); its rows may take at
+    /// most `limit` bytes. The connection first checks (without waiting) that its session
+    /// did not end while idle, so a statement is never sent into a closed session, where
+    /// its fate would look unknown: it is answered as not run instead.
+    pub async fn query(&self, sql: &str, params: &[Option<String>], limit: usize) -> Answer {
+        let jobs = vec![(sql.to_string(), params.to_vec())];
+        let mut answers = self.send(jobs, limit, true);
+        let mut guard = Abandon {
+            conn: self,
+            armed: true,
+        };
+        let answer = settle(answers.pop().expect("one answer per job")).await;
+        guard.armed = false;
+        answer
     }
 
-    /// Statements cached on this connection.
+    /// Sends `jobs` in one write (reads, which are safe to rerun: no idle check); each
+    /// answer is awaited on its own (they are ready in order), each job's rows bounded by
+    /// `limit`.
+    pub fn pipeline(&self, jobs: Vec<Job>, limit: usize) -> Vec<oneshot::Receiver<Answer>> {
+        self.send(jobs, limit, false)
+    }
+
+    fn send(&self, jobs: Vec<Job>, limit: usize, check: bool) -> Vec<oneshot::Receiver<Answer>> {
+        let (answers, receivers): (Vec<_>, Vec<_>) =
+            jobs.iter().map(|_| oneshot::channel()).unzip();
+        let sent = self.requests.unbounded_send(Request::Jobs {
+            jobs,
+            limit,
+            check,
+            answers,
+        });
+        // The task is gone: nothing was sent.
+        if let Err(e) = sent {
+            if let Request::Jobs { answers, .. } = e.into_inner() {
+                for a in answers {
+                    let _ = a.send(Answer {
+                        result: Err(ringgate_pgwire::Error::Closed),
+                        may_have_run: false,
+                        broken: true,
+                        commit_unconfirmed: false,
+                    });
+                }
+            }
+        }
+        receivers
+    }
+
+    /// Runs `sql` with the simple query protocol (several statements allowed, results
+    /// discarded): `BEGIN`, `COMMIT`, `ROLLBACK`, session resets, pings.
+    pub async fn simple(&self, sql: &str) -> Result<(), ringgate_pgwire::Error> {
+        let (done, result) = oneshot::channel();
+        let request = Request::Simple {
+            sql: sql.to_string(),
+            done,
+        };
+        if self.requests.unbounded_send(request).is_err() {
+            return Err(ringgate_pgwire::Error::Closed);
+        }
+        let mut guard = Abandon {
+            conn: self,
+            armed: true,
+        };
+        let r = result.await.unwrap_or(Err(ringgate_pgwire::Error::Closed));
+        guard.armed = false;
+        r
+    }
+
+    /// Whether the session ended while the connection was idle (the server closed it or
+    /// sent an error), looked at without waiting; also true when the connection is
+    /// already known to be closed.
+    pub async fn ended_while_idle(&self) -> bool {
+        let (done, checked) = oneshot::channel();
+        if self
+            .requests
+            .unbounded_send(Request::Check { done })
+            .is_err()
+        {
+            return true;
+        }
+        let _ = checked.await;
+        self.is_closed()
+    }
+
+    /// Statements cached on this connection (as of its last request).
     pub fn cached_statements(&self) -> usize {
-        self.statements.len()
+        self.shared.statements.load(Relaxed)
     }
 
     /// Whether the server warned, since this connection opened, that a transaction "has
@@ -185,12 +287,98 @@ impl PgConn {
     /// shutdown). Such a commit is neither proof of success (it may be lost in a
     /// failover) nor of failure (it must never be rerun).
     pub fn commit_unconfirmed(&self) -> bool {
-        self.unconfirmed.load(Relaxed)
+        self.shared.unconfirmed.load(Relaxed)
     }
 
-    /// Whether the server side is gone.
+    /// Whether the connection can no longer be used (or must not be: a caller abandoned a
+    /// statement on it).
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.shared.broken.load(Relaxed)
+            || self.shared.abandoned.load(Relaxed)
+            || self.requests.is_closed()
+    }
+}
+
+/// An answer from a connection's task; a task that went away before answering leaves the
+/// job's fate unknown.
+pub async fn settle(answer: oneshot::Receiver<Answer>) -> Answer {
+    answer.await.unwrap_or(Answer {
+        result: Err(ringgate_pgwire::Error::Closed),
+        may_have_run: true,
+        broken: true,
+        commit_unconfirmed: false,
+    })
+}
+
+/// Owns a data-path connection until its handle is dropped: runs its requests in order,
+/// publishes its state, then ends the session politely and waits (up to [`CLOSE_WAIT`])
+/// for the server to close its side before giving the budget permit back, so its backend
+/// has left `pg_stat_activity` before another core may open one in its place.
+async fn serve(
+    mut conn: Connection,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    shared: Arc<Shared>,
+    node: String,
+    _permit: Permit,
+) {
+    while let Some(request) = requests.next().await {
+        let was_unconfirmed = shared.unconfirmed.load(Relaxed);
+        match request {
+            Request::Jobs {
+                jobs,
+                limit,
+                check,
+                mut answers,
+            } => {
+                if check {
+                    conn.check_idle().await;
+                }
+                let borrowed: Vec<ringgate_pgwire::Job<'_>> = jobs
+                    .iter()
+                    .map(|(sql, params)| (sql.as_str(), params.as_slice()))
+                    .collect();
+                let mut slots: Vec<Option<oneshot::Sender<Answer>>> =
+                    answers.drain(..).map(Some).collect();
+                let shared = &shared;
+                conn.pipeline_each(&borrowed, limit, |i, answer| {
+                    // Published before the answer, so its reader sees the state it left.
+                    shared.broken.store(answer.broken, Relaxed);
+                    if answer.commit_unconfirmed {
+                        shared.unconfirmed.store(true, Relaxed);
+                    }
+                    if let Some(tx) = slots.get_mut(i).and_then(Option::take) {
+                        let _ = tx.send(answer);
+                    }
+                })
+                .await;
+            }
+            Request::Check { done } => {
+                conn.check_idle().await;
+                publish(&shared, &conn);
+                let _ = done.send(());
+            }
+            Request::Simple { sql, done } => {
+                let r = conn.simple(&sql).await;
+                publish(&shared, &conn);
+                let _ = done.send(r);
+            }
+        }
+        if !was_unconfirmed && conn.commit_unconfirmed() {
+            warn!(
+                node,
+                "a commit is local only: its wait for a synchronous standby was cancelled"
+            );
+        }
+        publish(&shared, &conn);
+    }
+    let _ = monoio::time::timeout(CLOSE_WAIT, conn.close()).await;
+}
+
+fn publish(shared: &Shared, conn: &Connection) {
+    shared.broken.store(conn.is_broken(), Relaxed);
+    shared.statements.store(conn.cached_statements(), Relaxed);
+    if conn.commit_unconfirmed() {
+        shared.unconfirmed.store(true, Relaxed);
     }
 }
 
@@ -201,17 +389,14 @@ pub type Notifications = futures_channel::mpsc::UnboundedReceiver<String>;
 /// when the connection does. The caller issues `LISTEN`.
 pub async fn connect_listening(target: &Target) -> Result<(Client, Notifications), Error> {
     let (tx, rx) = futures_channel::mpsc::unbounded();
-    Ok((open(target, Some(tx), Arc::default(), None).await?, rx))
+    Ok((open_listening(target, tx).await?, rx))
 }
 
-/// Connects (TCP, optional TLS, startup) within the connect timeout and spawns the
-/// connection task on this runtime; notifications go to `notify` when given. The task holds
-/// `permit` until the server has closed the connection.
-async fn open(
+/// Connects a tokio-postgres client (TCP, optional TLS, startup) within the connect timeout
+/// and spawns its connection task on this runtime, notifications going to `notify`.
+async fn open_listening(
     target: &Target,
-    notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
-    unconfirmed: Arc<AtomicBool>,
-    permit: Option<Permit>,
+    notify: futures_channel::mpsc::UnboundedSender<String>,
 ) -> Result<Client, Error> {
     let addr = current_addr(target).await;
     let mut config = tokio_postgres::Config::new();
@@ -220,10 +405,9 @@ async fn open(
         .user(&target.credentials.user)
         .password(&target.credentials.password)
         .application_name(&target.application_name);
-    // The credentials' options come last, so a project's settings win over the defaults.
-    let options = format!("{} {}", target.options, target.credentials.options);
-    if !options.trim().is_empty() {
-        config.options(options.trim());
+    let options = startup_options(target);
+    if !options.is_empty() {
+        config.options(&options);
     }
     let node = target.node.clone();
     let setup = async {
@@ -238,7 +422,7 @@ async fn open(
         let client = match &target.tls {
             None => {
                 let (client, connection) = config.connect_raw(stream, NoTls).await?;
-                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node, permit));
+                monoio::spawn(drive(connection, notify, node));
                 client
             }
             Some(tls) => {
@@ -246,7 +430,7 @@ async fn open(
                 let connector = crate::tls::RustlsConnect::new(tls, &target.host)
                     .map_err(|e| Error::Tls(e.to_string()))?;
                 let (client, connection) = config.connect_raw(stream, connector).await?;
-                monoio::spawn(drive(connection, notify, unconfirmed.clone(), node, permit));
+                monoio::spawn(drive(connection, notify, node));
                 client
             }
         };
@@ -256,6 +440,14 @@ async fn open(
         Ok(r) => r,
         Err(_) => Err(Error::ConnectTimeout { addr }),
     }
+}
+
+/// The startup `options`: the target's, then the credentials' (so a project's settings win
+/// over the defaults).
+fn startup_options(target: &Target) -> String {
+    format!("{} {}", target.options, target.credentials.options)
+        .trim()
+        .to_string()
 }
 
 /// Where to connect for `target` now: its host looked up again when it is a name (a
@@ -300,18 +492,11 @@ pub async fn current_addr(target: &Target) -> SocketAddr {
     }
 }
 
-/// Runs a connection until it ends, forwarding notifications and noting warnings that a
-/// commit is local only. A notice is handled before any message after it is delivered
-/// (the connection reads in order), so the flag is set before the commit's answer arrives.
-/// The budget permit is given back when the connection has ended: once the client is
-/// dropped, only after the server closed its side ([`UntilClosed`]), so its backend has
-/// left `pg_stat_activity` before another core may open one in its place.
+/// Runs a listening connection until it ends, forwarding notifications.
 async fn drive<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
-    notify: Option<futures_channel::mpsc::UnboundedSender<String>>,
-    unconfirmed: Arc<AtomicBool>,
+    notify: futures_channel::mpsc::UnboundedSender<String>,
     node: String,
-    _permit: Option<Permit>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -319,23 +504,11 @@ async fn drive<S, T>(
     loop {
         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                if let Some(tx) = &notify {
-                    let _ = tx.unbounded_send(n.payload().to_string());
-                }
-            }
-            Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
-                if is_local_only_commit(&notice) {
-                    warn!(
-                        node,
-                        message = notice.message(),
-                        "a commit is local only: its wait for a synchronous standby was cancelled"
-                    );
-                    unconfirmed.store(true, Relaxed);
-                }
+                let _ = notify.unbounded_send(n.payload().to_string());
             }
             Some(Ok(_)) => {}
             Some(Err(error)) => {
-                debug!(%error, node, "server connection ended");
+                debug!(%error, node, "listening connection ended");
                 return;
             }
             None => return,
@@ -343,32 +516,55 @@ async fn drive<S, T>(
     }
 }
 
-/// Whether a notice is PostgreSQL's warning that a commit's wait for synchronous
-/// replication was cancelled (`SyncRepWaitForLSN`): by a cancel or timeout (the commit
-/// then completes), or by a terminate (the connection then closes without an error).
-fn is_local_only_commit(notice: &tokio_postgres::error::DbError) -> bool {
-    notice.message().contains("synchronous replication")
-        || notice
-            .detail()
-            .is_some_and(|d| d.contains("committed locally"))
-}
-
-/// Opens a connection to `target` on the current monoio runtime, counted against `permit`.
+/// Opens a data-path connection to `target` on the current monoio runtime, counted against
+/// `permit`, and spawns the task that owns it.
 pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
-    let unconfirmed = Arc::<AtomicBool>::default();
-    let client = open(target, None, unconfirmed.clone(), Some(permit)).await?;
+    let addr = current_addr(target).await;
+    let config = ConnectConfig {
+        addr,
+        host: target.host.trim_matches(['[', ']']).to_string(),
+        user: target.credentials.user.clone(),
+        password: target.credentials.password.clone(),
+        database: target.credentials.database.clone(),
+        options: startup_options(target),
+        application_name: target.application_name.clone(),
+        tls: target.tls.as_ref().map(|t| t.0.clone()),
+    };
+    let opened = monoio::time::timeout(
+        target.connect_timeout,
+        Connection::connect(&config, target.statement_cache),
+    )
+    .await;
+    let conn = match opened {
+        Err(_) => return Err(Error::ConnectTimeout { addr }),
+        Ok(Err(ringgate_pgwire::Error::Io(source))) => return Err(Error::Connect { addr, source }),
+        Ok(Err(ringgate_pgwire::Error::Tls(e))) => return Err(Error::Tls(e)),
+        Ok(Err(e)) => return Err(Error::Pg(e)),
+        Ok(Ok(c)) => c,
+    };
     let canceller = Canceller {
-        addr: target.addr,
-        token: client.cancel_token(),
-        tls: target.tls.clone().map(|t| (t, target.host.clone())),
+        token: conn.cancel_token(),
+        tls: target.tls.clone().map(|t| (t, config.host.clone())),
         timeout: target.connect_timeout,
     };
+    let (requests, rx) = mpsc::unbounded();
+    let shared = Arc::new(Shared::default());
+    monoio::spawn(serve(conn, rx, shared.clone(), target.node.clone(), permit));
+    let (cancel, mut wanted) = mpsc::unbounded::<()>();
+    let c = canceller.clone();
+    // Ends with the handle (the last sender).
+    monoio::spawn(async move {
+        while wanted.next().await.is_some() {
+            if let Err(error) = c.cancel().await {
+                debug!(%error, "an abandoned statement could not be cancelled");
+            }
+        }
+    });
     Ok(PgConn {
-        client,
+        requests,
+        shared,
         canceller,
-        unconfirmed,
-        statements: HashMap::new(),
-        statement_cache: target.statement_cache,
+        cancel,
     })
 }
 

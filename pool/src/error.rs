@@ -42,10 +42,13 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The server refused the startup (authentication, unknown database...) or a query
-    /// failed.
+    /// The server refused a listening connection's startup, or it failed.
     #[error("{0}")]
     Backend(#[from] tokio_postgres::Error),
+    /// The server refused a data-path connection's startup (authentication, unknown
+    /// database, too many connections...), or the connection failed.
+    #[error("{0}")]
+    Pg(ringgate_pgwire::Error),
     /// Every connection ringgate may open to this node is in use, and none was given back
     /// within the wait timeout.
     #[error("connection budget of {limit} to {node} is used up")]
@@ -84,6 +87,7 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Error::Backend(e) => e.code().map(|c| c.code()),
+            Error::Pg(e) => e.db().map(|d| d.code.as_str()),
             _ => None,
         }
     }

@@ -3,8 +3,8 @@
 //! This crate owns every PostgreSQL connection ringgate makes. Each core has one [`Shard`]:
 //! a bounded cache of tenant pools keyed by (tenant, database, role, node), counted against
 //! process-wide connection budgets ([`budget`]), and the current [`Topology`](ringgate_discovery::Topology) to route
-//! by. Connections are tokio-postgres clients built on the core's own monoio runtime (no
-//! tokio runtime anywhere), managed by deadpool.
+//! by. Data-path connections speak PostgreSQL's protocol through `ringgate-pgwire` on the
+//! core's own monoio runtime (no tokio runtime anywhere), managed by deadpool.
 //!
 //! It does not learn the topology (that is `ringgate-discovery`'s) nor speak HTTP.
 //!
@@ -37,8 +37,9 @@ pub mod url;
 
 pub use budget::Budgets;
 pub use config::Config;
-pub use conn::{Canceller, Credentials, PgConn};
+pub use conn::{settle, Canceller, Credentials, Job, PgConn};
 pub use error::{Error, TimeoutKind};
+pub use ringgate_pgwire::{Answer, DbError, Error as PgError, QueryResult};
 pub use route::Intent;
 pub use shard::{Checkout, HandOff, Lease, Shard, ShardStats};
 pub use tenant::PoolKey;

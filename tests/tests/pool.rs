@@ -12,6 +12,20 @@ use ringgate_tests::backend::{backends_named, pg_admin_url, psql, required, uniq
 
 const NEEDS: &str = "needs compose backend (compose/cluster up)";
 
+/// The first value of the first row of `sql`, parsed from the server's text.
+async fn value<T: std::str::FromStr>(
+    c: &ringgate_pool::PgConn,
+    sql: &str,
+    params: &[Option<String>],
+) -> Result<T, ringgate_pool::PgError>
+where
+    T::Err: std::fmt::Debug,
+{
+    let r = c.query(sql, params, 1 << 20).await.result?;
+    let text = r.rows[0][0].as_deref().expect("not NULL");
+    Ok(text.parse().expect("parses"))
+}
+
 fn admin() -> PgUrl {
     parse_pg_url(&pg_admin_url()).expect("RINGGATE_TEST_PG_URL is a postgres URL")
 }
@@ -68,11 +82,7 @@ async fn test_connection_pool_lru_eviction() {
                 .checkout(&tenant, &url.credentials, Intent::Write)
                 .await
                 .expect("checkout");
-            c.conn()
-                .client()
-                .simple_query("select 1")
-                .await
-                .expect("query");
+            c.conn().simple("select 1").await.expect("query");
         }
         let stats = shard.stats();
         assert!(
@@ -128,7 +138,7 @@ async fn test_connection_pool_ttl_eviction() {
             .checkout(tenant, &url.credentials, Intent::Write)
             .await
             .unwrap();
-        c.conn().client().simple_query("select 1").await.unwrap();
+        c.conn().simple("select 1").await.unwrap();
     }
     assert_eq!(backends_named(&format!("ringgate/{run}")), 2);
     // Keep one tenant busy for two TTLs while maintenance runs.
@@ -137,7 +147,7 @@ async fn test_connection_pool_ttl_eviction() {
             .checkout(&busy, &url.credentials, Intent::Write)
             .await
             .unwrap();
-        c.conn().client().simple_query("select 1").await.unwrap();
+        c.conn().simple("select 1").await.unwrap();
         drop(c);
         shard.maintain();
         sleep(Duration::from_millis(100)).await;
@@ -193,11 +203,7 @@ async fn tenant_limit_is_never_exceeded_and_exhaustion_times_out() {
             for _ in 0..5 {
                 match shard.checkout(&tenant, &creds, Intent::Write).await {
                     Ok(mut c) => {
-                        c.conn()
-                            .client()
-                            .simple_query("select pg_sleep(0.01)")
-                            .await
-                            .unwrap();
+                        c.conn().simple("select pg_sleep(0.01)").await.unwrap();
                     }
                     Err(Error::Exhausted { .. }) => {}
                     Err(e) => panic!("unexpected {e}"),
@@ -249,6 +255,49 @@ async fn tenant_limit_is_never_exceeded_and_exhaustion_times_out() {
     shard.close_all();
 }
 
+/// A caller that gives up on its statement (a lapsed lease, a request that timed out) has
+/// it cancelled on the server, and the connection is not reused.
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn an_abandoned_statement_is_cancelled_and_its_connection_not_reused() {
+    let url = admin();
+    let tenant = unique("abandon");
+    let shard = shard(Config::default(), &url, None);
+    let marker = unique("abandoned_sleep_");
+    let mut c = shard
+        .checkout(&tenant, &url.credentials, Intent::Write)
+        .await
+        .unwrap();
+    let sql = format!("select pg_sleep(30) as {marker}");
+    let gave_up = monoio::time::timeout(
+        Duration::from_millis(300),
+        c.conn().query(&sql, &[], 1 << 20),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the statement was still running");
+    assert!(
+        c.conn().is_closed(),
+        "an abandoned connection is not reused"
+    );
+    let running = || {
+        psql(
+            &pg_admin_url(),
+            &format!(
+                "select count(*) from pg_stat_activity where state = 'active' \
+                 and query like '%{marker}%' and pid <> pg_backend_pid()"
+            ),
+        ) == "1"
+    };
+    eventually(
+        "the abandoned statement is cancelled",
+        Duration::from_secs(5),
+        || !running(),
+    )
+    .await;
+    drop(c);
+    shard.close_all();
+}
+
 #[monoio::test_all(timer_enabled = true)]
 #[ignore = "needs compose backend (compose/cluster up)"]
 async fn dead_connections_are_replaced_and_statements_cached() {
@@ -259,35 +308,25 @@ async fn dead_connections_are_replaced_and_statements_cached() {
         .checkout(&tenant, &url.credentials, Intent::Write)
         .await
         .unwrap();
-    let pid: i32 = c
-        .conn()
-        .client()
-        .query_one("select pg_backend_pid()", &[])
+    let pid: i32 = value(c.conn(), "select pg_backend_pid()", &[])
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    // Every statement is cached, `select pg_backend_pid()` included.
+    let cached = c.conn().cached_statements();
     for _ in 0..3 {
-        let st = c.conn().prepare_cached("select $1::int + 1").await.unwrap();
-        let n: i32 = c
-            .conn()
-            .client()
-            .query_one(&st, &[&41i32])
+        let n: i32 = value(c.conn(), "select $1::int + 1", &[Some("41".into())])
             .await
-            .unwrap()
-            .get(0);
+            .unwrap();
         assert_eq!(n, 42);
     }
-    assert_eq!(c.conn().cached_statements(), 1);
-    let prepared: i64 = c
-        .conn()
-        .client()
-        .query_one(
-            "select count(*) from pg_prepared_statements where statement = 'select $1::int + 1'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    assert_eq!(c.conn().cached_statements(), cached + 1);
+    let prepared: i64 = value(
+        c.conn(),
+        "select count(*) from pg_prepared_statements where statement = 'select $1::int + 1'",
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(prepared, 1, "prepared once per connection, reused after");
     drop(c);
     psql(
@@ -299,13 +338,9 @@ async fn dead_connections_are_replaced_and_statements_cached() {
         .checkout(&tenant, &url.credentials, Intent::Write)
         .await
         .unwrap();
-    let new_pid: i32 = c
-        .conn()
-        .client()
-        .query_one("select pg_backend_pid()", &[])
+    let new_pid: i32 = value(c.conn(), "select pg_backend_pid()", &[])
         .await
-        .expect("the next request succeeds")
-        .get(0);
+        .expect("the next request succeeds");
     assert_ne!(
         pid, new_pid,
         "a fresh connection replaced the terminated one"
@@ -342,13 +377,10 @@ async fn in_recovery(
     creds: &ringgate_pool::Credentials,
 ) -> (bool, String) {
     let mut c = shard.checkout(tenant, creds, Intent::Read).await.unwrap();
-    let r: bool = c
-        .conn()
-        .client()
-        .query_one("select pg_is_in_recovery()", &[])
+    let r = value::<String>(c.conn(), "select pg_is_in_recovery()", &[])
         .await
         .unwrap()
-        .get(0);
+        == "t";
     (r, c.node().to_string())
 }
 
@@ -370,13 +402,10 @@ async fn test_read_replica_routing() {
         .checkout(&tenant, &primary.credentials, Intent::Write)
         .await
         .unwrap();
-    let r: bool = w
-        .conn()
-        .client()
-        .query_one("select pg_is_in_recovery()", &[])
+    let r = value::<String>(w.conn(), "select pg_is_in_recovery()", &[])
         .await
         .unwrap()
-        .get(0);
+        == "t";
     assert!(!r && w.node() == "primary", "writes use the primary");
     drop(w);
     s.close_all();
@@ -406,7 +435,7 @@ async fn topology_change_closes_pools_and_read_only_primary_marks_stale() {
         .checkout(&tenant, &url.credentials, Intent::Write)
         .await
         .unwrap();
-    c.conn().client().simple_query("select 1").await.unwrap();
+    c.conn().simple("select 1").await.unwrap();
     drop(c);
     assert_eq!(backends_named(&format!("ringgate/{tenant}/")), 1);
     // The primary moves elsewhere (here: nowhere reachable): its pool closes, writes go to the new one.
@@ -450,14 +479,14 @@ async fn server_sees_tls(
     creds: &ringgate_pool::Credentials,
 ) -> Result<bool, Error> {
     let mut c = shard.checkout(tenant, creds, Intent::Write).await?;
-    Ok(c.conn()
-        .client()
-        .query_one(
-            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
-            &[],
-        )
-        .await?
-        .get(0))
+    let ssl = value::<String>(
+        c.conn(),
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+        &[],
+    )
+    .await
+    .map_err(Error::Pg)?;
+    Ok(ssl == "t")
 }
 
 #[monoio::test_all(timer_enabled = true)]
@@ -581,7 +610,7 @@ async fn idle_connections_are_trimmed_to_the_warm_minimum() {
         .checkout(&tenant, &url.credentials, Intent::Write)
         .await
         .unwrap();
-    c.conn().client().simple_query("select 1").await.unwrap();
+    c.conn().simple("select 1").await.unwrap();
     drop(c);
     s.close_all();
 }
@@ -639,13 +668,7 @@ async fn test_a_host_name_is_looked_up_again_on_connect() {
         .checkout(&unique("moved"), &url.credentials, Intent::Write)
         .await
         .expect("connected to localhost's current address");
-    let rows = c
-        .conn()
-        .client()
-        .simple_query("select 1")
-        .await
-        .expect("query");
-    assert!(!rows.is_empty());
+    c.conn().simple("select 1").await.expect("query");
 }
 
 /// Two cores' shards sharing one process-wide budget (on one thread here; the wake across
@@ -692,7 +715,7 @@ async fn a_tenant_limit_is_process_wide_and_follows_demand_across_cores() {
     let (c, waited) = waiting.await;
     let mut c = c.expect("core 1 got the permit core 0 gave back");
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
-    c.conn().client().simple_query("select 1").await.unwrap();
+    c.conn().simple("select 1").await.unwrap();
     assert_eq!(backends_named(&format!("ringgate/{tenant}/core1")), 1);
     assert_eq!(backends_named(&format!("ringgate/{tenant}/")), 3);
     assert_eq!(budgets.tenant_used(&tenant, &node), 3);

@@ -83,41 +83,6 @@ pub fn commits_with_transaction(sql: &str) -> bool {
     )
 }
 
-/// The first keyword of the statement, upper-cased, as PostgreSQL's command tag starts
-/// (`SELECT`, `INSERT`, ...). Empty when there is none.
-pub fn command(sql: &str) -> String {
-    let mut rest = sql.trim_start();
-    // Skip leading comments.
-    loop {
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r
-                .split_once('\n')
-                .map(|(_, r)| r)
-                .unwrap_or("")
-                .trim_start();
-        } else if let Some(r) = rest.strip_prefix("/*") {
-            rest = r
-                .split_once("*/")
-                .map(|(_, r)| r)
-                .unwrap_or("")
-                .trim_start();
-        } else if let Some(r) = rest.strip_prefix('(') {
-            rest = r.trim_start();
-        } else {
-            break;
-        }
-    }
-    let word: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect();
-    match word.to_ascii_uppercase().as_str() {
-        // A WITH query's tag is that of its main statement; VALUES and TABLE report SELECT.
-        "WITH" | "VALUES" | "TABLE" => "SELECT".into(),
-        w => w.to_string(),
-    }
-}
-
 fn selects_into(q: &Query) -> bool {
     matches!(q.body.as_ref(), SetExpr::Select(s) if s.into.is_some())
 }
@@ -235,14 +200,5 @@ mod tests {
         ] {
             assert_eq!(classify(sql), Kind::Write, "{sql}");
         }
-    }
-
-    #[test]
-    fn command_tags() {
-        assert_eq!(command("  select 1"), "SELECT");
-        assert_eq!(command("-- hi\n/* x */ insert into t values (1)"), "INSERT");
-        assert_eq!(command("with x as (select 1) select * from x"), "SELECT");
-        assert_eq!(command("(select 1)"), "SELECT");
-        assert_eq!(command("update t set x=1"), "UPDATE");
     }
 }

@@ -1,19 +1,11 @@
-//! Runs statements on a pooled connection and renders rows as PostgreSQL text.
+//! Runs statements on a pooled connection. Values come back as the server's own text output
+//! (the connection asks for text-format results), for every type, extensions included.
 
-use std::{future::poll_fn, pin::pin};
+use ringgate_pool::{Answer, PgConn, PgError};
 
-use bytes::BytesMut;
-use futures_core::Stream;
-use ringgate_pool::PgConn;
-use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+use super::request::Statement;
 
-use super::{
-    classify::command,
-    request::Statement,
-    text::{binary_to_text, supported, RawValue, TextError},
-};
-
-/// A column of a result, as the driver describes it.
+/// A column of a result, as the server describes it (`RowDescription`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     /// Column name.
@@ -26,14 +18,16 @@ pub struct Field {
     pub column_id: i16,
     /// Type modifier, -1 when none.
     pub type_modifier: i32,
+    /// Type size (`pg_type.typlen`, negative for variable length).
+    pub type_size: i16,
 }
 
 /// One statement's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryResult {
-    /// Command tag's verb (`SELECT`, `INSERT`, ...).
+    /// The command tag's verb (`SELECT`, `INSERT`, ...), from the server's CommandComplete.
     pub command: String,
-    /// Rows returned or affected.
+    /// Rows returned or affected, from the command tag.
     pub row_count: u64,
     /// Columns.
     pub fields: Vec<Field>,
@@ -41,161 +35,88 @@ pub struct QueryResult {
     pub rows: Vec<Vec<Option<String>>>,
 }
 
+impl QueryResult {
+    /// Converts the connection's result.
+    pub fn from_server(r: ringgate_pool::QueryResult) -> Self {
+        let fields = r
+            .columns
+            .iter()
+            .map(|c| Field {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                table_oid: c.table_oid,
+                column_id: c.column_id,
+                type_modifier: c.type_modifier,
+                type_size: c.type_size,
+            })
+            .collect();
+        Self {
+            command: r.command,
+            row_count: r.row_count,
+            fields,
+            rows: r.rows,
+        }
+    }
+
+    /// The response bytes it counts against the limit: each value's length plus quotes (4
+    /// for a NULL) and its column's name.
+    fn cost(&self) -> usize {
+        self.rows
+            .iter()
+            .flat_map(|row| row.iter().zip(&self.fields))
+            .map(|(v, f)| v.as_ref().map_or(4, |v| v.len() + 2) + f.name.len())
+            .sum()
+    }
+}
+
 /// Why a statement failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// Preparing failed: nothing ran (a syntax error, or the connection was already gone).
+    /// The statement provably did not execute: it was not sent, or the server refused it
+    /// before binding (a syntax error, a wrong parameter count, a session already ended).
     #[error(transparent)]
-    Prepare(tokio_postgres::Error),
-    /// Executing failed, or the connection broke while the statement ran.
+    NotRun(PgError),
+    /// Executing failed, or the connection broke after the statement was sent.
     #[error(transparent)]
-    Db(#[from] tokio_postgres::Error),
-    /// A result column has a type we cannot render.
-    #[error(transparent)]
-    Text(#[from] TextError),
+    Db(PgError),
     /// The result is larger than the response limit.
     #[error("response exceeds {limit} bytes")]
     TooLarge {
         /// The limit.
         limit: usize,
     },
-    /// Wrong number of parameters.
-    #[error("query has {expected} parameters but {given} were supplied")]
-    ParamCount {
-        /// What the statement needs.
-        expected: usize,
-        /// What the request gave.
-        given: usize,
-    },
 }
 
 impl ExecError {
-    /// The PostgreSQL error behind it, if any.
-    pub fn pg(&self) -> Option<&tokio_postgres::Error> {
+    /// The connection's error behind it, if any.
+    pub fn pg(&self) -> Option<&PgError> {
         match self {
-            ExecError::Prepare(e) | ExecError::Db(e) => Some(e),
-            _ => None,
+            ExecError::NotRun(e) | ExecError::Db(e) => Some(e),
+            ExecError::TooLarge { .. } => None,
+        }
+    }
+
+    /// Reads a connection's answer; `limit` is the request's response limit.
+    pub fn check(answer: Answer, limit: usize) -> Result<QueryResult, ExecError> {
+        match answer.result {
+            Ok(r) => Ok(QueryResult::from_server(r)),
+            Err(PgError::TooLarge { .. }) => Err(ExecError::TooLarge { limit }),
+            Err(e) if answer.may_have_run => Err(ExecError::Db(e)),
+            Err(e) => Err(ExecError::NotRun(e)),
         }
     }
 }
 
-/// A parameter sent in text format, for the server to parse as the type it inferred.
-#[derive(Debug)]
-struct TextParam<'a>(Option<&'a str>);
-
-impl ToSql for TextParam<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self.0 {
-            None => Ok(IsNull::Yes),
-            Some(s) => {
-                out.extend_from_slice(s.as_bytes());
-                Ok(IsNull::No)
-            }
-        }
-    }
-
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-
-    fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
-    }
-
-    to_sql_checked!();
-}
-
-/// A statement prepared on one connection, with its result columns.
-#[derive(Clone)]
-pub struct Prepared {
-    statement: tokio_postgres::Statement,
-    fields: Vec<Field>,
-}
-
-/// Runs one statement; `budget` is the response bytes still allowed and shrinks.
+/// Runs one statement (prepared once per connection, in the same round trip as its
+/// execution); `budget` is the response bytes still allowed and shrinks.
 pub async fn run(
-    conn: &mut PgConn,
+    conn: &PgConn,
     st: &Statement,
     budget: &mut usize,
     limit: usize,
 ) -> Result<QueryResult, ExecError> {
-    let prepared = prepare(conn, st).await?;
-    execute(conn.client(), prepared, st, budget, limit).await
-}
-
-/// Prepares `st` on `conn` (from the connection's cache when it was prepared before) and
-/// checks its parameter count and column types.
-pub async fn prepare(conn: &mut PgConn, st: &Statement) -> Result<Prepared, ExecError> {
-    let statement = conn
-        .prepare_cached(&st.sql)
-        .await
-        .map_err(ExecError::Prepare)?;
-    if statement.params().len() != st.params.len() {
-        return Err(ExecError::ParamCount {
-            expected: statement.params().len(),
-            given: st.params.len(),
-        });
-    }
-    let fields: Vec<Field> = statement
-        .columns()
-        .iter()
-        .map(|c| Field {
-            name: c.name().to_string(),
-            type_oid: c.type_().oid(),
-            table_oid: c.table_oid().unwrap_or(0),
-            column_id: c.column_id().unwrap_or(0),
-            type_modifier: c.type_modifier(),
-        })
-        .collect();
-    if let Some(f) = fields.iter().find(|f| !supported(f.type_oid)) {
-        return Err(TextError::Unsupported(f.type_oid).into());
-    }
-    Ok(Prepared { statement, fields })
-}
-
-/// Executes a prepared statement. Takes the client by shared reference, so several
-/// statements can be in flight on one connection (tokio-postgres sends them in one write).
-pub async fn execute(
-    client: &tokio_postgres::Client,
-    prepared: Prepared,
-    st: &Statement,
-    budget: &mut usize,
-    limit: usize,
-) -> Result<QueryResult, ExecError> {
-    let Prepared { statement, fields } = prepared;
-    let params = st.params.iter().map(|p| TextParam(p.as_deref()));
-    let stream = client.query_raw(&statement, params).await?;
-    let mut stream = pin!(stream);
-    let mut rows = Vec::new();
-    while let Some(row) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
-        let row = row?;
-        let mut values = Vec::with_capacity(fields.len());
-        for (i, f) in fields.iter().enumerate() {
-            let value = match row.try_get::<_, Option<RawValue<'_>>>(i)? {
-                None => None,
-                Some(raw) => {
-                    let mut s = String::new();
-                    binary_to_text(f.type_oid, raw.0, &mut s)?;
-                    Some(s)
-                }
-            };
-            let cost = value.as_ref().map_or(4, |v| v.len() + 2) + f.name.len();
-            *budget = budget
-                .checked_sub(cost)
-                .ok_or(ExecError::TooLarge { limit })?;
-            values.push(value);
-        }
-        rows.push(values);
-    }
-    let row_count = stream.rows_affected().unwrap_or(rows.len() as u64);
-    Ok(QueryResult {
-        command: command(&st.sql),
-        row_count,
-        fields,
-        rows,
-    })
+    let answer = conn.query(&st.sql, &st.params, *budget).await;
+    let r = ExecError::check(answer, limit)?;
+    *budget = budget.saturating_sub(r.cost());
+    Ok(r)
 }

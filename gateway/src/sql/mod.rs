@@ -3,16 +3,20 @@
 //! A request names its tenant and credentials in `Neon-Connection-String`; its statements
 //! are classified (read or write), checked out from the core's tenant pool on the member
 //! the topology routes to, run with parameters bound (sent as text, typed by the server),
-//! and answered in the driver's JSON shape with values in PostgreSQL text format.
+//! and answered in the driver's JSON shape with values as the server's own text output
+//! and the server's command tag.
 //!
 //! A core with no idle connection for a tenant at its limit hands the request to a core
 //! that holds one ([`handoff`]) rather than moving a connection.
 //!
 //! Failure rules: a statement that provably did not take effect is retried (it was not
 //! sent: a dead pooled connection, a missing or unreachable leader for up to
-//! `RINGGATE_FAILOVER_WAIT`; it was refused: a replica answering 25006; or the server
+//! `RINGGATE_FAILOVER_WAIT`; it was refused before binding, so never executed, see
+//! [`exec::ExecError::NotRun`]; it was refused: a replica answering 25006; or the server
 //! aborted it before committing, see `aborted_by_server`); a write whose connection broke
-//! after it was sent is never retried and gets 503 `outcome_unknown`.
+//! after it was sent is never retried and gets 503 `outcome_unknown`, and so is one whose
+//! commit the server reported as local only (`commit_unconfirmed`, detected by the
+//! connection, in `ringgate-pgwire`).
 
 pub mod api_key;
 pub mod classify;
@@ -23,15 +27,13 @@ pub mod memo;
 pub mod pipeline;
 pub mod request;
 pub mod response;
-pub mod text;
 
 use std::{rc::Rc, time::Duration};
 
 use http::{Method, StatusCode};
 use monoio::time::{sleep, Instant};
 use ringgate_discovery::Role;
-use ringgate_pool::{Checkout, Error as PoolError, Intent, Shard};
-use tokio_postgres::error::SqlState;
+use ringgate_pool::{Checkout, Error as PoolError, Intent, PgError, Shard};
 use tracing::debug;
 
 use self::{
@@ -332,20 +334,16 @@ impl Ctx {
                 Intent::Write => c.lease().cloned(),
                 Intent::Read => None,
             };
-            // Preparing sends nothing that could commit: a lease lost meanwhile is a
-            // write held for the next leader.
-            let prepared = match under_lease(lease.as_ref(), exec::prepare(c.conn(), st)).await {
-                Ok(p) => p,
-                Err(LeaseLost) => {
-                    c.discard();
-                    self.event(SqlEvent::RerunNotSent);
-                    continue;
-                }
-            };
+            // Nothing is sent under a lease that is no longer valid: held for the next
+            // leader.
+            if lease.as_ref().is_some_and(|l| !l.state().is_valid()) {
+                c.discard();
+                self.event(SqlEvent::RerunNotSent);
+                continue;
+            }
             let canceller = c.conn().canceller();
-            let sent = self.cancellable(canceller, async {
-                exec::execute(c.conn().client(), prepared?, st, &mut budget, self.limit).await
-            });
+            let sent =
+                self.cancellable(canceller, exec::run(c.conn(), st, &mut budget, self.limit));
             let result = match under_lease(lease.as_ref(), sent).await {
                 Ok(result) => result,
                 Err(LeaseLost) => return self.unknown(c, Unknown::LeaseLost),
@@ -408,17 +406,16 @@ impl Ctx {
                 Intent::Read => None,
             };
             // BEGIN runs nothing: a connection that fails it is retried.
-            let begun =
-                match under_lease(lease.as_ref(), c.conn().client().batch_execute(&begin)).await {
-                    Ok(r) => r,
-                    Err(LeaseLost) => {
-                        c.discard();
-                        self.event(SqlEvent::RerunNotSent);
-                        continue 'attempt;
-                    }
-                };
+            let begun = match under_lease(lease.as_ref(), c.conn().simple(&begin)).await {
+                Ok(r) => r,
+                Err(LeaseLost) => {
+                    c.discard();
+                    self.event(SqlEvent::RerunNotSent);
+                    continue 'attempt;
+                }
+            };
             if let Err(e) = begun {
-                match self.after_failure(c, intent, &ExecError::Prepare(e), || false) {
+                match self.after_failure(c, intent, &ExecError::NotRun(e), || false) {
                     Next::Retry(_) => continue,
                     Next::Answer(r) => return r,
                 }
@@ -460,24 +457,19 @@ impl Ctx {
                             self.event(SqlEvent::RerunAbortedByServer);
                             continue 'attempt;
                         }
-                        if c.conn().client().batch_execute("ROLLBACK").await.is_err() {
+                        if c.conn().simple("ROLLBACK").await.is_err() {
                             c.discard();
                             // The server rolls back a transaction whose connection died.
-                            return match &e {
-                                ExecError::Db(d) | ExecError::Prepare(d) if d.as_db_error().is_some() => db_error(d.as_db_error().unwrap()),
-                                _ => unavailable("connection_lost", "the connection broke inside the batch transaction; nothing was committed", 1),
+                            return match e.pg().and_then(PgError::db) {
+                                Some(db) => db_error(db),
+                                None => unavailable("connection_lost", "the connection broke inside the batch transaction; nothing was committed", 1),
                             };
                         }
                         return exec_error(&e);
                     }
                 }
             }
-            let committed = match under_lease(
-                lease.as_ref(),
-                c.conn().client().batch_execute("COMMIT"),
-            )
-            .await
-            {
+            let committed = match under_lease(lease.as_ref(), c.conn().simple("COMMIT")).await {
                 Ok(r) => r,
                 Err(LeaseLost) => return self.unknown(c, Unknown::LeaseLost),
             };
@@ -497,8 +489,8 @@ impl Ctx {
                     self.event(SqlEvent::RerunAbortedByServer);
                     continue 'attempt;
                 }
-                Err(e) if e.as_db_error().is_some() && !is_disconnect(&e) => {
-                    db_error(e.as_db_error().unwrap())
+                Err(e) if e.db().is_some() && !is_disconnect(&e) => {
+                    db_error(e.db().expect("checked"))
                 }
                 Err(_) => self.unknown(c, Unknown::ConnectionLost),
             };
@@ -553,7 +545,8 @@ impl Ctx {
                 Err(PoolError::Exhausted { .. }) => intent == Intent::Write,
                 // Refused during startup (closed by a proxy with no server behind it, or
                 // "the database system is starting up"): nothing was sent yet.
-                Err(PoolError::Backend(e)) => e.as_db_error().is_none() || is_disconnect(e),
+                Err(PoolError::Pg(e)) => e.db().is_none() || is_disconnect(e),
+                Err(PoolError::Backend(e)) => e.as_db_error().is_none(),
                 _ => false,
             };
             if !waitable || Instant::now() >= deadline {
@@ -585,11 +578,14 @@ impl Ctx {
         rerunnable: impl FnOnce() -> bool,
     ) -> Next {
         let (pg, sent) = match e {
-            ExecError::Prepare(pg) => (pg, false),
+            ExecError::NotRun(pg) => (pg, false),
             ExecError::Db(pg) => (pg, true),
             other => return Next::Answer(exec_error(other)),
         };
-        if pg.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+        if pg
+            .db()
+            .is_some_and(|db| db.code == READ_ONLY_SQL_TRANSACTION)
+        {
             // Refused, so not applied: rerun on the leader.
             if c.role() == Role::Leader {
                 self.db.report_read_only(c.node());
@@ -597,7 +593,7 @@ impl Ctx {
             self.event(SqlEvent::RerunReadOnly);
             return Next::Retry(Intent::Write);
         }
-        if let Some(db) = pg.as_db_error() {
+        if let Some(db) = pg.db() {
             if !is_disconnect(pg) {
                 return Next::Answer(db_error(db));
             }
@@ -654,15 +650,27 @@ enum Next {
     Answer(Response),
 }
 
+/// SQLSTATE `read_only_sql_transaction`: a replica (or a leader being demoted) refused a
+/// write.
+pub(super) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// SQLSTATE `admin_shutdown`.
+const ADMIN_SHUTDOWN: &str = "57P01";
+/// SQLSTATE `crash_shutdown`.
+const CRASH_SHUTDOWN: &str = "57P02";
+/// SQLSTATE `cannot_connect_now`.
+const CANNOT_CONNECT_NOW: &str = "57P03";
+
 /// Whether the error means the server connection is gone (closed, or terminated by the
 /// server: admin shutdown, crash shutdown, cannot connect now).
-fn is_disconnect(e: &tokio_postgres::Error) -> bool {
-    e.is_closed()
-        || matches!(
-            e.code(),
-            Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW
-        )
-        || (e.as_db_error().is_none() && e.code().is_none())
+fn is_disconnect(e: &PgError) -> bool {
+    // A server error is judged by its code alone: a FATAL refusal at startup (no such
+    // database, no permission) is an answer, not an outage.
+    match e.db() {
+        None => true,
+        Some(db) => {
+            [ADMIN_SHUTDOWN, CRASH_SHUTDOWN, CANNOT_CONNECT_NOW].contains(&db.code.as_str())
+        }
+    }
 }
 
 /// Whether the server aborted the statement's transaction before it could commit: a FATAL
@@ -678,14 +686,14 @@ fn is_disconnect(e: &tokio_postgres::Error) -> bool {
 /// immediate shutdown or crash (`quickdie`) reports with WARNING severity and is not
 /// matched. A backend exiting with FATAL aborts its open transaction. It holds only for
 /// statements that commit with their transaction (see [`commits_with_transaction`]).
-fn aborted_by_server(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error()
-        .is_some_and(|db| server_aborted(db.code(), db.severity()))
+fn aborted_by_server(e: &PgError) -> bool {
+    e.db()
+        .is_some_and(|db| server_aborted(&db.code, &db.severity))
 }
 
 /// [`aborted_by_server`] on the error's fields.
-fn server_aborted(code: &SqlState, severity: &str) -> bool {
-    *code == SqlState::ADMIN_SHUTDOWN && severity == "FATAL"
+fn server_aborted(code: &str, severity: &str) -> bool {
+    code == ADMIN_SHUTDOWN && severity == "FATAL"
 }
 
 /// 503 `outcome_unknown` with PostgreSQL's own code for it, 08007
@@ -709,21 +717,15 @@ fn outcome_unknown(why: Unknown) -> Response {
 
 fn exec_error(e: &ExecError) -> Response {
     match e {
-        ExecError::Db(d) | ExecError::Prepare(d) => match d.as_db_error() {
+        ExecError::Db(d) | ExecError::NotRun(d) => match d.db() {
             Some(db) => db_error(db),
             None => unavailable("backend_unavailable", &d.to_string(), 1),
         },
-        ExecError::Text(t) => {
-            gateway_error(StatusCode::BAD_REQUEST, "unsupported_type", &t.to_string())
-        }
         ExecError::TooLarge { .. } => gateway_error(
             StatusCode::INSUFFICIENT_STORAGE,
             "response_too_large",
             &e.to_string(),
         ),
-        ExecError::ParamCount { .. } => {
-            gateway_error(StatusCode::BAD_REQUEST, "08P01", &e.to_string())
-        }
     }
 }
 
@@ -738,12 +740,7 @@ const RESET_SESSION: &str = "RESET ALL; RESET ROLE; UNLISTEN *; SELECT pg_adviso
 /// connection whose reset fails is closed. Plain reads (per the classifier) skip it.
 fn reset_then_release(mut c: Checkout) {
     monoio::spawn(async move {
-        if c.conn()
-            .client()
-            .batch_execute(RESET_SESSION)
-            .await
-            .is_err()
-        {
+        if c.conn().simple(RESET_SESSION).await.is_err() {
             c.discard();
         }
     });
@@ -766,10 +763,11 @@ fn pool_error(e: &PoolError) -> Response {
         | PoolError::ConnectTimeout { .. }
         | PoolError::Closed
         | PoolError::Tls(_) => unavailable("backend_unavailable", &e.to_string(), 1),
-        PoolError::Backend(pg) => match pg.as_db_error() {
+        PoolError::Pg(pg) => match pg.db() {
             Some(db) => startup_error(db),
             None => unavailable("backend_unavailable", &pg.to_string(), 1),
         },
+        PoolError::Backend(pg) => unavailable("backend_unavailable", &pg.to_string(), 1),
     }
 }
 
@@ -779,10 +777,10 @@ mod tests {
 
     #[test]
     fn only_a_fatal_admin_shutdown_counts_as_aborted() {
-        assert!(server_aborted(&SqlState::ADMIN_SHUTDOWN, "FATAL"));
+        assert!(server_aborted(ADMIN_SHUTDOWN, "FATAL"));
         // quickdie (immediate shutdown) reports 57P01 as a WARNING: it may follow a commit.
-        assert!(!server_aborted(&SqlState::ADMIN_SHUTDOWN, "WARNING"));
-        assert!(!server_aborted(&SqlState::CRASH_SHUTDOWN, "FATAL"));
-        assert!(!server_aborted(&SqlState::QUERY_CANCELED, "ERROR"));
+        assert!(!server_aborted(ADMIN_SHUTDOWN, "WARNING"));
+        assert!(!server_aborted(CRASH_SHUTDOWN, "FATAL"));
+        assert!(!server_aborted("57014", "ERROR"));
     }
 }

@@ -5,6 +5,9 @@
 //! so the backend runs those statements without sleeping in between and the core pays one
 //! send and one wake-up per batch instead of per statement.
 //!
+//! The batch is one write of Parse (for texts new to the connection), Bind, Execute and
+//! Sync per read, so one read's error does not touch the others.
+//!
 //! Only reads ride along: a broken connection fails every statement of its batch, and only a
 //! read is safe to rerun then (a queued read whose batch failed goes the ordinary way, with
 //! its own checkout and retries). Writes and batch transactions keep a connection each.
@@ -15,12 +18,11 @@ use std::{
     rc::Rc,
 };
 
-use futures_util::future::{join, join_all};
-use ringgate_pool::{Checkout, Credentials, Intent};
-use tokio_postgres::error::SqlState;
+use futures_util::future::join_all;
+use ringgate_pool::{settle, Answer, Checkout, Credentials, Intent};
 
 use super::{
-    exec::{self, ExecError, QueryResult},
+    exec::{ExecError, QueryResult},
     exec_error, is_disconnect, pool_error,
     request::{SqlRequest, Statement},
     response::result_response,
@@ -178,22 +180,17 @@ pub(super) async fn read(ctx: &Ctx, sql: &SqlRequest, st: &Statement) -> Option<
             Ok(c) => c,
             Err(e) => return Some(pool_error(&e)),
         };
-        let prepared = exec::prepare(c.conn(), st).await;
-        let batch = Batch::prepare(&mut c, q.take()).await;
+        let jobs = q.take();
         let canceller = c.conn().canceller();
-        let client = c.conn().client();
-        let mut budget = ctx.limit;
-        let mine = async {
-            match prepared {
-                Ok(p) => exec::execute(client, p, st, &mut budget, ctx.limit).await,
-                Err(e) => Err(e),
-            }
-        };
-        let (mine, batch_broke) = if batch.jobs.is_empty() {
+        let alone = jobs.is_empty();
+        let mut answers = send(&mut c, Some(st), &jobs, ctx.limit).into_iter();
+        let mine = settle(answers.next().expect("an answer for this read"));
+        let mine = async { ExecError::check(mine.await, ctx.limit) };
+        let (mine, batch_broke) = if alone {
             // Alone on its connection: a cancel can only hit this read.
             (ctx.cancellable(canceller, mine).await, false)
         } else {
-            join(mine, batch.execute(client, ctx.limit)).await
+            futures_util::future::join(mine, hand_back(jobs, answers, ctx.limit)).await
         };
         if broke(&mine) || batch_broke {
             c.discard();
@@ -220,7 +217,9 @@ fn disconnected(e: &ExecError) -> bool {
 }
 
 fn refused_read_only(e: &ExecError) -> bool {
-    e.pg().and_then(|pg| pg.code()) == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
+    e.pg()
+        .and_then(|pg| pg.db())
+        .is_some_and(|db| db.code == super::READ_ONLY_SQL_TRANSACTION)
 }
 
 fn broke(r: &Outcome) -> bool {
@@ -234,8 +233,8 @@ async fn serve(mut c: Checkout, q: Rc<Queue>, driving: Driving, limit: usize) {
         if jobs.is_empty() {
             break;
         }
-        let batch = Batch::prepare(&mut c, jobs).await;
-        if batch.execute(c.conn().client(), limit).await {
+        let answers = send(&mut c, None, &jobs, limit);
+        if hand_back(jobs, answers.into_iter(), limit).await {
             c.discard();
             break;
         }
@@ -243,52 +242,41 @@ async fn serve(mut c: Checkout, q: Rc<Queue>, driving: Driving, limit: usize) {
     drop(driving);
 }
 
-/// Queued reads prepared on one connection.
-struct Batch {
-    jobs: Vec<(Job, Result<exec::Prepared, ExecError>)>,
+/// Sends `first` (when given) and the queued `jobs` in one write on `c`; one answer each,
+/// in that order.
+fn send(
+    c: &mut Checkout,
+    first: Option<&Statement>,
+    jobs: &[Job],
+    limit: usize,
+) -> Vec<futures_channel::oneshot::Receiver<Answer>> {
+    let batch = first
+        .into_iter()
+        .chain(jobs.iter().map(|j| &j.st))
+        .map(|st| (st.sql.clone(), st.params.clone()))
+        .collect();
+    c.conn().pipeline(batch, limit)
 }
 
-impl Batch {
-    /// Prepares each job's statement (cached ones cost no round trip); a job with the same
-    /// text and parameter count as the one before it reuses that preparation.
-    async fn prepare(c: &mut Checkout, jobs: Vec<Job>) -> Self {
-        let mut prepared: Vec<(Job, Result<exec::Prepared, ExecError>)> =
-            Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let p = match prepared.last() {
-                // Same text and parameter count: the checks `prepare` made hold for it too.
-                Some((prev, Ok(p)))
-                    if prev.st.sql == job.st.sql && prev.st.params.len() == job.st.params.len() =>
-                {
-                    Ok(p.clone())
-                }
-                _ => exec::prepare(c.conn(), &job.st).await,
-            };
-            prepared.push((job, p));
-        }
-        Self { jobs: prepared }
-    }
-
-    /// Runs every job concurrently on `client` (tokio-postgres sends them in one write) and
-    /// hands each result back as soon as it is complete; true when the connection broke.
-    async fn execute(self, client: &tokio_postgres::Client, limit: usize) -> bool {
-        let broken = Cell::new(false);
-        join_all(self.jobs.into_iter().map(|(job, prepared)| {
-            let broken = &broken;
-            async move {
-                let mut budget = limit;
-                let r = match prepared {
-                    Ok(p) => exec::execute(client, p, &job.st, &mut budget, limit).await,
-                    Err(e) => Err(e),
-                };
-                if broke(&r) {
-                    broken.set(true);
-                }
-                // A reader that went away (its client disconnected) needs no answer.
-                let _ = job.done.send(r);
+/// Hands each queued read its answer as soon as it is complete; true when the connection
+/// broke.
+async fn hand_back(
+    jobs: Vec<Job>,
+    answers: impl Iterator<Item = futures_channel::oneshot::Receiver<Answer>>,
+    limit: usize,
+) -> bool {
+    let broken = Cell::new(false);
+    join_all(jobs.into_iter().zip(answers).map(|(job, answer)| {
+        let broken = &broken;
+        async move {
+            let r = ExecError::check(settle(answer).await, limit);
+            if broke(&r) {
+                broken.set(true);
             }
-        }))
-        .await;
-        broken.get()
-    }
+            // A reader that went away (its client disconnected) needs no answer.
+            let _ = job.done.send(r);
+        }
+    }))
+    .await;
+    broken.get()
 }

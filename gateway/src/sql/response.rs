@@ -3,25 +3,11 @@
 use http::{header, HeaderValue, StatusCode};
 use std::fmt::Write as _;
 
+use ringgate_pool::DbError;
 use serde_json::{json, Map, Value};
-use tokio_postgres::error::DbError;
 
 use super::exec::QueryResult;
 use crate::http::Response;
-
-/// Storage size of built-in types, as `pg_type.typlen` (−1 for variable length).
-fn type_size(oid: u32) -> i16 {
-    match oid {
-        16 | 18 => 1,
-        21 => 2,
-        23 | 26 | 700 | 1082 => 4,
-        20 | 701 | 1083 | 1114 | 1184 => 8,
-        1186 | 1266 => 12,
-        2950 => 16,
-        19 => 64,
-        _ => -1,
-    }
-}
 
 /// Appends `s` as a JSON string.
 fn push_str(out: &mut String, s: &str) {
@@ -97,7 +83,7 @@ pub fn write_result(out: &mut String, r: &QueryResult, array_mode: bool, raw_tex
             f.type_oid,
             f.table_oid,
             f.column_id,
-            type_size(f.type_oid),
+            f.type_size,
             f.type_modifier
         );
     }
@@ -125,7 +111,7 @@ pub fn batch_response(results: &[String]) -> Response {
 /// (no CONNECT on the database, no such database, too many connections for the role) 403,
 /// anything else as [`db_error`].
 pub fn startup_error(e: &DbError) -> Response {
-    let sqlstate = e.code().code();
+    let sqlstate = e.code.as_str();
     let (status, code, message) = match sqlstate {
         "28P01" | "28000" => (
             StatusCode::UNAUTHORIZED,
@@ -135,7 +121,7 @@ pub fn startup_error(e: &DbError) -> Response {
         "42501" | "3D000" | "53300" => (
             StatusCode::FORBIDDEN,
             "connection_refused",
-            format!("the database refused the connection: {}", e.message()),
+            format!("the database refused the connection: {}", e.message),
         ),
         _ => return db_error(e),
     };
@@ -148,27 +134,25 @@ pub fn startup_error(e: &DbError) -> Response {
 /// PostgreSQL's error as the driver expects it, HTTP 400.
 pub fn db_error(e: &DbError) -> Response {
     let mut m = Map::new();
-    m.insert("message".into(), e.message().into());
-    m.insert("code".into(), e.code().code().into());
-    m.insert("severity".into(), e.severity().into());
+    m.insert("message".into(), e.message.as_str().into());
+    m.insert("code".into(), e.code.as_str().into());
+    m.insert("severity".into(), e.severity.as_str().into());
     let optional = [
-        ("detail", e.detail()),
-        ("hint", e.hint()),
-        ("where", e.where_()),
-        ("schema", e.schema()),
-        ("table", e.table()),
-        ("column", e.column()),
-        ("dataType", e.datatype()),
-        ("constraint", e.constraint()),
-        ("routine", e.routine()),
+        ("detail", &e.detail),
+        ("hint", &e.hint),
+        ("position", &e.position),
+        ("where", &e.where_),
+        ("schema", &e.schema),
+        ("table", &e.table),
+        ("column", &e.column),
+        ("dataType", &e.datatype),
+        ("constraint", &e.constraint),
+        ("routine", &e.routine),
     ];
     for (k, v) in optional {
         if let Some(v) = v {
-            m.insert(k.into(), v.into());
+            m.insert(k.into(), v.as_str().into());
         }
-    }
-    if let Some(tokio_postgres::error::ErrorPosition::Original(p)) = e.position() {
-        m.insert("position".into(), p.to_string().into());
     }
     Response::json(StatusCode::BAD_REQUEST, &Value::Object(m))
 }
@@ -196,6 +180,7 @@ mod tests {
             table_oid: 0,
             column_id: 0,
             type_modifier: -1,
+            type_size: if oid == 23 { 4 } else { -1 },
         }
     }
 
