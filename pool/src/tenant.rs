@@ -172,8 +172,13 @@ impl TenantPool {
     /// permit freed anyway) without moving a connection: the gateway hands requests to the
     /// cores holding connections, so a core holding none waits here only when that could
     /// not be done (another core took the last permit between the look and the connect).
+    /// Also while this pool itself holds none: the core's permits may all be in the
+    /// tenant's other pools (another role or database), whose idle connections nothing
+    /// else would give back.
     fn asks_others(&self, gate: &Arc<crate::budget::Gate>) -> bool {
-        !Arc::ptr_eq(gate, &self.gates.tenant) || !gate.holders().contains(self.gates.core)
+        !Arc::ptr_eq(gate, &self.gates.tenant)
+            || !gate.holders().contains(self.gates.core)
+            || self.size() == 0
     }
 
     /// The gates its connections count against.
