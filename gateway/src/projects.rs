@@ -12,7 +12,10 @@ use std::{rc::Rc, time::Duration};
 use monoio::time::Instant;
 use ringgate_pool::{Credentials, Intent, Shard};
 
-use crate::cache::{Cache, Weigh};
+use crate::{
+    cache::{Cache, Weigh},
+    sql::cache::rules::CacheRule,
+};
 
 /// One row of `ringgate.projects`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub struct Project {
     pub class: String,
     /// The metrics slot of that class (bounded; see `Registry::class_slot`).
     pub class_slot: usize,
+    /// Its `/sql` result cache rules (`ringgate.cache_rules`); rows whose pattern does not
+    /// parse are left out.
+    pub cache_rules: Rc<[CacheRule]>,
 }
 
 /// Why the project could not be looked up.
@@ -41,7 +47,14 @@ pub enum ProjectError {
 
 impl Weigh for Project {
     fn heap_bytes(&self) -> usize {
-        self.database.capacity() + self.roles.heap_bytes() + self.class.capacity()
+        self.database.capacity()
+            + self.roles.heap_bytes()
+            + self.class.capacity()
+            + self
+                .cache_rules
+                .iter()
+                .map(|r| std::mem::size_of::<CacheRule>() + r.heap_bytes())
+                .sum::<usize>()
     }
 }
 
@@ -56,8 +69,10 @@ pub struct ProjectCache {
 /// Bytes of project rows (and unknown projects) kept per core.
 const CACHE_BYTES: u64 = 4 << 20;
 
-const QUERY: &str =
-    "SELECT database, roles, statement_timeout_ms, max_connections, class FROM ringgate.projects WHERE project_id = $1";
+const QUERY: &str = "SELECT p.database, p.roles, p.statement_timeout_ms, p.max_connections, p.class, \
+     ARRAY(SELECT r.pattern FROM ringgate.cache_rules r WHERE r.project_id = p.project_id ORDER BY r.pattern), \
+     ARRAY(SELECT r.ttl_ms FROM ringgate.cache_rules r WHERE r.project_id = p.project_id ORDER BY r.pattern) \
+     FROM ringgate.projects p WHERE p.project_id = $1";
 
 impl ProjectCache {
     /// A cache reading the control database as `control`, keeping entries for `ttl`;
@@ -97,7 +112,15 @@ impl ProjectCache {
             .map_err(|e| err(&e))?;
         let found = row.map(|r| {
             let class: String = r.get(4);
+            let patterns: Vec<String> = r.get(5);
+            let ttls: Vec<i32> = r.get(6);
+            let cache_rules = patterns
+                .iter()
+                .zip(ttls)
+                .filter_map(|(p, ttl)| CacheRule::from_row(p, ttl))
+                .collect();
             Project {
+                cache_rules,
                 database: r.get(0),
                 roles: r.get(1),
                 statement_timeout_ms: r.get(2),
