@@ -275,6 +275,7 @@ pub struct CoreMetrics {
     sql_write_hold_us: AtomicU64,
     sql_cache: [[AtomicU64; CacheEvent::ALL.len()]; N_CLASS],
     sql_cache_bytes: AtomicU64,
+    sql_cache_evictions: AtomicU64,
     /// `(group, workers, healthy)` as of the last health round (off the hot path).
     upstreams: std::sync::RwLock<Vec<(String, u64, u64)>>,
     /// Server connections per database member, as of the last pool upkeep.
@@ -355,6 +356,7 @@ impl Default for CoreMetrics {
             sql_write_hold_us: AtomicU64::new(0),
             sql_cache: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             sql_cache_bytes: AtomicU64::new(0),
+            sql_cache_evictions: AtomicU64::new(0),
             upstreams: std::sync::RwLock::new(Vec::new()),
             pool_nodes: std::sync::RwLock::new(Vec::new()),
         }
@@ -397,9 +399,15 @@ impl CoreMetrics {
             .sum()
     }
 
-    /// The bytes this core's result cache holds.
-    pub fn set_sql_cache_bytes(&self, bytes: u64) {
+    /// The bytes this core's result cache held when it last stored an entry.
+    pub fn sql_cache_bytes(&self) -> u64 {
+        self.sql_cache_bytes.load(Relaxed)
+    }
+
+    /// The bytes this core's result cache holds and the entries it evicted for room.
+    pub fn set_sql_cache_size(&self, bytes: u64, evictions: u64) {
         self.sql_cache_bytes.store(bytes, Relaxed);
+        self.sql_cache_evictions.store(evictions, Relaxed);
     }
 
     /// A write waited `held` for a leader before it could run (or gave up).
@@ -934,6 +942,14 @@ impl Registry {
                 o,
                 "ringgate_sql_cache_bytes{{core=\"{c}\"}} {}",
                 m.sql_cache_bytes.load(Relaxed)
+            )?;
+        }
+        writeln!(o, "# HELP ringgate_sql_cache_evictions_total Entries the /sql result cache evicted for room (its per-project share or the core's budget), by core.\n# TYPE ringgate_sql_cache_evictions_total counter")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            writeln!(
+                o,
+                "ringgate_sql_cache_evictions_total{{core=\"{c}\"}} {}",
+                m.sql_cache_evictions.load(Relaxed)
             )?;
         }
         writeln!(o, "# HELP ringgate_sql_write_hold_seconds_total Time writes spent waiting for a usable leader.\n# TYPE ringgate_sql_write_hold_seconds_total counter")?;

@@ -308,7 +308,9 @@ pub async fn serve(
         };
         qc.store.insert(project, key, entry);
         core.metrics().sql_cache(class, CacheEvent::Store);
-        core.metrics().set_sql_cache_bytes(qc.store.bytes());
+        let stats = qc.store.stats();
+        core.metrics()
+            .set_sql_cache_size(stats.bytes, stats.evictions);
     } else {
         debug!(tenant = %project, status = %response.status, "read not stored");
     }

@@ -238,7 +238,10 @@ pub fn touched(sql: &str) -> Touched {
         tables.insert(table_name(r));
         ControlFlow::<()>::Continue(())
     });
-    if unknown || tables.is_empty() {
+    // A DML statement always names its table; a plain query (a read in a batch) may name
+    // none and then touches nothing.
+    let query = matches!(st, Statement::Query(_));
+    if unknown || (tables.is_empty() && !query) {
         return Touched::Everything;
     }
     Touched::Tables(tables.into_iter().collect())
@@ -441,6 +444,7 @@ mod tests {
         ] {
             assert_eq!(touched(sql), Touched::Everything, "{sql}");
         }
+        assert_eq!(touched("select 1"), Touched::Tables(vec![]));
         assert_eq!(
             Touched::Tables(vec!["a".into()]).union(Touched::Tables(vec!["b".into(), "a".into()])),
             Touched::Tables(vec!["a".into(), "b".into()])
