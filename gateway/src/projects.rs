@@ -69,10 +69,12 @@ pub struct ProjectCache {
 /// Bytes of project rows (and unknown projects) kept per core.
 const CACHE_BYTES: u64 = 4 << 20;
 
-const QUERY: &str = "SELECT p.database, p.roles, p.statement_timeout_ms, p.max_connections, p.class, \
-     ARRAY(SELECT r.pattern FROM ringgate.cache_rules r WHERE r.project_id = p.project_id ORDER BY r.pattern), \
-     ARRAY(SELECT r.ttl_ms FROM ringgate.cache_rules r WHERE r.project_id = p.project_id ORDER BY r.pattern) \
-     FROM ringgate.projects p WHERE p.project_id = $1";
+const QUERY: &str =
+    "SELECT database, roles, statement_timeout_ms, max_connections, class FROM ringgate.projects WHERE project_id = $1";
+
+/// The project's `/sql` result cache rules. A control database bootstrapped before the
+/// table existed has none (the error is not the project's).
+const RULES: &str = "SELECT pattern, ttl_ms FROM ringgate.cache_rules WHERE project_id = $1";
 
 impl ProjectCache {
     /// A cache reading the control database as `control`, keeping entries for `ttl`;
@@ -112,15 +114,8 @@ impl ProjectCache {
             .map_err(|e| err(&e))?;
         let found = row.map(|r| {
             let class: String = r.get(4);
-            let patterns: Vec<String> = r.get(5);
-            let ttls: Vec<i32> = r.get(6);
-            let cache_rules = patterns
-                .iter()
-                .zip(ttls)
-                .filter_map(|(p, ttl)| CacheRule::from_row(p, ttl))
-                .collect();
             Project {
-                cache_rules,
+                cache_rules: Rc::from([]),
                 database: r.get(0),
                 roles: r.get(1),
                 statement_timeout_ms: r.get(2),
@@ -129,6 +124,27 @@ impl ProjectCache {
                 class,
             }
         });
+        let found = match found {
+            Some(mut p) => {
+                p.cache_rules = match c.conn().prepare_cached(RULES).await {
+                    Ok(st) => match c.conn().client().query(&st, &[&project]).await {
+                        Ok(rows) => rows
+                            .iter()
+                            .filter_map(|r| CacheRule::from_row(r.get(0), r.get(1)))
+                            .collect(),
+                        Err(e) => return Err(err(&e)),
+                    },
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        Rc::from([])
+                    }
+                    Err(e) => return Err(err(&e)),
+                };
+                Some(p)
+            }
+            None => None,
+        };
         self.entries.insert(project, found.clone(), Instant::now());
         Ok(found)
     }
