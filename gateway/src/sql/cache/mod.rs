@@ -279,7 +279,6 @@ pub async fn serve(
         Err(Miss::Invalidated) => core.metrics().sql_cache(class, CacheEvent::Stale),
         Err(Miss::Expired | Miss::Absent) => {}
     }
-    core.metrics().sql_cache(class, CacheEvent::Miss);
     let lead = match qc.flights.join(&key) {
         Turn::Lead(lead) => lead,
         Turn::Follow(waiting) => {
@@ -288,10 +287,14 @@ pub async fn serve(
                     core.metrics().sql_cache(class, CacheEvent::Coalesced);
                     tag(strip(r), Some("hit")).with_header(DIGEST_HEADER, digest_value(&v))
                 }
-                Err(_) => tag(run.await, Some("miss")).with_header(DIGEST_HEADER, digest_value(&v)),
+                Err(_) => {
+                    core.metrics().sql_cache(class, CacheEvent::Miss);
+                    tag(run.await, Some("miss")).with_header(DIGEST_HEADER, digest_value(&v))
+                }
             };
         }
     };
+    core.metrics().sql_cache(class, CacheEvent::Miss);
     let response = run.await;
     let storable = response.status == StatusCode::OK
         && response.headers.is_empty()
