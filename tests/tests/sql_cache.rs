@@ -439,3 +439,30 @@ fn the_byte_bound_holds_under_a_flood_of_distinct_queries() {
     // One project's flood stayed within its share: the other project's entry is still there.
     assert_eq!(verdict(&cached(addr, &quiet, hot, "60s")), "hit");
 }
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn concurrent_misses_of_one_key_on_a_core_run_the_query_once() {
+    let (_g, addr) = start_on_admin(&[]);
+    let cs = conn_string("cachestampede", None);
+    // About a quarter of a second on the server, cacheable (built-in functions only).
+    let q = "select count(*) as n from generate_series(1, 4000000)";
+    let answers: Vec<Resp> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| cached(addr, &cs, q, "60s")))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|r| r.body == answers[0].body));
+    let misses = answers.iter().filter(|r| verdict(r) == "miss").count();
+    let coalesced = metric_total_where(
+        addr,
+        "ringgate_sql_cache_events_total",
+        "event=\"coalesced\"",
+    );
+    assert!(
+        misses <= 3,
+        "{misses} of 20 concurrent requests ran the query"
+    );
+    assert!(coalesced >= 10, "{coalesced} waited for another's query");
+}
