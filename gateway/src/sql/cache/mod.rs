@@ -255,17 +255,20 @@ pub async fn serve(
         },
     };
     let gens = &qc.generations;
-    let mut ttl = ttl.min(qc.config.max_ttl);
-    if gens.degraded() {
-        ttl = ttl.min(qc.config.degraded_ttl);
-    }
+    // While other instances' invalidations cannot arrive, entries (new and old) live at
+    // most the short TTL.
+    let max_age = match gens.degraded() {
+        true => qc.config.degraded_ttl,
+        false => Duration::MAX,
+    };
+    let ttl = ttl.min(qc.config.max_ttl).min(max_age);
     let project = &sql.tenant.project;
     let database = &sql.tenant.credentials.database;
     let key = key::key(sql, st, &v);
     // Taken before the query is sent: a write that lands meanwhile outdates the entry.
     let stamp = gens.stamp(database, &v.tables);
     let now = Instant::now();
-    match qc.store.get(project, &key, now, stamp) {
+    match qc.store.get(project, &key, now, stamp, max_age) {
         Ok(hit) => {
             core.metrics().sql_cache(class, CacheEvent::Hit);
             let r = Response {

@@ -120,9 +120,16 @@ impl Store {
         }
     }
 
-    /// The entry of `key` in `project` if it is younger than its TTL at `now` and its
-    /// stamp is still `stamp`; a stale entry is removed.
-    pub fn get(&self, project: &str, key: &str, now: Instant, stamp: u64) -> Result<Stored, Miss> {
+    /// The entry of `key` in `project` if it is younger than its TTL (and `max_age`) at
+    /// `now` and its stamp is still `stamp`; a stale entry is removed.
+    pub fn get(
+        &self,
+        project: &str,
+        key: &str,
+        now: Instant,
+        stamp: u64,
+        max_age: Duration,
+    ) -> Result<Stored, Miss> {
         let mut shards = self.shards.borrow_mut();
         let Some(shard) = shards.get_mut(project) else {
             return Err(Miss::Absent);
@@ -131,7 +138,9 @@ impl Store {
         let why = match shard.cache.get(key) {
             None => return Err(Miss::Absent),
             Some(e) if e.stamp != stamp => Miss::Invalidated,
-            Some(e) if now.saturating_duration_since(e.stored) >= e.ttl => Miss::Expired,
+            Some(e) if now.saturating_duration_since(e.stored) >= e.ttl.min(max_age) => {
+                Miss::Expired
+            }
             Some(e) => return Ok(e.clone()),
         };
         shard.cache.remove(key);
@@ -216,16 +225,19 @@ mod tests {
         let now = Instant::now();
         let s = Store::new(1 << 20, 1 << 18);
         s.insert("p", "k".into(), entry(now, 10, 7));
-        assert!(s.get("p", "k", now, 7).is_ok());
-        assert_eq!(s.get("q", "k", now, 7).unwrap_err(), Miss::Absent);
-        assert_eq!(
-            s.get("p", "k", now + Duration::from_secs(10), 7)
-                .unwrap_err(),
-            Miss::Expired
-        );
+        let any = Duration::MAX;
+        assert!(s.get("p", "k", now, 7, any).is_ok());
+        assert_eq!(s.get("q", "k", now, 7, any).unwrap_err(), Miss::Absent);
+        let at = |secs| now + Duration::from_secs(secs);
+        assert_eq!(s.get("p", "k", at(10), 7, any).unwrap_err(), Miss::Expired);
         s.insert("p", "k".into(), entry(now, 10, 7));
-        assert_eq!(s.get("p", "k", now, 8).unwrap_err(), Miss::Invalidated);
-        assert_eq!(s.get("p", "k", now, 7).unwrap_err(), Miss::Absent);
+        // A shorter cap (Redis unreachable) expires it sooner.
+        assert!(s.get("p", "k", at(2), 7, any).is_ok());
+        let cap = Duration::from_secs(1);
+        assert_eq!(s.get("p", "k", at(2), 7, cap).unwrap_err(), Miss::Expired);
+        s.insert("p", "k".into(), entry(now, 10, 7));
+        assert_eq!(s.get("p", "k", now, 8, any).unwrap_err(), Miss::Invalidated);
+        assert_eq!(s.get("p", "k", now, 7, any).unwrap_err(), Miss::Absent);
     }
 
     #[test]
@@ -239,7 +251,10 @@ mod tests {
             s.insert("flood", format!("k{i}"), entry(now, 500, 1));
             if i % 100 == 0 {
                 for p in ["a", "b", "c"] {
-                    assert!(s.get(p, "hot", now, 1).is_ok(), "{p} evicted by the flood");
+                    assert!(
+                        s.get(p, "hot", now, 1, Duration::MAX).is_ok(),
+                        "{p} evicted by the flood"
+                    );
                 }
             }
             assert!(s.bytes() <= 64 << 10);
