@@ -466,3 +466,45 @@ fn concurrent_misses_of_one_key_on_a_core_run_the_query_once() {
     );
     assert!(coalesced >= 10, "{coalesced} waited for another's query");
 }
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn while_redis_is_unreachable_entries_live_only_the_short_ttl() {
+    // Sentinels nobody listens on: the invalidation subscription never comes up.
+    let (_g, addr) = start_on_admin(&[
+        ("RINGGATE_REDIS_SENTINELS", "127.0.0.1:9"),
+        ("RINGGATE_REDIS_TIMEOUT", "100ms"),
+        ("RINGGATE_SQL_CACHE_DEGRADED_TTL", "500ms"),
+    ]);
+    let cs = conn_string("cachedegraded", None);
+    let status = admin_get(addr, "/admin/status").json();
+    assert_eq!(
+        status["sql_cache"]["cross_instance"]["linked"],
+        json!(false),
+        "{status}"
+    );
+    let t = unique("cache_d_");
+    table(&pg_admin_url(), &t);
+    let q = format!("select v from {t} where id = 1");
+    assert_eq!(verdict(&cached(addr, &cs, &q, "60s")), "miss");
+    assert_eq!(verdict(&cached(addr, &cs, &q, "60s")), "hit");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        verdict(&cached(addr, &cs, &q, "60s")),
+        "miss",
+        "asked for 60 s, kept 500 ms while other instances' writes cannot be heard"
+    );
+    // A write still invalidates locally (its publish fails, and is counted).
+    write(addr, &cs, &format!("update {t} set v = 'uno' where id = 1"));
+    let r = cached(addr, &cs, &q, "60s");
+    assert!(r.text().contains("\"uno\""));
+    let status = admin_get(addr, "/admin/status").json();
+    assert!(
+        status["sql_cache"]["cross_instance"]["publish_failures"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{status}"
+    );
+    psql(&pg_admin_url(), &format!("drop table {t}"));
+}
