@@ -31,6 +31,9 @@ pub struct Shared {
     pub rates: Option<Arc<crate::proxy::rate::RateTable>>,
     /// The `/sql` result cache's invalidation counters, when the cache is on.
     pub cache_generations: Option<Arc<crate::sql::cache::generations::Generations>>,
+    /// Every core's inbox of `/sql` requests handed over by other cores (with a database
+    /// and more than one core).
+    pub hand_offs: Option<Arc<crate::sql::handoff::HandOffs>>,
 }
 
 impl Shared {
@@ -40,7 +43,7 @@ impl Shared {
             budgets: config
                 .database
                 .as_ref()
-                .map(|d| ringgate_pool::Budgets::new(&d.pool)),
+                .map(|d| ringgate_pool::Budgets::for_cores(&d.pool, config.workers)),
             rates: config
                 .proxy
                 .rate_limit
@@ -51,6 +54,8 @@ impl Shared {
                         config.redis.is_some(),
                     ))
                 }),
+            hand_offs: (config.database.is_some() && config.workers > 1)
+                .then(|| crate::sql::handoff::HandOffs::new(config.workers)),
         }
     }
 }

@@ -255,6 +255,9 @@ impl Gateway {
         )?;
         let mut channels = channels;
         let cpus = rt::allowed_cpus();
+        if let Some(b) = &shared.budgets {
+            registry.set_budgets(b.clone());
+        }
         let mut cores = Vec::with_capacity(n);
         for id in (0..n).rev() {
             let listeners = CoreListeners {

@@ -118,10 +118,13 @@ pub enum SqlEvent {
     Pipelined,
     /// A statement whose client went away while it ran was cancelled on the server.
     ClientGone,
+    /// A request run by another core that held connections of its tenant (counted on the
+    /// core that handed it over).
+    HandedOff,
 }
 
 impl SqlEvent {
-    const ALL: [SqlEvent; 11] = [
+    const ALL: [SqlEvent; 12] = [
         SqlEvent::WriteHeld,
         SqlEvent::RerunReadOnly,
         SqlEvent::RerunNotSent,
@@ -133,6 +136,7 @@ impl SqlEvent {
         SqlEvent::WriteNoLeader,
         SqlEvent::Pipelined,
         SqlEvent::ClientGone,
+        SqlEvent::HandedOff,
     ];
 }
 
@@ -539,6 +543,8 @@ pub struct Registry {
     draining: AtomicBool,
     tls_reloads: AtomicU64,
     tls_reload_failures: AtomicU64,
+    /// The process-wide connection budgets, once the database is configured.
+    budgets: std::sync::OnceLock<Arc<ringgate_pool::Budgets>>,
     redis_master: std::sync::RwLock<Option<String>>,
     redis_master_changes: AtomicU64,
     classes: std::sync::RwLock<Vec<String>>,
@@ -556,6 +562,7 @@ impl Registry {
             draining: AtomicBool::new(false),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
+            budgets: std::sync::OnceLock::new(),
             redis_master: std::sync::RwLock::new(None),
             redis_master_changes: AtomicU64::new(0),
             classes: std::sync::RwLock::new(Vec::new()),
@@ -647,6 +654,17 @@ impl Registry {
     /// Marks the process as draining.
     pub fn set_draining(&self) {
         self.draining.store(true, Relaxed);
+    }
+
+    /// The connection budgets every core counts against (set once, at start).
+    pub fn set_budgets(&self, budgets: Arc<ringgate_pool::Budgets>) {
+        let _ = self.budgets.set(budgets);
+    }
+
+    /// Server connections opened (or tried) since start, on all cores; 0 without a
+    /// database.
+    pub fn server_connects(&self) -> u64 {
+        self.budgets.get().map_or(0, |b| b.connects())
     }
 
     /// Counts a TLS reload attempt.
@@ -826,6 +844,14 @@ impl Registry {
         }
         self.render_sql(o)?;
         self.render_pool_detail(o)?;
+        if self.budgets.get().is_some() {
+            writeln!(o, "# HELP ringgate_pool_server_connects_total Server connections opened (or tried) on all cores: a permit taken from a tenant's and a member's budget. Against requests served, how often connections moved between cores.\n# TYPE ringgate_pool_server_connects_total counter")?;
+            writeln!(
+                o,
+                "ringgate_pool_server_connects_total {}",
+                self.server_connects()
+            )?;
+        }
         self.cluster.render(o)?;
         writeln!(o, "# HELP ringgate_tls_reloads_total Certificate reloads, by result.\n# TYPE ringgate_tls_reloads_total counter")?;
         writeln!(
@@ -872,7 +898,7 @@ impl Registry {
                 }
             }
         }
-        let families: [SqlFamily; 5] = [
+        let families: [SqlFamily; 6] = [
             (
                 "ringgate_sql_reruns_total",
                 "Statements rerun because they provably did not take effect, by reason.",
@@ -907,6 +933,11 @@ impl Registry {
                 "ringgate_sql_cancelled_client_gone_total",
                 "Statements cancelled on the server because their client went away while they ran.",
                 &[(SqlEvent::ClientGone, "")],
+            ),
+            (
+                "ringgate_sql_handed_off_total",
+                "Requests handed to another core that held connections of their tenant (the core they arrived on had none idle and the tenant was at its limit).",
+                &[(SqlEvent::HandedOff, "")],
             ),
         ];
         for (name, help, events) in families {

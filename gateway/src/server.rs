@@ -85,6 +85,7 @@ pub async fn run_core(
     }
     if core.db.is_some() {
         monoio::spawn(pool_upkeep(core.clone()));
+        monoio::spawn(crate::sql::handoff::serve(core.clone()));
     }
     if !core.config.proxy.routes.is_empty() {
         monoio::spawn(crate::proxy::health_checks(core.clone()));
@@ -119,6 +120,8 @@ pub async fn run_core(
         cut_connections: core.connections(),
     };
     core.metrics().requests_cut(report.cut_requests as u64);
+    // Requests other cores handed here are answered before the pools close.
+    crate::sql::handoff::close(&core, deadline).await;
     if let Some(db) = &core.db {
         db.close_all();
     }

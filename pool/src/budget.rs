@@ -14,6 +14,13 @@
 //! gets its first waiter, every core's [`Demand`] is signalled, so cores holding idle
 //! connections give them back at once rather than at their next upkeep.
 //!
+//! Each tenant gate also knows which cores hold its connections ([`Holders`]: a bitset with
+//! a bit per core, any number of cores), set and cleared as permits are taken and given
+//! back. A core with no idle connection for a tenant at its limit reads it to hand the
+//! request to a core that holds one (see `gateway/src/sql/handoff.rs`) instead of moving a
+//! connection; a request waiting on a core that holds some waits for them rather than ask
+//! other cores to give connections back ([`Gate::watch`]).
+//!
 //! The map from (tenant, node) to its gate is locked only when a core creates a tenant pool;
 //! it holds weak references, so a gate lives as long as some core's pool holds it, and the
 //! map is bounded by the pools the cores may cache.
@@ -21,7 +28,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
         Arc, Weak,
     },
     task::Waker,
@@ -36,15 +43,19 @@ use crate::config::Config;
 pub struct Budgets {
     max_total: usize,
     max_per_tenant: usize,
+    /// Cores that may hold permits (the size of every gate's [`Holders`]).
+    cores: usize,
     nodes: Mutex<HashMap<String, Arc<Gate>>>,
     tenants: Mutex<Tenants>,
     board: Arc<Board>,
 }
 
-/// Every core's [`Demand`] signal.
+/// Every core's [`Demand`] signal, and the permits ever taken.
 #[derive(Debug, Default)]
 struct Board {
     cores: Mutex<Vec<Arc<Demand>>>,
+    /// Permits taken, on every gate of these budgets: server connections opened (or tried).
+    connects: AtomicU64,
 }
 
 impl Board {
@@ -59,7 +70,7 @@ impl Board {
 /// the idle connections others wait for.
 #[derive(Debug, Default)]
 pub struct Demand {
-    set: std::sync::atomic::AtomicBool,
+    set: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -100,11 +111,18 @@ struct Tenants {
 // === impl Budgets ===
 
 impl Budgets {
-    /// The budgets for `config`'s `max_total` and `max_per_tenant`, to share among cores.
+    /// The budgets for `config`'s `max_total` and `max_per_tenant`, for one core.
     pub fn new(config: &Config) -> Arc<Self> {
+        Self::for_cores(config, 1)
+    }
+
+    /// The budgets for `config`'s `max_total` and `max_per_tenant`, to share among `cores`
+    /// cores (numbered from 0; a permit taken by a core beyond them marks no holder).
+    pub fn for_cores(config: &Config, cores: usize) -> Arc<Self> {
         Arc::new(Self {
             max_total: config.max_total,
             max_per_tenant: config.max_per_tenant,
+            cores,
             nodes: Mutex::default(),
             tenants: Mutex::new(Tenants {
                 gates: HashMap::new(),
@@ -127,7 +145,11 @@ impl Budgets {
         if let Some(g) = nodes.get(node) {
             return g.clone();
         }
-        let g = Arc::new(Gate::with_board(self.max_total, self.board.clone()));
+        let g = Arc::new(Gate::with_board(
+            self.max_total,
+            self.cores,
+            self.board.clone(),
+        ));
         nodes.insert(node.to_string(), g.clone());
         g
     }
@@ -143,7 +165,11 @@ impl Budgets {
             t.gates.retain(|_, g| g.strong_count() > 0);
             t.sweep_at = (t.gates.len() * 2).max(64);
         }
-        let g = Arc::new(Gate::with_board(self.max_per_tenant, self.board.clone()));
+        let g = Arc::new(Gate::with_board(
+            self.max_per_tenant,
+            self.cores,
+            self.board.clone(),
+        ));
         t.gates.insert(key, Arc::downgrade(&g));
         g
     }
@@ -162,6 +188,12 @@ impl Budgets {
         self.nodes.lock().get(node).map_or(0, |g| g.used())
     }
 
+    /// Permits taken since start, on every gate: server connections opened or tried, on all
+    /// cores. Against the requests served, it says how often connections moved.
+    pub fn connects(&self) -> u64 {
+        self.board.connects.load(Ordering::Relaxed)
+    }
+
     /// Tenant gates alive now (for tests: the map is bounded).
     pub fn tenant_gates(&self) -> usize {
         let t = self.tenants.lock();
@@ -178,8 +210,8 @@ pub enum Full {
     Node,
 }
 
-/// Takes a permit from both gates, or says which is full.
-pub fn try_acquire(tenant: &Arc<Gate>, node: &Arc<Gate>) -> Result<Permit, Full> {
+/// Takes a permit from both gates for a connection held by `core`, or says which is full.
+pub fn try_acquire(tenant: &Arc<Gate>, node: &Arc<Gate>, core: usize) -> Result<Permit, Full> {
     if !tenant.try_take() {
         return Err(Full::Tenant);
     }
@@ -187,9 +219,13 @@ pub fn try_acquire(tenant: &Arc<Gate>, node: &Arc<Gate>) -> Result<Permit, Full>
         tenant.give();
         return Err(Full::Node);
     }
+    tenant.holders.add(core);
+    node.holders.add(core);
+    tenant.board.connects.fetch_add(1, Ordering::Relaxed);
     Ok(Permit {
         tenant: tenant.clone(),
         node: node.clone(),
+        core,
     })
 }
 
@@ -201,25 +237,68 @@ pub struct Gate {
     /// Requests waiting for a permit of this gate, on any core.
     waiting: AtomicUsize,
     wakers: WakerList,
+    /// The cores holding its permits.
+    holders: Holders,
+    /// The cores with an idle connection under it (as each last marked).
+    idle: CoreSet,
+    /// Requests handed to each core and not yet answered.
+    handed: Box<[AtomicU32]>,
     board: Arc<Board>,
 }
 
 // === impl Gate ===
 
 impl Gate {
-    /// A gate of `limit` permits.
+    /// A gate of `limit` permits, for one core.
     pub fn new(limit: usize) -> Self {
-        Self::with_board(limit, Arc::default())
+        Self::with_board(limit, 1, Arc::default())
     }
 
-    fn with_board(limit: usize, board: Arc<Board>) -> Self {
+    fn with_board(limit: usize, cores: usize, board: Arc<Board>) -> Self {
         Self {
             limit,
             used: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             wakers: WakerList::default(),
+            holders: Holders::new(cores),
+            idle: CoreSet::new(cores),
+            handed: (0..cores).map(|_| AtomicU32::new(0)).collect(),
             board,
         }
+    }
+
+    /// The cores holding this gate's permits now (connections open, opening or closing).
+    pub fn holders(&self) -> &Holders {
+        &self.holders
+    }
+
+    /// The cores that marked an idle connection under this gate ([`Gate::mark_idle`]).
+    pub fn idle(&self) -> &CoreSet {
+        &self.idle
+    }
+
+    /// Counts a request handed to `core` until the guard drops (when it is answered).
+    pub fn hand_to(self: &Arc<Self>, core: usize) -> Handed {
+        if let Some(n) = self.handed.get(core) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+        Handed {
+            gate: self.clone(),
+            core,
+        }
+    }
+
+    /// Requests handed to `core` under this gate and not yet answered.
+    pub fn handed(&self, core: usize) -> usize {
+        self.handed
+            .get(core)
+            .map_or(0, |n| n.load(Ordering::Acquire) as usize)
+    }
+
+    /// Marks whether `core` has an idle connection under this gate (a core calls it when
+    /// its pool's idle count turns zero or stops being zero). Writes only on a change.
+    pub fn mark_idle(&self, core: usize, idle: bool) {
+        self.idle.set(core, idle);
     }
 
     fn try_take(&self) -> bool {
@@ -268,6 +347,234 @@ impl Gate {
         Waiting {
             gate: self.clone(),
             slot: None,
+            counted: true,
+        }
+    }
+
+    /// Waits for a permit without counting as waiting: no core is asked to give one back
+    /// (for a request whose tenant has connections on other cores to hand it to, or on
+    /// its own core to wait for).
+    pub fn watch(self: &Arc<Self>) -> Waiting {
+        Waiting {
+            gate: self.clone(),
+            slot: None,
+            counted: false,
+        }
+    }
+}
+
+/// A set of cores: a bit per core in words of 64, any number of cores, read and written
+/// without a lock.
+#[derive(Debug)]
+pub struct CoreSet {
+    words: Box<[AtomicU64]>,
+    cores: usize,
+}
+
+// === impl CoreSet ===
+
+impl CoreSet {
+    /// No core among `cores`.
+    pub fn new(cores: usize) -> Self {
+        Self {
+            words: (0..cores.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            cores,
+        }
+    }
+
+    /// Puts `core` in the set or takes it out (nothing for a core beyond those counted);
+    /// writes only when that changes it.
+    pub fn set(&self, core: usize, on: bool) {
+        if core >= self.cores || self.contains(core) == on {
+            return;
+        }
+        let bit = 1u64 << (core % 64);
+        match on {
+            true => self.words[core / 64].fetch_or(bit, Ordering::AcqRel),
+            false => self.words[core / 64].fetch_and(!bit, Ordering::AcqRel),
+        };
+    }
+
+    /// Whether `core` is in the set.
+    pub fn contains(&self, core: usize) -> bool {
+        self.words
+            .get(core / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (core % 64)) != 0)
+    }
+
+    /// The `n`-th core of the set other than `except` (modulo their number), in core
+    /// order; `None` when there is none.
+    pub fn nth_except(&self, n: usize, except: usize) -> Option<usize> {
+        let words: Vec<u64> = self
+            .words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let bits = w.load(Ordering::Acquire);
+                if i == except / 64 {
+                    bits & !(1 << (except % 64))
+                } else {
+                    bits
+                }
+            })
+            .collect();
+        let len: usize = words.iter().map(|w| w.count_ones() as usize).sum();
+        if len == 0 {
+            return None;
+        }
+        let mut left = n % len;
+        for (i, mut bits) in words.into_iter().enumerate() {
+            let here = bits.count_ones() as usize;
+            if left >= here {
+                left -= here;
+                continue;
+            }
+            for _ in 0..left {
+                bits &= bits - 1;
+            }
+            return Some(i * 64 + bits.trailing_zeros() as usize);
+        }
+        None
+    }
+}
+
+/// Which cores hold permits of a gate: a bit per core in words of 64, so any number of
+/// cores, read without a lock. Each core's bit is backed by its count of permits, changed
+/// only by that core (permits are taken and given back on the core whose pool holds the
+/// connection), so a bit is set exactly while its core holds at least one.
+#[derive(Debug)]
+pub struct Holders {
+    words: Box<[AtomicU64]>,
+    counts: Box<[AtomicU32]>,
+}
+
+// === impl Holders ===
+
+impl Holders {
+    /// No holder among `cores` cores.
+    pub fn new(cores: usize) -> Self {
+        Self {
+            words: (0..cores.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            counts: (0..cores).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    /// `core` took a permit.
+    pub fn add(&self, core: usize) {
+        let Some(count) = self.counts.get(core) else {
+            return;
+        };
+        if count.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.set(core);
+        }
+    }
+
+    /// `core` gave a permit back.
+    pub fn remove(&self, core: usize) {
+        let Some(count) = self.counts.get(core) else {
+            return;
+        };
+        if count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.words[core / 64].fetch_and(!(1 << (core % 64)), Ordering::AcqRel);
+            // A permit taken meanwhile (on another thread) may have set the bit before
+            // this cleared it.
+            if count.load(Ordering::Acquire) > 0 {
+                self.set(core);
+            }
+        }
+    }
+
+    fn set(&self, core: usize) {
+        self.words[core / 64].fetch_or(1 << (core % 64), Ordering::AcqRel);
+    }
+
+    /// Permits `core` holds.
+    pub fn count(&self, core: usize) -> usize {
+        self.counts
+            .get(core)
+            .map_or(0, |n| n.load(Ordering::Acquire) as usize)
+    }
+
+    /// Whether `core` holds a permit.
+    pub fn contains(&self, core: usize) -> bool {
+        self.words
+            .get(core / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (core % 64)) != 0)
+    }
+
+    /// How many cores hold permits.
+    pub fn len(&self) -> usize {
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Acquire).count_ones() as usize)
+            .sum()
+    }
+
+    /// Whether no core holds a permit.
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| w.load(Ordering::Acquire) == 0)
+    }
+
+    /// Whether a core other than `core` holds a permit.
+    pub fn any_but(&self, core: usize) -> bool {
+        self.words.iter().enumerate().any(|(i, w)| {
+            let mut bits = w.load(Ordering::Acquire);
+            if i == core / 64 {
+                bits &= !(1 << (core % 64));
+            }
+            bits != 0
+        })
+    }
+
+    /// The holders in core order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, w)| {
+            let mut bits = w.load(Ordering::Acquire);
+            std::iter::from_fn(move || {
+                let bit = bits.trailing_zeros() as usize;
+                (bits != 0).then(|| {
+                    bits &= bits - 1;
+                    i * 64 + bit
+                })
+            })
+        })
+    }
+
+    /// The core holding the `n`-th permit (modulo the permits held), holders in core
+    /// order: turns taken this way give each holder a share in proportion to the
+    /// connections it holds. `None` when no core holds one.
+    pub fn nth_permit(&self, n: usize) -> Option<usize> {
+        let held = |c: usize| self.counts[c].load(Ordering::Acquire) as usize;
+        let total: usize = self.iter().map(held).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut left = n % total;
+        let mut last = None;
+        for c in self.iter() {
+            let k = held(c);
+            if left < k {
+                return Some(c);
+            }
+            left -= k;
+            last = Some(c);
+        }
+        // Permits given back since they were summed.
+        last
+    }
+}
+
+/// A request handed to a core, counted in its gate until dropped.
+#[derive(Debug)]
+pub struct Handed {
+    gate: Arc<Gate>,
+    core: usize,
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if let Some(n) = self.gate.handed.get(self.core) {
+            n.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -278,6 +585,8 @@ impl Gate {
 pub struct Waiting {
     gate: Arc<Gate>,
     slot: Option<u64>,
+    /// Counted in the gate's waiting requests ([`Gate::wait`], not [`Gate::watch`]).
+    counted: bool,
 }
 
 impl Waiting {
@@ -298,7 +607,9 @@ impl Drop for Waiting {
         if let Some(id) = self.slot {
             self.gate.wakers.cancel(id);
         }
-        self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        if self.counted {
+            self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -345,10 +656,15 @@ impl WakerList {
 pub struct Permit {
     tenant: Arc<Gate>,
     node: Arc<Gate>,
+    core: usize,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        // The holder bit goes before the permit: a core never looks like it holds a
+        // connection whose permit another core may already have taken.
+        self.tenant.holders.remove(self.core);
+        self.node.holders.remove(self.core);
         self.tenant.give();
         self.node.give();
     }
@@ -356,10 +672,7 @@ impl Drop for Permit {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::atomic::AtomicBool,
-        task::{Context, Wake},
-    };
+    use std::task::{Context, Wake};
 
     use super::*;
 
@@ -375,14 +688,14 @@ mod tests {
     fn a_tenant_gets_its_whole_limit_from_one_core_and_never_more() {
         let b = budgets(10, 200);
         let (t, n) = (b.tenant("a", "n1"), b.node("n1"));
-        let held: Vec<_> = (0..10).map(|_| try_acquire(&t, &n).unwrap()).collect();
-        assert_eq!(try_acquire(&t, &n).unwrap_err(), Full::Tenant);
+        let held: Vec<_> = (0..10).map(|_| try_acquire(&t, &n, 0).unwrap()).collect();
+        assert_eq!(try_acquire(&t, &n, 0).unwrap_err(), Full::Tenant);
         // Another core asking for the same tenant and node gets the same gate.
         assert_eq!(
-            try_acquire(&b.tenant("a", "n1"), &b.node("n1")).unwrap_err(),
+            try_acquire(&b.tenant("a", "n1"), &b.node("n1"), 0).unwrap_err(),
             Full::Tenant
         );
-        assert!(try_acquire(&b.tenant("b", "n1"), &n).is_ok());
+        assert!(try_acquire(&b.tenant("b", "n1"), &n, 0).is_ok());
         assert_eq!(b.tenant_used("a", "n1"), 10);
         drop(held);
         assert_eq!(b.tenant_used("a", "n1"), 0);
@@ -398,7 +711,7 @@ mod tests {
         let mut refused = 0;
         for g in &gates {
             for _ in 0..2 {
-                match try_acquire(g, &n) {
+                match try_acquire(g, &n, 0) {
                     Ok(p) => held.push(p),
                     Err(Full::Node) => refused += 1,
                     Err(Full::Tenant) => panic!("no tenant is at its limit"),
@@ -459,7 +772,7 @@ mod tests {
     fn a_permit_given_back_on_another_thread_wakes_the_waiters() {
         let b = budgets(1, 10);
         let (t, n) = (b.tenant("a", "n1"), b.node("n1"));
-        let held = try_acquire(&t, &n).unwrap();
+        let held = try_acquire(&t, &n, 0).unwrap();
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(flag.clone());
         let mut w = t.wait();
@@ -472,5 +785,108 @@ mod tests {
         drop(w);
         assert_eq!(t.waiting(), 0);
         assert_eq!(t.wakers.len.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn holders_beyond_64_cores_are_a_bit_each_backed_by_a_count() {
+        let h = Holders::new(130);
+        assert!(h.is_empty());
+        assert_eq!(h.nth_permit(0), None);
+        for core in [0, 63, 64, 127, 128, 129, 129] {
+            h.add(core);
+        }
+        assert_eq!(h.len(), 6);
+        for core in [0, 63, 64, 127, 128, 129] {
+            assert!(h.contains(core), "core {core}");
+        }
+        assert!(!h.contains(1) && !h.contains(65) && !h.contains(500));
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [0, 63, 64, 127, 128, 129],
+            "across the words"
+        );
+        // Turns go round every permit: core 129 holds two, so it takes two turns.
+        let turns: Vec<_> = (0..9).map(|n| h.nth_permit(n).unwrap()).collect();
+        assert_eq!(turns, [0, 63, 64, 127, 128, 129, 129, 0, 63]);
+        // Core 129 holds two permits: its bit stays until both are given back.
+        h.remove(129);
+        assert!(h.contains(129));
+        h.remove(129);
+        assert!(!h.contains(129));
+        for core in [0, 63, 127, 128] {
+            h.remove(core);
+        }
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.nth_permit(5), Some(64));
+        assert!(h.any_but(0) && !h.any_but(64));
+        h.remove(64);
+        assert!(h.is_empty() && !h.any_but(64));
+        // A core beyond those counted marks nothing and does not panic.
+        h.add(130);
+        h.remove(130);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn permits_mark_their_core_as_holder_until_given_back() {
+        let b = Budgets::for_cores(
+            &Config {
+                max_per_tenant: 3,
+                ..Config::default()
+            },
+            100,
+        );
+        let (t, n) = (b.tenant("a", "n1"), b.node("n1"));
+        let on_70 = try_acquire(&t, &n, 70).unwrap();
+        let on_3 = [
+            try_acquire(&t, &n, 3).unwrap(),
+            try_acquire(&t, &n, 3).unwrap(),
+        ];
+        assert_eq!(try_acquire(&t, &n, 99).unwrap_err(), Full::Tenant);
+        assert!(!t.holders().contains(99), "a refusal marks nothing");
+        assert_eq!((t.holders().len(), n.holders().len()), (2, 2));
+        assert!(t.holders().any_but(3) && t.holders().any_but(70));
+        assert_eq!((t.holders().count(3), t.holders().count(70)), (2, 1));
+        let handed = [t.hand_to(70), t.hand_to(70)];
+        assert_eq!((t.handed(70), t.handed(3)), (2, 0));
+        drop(handed);
+        assert_eq!(t.handed(70), 0);
+        drop(on_70);
+        assert!(!t.holders().any_but(3));
+        drop(on_3);
+        assert!(t.holders().is_empty() && n.holders().is_empty());
+        assert_eq!(b.connects(), 3);
+    }
+
+    #[test]
+    fn watching_a_gate_asks_no_core_to_give_back() {
+        let b = budgets(1, 10);
+        let core = b.demand();
+        let t = b.tenant("a", "n1");
+        let w = t.watch();
+        assert_eq!(t.waiting(), 0);
+        assert!(!core.set.load(Ordering::SeqCst));
+        drop(w);
+        assert_eq!(t.waiting(), 0);
+    }
+
+    #[test]
+    fn a_core_set_beyond_64_cores_takes_turns_and_skips_one() {
+        let set = CoreSet::new(200);
+        assert_eq!(set.nth_except(0, 0), None);
+        for core in [5, 70, 199] {
+            set.set(core, true);
+        }
+        set.set(70, true);
+        set.set(250, true);
+        assert!(set.contains(199) && !set.contains(6) && !set.contains(250));
+        let turns: Vec<_> = (0..4).map(|n| set.nth_except(n, 1).unwrap()).collect();
+        assert_eq!(turns, [5, 70, 199, 5]);
+        let turns: Vec<_> = (0..3).map(|n| set.nth_except(n, 70).unwrap()).collect();
+        assert_eq!(turns, [5, 199, 5]);
+        set.set(5, false);
+        set.set(199, false);
+        assert_eq!(set.nth_except(7, 0), Some(70));
+        assert_eq!(set.nth_except(7, 70), None);
     }
 }

@@ -40,5 +40,5 @@ pub use config::Config;
 pub use conn::{Canceller, Credentials, PgConn};
 pub use error::{Error, TimeoutKind};
 pub use route::Intent;
-pub use shard::{Checkout, Lease, Shard, ShardStats};
+pub use shard::{Checkout, HandOff, Lease, Shard, ShardStats};
 pub use tenant::PoolKey;

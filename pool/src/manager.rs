@@ -31,6 +31,8 @@ pub struct Gates {
     pub tenant: Arc<Gate>,
     /// All connections to the node, on all cores.
     pub node: Arc<Gate>,
+    /// The core whose pool holds the connections (marked a holder of both gates).
+    pub core: usize,
 }
 
 impl PgManager {
@@ -55,7 +57,7 @@ impl deadpool::managed::Manager for PgManager {
     type Error = Error;
 
     async fn create(&self) -> Result<PgConn, Error> {
-        let permit = match try_acquire(&self.gates.tenant, &self.gates.node) {
+        let permit = match try_acquire(&self.gates.tenant, &self.gates.node, self.gates.core) {
             Ok(p) => p,
             Err(Full::Tenant) => {
                 return Err(Error::Exhausted {

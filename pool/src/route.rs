@@ -50,6 +50,25 @@ pub fn choose_from(
     }
 }
 
+/// The member named `name` when it may serve `intent`: for a write only the leader; for a
+/// read the leader or a healthy replica within `max_lag`.
+pub fn preferred<'t>(
+    topology: &'t Topology,
+    intent: Intent,
+    name: &str,
+    max_lag: u64,
+) -> Option<&'t Member> {
+    let leader = topology.leader.as_ref().filter(|l| l.name == name);
+    match intent {
+        Intent::Write => leader,
+        Intent::Read => leader.or_else(|| {
+            topology.replicas.iter().find(|r| {
+                r.name == name && r.healthy && r.lag_bytes.is_none_or(|lag| lag <= max_lag)
+            })
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -156,5 +175,39 @@ mod tests {
         );
         // No replicas and no leader: nothing.
         assert!(choose(&topo(vec![], false), Intent::Read, 100, |_| 0).is_none());
+    }
+
+    #[test]
+    fn a_preferred_member_is_taken_only_when_it_may_serve() {
+        let t = topo(
+            vec![
+                member("pg2", Role::Replica, true, Some(0)),
+                member("pg3", Role::Replica, false, Some(0)),
+                member("pg4", Role::Replica, true, Some(1000)),
+            ],
+            true,
+        );
+        let name = |m: Option<&Member>| m.map(|m| m.name.clone());
+        assert_eq!(
+            name(preferred(&t, Intent::Read, "pg2", 100)),
+            Some("pg2".into())
+        );
+        assert_eq!(
+            name(preferred(&t, Intent::Read, "pg1", 100)),
+            Some("pg1".into())
+        );
+        assert_eq!(
+            name(preferred(&t, Intent::Write, "pg1", 100)),
+            Some("pg1".into())
+        );
+        // A replica never takes a write; an unhealthy, lagging or departed one no read.
+        for (intent, n) in [
+            (Intent::Write, "pg2"),
+            (Intent::Read, "pg3"),
+            (Intent::Read, "pg4"),
+            (Intent::Read, "pg9"),
+        ] {
+            assert_eq!(preferred(&t, intent, n, 100), None, "{intent:?} on {n}");
+        }
     }
 }

@@ -72,6 +72,19 @@ pub struct Shard {
     storm: RefCell<StormWatch>,
     /// The leader's lease when the topology follows Patroni through etcd.
     lease_gate: RefCell<Option<Arc<LeaseGate>>>,
+    /// Counts hand-offs, so the holders of a tenant's connections take turns.
+    turn: Cell<usize>,
+}
+
+/// A core to hand a request to: it holds connections of the request's tenant on `node`.
+#[derive(Debug)]
+pub struct HandOff {
+    /// The core.
+    pub core: usize,
+    /// The member the request was routed to here (the other core should use it too).
+    pub node: String,
+    /// Counts the request as handed to the core until dropped (keep it until answered).
+    pub handed: crate::budget::Handed,
 }
 
 /// Pools evicted within one upkeep round (about a second) that make an eviction storm.
@@ -141,6 +154,7 @@ impl Shard {
             stats: Cell::new(ShardStats::default()),
             storm: RefCell::new(StormWatch::default()),
             lease_gate: RefCell::new(None),
+            turn: Cell::new(core),
         })
     }
 
@@ -199,19 +213,20 @@ impl Shard {
         credentials: &Credentials,
         intent: Intent,
     ) -> Result<Checkout, Error> {
+        self.checkout_on(tenant, credentials, intent, None).await
+    }
+
+    /// [`Shard::checkout`], on the member named `prefer` when it may serve `intent` (a read
+    /// handed over by a core that chose that member for the connections held here).
+    pub async fn checkout_on(
+        self: &Rc<Self>,
+        tenant: &str,
+        credentials: &Credentials,
+        intent: Intent,
+        prefer: Option<&str>,
+    ) -> Result<Checkout, Error> {
         let topology = self.topology();
-        let member = {
-            let outstanding = self.outstanding.borrow();
-            route::choose_from(
-                &topology,
-                intent,
-                self.config.max_replica_lag,
-                self.core,
-                |n| outstanding.get(n).copied().unwrap_or(0),
-            )
-            .cloned()
-            .ok_or(Error::NoPrimary)?
-        };
+        let member = self.route(&topology, intent, prefer)?;
         let pool = self.pool_for(tenant, credentials, &member);
         let guard = OutstandingGuard::new(&self.outstanding, &member.name);
         let conn = pool.get(self.config.wait_timeout).await.inspect_err(|e| {
@@ -236,6 +251,108 @@ impl Shard {
         })
     }
 
+    /// The member `intent` routes to (`prefer` when it may serve it).
+    fn route(
+        &self,
+        topology: &Topology,
+        intent: Intent,
+        prefer: Option<&str>,
+    ) -> Result<Member, Error> {
+        if let Some(m) = prefer
+            .and_then(|name| route::preferred(topology, intent, name, self.config.max_replica_lag))
+        {
+            return Ok(m.clone());
+        }
+        let outstanding = self.outstanding.borrow();
+        route::choose_from(
+            topology,
+            intent,
+            self.config.max_replica_lag,
+            self.core,
+            |n| outstanding.get(n).copied().unwrap_or(0),
+        )
+        .cloned()
+        .ok_or(Error::NoPrimary)
+    }
+
+    /// Where a request of `tenant` with `intent` should run: `None` here, or another core
+    /// holding the tenant's connections on the member it routes to, when this core has no
+    /// idle connection there and the tenant (or the member) is at its limit. The holder
+    /// with the fewest requests per connection takes it (this core among them when it
+    /// holds some: then `None`), counting requests handed to it and not yet answered and,
+    /// unless it marked an idle connection, its own connections as busy. Lock-free: one look at the pool's idle count and at the gates' atomics.
+    pub fn hand_off_target(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        intent: Intent,
+    ) -> Option<HandOff> {
+        let member = self.route(&self.topology(), intent, None).ok()?;
+        let pool = self.pool_for(tenant, credentials, &member);
+        if pool.idle() > 0 {
+            return None;
+        }
+        let gates = pool.gates();
+        if gates.tenant.has_room() && gates.node.has_room() {
+            return None;
+        }
+        let holders = gates.tenant.holders();
+        if !holders.any_but(self.core) {
+            return None;
+        }
+        let turn = self.turn.get();
+        self.turn.set(turn.wrapping_add(1));
+        // The holder with the fewest requests per connection: those handed to it and not
+        // yet answered, plus its own connections when it has none idle (as it last
+        // marked). Ties go by turns, so equal holders share the requests.
+        let mut candidates: Vec<usize> = holders.iter().collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let at = turn % candidates.len();
+        candidates.rotate_left(at);
+        let load = |c: usize| {
+            let held = holders.count(c).max(1);
+            let busy = if c != self.core && gates.tenant.idle().contains(c) {
+                0
+            } else {
+                held
+            };
+            (gates.tenant.handed(c) + busy, held)
+        };
+        let core = candidates.into_iter().min_by(|&a, &b| {
+            let ((la, ha), (lb, hb)) = (load(a), load(b));
+            (la * hb).cmp(&(lb * ha))
+        })?;
+        (core != self.core).then(|| HandOff {
+            core,
+            node: member.name,
+            handed: gates.tenant.hand_to(core),
+        })
+    }
+
+    /// How many of `tenant`'s reads this core may run at once, each on a connection of its
+    /// own: the tenant's limit while the member reads route to (`prefer` when it may serve
+    /// them) has room, else the connections this core holds there (at least one). The
+    /// gateway pipelines further reads onto those connections rather than wait for more.
+    pub fn read_slots(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        prefer: Option<&str>,
+    ) -> usize {
+        let Ok(member) = self.route(&self.topology(), Intent::Read, prefer) else {
+            return self.config.max_per_tenant;
+        };
+        let pool = self.pool_for(tenant, credentials, &member);
+        let gates = pool.gates();
+        if gates.tenant.has_room() && gates.node.has_room() {
+            self.config.max_per_tenant.max(1)
+        } else {
+            pool.size().clamp(1, self.config.max_per_tenant.max(1))
+        }
+    }
+
     /// The cached pool for this tenant on `member`, created (and cached) when missing or
     /// when the credentials changed.
     fn pool_for(&self, tenant: &str, credentials: &Credentials, member: &Member) -> Rc<TenantPool> {
@@ -258,6 +375,7 @@ impl Shard {
         let gates = Gates {
             tenant: self.budgets.tenant(tenant, &member.name),
             node: self.budgets.node(&member.name),
+            core: self.core,
         };
         let pool = Rc::new(TenantPool::new(
             key,

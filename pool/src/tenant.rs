@@ -138,7 +138,10 @@ impl TenantPool {
             let attempt = monoio::spawn(async move { pool.timeout_get(&NOW).await });
             let left = deadline.saturating_duration_since(Instant::now());
             let full = match monoio::time::timeout(left, attempt).await {
-                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Ok(conn)) => {
+                    self.mark_idle();
+                    return Ok(conn);
+                }
                 Ok(Err(PoolError::Backend(Error::Exhausted { .. }))) => Some(&self.gates.tenant),
                 Ok(Err(PoolError::Backend(Error::Budget { .. }))) => Some(&self.gates.node),
                 Ok(Err(PoolError::Backend(e))) => return Err(e),
@@ -148,7 +151,8 @@ impl TenantPool {
                 Err(_) => return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started)),
             };
             match (full, &waiting) {
-                (Some(gate), Some(w)) if Arc::ptr_eq(gate, w.wait.gate()) => {}
+                (Some(gate), Some(w))
+                    if Arc::ptr_eq(gate, w.wait.gate()) && w.asks() == self.asks_others(gate) => {}
                 (Some(gate), _) => waiting = Some(GateWait::new(self, gate)),
                 (None, _) => waiting = None,
             }
@@ -159,6 +163,27 @@ impl TenantPool {
                 return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started));
             }
         }
+    }
+
+    /// Whether a request waiting for a permit of `gate` asks other cores to give theirs
+    /// back (closing an idle connection so this core can open one): for the node's gate
+    /// (other tenants' connections), and for the tenant's while this core holds none of
+    /// the tenant's connections to the node. A core that holds some waits for them (or a
+    /// permit freed anyway) without moving a connection: the gateway hands requests to the
+    /// cores holding connections, so a core holding none waits here only when that could
+    /// not be done (another core took the last permit between the look and the connect).
+    fn asks_others(&self, gate: &Arc<crate::budget::Gate>) -> bool {
+        !Arc::ptr_eq(gate, &self.gates.tenant) || !gate.holders().contains(self.gates.core)
+    }
+
+    /// The gates its connections count against.
+    pub fn gates(&self) -> &Gates {
+        &self.gates
+    }
+
+    /// Idle connections now.
+    pub fn idle(&self) -> usize {
+        self.pool.status().available
     }
 
     /// Sleeps until a connection of this pool is returned or, when `waiting`, a permit of
@@ -185,8 +210,17 @@ impl TenantPool {
         .await
     }
 
+    /// Tells the tenant's gate whether this core has an idle connection of it now, so
+    /// other cores hand requests to a core that can run them at once.
+    fn mark_idle(&self) {
+        self.gates
+            .tenant
+            .mark_idle(self.gates.core, self.pool.status().available > 0);
+    }
+
     /// A connection of this pool was returned or dropped: wakes this core's waiters.
     pub fn returned(&self) {
+        self.mark_idle();
         let wakers = std::mem::take(&mut *self.returned.borrow_mut());
         for w in wakers {
             w.wake();
@@ -238,12 +272,14 @@ impl TenantPool {
                 false
             }
         });
+        self.mark_idle();
         result.removed.len()
     }
 
     /// Closes the pool: idle connections close now, in-use ones when returned.
     pub fn close(&self) {
         self.pool.close();
+        self.gates.tenant.mark_idle(self.gates.core, false);
     }
 
     /// Whether [`TenantPool::close`] was called.
@@ -268,14 +304,22 @@ impl Drop for LocalWait<'_> {
     }
 }
 
-/// A request of a pool waiting on one of its gates, counted in the pool until dropped.
+/// A request of a pool waiting on one of its gates; when it asks other cores to give
+/// permits back, counted in the pool until dropped (so the pool does not give its own
+/// connections away to it).
 struct GateWait<'a> {
     wait: Waiting,
-    counter: &'a Cell<usize>,
+    counter: Option<&'a Cell<usize>>,
 }
 
 impl<'a> GateWait<'a> {
     fn new(pool: &'a TenantPool, gate: &Arc<crate::budget::Gate>) -> Self {
+        if !pool.asks_others(gate) {
+            return Self {
+                wait: gate.watch(),
+                counter: None,
+            };
+        }
         let counter = if Arc::ptr_eq(gate, &pool.gates.tenant) {
             &pool.on_tenant
         } else {
@@ -284,13 +328,19 @@ impl<'a> GateWait<'a> {
         counter.set(counter.get() + 1);
         Self {
             wait: gate.wait(),
-            counter,
+            counter: Some(counter),
         }
+    }
+
+    fn asks(&self) -> bool {
+        self.counter.is_some()
     }
 }
 
 impl Drop for GateWait<'_> {
     fn drop(&mut self) {
-        self.counter.set(self.counter.get() - 1);
+        if let Some(c) = self.counter {
+            c.set(c.get() - 1);
+        }
     }
 }

@@ -352,6 +352,13 @@ fn chaos_ha_switchover_under_load() {
     finish_fault_run(g, &table, &r);
 }
 
+/// Counts the server connections of ringgate's pools on a member (`application_name`
+/// `ringgate/<tenant>/core<n>`). Project-change listeners (`ringgate/listen/...`, outside
+/// the budgets) are left out: the gateways under test here have no control database, and
+/// another gateway's listeners on the shared cluster must not count against their budget.
+const POOLED_BACKENDS: &str = "select count(*) from pg_stat_activity \
+     where application_name like 'ringgate/%' and application_name not like 'ringgate/listen/%'";
+
 /// Server connections ringgate holds on every member (`application_name` `ringgate/...`).
 fn ringgate_backends() -> usize {
     required("RINGGATE_PG_NODES")
@@ -359,7 +366,7 @@ fn ringgate_backends() -> usize {
         .filter_map(|node| {
             ringgate_tests::backend::try_psql(
                 &ringgate_tests::backend::pg_node_url(node),
-                "select count(*) from pg_stat_activity where application_name like 'ringgate/%'",
+                POOLED_BACKENDS,
             )
         })
         .filter_map(|n| n.parse::<usize>().ok())
@@ -393,7 +400,7 @@ fn ringgate_backends_by_node() -> Vec<usize> {
         .map(|node| {
             ringgate_tests::backend::try_psql(
                 &ringgate_tests::backend::pg_node_url(node),
-                "select count(*) from pg_stat_activity where application_name like 'ringgate/%'",
+                POOLED_BACKENDS,
             )
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
@@ -501,14 +508,25 @@ fn soak(workers: usize) {
         std::thread::sleep(Duration::from_millis(500));
         after = ringgate_backends();
     }
+    // Connections opened per request: how often connections moved between cores.
+    let connects = g.registry().server_connects();
+    let handed: u64 = (0..workers)
+        .map(|c| {
+            g.registry()
+                .core(c)
+                .sql_events(ringgate::metrics::SqlEvent::HandedOff)
+        })
+        .sum();
     eprintln!(
         "soak {secs}s on {workers} cores at {RATE} req/s: {} requests, {failed} failed, p50/p99 {:.1}/{:.1} ms; \
          server connections peak {peak} (budget {budget}), at most {node_peak} on one member (limit {per_node}), {after} after {:.1}s idle (baseline {baseline}); \
+         {connects} server connects ({:.3} per request), {handed} requests handed to another core; \
          RSS {:.1} MiB early, {:.1} MiB late",
         samples.len(),
         p50.as_secs_f64() * 1000.0,
         p99.as_secs_f64() * 1000.0,
         idle_start.elapsed().as_secs_f64(),
+        connects as f64 / samples.len().max(1) as f64,
         early as f64 / 1048576.0,
         late as f64 / 1048576.0,
     );

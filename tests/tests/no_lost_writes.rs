@@ -137,7 +137,12 @@ impl Load {
 
 /// A ringgate following Patroni through etcd (with the REST API as fallback), two cores.
 fn gateway() -> (ringgate::Gateway, SocketAddr) {
-    start_following_patroni(&[("RINGGATE_WORKERS", "2")])
+    gateway_on(2)
+}
+
+/// ringgate on `workers` cores following Patroni through etcd.
+fn gateway_on(workers: usize) -> (ringgate::Gateway, SocketAddr) {
+    start_following_patroni(&[("RINGGATE_WORKERS", &workers.to_string())])
 }
 
 /// Runs the load, injects `fault` after 3 s (which calls its second argument once the
@@ -145,6 +150,16 @@ fn gateway() -> (ringgate::Gateway, SocketAddr) {
 /// succeeded for 3 s after it (at most 60 s), undoes the fault with `heal`, lets the
 /// cluster settle, and checks the accounting.
 fn run(name: &str, fault: impl FnOnce(&str, &mut dyn FnMut()), heal: impl FnOnce(&str)) {
+    run_on(2, name, fault, heal)
+}
+
+/// [`run`] with ringgate on `workers` cores.
+fn run_on(
+    workers: usize,
+    name: &str,
+    fault: impl FnOnce(&str, &mut dyn FnMut()),
+    heal: impl FnOnce(&str),
+) {
     let _chaos = Chaos::begin();
     let admin = required("RINGGATE_TEST_ALPHA_URL");
     let table = unique("lw_");
@@ -153,7 +168,7 @@ fn run(name: &str, fault: impl FnOnce(&str, &mut dyn FnMut()), heal: impl FnOnce
         &format!("create table {table} (id bigint not null)"),
     );
     wait_replicas_caught_up(Duration::from_secs(10));
-    let (g, addr) = gateway();
+    let (g, addr) = gateway_on(workers);
     let leader = cluster(&["leader"]);
     let load = Load::start(addr, &table);
     std::thread::sleep(Duration::from_secs(3));
@@ -349,6 +364,25 @@ fn chaos_no_lost_write_when_the_leader_freezes_past_its_lease() {
             cluster(&["pause", leader]);
             took_effect();
             // Longer than the TTL (6 s): a new leader is elected meanwhile.
+            std::thread::sleep(Duration::from_secs(10));
+            cluster(&["resume", leader]);
+        },
+        |_| {},
+    );
+}
+
+/// The same freeze with ringgate on 16 cores (on this 2-CPU machine): every core routes by
+/// its own topology snapshot and reads the one lease gate; a core still on the old
+/// snapshot finds the gate closed for it.
+#[test]
+#[ignore = "needs compose/cluster (chaos: freezes the leader)"]
+fn chaos_no_lost_write_when_the_leader_freezes_on_sixteen_cores() {
+    run_on(
+        16,
+        "SIGSTOP of the leader for 10 s, 16 cores",
+        |leader, took_effect| {
+            cluster(&["pause", leader]);
+            took_effect();
             std::thread::sleep(Duration::from_secs(10));
             cluster(&["resume", leader]);
         },

@@ -217,10 +217,13 @@ mod tests {
             threads.into_iter().map(|t| t.join().unwrap()).sum()
         });
         let secs = started.elapsed().as_secs_f64();
-        // burst + rate * time, never more; a little less for the last interval.
+        // burst + rate * time, never more (the limit's promise). At least three quarters of
+        // it: a thread descheduled for a while cannot take the tokens that accrued meanwhile
+        // beyond the burst, so a loaded machine admits less (seen at 119 of 124 while five
+        // builds ran); a limit split across the 8 threads' buckets would admit far less.
         let most = 20.0 + 200.0 * secs;
         assert!(admitted as f64 <= most + 1.0, "{admitted} > {most}");
-        assert!(admitted as f64 >= most - 5.0, "{admitted} < {most}");
+        assert!(admitted as f64 >= most * 0.75, "{admitted} < 3/4 of {most}");
     }
 
     #[test]

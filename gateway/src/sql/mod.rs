@@ -5,6 +5,9 @@
 //! the topology routes to, run with parameters bound (sent as text, typed by the server),
 //! and answered in the driver's JSON shape with values in PostgreSQL text format.
 //!
+//! A core with no idle connection for a tenant at its limit hands the request to a core
+//! that holds one ([`handoff`]) rather than moving a connection.
+//!
 //! Failure rules: a statement that provably did not take effect is retried (it was not
 //! sent: a dead pooled connection, a missing or unreachable leader for up to
 //! `RINGGATE_FAILOVER_WAIT`; it was refused: a replica answering 25006; or the server
@@ -15,6 +18,7 @@ pub mod api_key;
 pub mod cache;
 pub mod classify;
 pub mod exec;
+pub mod handoff;
 pub mod lease;
 pub mod memo;
 pub mod pipeline;
@@ -211,6 +215,10 @@ struct Ctx {
     limit: usize,
     /// The client's socket: a statement whose client goes away is cancelled.
     client: Option<crate::router::ClientSocket>,
+    /// Handed over by another core: run here, never handed on.
+    handed: bool,
+    /// The member the handing core routed to (where this core holds connections).
+    prefer: Option<String>,
 }
 
 impl Ctx {
@@ -221,6 +229,26 @@ impl Ctx {
             wait: core.config.failover_wait,
             limit: core.config.sql.max_response_bytes,
             client: req.client,
+            handed: false,
+            prefer: None,
+        }
+    }
+
+    /// A request another core handed over, routed there to `node`.
+    fn handed(
+        core: &Rc<Core>,
+        db: Rc<Shard>,
+        client: Option<crate::router::ClientSocket>,
+        node: String,
+    ) -> Self {
+        Self {
+            memo: core.clone(),
+            db,
+            wait: core.config.failover_wait,
+            limit: core.config.sql.max_response_bytes,
+            client,
+            handed: true,
+            prefer: Some(node),
         }
     }
 
@@ -251,6 +279,22 @@ impl Ctx {
     }
 
     async fn run(&self, sql: &SqlRequest) -> Response {
+        let intent = match sql.batch {
+            true if sql.txn.read_only => Intent::Read,
+            true => Intent::Write,
+            false => match self.kind(&sql.statements[0]) {
+                Kind::Read => Intent::Read,
+                Kind::Write => Intent::Write,
+            },
+        };
+        if let Some(r) = handoff::run_elsewhere(self, sql, intent).await {
+            return r;
+        }
+        self.run_here(sql).await
+    }
+
+    /// Runs `sql` on this core's pool.
+    async fn run_here(&self, sql: &SqlRequest) -> Response {
         if sql.batch {
             self.batch(sql).await
         } else {
@@ -258,14 +302,18 @@ impl Ctx {
         }
     }
 
-    async fn single(&self, sql: &SqlRequest) -> Response {
-        let st = &sql.statements[0];
-        let kind = self
-            .memo
+    /// Whether a statement reads or may write (memoised per core).
+    fn kind(&self, st: &request::Statement) -> Kind {
+        self.memo
             .sql_memo
             .kinds
             .get_or_try::<()>(&st.sql, || Ok(classify(&st.sql)))
-            .unwrap_or(Kind::Write);
+            .unwrap_or(Kind::Write)
+    }
+
+    async fn single(&self, sql: &SqlRequest) -> Response {
+        let st = &sql.statements[0];
+        let kind = self.kind(st);
         let mut intent = match kind {
             Kind::Read => Intent::Read,
             Kind::Write => Intent::Write,
@@ -476,7 +524,12 @@ impl Ctx {
             let asked = Instant::now();
             let result = self
                 .db
-                .checkout(&sql.tenant.project, &sql.tenant.credentials, intent)
+                .checkout_on(
+                    &sql.tenant.project,
+                    &sql.tenant.credentials,
+                    intent,
+                    self.prefer.as_deref(),
+                )
                 .await;
             metrics.pool_waited(asked.elapsed());
             // A write routed to a leader whose lease may have run out, or that stopped

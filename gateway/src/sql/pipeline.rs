@@ -1,5 +1,6 @@
 //! Pipelining of single reads. While as many reads of one tenant run on this core as the
-//! tenant may have connections here, further reads wait in a queue; each connection that
+//! tenant may have connections here (its limit, or the connections this core holds when
+//! the tenant is at its limit: see `Shard::read_slots`), further reads wait in a queue; each connection that
 //! finishes a batch takes the whole queue (up to [`MAX_BATCH`]) and sends it in one write,
 //! so the backend runs those statements without sleeping in between and the core pays one
 //! send and one wake-up per batch instead of per statement.
@@ -143,7 +144,14 @@ pub(super) async fn read(ctx: &Ctx, sql: &SqlRequest, st: &Statement) -> Option<
         .memo
         .read_queues
         .queue(&sql.tenant.project, &sql.tenant.credentials);
-    let outcome = if q.drivers.get() >= ctx.db.tenant_limit().max(1) {
+    let drivers = q.drivers.get();
+    let outcome = if drivers > 0
+        && drivers
+            >= ctx.db.read_slots(
+                &sql.tenant.project,
+                &sql.tenant.credentials,
+                ctx.prefer.as_deref(),
+            ) {
         let (done, result) = local_sync::oneshot::channel();
         q.jobs.borrow_mut().push_back(Job {
             st: st.clone(),
