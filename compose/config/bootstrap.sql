@@ -90,6 +90,19 @@ $$;
 DROP TRIGGER IF EXISTS projects_changed ON ringgate.projects;
 CREATE TRIGGER projects_changed AFTER INSERT OR UPDATE OR DELETE ON ringgate.projects
     FOR EACH ROW EXECUTE FUNCTION ringgate.notify_project_change();
+-- /sql result cache rules, loaded with the project's row: reads whose fingerprint (the
+-- statement with its literals as placeholders, e.g. `SELECT name FROM items WHERE id = $1`)
+-- or digest (16 hex digits, ringgate's Ringgate-Cache-Digest) matches `pattern` are cached
+-- for ttl_ms. Nothing is cached without a rule or the Ringgate-Cache request header.
+CREATE TABLE IF NOT EXISTS ringgate.cache_rules (
+    project_id text NOT NULL REFERENCES ringgate.projects (project_id) ON DELETE CASCADE,
+    pattern text NOT NULL,
+    ttl_ms int NOT NULL CHECK (ttl_ms > 0),
+    PRIMARY KEY (project_id, pattern)
+);
+DROP TRIGGER IF EXISTS cache_rules_changed ON ringgate.cache_rules;
+CREATE TRIGGER cache_rules_changed AFTER INSERT OR UPDATE OR DELETE ON ringgate.cache_rules
+    FOR EACH ROW EXECUTE FUNCTION ringgate.notify_project_change();
 RESET ROLE;
 
 -- API-key logins. Each tenant role r listed in ringgate.projects gets a login role

@@ -161,6 +161,29 @@ fn status(core: &Core) -> Value {
             })
             .collect::<Vec<_>>()
     });
+    let sql_cache = core.query_cache.as_ref().map(|qc| {
+        let cores = (0..core.config.workers).map(|n| registry.core(n));
+        let total = |e: crate::metrics::CacheEvent| {
+            (0..core.config.workers)
+                .map(|n| registry.core(n).sql_cache_events(e))
+                .sum::<u64>()
+        };
+        use crate::metrics::CacheEvent as E;
+        json!({
+            "max_bytes_per_core": core.config.query_cache.max_bytes,
+            "project_bytes_per_core": core.config.query_cache.project_bytes,
+            "max_entry_bytes": core.config.query_cache.max_entry,
+            "bytes_by_core": cores.map(|m| m.sql_cache_bytes()).collect::<Vec<_>>(),
+            "this_core": qc.stats(),
+            "hits": total(E::Hit) + total(E::Coalesced),
+            "misses": total(E::Miss),
+            "stores": total(E::Store),
+            "stale": total(E::Stale),
+            "invalidations": total(E::Invalidation),
+            "uncacheable": total(E::Uncacheable),
+            "cross_instance": qc.generations().stats(),
+        })
+    });
     json!({
         "build": {
             "version": env!("CARGO_PKG_VERSION"),
@@ -174,6 +197,7 @@ fn status(core: &Core) -> Value {
         "topology": topology,
         "pools": pools,
         "upstreams": upstreams(core),
+        "sql_cache": sql_cache,
         "redis": {
             "configured": core.config.redis.is_some(),
             "sentinels": core.config.redis.as_ref().map(|r| r.redis.sentinels.clone()),

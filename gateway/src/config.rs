@@ -80,6 +80,18 @@ pub const ENV_TOPOLOGY_INTERVAL: &str = "RINGGATE_TOPOLOGY_INTERVAL";
 pub const ENV_CONTROL_DATABASE_URL: &str = "RINGGATE_CONTROL_DATABASE_URL";
 /// How long a project's row is cached per core.
 pub const ENV_PROJECT_CACHE_TTL: &str = "RINGGATE_PROJECT_CACHE_TTL";
+/// Bytes of `/sql` responses cached per core (0: no cache).
+pub const ENV_SQL_CACHE_BYTES: &str = "RINGGATE_SQL_CACHE_BYTES";
+/// Most bytes one project's cached responses may take per core.
+pub const ENV_SQL_CACHE_PROJECT_BYTES: &str = "RINGGATE_SQL_CACHE_PROJECT_BYTES";
+/// Largest `/sql` response cached.
+pub const ENV_SQL_CACHE_MAX_ENTRY: &str = "RINGGATE_SQL_CACHE_MAX_ENTRY";
+/// Longest TTL a request header or rule may ask for.
+pub const ENV_SQL_CACHE_MAX_TTL: &str = "RINGGATE_SQL_CACHE_MAX_TTL";
+/// TTL cap while the Redis invalidation subscription is down.
+pub const ENV_SQL_CACHE_DEGRADED_TTL: &str = "RINGGATE_SQL_CACHE_DEGRADED_TTL";
+/// A read of tables written less than this ago is not cached.
+pub const ENV_SQL_CACHE_SETTLE: &str = "RINGGATE_SQL_CACHE_SETTLE";
 /// TLS to PostgreSQL: `disable`, `require` or `verify-full`.
 pub const ENV_PG_SSLMODE: &str = "RINGGATE_PG_SSLMODE";
 /// PEM root certificates for `verify-full`.
@@ -279,6 +291,12 @@ pub const VARS: &[VarDoc] = &[
     VarDoc { name: ENV_FAILOVER_WAIT, default: "30s", help: "a write with no usable leader waits this long for a new one, then 503 (cover the backend's failover: TTL, promotion, synchronous standby)" },
     VarDoc { name: ENV_CONTROL_DATABASE_URL, default: "(unset)", help: "control database with ringgate.projects; when set, /sql checks the project, its database and role" },
     VarDoc { name: ENV_PROJECT_CACHE_TTL, default: "60s", help: "how long a project's row (or its absence) is cached per core" },
+    VarDoc { name: ENV_SQL_CACHE_BYTES, default: "32MiB", help: "bytes of /sql responses cached per core (0: no cache); only reads asked for by the Ringgate-Cache header or a ringgate.cache_rules row are cached" },
+    VarDoc { name: ENV_SQL_CACHE_PROJECT_BYTES, default: "= bytes / 4", help: "most bytes one project's cached responses take per core (its flood evicts only its own)" },
+    VarDoc { name: ENV_SQL_CACHE_MAX_ENTRY, default: "1MiB", help: "larger /sql responses are not cached" },
+    VarDoc { name: ENV_SQL_CACHE_MAX_TTL, default: "1h", help: "longest TTL a Ringgate-Cache header or cache rule may ask for" },
+    VarDoc { name: ENV_SQL_CACHE_DEGRADED_TTL, default: "1s", help: "with Redis: TTL cap while the invalidation subscription is down (other instances' writes go unseen)" },
+    VarDoc { name: ENV_SQL_CACHE_SETTLE, default: "1s", help: "a read of tables written through ringgate less than this ago is served but not cached (it may have run on a replica behind the write)" },
     VarDoc { name: ENV_ADMIN_TOKEN, default: "(unset)", help: "bearer token (16+ characters) for /admin, /admin/status, /admin/upstreams; off when unset" },
     VarDoc { name: ENV_REDIS_SENTINELS, default: "(unset)", help: "Sentinel addresses (host:port,...); enables Redis: API keys, worker discovery" },
     VarDoc { name: ENV_REDIS_MASTER, default: "mymaster", help: "the master name the Sentinels monitor" },
@@ -507,6 +525,8 @@ pub struct Config {
     pub sql: crate::sql::request::SqlLimits,
     /// How long a write waits for a leader (default [`DEFAULT_FAILOVER_WAIT`]).
     pub failover_wait: Duration,
+    /// The `/sql` result cache.
+    pub query_cache: crate::sql::cache::CacheConfig,
     /// Log filter (default `info`).
     pub log_filter: String,
     /// Log format (default plain).
@@ -609,6 +629,7 @@ impl Config {
             ..sql_defaults
         };
         let failover_wait = r.parse(ENV_FAILOVER_WAIT, parse::duration);
+        let query_cache = r.query_cache();
         let admin_token = r.parse(ENV_ADMIN_TOKEN, |s| {
             let t = s.trim();
             if t.len() >= 16 && t.bytes().all(|b| b.is_ascii_graphic()) {
@@ -668,6 +689,7 @@ impl Config {
             database,
             sql,
             failover_wait: failover_wait.unwrap_or(DEFAULT_FAILOVER_WAIT),
+            query_cache,
             log_filter: log_filter.unwrap_or_else(|| "info".to_string()),
             log_format: log_format.unwrap_or(LogFormat::Plain),
             redis,
@@ -890,6 +912,31 @@ impl Reader<'_> {
                 None
             }
             _ => None,
+        }
+    }
+
+    fn query_cache(&mut self) -> crate::sql::cache::CacheConfig {
+        let d = crate::sql::cache::CacheConfig::default();
+        let max_bytes = self
+            .parse(ENV_SQL_CACHE_BYTES, parse::bytes)
+            .map_or(d.max_bytes, |b| b as u64);
+        crate::sql::cache::CacheConfig {
+            max_bytes,
+            project_bytes: self
+                .parse(ENV_SQL_CACHE_PROJECT_BYTES, parse::bytes)
+                .map_or(max_bytes / 4, |b| b as u64),
+            max_entry: self
+                .parse(ENV_SQL_CACHE_MAX_ENTRY, parse::bytes)
+                .map_or(d.max_entry, |b| b as u64),
+            max_ttl: self
+                .parse(ENV_SQL_CACHE_MAX_TTL, parse::duration)
+                .unwrap_or(d.max_ttl),
+            degraded_ttl: self
+                .parse(ENV_SQL_CACHE_DEGRADED_TTL, parse::duration)
+                .unwrap_or(d.degraded_ttl),
+            settle: self
+                .parse(ENV_SQL_CACHE_SETTLE, parse::duration)
+                .unwrap_or(d.settle),
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Shared {
     pub budgets: Option<Arc<ringgate_pool::Budgets>>,
     /// Token buckets of the per-tenant rate limit, when `RINGGATE_RATE_LIMIT` is set.
     pub rates: Option<Arc<crate::proxy::rate::RateTable>>,
+    /// The `/sql` result cache's invalidation counters, when the cache is on.
+    pub cache_generations: Option<Arc<crate::sql::cache::generations::Generations>>,
     /// Every core's inbox of `/sql` requests handed over by other cores (with a database
     /// and more than one core).
     pub hand_offs: Option<Arc<crate::sql::handoff::HandOffs>>,
@@ -46,6 +48,12 @@ impl Shared {
                 .proxy
                 .rate_limit
                 .map(|l| crate::proxy::rate::RateTable::new(l.per_second, l.burst)),
+            cache_generations: (config.database.is_some() && config.query_cache.max_bytes > 0)
+                .then(|| {
+                    Arc::new(crate::sql::cache::generations::Generations::new(
+                        config.redis.is_some(),
+                    ))
+                }),
             hand_offs: (config.database.is_some() && config.workers > 1)
                 .then(|| crate::sql::handoff::HandOffs::new(config.workers)),
         }
@@ -86,6 +94,8 @@ pub struct Core {
     pub upstreams: crate::proxy::Upstreams,
     /// `/sql` memo tables (query classification, connection strings).
     pub sql_memo: crate::sql::memo::SqlMemo,
+    /// The `/sql` result cache, when on (a database and `RINGGATE_SQL_CACHE_BYTES` > 0).
+    pub query_cache: Option<crate::sql::cache::QueryCache>,
     /// `/sql` reads waiting to be pipelined onto a busy connection, by tenant.
     pub read_queues: crate::sql::pipeline::ReadQueues,
     connections: Cell<usize>,
@@ -128,6 +138,9 @@ impl Core {
             }
             _ => None,
         };
+        let query_cache = shared.cache_generations.clone().map(|g| {
+            crate::sql::cache::QueryCache::new(config.query_cache.clone(), g, redis.clone())
+        });
         let sessions = match (redis, &config.redis) {
             (Some(handle), Some(r)) => Some(crate::sessions::SessionCache::new(
                 handle,
@@ -164,6 +177,7 @@ impl Core {
             global_rate,
             upstreams: Default::default(),
             sql_memo: Default::default(),
+            query_cache,
             read_queues: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),

@@ -152,6 +152,7 @@ fn start_redis(
     config: &Config,
     cores: Vec<flume::Sender<Control>>,
     registry: Arc<Registry>,
+    cache: Option<Arc<sql::cache::generations::Generations>>,
 ) -> Result<Option<ringgate_discovery::redis::RedisHandle>, StartError> {
     let view = registry.clone();
     let publish = move |set: Arc<ringgate_discovery::workers::WorkerSet>| {
@@ -174,9 +175,25 @@ fn start_redis(
     };
     let observe: ringgate_discovery::redis::MasterObserver =
         Box::new(move |addr: &str| registry.redis_master_is(addr));
-    let handle =
-        ringgate_discovery::redis::spawn(settings.redis.clone(), Some(watch), Some(observe))
-            .map_err(StartError::Thread)?;
+    // Other instances' cache invalidations.
+    let subscriptions = cache
+        .map(|g| {
+            let state = g.clone();
+            ringgate_discovery::redis::Subscription {
+                channel: sql::cache::generations::CHANNEL.to_string(),
+                on_message: Box::new(move |m: &str| g.apply_message(m)),
+                on_state: Box::new(move |up| state.set_linked(up)),
+            }
+        })
+        .into_iter()
+        .collect();
+    let handle = ringgate_discovery::redis::spawn_with(
+        settings.redis.clone(),
+        Some(watch),
+        Some(observe),
+        subscriptions,
+    )
+    .map_err(StartError::Thread)?;
     info!(
         sentinels = settings.redis.sentinels.len(),
         master = %settings.redis.master,
@@ -229,14 +246,15 @@ impl Gateway {
             channels.iter().map(|(tx, _)| tx.clone()).collect(),
             registry.clone(),
         )?;
+        let shared = core::Shared::new(&config);
         let redis = start_redis(
             &config,
             channels.iter().map(|(tx, _)| tx.clone()).collect(),
             registry.clone(),
+            shared.cache_generations.clone(),
         )?;
         let mut channels = channels;
         let cpus = rt::allowed_cpus();
-        let shared = core::Shared::new(&config);
         if let Some(b) = &shared.budgets {
             registry.set_budgets(b.clone());
         }

@@ -140,6 +140,37 @@ impl SqlEvent {
     ];
 }
 
+/// What the `/sql` result cache did, counted per core and tenant class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// Served from the cache.
+    Hit,
+    /// Served the response of the same key's query already in flight (stampede).
+    Coalesced,
+    /// Asked for, cacheable, and not in the cache: run.
+    Miss,
+    /// A response stored.
+    Store,
+    /// An entry found invalidated by a write (removed; also counted as a miss).
+    Stale,
+    /// A write invalidated the tables it touched.
+    Invalidation,
+    /// Asked for by the header, but not a cacheable read.
+    Uncacheable,
+}
+
+impl CacheEvent {
+    const ALL: [(CacheEvent, &'static str); 7] = [
+        (CacheEvent::Hit, "hit"),
+        (CacheEvent::Coalesced, "coalesced"),
+        (CacheEvent::Miss, "miss"),
+        (CacheEvent::Store, "store"),
+        (CacheEvent::Stale, "stale"),
+        (CacheEvent::Invalidation, "invalidation"),
+        (CacheEvent::Uncacheable, "uncacheable"),
+    ];
+}
+
 fn status_index(code: u16) -> usize {
     STATUSES
         .iter()
@@ -246,6 +277,9 @@ pub struct CoreMetrics {
     sql_requests: [[AtomicU64; N_STATUS]; N_CLASS],
     sql_events: [AtomicU64; SqlEvent::ALL.len()],
     sql_write_hold_us: AtomicU64,
+    sql_cache: [[AtomicU64; CacheEvent::ALL.len()]; N_CLASS],
+    sql_cache_bytes: AtomicU64,
+    sql_cache_evictions: AtomicU64,
     /// `(group, workers, healthy)` as of the last health round (off the hot path).
     upstreams: std::sync::RwLock<Vec<(String, u64, u64)>>,
     /// Server connections per database member, as of the last pool upkeep.
@@ -324,6 +358,9 @@ impl Default for CoreMetrics {
             sql_requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             sql_events: std::array::from_fn(|_| AtomicU64::new(0)),
             sql_write_hold_us: AtomicU64::new(0),
+            sql_cache: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            sql_cache_bytes: AtomicU64::new(0),
+            sql_cache_evictions: AtomicU64::new(0),
             upstreams: std::sync::RwLock::new(Vec::new()),
             pool_nodes: std::sync::RwLock::new(Vec::new()),
         }
@@ -351,6 +388,30 @@ impl CoreMetrics {
     /// Counts a Data API failure-handling event.
     pub fn sql_event(&self, event: SqlEvent) {
         self.sql_events[event as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a result-cache event for a tenant class slot.
+    pub fn sql_cache(&self, class: usize, event: CacheEvent) {
+        self.sql_cache[class.min(OTHER_CLASS)][event as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How many times `event` was counted, over every class.
+    pub fn sql_cache_events(&self, event: CacheEvent) -> u64 {
+        self.sql_cache
+            .iter()
+            .map(|c| c[event as usize].load(Relaxed))
+            .sum()
+    }
+
+    /// The bytes this core's result cache held when it last stored an entry.
+    pub fn sql_cache_bytes(&self) -> u64 {
+        self.sql_cache_bytes.load(Relaxed)
+    }
+
+    /// The bytes this core's result cache holds and the entries it evicted for room.
+    pub fn set_sql_cache_size(&self, bytes: u64, evictions: u64) {
+        self.sql_cache_bytes.store(bytes, Relaxed);
+        self.sql_cache_evictions.store(evictions, Relaxed);
     }
 
     /// A write waited `held` for a leader before it could run (or gave up).
@@ -890,6 +951,37 @@ impl Registry {
                     }
                 }
             }
+        }
+        writeln!(o, "# HELP ringgate_sql_cache_events_total What the /sql result cache did, by core, tenant class and event (hit, coalesced, miss, store, stale, invalidation, uncacheable).\n# TYPE ringgate_sql_cache_events_total counter")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            for (slot, events) in m.sql_cache.iter().enumerate() {
+                for (event, name) in CacheEvent::ALL {
+                    let n = events[event as usize].load(Relaxed);
+                    if n > 0 {
+                        writeln!(
+                            o,
+                            "ringgate_sql_cache_events_total{{core=\"{c}\",class=\"{}\",event=\"{name}\"}} {n}",
+                            self.class_label(slot)
+                        )?;
+                    }
+                }
+            }
+        }
+        writeln!(o, "# HELP ringgate_sql_cache_bytes Bytes of responses the /sql result cache holds, by core.\n# TYPE ringgate_sql_cache_bytes gauge")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            writeln!(
+                o,
+                "ringgate_sql_cache_bytes{{core=\"{c}\"}} {}",
+                m.sql_cache_bytes.load(Relaxed)
+            )?;
+        }
+        writeln!(o, "# HELP ringgate_sql_cache_evictions_total Entries the /sql result cache evicted for room (its per-project share or the core's budget), by core.\n# TYPE ringgate_sql_cache_evictions_total counter")?;
+        for (c, m) in self.cores.iter().enumerate() {
+            writeln!(
+                o,
+                "ringgate_sql_cache_evictions_total{{core=\"{c}\"}} {}",
+                m.sql_cache_evictions.load(Relaxed)
+            )?;
         }
         writeln!(o, "# HELP ringgate_sql_write_hold_seconds_total Time writes spent waiting for a usable leader.\n# TYPE ringgate_sql_write_hold_seconds_total counter")?;
         for (c, m) in self.cores.iter().enumerate() {

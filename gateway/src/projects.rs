@@ -12,7 +12,10 @@ use std::{rc::Rc, time::Duration};
 use monoio::time::Instant;
 use ringgate_pool::{Credentials, Intent, Shard};
 
-use crate::cache::{Cache, Weigh};
+use crate::{
+    cache::{Cache, Weigh},
+    sql::cache::rules::CacheRule,
+};
 
 /// One row of `ringgate.projects`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub struct Project {
     pub class: String,
     /// The metrics slot of that class (bounded; see `Registry::class_slot`).
     pub class_slot: usize,
+    /// Its `/sql` result cache rules (`ringgate.cache_rules`); rows whose pattern does not
+    /// parse are left out.
+    pub cache_rules: Rc<[CacheRule]>,
 }
 
 impl ProjectCache {
@@ -52,7 +58,34 @@ impl ProjectCache {
             max_connections: int(max, "max_connections")?,
             class_slot: self.registry.class_slot(&class),
             class,
+            cache_rules: Rc::from([]),
         })
+    }
+
+    /// The project's cache rules; none when the control database predates the table.
+    async fn cache_rules(
+        &self,
+        c: &mut ringgate_pool::Checkout,
+        project: &str,
+    ) -> Result<Rc<[CacheRule]>, ringgate_pool::PgError> {
+        let r = c
+            .conn()
+            .query(RULES, &[Some(project.to_string())], ROW_LIMIT)
+            .await
+            .result;
+        match r {
+            Ok(r) => Ok(r
+                .rows
+                .into_iter()
+                .filter_map(|row| match &row[..] {
+                    [Some(pattern), Some(ttl)] => CacheRule::from_row(pattern, ttl.parse().ok()?),
+                    _ => None,
+                })
+                .collect()),
+            // undefined_table
+            Err(e) if e.db().is_some_and(|d| d.code == "42P01") => Ok(Rc::from([])),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -66,7 +99,14 @@ pub enum ProjectError {
 
 impl Weigh for Project {
     fn heap_bytes(&self) -> usize {
-        self.database.capacity() + self.roles.heap_bytes() + self.class.capacity()
+        self.database.capacity()
+            + self.roles.heap_bytes()
+            + self.class.capacity()
+            + self
+                .cache_rules
+                .iter()
+                .map(|r| std::mem::size_of::<CacheRule>() + r.heap_bytes())
+                .sum::<usize>()
     }
 }
 
@@ -87,6 +127,10 @@ const QUERY: &str =
 
 /// Rows of the control query are small.
 const ROW_LIMIT: usize = 64 << 10;
+
+/// The project's `/sql` result cache rules. A control database bootstrapped before the
+/// table existed has none (the error is not the project's).
+const RULES: &str = "SELECT pattern, ttl_ms FROM ringgate.cache_rules WHERE project_id = $1";
 
 impl ProjectCache {
     /// A cache reading the control database as `control`, keeping entries for `ttl`;
@@ -125,7 +169,14 @@ impl ProjectCache {
             .map_err(|e| err(&e))?;
         let found = match r.rows.into_iter().next() {
             None => None,
-            Some(row) => Some(self.project(row).map_err(|e| err(&e))?),
+            Some(row) => {
+                let mut p = self.project(row).map_err(|e| err(&e))?;
+                p.cache_rules = self
+                    .cache_rules(&mut c, project)
+                    .await
+                    .map_err(|e| err(&e))?;
+                Some(p)
+            }
         };
         self.entries.insert(project, found.clone(), Instant::now());
         Ok(found)

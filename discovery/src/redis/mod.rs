@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::side::{spawn, MasterObserver, WorkerWatch};
+pub use self::side::{spawn, spawn_with, MasterObserver, Subscription, WorkerWatch};
 
 /// Where Redis is and how to talk to it. `Debug` hides the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -114,6 +114,17 @@ impl RedisHandle {
             v => redis::from_redis_value::<String>(v)
                 .map(Some)
                 .map_err(|e| RedisError::Command(e.to_string())),
+        }
+    }
+
+    /// `PUBLISH channel message`; the number of subscribers that received it. Repeated when
+    /// its outcome is unknown (callers publish what may be received twice).
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<i64, RedisError> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        match self.query(cmd, Safety::Idempotent).await? {
+            redis::Value::Int(n) => Ok(n),
+            v => Err(RedisError::Command(format!("PUBLISH answered {v:?}"))),
         }
     }
 

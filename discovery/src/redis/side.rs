@@ -53,11 +53,40 @@ enum Hint {
 /// Called with the new master's address whenever the resolved master changes.
 pub type MasterObserver = Box<dyn Fn(&str) + Send>;
 
+/// A pub/sub channel the side thread keeps subscribed to on the current master.
+pub struct Subscription {
+    /// The channel's name.
+    pub channel: String,
+    /// Called with every message's payload.
+    pub on_message: Box<dyn Fn(&str) + Send>,
+    /// Called with `true` once subscribed and `false` when the subscription is lost
+    /// (messages published meanwhile are not delivered).
+    pub on_state: Box<dyn Fn(bool) + Send>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Starts the side thread; it runs until every handle is dropped.
 pub fn spawn(
     config: RedisConfig,
     workers: Option<WorkerWatch>,
     on_master: Option<MasterObserver>,
+) -> std::io::Result<RedisHandle> {
+    spawn_with(config, workers, on_master, Vec::new())
+}
+
+/// [`spawn`], also keeping `subscriptions` subscribed on the current master.
+pub fn spawn_with(
+    config: RedisConfig,
+    workers: Option<WorkerWatch>,
+    on_master: Option<MasterObserver>,
+    subscriptions: Vec<Subscription>,
 ) -> std::io::Result<RedisHandle> {
     let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -75,6 +104,9 @@ pub fn spawn(
                 }
                 if let Some(w) = workers {
                     tokio::spawn(worker_watch(config.clone(), w, master_rx.clone()));
+                }
+                for sub in subscriptions {
+                    tokio::spawn(subscriber(config.clone(), sub, master_rx.clone()));
                 }
                 while let Some(job) = queue.recv().await {
                     tokio::spawn(run_job(
@@ -294,6 +326,54 @@ async fn worker_watch(
                 _ = master.changed() => break,
             }
         }
+    }
+}
+
+/// Keeps one channel subscribed on the current master: resubscribes after a broken
+/// connection or a master change, telling `on_state` each time it loses or regains it.
+async fn subscriber(
+    config: RedisConfig,
+    sub: Subscription,
+    mut master: watch::Receiver<Option<Master>>,
+) {
+    loop {
+        let Ok(m) = master.wait_for(Option::is_some).await.map(|m| m.clone()) else {
+            return;
+        };
+        let m = m.expect("waited for Some");
+        master.mark_unchanged();
+        let subscribed = timeout(config.timeout, async {
+            let mut ps = sentinel::client(&m.addr, config.password.as_deref())?
+                .get_async_pubsub()
+                .await?;
+            ps.subscribe(&sub.channel).await?;
+            redis::RedisResult::Ok(ps)
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(ps)) => {
+                debug!(channel = %sub.channel, master = %m.addr, "subscribed");
+                (sub.on_state)(true);
+                let mut messages = ps.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => match msg {
+                            Some(msg) => {
+                                let payload: String = msg.get_payload().unwrap_or_default();
+                                (sub.on_message)(&payload);
+                            }
+                            None => break,
+                        },
+                        _ = master.changed() => break,
+                    }
+                }
+                (sub.on_state)(false);
+                warn!(channel = %sub.channel, "Redis subscription lost; resubscribing");
+            }
+            Ok(Err(error)) => warn!(channel = %sub.channel, %error, "cannot subscribe"),
+            Err(_) => warn!(channel = %sub.channel, "subscribing timed out"),
+        }
+        sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -19,6 +19,7 @@
 //! connection, in `ringgate-pgwire`).
 
 pub mod api_key;
+pub mod cache;
 pub mod classify;
 pub mod exec;
 pub mod handoff;
@@ -132,7 +133,8 @@ async fn answer(core: &Rc<Core>, req: &Request, class: &mut usize) -> Response {
             Ok(r) => r,
             Err(e) => return request_error(&e),
         };
-        return Ctx::new(core, db, req).run(&sql).await;
+        let ctx = Ctx::new(core, db, req);
+        return cache::serve(core, &sql, headers, *class, ctx.run(&sql)).await;
     }
     let mut sql = match request::parse(headers, &req.body, &core.config.sql, &core.sql_memo.tenants)
     {
@@ -151,7 +153,8 @@ async fn answer(core: &Rc<Core>, req: &Request, class: &mut usize) -> Response {
             Err(refused) => return refused,
         }
     }
-    Ctx::new(core, db, req).run(&sql).await
+    let ctx = Ctx::new(core, db, req);
+    cache::serve(core, &sql, headers, *class, ctx.run(&sql)).await
 }
 
 /// The project must exist and the connection string must name its database and one of its

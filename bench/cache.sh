@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The /sql result cache: a cached point SELECT (every request a hit) vs the same SELECT
+# uncached (every request to the database) vs ringgate's own fixed-body GET /health (the
+# ceiling: no database, no JSON), same ringgate, same run, in interleaved rounds. Needs the
+# local backend (`eval "$(compose/cluster up)"`); runs against the Patroni leader directly.
+#
+#   bench/cache.sh [SECS=10] [CONNS=100] [ROUNDS=3]
+#
+# ringgate on one core pinned to CPU 0, wrk on CPU 1 (-t1, CONNS keep-alive connections).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+conns="${2:-100}"
+rounds="${3:-3}"
+: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
+leader=$(compose/cluster leader)
+host="127.0.1.${leader#pg}"
+pw=ringgate-super
+admin="postgresql://postgres:$pw@$host:5432/postgres"
+db="postgresql://postgres:$pw@$host:5432/ringgate_bench"
+if ! psql -X -At -d "$admin" -c "select 1 from pg_database where datname='ringgate_bench'" | grep -q 1; then
+  psql -X -q -d "$admin" -c "create database ringgate_bench"
+  pgbench -q -i -s 10 "$db" >/dev/null 2>&1
+fi
+target="${CARGO_TARGET_DIR:-target}"
+cargo build -q --release --locked -p ringgate
+port=18480
+if ss -Htln "( sport = :$port )" | grep -q .; then
+  echo "error: port $port is already in use: $(ss -Htlnp "( sport = :$port )")" >&2
+  exit 1
+fi
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:$port RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
+  DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT=16 RINGGATE_POOL_MAX_TOTAL=16 \
+  "$target/release/ringgate" 2>"$work/ringgate.log" &
+pids+=($!)
+for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
+cs="postgresql://postgres:$pw@bench.ringgate.test/ringgate_bench"
+body='{"query":"SELECT abalance FROM pgbench_accounts WHERE aid = $1","params":[12345]}'
+script() { # file cache-header
+  cat > "$1" <<LUA
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Neon-Connection-String"] = "$cs"
+wrk.headers["Content-Type"] = "application/json"
+$2
+dofile("bench/wrk-report.lua")
+LUA
+}
+script "$work/cached.lua" 'wrk.headers["Ringgate-Cache"] = "ttl=1h"'
+script "$work/uncached.lua" ''
+echo 'dofile("bench/wrk-report.lua")' > "$work/health.lua"
+verdict=$(curl -fsS -o /dev/null -D - -X POST -H "Neon-Connection-String: $cs" -H "Ringgate-Cache: ttl=1h" -d "$body" "http://127.0.0.1:$port/sql" | tr -d '\r' | sed -n 's/^ringgate-cache: //Ip')
+echo "first cached request: $verdict"
+field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
+declare -A RPS
+run() { # label path lua
+  local line
+  line=$(taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" -s "$3" "http://127.0.0.1:$port$2" | grep wrk_result)
+  echo "== $1 round $r: $line"
+  RPS[$1]+="$(echo "$line" | field rps) "
+}
+for r in $(seq "$rounds"); do
+  run health /health "$work/health.lua"
+  run cached /sql "$work/cached.lua"
+  run uncached /sql "$work/uncached.lua"
+done
+hits=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^ringgate_sql_cache_events_total/ && /event="hit"/ {s+=$NF} END {print s+0}')
+echo "cache hits counted: $hits"
+python3 - "${RPS[health]}" "${RPS[cached]}" "${RPS[uncached]}" <<'PY'
+import sys, statistics as st
+h, c, u = ([float(x) for x in a.split()] for a in sys.argv[1:])
+mh, mc, mu = st.median(h), st.median(c), st.median(u)
+print("| scenario | req/s (median of rounds) | every round | vs /health |")
+print("|---|---|---|---|")
+for name, m, v in (("GET /health (ceiling)", mh, h), ("/sql point SELECT, cache hit", mc, c), ("/sql point SELECT, uncached", mu, u)):
+    print(f"| {name} | {m:.0f} | {', '.join(f'{x:.0f}' for x in v)} | {m/mh:.2f}x |")
+PY

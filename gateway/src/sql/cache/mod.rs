@@ -1,0 +1,343 @@
+//! The query result cache of `/sql`: per core, opt-in, rule-driven, invalidated by writes.
+//!
+//! A single-statement read is served from the cache when the request asks for it (the
+//! `Ringgate-Cache: ttl=30s` header) or a rule of its project in `ringgate.cache_rules`
+//! matches it, and sqlparser vets it ([`vet`]: a plain query calling only known built-in
+//! functions, reading no system catalog). What is stored is the finished response (status
+//! and JSON body), under a key of the role, a digest of its password, the database, the
+//! body options, the normalised statement and its parameters ([`key`]), in the project's
+//! share of the core's byte budget ([`store`]). Concurrent misses of one key on one core
+//! run the query once ([`flight`]).
+//!
+//! Every write ringgate runs (single statements and batches) invalidates the tables it
+//! names, or its whole database when the parser cannot bound it, through counters every
+//! core reads ([`generations`]) before its response is sent, and is published on Redis
+//! for the other instances. While that subscription is down, entries are kept at most
+//! [`CacheConfig::degraded_ttl`]. Writes made outside ringgate are covered only by the
+//! TTL.
+//!
+//! # Layout
+//! - [`rules`]: the request header and the project's rules.
+//! - [`vet`]: what may be cached, the tables a read reads and a write touches.
+//! - [`key`]: the key.
+//! - [`store`]: the bounded per-core store.
+//! - [`flight`]: one query per key in flight.
+//! - [`generations`]: invalidation shared by every core, and its Redis messages.
+
+pub mod flight;
+pub mod generations;
+pub mod key;
+pub mod rules;
+pub mod store;
+pub mod vet;
+
+use std::{future::Future, rc::Rc, sync::Arc, time::Duration};
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use monoio::time::Instant;
+use tracing::{debug, warn};
+
+use self::{
+    flight::{Flights, Turn},
+    generations::Generations,
+    rules::Asked,
+    store::{Miss, Store, Stored},
+    vet::{Touched, Vetted},
+};
+use super::{
+    classify::{classify, Kind},
+    memo::Memo,
+    request::SqlRequest,
+    response::gateway_error,
+};
+use crate::{core::Core, http::Response, metrics::CacheEvent};
+
+/// Cache settings (`RINGGATE_SQL_CACHE_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bytes of responses kept per core; 0 turns the cache off (default 32 MiB).
+    pub max_bytes: u64,
+    /// Most bytes one project may hold per core (default a quarter of `max_bytes`).
+    pub project_bytes: u64,
+    /// Largest response body stored (default 1 MiB).
+    pub max_entry: u64,
+    /// Longest TTL a header or rule may ask (default 1 h).
+    pub max_ttl: Duration,
+    /// TTL cap while the Redis subscription is down (default 1 s).
+    pub degraded_ttl: Duration,
+    /// A read of tables written less than this ago is not stored: it may have run on a
+    /// replica that has not replayed the write (default 1 s).
+    pub settle: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 << 20,
+            project_bytes: 8 << 20,
+            max_entry: 1 << 20,
+            max_ttl: Duration::from_secs(3600),
+            degraded_ttl: Duration::from_secs(1),
+            settle: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Bytes of vetted query texts remembered per core.
+const VET_BYTES: u64 = 4 << 20;
+/// How long a write waits for its invalidation to be published to other instances.
+const PUBLISH_WAIT: Duration = Duration::from_millis(250);
+
+/// The response header saying what the cache did: `hit`, `miss`, `bypass` or
+/// `uncacheable` (only on requests that asked for caching, by header or rule).
+pub const RESPONSE_HEADER: HeaderName = HeaderName::from_static(rules::HEADER);
+
+/// The response header naming the digest of a cacheable read's fingerprint (what a rule
+/// may name as its pattern).
+pub const DIGEST_HEADER: HeaderName = HeaderName::from_static("ringgate-cache-digest");
+
+/// One core's cache.
+#[derive(Debug)]
+pub struct QueryCache {
+    config: CacheConfig,
+    store: Store,
+    flights: Rc<Flights>,
+    reads: Memo<Option<Rc<Vetted>>>,
+    writes: Memo<Touched>,
+    generations: Arc<Generations>,
+    redis: Option<ringgate_discovery::redis::RedisHandle>,
+}
+
+/// What `/admin/status` shows of one core's cache.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CacheStats {
+    /// The store's figures.
+    #[serde(flatten)]
+    pub store: store::StoreStats,
+    /// Keys whose query is in flight.
+    pub in_flight: usize,
+}
+
+// === impl QueryCache ===
+
+impl QueryCache {
+    /// A core's cache sharing `generations` with every core; `redis` publishes
+    /// invalidations to other instances.
+    pub fn new(
+        config: CacheConfig,
+        generations: Arc<Generations>,
+        redis: Option<ringgate_discovery::redis::RedisHandle>,
+    ) -> Self {
+        Self {
+            store: Store::new(config.max_bytes, config.project_bytes),
+            config,
+            flights: Rc::default(),
+            reads: Memo::with_bytes(VET_BYTES),
+            writes: Memo::with_bytes(VET_BYTES),
+            generations,
+            redis,
+        }
+    }
+
+    /// This core's figures.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            store: self.store.stats(),
+            in_flight: self.flights.len(),
+        }
+    }
+
+    /// The shared invalidation state.
+    pub fn generations(&self) -> &Arc<Generations> {
+        &self.generations
+    }
+
+    fn vetted(&self, sql: &str) -> Option<Rc<Vetted>> {
+        self.reads
+            .get_or_try::<()>(sql, || Ok(vet::vet_read(sql).map(Rc::new)))
+            .ok()
+            .flatten()
+    }
+
+    /// Invalidates what the write request `sql` touched, here and on other instances.
+    async fn after_write(&self, core: &Core, sql: &SqlRequest, class: usize) {
+        let touched = sql
+            .statements
+            .iter()
+            .map(|st| {
+                self.writes
+                    .get_or_try::<()>(&st.sql, || Ok(vet::touched(&st.sql)))
+                    .unwrap_or(Touched::Everything)
+            })
+            .reduce(Touched::union)
+            .unwrap_or(Touched::Everything);
+        let database = &sql.tenant.credentials.database;
+        self.generations.invalidate(database, &touched);
+        core.metrics().sql_cache(class, CacheEvent::Invalidation);
+        if let Some(redis) = &self.redis {
+            let message = self.generations.message(database, &touched);
+            let sent =
+                monoio::time::timeout(PUBLISH_WAIT, redis.publish(generations::CHANNEL, &message))
+                    .await;
+            let ok = matches!(sent, Ok(Ok(_)));
+            if !ok {
+                warn!(tenant = %sql.tenant.project, "cache invalidation not published; other instances serve entries until their TTL");
+            }
+            self.generations.published(ok);
+        }
+    }
+}
+
+/// Answers `sql` through the cache of `core`: `run` runs it on the server. Writes
+/// invalidate; a cacheable read asked for by `headers` or a project rule is served from
+/// the cache or stored; everything else just runs.
+pub async fn serve(
+    core: &Rc<Core>,
+    sql: &SqlRequest,
+    headers: &HeaderMap,
+    class: usize,
+    run: impl Future<Output = Response>,
+) -> Response {
+    let Some(qc) = core.query_cache.as_ref() else {
+        return run.await;
+    };
+    let asked = match rules::asked(headers) {
+        Ok(a) => a,
+        Err(e) => return gateway_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let write = if sql.batch {
+        !sql.txn.read_only
+    } else {
+        let st = &sql.statements[0];
+        core.sql_memo
+            .kinds
+            .get_or_try::<()>(&st.sql, || Ok(classify(&st.sql)))
+            .unwrap_or(Kind::Write)
+            == Kind::Write
+    };
+    if write {
+        // Whatever its status: a failed write may have committed (outcome unknown).
+        let response = run.await;
+        qc.after_write(core, sql, class).await;
+        return response;
+    }
+    if sql.batch || asked == Asked::Bypass {
+        return tag(run.await, (asked == Asked::Bypass).then_some("bypass"));
+    }
+    let st = &sql.statements[0];
+    let rules = match (&core.projects, &core.db, asked) {
+        (Some(projects), Some(db), Asked::Rules) => {
+            match projects.get(db, &sql.tenant.project).await {
+                Ok(Some(p)) if !p.cache_rules.is_empty() => Some(p.cache_rules),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if asked == Asked::Rules && rules.is_none() {
+        return run.await;
+    }
+    let vetted = qc
+        .vetted(&st.sql)
+        .filter(|_| !st.params.iter().flatten().any(|p| vet::volatile_param(p)));
+    let Some(v) = vetted else {
+        if asked != Asked::Rules {
+            core.metrics().sql_cache(class, CacheEvent::Uncacheable);
+            return tag(run.await, Some("uncacheable"));
+        }
+        return run.await;
+    };
+    let ttl = match asked {
+        Asked::Ttl(t) => t,
+        _ => match rules.as_deref().and_then(|r| rules::rule_ttl(r, &v)) {
+            Some(t) => t,
+            None => return run.await,
+        },
+    };
+    let gens = &qc.generations;
+    // While other instances' invalidations cannot arrive, entries (new and old) live at
+    // most the short TTL.
+    let max_age = match gens.degraded() {
+        true => qc.config.degraded_ttl,
+        false => Duration::MAX,
+    };
+    let ttl = ttl.min(qc.config.max_ttl).min(max_age);
+    let project = &sql.tenant.project;
+    let database = &sql.tenant.credentials.database;
+    let key = key::key(sql, st, &v);
+    // Taken before the query is sent: a write that lands meanwhile outdates the entry.
+    let stamp = gens.stamp(database, &v.tables);
+    let now = Instant::now();
+    match qc.store.get(project, &key, now, stamp, max_age) {
+        Ok(hit) => {
+            core.metrics().sql_cache(class, CacheEvent::Hit);
+            let r = Response {
+                status: hit.status,
+                content_type: hit.content_type,
+                headers: Vec::new(),
+                body: hit.body,
+            };
+            return tag(r, Some("hit")).with_header(DIGEST_HEADER, digest_value(&v));
+        }
+        Err(Miss::Invalidated) => core.metrics().sql_cache(class, CacheEvent::Stale),
+        Err(Miss::Expired | Miss::Absent) => {}
+    }
+    let lead = match qc.flights.join(&key) {
+        Turn::Lead(lead) => lead,
+        Turn::Follow(waiting) => {
+            return match waiting.await {
+                Ok(r) => {
+                    core.metrics().sql_cache(class, CacheEvent::Coalesced);
+                    tag(strip(r), Some("hit")).with_header(DIGEST_HEADER, digest_value(&v))
+                }
+                Err(_) => {
+                    core.metrics().sql_cache(class, CacheEvent::Miss);
+                    tag(run.await, Some("miss")).with_header(DIGEST_HEADER, digest_value(&v))
+                }
+            };
+        }
+    };
+    core.metrics().sql_cache(class, CacheEvent::Miss);
+    let response = run.await;
+    let storable = response.status == StatusCode::OK
+        && response.headers.is_empty()
+        && response.body.len() as u64 <= qc.config.max_entry
+        && gens.settled(database, &v.tables, qc.config.settle);
+    if storable {
+        let entry = Stored {
+            status: response.status,
+            content_type: response.content_type,
+            body: response.body.clone(),
+            stamp,
+            stored: now,
+            ttl,
+        };
+        qc.store.insert(project, key, entry);
+        core.metrics().sql_cache(class, CacheEvent::Store);
+        let stats = qc.store.stats();
+        core.metrics()
+            .set_sql_cache_size(stats.bytes, stats.evictions);
+    } else {
+        debug!(tenant = %project, status = %response.status, "read not stored");
+    }
+    lead.finish(&response);
+    tag(response, Some("miss")).with_header(DIGEST_HEADER, digest_value(&v))
+}
+
+fn digest_value(v: &Vetted) -> HeaderValue {
+    HeaderValue::from_str(&v.digest).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A response without the cache's header (a waiter gets the leader's response).
+fn strip(mut r: Response) -> Response {
+    r.headers
+        .retain(|(n, _)| *n != RESPONSE_HEADER && *n != DIGEST_HEADER);
+    r
+}
+
+fn tag(r: Response, what: Option<&'static str>) -> Response {
+    match what {
+        Some(w) => r.with_header(RESPONSE_HEADER, HeaderValue::from_static(w)),
+        None => r,
+    }
+}

@@ -1,0 +1,510 @@
+//! The `/sql` result cache end to end: ringgate in-process, real PostgreSQL (and Redis)
+//! behind it. Each test works on tables of its own.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use ringgate_pool::url::parse_pg_url;
+use ringgate_tests::{
+    backend::{alpha_conn_string, pg_admin_url, psql, required, unique},
+    gateway::{start, start_with_redis},
+    http::{admin_get, metric_total_where, request, Resp},
+};
+use serde_json::{json, Value};
+
+/// A Neon connection string for `project` as `user` (the admin's password unless given)
+/// on the admin URL's database.
+fn conn_string(project: &str, user: Option<(&str, &str)>) -> String {
+    let c = parse_pg_url(&pg_admin_url()).unwrap().credentials;
+    let (u, p) = user.unwrap_or((&c.user, &c.password));
+    format!("postgres://{u}:{p}@{project}.ringgate.test/{}", c.database)
+}
+
+/// `POST /sql` with `extra` headers.
+fn sql(addr: SocketAddr, cs: &str, body: Value, extra: &[(&str, &str)]) -> Resp {
+    let mut headers = vec![
+        ("Neon-Connection-String", cs),
+        ("Content-Type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    request(addr, "POST", "/sql", &headers, body.to_string().as_bytes())
+}
+
+/// A read asking to be cached for `ttl`.
+fn cached(addr: SocketAddr, cs: &str, query: &str, ttl: &str) -> Resp {
+    let header = format!("ttl={ttl}");
+    let r = sql(
+        addr,
+        cs,
+        json!({ "query": query }),
+        &[("Ringgate-Cache", &header)],
+    );
+    assert_eq!(r.status, 200, "{query}: {}", r.text());
+    r
+}
+
+/// What the cache did, per the response header.
+fn verdict(r: &Resp) -> &str {
+    r.header("ringgate-cache").unwrap_or("(none)")
+}
+
+/// Runs a statement (a write) through ringgate.
+fn write(addr: SocketAddr, cs: &str, query: &str) {
+    let r = sql(addr, cs, json!({ "query": query }), &[]);
+    assert_eq!(r.status, 200, "{query}: {}", r.text());
+}
+
+/// Starts ringgate on the admin URL (fixed topology: every statement runs on the leader).
+fn start_on_admin(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
+    let url = pg_admin_url();
+    let mut env = vec![("DATABASE_URL", url.as_str())];
+    env.extend_from_slice(extra);
+    start(&env)
+}
+
+/// A fresh table `name (id int primary key, v text)` with rows `(1, 'one')`, `(2, 'two')`.
+fn table(url: &str, name: &str) {
+    psql(
+        url,
+        &format!(
+            "create table {name} (id int primary key, v text); insert into {name} values (1, 'one'), (2, 'two')"
+        ),
+    );
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_hit_returns_exactly_the_body_of_the_miss_and_nothing_is_cached_by_default() {
+    let (_g, addr) = start_on_admin(&[]);
+    let cs = conn_string("cachehit", None);
+    let t = unique("cache_hit_");
+    table(&pg_admin_url(), &t);
+    let q = format!("select id, v, id * 1.5 as n, array[v, null] as a from {t} order by id");
+    // Nothing is cached unless asked: no header, no rule.
+    let plain = sql(addr, &cs, json!({ "query": q }), &[]);
+    assert_eq!(plain.header("ringgate-cache"), None);
+    for (options, headers) in [
+        (json!({}), vec![]),
+        (json!({"arrayMode": true}), vec![]),
+        (json!({}), vec![("Neon-Raw-Text-Output", "true")]),
+    ] {
+        let mut body = json!({ "query": q });
+        body.as_object_mut()
+            .unwrap()
+            .extend(options.as_object().unwrap().clone());
+        let mut h = headers.clone();
+        h.push(("Ringgate-Cache", "ttl=60s"));
+        let miss = sql(addr, &cs, body.clone(), &h);
+        let hit = sql(addr, &cs, body.clone(), &h);
+        assert_eq!((verdict(&miss), verdict(&hit)), ("miss", "hit"), "{body}");
+        assert_eq!(miss.status, 200);
+        assert_eq!(miss.body, hit.body, "a hit is the miss byte for byte");
+        assert_eq!(miss.header("content-type"), hit.header("content-type"));
+        // The uncached answer is the same too.
+        let fresh = sql(addr, &cs, body, &headers);
+        assert_eq!(fresh.body, hit.body);
+    }
+    // Array mode and raw text changed the body, so they had their own entries.
+    let objects = cached(addr, &cs, &q, "60s");
+    let arrays = sql(
+        addr,
+        &cs,
+        json!({"query": q, "arrayMode": true}),
+        &[("Ringgate-Cache", "ttl=60s")],
+    );
+    assert_ne!(objects.body, arrays.body);
+    // Bypass neither reads nor stores.
+    let bypass = sql(
+        addr,
+        &cs,
+        json!({ "query": q }),
+        &[("Ringgate-Cache", "bypass")],
+    );
+    assert_eq!(verdict(&bypass), "bypass");
+    let status = admin_get(addr, "/admin/status").json();
+    assert!(
+        status["sql_cache"]["hits"].as_u64().unwrap() >= 4,
+        "{status}"
+    );
+    assert!(status["sql_cache"]["this_core"]["bytes"].as_u64().unwrap() > 0);
+    assert!(metric_total_where(addr, "ringgate_sql_cache_events_total", "event=\"hit\"") >= 4);
+    psql(&pg_admin_url(), &format!("drop table {t}"));
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn volatile_reads_are_never_cached() {
+    let (_g, addr) = start_on_admin(&[]);
+    let cs = conn_string("cachenow", None);
+    for q in [
+        "select now()::text as t",
+        "select clock_timestamp()::text as t",
+        "select random() as t",
+        "select 'now'::timestamptz::text as t",
+        "select txid_current() as t",
+    ] {
+        let a = cached(addr, &cs, q, "60s");
+        let b = cached(addr, &cs, q, "60s");
+        // `uncacheable`, or no verdict at all for what the classifier calls a write
+        // (txid_current assigns a transaction id).
+        for r in [&a, &b] {
+            assert!(!matches!(verdict(r), "hit" | "miss"), "{q}: {}", verdict(r));
+        }
+        if !q.contains("txid") {
+            assert_eq!(verdict(&a), "uncacheable", "{q}");
+        }
+    }
+    // now() twice a little apart: two different answers, so it really ran twice.
+    let a = cached(addr, &cs, "select now()::text as t", "60s");
+    std::thread::sleep(Duration::from_millis(5));
+    let b = cached(addr, &cs, "select now()::text as t", "60s");
+    assert_ne!(a.body, b.body);
+    // A parameter the server reads as the current time is volatile too.
+    let r = sql(
+        addr,
+        &cs,
+        json!({"query": "select $1::timestamptz::text as t", "params": ["now"]}),
+        &[("Ringgate-Cache", "ttl=60s")],
+    );
+    assert_eq!(verdict(&r), "uncacheable");
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn entries_expire_after_their_ttl() {
+    let (_g, addr) = start_on_admin(&[]);
+    let cs = conn_string("cachettl", None);
+    let t = unique("cache_ttl_");
+    table(&pg_admin_url(), &t);
+    let q = format!("select v from {t} where id = 1");
+    assert_eq!(verdict(&cached(addr, &cs, &q, "1s")), "miss");
+    assert_eq!(verdict(&cached(addr, &cs, &q, "1s")), "hit");
+    // Written outside ringgate: served from the cache until the TTL passes.
+    psql(
+        &pg_admin_url(),
+        &format!("update {t} set v = 'uno' where id = 1"),
+    );
+    let stale = cached(addr, &cs, &q, "1s");
+    assert_eq!(verdict(&stale), "hit");
+    assert!(stale.text().contains("\"one\""));
+    std::thread::sleep(Duration::from_millis(1100));
+    let fresh = cached(addr, &cs, &q, "1s");
+    assert_eq!(verdict(&fresh), "miss");
+    assert!(fresh.text().contains("\"uno\""), "{}", fresh.text());
+    psql(&pg_admin_url(), &format!("drop table {t}"));
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn two_projects_and_two_roles_never_share_an_entry() {
+    let (_g, addr) = start_on_admin(&[]);
+    let admin = pg_admin_url();
+    let t = unique("cache_roles_");
+    table(&admin, &t);
+    let role = unique("cache_reader_");
+    psql(
+        &admin,
+        &format!(
+            "create role {role} login password 'reader-secret'; grant select on {t} to {role}; \
+             alter table {t} enable row level security; \
+             create policy only_one on {t} for select to {role} using (id = 1)"
+        ),
+    );
+    let q = format!("select id, v from {t} order by id");
+    let owner_a = conn_string("cacheproja", None);
+    let owner_b = conn_string("cacheprojb", None);
+    let reader_a = conn_string("cacheproja", Some((&role, "reader-secret")));
+    let first = cached(addr, &owner_a, &q, "60s");
+    assert_eq!(verdict(&first), "miss");
+    assert_eq!(verdict(&cached(addr, &owner_a, &q, "60s")), "hit");
+    // The same text in another project: its own miss.
+    let other = cached(addr, &owner_b, &q, "60s");
+    assert_eq!(verdict(&other), "miss");
+    // Another role of the same project: its own miss, with what its privileges show.
+    let reader = cached(addr, &reader_a, &q, "60s");
+    assert_eq!(verdict(&reader), "miss");
+    assert_eq!(reader.json()["rows"], json!([{"id": 1, "v": "one"}]));
+    assert_eq!(first.json()["rowCount"], 2);
+    assert_eq!(verdict(&cached(addr, &reader_a, &q, "60s")), "hit");
+    // The right role with a wrong password never reaches the entry.
+    let wrong = conn_string("cacheproja", Some((&role, "wrong")));
+    let r = sql(
+        addr,
+        &wrong,
+        json!({ "query": q }),
+        &[("Ringgate-Cache", "ttl=60s")],
+    );
+    assert_ne!(r.status, 200, "{}", r.text());
+    psql(&admin, &format!("drop table {t}; drop role {role}"));
+}
+
+/// Reads `q` on fresh connections (so on many cores) `n` times; returns the bodies' texts
+/// and how many were hits.
+fn read_many(addr: SocketAddr, cs: &str, q: &str, n: usize) -> (Vec<String>, usize) {
+    let mut hits = 0;
+    let bodies = (0..n)
+        .map(|_| {
+            let r = cached(addr, cs, q, "60s");
+            hits += usize::from(verdict(&r) == "hit");
+            r.text()
+        })
+        .collect();
+    (bodies, hits)
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_write_through_ringgate_invalidates_its_table_on_every_core_and_no_other() {
+    let (_g, addr) = start_on_admin(&[("RINGGATE_WORKERS", "16")]);
+    let cs = conn_string("cachewrite", None);
+    let (t, u) = (unique("cache_w_"), unique("cache_o_"));
+    table(&pg_admin_url(), &t);
+    table(&pg_admin_url(), &u);
+    let qt = format!("select v from {t} where id = 1");
+    let qu = format!("select v from {u} where id = 1");
+    // Fill every core (fresh connections spread over the 16 listeners).
+    let (_, _) = read_many(addr, &cs, &qt, 200);
+    let (_, _) = read_many(addr, &cs, &qu, 200);
+    let (_, hits) = read_many(addr, &cs, &qt, 100);
+    assert!(hits >= 90, "{hits} hits of 100 after filling");
+    let cores_hit = (0..16)
+        .filter(|c| {
+            metric_total_where(
+                addr,
+                "ringgate_sql_cache_events_total",
+                &format!("core=\"{c}\",class=\"unclassified\",event=\"hit\""),
+            ) > 0
+        })
+        .count();
+    assert!(cores_hit >= 8, "hits on only {cores_hit} cores");
+    // A write to t: the very next read of t on every core is a miss with the new value.
+    write(addr, &cs, &format!("update {t} set v = 'uno' where id = 1"));
+    let (bodies, hits) = read_many(addr, &cs, &qt, 100);
+    assert!(
+        bodies.iter().all(|b| b.contains("\"uno\"")),
+        "a stale read after the write: {:?}",
+        bodies.iter().find(|b| !b.contains("\"uno\""))
+    );
+    // Within the settle window reads are served but not stored; after it they are again.
+    let _ = hits;
+    // A write to another table leaves t's... u's entries alone: t written, u still hits.
+    let (_, u_hits) = read_many(addr, &cs, &qu, 50);
+    assert_eq!(u_hits, 50, "a write to {t} invalidated {u}");
+    // Writes inside a batch invalidate too.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, refill) = read_many(addr, &cs, &qt, 100);
+    assert!(refill > 0, "t is cached again after the settle window");
+    let r = sql(
+        addr,
+        &cs,
+        json!({"queries": [
+            {"query": format!("update {t} set v = 'eins' where id = 1")},
+            {"query": "select 1"},
+        ]}),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (bodies, _) = read_many(addr, &cs, &qt, 100);
+    assert!(bodies.iter().all(|b| b.contains("\"eins\"")));
+    let (_, u_hits) = read_many(addr, &cs, &qu, 50);
+    assert_eq!(u_hits, 50);
+    psql(&pg_admin_url(), &format!("drop table {t}; drop table {u}"));
+}
+
+/// Waits until the gateway's cache subscription to Redis is up.
+fn wait_linked(addr: SocketAddr) {
+    let start = Instant::now();
+    loop {
+        let s = admin_get(addr, "/admin/status").json();
+        if s["sql_cache"]["cross_instance"]["linked"] == json!(true) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never linked: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_write_on_one_instance_invalidates_the_other_through_redis_and_rules_opt_in() {
+    let (_g1, a) = start_with_redis(&[("RINGGATE_WORKERS", "2")]);
+    let (_g2, b) = start_with_redis(&[("RINGGATE_WORKERS", "2")]);
+    wait_linked(a);
+    wait_linked(b);
+    let alpha = required("RINGGATE_TEST_ALPHA_URL");
+    let cs = alpha_conn_string();
+    let t = unique("cache_x_");
+    table(&alpha, &t);
+    let q = format!("select v from {t} where id = 2");
+    // A rule of project alpha caches the query without any header (any literal matches).
+    let control = required("RINGGATE_CONTROL_DATABASE_URL");
+    psql(
+        &control,
+        &format!(
+            "insert into ringgate.cache_rules (project_id, pattern, ttl_ms) values ('alpha', 'SELECT v FROM {t} WHERE id = 1', 60000)"
+        ),
+    );
+    let by_rule = |addr| {
+        let start = Instant::now();
+        loop {
+            let r = sql(addr, &cs, json!({ "query": q }), &[]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            if verdict(&r) == "hit" {
+                return r;
+            }
+            // The rule arrives with the project's row (NOTIFY, or its TTL).
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no hit: {}",
+                verdict(&r)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for addr in [a, b] {
+        for _ in 0..20 {
+            by_rule(addr);
+        }
+    }
+    // A write on instance a: instance b's next reads are misses with the new value.
+    write(a, &cs, &format!("update {t} set v = 'zwei' where id = 2"));
+    let start = Instant::now();
+    let mut stale = 0;
+    loop {
+        let r = sql(b, &cs, json!({ "query": q }), &[]);
+        if r.text().contains("\"zwei\"") {
+            assert_ne!(verdict(&r), "hit", "a new value can only be a miss");
+            break;
+        }
+        stale += 1;
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "instance b still served the old value after {stale} reads"
+        );
+    }
+    for _ in 0..20 {
+        let r = sql(b, &cs, json!({ "query": q }), &[]);
+        assert!(r.text().contains("\"zwei\""), "{}", r.text());
+    }
+    let status = admin_get(b, "/admin/status").json();
+    assert!(
+        status["sql_cache"]["cross_instance"]["received"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{status}"
+    );
+    psql(
+        &control,
+        &format!(
+            "delete from ringgate.cache_rules where project_id = 'alpha' and pattern like '%{t}%'"
+        ),
+    );
+    psql(&alpha, &format!("drop table {t}"));
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn the_byte_bound_holds_under_a_flood_of_distinct_queries() {
+    let (_g, addr) = start_on_admin(&[
+        ("RINGGATE_SQL_CACHE_BYTES", "256KiB"),
+        ("RINGGATE_SQL_CACHE_PROJECT_BYTES", "64KiB"),
+    ]);
+    let flood = conn_string("cacheflood", None);
+    let quiet = conn_string("cachequiet", None);
+    let hot = "select 'hot' as v";
+    assert_eq!(verdict(&cached(addr, &quiet, hot, "60s")), "miss");
+    let pad = "x".repeat(400);
+    for i in 0..2000 {
+        let r = sql(
+            addr,
+            &flood,
+            json!({"query": "select $1::text as v, $2::int as i", "params": [pad, i]}),
+            &[("Ringgate-Cache", "ttl=60s")],
+        );
+        assert_eq!(verdict(&r), "miss");
+    }
+    let bytes = metric_total_where(addr, "ringgate_sql_cache_bytes", "");
+    assert!(bytes <= 256 << 10, "{bytes} bytes cached");
+    let status = admin_get(addr, "/admin/status").json();
+    let this = &status["sql_cache"]["this_core"];
+    assert!(this["bytes"].as_u64().unwrap() <= 256 << 10, "{status}");
+    assert!(this["evictions"].as_u64().unwrap() > 1000, "{status}");
+    assert!(metric_total_where(addr, "ringgate_sql_cache_evictions_total", "") > 1000);
+    // One project's flood stayed within its share: the other project's entry is still there.
+    assert_eq!(verdict(&cached(addr, &quiet, hot, "60s")), "hit");
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn concurrent_misses_of_one_key_on_a_core_run_the_query_once() {
+    let (_g, addr) = start_on_admin(&[]);
+    let cs = conn_string("cachestampede", None);
+    // About a quarter of a second on the server, cacheable (built-in functions only).
+    let q = "select count(*) as n from generate_series(1, 4000000)";
+    let answers: Vec<Resp> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| cached(addr, &cs, q, "60s")))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|r| r.body == answers[0].body));
+    let misses = answers.iter().filter(|r| verdict(r) == "miss").count();
+    let coalesced = metric_total_where(
+        addr,
+        "ringgate_sql_cache_events_total",
+        "event=\"coalesced\"",
+    );
+    assert!(
+        misses <= 3,
+        "{misses} of 20 concurrent requests ran the query"
+    );
+    assert!(coalesced >= 10, "{coalesced} waited for another's query");
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn while_redis_is_unreachable_entries_live_only_the_short_ttl() {
+    // Sentinels nobody listens on: the invalidation subscription never comes up.
+    let (_g, addr) = start_on_admin(&[
+        ("RINGGATE_REDIS_SENTINELS", "127.0.0.1:9"),
+        ("RINGGATE_REDIS_TIMEOUT", "100ms"),
+        ("RINGGATE_SQL_CACHE_DEGRADED_TTL", "500ms"),
+    ]);
+    let cs = conn_string("cachedegraded", None);
+    let status = admin_get(addr, "/admin/status").json();
+    assert_eq!(
+        status["sql_cache"]["cross_instance"]["linked"],
+        json!(false),
+        "{status}"
+    );
+    let t = unique("cache_d_");
+    table(&pg_admin_url(), &t);
+    let q = format!("select v from {t} where id = 1");
+    assert_eq!(verdict(&cached(addr, &cs, &q, "60s")), "miss");
+    assert_eq!(verdict(&cached(addr, &cs, &q, "60s")), "hit");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        verdict(&cached(addr, &cs, &q, "60s")),
+        "miss",
+        "asked for 60 s, kept 500 ms while other instances' writes cannot be heard"
+    );
+    // A write still invalidates locally (its publish fails, and is counted).
+    write(addr, &cs, &format!("update {t} set v = 'uno' where id = 1"));
+    let r = cached(addr, &cs, &q, "60s");
+    assert!(r.text().contains("\"uno\""));
+    let status = admin_get(addr, "/admin/status").json();
+    assert!(
+        status["sql_cache"]["cross_instance"]["publish_failures"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{status}"
+    );
+    psql(&pg_admin_url(), &format!("drop table {t}"));
+}
