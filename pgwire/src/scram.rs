@@ -156,7 +156,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// The value of attribute `name` (`name=value`) among comma-separated attributes.
-fn attr<'a>(msg: &'a str, name: char) -> Option<&'a str> {
+fn attr(msg: &str, name: char) -> Option<&str> {
     msg.split(',').find_map(|a| {
         let mut c = a.chars();
         (c.next() == Some(name) && c.next() == Some('=')).then(|| &a[2..])

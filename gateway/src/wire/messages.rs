@@ -166,6 +166,6 @@ mod tests {
     fn errors_carry_severity_code_and_message() {
         let mut out = BytesMut::new();
         error(&mut out, "FATAL", "28P01", "no");
-        assert_eq!(&out[..], b"E\0\0\0\x1fSFATAL\0VFATAL\0C28P01\0Mno\0\0");
+        assert_eq!(&out[..], b"E\0\0\0\x1eSFATAL\0VFATAL\0C28P01\0Mno\0\0");
     }
 }

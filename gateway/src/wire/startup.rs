@@ -203,7 +203,10 @@ mod tests {
             packet_len(100_000u32.to_be_bytes()),
             Err(StartupError::Length(100_000))
         );
-        assert_eq!(packet_len(MAX_STARTUP_BYTES as u32 .to_be_bytes()), Ok(MAX_STARTUP_BYTES));
+        assert_eq!(
+            packet_len((MAX_STARTUP_BYTES as u32).to_be_bytes()),
+            Ok(MAX_STARTUP_BYTES)
+        );
         let e = parse(&0x0002_0000u32.to_be_bytes()).unwrap_err();
         assert_eq!(e, StartupError::Protocol(2, 0));
         assert_eq!(e.sqlstate(), "0A000");
