@@ -222,6 +222,8 @@ pub struct Connection {
     server_params: Vec<(String, String)>,
     /// Names of statements a protocol relay prepared on this connection.
     relayed: std::collections::HashSet<String>,
+    /// The TCP socket's descriptor (under TLS too), for a relay's non-consuming peek.
+    fd: std::os::fd::RawFd,
 }
 
 /// One statement of a [`Connection::pipeline`]: SQL text and text parameters.
@@ -243,6 +245,7 @@ impl Connection {
     ) -> Result<Self, Error> {
         let tcp = TcpStream::connect(cfg.addr).await?;
         let _ = tcp.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
         let stream = match &cfg.tls {
             None => Stream::Plain(tcp),
             Some(tls) => Stream::tls(tcp, tls.clone(), &cfg.host).await?,
@@ -265,6 +268,7 @@ impl Connection {
             transaction_status: b'I',
             server_params: Vec::new(),
             relayed: Default::default(),
+            fd,
         };
         conn.startup(cfg, keys).await?;
         Ok(conn)
@@ -396,6 +400,11 @@ impl Connection {
     pub fn relay_done(&mut self, transaction_status: u8, broken: bool) {
         self.transaction_status = transaction_status;
         self.broken |= broken;
+    }
+
+    /// The descriptor of the connection's TCP socket (valid while the connection lives).
+    pub fn socket_fd(&self) -> std::os::fd::RawFd {
+        self.fd
     }
 
     /// The names of statements a relay prepared on this connection (kept for its life).

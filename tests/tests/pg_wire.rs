@@ -415,6 +415,67 @@ fn a_cancel_request_stops_the_running_statement() {
     g.drain();
 }
 
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_transaction_whose_server_died_gets_08007_and_the_client_goes_on() {
+    let (g, addr) = start_pg(&[("RINGGATE_POOL_MAX_PER_TENANT", "1")]);
+    let (user, password) = alpha();
+    with_client(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "endpoint=alpha",
+        async |c| {
+            c.simple_query("begin").await.unwrap();
+            let pid = backend_pid(c).await;
+            ringgate_tests::backend::psql(
+                &pg_admin_url(),
+                &format!("select pg_terminate_backend({pid})"),
+            );
+            let e = c.simple_query("select 1").await.unwrap_err();
+            assert_eq!(code(&e), "08007", "{e}");
+            // The client connection is still usable, on another server connection.
+            let other = backend_pid(c).await;
+            assert_ne!(other, pid);
+            // A pooled (idle) server connection the server ends is not handed out: the next
+            // statement runs on a fresh one, without an error.
+            ringgate_tests::backend::psql(
+                &pg_admin_url(),
+                &format!("select pg_terminate_backend({other})"),
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while ringgate_tests::backend::psql(
+                &pg_admin_url(),
+                &format!("select count(*) from pg_stat_activity where pid = {other}"),
+            ) != "0"
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "backend {other} still there"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let third = backend_pid(c).await;
+            assert_ne!(third, other);
+        },
+    )
+    .unwrap();
+    g.drain();
+}
+
+/// The server process of the connection running the statement (simple protocol: no
+/// statement for the driver to close afterwards).
+async fn backend_pid(c: &tokio_postgres::Client) -> String {
+    let rows = c.simple_query("select pg_backend_pid()").await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
+
 /// Writes `packet` on a fresh connection and reads what comes back until the server closes.
 fn raw_exchange(addr: SocketAddr, packet: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();

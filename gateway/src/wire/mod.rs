@@ -59,6 +59,14 @@ pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                if core.connections() >= core.config.http.max_connections_per_core {
+                    core.metrics().connection_rejected();
+                    monoio::spawn(async move {
+                        let mut s = ClientStream::Plain(stream);
+                        fatal(&mut s, "53300", "sorry, too many clients already").await;
+                    });
+                    continue;
+                }
                 sessions = sessions.wrapping_add(1);
                 let _ = stream.set_nodelay(true);
                 let guard = core.track_connection();

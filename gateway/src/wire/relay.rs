@@ -32,6 +32,8 @@ const CHUNK: usize = 16 << 10;
 const FLUSH_AT: usize = 64 << 10;
 /// Largest server message relayed.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
+/// Pooled connections found ended by the server skipped per checkout, at most.
+const MAX_STALE: usize = 8;
 /// Session `SET`s replayed per client, at most.
 const MAX_SETS: usize = 64;
 /// Named statements one client may have.
@@ -44,6 +46,8 @@ const CLOSED_NAME: &[u8] = b"rgw_closed\0";
 const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// SQLSTATE `transaction_resolution_unknown`.
 const RESOLUTION_UNKNOWN: &str = "08007";
+/// What a client whose server connection died is told.
+const LOST: &str = "the server connection was lost; whether the transaction committed is unknown";
 /// SQLSTATE `too_many_connections`.
 const TOO_MANY_CONNECTIONS: &str = "53300";
 /// SQLSTATE `sqlclient_unable_to_establish_sqlconnection`.
@@ -78,6 +82,8 @@ struct Held {
     dirty: bool,
     /// Whether the connection broke or is in an unknown state.
     broken: bool,
+    /// Whether the client was told its server connection was lost.
+    lost_reported: bool,
 }
 
 impl Held {
@@ -214,13 +220,11 @@ impl Relay {
                 Ok(()) => {}
                 Err(Gone::Server) => {
                     held.broken = true;
+                    let reported = held.lost_reported;
                     self.release(held).await;
-                    messages::error(
-                        &mut self.wbuf,
-                        "ERROR",
-                        RESOLUTION_UNKNOWN,
-                        "the server connection was lost; whether the transaction committed is unknown",
-                    );
+                    if !reported {
+                        messages::error(&mut self.wbuf, "ERROR", RESOLUTION_UNKNOWN, LOST);
+                    }
                     messages::ready_for_query(&mut self.wbuf, b'I');
                     return true;
                 }
@@ -287,7 +291,20 @@ impl Relay {
                         // The server skips to the next Sync.
                         held.expected = 0;
                         if is_fatal(messages::body(&m)) {
+                            // The server ends the session: the client's session goes on
+                            // (on another server connection), told the outcome is unknown.
                             held.broken = true;
+                            let said = error_field(messages::body(&m), b'M')
+                                .map(String::from_utf8_lossy)
+                                .unwrap_or_default();
+                            messages::error(
+                                &mut self.wbuf,
+                                "ERROR",
+                                RESOLUTION_UNKNOWN,
+                                &format!("{LOST} (the server said: {said})"),
+                            );
+                            held.lost_reported = true;
+                            continue;
                         }
                     }
                     b'G' => {
@@ -469,13 +486,33 @@ impl Relay {
     /// sent yet.
     async fn checkout(&mut self) -> Result<Held, (&'static str, String)> {
         let deadline = Instant::now() + self.core.config.failover_wait;
-        let mut checkout = loop {
+        let mut stale = 0;
+        let (checkout, lent) = loop {
             match self
                 .db
                 .checkout(&self.tenant, &self.credentials, Intent::Write)
                 .await
             {
-                Ok(c) => break c,
+                Ok(mut c) => {
+                    let Some(mut lent) = c.conn().lend().await else {
+                        c.discard();
+                        continue;
+                    };
+                    // A pooled connection the server has spoken on (a FATAL for a
+                    // terminated backend, a shutdown) or closed is not used: nothing
+                    // was sent on it yet, so another is taken.
+                    let fd = lent.conn.socket_fd();
+                    let quiet = lent.conn.relay_io().1.is_empty()
+                        && crate::socket_peek::peek(&fd) == crate::socket_peek::Peek::Empty;
+                    if quiet || stale >= MAX_STALE {
+                        break (c, lent);
+                    }
+                    stale += 1;
+                    debug!("a pooled server connection was ended by the server; taking another");
+                    lent.conn.relay_done(b'I', true);
+                    lent.give_back();
+                    c.discard();
+                }
                 Err(
                     PoolError::NoPrimary
                     | PoolError::LeaseLapsed
@@ -486,10 +523,7 @@ impl Relay {
                 Err(e) => return Err(pool_refusal(&e)),
             }
         };
-        let Some(lent) = checkout.conn().lend().await else {
-            checkout.discard();
-            return Err((CANNOT_CONNECT, "the server connection closed".into()));
-        };
+        let mut checkout = checkout;
         *self.key.slot.lock() = Some(checkout.conn().canceller());
         let mut held = Held {
             checkout,
@@ -501,6 +535,7 @@ impl Relay {
             status: b'I',
             dirty: false,
             broken: false,
+            lost_reported: false,
         };
         if !self.sets.is_empty() {
             held.dirty = true;
@@ -629,20 +664,25 @@ fn server_name(rest: &[u8]) -> String {
 
 /// Whether an `ErrorResponse` body has severity FATAL or PANIC (the server closes).
 fn is_fatal(body: &[u8]) -> bool {
+    error_field(body, b'V')
+        .or_else(|| error_field(body, b'S'))
+        .is_some_and(|v| v == b"FATAL" || v == b"PANIC")
+}
+
+/// One field of an `ErrorResponse` body.
+fn error_field(body: &[u8], want: u8) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&field, after)) = rest.split_first() {
         if field == 0 {
             break;
         }
-        let Some((value, next)) = messages::split_cstr(after) else {
-            break;
-        };
-        if field == b'V' || field == b'S' {
-            return value == b"FATAL" || value == b"PANIC";
+        let (value, next) = messages::split_cstr(after)?;
+        if field == want {
+            return Some(value);
         }
         rest = next;
     }
-    false
+    None
 }
 
 /// Why a statement needs a session of its own, when it does.
