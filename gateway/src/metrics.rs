@@ -6,6 +6,7 @@
 //! [`cluster`].
 
 pub mod cluster;
+pub mod wire;
 
 use std::{
     fmt::Write as _,
@@ -246,6 +247,8 @@ pub struct CoreMetrics {
     upstreams: std::sync::RwLock<Vec<(String, u64, u64)>>,
     /// Server connections per database member, as of the last pool upkeep.
     pool_nodes: std::sync::RwLock<Vec<(String, u64)>>,
+    /// The PostgreSQL front end's figures.
+    pub wire: wire::WireMetrics,
 }
 
 /// Pool figures each core publishes once a second: name, type, help.
@@ -322,6 +325,7 @@ impl Default for CoreMetrics {
             sql_write_hold_us: AtomicU64::new(0),
             upstreams: std::sync::RwLock::new(Vec::new()),
             pool_nodes: std::sync::RwLock::new(Vec::new()),
+            wire: wire::WireMetrics::default(),
         }
     }
 }
@@ -764,6 +768,7 @@ impl Registry {
             }
         }
         self.render_sql(o)?;
+        wire::render(o, self.cores.iter().map(|m| &m.wire))?;
         self.render_pool_detail(o)?;
         self.cluster.render(o)?;
         writeln!(o, "# HELP ringgate_tls_reloads_total Certificate reloads, by result.\n# TYPE ringgate_tls_reloads_total counter")?;

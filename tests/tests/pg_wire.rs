@@ -12,6 +12,7 @@ use std::{
 use ringgate_tests::{
     backend::{pg_admin_url, required},
     gateway::start,
+    http::metric_total,
 };
 
 /// Tenant alpha's role and password (`RINGGATE_TEST_ALPHA_URL`).
@@ -246,6 +247,8 @@ fn pgbench_select_only_in_simple_extended_and_prepared_modes() {
         );
         eprintln!("pgbench -S -M {mode}: {tps:.0} tps");
     }
+    let http = g.plain_addr().unwrap();
+    assert!(metric_total(http, "ringgate_pg_transactions_total") > 1000);
     g.drain();
 }
 
@@ -333,6 +336,9 @@ fn wrong_password_unknown_project_and_another_projects_role_are_refused() {
     })
     .unwrap();
     assert_eq!(n, bu);
+    let http = g.plain_addr().unwrap();
+    assert_eq!(metric_total(http, "ringgate_pg_refused_total"), 4);
+    assert_eq!(metric_total(http, "ringgate_pg_clients_total"), 1);
     g.drain();
 }
 

@@ -139,6 +139,9 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
             Ok(p) => p,
             Err(Refused::Startup(e)) => {
                 debug!(error = %e, "PostgreSQL startup refused");
+                core.metrics()
+                    .wire
+                    .count(crate::metrics::wire::WireEvent::Refused);
                 return fatal(&mut stream, e.sqlstate(), &e.to_string()).await;
             }
             Err(error) => {
@@ -148,7 +151,12 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
         };
         match packet {
             Startup::Start(p) => break p,
-            Startup::Cancel { pid, key } => return cancel_request(pid, key).await,
+            Startup::Cancel { pid, key } => {
+                core.metrics()
+                    .wire
+                    .count(crate::metrics::wire::WireEvent::Cancels);
+                return cancel_request(pid, key).await;
+            }
             Startup::Ssl | Startup::GssEnc if stream.is_tls() => {
                 return fatal(&mut stream, "08P01", "encryption requested twice").await;
             }

@@ -23,7 +23,7 @@ use ringgate_pool::{Checkout, Credentials, Error as PoolError, Intent, Lent, Sha
 use tracing::debug;
 
 use super::{cancel::CancelKey, fatal, messages, stream::ClientStream};
-use crate::core::Core;
+use crate::{core::Core, metrics::wire::WireEvent};
 
 /// Read size from either side.
 const CHUNK: usize = 16 << 10;
@@ -219,6 +219,7 @@ impl Relay {
             match flushed {
                 Ok(()) => {}
                 Err(Gone::Server) => {
+                    self.core.metrics().wire.count(WireEvent::ServerLost);
                     held.broken = true;
                     let reported = held.lost_reported;
                     self.release(held).await;
@@ -485,7 +486,8 @@ impl Relay {
     /// failover (no leader, unreachable member) up to `RINGGATE_FAILOVER_WAIT`: nothing was
     /// sent yet.
     async fn checkout(&mut self) -> Result<Held, (&'static str, String)> {
-        let deadline = Instant::now() + self.core.config.failover_wait;
+        let started = Instant::now();
+        let deadline = started + self.core.config.failover_wait;
         let mut stale = 0;
         let (checkout, lent) = loop {
             match self
@@ -508,6 +510,7 @@ impl Relay {
                         break (c, lent);
                     }
                     stale += 1;
+                    self.core.metrics().wire.count(WireEvent::StaleSkipped);
                     debug!("a pooled server connection was ended by the server; taking another");
                     lent.conn.relay_done(b'I', true);
                     lent.give_back();
@@ -523,6 +526,7 @@ impl Relay {
                 Err(e) => return Err(pool_refusal(&e)),
             }
         };
+        self.core.metrics().wire.waited(started.elapsed());
         let mut checkout = checkout;
         *self.key.slot.lock() = Some(checkout.conn().canceller());
         let mut held = Held {

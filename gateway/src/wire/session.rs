@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{
     cancel::CancelKey, fatal, messages, relay::Relay, route, startup::Params, stream::ClientStream,
 };
-use crate::{core::Core, projects::ProjectCache};
+use crate::{core::Core, metrics::wire::WireEvent, projects::ProjectCache};
 
 /// Rows of the verifier query are small.
 const ROW_LIMIT: usize = 16 << 10;
@@ -45,18 +45,24 @@ pub async fn run(
     key: CancelKey,
 ) {
     let (Some(db), Some(projects)) = (core.db.clone(), core.projects.as_ref()) else {
-        return fatal(&mut stream, CANNOT_CONNECT, "no database is configured").await;
+        return refuse(
+            &core,
+            &mut stream,
+            CANNOT_CONNECT,
+            "no database is configured",
+        )
+        .await;
     };
     let (project, origin) = route::project(sni.as_deref(), &params.options, &params.database);
     let found = match projects.get(&db, &project).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             let msg = format!("project \"{project}\" does not exist ({origin})");
-            return fatal(&mut stream, INVALID_CATALOG_NAME, &msg).await;
+            return refuse(&core, &mut stream, INVALID_CATALOG_NAME, &msg).await;
         }
         Err(e) => {
             let msg = format!("cannot check the project: {e}");
-            return fatal(&mut stream, CANNOT_CONNECT, &msg).await;
+            return refuse(&core, &mut stream, CANNOT_CONNECT, &msg).await;
         }
     };
     // The database named must be the project's (unless the name chose the project).
@@ -65,14 +71,14 @@ pub async fn run(
             "database \"{}\" is not project \"{project}\"'s",
             params.database
         );
-        return fatal(&mut stream, INVALID_CATALOG_NAME, &msg).await;
+        return refuse(&core, &mut stream, INVALID_CATALOG_NAME, &msg).await;
     }
     if !found.roles.contains(&params.user) {
         let msg = format!(
             "role \"{}\" may not connect to project \"{project}\"",
             params.user
         );
-        return fatal(&mut stream, INVALID_AUTHORIZATION, &msg).await;
+        return refuse(&core, &mut stream, INVALID_AUTHORIZATION, &msg).await;
     }
     let mut auth = Auth {
         stream: &mut stream,
@@ -92,11 +98,14 @@ pub async fn run(
                     params.user
                 );
             }
-            return fatal(auth.stream, code, &msg).await;
+            return refuse(&core, auth.stream, code, &msg).await;
         }
         Err(AuthFailure::Gone) => return,
     };
     let buf = auth.buf;
+    let metrics = &core.metrics().wire;
+    metrics.count(WireEvent::ClientsTotal);
+    metrics.count(WireEvent::ClientsOpen);
     let mut options = String::new();
     if found.statement_timeout_ms > 0 {
         options = format!("-c statement_timeout={}", found.statement_timeout_ms);
@@ -120,6 +129,13 @@ pub async fn run(
         key,
     );
     relay.start().await;
+    core.metrics().wire.client_closed();
+}
+
+/// Refuses the session with a FATAL error, counted.
+async fn refuse(core: &Core, stream: &mut ClientStream, code: &str, msg: &str) {
+    core.metrics().wire.count(WireEvent::Refused);
+    fatal(stream, code, msg).await
 }
 
 /// The role's SCRAM verifier (`None` when it has none ringgate may use).
