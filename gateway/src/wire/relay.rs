@@ -495,6 +495,15 @@ impl Relay {
                 .checkout(&self.tenant, &self.credentials, Intent::Write)
                 .await
             {
+                // A leader whose lease may have run out takes nothing new (as for /sql):
+                // nothing was sent yet, so the transaction waits for the next leader.
+                Ok(c)
+                    if c.lease().is_some_and(|l| !l.state().is_valid())
+                        && Instant::now() < deadline =>
+                {
+                    c.discard();
+                    sleep(Duration::from_millis(50)).await;
+                }
                 Ok(mut c) => {
                     let Some(mut lent) = c.conn().lend().await else {
                         c.discard();
