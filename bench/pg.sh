@@ -25,6 +25,7 @@ if [ "$rows" != "1000000" ]; then
   pgbench -q -i -s 10 "$direct" >/dev/null 2>&1
 fi
 cargo build -q --release --locked -p ringgate
+bin="${CARGO_TARGET_DIR:-target}/release/ringgate"
 for port in 16433 16434 18382; do
   if ss -Htln "( sport = :$port )" | grep -q .; then
     echo "error: port $port is already in use: $(ss -Htlnp "( sport = :$port )")" >&2
@@ -40,7 +41,7 @@ trap cleanup EXIT
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18382 RINGGATE_PG_LISTEN=127.0.0.1:16433 RINGGATE_LOG=warn \
   DATABASE_URL="$admin" RINGGATE_CONTROL_DATABASE_URL="$control" \
   RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL=$((conns + 8)) \
-  target/release/ringgate 2>"$work/ringgate.log" &
+  "$bin" 2>"$work/ringgate.log" &
 pids+=($!)
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
