@@ -497,11 +497,14 @@ impl Relay {
             {
                 // A leader whose lease may have run out takes nothing new (as for /sql):
                 // nothing was sent yet, so the transaction waits for the next leader.
-                Ok(c)
-                    if c.lease().is_some_and(|l| !l.state().is_valid())
-                        && Instant::now() < deadline =>
-                {
+                Ok(c) if c.lease().is_some_and(|l| !l.state().is_valid()) => {
                     c.discard();
+                    if Instant::now() >= deadline {
+                        return Err((
+                            CANNOT_CONNECT,
+                            "the primary's leadership lease lapsed and no new primary took over within the failover wait; nothing was sent".into(),
+                        ));
+                    }
                     sleep(Duration::from_millis(50)).await;
                 }
                 Ok(mut c) => {
