@@ -4,7 +4,7 @@
 # the same server connections for both poolers, in one run. Needs the local backend
 # (`eval "$(compose/cluster up)"`); tenant alpha's role against the Patroni leader.
 #
-#   bench/pg.sh [SECS=10] [SERVER_CONNS=16]
+#   bench/pg.sh [SECS=10] [SERVER_CONNS=16]     (RINGGATE_BIN=path: skip the build)
 #
 # Throughput is pgbench's tps (without connection time); p99 comes from pgbench's
 # per-transaction log (-l). ringgate runs with every core (RINGGATE_WORKERS unset),
@@ -24,8 +24,11 @@ rows=$(psql -X -At -d "$direct" -c "select count(*) from pgbench_accounts" 2>/de
 if [ "$rows" != "1000000" ]; then
   pgbench -q -i -s 10 "$direct" >/dev/null 2>&1
 fi
-cargo build -q --release --locked -p ringgate
-bin="${CARGO_TARGET_DIR:-target}/release/ringgate"
+# RINGGATE_BIN: a ringgate binary already built (skips the release build).
+if [ -z "${RINGGATE_BIN:-}" ]; then
+  cargo build -q --release --locked -p ringgate
+fi
+bin="${RINGGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/ringgate}"
 for port in 16433 16434 18382; do
   if ss -Htln "( sport = :$port )" | grep -q .; then
     echo "error: port $port is already in use: $(ss -Htlnp "( sport = :$port )")" >&2
