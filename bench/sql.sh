@@ -5,6 +5,11 @@
 #
 #   bench/sql.sh [SECS=10] [SERVER_CONNS=16] [ROUNDS=3]
 #
+# With RINGGATE_BASELINE=/path/to/an/older/ringgate, that binary runs too (one core pinned
+# to CPU 0, like the pinned one, port 18382), measured the same way in the same run: max
+# req/s right after this build's, and each latency round right after this build's pinned
+# one. Binaries come from $CARGO_TARGET_DIR (default target/).
+#
 # Max req/s: ringgate on one core pinned to CPU 0, wrk and pgbench on CPU 1.
 # At 500 and 5,000 req/s, in ROUNDS interleaved rounds (the machine's slow and fast
 # minutes hit every server alike; the median round's figures are shown): ringgate as
@@ -17,7 +22,7 @@ secs="${1:-10}"
 conns="${2:-16}"
 rounds="${3:-3}"
 : "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
-leader=$(compose/cluster leader)
+leader=$("$RINGGATE_CLUSTER" leader)
 host="127.0.1.${leader#pg}"
 pw=ringgate-super
 admin="postgresql://postgres:$pw@$host:5432/postgres"
@@ -27,9 +32,11 @@ if ! psql -X -At -d "$admin" -c "select 1 from pg_database where datname='ringga
   pgbench -q -i -s 10 "$db" >/dev/null 2>&1
 fi
 cargo build -q --release --locked -p ringgate -p ringgate-bench
+bin="${CARGO_TARGET_DIR:-target}/release"
+baseline="${RINGGATE_BASELINE:-}"
 # Listeners use SO_REUSEPORT, so a leftover server on a port would silently take part of
 # the load: refuse to run instead.
-for port in 18380 18381 16432 18390; do
+for port in 18380 18381 18382 16432 18390; do
   if ss -Htln "( sport = :$port )" | grep -q .; then
     echo "error: port $port is already in use (a leftover server?): $(ss -Htlnp "( sport = :$port )")" >&2
     exit 1
@@ -45,12 +52,18 @@ trap cleanup EXIT
 # otherwise configure this ringgate too.
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18380 RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
   DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
-  target/release/ringgate 2>"$work/ringgate.log" &
+  "$bin/ringgate" 2>"$work/ringgate.log" &
 pids+=($!)
+if [ -n "$baseline" ]; then
+  env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18382 RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
+    DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
+    "$baseline" 2>"$work/ringgate-baseline.log" &
+  pids+=($!)
+fi
 # The default deployment: one core per CPU, not pinned; the same server connections in all.
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18381 RINGGATE_LOG=warn \
   DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
-  target/release/ringgate 2>"$work/ringgate-default.log" &
+  "$bin/ringgate" 2>"$work/ringgate-default.log" &
 pids+=($!)
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
@@ -109,8 +122,12 @@ field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 echo "== ringgate /sql, wrk -c1000 (max), $conns server connections"
 max=$(taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18380/sql | grep wrk_result)
 echo "$max"
+if [ -n "$baseline" ]; then
+  echo "== baseline ringgate /sql, wrk -c1000 (max), $conns server connections"
+  taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18382/sql | grep wrk_result
+fi
 load() { # url rate
-  taskset -c 1 target/release/rg-load --url "$1" --rate "$2" --duration "$secs" --warmup 2 \
+  taskset -c 1 "$bin/rg-load" --url "$1" --rate "$2" --duration "$secs" --warmup 2 \
     --connections 1000 --body "$body" --header "Neon-Connection-String: $cs" --header "Content-Type: application/json"
 }
 # Latency of pgbench -S at a fixed rate (-R; from each transaction's scheduled start, as
@@ -125,6 +142,7 @@ q = lambda p: v[min(len(v) - 1, int(p * len(v)))] / 1000
 print(f"pgbench_rate n={len(v)} p50_ms={q(0.5):.3f} p99_ms={q(0.99):.3f} p999_ms={q(0.999):.3f}")'
 }
 curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18381/sql >/dev/null
+[ -z "$baseline" ] || curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18382/sql >/dev/null
 declare -A ROUNDS_OF
 # Runs one scenario (the command after KEY and LABEL), prints its line and keeps its
 # "p99 p50 p99.9" for the summary.
@@ -139,6 +157,7 @@ latency_round() { # rate round
   local at="@ $1/s round $2"
   keep "default/$1" "$at ringgate /sql (default: every core, unpinned)" load http://127.0.0.1:18381/sql "$1"
   keep "pinned/$1" "$at ringgate /sql (1 core pinned to CPU 0)" load http://127.0.0.1:18380/sql "$1"
+  [ -z "$baseline" ] || keep "baseline/$1" "$at baseline ringgate /sql (1 core pinned to CPU 0)" load http://127.0.0.1:18382/sql "$1"
   keep "floor/$1" "$at nginx fixed body (machine floor)" load http://127.0.0.1:18390/sql "$1"
   keep "pgbench/$1" "$at pgbench -S -R $1 direct" pgbench_at "$1"
 }
@@ -152,7 +171,8 @@ echo
 echo "| @ rate | server | p50 / p99 / p99.9 ms (median round by p99) | p99 of every round |"
 echo "|---|---|---|---|"
 for rate in 500 5000; do
-  for who in "default:ringgate, every core, unpinned" "pinned:ringgate, 1 core pinned" "floor:nginx fixed body (floor)" "pgbench:pgbench -S -R direct"; do
+  for who in "default:ringgate, every core, unpinned" "pinned:ringgate, 1 core pinned" "baseline:baseline ringgate, 1 core pinned" "floor:nginx fixed body (floor)" "pgbench:pgbench -S -R direct"; do
+    [ -n "${ROUNDS_OF[${who%%:*}/$rate]:-}" ] || continue
     read -r p99 p50 p999 <<<"$(median_p99 "${who%%:*}/$rate")"
     echo "| $rate/s | ${who#*:} | $p50 / $p99 / $p999 | $(all_p99 "${who%%:*}/$rate") |"
   done

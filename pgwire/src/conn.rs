@@ -572,6 +572,52 @@ impl Connection {
         }
     }
 
+    /// Reads what the server sent while the connection was idle, without waiting: notices
+    /// are kept, and an error or the end of the stream (the server ended the session: a
+    /// terminate, a shutdown, a crash) marks the connection broken, so statements are not
+    /// sent into a session that is already gone (their fate would look unknown). Plain
+    /// TCP only (see [`Stream::probe`]).
+    pub async fn check_idle(&mut self) {
+        if self.broken {
+            return;
+        }
+        match self.stream.probe(&mut self.read).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => {
+                self.broken = true;
+                return;
+            }
+        }
+        loop {
+            match Message::parse(&mut self.read) {
+                Ok(Some(Message::NoticeResponse(b))) => {
+                    if let Ok(notice) = DbError::parse(b.fields()) {
+                        self.keep_notice(notice);
+                    }
+                }
+                Ok(Some(Message::ParameterStatus(_) | Message::NotificationResponse(_))) => {}
+                // A partial message waits for the rest with the next answer.
+                Ok(None) => return,
+                // Anything else while idle (an ErrorResponse: the session is ending).
+                Ok(Some(_)) | Err(_) => {
+                    self.broken = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn keep_notice(&mut self, notice: DbError) {
+        if is_local_only_commit(&notice) {
+            self.commit_unconfirmed = true;
+        }
+        if self.notices.len() == NOTICES_KEPT {
+            self.notices.remove(0);
+        }
+        self.notices.push(notice);
+    }
+
     /// Caches a statement this connection parsed; when the cache is full every cached
     /// statement is closed first (one round trip, rare), rather than tracking recency.
     async fn remember(&mut self, sql: &str, prepared: Prepared) {
@@ -884,13 +930,7 @@ impl Connection {
             match Message::parse(&mut self.read)? {
                 Some(Message::NoticeResponse(b)) => {
                     let notice = DbError::parse(b.fields())?;
-                    if is_local_only_commit(&notice) {
-                        self.commit_unconfirmed = true;
-                    }
-                    if self.notices.len() == NOTICES_KEPT {
-                        self.notices.remove(0);
-                    }
-                    self.notices.push(notice);
+                    self.keep_notice(notice);
                 }
                 Some(Message::ParameterStatus(b)) => {
                     if let (Ok(name), Ok(value)) = (b.name(), b.value()) {

@@ -6,9 +6,14 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use monoio::{
     buf::IoBufMut,
-    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
+    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent},
     net::TcpStream,
 };
+
+/// `ECANCELED` on Linux: how a cancelled read ends.
+const fn libc_ecanceled() -> i32 {
+    125
+}
 use rustls::pki_types::ServerName;
 
 use crate::error::Error;
@@ -53,7 +58,15 @@ impl Stream {
         let stream = monoio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .map_err(|e| match e {
+                // The handshake's reason (e.g. `InvalidCertificate(UnknownIssuer)`) travels
+                // inside the I/O error: monoio-rustls' own text says only "io error".
+                monoio_rustls::TlsError::Io(e) => match e.get_ref() {
+                    Some(inner) => Error::Tls(format!("{inner:?}")),
+                    None => Error::Tls(e.to_string()),
+                },
+                monoio_rustls::TlsError::Rustls(e) => Error::Tls(format!("{e:?}")),
+            })?;
         Ok(Stream::Tls(Box::new(stream)))
     }
 
@@ -78,6 +91,43 @@ impl Stream {
         match r? {
             0 => Err(Error::Closed),
             n => Ok(n),
+        }
+    }
+
+    /// Appends to `buf` whatever the server has already sent, without waiting for more:
+    /// `Ok(0)` when nothing is pending, `Err(Closed)` when the server has closed its side.
+    /// A read is submitted and cancelled at once, so no byte is lost either way. Plain TCP
+    /// only: over TLS (whose stream offers no cancellable read) it reports `Ok(0)`.
+    pub async fn probe(&mut self, buf: &mut BytesMut) -> Result<usize, Error> {
+        let Stream::Plain(s) = self else {
+            return Ok(0);
+        };
+        buf.reserve(512);
+        let owned = std::mem::take(buf);
+        let (len, cap) = (owned.len(), owned.capacity());
+        let canceller = monoio::io::Canceller::new();
+        let mut read =
+            std::pin::pin!(s.cancelable_read(owned.slice_mut(len..cap), canceller.handle()));
+        // The first poll submits the read; the cancel follows it in the same submission, so
+        // the read completes with what is pending, if anything, and is cancelled otherwise.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
+        })
+        .await;
+        let (r, spare) = match first {
+            std::task::Poll::Ready(done) => done,
+            std::task::Poll::Pending => {
+                let _ = canceller.cancel();
+                read.await
+            }
+        };
+        *buf = spare.into_inner();
+        match r {
+            Ok(0) => Err(Error::Closed),
+            Ok(n) => Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc_ecanceled()) => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(Error::Io(e)),
         }
     }
 

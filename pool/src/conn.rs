@@ -132,12 +132,16 @@ pub type Job = (String, Vec<Option<String>>);
 
 /// A request to a connection's task.
 enum Request {
-    /// Statements sent in one write; each answer goes back on its own channel.
+    /// Statements sent in one write; each answer goes back on its own channel. With
+    /// `check`, the connection first looks for a session that ended while it was idle.
     Jobs {
         jobs: Vec<Job>,
         limit: usize,
+        check: bool,
         answers: Vec<oneshot::Sender<Answer>>,
     },
+    /// Look (without waiting) for a session that ended while the connection was idle.
+    Check { done: oneshot::Sender<()> },
     /// A simple query (no parameters, results discarded).
     Simple {
         sql: String,
@@ -183,6 +187,9 @@ struct Shared {
     broken: AtomicBool,
     unconfirmed: AtomicBool,
     statements: AtomicUsize,
+    /// A caller gave up on its statement before the answer (see [`Abandon`]): the
+    /// connection is never reused, so a cancel sent for it cannot hit another request.
+    abandoned: AtomicBool,
 }
 
 /// A pooled server connection: a handle to the task that owns it on its core. Statements
@@ -192,6 +199,25 @@ pub struct PgConn {
     requests: mpsc::UnboundedSender<Request>,
     shared: Arc<Shared>,
     canceller: Canceller,
+    /// Asks this connection's cancel task to send a CancelRequest.
+    cancel: mpsc::UnboundedSender<()>,
+}
+
+/// Armed while a caller awaits its statement: dropped armed (the caller gave up: a lease
+/// that ran out, a request dropped), it marks the connection abandoned and has its running
+/// statement cancelled. Dropping needs no runtime (it only sends on a channel).
+struct Abandon<'a> {
+    conn: &'a PgConn,
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.shared.abandoned.store(true, Relaxed);
+            let _ = self.conn.cancel.unbounded_send(());
+        }
+    }
 }
 
 // === impl PgConn ===
@@ -203,23 +229,50 @@ impl PgConn {
     }
 
     /// Runs `sql` with text `params` (types inferred by the server); its rows may take at
-    /// most `limit` bytes.
+    /// most `limit` bytes. The connection first checks (without waiting) that its session
+    /// did not end while idle, so a statement is never sent into a closed session, where
+    /// its fate would look unknown: it is answered as not run instead.
     pub async fn query(&self, sql: &str, params: &[Option<String>], limit: usize) -> Answer {
-        let mut answers = self.pipeline(vec![(sql.to_string(), params.to_vec())], limit);
-        settle(answers.pop().expect("one answer per job")).await
+        let jobs = vec![(sql.to_string(), params.to_vec())];
+        let mut answers = self.send(jobs, limit, true);
+        let mut guard = Abandon {
+            conn: self,
+            armed: true,
+        };
+        let answer = settle(answers.pop().expect("one answer per job")).await;
+        guard.armed = false;
+        answer
     }
 
-    /// Sends `jobs` in one write; each answer is awaited on its own (in order they are
-    /// ready in order), each job's rows bounded by `limit`.
+    /// Sends `jobs` in one write (reads, which are safe to rerun: no idle check); each
+    /// answer is awaited on its own (they are ready in order), each job's rows bounded by
+    /// `limit`.
     pub fn pipeline(&self, jobs: Vec<Job>, limit: usize) -> Vec<oneshot::Receiver<Answer>> {
+        self.send(jobs, limit, false)
+    }
+
+    fn send(&self, jobs: Vec<Job>, limit: usize, check: bool) -> Vec<oneshot::Receiver<Answer>> {
         let (answers, receivers): (Vec<_>, Vec<_>) =
             jobs.iter().map(|_| oneshot::channel()).unzip();
-        // A task that is gone drops the senders: each receiver then reads as not sent.
-        let _ = self.requests.unbounded_send(Request::Jobs {
+        let sent = self.requests.unbounded_send(Request::Jobs {
             jobs,
             limit,
+            check,
             answers,
         });
+        // The task is gone: nothing was sent.
+        if let Err(e) = sent {
+            if let Request::Jobs { answers, .. } = e.into_inner() {
+                for a in answers {
+                    let _ = a.send(Answer {
+                        result: Err(ringgate_pgwire::Error::Closed),
+                        may_have_run: false,
+                        broken: true,
+                        commit_unconfirmed: false,
+                    });
+                }
+            }
+        }
         receivers
     }
 
@@ -234,7 +287,29 @@ impl PgConn {
         if self.requests.unbounded_send(request).is_err() {
             return Err(ringgate_pgwire::Error::Closed);
         }
-        result.await.unwrap_or(Err(ringgate_pgwire::Error::Closed))
+        let mut guard = Abandon {
+            conn: self,
+            armed: true,
+        };
+        let r = result.await.unwrap_or(Err(ringgate_pgwire::Error::Closed));
+        guard.armed = false;
+        r
+    }
+
+    /// Whether the session ended while the connection was idle (the server closed it or
+    /// sent an error), looked at without waiting; also true when the connection is
+    /// already known to be closed.
+    pub async fn ended_while_idle(&self) -> bool {
+        let (done, checked) = oneshot::channel();
+        if self
+            .requests
+            .unbounded_send(Request::Check { done })
+            .is_err()
+        {
+            return true;
+        }
+        let _ = checked.await;
+        self.is_closed()
     }
 
     /// Lends the connection itself to a caller that speaks the protocol on it (ringgate's
@@ -261,9 +336,12 @@ impl PgConn {
         self.shared.unconfirmed.load(Relaxed)
     }
 
-    /// Whether the connection can no longer be used.
+    /// Whether the connection can no longer be used (or must not be: a caller abandoned a
+    /// statement on it).
     pub fn is_closed(&self) -> bool {
-        self.shared.broken.load(Relaxed) || self.requests.is_closed()
+        self.shared.broken.load(Relaxed)
+            || self.shared.abandoned.load(Relaxed)
+            || self.requests.is_closed()
     }
 }
 
@@ -295,8 +373,12 @@ async fn serve(
             Request::Jobs {
                 jobs,
                 limit,
+                check,
                 mut answers,
             } => {
+                if check {
+                    conn.check_idle().await;
+                }
                 let borrowed: Vec<ringgate_pgwire::Job<'_>> = jobs
                     .iter()
                     .map(|(sql, params)| (sql.as_str(), params.as_slice()))
@@ -315,6 +397,11 @@ async fn serve(
                     }
                 })
                 .await;
+            }
+            Request::Check { done } => {
+                conn.check_idle().await;
+                publish(&shared, &conn);
+                let _ = done.send(());
             }
             Request::Simple { sql, done } => {
                 let r = conn.simple(&sql).await;
@@ -531,10 +618,21 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     let (requests, rx) = mpsc::unbounded();
     let shared = Arc::new(Shared::default());
     monoio::spawn(serve(conn, rx, shared.clone(), target.node.clone(), permit));
+    let (cancel, mut wanted) = mpsc::unbounded::<()>();
+    let c = canceller.clone();
+    // Ends with the handle (the last sender).
+    monoio::spawn(async move {
+        while wanted.next().await.is_some() {
+            if let Err(error) = c.cancel().await {
+                debug!(%error, "an abandoned statement could not be cancelled");
+            }
+        }
+    });
     Ok(PgConn {
         requests,
         shared,
         canceller,
+        cancel,
     })
 }
 

@@ -14,6 +14,9 @@ use crate::{
     error::Error,
 };
 
+/// Idle time after which a connection is checked for a session that ended before reuse.
+const CHECK_AFTER_IDLE: Duration = Duration::from_millis(20);
+
 /// Creates and recycles connections to one target, within the process-wide budgets of its
 /// tenant and its node.
 #[derive(Debug)]
@@ -83,6 +86,12 @@ impl deadpool::managed::Manager for PgManager {
     async fn recycle(&self, conn: &mut PgConn, metrics: &Metrics) -> RecycleResult<Error> {
         if conn.is_closed() {
             return Err(RecycleError::message("server closed the connection"));
+        }
+        // A session the server ended while the connection sat idle (a terminate, a
+        // shutdown, a crash): looked for without waiting. Skipped for a connection given
+        // back moments ago (under load), where statements check before writes anyway.
+        if metrics.last_used() > CHECK_AFTER_IDLE && conn.ended_while_idle().await {
+            return Err(RecycleError::message("server ended the session while idle"));
         }
         // A connection idle for a while may have been killed without us noticing yet.
         if metrics.last_used() > self.ping_after_idle {

@@ -90,3 +90,38 @@ test('sql.query with full results and array mode', async () => {
   assert.deepEqual(r.rows, [['hi', 7]]);
   assert.deepEqual(r.fields.map((f) => f.name), ['v', 'w']);
 });
+
+test('types the binary path could not render come back as the server writes them', async () => {
+  const [r] = await sql`select 12.5::money as cash, 'pg_class'::regclass as rel, 'int4'::regtype as typ,
+    'a fat cat'::tsvector as doc, 'fat & rat'::tsquery as q, '0/16B6C50'::pg_lsn as lsn,
+    array['1.50'::money, null] as cashes, '[0:1]={x,y}'::text[] as shifted`;
+  assert.equal(r.cash, '$12.50');
+  assert.equal(r.rel, 'pg_class');
+  assert.equal(r.typ, 'integer');
+  assert.equal(r.doc, "'a' 'cat' 'fat'");
+  assert.equal(r.q, "'fat' & 'rat'");
+  assert.equal(r.lsn, '0/16B6C50');
+  // The driver parses arrays it knows (money[], text[]) from the server's text.
+  assert.deepEqual(r.cashes, ['$1.50', null]);
+  assert.deepEqual(r.shifted, ['x', 'y']);
+});
+
+test('command tags and counts are the server\'s, field metadata from its row description', async () => {
+  const name = `neon-with-${process.pid}-${Date.now()}`;
+  const r = await sql.query(
+    'with v as (select $1::text as n) insert into items (name, price) select n, 1 from v returning name',
+    [name],
+    { fullResults: true },
+  );
+  assert.equal(r.command, 'INSERT');
+  assert.equal(r.rowCount, 1);
+  assert.deepEqual(r.rows, [{ name }]);
+  const [{ t }] = await sql`select 'items'::regclass::oid::int as t`;
+  const s = await sql.query('select id, name from items where name = $1', [name], { fullResults: true });
+  assert.equal(s.fields[1].tableID, t);
+  assert.equal(s.fields[1].columnID, 2);
+  assert.equal(s.fields[0].dataTypeID, 23);
+  const d = await sql.query('delete from items where name = $1', [name], { fullResults: true });
+  assert.equal(d.command, 'DELETE');
+  assert.equal(d.rowCount, 1);
+});

@@ -43,7 +43,7 @@ fn neon_serverless_driver_works_unchanged() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 6"),
+        stdout.contains("# fail 0") && stdout.contains("# pass 8"),
         "{stdout}"
     );
 }

@@ -255,6 +255,49 @@ async fn tenant_limit_is_never_exceeded_and_exhaustion_times_out() {
     shard.close_all();
 }
 
+/// A caller that gives up on its statement (a lapsed lease, a request that timed out) has
+/// it cancelled on the server, and the connection is not reused.
+#[monoio::test_all(timer_enabled = true)]
+#[ignore = "needs compose backend (compose/cluster up)"]
+async fn an_abandoned_statement_is_cancelled_and_its_connection_not_reused() {
+    let url = admin();
+    let tenant = unique("abandon");
+    let shard = shard(Config::default(), &url, None);
+    let marker = unique("abandoned_sleep_");
+    let mut c = shard
+        .checkout(&tenant, &url.credentials, Intent::Write)
+        .await
+        .unwrap();
+    let sql = format!("select pg_sleep(30) as {marker}");
+    let gave_up = monoio::time::timeout(
+        Duration::from_millis(300),
+        c.conn().query(&sql, &[], 1 << 20),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the statement was still running");
+    assert!(
+        c.conn().is_closed(),
+        "an abandoned connection is not reused"
+    );
+    let running = || {
+        psql(
+            &pg_admin_url(),
+            &format!(
+                "select count(*) from pg_stat_activity where state = 'active' \
+                 and query like '%{marker}%' and pid <> pg_backend_pid()"
+            ),
+        ) == "1"
+    };
+    eventually(
+        "the abandoned statement is cancelled",
+        Duration::from_secs(5),
+        || !running(),
+    )
+    .await;
+    drop(c);
+    shard.close_all();
+}
+
 #[monoio::test_all(timer_enabled = true)]
 #[ignore = "needs compose backend (compose/cluster up)"]
 async fn dead_connections_are_replaced_and_statements_cached() {
@@ -268,13 +311,15 @@ async fn dead_connections_are_replaced_and_statements_cached() {
     let pid: i32 = value(c.conn(), "select pg_backend_pid()", &[])
         .await
         .unwrap();
+    // Every statement is cached, `select pg_backend_pid()` included.
+    let cached = c.conn().cached_statements();
     for _ in 0..3 {
         let n: i32 = value(c.conn(), "select $1::int + 1", &[Some("41".into())])
             .await
             .unwrap();
         assert_eq!(n, 42);
     }
-    assert_eq!(c.conn().cached_statements(), 1);
+    assert_eq!(c.conn().cached_statements(), cached + 1);
     let prepared: i64 = value(
         c.conn(),
         "select count(*) from pg_prepared_statements where statement = 'select $1::int + 1'",
