@@ -304,3 +304,34 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The PostgreSQL front end's auth query (PgBouncer's way): ringgate verifies a client's
+-- SCRAM proof against the role's verifier and authenticates upstream with the ClientKey it
+-- recovers from the proof, never holding a password. The function returns the SCRAM
+-- verifier of a role only when it is one of the project's roles (never a superuser's,
+-- never an MD5 hash), and only ringgate's app role may call it. It lives in a schema of its
+-- own, owned by the superuser, so the app role can neither replace nor shadow it.
+CREATE SCHEMA IF NOT EXISTS ringgate_auth;
+REVOKE ALL ON SCHEMA ringgate_auth FROM PUBLIC;
+GRANT USAGE ON SCHEMA ringgate_auth TO ringgate_app;
+CREATE OR REPLACE FUNCTION ringgate_auth.scram_verifier(p_project text, p_role text)
+RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v text;
+BEGIN
+    PERFORM ringgate_private.check_projects_table();
+    SELECT a.rolpassword INTO v
+    FROM pg_authid a
+    WHERE a.rolname = p_role AND a.rolcanlogin AND NOT a.rolsuper
+      AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil > now())
+      AND EXISTS (SELECT 1 FROM ringgate.projects p
+                  WHERE p.project_id = p_project AND p_role = ANY (p.roles));
+    IF v IS NULL OR v NOT LIKE 'SCRAM-SHA-256$%' THEN
+        RETURN NULL;
+    END IF;
+    RETURN v;
+END
+$$;
+REVOKE ALL ON FUNCTION ringgate_auth.scram_verifier(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ringgate_auth.scram_verifier(text, text) TO ringgate_app;

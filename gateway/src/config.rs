@@ -122,6 +122,10 @@ pub const ENV_ADMIN_TOKEN: &str = "RINGGATE_ADMIN_TOKEN";
 pub const ENV_LOG: &str = "RINGGATE_LOG";
 /// Log format: `plain` or `json`.
 pub const ENV_LOG_FORMAT: &str = "RINGGATE_LOG_FORMAT";
+/// PostgreSQL protocol listen address (off by default).
+pub const ENV_PG_LISTEN: &str = "RINGGATE_PG_LISTEN";
+/// TLS on the PostgreSQL listener: `allow` (default) or `require`.
+pub const ENV_PG_TLS: &str = "RINGGATE_PG_TLS";
 
 /// Variables whose values are secrets: never shown in a log line or an error, only named.
 /// Passwords inside URLs (`DATABASE_URL`, ...) are hidden by [`shown`] for every variable.
@@ -327,6 +331,16 @@ pub const VARS: &[VarDoc] = &[
         name: ENV_LOG_FORMAT,
         default: "plain",
         help: "`plain` or `json`",
+    },
+    VarDoc {
+        name: ENV_PG_LISTEN,
+        default: "off",
+        help: "PostgreSQL protocol listen address (IP:port) for psql, pgbench and drivers (needs RINGGATE_CONTROL_DATABASE_URL); `off` for none",
+    },
+    VarDoc {
+        name: ENV_PG_TLS,
+        default: "allow",
+        help: "TLS on the PostgreSQL listener (SSLRequest, the HTTPS certificate): `allow` or `require` (plaintext refused)",
     },
 ];
 
@@ -539,6 +553,17 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Bearer token for the admin endpoints (off when `None`).
     pub admin_token: Option<Secret>,
+    /// The PostgreSQL protocol listener (`RINGGATE_PG_LISTEN`), off when `None`.
+    pub pg: Option<PgListen>,
+}
+
+/// The PostgreSQL protocol listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgListen {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Refuse plaintext sessions (`RINGGATE_PG_TLS=require`; default false).
+    pub require_tls: bool,
 }
 
 impl Config {
@@ -640,6 +665,20 @@ impl Config {
                 })
             }
         });
+        let pg_listen = r.parse(ENV_PG_LISTEN, |s| {
+            if s.trim().eq_ignore_ascii_case("off") {
+                Ok(None)
+            } else {
+                parse::addr(s).map(Some)
+            }
+        });
+        let pg_tls = r.parse(ENV_PG_TLS, |s| match s.trim() {
+            "allow" | "prefer" => Ok(false),
+            "require" => Ok(true),
+            _ => Err(parse::ParseError {
+                expected: "allow or require",
+            }),
+        });
         let redis = r.redis();
         let key_login = r.key_login();
         let proxy = r.proxy();
@@ -671,6 +710,23 @@ impl Config {
                 None
             }
         };
+        let pg = pg_listen.flatten().map(|addr| PgListen {
+            addr,
+            require_tls: pg_tls.unwrap_or(false),
+        });
+        if pg.is_some_and(|p| p.require_tls) && tls.is_none() && r.errors.is_empty() {
+            r.missing(
+                ENV_TLS_LISTEN,
+                "RINGGATE_PG_TLS=require needs the HTTPS certificate",
+            );
+        }
+        let has_control = database.as_ref().is_some_and(|d| d.control.is_some());
+        if pg.is_some() && !has_control && r.errors.is_empty() {
+            r.missing(
+                ENV_CONTROL_DATABASE_URL,
+                "RINGGATE_PG_LISTEN is set (projects and SCRAM verifiers come from it)",
+            );
+        }
         let listen = listen.unwrap_or(Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
         if listen.is_none() && tls.is_none() && r.errors.is_empty() {
             r.missing(ENV_TLS_LISTEN, "RINGGATE_LISTEN=off leaves no listener");
@@ -696,6 +752,7 @@ impl Config {
             key_login,
             proxy,
             admin_token,
+            pg,
         })
     }
 }
@@ -1475,5 +1532,36 @@ mod tests {
         for v in VARS {
             assert!(help.contains(v.name), "{} missing from --help", v.name);
         }
+    }
+
+    #[test]
+    fn the_pg_listener_is_off_by_default_and_checked_when_on() {
+        assert_eq!(read(&[]).unwrap().pg, None);
+        assert_eq!(read(&[(ENV_PG_LISTEN, "off")]).unwrap().pg, None);
+        let bad = read(&[(ENV_PG_LISTEN, "nowhere")]).unwrap_err();
+        assert!(bad.to_string().contains(ENV_PG_LISTEN), "{bad}");
+        let bad = read(&[(ENV_PG_TLS, "maybe")]).unwrap_err();
+        assert!(bad.to_string().contains(ENV_PG_TLS), "{bad}");
+        let no_control = read(&[(ENV_PG_LISTEN, "127.0.0.1:6432")]).unwrap_err();
+        assert!(
+            no_control.to_string().contains(ENV_CONTROL_DATABASE_URL),
+            "{no_control}"
+        );
+        let c = read(&[
+            (ENV_PG_LISTEN, "127.0.0.1:6432"),
+            (ENV_DATABASE_URL, "postgres://u:p@127.0.0.1:5432/db"),
+            (
+                ENV_CONTROL_DATABASE_URL,
+                "postgres://u:p@127.0.0.1:5432/control",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.pg,
+            Some(PgListen {
+                addr: "127.0.0.1:6432".parse().unwrap(),
+                require_tls: false
+            })
+        );
     }
 }

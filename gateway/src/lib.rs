@@ -21,6 +21,7 @@
 //! - [`projects`]: project config from the control database, cached per core.
 //! - [`sessions`]: API keys from Redis, cached per core.
 //! - [`proxy`]: the reverse proxy to workers.
+//! - [`wire`]: the PostgreSQL wire-protocol front end (`RINGGATE_PG_LISTEN`).
 //! - [`shutdown`]: signals and the drain.
 //! - [`error`](mod@error): request errors and their HTTP mapping.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -46,6 +47,7 @@ pub mod sessions;
 pub mod shutdown;
 pub mod socket_peek;
 pub mod sql;
+pub mod wire;
 
 use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
 
@@ -89,6 +91,7 @@ pub struct Gateway {
     driver: Driver,
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    pg_addr: Option<SocketAddr>,
 }
 
 /// What [`start_topology`] hands the cores: the first topology, and when it follows
@@ -235,6 +238,12 @@ impl Gateway {
             .unwrap_or_default();
         let plain_addr = plain.first().and_then(|l| l.local_addr().ok());
         let tls_addr = tls.first().and_then(|l| l.local_addr().ok());
+        let mut pg = config
+            .pg
+            .map(|p| bind(p.addr))
+            .transpose()?
+            .unwrap_or_default();
+        let pg_addr = pg.first().and_then(|l| l.local_addr().ok());
         let registry = Registry::new(n, driver.label());
         let channels: Vec<_> = (0..n).map(|_| flume::unbounded::<Control>()).collect();
         let TopologyStart {
@@ -263,6 +272,7 @@ impl Gateway {
             let listeners = CoreListeners {
                 plain: plain.pop(),
                 tls: tls.pop(),
+                pg: pg.pop(),
             };
             let (tx, rx) = channels.pop().expect("one channel per core");
             let (topology, resolve, redis) = (topology.clone(), resolve.clone(), redis.clone());
@@ -303,6 +313,9 @@ impl Gateway {
         if let Some(a) = tls_addr {
             info!(addr = %a, cores = n, driver = driver.label(), "listening (https)");
         }
+        if let Some(a) = pg_addr {
+            info!(addr = %a, cores = n, driver = driver.label(), "listening (postgresql)");
+        }
         Ok(Self {
             cores,
             certs,
@@ -310,12 +323,18 @@ impl Gateway {
             driver,
             plain_addr,
             tls_addr,
+            pg_addr,
         })
     }
 
     /// The plain HTTP address, when listening.
     pub fn plain_addr(&self) -> Option<SocketAddr> {
         self.plain_addr
+    }
+
+    /// The PostgreSQL protocol address, when listening.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg_addr
     }
 
     /// The HTTPS address, when listening.

@@ -6,6 +6,7 @@
 //! [`cluster`].
 
 pub mod cluster;
+pub mod wire;
 
 use std::{
     fmt::Write as _,
@@ -284,6 +285,8 @@ pub struct CoreMetrics {
     upstreams: std::sync::RwLock<Vec<(String, u64, u64)>>,
     /// Server connections per database member, as of the last pool upkeep.
     pool_nodes: std::sync::RwLock<Vec<(String, u64)>>,
+    /// The PostgreSQL front end's figures.
+    pub wire: wire::WireMetrics,
 }
 
 /// Pool figures each core publishes once a second: name, type, help.
@@ -363,6 +366,7 @@ impl Default for CoreMetrics {
             sql_cache_evictions: AtomicU64::new(0),
             upstreams: std::sync::RwLock::new(Vec::new()),
             pool_nodes: std::sync::RwLock::new(Vec::new()),
+            wire: wire::WireMetrics::default(),
         }
     }
 }
@@ -843,6 +847,7 @@ impl Registry {
             }
         }
         self.render_sql(o)?;
+        wire::render(o, self.cores.iter().map(|m| &m.wire))?;
         self.render_pool_detail(o)?;
         if self.budgets.get().is_some() {
             writeln!(o, "# HELP ringgate_pool_server_connects_total Server connections opened (or tried) on all cores: a permit taken from a tenant's and a member's budget. Against requests served, how often connections moved between cores.\n# TYPE ringgate_pool_server_connects_total counter")?;

@@ -42,6 +42,8 @@ pub struct CoreListeners {
     pub plain: Option<StdListener>,
     /// HTTPS.
     pub tls: Option<StdListener>,
+    /// PostgreSQL protocol (see [`crate::wire`]).
+    pub pg: Option<StdListener>,
 }
 
 /// How a core's drain ended.
@@ -82,6 +84,9 @@ pub async fn run_core(
     }
     if let Some(l) = listeners.tls {
         monoio::spawn(accept_loop(core.clone(), l, true));
+    }
+    if let Some(l) = listeners.pg {
+        monoio::spawn(crate::wire::accept_loop(core.clone(), l));
     }
     if core.db.is_some() {
         monoio::spawn(pool_upkeep(core.clone()));

@@ -23,6 +23,7 @@ use postgres_protocol::{
 
 use crate::{
     error::{DbError, Error},
+    scram::{ClientKeys, KeyClient},
     stream::Stream,
 };
 
@@ -217,6 +218,12 @@ pub struct Connection {
     commit_unconfirmed: bool,
     broken: bool,
     transaction_status: u8,
+    /// `ParameterStatus` values the server reported (the latest of each).
+    server_params: Vec<(String, String)>,
+    /// Names of statements a protocol relay prepared on this connection.
+    relayed: std::collections::HashSet<String>,
+    /// The TCP socket's descriptor (under TLS too), for a relay's non-consuming peek.
+    fd: std::os::fd::RawFd,
 }
 
 /// One statement of a [`Connection::pipeline`]: SQL text and text parameters.
@@ -226,8 +233,19 @@ impl Connection {
     /// Connects, negotiates TLS when configured, and authenticates (SCRAM-SHA-256, MD5 or
     /// cleartext, as the server asks). Statements are cached up to `statement_cache`.
     pub async fn connect(cfg: &ConnectConfig, statement_cache: usize) -> Result<Self, Error> {
+        Self::connect_with_keys(cfg, None, statement_cache).await
+    }
+
+    /// As [`Connection::connect`]; with `keys`, SCRAM-SHA-256 authenticates with them
+    /// instead of the password (see [`crate::scram`]).
+    pub async fn connect_with_keys(
+        cfg: &ConnectConfig,
+        keys: Option<&ClientKeys>,
+        statement_cache: usize,
+    ) -> Result<Self, Error> {
         let tcp = TcpStream::connect(cfg.addr).await?;
         let _ = tcp.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
         let stream = match &cfg.tls {
             None => Stream::Plain(tcp),
             Some(tls) => Stream::tls(tcp, tls.clone(), &cfg.host).await?,
@@ -248,12 +266,19 @@ impl Connection {
             commit_unconfirmed: false,
             broken: false,
             transaction_status: b'I',
+            server_params: Vec::new(),
+            relayed: Default::default(),
+            fd,
         };
-        conn.startup(cfg).await?;
+        conn.startup(cfg, keys).await?;
         Ok(conn)
     }
 
-    async fn startup(&mut self, cfg: &ConnectConfig) -> Result<(), Error> {
+    async fn startup(
+        &mut self,
+        cfg: &ConnectConfig,
+        keys: Option<&ClientKeys>,
+    ) -> Result<(), Error> {
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &cfg.user),
             ("database", &cfg.database),
@@ -266,6 +291,7 @@ impl Connection {
         frontend::startup_message(params.iter().copied(), &mut self.write)?;
         self.flush().await?;
         let mut scram: Option<ScramSha256> = None;
+        let mut key_client: Option<KeyClient> = None;
         loop {
             match self.next().await? {
                 Message::AuthenticationOk => {}
@@ -287,11 +313,38 @@ impl Connection {
                     if !scram_offered {
                         return Err(Error::Auth("SASL without SCRAM-SHA-256".into()));
                     }
+                    if let Some(keys) = keys {
+                        let (client, first) = KeyClient::start(keys.clone());
+                        frontend::sasl_initial_response(
+                            SCRAM_SHA_256,
+                            first.as_bytes(),
+                            &mut self.write,
+                        )?;
+                        self.flush().await?;
+                        key_client = Some(client);
+                        continue;
+                    }
                     let s =
                         ScramSha256::new(cfg.password.as_bytes(), ChannelBinding::unsupported());
                     frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write)?;
                     self.flush().await?;
                     scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(b) if key_client.is_some() => {
+                    let answer = key_client
+                        .as_mut()
+                        .expect("checked")
+                        .respond(b.data())
+                        .map_err(|e| Error::Auth(e.to_string()))?;
+                    frontend::sasl_response(answer.as_bytes(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(b) if key_client.is_some() => {
+                    key_client
+                        .as_ref()
+                        .expect("checked")
+                        .finish(b.data())
+                        .map_err(|e| Error::Auth(e.to_string()))?;
                 }
                 Message::AuthenticationSaslContinue(b) => {
                     let s = scram
@@ -328,6 +381,35 @@ impl Connection {
                 _ => return Err(Error::Protocol("unexpected message during startup".into())),
             }
         }
+    }
+
+    /// The `ParameterStatus` values the server reported at startup (and since).
+    pub fn server_params(&self) -> &[(String, String)] {
+        &self.server_params
+    }
+
+    /// The socket and the bytes read from it but not yet parsed, for a relay that speaks
+    /// the protocol itself (ringgate's PostgreSQL front end). The relay must leave the
+    /// connection at a `ReadyForQuery` and report it with [`Connection::relay_done`].
+    pub fn relay_io(&mut self) -> (&mut Stream, &mut BytesMut) {
+        (&mut self.stream, &mut self.read)
+    }
+
+    /// What a relay left: the last `ReadyForQuery` status, and whether the connection
+    /// broke (or was left in an unknown state).
+    pub fn relay_done(&mut self, transaction_status: u8, broken: bool) {
+        self.transaction_status = transaction_status;
+        self.broken |= broken;
+    }
+
+    /// The descriptor of the connection's TCP socket (valid while the connection lives).
+    pub fn socket_fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
+    /// The names of statements a relay prepared on this connection (kept for its life).
+    pub fn relayed_statements(&mut self) -> &mut std::collections::HashSet<String> {
+        &mut self.relayed
     }
 
     /// The token to cancel this connection's running query.
@@ -850,7 +932,14 @@ impl Connection {
                     let notice = DbError::parse(b.fields())?;
                     self.keep_notice(notice);
                 }
-                Some(Message::ParameterStatus(_) | Message::NotificationResponse(_)) => {}
+                Some(Message::ParameterStatus(b)) => {
+                    if let (Ok(name), Ok(value)) = (b.name(), b.value()) {
+                        self.server_params.retain(|(n, _)| n != name);
+                        self.server_params
+                            .push((name.to_string(), value.to_string()));
+                    }
+                }
+                Some(Message::NotificationResponse(_)) => {}
                 Some(m) => return Ok(m),
                 None => {
                     if let Err(e) = self.stream.read_into(&mut self.read, READ_CHUNK).await {

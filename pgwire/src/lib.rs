@@ -14,15 +14,18 @@
 //!   authentication), prepare, execute (one statement or a pipeline), simple queries,
 //!   cancel.
 //! - [`error`]: [`Error`] and the server's [`DbError`].
+//! - [`scram`]: SCRAM-SHA-256 with keys instead of a password (server side and client).
 //! - [`stream`]: plain or TLS socket with owned-buffer I/O.
 #![deny(rust_2018_idioms, missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod conn;
 pub mod error;
+pub mod scram;
 pub mod stream;
 
 pub use conn::{
     Answer, CancelToken, Column, ConnectConfig, Connection, Job, Prepared, QueryResult, Row,
 };
 pub use error::{DbError, Error};
+pub use scram::ClientKeys;

@@ -37,6 +37,9 @@ pub struct Credentials {
     /// Extra startup options, `-c name=value` (e.g. a project's statement timeout); part of
     /// a pool's identity, so a change opens fresh connections.
     pub options: String,
+    /// SCRAM keys recovered from a client's proof (ringgate's PostgreSQL front end): when
+    /// set, the server is authenticated to with them instead of `password`.
+    pub keys: Option<ringgate_pgwire::ClientKeys>,
 }
 
 impl Credentials {
@@ -51,6 +54,7 @@ impl Credentials {
             user: user.into(),
             password: password.into(),
             options: String::new(),
+            keys: None,
         }
     }
 }
@@ -143,6 +147,38 @@ enum Request {
         sql: String,
         done: oneshot::Sender<Result<(), ringgate_pgwire::Error>>,
     },
+    /// Lend the connection itself (see [`PgConn::lend`]): it is parked in [`LENT`] under
+    /// the id sent back, with the sender that says it was given back.
+    Lend {
+        lent: oneshot::Sender<(u64, oneshot::Sender<()>)>,
+    },
+}
+
+thread_local! {
+    /// Connections being lent on this core, by lend id: a monoio socket is not `Send`, so
+    /// it cannot travel through a handle's channel; the task and the borrower (the same
+    /// core: pools are per core) hand it over here.
+    static LENT: std::cell::RefCell<std::collections::HashMap<u64, Connection>> =
+        Default::default();
+    static NEXT_LEND: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A connection lent by its task to a protocol relay; [`Lent::give_back`] returns it. A
+/// `Lent` dropped without being given back closes the connection.
+#[derive(Debug)]
+pub struct Lent {
+    /// The connection.
+    pub conn: Connection,
+    id: u64,
+    back: oneshot::Sender<()>,
+}
+
+impl Lent {
+    /// Returns the connection to its task (and so to its pool, with the checkout).
+    pub fn give_back(self) {
+        LENT.with(|l| l.borrow_mut().insert(self.id, self.conn));
+        let _ = self.back.send(());
+    }
 }
 
 /// What a connection's task publishes for its handle after each request.
@@ -276,6 +312,16 @@ impl PgConn {
         self.is_closed()
     }
 
+    /// Lends the connection itself to a caller that speaks the protocol on it (ringgate's
+    /// PostgreSQL front end relays a client's messages); `None` when its task is gone.
+    pub async fn lend(&self) -> Option<Lent> {
+        let (lent, rx) = oneshot::channel();
+        self.requests.unbounded_send(Request::Lend { lent }).ok()?;
+        let (id, back) = rx.await.ok()?;
+        let conn = LENT.with(|l| l.borrow_mut().remove(&id))?;
+        Some(Lent { conn, id, back })
+    }
+
     /// Statements cached on this connection (as of its last request).
     pub fn cached_statements(&self) -> usize {
         self.shared.statements.load(Relaxed)
@@ -361,6 +407,24 @@ async fn serve(
                 let r = conn.simple(&sql).await;
                 publish(&shared, &conn);
                 let _ = done.send(r);
+            }
+            Request::Lend { lent } => {
+                let id = NEXT_LEND.with(|n| {
+                    n.set(n.get() + 1);
+                    n.get()
+                });
+                let (back, returned) = oneshot::channel();
+                LENT.with(|l| l.borrow_mut().insert(id, conn));
+                let _ = lent.send((id, back));
+                let _ = returned.await;
+                match LENT.with(|l| l.borrow_mut().remove(&id)) {
+                    Some(c) => conn = c,
+                    // Not given back: its state is unknown; it was closed with its socket.
+                    None => {
+                        shared.broken.store(true, Relaxed);
+                        return;
+                    }
+                }
             }
         }
         if !was_unconfirmed && conn.commit_unconfirmed() {
@@ -532,7 +596,11 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     };
     let opened = monoio::time::timeout(
         target.connect_timeout,
-        Connection::connect(&config, target.statement_cache),
+        Connection::connect_with_keys(
+            &config,
+            target.credentials.keys.as_ref(),
+            target.statement_cache,
+        ),
     )
     .await;
     let conn = match opened {

@@ -138,6 +138,7 @@ pub async fn tenant(
             user,
             password,
             options,
+            keys: None,
         },
     };
     Ok((tenant, project.class_slot))

@@ -60,6 +60,7 @@ mod tests {
                     user: user.into(),
                     password: password.into(),
                     options: String::new(),
+                    keys: None,
                 },
             },
         }

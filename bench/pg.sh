@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# pgbench -S over the PostgreSQL protocol: through ringgate's front end (RINGGATE_PG_LISTEN,
+# transaction pooling), through PgBouncer (transaction pooling) and direct to the leader,
+# the same server connections for both poolers, in one run. Needs the local backend
+# (`eval "$(compose/cluster up)"`); tenant alpha's role against the Patroni leader.
+#
+#   bench/pg.sh [SECS=10] [SERVER_CONNS=16]     (RINGGATE_BIN=path: skip the build)
+#
+# Throughput is pgbench's tps (without connection time); p99 comes from pgbench's
+# per-transaction log (-l). ringgate runs with every core (RINGGATE_WORKERS unset),
+# PgBouncer is one process; nothing is pinned, pgbench shares the same two cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+conns="${2:-16}"
+: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
+leader=$("$RINGGATE_CLUSTER" leader)
+host="127.0.1.${leader#pg}"
+pw=alpha-secret
+direct="host=$host port=5432 user=alpha_owner password=$pw dbname=tenant_alpha"
+control="postgresql://ringgate_app:ringgate-app@$host:5432/ringgate_control"
+admin="postgresql://postgres:ringgate-super@$host:5432/postgres"
+rows=$(psql -X -At -d "$direct" -c "select count(*) from pgbench_accounts" 2>/dev/null || echo 0)
+if [ "$rows" != "1000000" ]; then
+  pgbench -q -i -s 10 "$direct" >/dev/null 2>&1
+fi
+# RINGGATE_BIN: a ringgate binary already built (skips the release build).
+if [ -z "${RINGGATE_BIN:-}" ]; then
+  cargo build -q --release --locked -p ringgate
+fi
+bin="${RINGGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/ringgate}"
+for port in 16433 16434 18382; do
+  if ss -Htln "( sport = :$port )" | grep -q .; then
+    echo "error: port $port is already in use: $(ss -Htlnp "( sport = :$port )")" >&2
+    exit 1
+  fi
+done
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18382 RINGGATE_PG_LISTEN=127.0.0.1:16433 RINGGATE_LOG=warn \
+  DATABASE_URL="$admin" RINGGATE_CONTROL_DATABASE_URL="$control" \
+  RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL=$((conns + 8)) \
+  "$bin" 2>"$work/ringgate.log" &
+pids+=($!)
+cat > "$work/pgbouncer.ini" <<INI
+[databases]
+tenant_alpha = host=$host port=5432 dbname=tenant_alpha
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = 16434
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $conns
+max_client_conn = 2000
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+echo "\"alpha_owner\" \"$pw\"" > "$work/userlist.txt"
+chown -R postgres "$work"
+setpriv --reuid postgres --regid postgres --init-groups pgbouncer "$work/pgbouncer.ini" 2>/dev/null &
+pids+=($!)
+sleep 1
+ulimit -n 8192 || true
+
+via_ringgate="host=127.0.0.1 port=16433 user=alpha_owner password=$pw dbname=tenant_alpha options=endpoint=alpha sslmode=disable"
+via_bouncer="host=127.0.0.1 port=16434 user=alpha_owner password=$pw dbname=tenant_alpha sslmode=disable"
+
+# One pgbench run: prints "tps p99_ms failed".
+run() {
+  local conninfo="$1" mode="$2" clients="$3"
+  rm -f "$work"/log*
+  local out
+  out=$(cd "$work" && pgbench -n -S -M "$mode" -c "$clients" -j 2 -T "$secs" -l --log-prefix=log "$conninfo" 2>&1) || {
+    echo "pgbench failed: $out" >&2
+    echo "0 - -"
+    return
+  }
+  local tps failed p99
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+  p99=$(cat "$work"/log* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
+  echo "${tps%.*} $p99 ${failed:-0}"
+}
+
+printf "| clients | mode | target | tps | p99 ms | failed |\n|---|---|---|---|---|---|\n"
+for mode in simple extended prepared; do
+  for target in direct ringgate pgbouncer; do
+    case $target in
+      direct) ci="$direct" ;;
+      ringgate) ci="$via_ringgate" ;;
+      pgbouncer) ci="$via_bouncer" ;;
+    esac
+    if [ "$target" = pgbouncer ] && [ "$mode" = prepared ]; then
+      echo "| 32 | $mode | pgbouncer | (PgBouncer 1.18 cannot pool named prepared statements) | | |"
+      continue
+    fi
+    read -r tps p99 failed < <(run "$ci" "$mode" 32)
+    echo "| 32 | $mode | $target | $tps | $p99 | $failed |"
+  done
+done
+# 1000 clients: beyond the server's max_connections, so poolers only.
+for mode in extended prepared; do
+  for target in ringgate pgbouncer; do
+    [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && continue
+    ci="$via_ringgate"
+    [ "$target" = pgbouncer ] && ci="$via_bouncer"
+    read -r tps p99 failed < <(run "$ci" "$mode" 1000)
+    echo "| 1000 | $mode | $target | $tps | $p99 | $failed |"
+  done
+done

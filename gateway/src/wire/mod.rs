@@ -1,0 +1,244 @@
+//! The PostgreSQL wire-protocol front end (`RINGGATE_PG_LISTEN`): psql, pgbench and any
+//! driver use ringgate's per-core pools through it.
+//!
+//! A connection goes through [`startup`] (`SSLRequest` answered with the HTTPS
+//! certificate, `GSSENCRequest` declined, `CancelRequest` served, then the
+//! `StartupMessage`), [`route`] (which project), [`session`] (the project's checks and
+//! SCRAM-SHA-256 against the role's verifier, whose proof yields the keys ringgate
+//! authenticates upstream with), then [`relay`]: transaction pooling on the same tenant
+//! pools as `/sql`.
+//!
+//! # Layout
+//! - [`startup`]: the first packet, parsed with strict limits.
+//! - [`route`]: the project from SNI, `options` or the database name.
+//! - [`messages`]: framing, and the backend messages ringgate writes itself.
+//! - [`stream`]: the client's socket, plain or TLS.
+//! - [`session`]: project checks and authentication.
+//! - [`relay`]: transaction pooling, named prepared statements, session-only refusals.
+//! - [`cancel`]: cancel keys and the process-wide table they are found in.
+
+pub mod cancel;
+pub mod messages;
+pub mod relay;
+pub mod route;
+pub mod session;
+pub mod startup;
+pub mod stream;
+
+use std::{net::TcpListener as StdListener, rc::Rc, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use monoio::{
+    io::AsyncWriteRentExt,
+    net::{TcpListener, TcpStream},
+    time::{sleep, timeout},
+};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use self::{
+    startup::{Startup, StartupError},
+    stream::ClientStream,
+};
+use crate::core::Core;
+
+/// Accepts PostgreSQL connections on this core's listener until the drain.
+pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            warn!(core = core.id, %error, "cannot register the PostgreSQL listener");
+            return;
+        }
+    };
+    let mut sessions: u32 = 0;
+    loop {
+        let accepted = monoio::select! {
+            biased;
+            _ = core.drain.signaled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if core.connections() >= core.config.http.max_connections_per_core {
+                    core.metrics().connection_rejected();
+                    monoio::spawn(async move {
+                        let mut s = ClientStream::Plain(stream);
+                        fatal(&mut s, "53300", "sorry, too many clients already").await;
+                    });
+                    continue;
+                }
+                sessions = sessions.wrapping_add(1);
+                let _ = stream.set_nodelay(true);
+                let guard = core.track_connection();
+                let span = info_span!("pg", core = core.id, %peer);
+                let core = core.clone();
+                monoio::spawn(
+                    async move {
+                        let _guard = guard;
+                        serve(core, stream, sessions).await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(error) => {
+                warn!(core = core.id, %error, "accept failed");
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    info!(core = core.id, "PostgreSQL listener closed");
+}
+
+/// Writes a FATAL error to the client (best effort: it is closed next).
+pub(crate) async fn fatal(stream: &mut ClientStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    messages::error(&mut out, "FATAL", code, message);
+    let _ = timeout(Duration::from_secs(1), stream.write_all(&mut out)).await;
+}
+
+/// Why a connection ended before its session started.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("{0}")]
+    Startup(#[from] StartupError),
+    #[error("client i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("startup timed out")]
+    Timeout,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("data after SSLRequest before the TLS handshake")]
+    Smuggled,
+}
+
+/// Reads one startup packet (its length checked first).
+async fn read_startup(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<Startup, Refused> {
+    while buf.len() < 4 {
+        stream.read_into(buf, 64).await?;
+    }
+    let len = startup::packet_len(buf[..4].try_into().expect("4 bytes"))?;
+    while buf.len() < len {
+        stream.read_into(buf, len - buf.len()).await?;
+    }
+    let packet = buf.split_to(len);
+    Ok(startup::parse(&packet[4..])?)
+}
+
+/// Negotiates TLS and reads the startup message, then runs the session.
+async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
+    let mut stream = ClientStream::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut sni = None;
+    let wait = core.config.http.header_read_timeout;
+    let params = loop {
+        let packet = match timeout(wait, read_startup(&mut stream, &mut buf)).await {
+            Ok(r) => r,
+            Err(_) => Err(Refused::Timeout),
+        };
+        let packet = match packet {
+            Ok(p) => p,
+            Err(Refused::Startup(e)) => {
+                debug!(error = %e, "PostgreSQL startup refused");
+                core.metrics()
+                    .wire
+                    .count(crate::metrics::wire::WireEvent::Refused);
+                return fatal(&mut stream, e.sqlstate(), &e.to_string()).await;
+            }
+            Err(error) => {
+                debug!(%error, "PostgreSQL startup ended");
+                return;
+            }
+        };
+        match packet {
+            Startup::Start(p) => break p,
+            Startup::Cancel { pid, key } => {
+                core.metrics()
+                    .wire
+                    .count(crate::metrics::wire::WireEvent::Cancels);
+                return cancel_request(pid, key).await;
+            }
+            Startup::Ssl | Startup::GssEnc if stream.is_tls() => {
+                return fatal(&mut stream, "08P01", "encryption requested twice").await;
+            }
+            Startup::Ssl if !buf.is_empty() => {
+                // CVE-2021-23214: nothing sent before the handshake may be read after it.
+                debug!(error = %Refused::Smuggled, "PostgreSQL startup refused");
+                return fatal(
+                    &mut stream,
+                    "08P01",
+                    "received unencrypted data after SSL request",
+                )
+                .await;
+            }
+            Startup::Ssl => {
+                stream = match negotiate_tls(&core, stream).await {
+                    Ok((s, name)) => {
+                        sni = name;
+                        s
+                    }
+                    Err(error) => {
+                        debug!(%error, "PostgreSQL TLS negotiation failed");
+                        return;
+                    }
+                };
+            }
+            Startup::GssEnc => {
+                let mut no = BytesMut::from(&b"N"[..]);
+                if stream.write_all(&mut no).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    if core.config.pg.is_some_and(|p| p.require_tls) && !stream.is_tls() {
+        return fatal(
+            &mut stream,
+            "28000",
+            "ringgate requires TLS for PostgreSQL connections (use sslmode=require)",
+        )
+        .await;
+    }
+    let key = cancel::CancelKey::register(core.id, n);
+    session::run(core, stream, buf, params, sni, key).await;
+}
+
+/// Answers `SSLRequest`: `S` and a TLS handshake with the HTTPS certificate (ALPN
+/// `postgresql`), or `N` when no certificate is configured.
+async fn negotiate_tls(
+    core: &Rc<Core>,
+    stream: ClientStream,
+) -> Result<(ClientStream, Option<String>), Refused> {
+    let ClientStream::Plain(mut tcp) = stream else {
+        return Err(Refused::Tls("already encrypted".into()));
+    };
+    let Some(config) = core.tls.borrow().clone() else {
+        let (r, _) = tcp.write_all(b"N".to_vec()).await;
+        r?;
+        return Ok((ClientStream::Plain(tcp), None));
+    };
+    let (r, _) = tcp.write_all(b"S".to_vec()).await;
+    r?;
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let tls = crate::handshake::accept(core, Arc::new(config), tcp)
+        .await
+        .map_err(|e| Refused::Tls(e.to_string()))?;
+    let (io, session) = tls.into_parts();
+    let sni = session.server_name().map(str::to_string);
+    Ok((
+        ClientStream::Tls(Box::new(monoio_rustls::ServerTlsStream::new(io, session))),
+        sni,
+    ))
+}
+
+/// Serves a `CancelRequest`: cancels the statement the session with this key runs now.
+async fn cancel_request(pid: i32, key: i32) {
+    match cancel::lookup(pid, key) {
+        Some(canceller) => {
+            if let Err(error) = canceller.cancel().await {
+                debug!(%error, "cancel request could not be forwarded");
+            }
+        }
+        None => debug!(pid, "cancel request for no running statement"),
+    }
+}

@@ -1,0 +1,812 @@
+//! Transaction pooling: a server connection from the core's tenant pool is held from a
+//! client's first message of a transaction until `ReadyForQuery` says idle, and the
+//! client's messages and the server's answers are relayed as they are (no re-encoding).
+//!
+//! Named prepared statements (the extended protocol's, e.g. `pgbench -M prepared`) are
+//! tracked per client by name and prepared on whichever server connection runs them,
+//! under a server-side name derived from their text and parameter types (so clients
+//! sharing a connection share its statements). A client's `Parse` of a statement the
+//! connection already has becomes an unnamed `Parse` of the same text, so the server still
+//! answers `ParseComplete` in order; a `Bind` or `Describe` on a connection that lacks the
+//! statement is preceded by its `Parse`, whose `ParseComplete` is not relayed.
+//!
+//! Session state: session-level `SET`/`RESET` are replayed on every server connection the
+//! client later uses (and reset with `RESET ALL` before it goes back to the pool);
+//! features that need one server session for the client's life (`LISTEN`, `WITH HOLD`
+//! cursors, session advisory locks, SQL `PREPARE`) are refused with `0A000`.
+
+use std::{collections::HashMap, rc::Rc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use monoio::time::{sleep, Instant};
+use ringgate_pool::{Checkout, Credentials, Error as PoolError, Intent, Lent, Shard};
+use tracing::debug;
+
+use super::{cancel::CancelKey, fatal, messages, stream::ClientStream};
+use crate::{core::Core, metrics::wire::WireEvent};
+
+/// Read size from either side.
+const CHUNK: usize = 16 << 10;
+/// Answers are written to the client once this many bytes wait (and at every
+/// `ReadyForQuery`); client messages are sent to the server at this size too.
+const FLUSH_AT: usize = 64 << 10;
+/// Largest server message relayed.
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+/// Pooled connections found ended by the server skipped per checkout, at most.
+const MAX_STALE: usize = 8;
+/// Session `SET`s replayed per client, at most.
+const MAX_SETS: usize = 64;
+/// Named statements one client may have.
+const MAX_STATEMENTS: usize = 10_000;
+/// A statement name no client statement uses: `Close` of a client's statement closes this
+/// (a no-op that still answers `CloseComplete`), since the server's copy is shared.
+const CLOSED_NAME: &[u8] = b"rgw_closed\0";
+
+/// SQLSTATE `feature_not_supported`.
+const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// SQLSTATE `transaction_resolution_unknown`.
+const RESOLUTION_UNKNOWN: &str = "08007";
+/// What a client whose server connection died is told.
+const LOST: &str = "the server connection was lost; whether the transaction committed is unknown";
+/// SQLSTATE `too_many_connections`.
+const TOO_MANY_CONNECTIONS: &str = "53300";
+/// SQLSTATE `sqlclient_unable_to_establish_sqlconnection`.
+const CANNOT_CONNECT: &str = "08001";
+/// SQLSTATE `admin_shutdown`.
+const ADMIN_SHUTDOWN: &str = "57P01";
+
+/// A client's named statement.
+#[derive(Debug)]
+struct Prepared {
+    /// Its name on server connections.
+    server: String,
+    /// `Parse`'s body after the name: query text, NUL, parameter types.
+    rest: Bytes,
+}
+
+/// The server connection held for one transaction.
+struct Held {
+    checkout: Checkout,
+    lent: Option<Lent>,
+    /// Messages to send to the server.
+    out: BytesMut,
+    /// `Sync`s and queries sent and not yet answered with `ReadyForQuery`.
+    pending: usize,
+    /// Extended-protocol messages sent and not yet answered (for `Flush`).
+    expected: usize,
+    /// `ParseComplete`s of ringgate's own `Parse`s, not to relay.
+    swallow: usize,
+    /// The last `ReadyForQuery` status.
+    status: u8,
+    /// Whether a replayed `SET` changed the session (reset before release).
+    dirty: bool,
+    /// Whether the connection broke or is in an unknown state.
+    broken: bool,
+    /// Whether the client was told its server connection was lost.
+    lost_reported: bool,
+}
+
+impl Held {
+    fn lent(&mut self) -> &mut Lent {
+        self.lent.as_mut().expect("held until released")
+    }
+}
+
+/// Which side of a relay failed.
+#[derive(Debug)]
+enum Gone {
+    Client,
+    Server,
+}
+
+/// What to wait for from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Every `ReadyForQuery` owed.
+    Ready,
+    /// Every answer owed (after a client's `Flush`).
+    Answered,
+}
+
+/// One client session in transaction-pooling mode.
+pub struct Relay {
+    core: Rc<Core>,
+    db: Rc<Shard>,
+    tenant: String,
+    credentials: Credentials,
+    client: ClientStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    statements: HashMap<Bytes, Prepared>,
+    sets: Vec<String>,
+    key: CancelKey,
+}
+
+impl Relay {
+    /// A session for an authenticated client.
+    pub fn new(
+        core: Rc<Core>,
+        db: Rc<Shard>,
+        tenant: String,
+        credentials: Credentials,
+        client: ClientStream,
+        rbuf: BytesMut,
+        key: CancelKey,
+    ) -> Self {
+        Self {
+            core,
+            db,
+            tenant,
+            credentials,
+            client,
+            rbuf,
+            wbuf: BytesMut::with_capacity(CHUNK),
+            statements: HashMap::new(),
+            sets: Vec::new(),
+            key,
+        }
+    }
+
+    /// Opens (or reuses) a server connection as the client's role, which proves the keys
+    /// work upstream, sends the server's parameters, the cancel key and `ReadyForQuery`,
+    /// then serves the client until it leaves.
+    pub async fn start(mut self) {
+        let params = match self.checkout().await {
+            Ok(mut held) => {
+                let params = held.lent().conn.server_params().to_vec();
+                self.release(held).await;
+                params
+            }
+            Err((code, msg)) => return fatal(&mut self.client, code, &msg).await,
+        };
+        for (name, value) in &params {
+            messages::parameter_status(&mut self.wbuf, name, value);
+        }
+        messages::backend_key_data(&mut self.wbuf, self.key.pid, self.key.key);
+        messages::ready_for_query(&mut self.wbuf, b'I');
+        self.serve().await;
+    }
+
+    async fn serve(&mut self) {
+        loop {
+            let Some(msg) = self.next_idle().await else {
+                return;
+            };
+            match msg[0] {
+                b'X' => return,
+                // Nothing is open between transactions: a lone Sync is answered here.
+                b'S' => messages::ready_for_query(&mut self.wbuf, b'I'),
+                b'H' | b'd' | b'c' | b'f' => {}
+                b'Q' | b'P' | b'B' | b'D' | b'E' | b'F' | b'C' => {
+                    if !self.transaction(msg).await {
+                        return;
+                    }
+                }
+                other => {
+                    let m = format!("unexpected message type {:?}", other as char);
+                    return fatal(&mut self.client, "08P01", &m).await;
+                }
+            }
+        }
+    }
+
+    /// Relays one transaction, starting with `first`; false when the client is gone.
+    async fn transaction(&mut self, first: BytesMut) -> bool {
+        let mut held = match self.checkout().await {
+            Ok(h) => h,
+            Err((code, msg)) => return self.refuse(first[0], code, &msg).await,
+        };
+        let mut msg = first;
+        loop {
+            let tag = msg[0];
+            if tag == b'X' {
+                // Leaving mid-transaction: the server connection is not reusable as is.
+                held.broken |= held.pending > 0 || held.status != b'I';
+                self.release(held).await;
+                return false;
+            }
+            self.forward(&mut held, msg);
+            let until = match tag {
+                b'S' | b'Q' | b'F' => Some(Until::Ready),
+                b'H' => Some(Until::Answered),
+                _ => None,
+            };
+            let flushed = match until {
+                Some(u) => self.exchange(&mut held, u).await,
+                None if held.out.len() >= FLUSH_AT => send(&mut held).await,
+                None => Ok(()),
+            };
+            match flushed {
+                Ok(()) => {}
+                Err(Gone::Server) => {
+                    self.core.metrics().wire.count(WireEvent::ServerLost);
+                    held.broken = true;
+                    let reported = held.lost_reported;
+                    self.release(held).await;
+                    if !reported {
+                        messages::error(&mut self.wbuf, "ERROR", RESOLUTION_UNKNOWN, LOST);
+                    }
+                    messages::ready_for_query(&mut self.wbuf, b'I');
+                    return true;
+                }
+                Err(Gone::Client) => {
+                    held.broken = true;
+                    self.release(held).await;
+                    return false;
+                }
+            }
+            if held.pending == 0 && held.status == b'I' && until == Some(Until::Ready) {
+                self.release(held).await;
+                return true;
+            }
+            msg = match self.next_client().await {
+                Some(m) => m,
+                None => {
+                    held.broken = true;
+                    self.release(held).await;
+                    return false;
+                }
+            };
+        }
+    }
+
+    /// Sends what waits for the server, then relays its answers until `until`.
+    async fn exchange(&mut self, held: &mut Held, until: Until) -> Result<(), Gone> {
+        send(held).await?;
+        self.drive(held, until).await
+    }
+
+    /// Relays the server's messages to the client until `until` holds.
+    async fn drive(&mut self, held: &mut Held, until: Until) -> Result<(), Gone> {
+        loop {
+            loop {
+                let (_, rbuf) = held.lent().conn.relay_io();
+                let m = match messages::take(rbuf, MAX_SERVER_MESSAGE) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(_) => return Err(Gone::Server),
+                };
+                match m[0] {
+                    b'Z' => {
+                        held.status = m.get(5).copied().unwrap_or(b'E');
+                        held.pending = held.pending.saturating_sub(1);
+                        held.expected = 0;
+                        held.swallow = 0;
+                        self.wbuf.extend_from_slice(&m);
+                        if held.pending == 0 {
+                            return self.flush_client().await;
+                        }
+                        continue;
+                    }
+                    b'1' => {
+                        held.expected = held.expected.saturating_sub(1);
+                        if held.swallow > 0 {
+                            held.swallow -= 1;
+                            continue;
+                        }
+                    }
+                    b'2' | b'3' | b'n' | b's' | b'C' | b'I' | b'T' => {
+                        held.expected = held.expected.saturating_sub(1);
+                    }
+                    b'E' => {
+                        // The server skips to the next Sync.
+                        held.expected = 0;
+                        if is_fatal(messages::body(&m)) {
+                            // The server ends the session: the client's session goes on
+                            // (on another server connection), told the outcome is unknown.
+                            held.broken = true;
+                            let said = error_field(messages::body(&m), b'M')
+                                .map(String::from_utf8_lossy)
+                                .unwrap_or_default();
+                            messages::error(
+                                &mut self.wbuf,
+                                "ERROR",
+                                RESOLUTION_UNKNOWN,
+                                &format!("{LOST} (the server said: {said})"),
+                            );
+                            held.lost_reported = true;
+                            continue;
+                        }
+                    }
+                    b'G' => {
+                        self.wbuf.extend_from_slice(&m);
+                        self.flush_client().await?;
+                        self.copy_in(held).await?;
+                        continue;
+                    }
+                    _ => {}
+                }
+                self.wbuf.extend_from_slice(&m);
+                if self.wbuf.len() >= FLUSH_AT {
+                    self.flush_client().await?;
+                }
+            }
+            if until == Until::Answered && held.expected == 0 && held.pending == 0 {
+                return self.flush_client().await;
+            }
+            let (stream, rbuf) = held.lent().conn.relay_io();
+            if stream.read_into(rbuf, CHUNK).await.is_err() {
+                return Err(Gone::Server);
+            }
+        }
+    }
+
+    /// Relays the client's `COPY ... FROM STDIN` data until `CopyDone` or `CopyFail`.
+    async fn copy_in(&mut self, held: &mut Held) -> Result<(), Gone> {
+        loop {
+            let m = self.next_client().await.ok_or(Gone::Client)?;
+            match m[0] {
+                b'd' => {
+                    held.out.extend_from_slice(&m);
+                    if held.out.len() >= FLUSH_AT {
+                        send(held).await?;
+                    }
+                }
+                b'c' | b'f' => {
+                    held.out.extend_from_slice(&m);
+                    return send(held).await;
+                }
+                // Ignored by the server during COPY IN.
+                b'H' | b'S' => {}
+                _ => return Err(Gone::Client),
+            }
+        }
+    }
+
+    /// Appends a client message to what goes to the server, rewriting statement names.
+    fn forward(&mut self, held: &mut Held, msg: BytesMut) {
+        let body = messages::body(&msg);
+        match msg[0] {
+            b'Q' => {
+                held.pending += 1;
+                let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
+                if let Some(why) = session_only(&sql) {
+                    let refusal = refusal_sql(why);
+                    messages::frontend(&mut held.out, b'Q', &[refusal.as_bytes(), b"\0"]);
+                    return;
+                }
+                let lower = sql.trim_start().to_ascii_lowercase();
+                if is_session_set(&lower) && self.sets.len() < MAX_SETS {
+                    self.sets.push(sql.into_owned());
+                    held.dirty = true;
+                }
+                if lower.starts_with("discard all") || lower.starts_with("deallocate all") {
+                    held.lent().conn.relayed_statements().clear();
+                }
+                held.out.extend_from_slice(&msg);
+            }
+            b'S' | b'F' => {
+                held.pending += 1;
+                held.out.extend_from_slice(&msg);
+            }
+            b'P' => {
+                held.expected += 1;
+                let Some((name, rest)) = messages::split_cstr(body) else {
+                    return held.out.extend_from_slice(&msg);
+                };
+                let sql = messages::split_cstr(rest)
+                    .map(|(q, _)| String::from_utf8_lossy(q))
+                    .unwrap_or_default();
+                let refused;
+                let rest: &[u8] = match session_only(&sql) {
+                    Some(why) => {
+                        let types = messages::split_cstr(rest)
+                            .map(|(_, t)| t)
+                            .unwrap_or(b"\0\0");
+                        let mut r = refusal_sql(why).into_bytes();
+                        r.push(0);
+                        r.extend_from_slice(types);
+                        refused = r;
+                        &refused
+                    }
+                    None => rest,
+                };
+                if name.is_empty() || self.statements.len() >= MAX_STATEMENTS {
+                    messages::frontend(&mut held.out, b'P', &[name, b"\0", rest]);
+                    return;
+                }
+                let server = server_name(rest);
+                let relayed = held.lent().conn.relayed_statements();
+                if relayed.contains(&server) {
+                    messages::frontend(&mut held.out, b'P', &[b"\0", rest]);
+                } else {
+                    relayed.insert(server.clone());
+                    messages::frontend(&mut held.out, b'P', &[server.as_bytes(), b"\0", rest]);
+                }
+                self.statements.insert(
+                    Bytes::copy_from_slice(name),
+                    Prepared {
+                        server,
+                        rest: Bytes::copy_from_slice(rest),
+                    },
+                );
+            }
+            b'B' => {
+                held.expected += 1;
+                let parts = messages::split_cstr(body)
+                    .and_then(|(portal, r)| messages::split_cstr(r).map(|(s, r)| (portal, s, r)));
+                match parts {
+                    Some((portal, stmt, rest)) if !stmt.is_empty() => {
+                        match self.statements.get(stmt) {
+                            Some(p) => {
+                                ensure(held, p);
+                                messages::frontend(
+                                    &mut held.out,
+                                    b'B',
+                                    &[portal, b"\0", p.server.as_bytes(), b"\0", rest],
+                                );
+                            }
+                            None => held.out.extend_from_slice(&msg),
+                        }
+                    }
+                    _ => held.out.extend_from_slice(&msg),
+                }
+            }
+            b'D' => {
+                held.expected += 1;
+                let named = body
+                    .split_first()
+                    .filter(|(k, _)| **k == b'S')
+                    .and_then(|(_, r)| messages::split_cstr(r).filter(|(n, _)| !n.is_empty()));
+                match named.and_then(|(n, _)| self.statements.get(n)) {
+                    Some(p) => {
+                        ensure(held, p);
+                        messages::frontend(
+                            &mut held.out,
+                            b'D',
+                            &[b"S", p.server.as_bytes(), b"\0"],
+                        );
+                    }
+                    None => held.out.extend_from_slice(&msg),
+                }
+            }
+            b'C' => {
+                held.expected += 1;
+                let named = body
+                    .split_first()
+                    .filter(|(k, _)| **k == b'S')
+                    .and_then(|(_, r)| messages::split_cstr(r).filter(|(n, _)| !n.is_empty()));
+                match named {
+                    Some((n, _)) => {
+                        self.statements.remove(n);
+                        messages::frontend(&mut held.out, b'C', &[b"S", CLOSED_NAME]);
+                    }
+                    None => held.out.extend_from_slice(&msg),
+                }
+            }
+            b'E' => {
+                held.expected += 1;
+                held.out.extend_from_slice(&msg);
+            }
+            _ => held.out.extend_from_slice(&msg),
+        }
+    }
+
+    /// A server connection for the client's role, with its `SET`s replayed. Waits out a
+    /// failover (no leader, unreachable member) up to `RINGGATE_FAILOVER_WAIT`: nothing was
+    /// sent yet.
+    async fn checkout(&mut self) -> Result<Held, (&'static str, String)> {
+        let started = Instant::now();
+        let deadline = started + self.core.config.failover_wait;
+        let mut stale = 0;
+        let (checkout, lent) = loop {
+            match self
+                .db
+                .checkout(&self.tenant, &self.credentials, Intent::Write)
+                .await
+            {
+                // A leader whose lease may have run out takes nothing new (as for /sql):
+                // nothing was sent yet, so the transaction waits for the next leader.
+                Ok(c) if c.lease().is_some_and(|l| !l.state().is_valid()) => {
+                    c.discard();
+                    if Instant::now() >= deadline {
+                        return Err((
+                            CANNOT_CONNECT,
+                            "the primary's leadership lease lapsed and no new primary took over within the failover wait; nothing was sent".into(),
+                        ));
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                }
+                Ok(mut c) => {
+                    let Some(mut lent) = c.conn().lend().await else {
+                        c.discard();
+                        continue;
+                    };
+                    // A pooled connection the server has spoken on (a FATAL for a
+                    // terminated backend, a shutdown) or closed is not used: nothing
+                    // was sent on it yet, so another is taken.
+                    let fd = lent.conn.socket_fd();
+                    let quiet = lent.conn.relay_io().1.is_empty()
+                        && crate::socket_peek::peek(&fd) == crate::socket_peek::Peek::Empty;
+                    if quiet || stale >= MAX_STALE {
+                        break (c, lent);
+                    }
+                    stale += 1;
+                    self.core.metrics().wire.count(WireEvent::StaleSkipped);
+                    debug!("a pooled server connection was ended by the server; taking another");
+                    lent.conn.relay_done(b'I', true);
+                    lent.give_back();
+                    c.discard();
+                }
+                Err(
+                    PoolError::NoPrimary
+                    | PoolError::LeaseLapsed
+                    | PoolError::Closed
+                    | PoolError::Connect { .. }
+                    | PoolError::ConnectTimeout { .. },
+                ) if Instant::now() < deadline => sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(pool_refusal(&e)),
+            }
+        };
+        self.core.metrics().wire.waited(started.elapsed());
+        let mut checkout = checkout;
+        *self.key.slot.lock() = Some(checkout.conn().canceller());
+        let mut held = Held {
+            checkout,
+            lent: Some(lent),
+            out: BytesMut::with_capacity(CHUNK),
+            pending: 0,
+            expected: 0,
+            swallow: 0,
+            status: b'I',
+            dirty: false,
+            broken: false,
+            lost_reported: false,
+        };
+        if !self.sets.is_empty() {
+            held.dirty = true;
+            let sets = self.sets.join(";\n");
+            if let Err(e) = held.lent().conn.simple(&sets).await {
+                held.broken = true;
+                self.release(held).await;
+                let msg = format!("replaying the session's SET commands failed: {e}");
+                return Err((FEATURE_NOT_SUPPORTED, msg));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Gives the server connection back: to its pool when idle and sound, else closed.
+    async fn release(&mut self, mut held: Held) {
+        *self.key.slot.lock() = None;
+        let Some(mut lent) = held.lent.take() else {
+            return;
+        };
+        let sound = !held.broken && held.status == b'I' && held.pending == 0;
+        let mut broken = !sound;
+        if sound && held.dirty {
+            broken = lent.conn.simple("RESET ALL").await.is_err();
+        }
+        lent.conn.relay_done(held.status, broken);
+        lent.give_back();
+        if broken {
+            held.checkout.discard();
+        }
+    }
+
+    /// Answers a message that could not get a server connection: an error, and after the
+    /// rest of an extended-protocol batch (up to its `Sync`), `ReadyForQuery`.
+    async fn refuse(&mut self, tag: u8, code: &str, msg: &str) -> bool {
+        debug!(code, msg, "no server connection for the client");
+        messages::error(&mut self.wbuf, "ERROR", code, msg);
+        if tag != b'Q' && tag != b'S' {
+            loop {
+                match self.next_client().await {
+                    Some(m) if m[0] == b'S' => break,
+                    Some(m) if m[0] == b'X' => return false,
+                    Some(_) => {}
+                    None => return false,
+                }
+            }
+        }
+        messages::ready_for_query(&mut self.wbuf, b'I');
+        true
+    }
+
+    /// The client's next message between transactions (answers written first); `None`
+    /// when it left, broke the framing, or the core drains.
+    async fn next_idle(&mut self) -> Option<BytesMut> {
+        loop {
+            match messages::take(&mut self.rbuf, messages::MAX_MESSAGE_BYTES) {
+                Ok(Some(m)) => return Some(m),
+                Ok(None) => {}
+                Err(e) => {
+                    fatal(&mut self.client, "08P01", &e.to_string()).await;
+                    return None;
+                }
+            }
+            self.flush_client().await.ok()?;
+            let read = self.client.read_into(&mut self.rbuf, CHUNK);
+            let drained = monoio::select! {
+                r = read => r.is_err(),
+                _ = self.core.drain.signaled() => {
+                    fatal(&mut self.client, ADMIN_SHUTDOWN, "terminating connection: ringgate is shutting down").await;
+                    return None;
+                }
+            };
+            if drained {
+                return None;
+            }
+        }
+    }
+
+    /// The client's next message inside a transaction.
+    async fn next_client(&mut self) -> Option<BytesMut> {
+        loop {
+            match messages::take(&mut self.rbuf, messages::MAX_MESSAGE_BYTES) {
+                Ok(Some(m)) => return Some(m),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            self.flush_client().await.ok()?;
+            self.client.read_into(&mut self.rbuf, CHUNK).await.ok()?;
+        }
+    }
+
+    async fn flush_client(&mut self) -> Result<(), Gone> {
+        self.client
+            .write_all(&mut self.wbuf)
+            .await
+            .map_err(|_| Gone::Client)
+    }
+}
+
+/// Sends what waits for the server.
+async fn send(held: &mut Held) -> Result<(), Gone> {
+    if held.out.is_empty() {
+        return Ok(());
+    }
+    let mut out = std::mem::take(&mut held.out);
+    let r = held.lent().conn.relay_io().0.write_all(&mut out).await;
+    held.out = out;
+    r.map_err(|_| Gone::Server)
+}
+
+/// Prepares `p` on the held connection first when it lacks it (its answer not relayed).
+fn ensure(held: &mut Held, p: &Prepared) {
+    let relayed = held.lent().conn.relayed_statements();
+    if relayed.insert(p.server.clone()) {
+        messages::frontend(&mut held.out, b'P', &[p.server.as_bytes(), b"\0", &p.rest]);
+        held.swallow += 1;
+        held.expected += 1;
+    }
+}
+
+/// A statement's name on server connections: from its text and parameter types.
+fn server_name(rest: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, rest);
+    format!("rgw_{}", hex::encode(&d.as_ref()[..16]))
+}
+
+/// Whether an `ErrorResponse` body has severity FATAL or PANIC (the server closes).
+fn is_fatal(body: &[u8]) -> bool {
+    error_field(body, b'V')
+        .or_else(|| error_field(body, b'S'))
+        .is_some_and(|v| v == b"FATAL" || v == b"PANIC")
+}
+
+/// One field of an `ErrorResponse` body.
+fn error_field(body: &[u8], want: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, after)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let (value, next) = messages::split_cstr(after)?;
+        if field == want {
+            return Some(value);
+        }
+        rest = next;
+    }
+    None
+}
+
+/// Why a statement needs a session of its own, when it does.
+pub fn session_only(sql: &str) -> Option<&'static str> {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    if lower.starts_with("listen") {
+        return Some("LISTEN needs a session of its own; ringgate pools by transaction");
+    }
+    if lower.starts_with("prepare ") {
+        return Some("SQL PREPARE needs a session of its own; ringgate pools by transaction (protocol-level prepared statements work)");
+    }
+    if lower.starts_with("declare") && lower.contains("with hold") {
+        return Some(
+            "WITH HOLD cursors need a session of their own; ringgate pools by transaction",
+        );
+    }
+    let session_lock = ["pg_advisory_lock", "pg_try_advisory_lock"]
+        .iter()
+        .any(|f| lower.contains(f));
+    if session_lock {
+        return Some("session advisory locks need a session of their own; ringgate pools by transaction (use pg_advisory_xact_lock)");
+    }
+    None
+}
+
+/// Whether a (lowercased) statement changes a session parameter for the session.
+fn is_session_set(lower: &str) -> bool {
+    if let Some(rest) = lower.strip_prefix("set ") {
+        let rest = rest.trim_start();
+        return !(rest.starts_with("local ")
+            || rest.starts_with("transaction")
+            || rest.starts_with("constraints"));
+    }
+    lower.starts_with("reset ")
+}
+
+/// A statement that fails with [`FEATURE_NOT_SUPPORTED`] and `why`.
+fn refusal_sql(why: &str) -> String {
+    format!(
+        "DO $ringgate$BEGIN RAISE EXCEPTION USING ERRCODE = '{FEATURE_NOT_SUPPORTED}', MESSAGE = '{}'; END$ringgate$",
+        why.replace('\'', "")
+    )
+}
+
+/// A pool error as the client's error: SQLSTATE and message.
+fn pool_refusal(e: &PoolError) -> (&'static str, String) {
+    match e {
+        PoolError::Exhausted { .. } | PoolError::Budget { .. } => {
+            (TOO_MANY_CONNECTIONS, e.to_string())
+        }
+        PoolError::Pg(pg) => match pg.db() {
+            // The server refused the role (e.g. its password changed since): its words.
+            Some(db) => (
+                if db.code.starts_with("28") {
+                    "28P01"
+                } else {
+                    CANNOT_CONNECT
+                },
+                db.message.clone(),
+            ),
+            None => (CANNOT_CONNECT, pg.to_string()),
+        },
+        other => (CANNOT_CONNECT, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_only_features_are_recognised() {
+        assert!(session_only("LISTEN foo").is_some());
+        assert!(session_only("  prepare p as select 1").is_some());
+        assert!(session_only("DECLARE c CURSOR WITH HOLD FOR SELECT 1").is_some());
+        assert!(session_only("select pg_advisory_lock(1)").is_some());
+        assert!(session_only("select pg_try_advisory_lock(1)").is_some());
+        assert!(session_only("select pg_advisory_xact_lock(1)").is_none());
+        assert!(session_only("select * from pgbench_accounts where aid = $1").is_none());
+        assert!(session_only("DECLARE c CURSOR FOR SELECT 1").is_none());
+    }
+
+    #[test]
+    fn session_sets_are_told_from_local_ones() {
+        assert!(is_session_set("set search_path = x"));
+        assert!(is_session_set("reset search_path"));
+        assert!(!is_session_set("set local search_path = x"));
+        assert!(!is_session_set(
+            "set transaction isolation level serializable"
+        ));
+        assert!(!is_session_set("select 1"));
+    }
+
+    #[test]
+    fn server_names_follow_text_and_types() {
+        let a = server_name(b"select $1\0\0\x01\0\0\0\x17");
+        assert_eq!(a, server_name(b"select $1\0\0\x01\0\0\0\x17"));
+        assert_ne!(a, server_name(b"select $1\0\0\0"));
+        assert!(a.len() < 64, "fits NAMEDATALEN");
+    }
+
+    #[test]
+    fn fatal_errors_are_recognised() {
+        let mut out = BytesMut::new();
+        messages::error(&mut out, "FATAL", "57P01", "bye");
+        assert!(is_fatal(messages::body(&out)));
+        let mut out = BytesMut::new();
+        messages::error(&mut out, "ERROR", "42P01", "no table");
+        assert!(!is_fatal(messages::body(&out)));
+    }
+}

@@ -1,0 +1,600 @@
+//! The PostgreSQL wire-protocol front end (`RINGGATE_PG_LISTEN`) end to end: ringgate
+//! in-process, psql, pgbench and tokio-postgres as clients, the real cluster behind it.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use ringgate_tests::{
+    backend::{pg_admin_url, required},
+    gateway::start,
+    http::metric_total,
+};
+
+/// Tenant alpha's role and password (`RINGGATE_TEST_ALPHA_URL`).
+fn alpha() -> (String, String) {
+    let url = ringgate_pool::url::parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL")).unwrap();
+    (url.credentials.user, url.credentials.password)
+}
+
+/// Applies the auth function of `compose/config/bootstrap.sql` (from its comment to the
+/// end of the file) to the running cluster, which may have been bootstrapped by an older
+/// version of the file; idempotent, once per test process.
+fn ensure_auth_function() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/config/bootstrap.sql");
+        let sql = std::fs::read_to_string(&path).unwrap();
+        let at = sql
+            .find("-- The PostgreSQL front end's auth query")
+            .expect("bootstrap.sql has the auth function");
+        let file = std::env::temp_dir().join(format!("ringgate-auth-{}.sql", std::process::id()));
+        std::fs::write(&file, &sql[at..]).unwrap();
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &pg_admin_url()])
+            .args([
+                "-c",
+                "\\connect ringgate_control",
+                "-f",
+                file.to_str().unwrap(),
+            ])
+            .output()
+            .expect("psql is installed");
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "applying the auth function: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// Starts ringgate with the PostgreSQL listener (and `extra`); returns it and that address.
+fn start_pg(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
+    ensure_auth_function();
+    let (db, control) = (pg_admin_url(), required("RINGGATE_CONTROL_DATABASE_URL"));
+    let mut env = vec![
+        ("DATABASE_URL", db.as_str()),
+        ("RINGGATE_CONTROL_DATABASE_URL", control.as_str()),
+        ("RINGGATE_PG_LISTEN", "127.0.0.1:0"),
+    ];
+    env.extend_from_slice(extra);
+    let (g, _) = start(&env);
+    let addr = g.pg_addr().expect("PostgreSQL listener");
+    (g, addr)
+}
+
+/// A libpq connection string for `user` through ringgate, project chosen by `options`.
+fn conninfo(addr: SocketAddr, user: &str, password: &str, db: &str, extra: &str) -> String {
+    format!(
+        "host={} port={} user={user} password={password} dbname={db} connect_timeout=5 {extra}",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// Runs psql with `args`; its status, stdout and stderr.
+fn psql(conninfo: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo])
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("psql is installed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// Runs pgbench with `args`; its stdout (panics with its output when it fails).
+fn pgbench(conninfo: &str, args: &[&str]) -> String {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(conninfo)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("pgbench is installed");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "pgbench {args:?}: {stdout}\n{stderr}");
+    stdout
+}
+
+/// A value after `label` in pgbench's report (`tps = 123.4 ...`).
+fn report_value(report: &str, label: &str) -> f64 {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in {report}"))
+}
+
+/// Runs `f` with a tokio-postgres client through ringgate (or the connect error).
+fn with_client<T>(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+    options: &str,
+    f: impl AsyncFnOnce(&tokio_postgres::Client) -> T,
+) -> Result<T, tokio_postgres::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut config = tokio_postgres::Config::new();
+        config.user(user).password(password).dbname(db);
+        if !options.is_empty() {
+            config.options(options);
+        }
+        let (client, conn) = config.connect_raw(tcp, tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(conn);
+        let out = f(&client).await;
+        drop(client);
+        let _ = driver.await;
+        Ok(out)
+    })
+}
+
+/// The SQLSTATE of a connect error.
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("not a server error: {e}"))
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn psql_runs_queries_describes_tables_and_transactions() {
+    let (g, addr) = start_pg(&[]);
+    let (user, password) = alpha();
+    let c = conninfo(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "options=endpoint=alpha",
+    );
+    let (ok, out, err) = psql(&c, &["-c", "select count(*) > 0 from items"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "t");
+    let (ok, out, err) = psql(&c, &["-c", "\\d items"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("price|numeric(10,2)"), "{out}");
+    // A transaction spans several statements on one server connection.
+    let (ok, out, err) = psql(
+        &c,
+        &[
+            "-c",
+            "begin",
+            "-c",
+            "create temp table wire_t(x int) on commit drop",
+            "-c",
+            "insert into wire_t values (1), (2)",
+            "-c",
+            "select sum(x) from wire_t",
+            "-c",
+            "commit",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l == "3"), "{out}");
+    // COPY out and in.
+    let (ok, out, err) = psql(
+        &c,
+        &["-c", "copy (select 1 as a union all select 2) to stdout"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "1\n2");
+    let (ok, out, err) = psql(
+        &c,
+        &[
+            "-c",
+            "begin",
+            "-c",
+            "create temp table wire_copy(x int) on commit drop",
+            "-c",
+            "\\copy wire_copy from program 'seq 1 1000'",
+            "-c",
+            "select count(*) from wire_copy",
+            "-c",
+            "commit",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l == "1000"), "{out}");
+    // The database name alone picks the project.
+    let (ok, out, err) = psql(
+        &conninfo(addr, &user, &password, "alpha", ""),
+        &["-c", "select current_database()"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "tenant_alpha");
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn pgbench_select_only_in_simple_extended_and_prepared_modes() {
+    let (g, addr) = start_pg(&[]);
+    let (user, password) = alpha();
+    let c = conninfo(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "options=endpoint=alpha",
+    );
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    for mode in ["simple", "extended", "prepared"] {
+        let report = pgbench(&c, &["-S", "-M", mode, "-c", "8", "-j", "2", "-T", "3"]);
+        let tps = report_value(&report, "tps = ");
+        assert!(tps > 50.0, "{mode}: {report}");
+        assert!(
+            report.contains("number of failed transactions: 0 "),
+            "{mode}: {report}"
+        );
+        eprintln!("pgbench -S -M {mode}: {tps:.0} tps");
+    }
+    let http = g.plain_addr().unwrap();
+    assert!(metric_total(http, "ringgate_pg_transactions_total") > 1000);
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn hundred_clients_share_few_server_connections_with_prepared_statements() {
+    let (g, addr) = start_pg(&[("RINGGATE_POOL_MAX_PER_TENANT", "5")]);
+    let (user, password) = alpha();
+    let c = conninfo(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "options=endpoint=alpha",
+    );
+    let count_servers = || -> usize {
+        ringgate_tests::backend::psql(
+            &pg_admin_url(),
+            "select count(*) from pg_stat_activity where application_name like 'ringgate/alpha/pg/%'",
+        )
+        .parse()
+        .unwrap()
+    };
+    let before = count_servers();
+    pgbench(&c, &["-i", "-s", "1", "-q"]);
+    let report = pgbench(
+        &c,
+        &["-S", "-M", "prepared", "-c", "100", "-j", "2", "-T", "4"],
+    );
+    assert!(
+        report.contains("number of failed transactions: 0 "),
+        "{report}"
+    );
+    assert!(report_value(&report, "tps = ") > 50.0, "{report}");
+    // Server connections of gateways from earlier tests in this process may still be
+    // open: counted before the run and left out.
+    let now = count_servers();
+    assert!(
+        now.saturating_sub(before) <= 5,
+        "100 clients on {} server connections (limit 5)",
+        now.saturating_sub(before)
+    );
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn wrong_password_unknown_project_and_another_projects_role_are_refused() {
+    let (g, addr) = start_pg(&[]);
+    let (user, password) = alpha();
+    let e = with_client(
+        addr,
+        &user,
+        "wrong",
+        "tenant_alpha",
+        "endpoint=alpha",
+        async |_| (),
+    )
+    .unwrap_err();
+    assert_eq!(code(&e), "28P01", "{e}");
+    let e = with_client(addr, &user, &password, "no_such_project", "", async |_| ()).unwrap_err();
+    assert_eq!(code(&e), "3D000", "{e}");
+    let beta = ringgate_pool::url::parse_pg_url(&required("RINGGATE_TEST_BETA_URL")).unwrap();
+    let (bu, bp) = (beta.credentials.user, beta.credentials.password);
+    let e = with_client(
+        addr,
+        &bu,
+        &bp,
+        "tenant_alpha",
+        "endpoint=alpha",
+        async |_| (),
+    )
+    .unwrap_err();
+    assert_eq!(code(&e), "28000", "{e}");
+    // Its own project, but another's database.
+    let e = with_client(
+        addr,
+        &bu,
+        &bp,
+        "tenant_alpha",
+        "endpoint=beta",
+        async |_| (),
+    )
+    .unwrap_err();
+    assert_eq!(code(&e), "3D000", "{e}");
+    // And the right credentials get in.
+    let n = with_client(addr, &bu, &bp, "tenant_beta", "endpoint=beta", async |c| {
+        c.query_one("select current_user::text", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    })
+    .unwrap();
+    assert_eq!(n, bu);
+    let http = g.plain_addr().unwrap();
+    assert_eq!(metric_total(http, "ringgate_pg_refused_total"), 4);
+    assert_eq!(metric_total(http, "ringgate_pg_clients_total"), 1);
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn session_features_are_refused_and_session_sets_replayed() {
+    let (g, addr) = start_pg(&[]);
+    let (user, password) = alpha();
+    with_client(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "endpoint=alpha",
+        async |c| {
+            for sql in ["LISTEN wire_test", "select pg_advisory_lock(42)"] {
+                let e = c.simple_query(sql).await.unwrap_err();
+                assert_eq!(code(&e), "0A000", "{sql}: {e}");
+            }
+            // Extended protocol (a named statement), parameters, and a session SET that later
+            // transactions (on whichever server connection) still see.
+            let stmt = c.prepare("select $1::int + 1").await.unwrap();
+            c.simple_query("set application_name = 'wire-replayed'")
+                .await
+                .unwrap();
+            for i in 0..5 {
+                let row = c.query_one(&stmt, &[&i]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + 1);
+                let row = c.query_one("show application_name", &[]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), "wire-replayed");
+            }
+            // A transaction that fails is rolled back and the session goes on.
+            let e = c.simple_query("begin; select 1/0").await.unwrap_err();
+            assert_eq!(code(&e), "22012");
+            c.simple_query("rollback").await.unwrap();
+            assert_eq!(
+                c.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0),
+                7
+            );
+        },
+    )
+    .unwrap();
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_cancel_request_stops_the_running_statement() {
+    let (g, addr) = start_pg(&[("RINGGATE_WORKERS", "2")]);
+    let (user, password) = alpha();
+    with_client(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "endpoint=alpha",
+        async |c| {
+            let token = c.cancel_token();
+            let cancel = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                token
+                    .cancel_query_raw(tcp, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            };
+            let started = std::time::Instant::now();
+            let (r, ()) = tokio::join!(c.simple_query("select pg_sleep(20)"), cancel);
+            let e = r.unwrap_err();
+            assert_eq!(code(&e), "57014", "{e}");
+            assert!(started.elapsed() < Duration::from_secs(10));
+            // The session is still usable.
+            assert_eq!(
+                c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+                1
+            );
+        },
+    )
+    .unwrap();
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_transaction_whose_server_died_gets_08007_and_the_client_goes_on() {
+    let (g, addr) = start_pg(&[("RINGGATE_POOL_MAX_PER_TENANT", "1")]);
+    let (user, password) = alpha();
+    with_client(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "endpoint=alpha",
+        async |c| {
+            c.simple_query("begin").await.unwrap();
+            let pid = backend_pid(c).await;
+            ringgate_tests::backend::psql(
+                &pg_admin_url(),
+                &format!("select pg_terminate_backend({pid})"),
+            );
+            let e = c.simple_query("select 1").await.unwrap_err();
+            assert_eq!(code(&e), "08007", "{e}");
+            // The client connection is still usable, on another server connection.
+            let other = backend_pid(c).await;
+            assert_ne!(other, pid);
+            // A pooled (idle) server connection the server ends is not handed out: the next
+            // statement runs on a fresh one, without an error.
+            ringgate_tests::backend::psql(
+                &pg_admin_url(),
+                &format!("select pg_terminate_backend({other})"),
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while ringgate_tests::backend::psql(
+                &pg_admin_url(),
+                &format!("select count(*) from pg_stat_activity where pid = {other}"),
+            ) != "0"
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "backend {other} still there"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let third = backend_pid(c).await;
+            assert_ne!(third, other);
+        },
+    )
+    .unwrap();
+    g.drain();
+}
+
+/// The server process of the connection running the statement (simple protocol: no
+/// statement for the driver to close afterwards).
+async fn backend_pid(c: &tokio_postgres::Client) -> String {
+    let rows = c.simple_query("select pg_backend_pid()").await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Writes `packet` on a fresh connection and reads what comes back until the server closes.
+fn raw_exchange(addr: SocketAddr, packet: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(packet).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// The SQLSTATE (`C` field) of the `ErrorResponse` at the start of `b`.
+fn error_code(b: &[u8]) -> String {
+    assert_eq!(b.first(), Some(&b'E'), "an ErrorResponse: {b:?}");
+    let fields = &b[5..];
+    let mut i = 0;
+    while i < fields.len() && fields[i] != 0 {
+        let end = i + 1 + fields[i + 1..].iter().position(|&c| c == 0).unwrap();
+        if fields[i] == b'C' {
+            return String::from_utf8_lossy(&fields[i + 1..end]).to_string();
+        }
+        i = end + 1;
+    }
+    panic!("no code in {b:?}")
+}
+
+fn startup_packet(code: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    p
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn oversized_and_malformed_startup_get_a_fatal_error() {
+    let (g, addr) = start_pg(&[]);
+    // Oversized: refused from its length alone, before any of it is read.
+    let mut huge = 1_000_000u32.to_be_bytes().to_vec();
+    huge.extend_from_slice(&196_608u32.to_be_bytes());
+    assert_eq!(error_code(&raw_exchange(addr, &huge)), "08P01");
+    // No user.
+    let p = startup_packet(196_608, &[("database", "tenant_alpha")]);
+    assert_eq!(error_code(&raw_exchange(addr, &p)), "28000");
+    // Protocol 2.
+    let p = startup_packet(0x0002_0000, &[("user", "x")]);
+    assert_eq!(error_code(&raw_exchange(addr, &p)), "0A000");
+    // Unterminated parameters.
+    let mut p = startup_packet(196_608, &[("user", "x")]);
+    p.truncate(p.len() - 2);
+    let len = (p.len() as u32).to_be_bytes();
+    p[..4].copy_from_slice(&len);
+    assert_eq!(error_code(&raw_exchange(addr, &p)), "08P01");
+    // GSSENCRequest is declined; SSLRequest too when no certificate is configured.
+    for code in [80_877_104u32, 80_877_103] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req = 8u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&code.to_be_bytes());
+        s.write_all(&req).unwrap();
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"N");
+    }
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn tls_sessions_use_the_https_certificate_and_require_refuses_plaintext() {
+    let ca = required("RINGGATE_TEST_PG_CA");
+    let dir = Path::new(&ca).parent().unwrap();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (g, addr) = start_pg(&[
+        ("RINGGATE_TLS_LISTEN", "127.0.0.1:0"),
+        ("RINGGATE_TLS_CERT", cert),
+        ("RINGGATE_TLS_KEY", key),
+        ("RINGGATE_PG_TLS", "require"),
+    ]);
+    let (user, password) = alpha();
+    let c = conninfo(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "options=endpoint=alpha sslmode=require",
+    );
+    let (ok, out, err) = psql(&c, &["-c", "select 1"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "1");
+    let plain = conninfo(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "options=endpoint=alpha sslmode=disable",
+    );
+    let (ok, _, err) = psql(&plain, &["-c", "select 1"]);
+    assert!(!ok);
+    assert!(err.contains("requires TLS"), "{err}");
+    g.drain();
+}
