@@ -83,6 +83,8 @@ pub struct Core {
     pub sql_memo: crate::sql::memo::SqlMemo,
     /// `/sql` reads waiting to be pipelined onto a busy connection, by tenant.
     pub read_queues: crate::sql::pipeline::ReadQueues,
+    /// I/O buffers client connections borrow while bytes move.
+    pub buffers: crate::io_buf::BufPool,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
     /// When the latest request began.
@@ -142,6 +144,8 @@ impl Core {
                 crate::projects::ProjectCache::new(c, d.project_cache_ttl, registry.clone())
             })
         });
+        let buffers =
+            crate::io_buf::BufPool::with_metrics(crate::io_buf::DEFAULT_KEEP, registry.clone(), id);
         Rc::new(Self {
             id,
             driver,
@@ -160,6 +164,7 @@ impl Core {
             upstreams: Default::default(),
             sql_memo: Default::default(),
             read_queues: Default::default(),
+            buffers,
             connections: Cell::new(0),
             in_flight: Cell::new(0),
             last_request: Cell::new(monoio::time::Instant::now()),

@@ -14,6 +14,8 @@
 //! - [`rt`]: driver choice (io_uring or epoll), runtimes, CPU pinning.
 //! - [`server`]: listeners, accept loops, the per-core control loop.
 //! - [`conn`]: one client connection: HTTP/1.1 keep-alive, limits, timeouts.
+//! - [`transport`], [`tls_stream`], [`io_buf`]: waiting for bytes without a buffer, TLS
+//!   over buffers lent while data moves, and the per-core pool that lends them.
 //! - [`http`]: request head parsing, body framing, response encoding.
 //! - [`router`]: routes and handlers.
 //! - [`metrics`]: per-core Prometheus metrics.
@@ -35,6 +37,7 @@ pub mod core;
 pub mod error;
 pub mod handshake;
 pub mod http;
+pub mod io_buf;
 pub mod metrics;
 pub mod projects;
 pub mod proxy;
@@ -46,6 +49,8 @@ pub mod sessions;
 pub mod shutdown;
 pub mod socket_peek;
 pub mod sql;
+pub mod tls_stream;
+pub mod transport;
 
 use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};
 

@@ -301,17 +301,25 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let client = Some(crate::router::ClientSocket(
         std::os::fd::AsRawFd::as_raw_fd(&stream),
     ));
-    monoio::spawn(
-        async move {
-            let _guard = guard;
-            if tls {
+    // Two tasks of different types, so that a plain connection's task is not as large as
+    // one that also holds a TLS handshake's state.
+    if tls {
+        monoio::spawn(
+            async move {
+                let _guard = guard;
                 serve_tls(core, stream, peer, client).await;
-            } else {
+            }
+            .instrument(span),
+        );
+    } else {
+        monoio::spawn(
+            async move {
+                let _guard = guard;
                 conn::serve(core, stream, Some(peer), false, client).await;
             }
-        }
-        .instrument(span),
-    );
+            .instrument(span),
+        );
+    }
 }
 
 async fn serve_tls(
@@ -323,12 +331,10 @@ async fn serve_tls(
     let Some(config) = core.tls.borrow().clone() else {
         return;
     };
-    match timeout(
-        core.config.http.header_read_timeout,
-        crate::handshake::accept(&core, config, stream),
-    )
-    .await
-    {
+    // Boxed: the handshake's state is needed only until it ends, and inline it would stay
+    // part of the connection task's size for the connection's whole life.
+    let handshake = Box::pin(crate::handshake::accept(&core, config, stream));
+    match timeout(core.config.http.header_read_timeout, handshake).await {
         Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client).await,
         Ok(Err(error)) => {
             core.metrics().tls_handshake_failed();
