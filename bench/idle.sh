@@ -11,6 +11,7 @@
 #       (RSS after - RSS before) / N in KiB. ROUNDS (default 1) repeats the whole matrix,
 #       servers interleaved within each round.
 #
+#   SERVERS="nginx haproxy" measures only those (default: ringgate nginx haproxy).
 #   RINGGATE_BEFORE=/path/to/ringgate adds a `ringgate-before` server: an older build
 #   measured in the same run (before/after of a change).
 #
@@ -28,7 +29,8 @@ if [ "$n" -gt $((hard - 200)) ]; then
   exit 2
 fi
 scripts/install-deps
-cargo build -q --release --locked -p ringgate -p ringgate-bench
+# SKIP_BUILD=1 uses the binaries already built (e.g. while another build holds the lock).
+[ -n "${SKIP_BUILD:-}" ] || cargo build -q --release --locked -p ringgate -p ringgate-bench
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
@@ -39,7 +41,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cat "$work/cert.pem" "$work/key.pem" >"$work/both.pem"
 
-servers="ringgate nginx haproxy"
+servers="${SERVERS:-ringgate nginx haproxy}"
 [ -n "${RINGGATE_BEFORE:-}" ] && servers="ringgate-before $servers"
 
 mkdir -p "$work/nginx/logs"
@@ -68,8 +70,10 @@ cat >"$work/haproxy.cfg" <<HAP
 global
   nbthread 1
   cpu-map 1/1 0
-  ulimit-n $hard
-  maxconn $(((hard - 200) / 1))
+  # HAProxy budgets two descriptors per connection (client and server side) and would
+  # refuse to start; these connections have no server side, so let it run at the limit.
+  no strict-limits
+  maxconn $((hard - 200))
 defaults
   mode http
   timeout client 600s
@@ -130,6 +134,7 @@ for round in $(seq "$rounds"); do
       sleep 1
       after=$(rss_kib "$SPID")
       held=$(field held <"$work/idle.out")
+      [ -n "$held" ] || { echo "rg-idle said: $(cat "$work/idle.out")" >&2; exit 1; }
       failed=$(field failed <"$work/idle.out")
       open_secs=$(field secs <"$work/idle.out")
       out=$(taskset -c 1 "$bin/rg-load" --url "$url" --rate 1000 --duration 5 --warmup 1 --connections 10 --ca "$work/cert.pem")

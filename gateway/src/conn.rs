@@ -10,7 +10,7 @@ use http::Method;
 use monoio::{
     buf::IoBufMut,
     io::{AsyncWriteRent, AsyncWriteRentExt},
-    time::{sleep_until, timeout, Duration, Instant},
+    time::{timeout, Duration, Instant},
 };
 use tracing::{debug, debug_span, Instrument};
 
@@ -297,10 +297,9 @@ impl Conn {
         want: usize,
     ) -> Fill {
         let drain = self.core.drain.clone();
-        // One timer for both waits below: monoio's `Sleep` is 640 bytes, and each one
-        // inline would be part of every idle connection's task.
-        let timer = sleep_until(deadline);
-        let mut timer = std::pin::pin!(timer);
+        // The core's deadline timer, not a monoio `Sleep` (640 bytes inline in every idle
+        // connection's task; see `crate::deadline`). One for both waits below.
+        let mut timer = self.core.deadlines.until(deadline);
         if self.buf.is_empty() {
             self.give_back();
             let ready = monoio::select! {
@@ -322,9 +321,12 @@ impl Conn {
         // monoio reads into a buffer from its start: read into the spare tail instead.
         let len = buf.len();
         let tail = buf.slice_mut(len..);
+        // Boxed: a read's state (a TLS one holds rustls's and a socket read's) exists only
+        // while bytes come in; inline, it would be part of every idle connection's task.
+        let read = Box::pin(io.read(tail));
         monoio::select! {
             biased;
-            (res, tail) = io.read(tail) => {
+            (res, tail) = read => {
                 self.buf = tail.into_inner();
                 match res {
                     Ok(0) => Fill::Eof,

@@ -85,6 +85,8 @@ pub struct Core {
     pub read_queues: crate::sql::pipeline::ReadQueues,
     /// I/O buffers client connections borrow while bytes move.
     pub buffers: crate::io_buf::BufPool,
+    /// Deadlines of client connections' waits (keep-alive, header and body timeouts).
+    pub deadlines: crate::deadline::Deadlines,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
     /// When the latest request began.
@@ -165,6 +167,7 @@ impl Core {
             sql_memo: Default::default(),
             read_queues: Default::default(),
             buffers,
+            deadlines: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
             last_request: Cell::new(monoio::time::Instant::now()),

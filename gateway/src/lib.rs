@@ -14,8 +14,9 @@
 //! - [`rt`]: driver choice (io_uring or epoll), runtimes, CPU pinning.
 //! - [`server`]: listeners, accept loops, the per-core control loop.
 //! - [`conn`]: one client connection: HTTP/1.1 keep-alive, limits, timeouts.
-//! - [`transport`], [`tls_stream`], [`io_buf`]: waiting for bytes without a buffer, TLS
-//!   over buffers lent while data moves, and the per-core pool that lends them.
+//! - [`transport`], [`tls_stream`], [`io_buf`], [`deadline`]: waiting for bytes without a
+//!   buffer, TLS over buffers lent while data moves, the per-core pool that lends them, and
+//!   the per-core timer of connections' waits.
 //! - [`http`]: request head parsing, body framing, response encoding.
 //! - [`router`]: routes and handlers.
 //! - [`metrics`]: per-core Prometheus metrics.
@@ -34,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod core;
+pub mod deadline;
 pub mod error;
 pub mod handshake;
 pub mod http;

@@ -77,6 +77,7 @@ pub async fn run_core(
     listeners: CoreListeners,
     control: flume::Receiver<Control>,
 ) -> CoreReport {
+    monoio::spawn(core.deadlines.clone().run());
     if let Some(l) = listeners.plain {
         monoio::spawn(accept_loop(core.clone(), l, false));
     }
