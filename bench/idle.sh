@@ -7,7 +7,8 @@
 #       fresh, warm it up, read its RSS, open N idle keep-alive connections with rg-idle
 #       (each sends one GET /health, reads the answer, stays open; 16 loopback source
 #       addresses; on CPU 1), read the RSS again, then measure /health p50/p99 with rg-load
-#       (1000 req/s over 10 connections, 5 s) while the N are held. Reports
+#       (1000 req/s over 10 connections, 5 s) while the N are held (and p99 once before they
+#       are opened, to compare). Reports
 #       (RSS after - RSS before) / N in KiB. ROUNDS (default 1) repeats the whole matrix,
 #       servers interleaved within each round.
 #
@@ -122,28 +123,34 @@ for round in $(seq "$rounds"); do
       url="$proto://127.0.0.1:$port/health"
       # Warm-up: the server's first connections and TLS handshakes, so they are not counted.
       taskset -c 1 "$bin/rg-load" --url "$url" --rate 500 --duration 1 --connections 10 --ca "$work/cert.pem" >/dev/null
+      # /health latency with no idle connection held, to compare with it while they are.
+      out=$(taskset -c 1 "$bin/rg-load" --url "$url" --rate 1000 --duration 5 --warmup 1 --connections 10 --ca "$work/cert.pem")
+      p99_free=$(echo "$out" | field p99_ms)
       sleep 0.5
       before=$(rss_kib "$SPID")
-      taskset -c 1 "$bin/rg-idle" --url "$url" --conns "$n" --ca "$work/cert.pem" >"$work/idle.out" 2>&1 &
+      # A fresh file per scenario: the redirect below happens in the background child, so
+      # a reused one could still show the previous scenario's line to the wait loop.
+      out_file="$work/idle-$round-$server-$proto.out"
+      taskset -c 1 "$bin/rg-idle" --url "$url" --conns "$n" --ca "$work/cert.pem" >"$out_file" 2>&1 &
       idle=$!
       pids+=($idle)
-      until grep -q '^held=' "$work/idle.out" 2>/dev/null; do
-        kill -0 "$idle" 2>/dev/null || { cat "$work/idle.out" >&2; exit 1; }
+      until grep -q '^held=' "$out_file" 2>/dev/null; do
+        kill -0 "$idle" 2>/dev/null || { cat "$out_file" >&2; exit 1; }
         sleep 0.2
       done
       sleep 1
       after=$(rss_kib "$SPID")
-      held=$(field held <"$work/idle.out")
-      [ -n "$held" ] || { echo "rg-idle said: $(cat "$work/idle.out")" >&2; exit 1; }
-      failed=$(field failed <"$work/idle.out")
-      open_secs=$(field secs <"$work/idle.out")
+      held=$(field held <"$out_file")
+      [ -n "$held" ] || { echo "rg-idle said: $(cat "$out_file")" >&2; exit 1; }
+      failed=$(field failed <"$out_file")
+      open_secs=$(field secs <"$out_file")
       out=$(taskset -c 1 "$bin/rg-load" --url "$url" --rate 1000 --duration 5 --warmup 1 --connections 10 --ca "$work/cert.pem")
       p50=$(echo "$out" | field p50_ms)
       p99=$(echo "$out" | field p99_ms)
       errors=$(echo "$out" | field errors)
       kib=$(python3 -c "print(f'{($after - $before) / max($held, 1):.2f}')")
-      R[$round/$server/$proto]="$kib $before $after $held $failed $open_secs $p50 $p99 $errors"
-      echo "round $round $server $proto: ${kib} KiB/conn (RSS $before -> $after KiB, held $held, failed $failed, opened in ${open_secs}s); /health p50 $p50 ms p99 $p99 ms errors $errors" >&2
+      R[$round/$server/$proto]="$kib $before $after $held $failed $open_secs $p99_free $p50 $p99 $errors"
+      echo "round $round $server $proto: ${kib} KiB/conn (RSS $before -> $after KiB, held $held, failed $failed, opened in ${open_secs}s); /health p99 $p99_free ms before; while held p50 $p50 ms p99 $p99 ms errors $errors" >&2
       kill "$idle" 2>/dev/null || true
       wait "$idle" 2>/dev/null || true
       stop
@@ -158,13 +165,13 @@ stamp=$(date -u +%Y-%m-%dT%H%MZ)
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg); open files: hard limit $hard"
   echo "servers pinned to CPU 0 (ringgate: 1 core; nginx: 1 worker; HAProxy: 1 thread), rg-idle and rg-load on CPU 1"
   echo
-  echo "| round | server | proto | KiB per idle conn | RSS before / after KiB | held (failed) | open s | /health p50 / p99 ms @1000/s (errors) |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| round | server | proto | KiB per idle conn | RSS before / after KiB | held (failed) | open s | /health p99 ms @1000/s, none held | /health p50 / p99 ms @1000/s while held (errors) |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for round in $(seq "$rounds"); do
     for proto in http https; do
       for server in $servers; do
-        read -r kib before after held failed open_secs p50 p99 errors <<<"${R[$round/$server/$proto]}"
-        echo "| $round | $server | $proto | $kib | $before / $after | $held ($failed) | $open_secs | $p50 / $p99 ($errors) |"
+        read -r kib before after held failed open_secs p99_free p50 p99 errors <<<"${R[$round/$server/$proto]}"
+        echo "| $round | $server | $proto | $kib | $before / $after | $held ($failed) | $open_secs | $p99_free | $p50 / $p99 ($errors) |"
       done
     done
   done
