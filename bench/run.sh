@@ -29,7 +29,8 @@ secs="${2:-15}"
 warm=3
 rates="10000 30000"
 scripts/install-deps
-cargo build -q --release --locked -p ringgate -p ringgate-bench
+# SKIP_BUILD=1 uses the binaries already built.
+[ -n "${SKIP_BUILD:-}" ] || cargo build -q --release --locked -p ringgate -p ringgate-bench
 bin=${CARGO_TARGET_DIR:-target}/release
 ringgate=${RINGGATE_BIN:-$bin/ringgate}
 work=$(mktemp -d)

@@ -48,13 +48,17 @@ enum Fill {
 }
 
 /// Serves requests on `io` until the client closes, a limit is hit or the core drains.
-pub async fn serve<IO: Transport>(
+///
+/// Not an `async fn`: one keeps its arguments in the future beside the locals they are
+/// moved into (rust-lang/rust#62958), so every connection's task would hold its stream
+/// twice. The `async move` block below uses what it captured in place.
+pub fn serve<IO: Transport>(
     core: Rc<Core>,
     mut io: IO,
     peer: Option<std::net::SocketAddr>,
     tls: bool,
     client: Option<router::ClientSocket>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let mut conn = Conn {
         core,
         buf: BytesMut::new(),
@@ -63,17 +67,19 @@ pub async fn serve<IO: Transport>(
         peer,
         tls,
     };
-    loop {
-        let head = match conn.read_head(&mut io).await {
-            Ok(head) => head,
-            Err(Stop::Refuse(e)) => return Box::pin(conn.refuse(&mut io, e)).await,
-            Err(Stop::Close) => return,
-        };
-        // Boxed: a request's state (head, body, routing or proxying, response) lives only
-        // while it is served; inline, its size would be part of every idle connection's
-        // task for the connection's whole life.
-        if !Box::pin(conn.respond(&mut io, head, client)).await {
-            return;
+    async move {
+        loop {
+            let head = match conn.read_head(&mut io).await {
+                Ok(head) => head,
+                Err(Stop::Refuse(e)) => return Box::pin(conn.refuse(&mut io, e)).await,
+                Err(Stop::Close) => return,
+            };
+            // Boxed: a request's state (head, body, routing or proxying, response) lives
+            // only while it is served; inline, its size would be part of every idle
+            // connection's task for the connection's whole life.
+            if !Box::pin(conn.respond(&mut io, head, client)).await {
+                return;
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use std::{
 };
 
 use futures_core::Stream;
+use futures_util::FutureExt;
 use monoio::{
     io::AsyncWriteRentExt,
     net::{TcpListener, TcpStream},
@@ -303,47 +304,54 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
         std::os::fd::AsRawFd::as_raw_fd(&stream),
     ));
     // Two tasks of different types, so that a plain connection's task is not as large as
-    // one that also holds a TLS handshake's state.
+    // one that also holds a TLS handshake's state. The guard rides on a `map` rather than
+    // in an `async` block, which would keep the captured stream beside the future it was
+    // moved into.
+    let done = move |()| drop(guard);
     if tls {
         monoio::spawn(
-            async move {
-                let _guard = guard;
-                serve_tls(core, stream, peer, client).await;
-            }
-            .instrument(span),
+            serve_tls(core, stream, peer, client)
+                .map(done)
+                .instrument(span),
         );
     } else {
         monoio::spawn(
-            async move {
-                let _guard = guard;
-                conn::serve(core, stream, Some(peer), false, client).await;
-            }
-            .instrument(span),
+            conn::serve(core, stream, Some(peer), false, client)
+                .map(done)
+                .instrument(span),
         );
     }
 }
 
-async fn serve_tls(
+/// Runs the TLS handshake, then serves the connection (not an `async fn`, for the reason
+/// given at [`conn::serve`]).
+fn serve_tls(
     core: Rc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
     client: Option<crate::router::ClientSocket>,
-) {
-    let Some(config) = core.tls.borrow().clone() else {
-        return;
-    };
+) -> impl std::future::Future<Output = ()> {
     // Boxed: the handshake's state is needed only until it ends, and inline it would stay
     // part of the connection task's size for the connection's whole life.
-    let handshake = Box::pin(crate::handshake::accept(&core, config, stream));
-    match timeout(core.config.http.header_read_timeout, handshake).await {
-        Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client).await,
-        Ok(Err(error)) => {
-            core.metrics().tls_handshake_failed();
-            debug!(%error, "TLS handshake failed");
-        }
-        Err(_) => {
-            core.metrics().tls_handshake_failed();
-            debug!("TLS handshake timed out");
+    let config = core.tls.borrow().clone();
+    let handshake = config.map(|config| {
+        let core = core.clone();
+        Box::pin(async move { crate::handshake::accept(&core, config, stream).await })
+    });
+    async move {
+        let Some(handshake) = handshake else {
+            return;
+        };
+        match timeout(core.config.http.header_read_timeout, handshake).await {
+            Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client).await,
+            Ok(Err(error)) => {
+                core.metrics().tls_handshake_failed();
+                debug!(%error, "TLS handshake failed");
+            }
+            Err(_) => {
+                core.metrics().tls_handshake_failed();
+                debug!("TLS handshake timed out");
+            }
         }
     }
 }
