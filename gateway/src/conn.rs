@@ -107,11 +107,10 @@ impl Conn {
         client: Option<router::ClientSocket>,
     ) -> bool {
         self.first = false;
-        // Parsed: unless more is buffered (pipelined, or a body), the buffer goes back now,
-        // before the request is served.
-        if self.buf.is_empty() {
-            self.give_back();
-        }
+        // The read buffer stays lent while the request is served: the head parsed from it
+        // shares its memory, which the pool gets back whole, without a copy or a new
+        // allocation, once the response is written and the head dropped (`fill` gives it
+        // back before waiting for the next request).
         let started = Instant::now();
         let _request = self.core.track_request(started);
         let request_id = self.core.request_ids.for_request(&head.parts.headers);

@@ -2,7 +2,7 @@
 //!
 //! An idle connection holds no buffer: it waits for readiness ([`crate::transport`]) and
 //! borrows a read buffer only when bytes are there, giving it back once its request is
-//! parsed and answered and nothing more is buffered (a pipelining client keeps it). Write
+//! answered and nothing more is buffered (a pipelining client keeps it). Write
 //! buffers are borrowed for one response. With thousands of idle clients per core, the
 //! buffers in use are those of the connections moving bytes at that moment, not one per
 //! connection (which was 8 KiB plain and 32 KiB more under TLS).
