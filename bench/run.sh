@@ -11,6 +11,9 @@
 #   bench/run.sh sql [SECS]    /sql point SELECT vs pgbench -S direct and via PgBouncer (bench/sql.sh).
 #   bench/run.sh proxy [SECS]  reverse proxy vs HAProxy and nginx (bench/proxy.sh).
 #   bench/run.sh ha [SOAK_SECS] [TENANTS]   HA and load long forms (bench/ha.sh).
+#
+#   RINGGATE_BIN=/path/to/ringgate (http) runs that build instead of the one just built (to
+#   compare builds: run it for each, interleaved). The build's output honours CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 suite="${1:-http}"
@@ -26,7 +29,10 @@ secs="${2:-15}"
 warm=3
 rates="10000 30000"
 scripts/install-deps
-cargo build -q --release --locked -p ringgate -p ringgate-bench
+# SKIP_BUILD=1 uses the binaries already built.
+[ -n "${SKIP_BUILD:-}" ] || cargo build -q --release --locked -p ringgate -p ringgate-bench
+bin=${CARGO_TARGET_DIR:-target}/release
+ringgate=${RINGGATE_BIN:-$bin/ringgate}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -62,7 +68,7 @@ nginx -p "$work/nginx" -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18280 RINGGATE_TLS_LISTEN=127.0.0.1:18643 RINGGATE_TLS_CERT="$work/cert.pem" \
   RINGGATE_TLS_KEY="$work/key.pem" RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn,ringgate::rt=info \
-  target/release/ringgate 2>"$work/ringgate.log" &
+  "$ringgate" 2>"$work/ringgate.log" &
 pids+=($!)
 sleep 1
 for port in 18180 18280; do curl -fsS "http://127.0.0.1:$port/health" >/dev/null; done
@@ -84,7 +90,7 @@ run_rate() { # name url rate
     out=$(taskset -c 1 wrk2 -t1 -c200 -d"${secs}s" -R"$3" -s "$work/pct.lua" "$2" 2>&1 | grep wrk_result)
     R[$1]="$(echo "$out" | field rps) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)"
   else
-    out=$(taskset -c 1 target/release/rg-load --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
+    out=$(taskset -c 1 "$bin/rg-load" --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
     R[$1]="$(echo "$out" | field achieved_rate) $(echo "$out" | field p50_ms) $(echo "$out" | field p99_ms) $(echo "$out" | field p999_ms) $(echo "$out" | field errors)"
   fi
 }
@@ -119,6 +125,7 @@ stamp=$(date -u +%Y-%m-%dT%H%MZ)
   echo "# bench/run.sh http $secs — $stamp"
   echo
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "ringgate: $ringgate"
   echo "servers pinned to CPU 0 (ringgate: 1 core, driver $(grep -o 'driver=[a-z_"]*' "$work/ringgate.log" | head -1 || echo '?'); nginx: 1 worker), load on CPU 1; ${secs}s per scenario"
   echo
   echo "$table"

@@ -98,6 +98,10 @@ pub struct Core {
     pub query_cache: Option<crate::sql::cache::QueryCache>,
     /// `/sql` reads waiting to be pipelined onto a busy connection, by tenant.
     pub read_queues: crate::sql::pipeline::ReadQueues,
+    /// I/O buffers client connections borrow while bytes move.
+    pub buffers: crate::io_buf::BufPool,
+    /// Deadlines of client connections' waits (keep-alive, header and body timeouts).
+    pub deadlines: crate::deadline::Deadlines,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
     /// When the latest request began.
@@ -160,6 +164,8 @@ impl Core {
                 crate::projects::ProjectCache::new(c, d.project_cache_ttl, registry.clone())
             })
         });
+        let buffers =
+            crate::io_buf::BufPool::with_metrics(crate::io_buf::DEFAULT_KEEP, registry.clone(), id);
         Rc::new(Self {
             id,
             driver,
@@ -179,6 +185,8 @@ impl Core {
             sql_memo: Default::default(),
             query_cache,
             read_queues: Default::default(),
+            buffers,
+            deadlines: Default::default(),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
             last_request: Cell::new(monoio::time::Instant::now()),

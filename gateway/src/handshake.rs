@@ -32,12 +32,12 @@ use monoio::{
     net::TcpStream,
     time::Instant,
 };
-use monoio_rustls::ServerTlsStream;
 use rustls::{server::Acceptor, ServerConfig, ServerConnection};
 
 use crate::{
     core::Core,
     socket_peek::{peek, Peek},
+    tls_stream::TlsStream,
 };
 
 /// The share of a core's time handshakes may take while requests are in flight.
@@ -147,7 +147,7 @@ pub async fn accept(
     core: &Core,
     config: Arc<ServerConfig>,
     mut stream: TcpStream,
-) -> Result<ServerTlsStream<TcpStream>, HandshakeError> {
+) -> Result<TlsStream, HandshakeError> {
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::new();
     // The ClientHello: no crypto yet.
@@ -198,7 +198,7 @@ pub async fn accept(
             return Err(error.into());
         }
     }
-    Ok(ServerTlsStream::new(stream, conn))
+    Ok(TlsStream::new(stream, conn, core.buffers.clone()))
 }
 
 /// Tells the client why its handshake was refused (best effort: it is closed next anyway).

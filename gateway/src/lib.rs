@@ -14,6 +14,9 @@
 //! - [`rt`]: driver choice (io_uring or epoll), runtimes, CPU pinning.
 //! - [`server`]: listeners, accept loops, the per-core control loop.
 //! - [`conn`]: one client connection: HTTP/1.1 keep-alive, limits, timeouts.
+//! - [`transport`], [`tls_stream`], [`io_buf`], [`deadline`]: waiting for bytes without a
+//!   buffer, TLS over buffers lent while data moves, the per-core pool that lends them, and
+//!   the per-core timer of connections' waits.
 //! - [`http`]: request head parsing, body framing, response encoding.
 //! - [`router`]: routes and handlers.
 //! - [`metrics`]: per-core Prometheus metrics.
@@ -33,9 +36,11 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod core;
+pub mod deadline;
 pub mod error;
 pub mod handshake;
 pub mod http;
+pub mod io_buf;
 pub mod metrics;
 pub mod projects;
 pub mod proxy;
@@ -47,6 +52,8 @@ pub mod sessions;
 pub mod shutdown;
 pub mod socket_peek;
 pub mod sql;
+pub mod tls_stream;
+pub mod transport;
 pub mod wire;
 
 use std::{net::SocketAddr, sync::Arc, thread::JoinHandle};

@@ -265,6 +265,8 @@ pub struct CoreMetrics {
     connections_total: AtomicU64,
     connections_rejected: AtomicU64,
     connections_burst: AtomicU64,
+    io_buffers_lent: AtomicU64,
+    io_buffers_pooled: AtomicU64,
     tls_handshake_failures: AtomicU64,
     tls_handshakes_paced: AtomicU64,
     tls_handshakes_abandoned: AtomicU64,
@@ -348,6 +350,8 @@ impl Default for CoreMetrics {
             connections_total: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
             connections_burst: AtomicU64::new(0),
+            io_buffers_lent: AtomicU64::new(0),
+            io_buffers_pooled: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             tls_handshakes_paced: AtomicU64::new(0),
             tls_handshakes_abandoned: AtomicU64::new(0),
@@ -465,6 +469,12 @@ impl CoreMetrics {
     /// A connection was taken from the backlog in a burst, right after another accept.
     pub fn connection_accepted_in_burst(&self) {
         self.connections_burst.fetch_add(1, Relaxed);
+    }
+
+    /// Publishes the core's I/O buffer counts ([`crate::io_buf::BufPool`]).
+    pub fn set_io_buffers(&self, lent: u64, pooled: u64) {
+        self.io_buffers_lent.store(lent, Relaxed);
+        self.io_buffers_pooled.store(pooled, Relaxed);
     }
 
     /// A TLS handshake failed.
@@ -740,7 +750,7 @@ impl Registry {
                 )?;
             }
         }
-        let gauges: [PerCoreMetric; 11] = [
+        let gauges: [PerCoreMetric; 13] = [
             (
                 "ringgate_connections_open",
                 "gauge",
@@ -764,6 +774,18 @@ impl Registry {
                 "counter",
                 "Connections taken from the backlog without waiting, right after another accept.",
                 |m| m.connections_burst.load(Relaxed),
+            ),
+            (
+                "ringgate_io_buffers_lent",
+                "gauge",
+                "I/O buffers lent to client connections now (idle connections hold none).",
+                |m| m.io_buffers_lent.load(Relaxed),
+            ),
+            (
+                "ringgate_io_buffers_pooled",
+                "gauge",
+                "I/O buffers kept in the core's pool for reuse.",
+                |m| m.io_buffers_pooled.load(Relaxed),
             ),
             (
                 "ringgate_tls_handshake_failures_total",

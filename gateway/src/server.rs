@@ -9,6 +9,7 @@ use std::{
 };
 
 use futures_core::Stream;
+use futures_util::FutureExt;
 use monoio::{
     io::AsyncWriteRentExt,
     net::{TcpListener, TcpStream},
@@ -79,6 +80,7 @@ pub async fn run_core(
     listeners: CoreListeners,
     control: flume::Receiver<Control>,
 ) -> CoreReport {
+    monoio::spawn(core.deadlines.clone().run());
     if let Some(l) = listeners.plain {
         monoio::spawn(accept_loop(core.clone(), l, false));
     }
@@ -309,42 +311,55 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let client = Some(crate::router::ClientSocket(
         std::os::fd::AsRawFd::as_raw_fd(&stream),
     ));
-    monoio::spawn(
-        async move {
-            let _guard = guard;
-            if tls {
-                serve_tls(core, stream, peer, client).await;
-            } else {
-                conn::serve(core, stream, Some(peer), false, client).await;
-            }
-        }
-        .instrument(span),
-    );
+    // Two tasks of different types, so that a plain connection's task is not as large as
+    // one that also holds a TLS handshake's state. The guard rides on a `map` rather than
+    // in an `async` block, which would keep the captured stream beside the future it was
+    // moved into.
+    let done = move |()| drop(guard);
+    if tls {
+        monoio::spawn(
+            serve_tls(core, stream, peer, client)
+                .map(done)
+                .instrument(span),
+        );
+    } else {
+        monoio::spawn(
+            conn::serve(core, stream, Some(peer), false, client)
+                .map(done)
+                .instrument(span),
+        );
+    }
 }
 
-async fn serve_tls(
+/// Runs the TLS handshake, then serves the connection (not an `async fn`, for the reason
+/// given at [`conn::serve`]).
+fn serve_tls(
     core: Rc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
     client: Option<crate::router::ClientSocket>,
-) {
-    let Some(config) = core.tls.borrow().clone() else {
-        return;
-    };
-    match timeout(
-        core.config.http.header_read_timeout,
-        crate::handshake::accept(&core, config, stream),
-    )
-    .await
-    {
-        Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client).await,
-        Ok(Err(error)) => {
-            core.metrics().tls_handshake_failed();
-            debug!(%error, "TLS handshake failed");
-        }
-        Err(_) => {
-            core.metrics().tls_handshake_failed();
-            debug!("TLS handshake timed out");
+) -> impl std::future::Future<Output = ()> {
+    // Boxed: the handshake's state is needed only until it ends, and inline it would stay
+    // part of the connection task's size for the connection's whole life.
+    let config = core.tls.borrow().clone();
+    let handshake = config.map(|config| {
+        let core = core.clone();
+        Box::pin(async move { crate::handshake::accept(&core, config, stream).await })
+    });
+    async move {
+        let Some(handshake) = handshake else {
+            return;
+        };
+        match timeout(core.config.http.header_read_timeout, handshake).await {
+            Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client).await,
+            Ok(Err(error)) => {
+                core.metrics().tls_handshake_failed();
+                debug!(%error, "TLS handshake failed");
+            }
+            Err(_) => {
+                core.metrics().tls_handshake_failed();
+                debug!("TLS handshake timed out");
+            }
         }
     }
 }

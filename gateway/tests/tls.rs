@@ -355,3 +355,91 @@ fn a_bad_or_broken_handshake_gets_an_alert_is_counted_and_harms_no_one() {
         g.drain();
     }
 }
+
+/// Reads `n` responses from `r`; their statuses.
+fn statuses(r: &mut impl std::io::BufRead, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|i| {
+            read_response(r, false)
+                .unwrap_or_else(|| panic!("response {i}"))
+                .status
+        })
+        .collect()
+}
+
+/// Sends `bytes` on both a plain and a TLS connection and reads `n` answers from each.
+fn both(plain: &mut common::Client, tls: &mut Tls, bytes: &[u8], n: usize) -> [Vec<u16>; 2] {
+    plain.send(bytes);
+    let p = (0..n).map(|_| plain.read_response(false).status).collect();
+    tls.get_mut().write_all(bytes).unwrap();
+    [p, statuses(tls, n)]
+}
+
+#[test]
+fn idle_connections_hold_no_buffer_and_pipelined_and_large_requests_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in drivers() {
+        let (g, der) = start_tls_one_core(d, dir.path());
+        let (plain_addr, tls_addr) = (g.plain_addr().unwrap(), g.tls_addr().unwrap());
+        // Read while `/metrics` is served: its own connection's read buffer is lent then,
+        // so 1 means no other connection holds one.
+        let lent = || core0_counter(&g, "ringgate_io_buffers_lent");
+        let get = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+        // Idle connections, plain and TLS (1.3 and 1.2), each answered once.
+        let mut plain: Vec<_> = (0..20)
+            .map(|_| common::Client::connect(plain_addr))
+            .collect();
+        let mut tls: Vec<_> = (0..20)
+            .map(|i| {
+                let v = if i % 2 == 0 {
+                    &rustls::version::TLS13
+                } else {
+                    &rustls::version::TLS12
+                };
+                connect(tls_addr, &der, &[v])
+            })
+            .collect();
+        for (p, t) in plain.iter_mut().zip(&mut tls) {
+            assert_eq!(both(p, t, get, 1), [vec![200], vec![200]]);
+        }
+        common::eventually(
+            Duration::from_secs(5),
+            "idle connections give their buffers back",
+            || lent() == 1,
+        );
+        let (p, t) = (&mut plain[0], &mut tls[0]);
+        // Pipelined: three requests in one write, three answers in order.
+        let three = [&get[..], b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", get].concat();
+        assert_eq!(
+            both(p, t, &three, 3),
+            [vec![200, 404, 200], vec![200, 404, 200]]
+        );
+        // A body much larger than a lent buffer (and than a TLS record), then the next
+        // request on the same connection.
+        let body = vec![b'x'; 512 * 1024];
+        let mut post = format!(
+            "POST /health HTTP/1.1\r\nHost: t\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(&body);
+        post.extend_from_slice(get);
+        assert_eq!(both(p, t, &post, 2), [vec![405, 200], vec![405, 200]]);
+        // A head larger than a lent buffer (under the 16 KiB limit).
+        let big_head = format!(
+            "GET /health HTTP/1.1\r\nHost: t\r\nx-pad: {}\r\n\r\n",
+            "p".repeat(12 * 1024)
+        );
+        assert_eq!(both(p, t, big_head.as_bytes(), 1), [vec![200], vec![200]]);
+        common::eventually(
+            Duration::from_secs(5),
+            "buffers come back after large and pipelined requests",
+            || lent() == 1,
+        );
+        // Every idle connection still serves.
+        for (p, t) in plain.iter_mut().zip(&mut tls) {
+            assert_eq!(both(p, t, get, 1), [vec![200], vec![200]]);
+        }
+        g.drain();
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! Owns loading a PEM certificate chain and private key into a rustls `ServerConfig`
 //! (TLS 1.2 and 1.3 only, ALPN `http/1.1`, ring as the one crypto provider) and reloading it.
-//! It does no I/O on connections: the gateway wraps accepted sockets with monoio-rustls
-//! using the latest [`ServerConfig`](rustls::ServerConfig) snapshot from [`CertStore`].
+//! It does no I/O on connections: the gateway drives the handshake and the records itself
+//! (`gateway/src/handshake.rs`, `tls_stream.rs`, with I/O buffers lent only while bytes
+//! move) using the latest [`ServerConfig`](rustls::ServerConfig) snapshot from [`CertStore`].
 //!
 //! Main types: [`load_server_config`], [`CertStore`], [`Error`].
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]

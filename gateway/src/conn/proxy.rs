@@ -24,6 +24,7 @@ use crate::{
         head::{encode_for_client, encode_request_head, parse_response, ResponseHead},
         Outcome, Picked,
     },
+    transport::Transport,
 };
 use ringgate_http1::{Chunked, Forward};
 
@@ -76,7 +77,7 @@ enum Attempt {
 
 impl Conn {
     /// Proxies the request whose head was just read to a worker of `route`'s group.
-    pub(super) async fn proxy<IO: AsyncReadRent + AsyncWriteRent>(
+    pub(super) async fn proxy<IO: Transport>(
         &mut self,
         io: &mut IO,
         head: &ParsedHead,
@@ -178,7 +179,7 @@ impl Conn {
     }
 
     /// One attempt on one worker.
-    async fn attempt<IO: AsyncReadRent + AsyncWriteRent>(
+    async fn attempt<IO: Transport>(
         &mut self,
         io: &mut IO,
         out: &Outgoing<'_>,
@@ -224,7 +225,7 @@ impl Conn {
     /// The request and response on `stream` (a pooled connection the head was written to),
     /// or on a fresh connection when there is none.
     #[allow(clippy::too_many_arguments)]
-    async fn exchange<IO: AsyncReadRent + AsyncWriteRent>(
+    async fn exchange<IO: Transport>(
         &mut self,
         io: &mut IO,
         head: &ParsedHead,
@@ -301,7 +302,7 @@ impl Conn {
     }
 
     /// Streams the request body to the worker. `Ok(true)` when all of it went through.
-    async fn pipe_request_body<IO: AsyncReadRent + AsyncWriteRent>(
+    async fn pipe_request_body<IO: Transport>(
         &mut self,
         io: &mut IO,
         head: &ParsedHead,
@@ -361,7 +362,7 @@ impl Conn {
         }
     }
 
-    async fn read_body_piece<IO: AsyncReadRent>(
+    async fn read_body_piece<IO: Transport>(
         &mut self,
         io: &mut IO,
         pause: std::time::Duration,
@@ -379,7 +380,7 @@ impl Conn {
     }
 
     /// Writes a gateway-made response for a proxied request.
-    async fn answer<IO: AsyncReadRent + AsyncWriteRent>(
+    async fn answer<IO: Transport>(
         &mut self,
         io: &mut IO,
         response: Response,
@@ -398,7 +399,7 @@ impl Conn {
 
     /// Answers without proxying; a short body is read and dropped so the connection stays
     /// usable, a long one closes it.
-    async fn answer_and_drain_body<IO: AsyncReadRent + AsyncWriteRent>(
+    async fn answer_and_drain_body<IO: Transport>(
         &mut self,
         io: &mut IO,
         head: &ParsedHead,

@@ -223,12 +223,8 @@ async fn negotiate_tls(
     let tls = crate::handshake::accept(core, Arc::new(config), tcp)
         .await
         .map_err(|e| Refused::Tls(e.to_string()))?;
-    let (io, session) = tls.into_parts();
-    let sni = session.server_name().map(str::to_string);
-    Ok((
-        ClientStream::Tls(Box::new(monoio_rustls::ServerTlsStream::new(io, session))),
-        sni,
-    ))
+    let sni = tls.server_name().map(str::to_string);
+    Ok((ClientStream::Tls(Box::new(tls)), sni))
 }
 
 /// Serves a `CancelRequest`: cancels the statement the session with this key runs now.

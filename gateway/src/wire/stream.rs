@@ -7,14 +7,15 @@ use monoio::{
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
     net::TcpStream,
 };
-use monoio_rustls::ServerTlsStream;
+
+use crate::tls_stream::TlsStream;
 
 /// The client's socket.
 pub enum ClientStream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS, negotiated with `SSLRequest`.
-    Tls(Box<ServerTlsStream<TcpStream>>),
+    Tls(Box<TlsStream>),
 }
 
 impl std::fmt::Debug for ClientStream {
