@@ -360,15 +360,18 @@ fn chaos_no_lost_write_when_the_leaders_postmaster_dies() {
 fn chaos_no_lost_write_when_the_leader_freezes_past_its_lease() {
     run(
         "SIGSTOP of the leader for 10 s",
-        |leader, took_effect| {
-            cluster(&["pause", leader]);
-            took_effect();
-            // Longer than the TTL (6 s): a new leader is elected meanwhile.
-            std::thread::sleep(Duration::from_secs(10));
-            cluster(&["resume", leader]);
-        },
+        freeze_for_ten_seconds,
         |_| {},
     );
+}
+
+/// SIGSTOP of the whole leader for longer than its lease TTL (6 s: a new leader is
+/// elected meanwhile), then SIGCONT.
+fn freeze_for_ten_seconds(leader: &str, took_effect: &mut dyn FnMut()) {
+    cluster(&["pause", leader]);
+    took_effect();
+    std::thread::sleep(Duration::from_secs(10));
+    cluster(&["resume", leader]);
 }
 
 /// The same freeze with ringgate on 16 cores (on this 2-CPU machine): every core routes by
@@ -380,12 +383,7 @@ fn chaos_no_lost_write_when_the_leader_freezes_on_sixteen_cores() {
     run_on(
         16,
         "SIGSTOP of the leader for 10 s, 16 cores",
-        |leader, took_effect| {
-            cluster(&["pause", leader]);
-            took_effect();
-            std::thread::sleep(Duration::from_secs(10));
-            cluster(&["resume", leader]);
-        },
+        freeze_for_ten_seconds,
         |_| {},
     );
 }

@@ -119,6 +119,15 @@ fn report_value(report: &str, label: &str) -> f64 {
 }
 
 /// Runs `f` with a tokio-postgres client through ringgate (or the connect error).
+/// [`with_client`] as project alpha's owner.
+fn with_alpha<T>(
+    addr: SocketAddr,
+    f: impl AsyncFnOnce(&tokio_postgres::Client) -> T,
+) -> Result<T, tokio_postgres::Error> {
+    let (user, password) = alpha();
+    with_client(addr, &user, &password, "tenant_alpha", "endpoint=alpha", f)
+}
+
 fn with_client<T>(
     addr: SocketAddr,
     user: &str,
@@ -353,40 +362,32 @@ fn wrong_password_unknown_project_and_another_projects_role_are_refused() {
 #[ignore = "needs compose/cluster"]
 fn session_features_are_refused_and_session_sets_replayed() {
     let (g, addr) = start_pg(&[]);
-    let (user, password) = alpha();
-    with_client(
-        addr,
-        &user,
-        &password,
-        "tenant_alpha",
-        "endpoint=alpha",
-        async |c| {
-            for sql in ["LISTEN wire_test", "select pg_advisory_lock(42)"] {
-                let e = c.simple_query(sql).await.unwrap_err();
-                assert_eq!(code(&e), "0A000", "{sql}: {e}");
-            }
-            // Extended protocol (a named statement), parameters, and a session SET that later
-            // transactions (on whichever server connection) still see.
-            let stmt = c.prepare("select $1::int + 1").await.unwrap();
-            c.simple_query("set application_name = 'wire-replayed'")
-                .await
-                .unwrap();
-            for i in 0..5 {
-                let row = c.query_one(&stmt, &[&i]).await.unwrap();
-                assert_eq!(row.get::<_, i32>(0), i + 1);
-                let row = c.query_one("show application_name", &[]).await.unwrap();
-                assert_eq!(row.get::<_, String>(0), "wire-replayed");
-            }
-            // A transaction that fails is rolled back and the session goes on.
-            let e = c.simple_query("begin; select 1/0").await.unwrap_err();
-            assert_eq!(code(&e), "22012");
-            c.simple_query("rollback").await.unwrap();
-            assert_eq!(
-                c.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0),
-                7
-            );
-        },
-    )
+    with_alpha(addr, async |c| {
+        for sql in ["LISTEN wire_test", "select pg_advisory_lock(42)"] {
+            let e = c.simple_query(sql).await.unwrap_err();
+            assert_eq!(code(&e), "0A000", "{sql}: {e}");
+        }
+        // Extended protocol (a named statement), parameters, and a session SET that later
+        // transactions (on whichever server connection) still see.
+        let stmt = c.prepare("select $1::int + 1").await.unwrap();
+        c.simple_query("set application_name = 'wire-replayed'")
+            .await
+            .unwrap();
+        for i in 0..5 {
+            let row = c.query_one(&stmt, &[&i]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), i + 1);
+            let row = c.query_one("show application_name", &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), "wire-replayed");
+        }
+        // A transaction that fails is rolled back and the session goes on.
+        let e = c.simple_query("begin; select 1/0").await.unwrap_err();
+        assert_eq!(code(&e), "22012");
+        c.simple_query("rollback").await.unwrap();
+        assert_eq!(
+            c.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0),
+            7
+        );
+    })
     .unwrap();
     g.drain();
 }
@@ -395,35 +396,27 @@ fn session_features_are_refused_and_session_sets_replayed() {
 #[ignore = "needs compose/cluster"]
 fn a_cancel_request_stops_the_running_statement() {
     let (g, addr) = start_pg(&[("RINGGATE_WORKERS", "2")]);
-    let (user, password) = alpha();
-    with_client(
-        addr,
-        &user,
-        &password,
-        "tenant_alpha",
-        "endpoint=alpha",
-        async |c| {
-            let token = c.cancel_token();
-            let cancel = async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-                token
-                    .cancel_query_raw(tcp, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-            };
-            let started = std::time::Instant::now();
-            let (r, ()) = tokio::join!(c.simple_query("select pg_sleep(20)"), cancel);
-            let e = r.unwrap_err();
-            assert_eq!(code(&e), "57014", "{e}");
-            assert!(started.elapsed() < Duration::from_secs(10));
-            // The session is still usable.
-            assert_eq!(
-                c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
-                1
-            );
-        },
-    )
+    with_alpha(addr, async |c| {
+        let token = c.cancel_token();
+        let cancel = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            token
+                .cancel_query_raw(tcp, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        };
+        let started = std::time::Instant::now();
+        let (r, ()) = tokio::join!(c.simple_query("select pg_sleep(20)"), cancel);
+        let e = r.unwrap_err();
+        assert_eq!(code(&e), "57014", "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // The session is still usable.
+        assert_eq!(
+            c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+            1
+        );
+    })
     .unwrap();
     g.drain();
 }
@@ -432,47 +425,39 @@ fn a_cancel_request_stops_the_running_statement() {
 #[ignore = "needs compose/cluster"]
 fn a_transaction_whose_server_died_gets_08007_and_the_client_goes_on() {
     let (g, addr) = start_pg(&[("RINGGATE_POOL_MAX_PER_TENANT", "1")]);
-    let (user, password) = alpha();
-    with_client(
-        addr,
-        &user,
-        &password,
-        "tenant_alpha",
-        "endpoint=alpha",
-        async |c| {
-            c.simple_query("begin").await.unwrap();
-            let pid = backend_pid(c).await;
-            ringgate_tests::backend::psql(
-                &pg_admin_url(),
-                &format!("select pg_terminate_backend({pid})"),
+    with_alpha(addr, async |c| {
+        c.simple_query("begin").await.unwrap();
+        let pid = backend_pid(c).await;
+        ringgate_tests::backend::psql(
+            &pg_admin_url(),
+            &format!("select pg_terminate_backend({pid})"),
+        );
+        let e = c.simple_query("select 1").await.unwrap_err();
+        assert_eq!(code(&e), "08007", "{e}");
+        // The client connection is still usable, on another server connection.
+        let other = backend_pid(c).await;
+        assert_ne!(other, pid);
+        // A pooled (idle) server connection the server ends is not handed out: the next
+        // statement runs on a fresh one, without an error.
+        ringgate_tests::backend::psql(
+            &pg_admin_url(),
+            &format!("select pg_terminate_backend({other})"),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ringgate_tests::backend::psql(
+            &pg_admin_url(),
+            &format!("select count(*) from pg_stat_activity where pid = {other}"),
+        ) != "0"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "backend {other} still there"
             );
-            let e = c.simple_query("select 1").await.unwrap_err();
-            assert_eq!(code(&e), "08007", "{e}");
-            // The client connection is still usable, on another server connection.
-            let other = backend_pid(c).await;
-            assert_ne!(other, pid);
-            // A pooled (idle) server connection the server ends is not handed out: the next
-            // statement runs on a fresh one, without an error.
-            ringgate_tests::backend::psql(
-                &pg_admin_url(),
-                &format!("select pg_terminate_backend({other})"),
-            );
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while ringgate_tests::backend::psql(
-                &pg_admin_url(),
-                &format!("select count(*) from pg_stat_activity where pid = {other}"),
-            ) != "0"
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "backend {other} still there"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let third = backend_pid(c).await;
-            assert_ne!(third, other);
-        },
-    )
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let third = backend_pid(c).await;
+        assert_ne!(third, other);
+    })
     .unwrap();
     g.drain();
 }
