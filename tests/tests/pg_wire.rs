@@ -6,8 +6,23 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::Path,
     process::Command,
+    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::Duration,
 };
+
+/// Tests in this binary run in parallel and all open project alpha's server connections
+/// (`ringgate/alpha/pg/...`); the test that counts them runs alone.
+static ALPHA: RwLock<()> = RwLock::new(());
+
+/// Runs beside the other tests, not beside the one that counts connections.
+fn shared() -> RwLockReadGuard<'static, ()> {
+    ALPHA.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs alone among this binary's tests.
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    ALPHA.write().unwrap_or_else(|e| e.into_inner())
+}
 
 use ringgate_tests::{
     backend::{pg_admin_url, required},
@@ -166,6 +181,7 @@ fn code(e: &tokio_postgres::Error) -> String {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn psql_runs_queries_describes_tables_and_transactions() {
+    let _alpha = shared();
     let (g, addr) = start_pg(&[]);
     let (user, password) = alpha();
     let c = conninfo(
@@ -236,6 +252,7 @@ fn psql_runs_queries_describes_tables_and_transactions() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn pgbench_select_only_in_simple_extended_and_prepared_modes() {
+    let _alpha = shared();
     let (g, addr) = start_pg(&[]);
     let (user, password) = alpha();
     let c = conninfo(
@@ -264,6 +281,7 @@ fn pgbench_select_only_in_simple_extended_and_prepared_modes() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn hundred_clients_share_few_server_connections_with_prepared_statements() {
+    let _alpha = exclusive();
     let (g, addr) = start_pg(&[("RINGGATE_POOL_MAX_PER_TENANT", "5")]);
     let (user, password) = alpha();
     let c = conninfo(
@@ -306,6 +324,7 @@ fn hundred_clients_share_few_server_connections_with_prepared_statements() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn wrong_password_unknown_project_and_another_projects_role_are_refused() {
+    let _alpha = shared();
     let (g, addr) = start_pg(&[]);
     let (user, password) = alpha();
     let e = with_client(
@@ -361,6 +380,7 @@ fn wrong_password_unknown_project_and_another_projects_role_are_refused() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn session_features_are_refused_and_session_sets_replayed() {
+    let _alpha = shared();
     let (g, addr) = start_pg(&[]);
     with_alpha(addr, async |c| {
         for sql in ["LISTEN wire_test", "select pg_advisory_lock(42)"] {
@@ -395,6 +415,7 @@ fn session_features_are_refused_and_session_sets_replayed() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn a_cancel_request_stops_the_running_statement() {
+    let _alpha = shared();
     let (g, addr) = start_pg(&[("RINGGATE_WORKERS", "2")]);
     with_alpha(addr, async |c| {
         let token = c.cancel_token();
@@ -424,6 +445,7 @@ fn a_cancel_request_stops_the_running_statement() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn a_transaction_whose_server_died_gets_08007_and_the_client_goes_on() {
+    let _alpha = shared();
     let (g, addr) = start_pg(&[("RINGGATE_POOL_MAX_PER_TENANT", "1")]);
     with_alpha(addr, async |c| {
         c.simple_query("begin").await.unwrap();
@@ -516,6 +538,7 @@ fn startup_packet(code: u32, params: &[(&str, &str)]) -> Vec<u8> {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn oversized_and_malformed_startup_get_a_fatal_error() {
+    let _alpha = shared();
     let (g, addr) = start_pg(&[]);
     // Oversized: refused from its length alone, before any of it is read.
     let mut huge = 1_000_000u32.to_be_bytes().to_vec();
@@ -550,6 +573,7 @@ fn oversized_and_malformed_startup_get_a_fatal_error() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn tls_sessions_use_the_https_certificate_and_require_refuses_plaintext() {
+    let _alpha = shared();
     let ca = required("RINGGATE_TEST_PG_CA");
     let dir = Path::new(&ca).parent().unwrap();
     let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
