@@ -84,6 +84,18 @@ fn start_pg(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
 }
 
 /// A libpq connection string for `user` through ringgate, project chosen by `options`.
+/// A libpq connection string to project alpha as its owner.
+fn alpha_conninfo(addr: SocketAddr) -> String {
+    let (user, password) = alpha();
+    conninfo(
+        addr,
+        &user,
+        &password,
+        "tenant_alpha",
+        "options=endpoint=alpha",
+    )
+}
+
 fn conninfo(addr: SocketAddr, user: &str, password: &str, db: &str, extra: &str) -> String {
     format!(
         "host={} port={} user={user} password={password} dbname={db} connect_timeout=5 {extra}",
@@ -184,13 +196,7 @@ fn psql_runs_queries_describes_tables_and_transactions() {
     let _alpha = shared();
     let (g, addr) = start_pg(&[]);
     let (user, password) = alpha();
-    let c = conninfo(
-        addr,
-        &user,
-        &password,
-        "tenant_alpha",
-        "options=endpoint=alpha",
-    );
+    let c = alpha_conninfo(addr);
     let (ok, out, err) = psql(&c, &["-c", "select count(*) > 0 from items"]);
     assert!(ok, "{err}");
     assert_eq!(out, "t");
@@ -254,14 +260,7 @@ fn psql_runs_queries_describes_tables_and_transactions() {
 fn pgbench_select_only_in_simple_extended_and_prepared_modes() {
     let _alpha = shared();
     let (g, addr) = start_pg(&[]);
-    let (user, password) = alpha();
-    let c = conninfo(
-        addr,
-        &user,
-        &password,
-        "tenant_alpha",
-        "options=endpoint=alpha",
-    );
+    let c = alpha_conninfo(addr);
     pgbench(&c, &["-i", "-s", "1", "-q"]);
     for mode in ["simple", "extended", "prepared"] {
         let report = pgbench(&c, &["-S", "-M", mode, "-c", "8", "-j", "2", "-T", "3"]);
@@ -283,14 +282,7 @@ fn pgbench_select_only_in_simple_extended_and_prepared_modes() {
 fn hundred_clients_share_few_server_connections_with_prepared_statements() {
     let _alpha = exclusive();
     let (g, addr) = start_pg(&[("RINGGATE_POOL_MAX_PER_TENANT", "5")]);
-    let (user, password) = alpha();
-    let c = conninfo(
-        addr,
-        &user,
-        &password,
-        "tenant_alpha",
-        "options=endpoint=alpha",
-    );
+    let c = alpha_conninfo(addr);
     let count_servers = || -> usize {
         ringgate_tests::backend::psql(
             &pg_admin_url(),

@@ -444,11 +444,7 @@ impl Relay {
             }
             b'D' => {
                 held.expected += 1;
-                let named = body
-                    .split_first()
-                    .filter(|(k, _)| **k == b'S')
-                    .and_then(|(_, r)| messages::split_cstr(r).filter(|(n, _)| !n.is_empty()));
-                match named.and_then(|(n, _)| self.statements.get(n)) {
+                match statement_named(body).and_then(|n| self.statements.get(n)) {
                     Some(p) => {
                         ensure(held, p);
                         messages::frontend(
@@ -462,12 +458,8 @@ impl Relay {
             }
             b'C' => {
                 held.expected += 1;
-                let named = body
-                    .split_first()
-                    .filter(|(k, _)| **k == b'S')
-                    .and_then(|(_, r)| messages::split_cstr(r).filter(|(n, _)| !n.is_empty()));
-                match named {
-                    Some((n, _)) => {
+                match statement_named(body) {
+                    Some(n) => {
                         self.statements.remove(n);
                         messages::frontend(&mut held.out, b'C', &[b"S", CLOSED_NAME]);
                     }
@@ -763,6 +755,18 @@ fn pool_refusal(e: &PoolError) -> (&'static str, String) {
         },
         other => (CANNOT_CONNECT, other.to_string()),
     }
+}
+
+/// The named prepared statement a Describe or Close body (`S` + name) refers to; `None`
+/// for a portal or the unnamed statement.
+fn statement_named(body: &[u8]) -> Option<&[u8]> {
+    let (kind, rest) = body.split_first()?;
+    if *kind != b'S' {
+        return None;
+    }
+    messages::split_cstr(rest)
+        .map(|(name, _)| name)
+        .filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]
