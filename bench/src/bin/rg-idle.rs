@@ -214,21 +214,5 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    match parse_args(std::env::args().skip(1)) {
-        Ok(None) => {
-            print!("{USAGE}");
-            std::process::ExitCode::SUCCESS
-        }
-        Ok(Some(args)) => match run(args) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rg-idle: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("rg-idle: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    ringgate_bench::tool_main("rg-idle", USAGE, parse_args, run)
 }

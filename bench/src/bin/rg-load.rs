@@ -321,23 +321,7 @@ fn tls_config(ca: &Option<String>) -> Result<Arc<rustls::ClientConfig>> {
 }
 
 fn main() -> std::process::ExitCode {
-    match parse_args(std::env::args().skip(1)) {
-        Ok(None) => {
-            print!("{USAGE}");
-            std::process::ExitCode::SUCCESS
-        }
-        Ok(Some(args)) => match run(args) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rg-load: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        },
-        Err(e) => {
-            eprintln!("rg-load: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    ringgate_bench::tool_main("rg-load", USAGE, parse_args, run)
 }
 
 fn run(args: Args) -> Result<()> {
