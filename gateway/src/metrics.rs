@@ -91,6 +91,8 @@ pub const MAX_CLASSES: usize = 8;
 pub const UNCLASSIFIED: usize = 0;
 const OTHER_CLASS: usize = MAX_CLASSES + 1;
 const N_CLASS: usize = MAX_CLASSES + 2;
+/// Tenant class slots (unclassified, the named ones, other).
+pub const CLASS_SLOTS: usize = N_CLASS;
 
 /// What the Data API did about failures and failovers, counted per core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +143,20 @@ impl SqlEvent {
     ];
 }
 
-/// What the `/sql` result cache did, counted per core and tenant class.
+/// Which front end a result-cache event came from (they share one cache per core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frontend {
+    /// `POST /sql`.
+    Sql,
+    /// The PostgreSQL wire front end.
+    Pg,
+}
+
+impl Frontend {
+    const ALL: [(Frontend, &'static str); 2] = [(Frontend::Sql, "sql"), (Frontend::Pg, "pg")];
+}
+
+/// What the result cache did, counted per core, front end and tenant class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheEvent {
     /// Served from the cache.
@@ -280,9 +295,9 @@ pub struct CoreMetrics {
     sql_requests: [[AtomicU64; N_STATUS]; N_CLASS],
     sql_events: [AtomicU64; SqlEvent::ALL.len()],
     sql_write_hold_us: AtomicU64,
-    sql_cache: [[AtomicU64; CacheEvent::ALL.len()]; N_CLASS],
-    sql_cache_bytes: AtomicU64,
-    sql_cache_evictions: AtomicU64,
+    sql_cache: [[[AtomicU64; CacheEvent::ALL.len()]; N_CLASS]; Frontend::ALL.len()],
+    sql_cache_bytes: [AtomicU64; N_CLASS],
+    sql_cache_evictions: [AtomicU64; N_CLASS],
     /// `(group, workers, healthy)` as of the last health round (off the hot path).
     upstreams: std::sync::RwLock<Vec<(String, u64, u64)>>,
     /// Server connections per database member, as of the last pool upkeep.
@@ -365,9 +380,11 @@ impl Default for CoreMetrics {
             sql_requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             sql_events: std::array::from_fn(|_| AtomicU64::new(0)),
             sql_write_hold_us: AtomicU64::new(0),
-            sql_cache: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            sql_cache_bytes: AtomicU64::new(0),
-            sql_cache_evictions: AtomicU64::new(0),
+            sql_cache: std::array::from_fn(|_| {
+                std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            }),
+            sql_cache_bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+            sql_cache_evictions: std::array::from_fn(|_| AtomicU64::new(0)),
             upstreams: std::sync::RwLock::new(Vec::new()),
             pool_nodes: std::sync::RwLock::new(Vec::new()),
             wire: wire::WireMetrics::default(),
@@ -398,28 +415,40 @@ impl CoreMetrics {
         self.sql_events[event as usize].fetch_add(1, Relaxed);
     }
 
-    /// Counts a result-cache event for a tenant class slot.
+    /// Counts a `/sql` result-cache event for a tenant class slot.
     pub fn sql_cache(&self, class: usize, event: CacheEvent) {
-        self.sql_cache[class.min(OTHER_CLASS)][event as usize].fetch_add(1, Relaxed);
+        self.cache_event(Frontend::Sql, class, event);
     }
 
-    /// How many times `event` was counted, over every class.
+    /// Counts a result-cache event of `front` for a tenant class slot.
+    pub fn cache_event(&self, front: Frontend, class: usize, event: CacheEvent) {
+        self.sql_cache[front as usize][class.min(OTHER_CLASS)][event as usize]
+            .fetch_add(1, Relaxed);
+    }
+
+    /// How many times `event` was counted, over every front end and class.
     pub fn sql_cache_events(&self, event: CacheEvent) -> u64 {
         self.sql_cache
             .iter()
+            .flatten()
             .map(|c| c[event as usize].load(Relaxed))
             .sum()
     }
 
-    /// The bytes this core's result cache held when it last stored an entry.
+    /// The bytes this core's result cache held when it last changed.
     pub fn sql_cache_bytes(&self) -> u64 {
-        self.sql_cache_bytes.load(Relaxed)
+        self.sql_cache_bytes.iter().map(|b| b.load(Relaxed)).sum()
     }
 
-    /// The bytes this core's result cache holds and the entries it evicted for room.
-    pub fn set_sql_cache_size(&self, bytes: u64, evictions: u64) {
-        self.sql_cache_bytes.store(bytes, Relaxed);
-        self.sql_cache_evictions.store(evictions, Relaxed);
+    /// The bytes this core's result cache holds and the entries it evicted for room, per
+    /// tenant class slot.
+    pub fn set_sql_cache_size(&self, bytes: &[u64], evictions: &[u64]) {
+        for (slot, b) in self.sql_cache_bytes.iter().zip(bytes) {
+            slot.store(*b, Relaxed);
+        }
+        for (slot, e) in self.sql_cache_evictions.iter().zip(evictions) {
+            slot.store(*e, Relaxed);
+        }
     }
 
     /// A write waited `held` for a leader before it could run (or gave up).
@@ -611,6 +640,16 @@ impl Registry {
         }
         classes.push(name.to_string());
         classes.len()
+    }
+
+    /// The class slots that have a label of their own: unclassified, the named classes
+    /// seen so far, other.
+    fn labelled_slots(&self) -> Vec<usize> {
+        let named = self.classes.read().unwrap_or_else(|e| e.into_inner()).len();
+        std::iter::once(UNCLASSIFIED)
+            .chain(1..=named)
+            .chain(std::iter::once(OTHER_CLASS))
+            .collect()
     }
 
     fn class_label(&self, slot: usize) -> String {
@@ -979,36 +1018,45 @@ impl Registry {
                 }
             }
         }
-        writeln!(o, "# HELP ringgate_sql_cache_events_total What the /sql result cache did, by core, tenant class and event (hit, coalesced, miss, store, stale, invalidation, uncacheable).\n# TYPE ringgate_sql_cache_events_total counter")?;
+        writeln!(o, "# HELP ringgate_sql_cache_events_total What the result cache did, by core, tenant class, event (hit, coalesced, miss, store, stale, invalidation, uncacheable) and front end (sql: /sql, pg: the PostgreSQL front end).\n# TYPE ringgate_sql_cache_events_total counter")?;
         for (c, m) in self.cores.iter().enumerate() {
-            for (slot, events) in m.sql_cache.iter().enumerate() {
-                for (event, name) in CacheEvent::ALL {
-                    let n = events[event as usize].load(Relaxed);
-                    if n > 0 {
-                        writeln!(
-                            o,
-                            "ringgate_sql_cache_events_total{{core=\"{c}\",class=\"{}\",event=\"{name}\"}} {n}",
-                            self.class_label(slot)
-                        )?;
+            for (front, front_name) in Frontend::ALL {
+                for (slot, events) in m.sql_cache[front as usize].iter().enumerate() {
+                    for (event, name) in CacheEvent::ALL {
+                        let n = events[event as usize].load(Relaxed);
+                        if n > 0 {
+                            writeln!(
+                                o,
+                                "ringgate_sql_cache_events_total{{core=\"{c}\",class=\"{}\",event=\"{name}\",frontend=\"{front_name}\"}} {n}",
+                                self.class_label(slot)
+                            )?;
+                        }
                     }
                 }
             }
         }
-        writeln!(o, "# HELP ringgate_sql_cache_bytes Bytes of responses the /sql result cache holds, by core.\n# TYPE ringgate_sql_cache_bytes gauge")?;
+        let slots = self.labelled_slots();
+        writeln!(o, "# HELP ringgate_sql_cache_bytes Bytes of answers the result cache holds (/sql and the PostgreSQL front end share it), by core and tenant class.\n# TYPE ringgate_sql_cache_bytes gauge")?;
         for (c, m) in self.cores.iter().enumerate() {
-            writeln!(
-                o,
-                "ringgate_sql_cache_bytes{{core=\"{c}\"}} {}",
-                m.sql_cache_bytes.load(Relaxed)
-            )?;
+            for &slot in &slots {
+                writeln!(
+                    o,
+                    "ringgate_sql_cache_bytes{{core=\"{c}\",class=\"{}\"}} {}",
+                    self.class_label(slot),
+                    m.sql_cache_bytes[slot].load(Relaxed)
+                )?;
+            }
         }
-        writeln!(o, "# HELP ringgate_sql_cache_evictions_total Entries the /sql result cache evicted for room (its per-project share or the core's budget), by core.\n# TYPE ringgate_sql_cache_evictions_total counter")?;
+        writeln!(o, "# HELP ringgate_sql_cache_evictions_total Entries the result cache evicted for room (their project's share or the core's budget), by core and tenant class.\n# TYPE ringgate_sql_cache_evictions_total counter")?;
         for (c, m) in self.cores.iter().enumerate() {
-            writeln!(
-                o,
-                "ringgate_sql_cache_evictions_total{{core=\"{c}\"}} {}",
-                m.sql_cache_evictions.load(Relaxed)
-            )?;
+            for &slot in &slots {
+                writeln!(
+                    o,
+                    "ringgate_sql_cache_evictions_total{{core=\"{c}\",class=\"{}\"}} {}",
+                    self.class_label(slot),
+                    m.sql_cache_evictions[slot].load(Relaxed)
+                )?;
+            }
         }
         writeln!(o, "# HELP ringgate_sql_write_hold_seconds_total Time writes spent waiting for a usable leader.\n# TYPE ringgate_sql_write_hold_seconds_total counter")?;
         for (c, m) in self.cores.iter().enumerate() {
@@ -1132,7 +1180,10 @@ mod tests {
         for class in HOSTILE {
             let slot = reg.class_slot(class);
             reg.core(0).sql_answered(slot, 200);
+            reg.core(1).cache_event(Frontend::Pg, slot, CacheEvent::Hit);
+            reg.core(1).sql_cache(slot, CacheEvent::Invalidation);
         }
+        reg.core(1).set_sql_cache_size(&[7; N_CLASS], &[3; N_CLASS]);
         let member = |i: usize, name: &str, role| Member {
             name: name.into(),
             addr: format!("127.0.1.{}:5432", i + 1).parse().unwrap(),
@@ -1207,6 +1258,39 @@ mod tests {
         ));
         assert!(text.contains("ringgate_connections_open{core=\"0\",driver=\"epoll\"} 1"));
         assert!(text.contains("ringgate_connections_open{core=\"1\",driver=\"epoll\"} 0"));
+    }
+
+    #[test]
+    fn cache_figures_are_per_class_and_front_end() {
+        let reg = Registry::new(1, "epoll");
+        let (gold, free) = (reg.class_slot("gold"), reg.class_slot("free"));
+        let m = reg.core(0);
+        m.sql_cache(gold, CacheEvent::Hit);
+        m.cache_event(Frontend::Pg, gold, CacheEvent::Hit);
+        m.cache_event(Frontend::Pg, gold, CacheEvent::Hit);
+        m.cache_event(Frontend::Pg, free, CacheEvent::Invalidation);
+        let mut bytes = [0; N_CLASS];
+        let mut evictions = [0; N_CLASS];
+        (bytes[gold], bytes[free], evictions[free]) = (100, 20, 4);
+        m.set_sql_cache_size(&bytes, &evictions);
+        assert_eq!(m.sql_cache_bytes(), 120);
+        assert_eq!(m.sql_cache_events(CacheEvent::Hit), 3);
+        let text = reg.render();
+        for line in [
+            "ringgate_sql_cache_events_total{core=\"0\",class=\"gold\",event=\"hit\",frontend=\"sql\"} 1",
+            "ringgate_sql_cache_events_total{core=\"0\",class=\"gold\",event=\"hit\",frontend=\"pg\"} 2",
+            "ringgate_sql_cache_events_total{core=\"0\",class=\"free\",event=\"invalidation\",frontend=\"pg\"} 1",
+            "ringgate_sql_cache_bytes{core=\"0\",class=\"gold\"} 100",
+            "ringgate_sql_cache_bytes{core=\"0\",class=\"free\"} 20",
+            "ringgate_sql_cache_bytes{core=\"0\",class=\"unclassified\"} 0",
+            "ringgate_sql_cache_evictions_total{core=\"0\",class=\"free\"} 4",
+            "ringgate_sql_cache_evictions_total{core=\"0\",class=\"other\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Only labelled slots are shown: no second `other` from unused slots.
+        assert_eq!(text.matches("ringgate_sql_cache_bytes{core=\"0\",class=\"other\"}").count(), 1);
+        promtool_accepts(&text);
     }
 
     #[test]

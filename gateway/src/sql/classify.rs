@@ -54,13 +54,18 @@ pub fn classify(sql: &str) -> Kind {
         return Kind::Write;
     };
     match statements.as_slice() {
-        [Statement::Query(q)] if !selects_into(q) => {
-            let mut check = ReadOnly;
-            match statements.visit(&mut check) {
-                ControlFlow::Continue(()) => Kind::Read,
-                ControlFlow::Break(()) => Kind::Write,
-            }
-        }
+        [st] => statement_kind(st),
+        _ => Kind::Write,
+    }
+}
+
+/// Classifies one parsed statement.
+pub fn statement_kind(st: &Statement) -> Kind {
+    match st {
+        Statement::Query(q) if !selects_into(q) => match st.visit(&mut ReadOnly) {
+            ControlFlow::Continue(()) => Kind::Read,
+            ControlFlow::Break(()) => Kind::Write,
+        },
         _ => Kind::Write,
     }
 }

@@ -15,8 +15,10 @@
 //! - [`stream`]: the client's socket, plain or TLS.
 //! - [`session`]: project checks and authentication.
 //! - [`relay`]: transaction pooling, named prepared statements, session-only refusals.
+//! - [`cached`]: autocommit reads from the result cache; writes invalidating it.
 //! - [`cancel`]: cancel keys and the process-wide table they are found in.
 
+pub mod cached;
 pub mod cancel;
 pub mod messages;
 pub mod relay;

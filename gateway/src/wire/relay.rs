@@ -22,7 +22,7 @@ use monoio::time::{sleep, Instant};
 use ringgate_pool::{Checkout, Credentials, Error as PoolError, Intent, Lent, Shard};
 use tracing::debug;
 
-use super::{cancel::CancelKey, fatal, messages, stream::ClientStream};
+use super::{cached, cancel::CancelKey, fatal, messages, stream::ClientStream};
 use crate::{core::Core, metrics::wire::WireEvent};
 
 /// Read size from either side.
@@ -94,7 +94,7 @@ impl Held {
 
 /// Which side of a relay failed.
 #[derive(Debug)]
-enum Gone {
+pub(super) enum Gone {
     Client,
     Server,
 }
@@ -110,16 +110,18 @@ enum Until {
 
 /// One client session in transaction-pooling mode.
 pub struct Relay {
-    core: Rc<Core>,
+    pub(super) core: Rc<Core>,
     db: Rc<Shard>,
     tenant: String,
-    credentials: Credentials,
+    pub(super) credentials: Credentials,
     client: ClientStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
+    pub(super) rbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
     statements: HashMap<Bytes, Prepared>,
-    sets: Vec<String>,
+    pub(super) sets: Vec<String>,
     key: CancelKey,
+    /// The result cache's view of the session (see [`cached`]).
+    pub(super) cache: cached::Session,
 }
 
 impl Relay {
@@ -134,6 +136,7 @@ impl Relay {
         key: CancelKey,
     ) -> Self {
         Self {
+            cache: cached::Session::new(&tenant),
             core,
             db,
             tenant,
@@ -178,7 +181,7 @@ impl Relay {
                 b'S' => messages::ready_for_query(&mut self.wbuf, b'I'),
                 b'H' | b'd' | b'c' | b'f' => {}
                 b'Q' | b'P' | b'B' | b'D' | b'E' | b'F' | b'C' => {
-                    if !self.transaction(msg).await {
+                    if !cached::transaction(self, msg).await {
                         return;
                     }
                 }
@@ -191,7 +194,7 @@ impl Relay {
     }
 
     /// Relays one transaction, starting with `first`; false when the client is gone.
-    async fn transaction(&mut self, first: BytesMut) -> bool {
+    pub(super) async fn transaction(&mut self, first: BytesMut) -> bool {
         let mut held = match self.checkout().await {
             Ok(h) => h,
             Err((code, msg)) => return self.refuse(first[0], code, &msg).await,
@@ -274,6 +277,9 @@ impl Relay {
                         held.swallow = 0;
                         self.wbuf.extend_from_slice(&m);
                         if held.pending == 0 {
+                            if held.status == b'I' {
+                                cached::committed(self).await;
+                            }
                             return self.flush_client().await;
                         }
                         continue;
@@ -355,6 +361,10 @@ impl Relay {
 
     /// Appends a client message to what goes to the server, rewriting statement names.
     fn forward(&mut self, held: &mut Held, msg: BytesMut) {
+        let statements = &self.statements;
+        self.cache.saw(&self.core, &msg, |name| {
+            statements.get(name).map(|p| p.rest.clone())
+        });
         let body = messages::body(&msg);
         match msg[0] {
             b'Q' => {
@@ -472,6 +482,12 @@ impl Relay {
             }
             _ => held.out.extend_from_slice(&msg),
         }
+    }
+
+    /// The `Parse` body after the name (text, NUL, parameter types) of the client's named
+    /// statement `name`.
+    pub(super) fn statement_rest(&self, name: &[u8]) -> Option<Bytes> {
+        self.statements.get(name).map(|p| p.rest.clone())
     }
 
     /// A server connection for the client's role, with its `SET`s replayed. Waits out a
@@ -623,7 +639,7 @@ impl Relay {
     }
 
     /// The client's next message inside a transaction.
-    async fn next_client(&mut self) -> Option<BytesMut> {
+    pub(super) async fn next_client(&mut self) -> Option<BytesMut> {
         loop {
             match messages::take(&mut self.rbuf, messages::MAX_MESSAGE_BYTES) {
                 Ok(Some(m)) => return Some(m),
@@ -635,7 +651,8 @@ impl Relay {
         }
     }
 
-    async fn flush_client(&mut self) -> Result<(), Gone> {
+    pub(super) async fn flush_client(&mut self) -> Result<(), Gone> {
+        self.cache.capture(&self.wbuf);
         self.client
             .write_all(&mut self.wbuf)
             .await

@@ -1,5 +1,5 @@
 //! Stampede protection: concurrent misses for one key on one core run the query once; the
-//! others wait for its response.
+//! others wait for its answer (a `/sql` response, or the PostgreSQL front end's bytes).
 
 use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
@@ -7,32 +7,40 @@ use local_sync::oneshot;
 
 use crate::http::Response;
 
-/// The queries in flight on one core, by key, with who waits for each.
-#[derive(Debug, Default)]
-pub struct Flights {
-    waiting: RefCell<HashMap<String, Vec<oneshot::Sender<Response>>>>,
+/// The queries in flight on one core, by key, with who waits for each answer `T`.
+#[derive(Debug)]
+pub struct Flights<T = Response> {
+    waiting: RefCell<HashMap<String, Vec<oneshot::Sender<T>>>>,
+}
+
+impl<T> Default for Flights<T> {
+    fn default() -> Self {
+        Self {
+            waiting: RefCell::default(),
+        }
+    }
 }
 
 /// A miss's turn.
 #[derive(Debug)]
-pub enum Turn {
+pub enum Turn<T = Response> {
     /// Run the query, then [`Lead::finish`].
-    Lead(Lead),
-    /// Another request runs it: await its response (an error means it gave up; run it).
-    Follow(oneshot::Receiver<Response>),
+    Lead(Lead<T>),
+    /// Another request runs it: await its answer (an error means it gave up; run it).
+    Follow(oneshot::Receiver<T>),
 }
 
 /// The right to run one key's query; dropping it without finishing lets the waiters go
 /// (they run the query themselves).
 #[derive(Debug)]
-pub struct Lead {
-    flights: Rc<Flights>,
+pub struct Lead<T = Response> {
+    flights: Rc<Flights<T>>,
     key: Option<String>,
 }
 
-impl Flights {
+impl<T: Clone> Flights<T> {
     /// Leads `key` if no one does, else waits for the leader.
-    pub fn join(self: &Rc<Self>, key: &str) -> Turn {
+    pub fn join(self: &Rc<Self>, key: &str) -> Turn<T> {
         let mut waiting = self.waiting.borrow_mut();
         if let Some(w) = waiting.get_mut(key) {
             let (tx, rx) = oneshot::channel();
@@ -57,9 +65,9 @@ impl Flights {
     }
 }
 
-impl Lead {
+impl<T: Clone> Lead<T> {
     /// Hands `response` to every waiter.
-    pub fn finish(mut self, response: &Response) {
+    pub fn finish(mut self, response: &T) {
         let Some(key) = self.key.take() else { return };
         let waiters = self.flights.waiting.borrow_mut().remove(&key);
         for w in waiters.into_iter().flatten() {
@@ -68,7 +76,7 @@ impl Lead {
     }
 }
 
-impl Drop for Lead {
+impl<T> Drop for Lead<T> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             self.flights.waiting.borrow_mut().remove(&key);

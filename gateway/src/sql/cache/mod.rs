@@ -9,10 +9,11 @@
 //! share of the core's byte budget ([`store`]). Concurrent misses of one key on one core
 //! run the query once ([`flight`]).
 //!
-//! Every write ringgate runs (single statements and batches) invalidates the tables it
-//! names, or its whole database when the parser cannot bound it, through counters every
-//! core reads ([`generations`]) before its response is sent, and is published on Redis
-//! for the other instances. While that subscription is down, entries are kept at most
+//! Every write ringgate runs (single statements and batches, and statements run through
+//! the PostgreSQL front end, which also caches autocommit reads: `crate::wire::cached`)
+//! invalidates the tables it names, or its whole database when the parser cannot bound
+//! it, through counters every core reads ([`generations`]) before its response is sent,
+//! and is published on Redis for the other instances. While that subscription is down, entries are kept at most
 //! [`CacheConfig::degraded_ttl`]. Writes made outside ringgate are covered only by the
 //! TTL.
 //!
@@ -33,6 +34,7 @@ pub mod vet;
 
 use std::{future::Future, rc::Rc, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use monoio::time::Instant;
 use tracing::{debug, warn};
@@ -50,7 +52,11 @@ use super::{
     request::SqlRequest,
     response::gateway_error,
 };
-use crate::{core::Core, http::Response, metrics::CacheEvent};
+use crate::{
+    core::Core,
+    http::Response,
+    metrics::{CacheEvent, Frontend},
+};
 
 /// Cache settings (`RINGGATE_SQL_CACHE_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,9 +105,11 @@ pub const DIGEST_HEADER: HeaderName = HeaderName::from_static("ringgate-cache-di
 /// One core's cache.
 #[derive(Debug)]
 pub struct QueryCache {
-    config: CacheConfig,
-    store: Store,
+    pub(crate) config: CacheConfig,
+    pub(crate) store: Store,
     flights: Rc<Flights>,
+    /// The PostgreSQL front end's queries in flight (their answers are message bytes).
+    pub(crate) wire_flights: Rc<Flights<Bytes>>,
     reads: Memo<Option<Rc<Vetted>>>,
     writes: Memo<Touched>,
     generations: Arc<Generations>,
@@ -129,9 +137,14 @@ impl QueryCache {
         redis: Option<ringgate_discovery::redis::RedisHandle>,
     ) -> Self {
         Self {
-            store: Store::new(config.max_bytes, config.project_bytes),
+            store: Store::new(
+                config.max_bytes,
+                config.project_bytes,
+                crate::metrics::CLASS_SLOTS,
+            ),
             config,
             flights: Rc::default(),
+            wire_flights: Rc::default(),
             reads: Memo::with_bytes(VET_BYTES),
             writes: Memo::with_bytes(VET_BYTES),
             generations,
@@ -152,11 +165,55 @@ impl QueryCache {
         &self.generations
     }
 
-    fn vetted(&self, sql: &str) -> Option<Rc<Vetted>> {
+    /// The verdict on a read (remembered per text): `None` when it may not be cached.
+    pub(crate) fn vetted(&self, sql: &str) -> Option<Rc<Vetted>> {
         self.reads
             .get_or_try::<()>(sql, || Ok(vet::vet_read(sql).map(Rc::new)))
             .ok()
             .flatten()
+    }
+
+    /// What the statements of `sql` write (remembered per text; see [`vet::written`]).
+    pub(crate) fn written(&self, sql: &str) -> Touched {
+        self.writes
+            .get_or_try::<()>(sql, || Ok(vet::written(sql)))
+            .unwrap_or(Touched::Everything)
+    }
+
+    /// The TTL a read asked for `ttl` is kept, and the age past which any entry is no
+    /// longer served (the short TTL while other instances' invalidations cannot arrive).
+    pub(crate) fn bounds(&self, ttl: Duration) -> (Duration, Duration) {
+        let max_age = match self.generations.degraded() {
+            true => self.config.degraded_ttl,
+            false => Duration::MAX,
+        };
+        (ttl.min(self.config.max_ttl).min(max_age), max_age)
+    }
+
+    /// [`Store::get`], publishing the store's size when a stale entry was removed.
+    pub(crate) fn lookup(
+        &self,
+        core: &Core,
+        project: &str,
+        key: &str,
+        (now, stamp, max_age): (Instant, u64, Duration),
+    ) -> Result<Stored, Miss> {
+        let r = self.store.get(project, key, now, stamp, max_age);
+        if matches!(r, Err(Miss::Expired | Miss::Invalidated)) {
+            self.publish_size(core);
+        }
+        r
+    }
+
+    /// Stores `entry` (see [`Store::insert`]) and publishes the store's size.
+    pub(crate) fn store(&self, core: &Core, project: &str, class: usize, key: String, e: Stored) {
+        self.store.insert(project, class, key, e);
+        self.publish_size(core);
+    }
+
+    fn publish_size(&self, core: &Core) {
+        let (bytes, evictions) = self.store.by_class();
+        core.metrics().set_sql_cache_size(&bytes, &evictions);
     }
 
     /// Invalidates what the write request `sql` touched, here and on other instances.
@@ -164,24 +221,39 @@ impl QueryCache {
         let touched = sql
             .statements
             .iter()
-            .map(|st| {
-                self.writes
-                    .get_or_try::<()>(&st.sql, || Ok(vet::touched(&st.sql)))
-                    .unwrap_or(Touched::Everything)
-            })
+            .map(|st| self.written(&st.sql))
             .reduce(Touched::union)
             .unwrap_or(Touched::Everything);
-        let database = &sql.tenant.credentials.database;
-        self.generations.invalidate(database, &touched);
-        core.metrics().sql_cache(class, CacheEvent::Invalidation);
+        let (project, database) = (&sql.tenant.project, &sql.tenant.credentials.database);
+        self.invalidate(core, project, database, &touched, (Frontend::Sql, class))
+            .await;
+    }
+
+    /// Marks what a write in `database` of `project` touched as changed on every core,
+    /// counted for `(front end, class slot)`, then publishes it to other instances
+    /// (waiting up to 250 ms for Redis). Nothing is done when nothing was written.
+    pub(crate) async fn invalidate(
+        &self,
+        core: &Core,
+        project: &str,
+        database: &str,
+        touched: &Touched,
+        (front, class): (Frontend, usize),
+    ) {
+        if touched.is_nothing() {
+            return;
+        }
+        self.generations.invalidate(database, touched);
+        core.metrics()
+            .cache_event(front, class, CacheEvent::Invalidation);
         if let Some(redis) = &self.redis {
-            let message = self.generations.message(database, &touched);
+            let message = self.generations.message(database, touched);
             let sent =
                 monoio::time::timeout(PUBLISH_WAIT, redis.publish(generations::CHANNEL, &message))
                     .await;
             let ok = matches!(sent, Ok(Ok(_)));
             if !ok {
-                warn!(tenant = %sql.tenant.project, "cache invalidation not published; other instances serve entries until their TTL");
+                warn!(tenant = %project, "cache invalidation not published; other instances serve entries until their TTL");
             }
             self.generations.published(ok);
         }
@@ -209,11 +281,13 @@ pub async fn serve(
         !sql.txn.read_only
     } else {
         let st = &sql.statements[0];
-        core.sql_memo
+        let kind = core
+            .sql_memo
             .kinds
             .get_or_try::<()>(&st.sql, || Ok(classify(&st.sql)))
-            .unwrap_or(Kind::Write)
-            == Kind::Write
+            .unwrap_or(Kind::Write);
+        // A read calling a function that may write (a user function) invalidates too.
+        kind == Kind::Write || !qc.written(&st.sql).is_nothing()
     };
     if write {
         // Whatever its status: a failed write may have committed (outcome unknown).
@@ -257,18 +331,14 @@ pub async fn serve(
     let gens = &qc.generations;
     // While other instances' invalidations cannot arrive, entries (new and old) live at
     // most the short TTL.
-    let max_age = match gens.degraded() {
-        true => qc.config.degraded_ttl,
-        false => Duration::MAX,
-    };
-    let ttl = ttl.min(qc.config.max_ttl).min(max_age);
+    let (ttl, max_age) = qc.bounds(ttl);
     let project = &sql.tenant.project;
     let database = &sql.tenant.credentials.database;
     let key = key::key(sql, st, &v);
     // Taken before the query is sent: a write that lands meanwhile outdates the entry.
     let stamp = gens.stamp(database, &v.tables);
     let now = Instant::now();
-    match qc.store.get(project, &key, now, stamp, max_age) {
+    match qc.lookup(core, project, &key, (now, stamp, max_age)) {
         Ok(hit) => {
             core.metrics().sql_cache(class, CacheEvent::Hit);
             let r = Response {
@@ -312,11 +382,8 @@ pub async fn serve(
             stored: now,
             ttl,
         };
-        qc.store.insert(project, key, entry);
+        qc.store(core, project, class, key, entry);
         core.metrics().sql_cache(class, CacheEvent::Store);
-        let stats = qc.store.stats();
-        core.metrics()
-            .set_sql_cache_size(stats.bytes, stats.evictions);
     } else {
         debug!(tenant = %project, status = %response.status, "read not stored");
     }

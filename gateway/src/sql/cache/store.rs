@@ -4,7 +4,8 @@
 //! evicts other one-off queries, not the hot ones) bounded by the per-project share, so one
 //! tenant's flood evicts only its own entries. The sum over projects is bounded by the
 //! core's budget: when an insert takes it over, the least recently used other projects are
-//! dropped whole.
+//! dropped whole. Bytes and evictions are also kept per tenant class (a project's class as
+//! of its first entry on the core), for the metrics.
 
 use std::{
     cell::{Cell, RefCell},
@@ -47,15 +48,25 @@ impl Weighter<String, Stored> for ByBytes {
     }
 }
 
-/// Counts capacity evictions.
-#[derive(Debug, Clone, Default)]
-struct Evictions(Rc<Cell<u64>>);
+/// Counts capacity evictions per class slot (shared by every project's cache).
+#[derive(Debug, Clone)]
+struct Evictions {
+    by_class: Rc<[Cell<u64>]>,
+    class: usize,
+}
+
+impl Evictions {
+    fn count(&self, class: usize, n: u64) {
+        let c = &self.by_class[class.min(self.by_class.len() - 1)];
+        c.set(c.get() + n);
+    }
+}
 
 impl Lifecycle<String, Stored> for Evictions {
     type RequestState = ();
 
     fn on_evict(&self, _: &mut (), _: String, _: Stored) {
-        self.0.set(self.0.get() + 1);
+        self.count(self.class, 1);
     }
 }
 
@@ -64,6 +75,7 @@ type ProjectCache = unsync::Cache<String, Stored, ByBytes, DefaultHashBuilder, E
 struct Shard {
     cache: ProjectCache,
     used: Instant,
+    class: usize,
 }
 
 /// Why a lookup found nothing to serve.
@@ -82,7 +94,7 @@ pub struct Store {
     shards: RefCell<HashMap<Rc<str>, Shard>>,
     max_bytes: u64,
     share: u64,
-    evictions: Evictions,
+    evictions: Rc<[Cell<u64>]>,
 }
 
 impl std::fmt::Debug for Store {
@@ -110,13 +122,14 @@ pub struct StoreStats {
 // === impl Store ===
 
 impl Store {
-    /// A store of at most `max_bytes`, each project's entries at most `share` of them.
-    pub fn new(max_bytes: u64, share: u64) -> Self {
+    /// A store of at most `max_bytes`, each project's entries at most `share` of them,
+    /// with figures for `classes` tenant class slots.
+    pub fn new(max_bytes: u64, share: u64, classes: usize) -> Self {
         Self {
             shards: RefCell::new(HashMap::new()),
             max_bytes,
             share: share.min(max_bytes),
-            evictions: Evictions::default(),
+            evictions: (0..classes.max(1)).map(|_| Cell::new(0)).collect(),
         }
     }
 
@@ -147,9 +160,10 @@ impl Store {
         Err(why)
     }
 
-    /// Stores `entry` for `key` in `project`, evicting within the project's share and,
-    /// when the core's budget is exceeded, dropping the least recently used other projects.
-    pub fn insert(&self, project: &str, key: String, entry: Stored) {
+    /// Stores `entry` for `key` in `project` (of tenant class slot `class`), evicting
+    /// within the project's share and, when the core's budget is exceeded, dropping the
+    /// least recently used other projects.
+    pub fn insert(&self, project: &str, class: usize, key: String, entry: Stored) {
         let now = entry.stored;
         let mut shards = self.shards.borrow_mut();
         if !shards.contains_key(project) {
@@ -159,9 +173,19 @@ impl Store {
                 self.share,
                 ByBytes,
                 DefaultHashBuilder::default(),
-                self.evictions.clone(),
+                Evictions {
+                    by_class: self.evictions.clone(),
+                    class,
+                },
             );
-            shards.insert(Rc::from(project), Shard { cache, used: now });
+            shards.insert(
+                Rc::from(project),
+                Shard {
+                    cache,
+                    used: now,
+                    class,
+                },
+            );
         }
         let shard = shards.get_mut(project).expect("inserted above");
         shard.used = now;
@@ -176,9 +200,8 @@ impl Store {
             let Some(victim) = victim else { break };
             if let Some(s) = shards.remove(&victim) {
                 total -= s.cache.weight();
-                self.evictions
-                    .0
-                    .set(self.evictions.0.get() + s.cache.len() as u64);
+                let c = &self.evictions[s.class.min(self.evictions.len() - 1)];
+                c.set(c.get() + s.cache.len() as u64);
             }
         }
         shards.retain(|_, s| !s.cache.is_empty());
@@ -191,8 +214,18 @@ impl Store {
             entries: shards.values().map(|s| s.cache.len() as u64).sum(),
             bytes: shards.values().map(|s| s.cache.weight()).sum(),
             projects: shards.len() as u64,
-            evictions: self.evictions.0.get(),
+            evictions: self.evictions.iter().map(Cell::get).sum(),
         }
+    }
+
+    /// Bytes held and entries evicted since start, per tenant class slot.
+    pub fn by_class(&self) -> (Vec<u64>, Vec<u64>) {
+        let slots = self.evictions.len();
+        let mut bytes = vec![0; slots];
+        for s in self.shards.borrow().values() {
+            bytes[s.class.min(slots - 1)] += s.cache.weight();
+        }
+        (bytes, self.evictions.iter().map(Cell::get).collect())
     }
 
     /// Bytes held.
@@ -223,19 +256,19 @@ mod tests {
     #[test]
     fn entries_expire_and_die_with_their_stamp() {
         let now = Instant::now();
-        let s = Store::new(1 << 20, 1 << 18);
-        s.insert("p", "k".into(), entry(now, 10, 7));
+        let s = Store::new(1 << 20, 1 << 18, 4);
+        s.insert("p", 1, "k".into(), entry(now, 10, 7));
         let any = Duration::MAX;
         assert!(s.get("p", "k", now, 7, any).is_ok());
         assert_eq!(s.get("q", "k", now, 7, any).unwrap_err(), Miss::Absent);
         let at = |secs| now + Duration::from_secs(secs);
         assert_eq!(s.get("p", "k", at(10), 7, any).unwrap_err(), Miss::Expired);
-        s.insert("p", "k".into(), entry(now, 10, 7));
+        s.insert("p", 1, "k".into(), entry(now, 10, 7));
         // A shorter cap (Redis unreachable) expires it sooner.
         assert!(s.get("p", "k", at(2), 7, any).is_ok());
         let cap = Duration::from_secs(1);
         assert_eq!(s.get("p", "k", at(2), 7, cap).unwrap_err(), Miss::Expired);
-        s.insert("p", "k".into(), entry(now, 10, 7));
+        s.insert("p", 1, "k".into(), entry(now, 10, 7));
         assert_eq!(s.get("p", "k", now, 8, any).unwrap_err(), Miss::Invalidated);
         assert_eq!(s.get("p", "k", now, 7, any).unwrap_err(), Miss::Absent);
     }
@@ -243,12 +276,12 @@ mod tests {
     #[test]
     fn a_flooding_project_stays_within_its_share_and_the_total_within_the_budget() {
         let now = Instant::now();
-        let s = Store::new(64 << 10, 16 << 10);
+        let s = Store::new(64 << 10, 16 << 10, 4);
         for p in ["a", "b", "c"] {
-            s.insert(p, "hot".into(), entry(now, 100, 1));
+            s.insert(p, 1, "hot".into(), entry(now, 100, 1));
         }
         for i in 0..10_000 {
-            s.insert("flood", format!("k{i}"), entry(now, 500, 1));
+            s.insert("flood", 2, format!("k{i}"), entry(now, 500, 1));
             if i % 100 == 0 {
                 for p in ["a", "b", "c"] {
                     assert!(
@@ -260,11 +293,18 @@ mod tests {
             assert!(s.bytes() <= 64 << 10);
         }
         assert!(s.stats().evictions > 0);
+        // The flood's evictions and bytes are its class's; class 1 lost nothing.
+        let (bytes, evictions) = s.by_class();
+        assert_eq!(evictions[1], 0);
+        assert_eq!(evictions[2], s.stats().evictions);
+        assert!(bytes[2] > 0 && bytes[2] <= 16 << 10, "{bytes:?}");
+        assert_eq!(bytes.iter().sum::<u64>(), s.bytes());
         // Many projects: the budget holds, least recently used projects go.
         for i in 0..100 {
             for k in 0..20 {
                 s.insert(
                     &format!("p{i}"),
+                    3,
                     format!("k{k}"),
                     entry(now + Duration::from_millis(i), 500, 1),
                 );

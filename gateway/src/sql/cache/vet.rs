@@ -13,7 +13,10 @@ use sqlparser::{
     parser::Parser,
 };
 
-use crate::cache::Weigh;
+use crate::{
+    cache::Weigh,
+    sql::classify::{statement_kind, Kind},
+};
 
 /// Functions a cached read may call: PostgreSQL built-ins whose result depends only on
 /// their arguments and the rows read (immutable, or stable within one statement and not
@@ -92,6 +95,65 @@ const CACHEABLE_FUNCTIONS: &[&str] = &[
     "trunc",
     "unnest",
     "upper",
+];
+
+/// Built-ins that write nothing but may not be cached (time, randomness, session state,
+/// formatting): a read calling them invalidates nothing. So do `pg_*` functions other than
+/// the side-effecting ones the classifier calls writes. Any other function in a read may
+/// be a user function that writes, so such a read invalidates its whole database.
+const NON_WRITING_FUNCTIONS: &[&str] = &[
+    "age",
+    "array_append",
+    "array_cat",
+    "array_dims",
+    "array_lower",
+    "array_remove",
+    "array_upper",
+    "clock_timestamp",
+    "col_description",
+    "currval",
+    "current_database",
+    "current_schema",
+    "current_schemas",
+    "current_setting",
+    "current_user",
+    "date_part",
+    "date_trunc",
+    "decode",
+    "encode",
+    "format",
+    "format_type",
+    "gen_random_uuid",
+    "has_database_privilege",
+    "has_schema_privilege",
+    "has_table_privilege",
+    "json_array_elements",
+    "json_each",
+    "jsonb_array_elements",
+    "jsonb_each",
+    "jsonb_object_keys",
+    "jsonb_pretty",
+    "jsonb_set",
+    "now",
+    "obj_description",
+    "quote_ident",
+    "quote_literal",
+    "quote_nullable",
+    "random",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_replace",
+    "session_user",
+    "sha256",
+    "statement_timestamp",
+    "string_to_array",
+    "timeofday",
+    "to_char",
+    "to_date",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "version",
 ];
 
 /// String literals PostgreSQL reads as "the current time" when cast to a date/time type.
@@ -204,14 +266,58 @@ fn vet_pattern(sql: &str) -> Option<String> {
     Some(statements[0].to_string())
 }
 
-/// What the write statement `sql` touches.
-pub fn touched(sql: &str) -> Touched {
+/// What the statements of `sql` (one, or several in a simple-protocol query) write: no
+/// table for reads (as the classifier calls them, calling only built-ins) and for
+/// transaction and session control, the tables a write names, everything for what the
+/// parser cannot bound or read (DDL, `CALL`, `DO`, functions it does not know).
+pub fn written(sql: &str) -> Touched {
     let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Touched::Everything;
     };
-    let [st] = statements.as_slice() else {
-        return Touched::Everything;
-    };
+    statements
+        .iter()
+        .map(statement_writes)
+        .fold(Touched::Tables(Vec::new()), Touched::union)
+}
+
+fn statement_writes(st: &Statement) -> Touched {
+    match st {
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Set(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::Discard { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. } => Touched::Tables(Vec::new()),
+        // EXPLAIN ANALYZE runs its statement.
+        Statement::Explain { statement, .. } => statement_writes(statement),
+        _ if statement_kind(st) == Kind::Read && !calls_unknown(st) => Touched::Tables(Vec::new()),
+        _ => touched_statement(st),
+    }
+}
+
+/// Whether `st` calls a function that may be a user function (see
+/// [`NON_WRITING_FUNCTIONS`]).
+fn calls_unknown(st: &Statement) -> bool {
+    let mut unknown = false;
+    let _ = sqlparser::ast::visit_expressions(st, |e| {
+        if let Expr::Function(f) = e {
+            let name = function_name(&f.name);
+            unknown |= !(CACHEABLE_FUNCTIONS.contains(&name.as_str())
+                || NON_WRITING_FUNCTIONS.contains(&name.as_str())
+                || name.starts_with("pg_"));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    unknown
+}
+
+fn touched_statement(st: &Statement) -> Touched {
     let bounded = matches!(
         st,
         Statement::Query(_)
@@ -225,7 +331,7 @@ pub fn touched(sql: &str) -> Touched {
     }
     // A function other than the known built-ins may write anywhere.
     let mut unknown = false;
-    let _ = sqlparser::ast::visit_expressions(&statements, |e| {
+    let _ = sqlparser::ast::visit_expressions(st, |e| {
         if let Expr::Function(f) = e {
             if !CACHEABLE_FUNCTIONS.contains(&function_name(&f.name).as_str()) {
                 unknown = true;
@@ -234,7 +340,7 @@ pub fn touched(sql: &str) -> Touched {
         ControlFlow::<()>::Continue(())
     });
     let mut tables = BTreeSet::new();
-    let _ = visit_relations(&statements, |r| {
+    let _ = visit_relations(st, |r| {
         tables.insert(table_name(r));
         ControlFlow::<()>::Continue(())
     });
@@ -245,6 +351,13 @@ pub fn touched(sql: &str) -> Touched {
         return Touched::Everything;
     }
     Touched::Tables(tables.into_iter().collect())
+}
+
+impl Touched {
+    /// Whether nothing was written.
+    pub fn is_nothing(&self) -> bool {
+        matches!(self, Touched::Tables(t) if t.is_empty())
+    }
 }
 
 /// The digest of a fingerprint: FNV-1a 64, stable across instances and versions.
@@ -421,15 +534,15 @@ mod tests {
     #[test]
     fn writes_touch_the_tables_they_name() {
         assert_eq!(
-            touched("insert into Items (name) values ('x')"),
+            written("insert into Items (name) values ('x')"),
             Touched::Tables(vec!["items".into()])
         );
         assert_eq!(
-            touched("update items set price = p.price from prices p where p.id = items.id"),
+            written("update items set price = p.price from prices p where p.id = items.id"),
             Touched::Tables(vec!["items".into(), "prices".into()])
         );
         assert_eq!(
-            touched("delete from public.orders where id = $1"),
+            written("delete from public.orders where id = $1"),
             Touched::Tables(vec!["orders".into()])
         );
         for sql in [
@@ -442,12 +555,63 @@ mod tests {
             "truncate items",
             "garbage",
         ] {
-            assert_eq!(touched(sql), Touched::Everything, "{sql}");
+            assert_eq!(written(sql), Touched::Everything, "{sql}");
         }
-        assert_eq!(touched("select 1"), Touched::Tables(vec![]));
+        assert_eq!(written("select 1"), Touched::Tables(vec![]));
         assert_eq!(
             Touched::Tables(vec!["a".into()]).union(Touched::Tables(vec!["b".into(), "a".into()])),
             Touched::Tables(vec!["a".into(), "b".into()])
         );
+    }
+
+    #[test]
+    fn what_a_wire_query_writes() {
+        let none = Touched::Tables(vec![]);
+        for sql in [
+            "select v from items where id = $1",
+            "begin",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            "commit",
+            "end",
+            "rollback",
+            "abort",
+            "savepoint a; release savepoint a",
+            "set search_path = x",
+            "set local statement_timeout = 5",
+            "show search_path",
+            "discard all",
+            "deallocate all",
+            "explain select * from items",
+            "fetch 10 from c",
+            "close c",
+            "select now(), random(), pg_is_in_recovery(), to_char(1, '9')",
+            "",
+        ] {
+            assert_eq!(written(sql), none, "{sql}");
+        }
+        assert_eq!(
+            written("begin; update Items set v = 'x'; insert into orders values (1); commit"),
+            Touched::Tables(vec!["items".into(), "orders".into()])
+        );
+        assert_eq!(
+            written("explain analyze delete from orders"),
+            Touched::Tables(vec!["orders".into()])
+        );
+        assert_eq!(
+            written("select * from items for update"),
+            Touched::Tables(vec!["items".into()])
+        );
+        for sql in [
+            "create table t (x int)",
+            "select nextval('s')",
+            "copy items from stdin",
+            "truncate items",
+            "call p()",
+            "select my_writer(1)",
+            "select * from items where id = my_lookup(2)",
+            "not sql at all (",
+        ] {
+            assert_eq!(written(sql), Touched::Everything, "{sql}");
+        }
     }
 }
