@@ -161,3 +161,29 @@ pub fn post_sql(
         .unwrap_or_default();
     (r.status, code)
 }
+
+/// `promtool check metrics` (Debian's prometheus package) accepts `text`: it parses, and
+/// lints clean (names, duplicates).
+pub fn promtool_accepts(text: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {:?}: {}{}\n{text}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,7 +10,11 @@ use ringgate_pool::url::parse_pg_url;
 use ringgate_tests::{
     backend::{alpha_conn_string, pg_admin_url, psql, required, unique},
     gateway::{start, start_with_redis},
-    http::{admin_get, metric_total_where, request, Resp},
+    http::{admin_get, metric_total_where, promtool_accepts, request, Resp},
+    pg::{
+        bind, describe_execute_sync, ensure_auth_function, parse, prepare, query, start_pg,
+        status, with_alpha, RawPg,
+    },
 };
 use serde_json::{json, Value};
 
@@ -507,4 +511,254 @@ fn while_redis_is_unreachable_entries_live_only_the_short_ttl() {
         "{status}"
     );
     psql(&pg_admin_url(), &format!("drop table {t}"));
+}
+
+/// Adds a rule of project alpha for `pattern` (60 s); returns a guard that removes it.
+struct AlphaRule(String);
+
+impl AlphaRule {
+    fn add(pattern: &str) -> Self {
+        let control = required("RINGGATE_CONTROL_DATABASE_URL");
+        psql(
+            &control,
+            &format!(
+                "insert into ringgate.cache_rules (project_id, pattern, ttl_ms) values ('alpha', '{}', 60000)",
+                pattern.replace('\'', "''")
+            ),
+        );
+        Self(pattern.to_string())
+    }
+}
+
+impl Drop for AlphaRule {
+    fn drop(&mut self) {
+        let control = required("RINGGATE_CONTROL_DATABASE_URL");
+        psql(
+            &control,
+            &format!(
+                "delete from ringgate.cache_rules where project_id = 'alpha' and pattern = '{}'",
+                self.0.replace('\'', "''")
+            ),
+        );
+    }
+}
+
+/// The PostgreSQL front end's count of cache `event`s.
+fn pg_events(http: SocketAddr, event: &str) -> u64 {
+    metric_total_where(
+        http,
+        "ringgate_sql_cache_events_total",
+        &format!("event=\"{event}\",frontend=\"pg\""),
+    )
+}
+
+/// Whether a raw answer holds `text`.
+fn holds(answer: &[u8], text: &str) -> bool {
+    answer.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
+/// `[Parse] Bind Describe Execute Sync` of `sql` with text parameters `params` and result
+/// format `format`, on the unnamed statement (parsed) or `named` (prepared before).
+fn extended(c: &mut RawPg, named: Option<&str>, sql: &str, params: &[&str], format: i16) -> Vec<u8> {
+    let mut m = match named {
+        Some(_) => Vec::new(),
+        None => parse("", sql),
+    };
+    m.extend(bind(named.unwrap_or(""), params, format));
+    m.extend(describe_execute_sync());
+    c.exchange(&m)
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn the_wire_front_end_replays_cached_reads_byte_for_byte_and_never_caches_transactions_binary_or_now() {
+    let (_g, http, pg) = start_pg(&[]);
+    let alpha = required("RINGGATE_TEST_ALPHA_URL");
+    let t = unique("cache_pg_");
+    table(&alpha, &t);
+    let q = format!("select id, v from {t} where id = 1");
+    let qp = format!("select id, v from {t} where id = $1");
+    let qnow = format!("select now()::text as t, v from {t} where id = 1");
+    let _rules = [q.as_str(), qp.as_str(), qnow.as_str()].map(AlphaRule::add);
+    let mut c = RawPg::alpha(pg);
+    // The rules arrive with the project's row: read until an answer is stored.
+    let start = Instant::now();
+    let miss = loop {
+        let a = c.exchange(&query(&q));
+        if pg_events(http, "store") >= 1 {
+            break a;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never stored");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(holds(&miss, "one"), "{miss:?}");
+    // Written outside ringgate: the cache still answers, exactly as the miss did.
+    psql(&alpha, &format!("update {t} set v = 'uno' where id = 1"));
+    let hit = c.exchange(&query(&q));
+    assert_eq!(hit, miss, "a hit is the miss byte for byte");
+    assert_eq!(status(&hit), b'I');
+    assert_eq!(pg_events(http, "hit"), 1);
+    // A real client gets the same rows from the hit.
+    let rows = with_alpha(pg, async |c| {
+        c.simple_query(&q)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((r.get(0).unwrap().to_string(), r.get(1).unwrap().to_string()))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    assert_eq!(rows, vec![("1".to_string(), "one".to_string())]);
+    assert_eq!(pg_events(http, "hit"), 2);
+    // Extended protocol, unnamed statement: its own entry (now 'uno'), replayed exactly.
+    let stores = pg_events(http, "store");
+    let miss = extended(&mut c, None, &qp, &["1"], 0);
+    assert!(holds(&miss, "uno"), "{miss:?}");
+    assert_eq!(pg_events(http, "store"), stores + 1);
+    psql(&alpha, &format!("update {t} set v = 'eins' where id = 1"));
+    let hit = extended(&mut c, None, &qp, &["1"], 0);
+    assert_eq!(hit, miss);
+    // A named statement prepared before; another parameter is another entry.
+    assert_eq!(status(&c.exchange(&prepare("s1", &qp))), b'I');
+    let two = extended(&mut c, Some("s1"), &qp, &["2"], 0);
+    assert!(holds(&two, "two"), "{}", String::from_utf8_lossy(&two));
+    psql(&alpha, &format!("update {t} set v = 'zwei' where id = 2"));
+    assert_eq!(extended(&mut c, Some("s1"), &qp, &["2"], 0), two);
+    let named_one = extended(&mut c, Some("s1"), &qp, &["1"], 0);
+    assert!(holds(&named_one, "eins"), "the unnamed statement's entry is not the named one's");
+    // Binary results are never stored.
+    let stores = pg_events(http, "store");
+    let hits = pg_events(http, "hit");
+    for _ in 0..2 {
+        let a = extended(&mut c, None, &qp, &["1"], 1);
+        assert_eq!(status(&a), b'I');
+    }
+    assert_eq!((pg_events(http, "store"), pg_events(http, "hit")), (stores, hits));
+    // Inside a transaction: the current row, not the cached 'one'.
+    assert_eq!(status(&c.exchange(&query("begin"))), b'T');
+    let inside = c.exchange(&query(&q));
+    assert!(holds(&inside, "eins"), "{inside:?}");
+    assert_eq!(status(&inside), b'T');
+    assert_eq!(status(&c.exchange(&query("commit"))), b'I');
+    assert_eq!(pg_events(http, "hit"), hits);
+    // now() is never cached, rule or not.
+    let a = c.exchange(&query(&qnow));
+    std::thread::sleep(Duration::from_millis(5));
+    let b = c.exchange(&query(&qnow));
+    assert_ne!(a, b);
+    assert_eq!(pg_events(http, "store"), stores);
+    // Per tenant class, and promtool accepts the whole page.
+    let class = psql(
+        &required("RINGGATE_CONTROL_DATABASE_URL"),
+        "select class from ringgate.projects where project_id = 'alpha'",
+    );
+    let page = request(http, "GET", "/metrics", &[], b"").text();
+    promtool_accepts(&page);
+    let class = format!("class=\"{class}\"");
+    assert!(metric_total_where(http, "ringgate_sql_cache_bytes", &class) > 0, "{page}");
+    assert!(
+        metric_total_where(
+            http,
+            "ringgate_sql_cache_events_total",
+            &format!("{class},event=\"hit\",frontend=\"pg\"")
+        ) >= 4,
+        "{page}"
+    );
+    psql(&alpha, &format!("drop table {t}"));
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_write_through_the_wire_invalidates_here_and_on_another_instance_and_not_other_tables() {
+    ensure_auth_function();
+    let (g1, a) = start_with_redis(&[
+        ("RINGGATE_WORKERS", "2"),
+        ("RINGGATE_PG_LISTEN", "127.0.0.1:0"),
+    ]);
+    let pg = g1.pg_addr().expect("PostgreSQL listener");
+    let (_g2, b) = start_with_redis(&[("RINGGATE_WORKERS", "2")]);
+    wait_linked(a);
+    wait_linked(b);
+    // Linking invalidated everything: nothing is stored within the settle window after.
+    std::thread::sleep(Duration::from_millis(1100));
+    let alpha = required("RINGGATE_TEST_ALPHA_URL");
+    let cs = alpha_conn_string();
+    let (t, u) = (unique("cache_pgw_"), unique("cache_pgo_"));
+    table(&alpha, &t);
+    table(&alpha, &u);
+    let qt = format!("select v from {t} where id = 1");
+    let qu = format!("select v from {u} where id = 1");
+    for (round, how) in ["simple", "extended", "extended in a transaction"]
+        .into_iter()
+        .enumerate()
+    {
+        let value = format!("v{round}");
+        // Fill both instances (entries on several cores), and see them hit.
+        for addr in [a, b] {
+            let (_, _) = read_many(addr, &cs, &qt, 10);
+            let (_, hits) = read_many(addr, &cs, &qt, 10);
+            assert!(hits > 0, "{how}: no hit of {t} before the write");
+            let (_, _) = read_many(addr, &cs, &qu, 4);
+        }
+        let update = format!("update {t} set v = '{value}' where id = 1");
+        with_alpha(pg, async |c| match how {
+            "simple" => {
+                c.simple_query(&update).await.unwrap();
+            }
+            "extended" => {
+                let n = c
+                    .execute(&format!("update {t} set v = $1 where id = 1"), &[&value])
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+            _ => {
+                c.simple_query("begin").await.unwrap();
+                c.execute(&format!("update {t} set v = $1 where id = 1"), &[&value])
+                    .await
+                    .unwrap();
+                c.simple_query("commit").await.unwrap();
+            }
+        })
+        .unwrap();
+        // This instance: the very next reads (every core) have the new value.
+        let (bodies, _) = read_many(a, &cs, &qt, 10);
+        assert!(
+            bodies.iter().all(|x| x.contains(&format!("\"{value}\""))),
+            "{how}: a stale read on the writing instance: {bodies:?}"
+        );
+        // The other instance: within milliseconds (the publish arrives).
+        let start = Instant::now();
+        loop {
+            let r = sql(b, &cs, json!({ "query": qt }), &[("Ringgate-Cache", "ttl=60s")]);
+            if r.text().contains(&format!("\"{value}\"")) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_millis(500),
+                "{how}: instance b still served the old value"
+            );
+        }
+        let (bodies, _) = read_many(b, &cs, &qt, 10);
+        assert!(bodies.iter().all(|x| x.contains(&format!("\"{value}\""))));
+        // The other table's entries stayed.
+        for addr in [a, b] {
+            let (_, hits) = read_many(addr, &cs, &qu, 10);
+            assert_eq!(hits, 10, "{how}: a write to {t} invalidated {u}");
+        }
+        // Reads of a table written within the settle window are not stored: wait it out.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let invalidations = metric_total_where(
+        a,
+        "ringgate_sql_cache_events_total",
+        "event=\"invalidation\",frontend=\"pg\"",
+    );
+    assert!(invalidations >= 3, "{invalidations}");
+    psql(&alpha, &format!("drop table {t}; drop table {u}"));
 }

@@ -239,16 +239,12 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
             }
         }
     }
+    // A batch answered from the cache is consumed; one the relay runs goes back.
     let read = read_of(relay, &batch);
-    let first = unread(relay, batch);
-    let Some(read) = read else {
-        return Answer::Relay(first);
-    };
-    let Some(v) = qc.vetted(&read.text) else {
-        return Answer::Relay(first);
-    };
-    let Some(ttl) = rules::rule_ttl(&rules, &v) else {
-        return Answer::Relay(first);
+    let vetted = read.as_ref().and_then(|r| qc.vetted(&r.text));
+    let ttl = vetted.as_ref().and_then(|v| rules::rule_ttl(&rules, v));
+    let (Some(read), Some(v), Some(ttl)) = (read, vetted, ttl) else {
+        return Answer::Relay(unread(relay, batch));
     };
     let (ttl, max_age) = qc.bounds(ttl);
     let class = relay.cache.class.unwrap_or(UNCLASSIFIED);
@@ -278,12 +274,13 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
                 }
                 Err(_) => {
                     count(CacheEvent::Miss);
-                    Answer::Relay(first)
+                    Answer::Relay(unread(relay, batch))
                 }
             };
         }
     };
     count(CacheEvent::Miss);
+    let first = unread(relay, batch);
     // What waits for the client is written first: only this batch's answer is recorded.
     if relay.flush_client().await.is_err() {
         return Answer::Gone;
@@ -360,13 +357,12 @@ fn read_of(relay: &Relay, batch: &[BytesMut]) -> Option<Read> {
         }
         _ => return None,
     };
-    let execute = &batch[tags.len() - 2];
-    let describe_ok = tags.len() < 4
-        || tags[tags.len() - 3] != b'D'
-        || messages::body(&batch[tags.len() - 3]) == b"P\0";
-    // The unnamed portal, all rows.
-    let execute_ok = tags == [b'Q'] || messages::body(execute) == b"\0\0\0\0\0";
-    if !describe_ok || !execute_ok || !text_results_and_fixed_params(bind) {
+    // Extended: `Describe` of the unnamed portal, `Execute` of it with no row limit.
+    let n = batch.len();
+    let extended_ok = n == 1
+        || ((tags[n - 3] != b'D' || messages::body(&batch[n - 3]) == b"P\0")
+            && messages::body(&batch[n - 2]) == b"\0\0\0\0\0");
+    if !extended_ok || !text_results_and_fixed_params(bind) {
         return None;
     }
     let (text, _) = messages::split_cstr(&statement)?;
