@@ -693,72 +693,79 @@ fn a_write_through_the_wire_invalidates_here_and_on_another_instance_and_not_oth
     table(&alpha, &u);
     let qt = format!("select v from {t} where id = 1");
     let qu = format!("select v from {u} where id = 1");
-    for (round, how) in ["simple", "extended", "extended in a transaction"]
-        .into_iter()
-        .enumerate()
-    {
-        let value = format!("v{round}");
-        // Fill both instances (entries on several cores), and see them hit.
-        for addr in [a, b] {
-            let (_, _) = read_many(addr, &cs, &qt, 10);
-            let (_, hits) = read_many(addr, &cs, &qt, 10);
-            assert!(hits > 0, "{how}: no hit of {t} before the write");
-            let (_, _) = read_many(addr, &cs, &qu, 4);
-        }
-        let update = format!("update {t} set v = '{value}' where id = 1");
-        with_alpha(pg, async |c| match how {
-            "simple" => {
-                c.simple_query(&update).await.unwrap();
-            }
-            "extended" => {
-                let n = c
-                    .execute(&format!("update {t} set v = $1 where id = 1"), &[&value])
-                    .await
-                    .unwrap();
-                assert_eq!(n, 1);
-            }
-            _ => {
-                c.simple_query("begin").await.unwrap();
-                c.execute(&format!("update {t} set v = $1 where id = 1"), &[&value])
-                    .await
-                    .unwrap();
-                c.simple_query("commit").await.unwrap();
-            }
-        })
-        .unwrap();
-        // This instance: the very next reads (every core) have the new value.
-        let (bodies, _) = read_many(a, &cs, &qt, 10);
-        assert!(
-            bodies.iter().all(|x| x.contains(&format!("\"{value}\""))),
-            "{how}: a stale read on the writing instance: {bodies:?}"
-        );
-        // The other instance: within milliseconds (the publish arrives).
-        let start = Instant::now();
-        loop {
-            let r = sql(b, &cs, json!({ "query": qt }), &[("Ringgate-Cache", "ttl=60s")]);
-            if r.text().contains(&format!("\"{value}\"")) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_millis(500),
-                "{how}: instance b still served the old value"
-            );
-        }
-        let (bodies, _) = read_many(b, &cs, &qt, 10);
-        assert!(bodies.iter().all(|x| x.contains(&format!("\"{value}\""))));
-        // The other table's entries stayed.
-        for addr in [a, b] {
-            let (_, hits) = read_many(addr, &cs, &qu, 10);
-            assert_eq!(hits, 10, "{how}: a write to {t} invalidated {u}");
-        }
-        // Reads of a table written within the settle window are not stored: wait it out.
+    let set_v = format!("update {t} set v = $1 where id = 1");
+    // One client session throughout: its statement prepared first is run by the last
+    // round only (a `Bind` of a statement parsed long before).
+    with_alpha(pg, async |c| {
+        let prepared = c.prepare(&set_v).await.unwrap();
         std::thread::sleep(Duration::from_millis(1100));
-    }
+        let rounds = [
+            "simple",
+            "extended",
+            "extended in a transaction",
+            "a statement prepared before",
+        ];
+        for (round, how) in rounds.into_iter().enumerate() {
+            let value = format!("v{round}");
+            // Fill both instances (entries on several cores), and see them hit.
+            for addr in [a, b] {
+                let (_, _) = read_many(addr, &cs, &qt, 10);
+                let (_, hits) = read_many(addr, &cs, &qt, 10);
+                assert!(hits > 0, "{how}: no hit of {t} before the write");
+                let (_, _) = read_many(addr, &cs, &qu, 4);
+            }
+            let n = match round {
+                0 => {
+                    let sql = format!("update {t} set v = '{value}' where id = 1");
+                    c.simple_query(&sql).await.unwrap();
+                    1
+                }
+                1 => c.execute(&set_v, &[&value]).await.unwrap(),
+                2 => {
+                    c.simple_query("begin").await.unwrap();
+                    let n = c.execute(&set_v, &[&value]).await.unwrap();
+                    c.simple_query("commit").await.unwrap();
+                    n
+                }
+                _ => c.execute(&prepared, &[&value]).await.unwrap(),
+            };
+            assert_eq!(n, 1, "{how}");
+            // This instance: the very next reads (every core) have the new value.
+            let (bodies, _) = read_many(a, &cs, &qt, 10);
+            assert!(
+                bodies.iter().all(|x| x.contains(&format!("\"{value}\""))),
+                "{how}: a stale read on the writing instance: {bodies:?}"
+            );
+            // The other instance: within milliseconds (the publish arrives).
+            let start = Instant::now();
+            loop {
+                let r = sql(b, &cs, json!({ "query": qt }), &[("Ringgate-Cache", "ttl=60s")]);
+                if r.text().contains(&format!("\"{value}\"")) {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_millis(500),
+                    "{how}: instance b still served the old value"
+                );
+            }
+            let (bodies, _) = read_many(b, &cs, &qt, 10);
+            assert!(bodies.iter().all(|x| x.contains(&format!("\"{value}\""))));
+            // The other table's entries stayed.
+            for addr in [a, b] {
+                let (_, hits) = read_many(addr, &cs, &qu, 10);
+                assert_eq!(hits, 10, "{how}: a write to {t} invalidated {u}");
+            }
+            // Reads of a table written within the settle window are not stored: wait it
+            // out.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+    })
+    .unwrap();
     let invalidations = metric_total_where(
         a,
         "ringgate_sql_cache_events_total",
         "event=\"invalidation\",frontend=\"pg\"",
     );
-    assert!(invalidations >= 3, "{invalidations}");
+    assert!(invalidations >= 4, "{invalidations}");
     psql(&alpha, &format!("drop table {t}; drop table {u}"));
 }
