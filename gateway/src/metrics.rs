@@ -1289,7 +1289,11 @@ mod tests {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
         // Only labelled slots are shown: no second `other` from unused slots.
-        assert_eq!(text.matches("ringgate_sql_cache_bytes{core=\"0\",class=\"other\"}").count(), 1);
+        assert_eq!(
+            text.matches("ringgate_sql_cache_bytes{core=\"0\",class=\"other\"}")
+                .count(),
+            1
+        );
         promtool_accepts(&text);
     }
 

@@ -12,8 +12,8 @@ use ringgate_tests::{
     gateway::{start, start_with_redis},
     http::{admin_get, metric_total_where, promtool_accepts, request, Resp},
     pg::{
-        bind, describe_execute_sync, ensure_auth_function, parse, prepare, query, start_pg,
-        status, with_alpha, RawPg,
+        bind, describe_execute_sync, ensure_auth_function, parse, prepare, query, start_pg, status,
+        with_alpha, RawPg,
     },
 };
 use serde_json::{json, Value};
@@ -559,7 +559,13 @@ fn holds(answer: &[u8], text: &str) -> bool {
 
 /// `[Parse] Bind Describe Execute Sync` of `sql` with text parameters `params` and result
 /// format `format`, on the unnamed statement (parsed) or `named` (prepared before).
-fn extended(c: &mut RawPg, named: Option<&str>, sql: &str, params: &[&str], format: i16) -> Vec<u8> {
+fn extended(
+    c: &mut RawPg,
+    named: Option<&str>,
+    sql: &str,
+    params: &[&str],
+    format: i16,
+) -> Vec<u8> {
     let mut m = match named {
         Some(_) => Vec::new(),
         None => parse("", sql),
@@ -571,7 +577,8 @@ fn extended(c: &mut RawPg, named: Option<&str>, sql: &str, params: &[&str], form
 
 #[test]
 #[ignore = "needs compose/cluster"]
-fn the_wire_front_end_replays_cached_reads_byte_for_byte_and_never_caches_transactions_binary_or_now() {
+fn the_wire_front_end_replays_cached_reads_byte_for_byte_and_never_caches_transactions_binary_or_now(
+) {
     let (_g, http, pg) = start_pg(&[]);
     let alpha = required("RINGGATE_TEST_ALPHA_URL");
     let t = unique("cache_pg_");
@@ -630,7 +637,10 @@ fn the_wire_front_end_replays_cached_reads_byte_for_byte_and_never_caches_transa
     psql(&alpha, &format!("update {t} set v = 'zwei' where id = 2"));
     assert_eq!(extended(&mut c, Some("s1"), &qp, &["2"], 0), two);
     let named_one = extended(&mut c, Some("s1"), &qp, &["1"], 0);
-    assert!(holds(&named_one, "eins"), "the unnamed statement's entry is not the named one's");
+    assert!(
+        holds(&named_one, "eins"),
+        "the unnamed statement's entry is not the named one's"
+    );
     // Binary results are never stored.
     let stores = pg_events(http, "store");
     let hits = pg_events(http, "hit");
@@ -638,7 +648,10 @@ fn the_wire_front_end_replays_cached_reads_byte_for_byte_and_never_caches_transa
         let a = extended(&mut c, None, &qp, &["1"], 1);
         assert_eq!(status(&a), b'I');
     }
-    assert_eq!((pg_events(http, "store"), pg_events(http, "hit")), (stores, hits));
+    assert_eq!(
+        (pg_events(http, "store"), pg_events(http, "hit")),
+        (stores, hits)
+    );
     // Inside a transaction: the current row, not the cached 'one'.
     assert_eq!(status(&c.exchange(&query("begin"))), b'T');
     let inside = c.exchange(&query(&q));
@@ -660,7 +673,10 @@ fn the_wire_front_end_replays_cached_reads_byte_for_byte_and_never_caches_transa
     let page = request(http, "GET", "/metrics", &[], b"").text();
     promtool_accepts(&page);
     let class = format!("class=\"{class}\"");
-    assert!(metric_total_where(http, "ringgate_sql_cache_bytes", &class) > 0, "{page}");
+    assert!(
+        metric_total_where(http, "ringgate_sql_cache_bytes", &class) > 0,
+        "{page}"
+    );
     assert!(
         metric_total_where(
             http,
@@ -739,7 +755,12 @@ fn a_write_through_the_wire_invalidates_here_and_on_another_instance_and_not_oth
             // The other instance: within milliseconds (the publish arrives).
             let start = Instant::now();
             loop {
-                let r = sql(b, &cs, json!({ "query": qt }), &[("Ringgate-Cache", "ttl=60s")]);
+                let r = sql(
+                    b,
+                    &cs,
+                    json!({ "query": qt }),
+                    &[("Ringgate-Cache", "ttl=60s")],
+                );
                 if r.text().contains(&format!("\"{value}\"")) {
                     break;
                 }

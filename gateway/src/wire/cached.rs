@@ -15,7 +15,7 @@
 //! formats, values and result formats. Statements inside an explicit transaction never
 //! reach this module: the relay keeps them in the transaction.
 //!
-//! **Writes.** Every client message relayed is looked at ([`Session::saw`]): a `Query`'s
+//! **Writes.** Every client message relayed is looked at ([`written_by`]): a `Query`'s
 //! or `Parse`'s text, the text of the named statement a `Bind` runs, a `FunctionCall`
 //! (anything). When the server says the transaction is over (`ReadyForQuery` idle, before
 //! it is relayed), what it wrote is invalidated on every core and published to the other
@@ -93,39 +93,9 @@ impl Session {
         }
     }
 
-    /// Notes what the client message `msg`, about to be relayed, writes; `statement` gives
-    /// a named statement's `Parse` body after the name (text, NUL, parameter types).
-    pub fn saw(&mut self, core: &Core, msg: &[u8], statement: impl Fn(&[u8]) -> Option<Bytes>) {
-        let Some(qc) = core.query_cache.as_ref() else {
-            return;
-        };
-        let body = messages::body(msg);
-        let text_written = |text: &[u8]| match std::str::from_utf8(text) {
-            Ok(sql) => qc.written(sql),
-            Err(_) => Touched::Everything,
-        };
-        let w = match msg[0] {
-            b'Q' => text_written(body.strip_suffix(b"\0").unwrap_or(body)),
-            b'P' => match messages::split_cstr(body).and_then(|(_, r)| messages::split_cstr(r)) {
-                Some((text, _)) => text_written(text),
-                None => Touched::Everything,
-            },
-            b'B' => {
-                let named = messages::split_cstr(body)
-                    .and_then(|(_, r)| messages::split_cstr(r))
-                    .map(|(stmt, _)| stmt)
-                    .filter(|stmt| !stmt.is_empty());
-                // The unnamed statement's text was seen in its `Parse`.
-                let Some(stmt) = named else { return };
-                match statement(stmt) {
-                    Some(rest) => text_written(messages::split_cstr(&rest).map_or(&[][..], |p| p.0)),
-                    None => return,
-                }
-            }
-            b'F' => Touched::Everything,
-            _ => return,
-        };
-        if !w.is_nothing() {
+    /// Adds what a relayed message wrote to the transaction's writes.
+    pub fn wrote(&mut self, written: Option<Touched>) {
+        if let Some(w) = written.filter(|w| !w.is_nothing()) {
             self.written = std::mem::replace(&mut self.written, nothing()).union(w);
         }
     }
@@ -139,6 +109,42 @@ impl Session {
                 c.extend_from_slice(out);
             }
         }
+    }
+}
+
+/// What the client message `msg`, about to be relayed, writes (`None`: nothing the cache
+/// tracks); `statement` gives a named statement's `Parse` body after the name (text, NUL,
+/// parameter types).
+pub fn written_by(
+    core: &Core,
+    msg: &[u8],
+    statement: impl Fn(&[u8]) -> Option<Bytes>,
+) -> Option<Touched> {
+    let qc = core.query_cache.as_ref()?;
+    let body = messages::body(msg);
+    let text_written = |text: &[u8]| match std::str::from_utf8(text) {
+        Ok(sql) => qc.written(sql),
+        Err(_) => Touched::Everything,
+    };
+    match msg[0] {
+        b'Q' => Some(text_written(body.strip_suffix(b"\0").unwrap_or(body))),
+        b'P' => match messages::split_cstr(body).and_then(|(_, r)| messages::split_cstr(r)) {
+            Some((text, _)) => Some(text_written(text)),
+            None => Some(Touched::Everything),
+        },
+        b'B' => {
+            // The unnamed statement's text was seen in its `Parse`.
+            let stmt = messages::split_cstr(body)
+                .and_then(|(_, r)| messages::split_cstr(r))
+                .map(|(stmt, _)| stmt)
+                .filter(|stmt| !stmt.is_empty())?;
+            let rest = statement(stmt)?;
+            Some(text_written(
+                messages::split_cstr(&rest).map_or(&[][..], |p| p.0),
+            ))
+        }
+        b'F' => Some(Touched::Everything),
+        _ => None,
     }
 }
 
@@ -289,10 +295,12 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
     relay.cache.limit = qc.config.max_entry as usize + READY_LEN;
     let alive = relay.transaction(first).await;
     let answer = relay.cache.capture.take();
-    let storable = answer
-        .as_deref()
-        .and_then(replayable)
-        .filter(|_| alive && qc.generations().settled(&database, &v.tables, qc.config.settle));
+    let storable = answer.as_deref().and_then(replayable).filter(|_| {
+        alive
+            && qc
+                .generations()
+                .settled(&database, &v.tables, qc.config.settle)
+    });
     if let Some(body) = storable {
         let body = Bytes::copy_from_slice(body);
         let entry = Stored {
@@ -367,9 +375,19 @@ fn read_of(relay: &Relay, batch: &[BytesMut]) -> Option<Read> {
     }
     let (text, _) = messages::split_cstr(&statement)?;
     let text = std::str::from_utf8(text).ok()?.to_string();
-    let mut key = String::with_capacity(statement.len() + bind.len() + 64);
+    let c = &relay.credentials;
+    let key = key(&c.user, &c.database, &relay.sets, &tags, &statement, bind);
+    Some(Read { key, text })
+}
+
+/// The key of a read within its project: the role, the database, the session's `SET`s,
+/// the message kinds, the statement (text and parameter types) and the `Bind` after the
+/// statement name (parameter formats and values, result formats). Every part is
+/// length-prefixed, so no two different reads share a key.
+fn key(user: &str, database: &str, sets: &[String], tags: &[u8], st: &[u8], bind: &[u8]) -> String {
+    let mut key = String::with_capacity(st.len() + bind.len() + 64);
     let mut part = |b: &[u8]| {
-        // Length-prefixed; text as is, anything else in hex (a key is a string).
+        // Text as is, anything else in hex (a key is a string).
         match std::str::from_utf8(b) {
             Ok(s) => {
                 let _ = write!(key, "{}:t{s}", s.len());
@@ -380,16 +398,16 @@ fn read_of(relay: &Relay, batch: &[BytesMut]) -> Option<Read> {
         }
     };
     part(b"pg");
-    part(relay.credentials.user.as_bytes());
-    part(relay.credentials.database.as_bytes());
-    part(relay.sets.len().to_string().as_bytes());
-    for set in &relay.sets {
+    part(user.as_bytes());
+    part(database.as_bytes());
+    part(sets.len().to_string().as_bytes());
+    for set in sets {
         part(set.as_bytes());
     }
-    part(&tags);
-    part(&statement);
+    part(tags);
+    part(st);
     part(bind);
-    Some(Read { key, text })
+    key
 }
 
 /// A `Bind` of the unnamed portal: its statement's name and what follows it.
@@ -453,7 +471,8 @@ impl<'a> Reader<'a> {
     }
 
     fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// A count and that many `i16`s.
@@ -531,7 +550,55 @@ mod tests {
         // The same bytes as a binary parameter are not a time word.
         let binary_now = b"\0\x01\0\x01\0\x01\0\0\0\x03now\0\0";
         assert!(text_results_and_fixed_params(binary_now));
-        assert!(!text_results_and_fixed_params(b"\0\0\0\x01\0\0"), "truncated");
+        assert!(
+            !text_results_and_fixed_params(b"\0\0\0\x01\0\0"),
+            "truncated"
+        );
+    }
+
+    #[test]
+    fn role_database_sets_messages_statement_and_bind_change_the_key() {
+        let st: &[u8] = b"select v from t where id = $1\0\0\0";
+        let bind: &[u8] = b"\0\0\0\x01\0\0\0\x017\0\0";
+        let sets = vec!["set search_path = a".to_string()];
+        let base = key("alice", "db", &sets, b"PBDES", st, bind);
+        assert_eq!(base, key("alice", "db", &sets, b"PBDES", st, bind));
+        let other_sets = vec!["set search_path = b".to_string()];
+        let binary = b"\0\0\0\x01\0\0\0\x01\xff\0\0";
+        for other in [
+            key("bob", "db", &sets, b"PBDES", st, bind),
+            key("alice", "db2", &sets, b"PBDES", st, bind),
+            key("alice", "db", &[], b"PBDES", st, bind),
+            key("alice", "db", &other_sets, b"PBDES", st, bind),
+            key("alice", "db", &sets, b"PBES", st, bind),
+            key(
+                "alice",
+                "db",
+                &sets,
+                b"PBDES",
+                b"select v from u where id = $1\0\0\0",
+                bind,
+            ),
+            key(
+                "alice",
+                "db",
+                &sets,
+                b"PBDES",
+                st,
+                b"\0\0\0\x01\0\0\0\x018\0\0",
+            ),
+            key(
+                "alice",
+                "db",
+                &sets,
+                b"PBDES",
+                st,
+                b"\0\0\0\x01\0\0\0\x017\0\x01\0\0",
+            ),
+            key("alice", "db", &sets, b"PBDES", st, binary),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 
     #[test]

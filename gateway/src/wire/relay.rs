@@ -361,10 +361,8 @@ impl Relay {
 
     /// Appends a client message to what goes to the server, rewriting statement names.
     fn forward(&mut self, held: &mut Held, msg: BytesMut) {
-        let statements = &self.statements;
-        self.cache.saw(&self.core, &msg, |name| {
-            statements.get(name).map(|p| p.rest.clone())
-        });
+        let written = cached::written_by(&self.core, &msg, |name| self.statement_rest(name));
+        self.cache.wrote(written);
         let body = messages::body(&msg);
         match msg[0] {
             b'Q' => {
