@@ -790,3 +790,48 @@ fn a_write_through_the_wire_invalidates_here_and_on_another_instance_and_not_oth
     assert!(invalidations >= 4, "{invalidations}");
     psql(&alpha, &format!("drop table {t}; drop table {u}"));
 }
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn concurrent_wire_misses_of_one_key_on_a_core_run_the_query_once() {
+    let (_g, http, pg) = start_pg(&[]);
+    // About a quarter of a second on the server, cacheable (built-in functions only); a
+    // literal of its own so that no earlier run's entry exists.
+    let n = 4_000_000 + std::process::id() % 1000;
+    let q = format!("select count(*) as n from generate_series(1, {n})");
+    let _rule = AlphaRule::add(&q);
+    // The rule arrives with the project's row: wait until an answer is stored.
+    let mut c = RawPg::alpha(pg);
+    let start = Instant::now();
+    while pg_events(http, "store") == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "never stored");
+        let _ = c.exchange(&query(&q));
+    }
+    // The rule matches any literal: another one is a key nobody has yet.
+    let q = format!("select count(*) as n from generate_series(1, {})", n + 1);
+    let clients: Vec<RawPg> = (0..12).map(|_| RawPg::alpha(pg)).collect();
+    let barrier = std::sync::Barrier::new(clients.len());
+    let answers: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let threads: Vec<_> = clients
+            .into_iter()
+            .map(|mut c| {
+                let (barrier, q) = (&barrier, &q);
+                s.spawn(move || {
+                    barrier.wait();
+                    c.exchange(&query(q))
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "every answer the same"
+    );
+    assert!(holds(&answers[0], &(n + 1).to_string()), "{:?}", answers[0]);
+    let coalesced = pg_events(http, "coalesced");
+    assert!(
+        coalesced >= 6,
+        "{coalesced} of 12 waited for another's query"
+    );
+}
