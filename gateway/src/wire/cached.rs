@@ -138,10 +138,14 @@ pub fn written_by(
                 .and_then(|(_, r)| messages::split_cstr(r))
                 .map(|(stmt, _)| stmt)
                 .filter(|stmt| !stmt.is_empty())?;
-            let rest = statement(stmt)?;
-            Some(text_written(
-                messages::split_cstr(&rest).map_or(&[][..], |p| p.0),
-            ))
+            // A statement the relay does not track (past its per-client limit) may write
+            // anything.
+            match statement(stmt) {
+                Some(rest) => Some(text_written(
+                    messages::split_cstr(&rest).map_or(&[][..], |p| p.0),
+                )),
+                None => Some(Touched::Everything),
+            }
         }
         b'F' => Some(Touched::Everything),
         _ => None,
