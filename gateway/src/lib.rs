@@ -163,9 +163,9 @@ fn start_redis(
     cores: Vec<flume::Sender<Control>>,
     registry: Arc<Registry>,
     cache: Option<Arc<sql::cache::generations::Generations>>,
-) -> Result<Option<ringgate_discovery::redis::RedisHandle>, StartError> {
+) -> Result<Option<ringgate_redis::RedisHandle>, StartError> {
     let view = registry.clone();
-    let publish = move |set: Arc<ringgate_discovery::workers::WorkerSet>| {
+    let publish = move |set: Arc<ringgate_redis::workers::WorkerSet>| {
         view.cluster().workers_are(set.clone());
         for tx in &cores {
             let _ = tx.send(Control::Workers(set.clone()));
@@ -173,23 +173,23 @@ fn start_redis(
     };
     let Some(settings) = &config.redis else {
         let fixed = config.proxy.static_workers.clone();
-        publish(Arc::new(
-            ringgate_discovery::workers::WorkerSet::from_workers(fixed),
-        ));
+        publish(Arc::new(ringgate_redis::workers::WorkerSet::from_workers(
+            fixed,
+        )));
         return Ok(None);
     };
-    let watch = ringgate_discovery::redis::WorkerWatch {
+    let watch = ringgate_redis::WorkerWatch {
         fixed: config.proxy.static_workers.clone(),
         interval: config.proxy.discovery_interval,
         publish: Box::new(publish),
     };
-    let observe: ringgate_discovery::redis::MasterObserver =
+    let observe: ringgate_redis::MasterObserver =
         Box::new(move |addr: &str| registry.redis_master_is(addr));
     // Other instances' cache invalidations.
     let subscriptions = cache
         .map(|g| {
             let state = g.clone();
-            ringgate_discovery::redis::Subscription {
+            ringgate_redis::Subscription {
                 channel: sql::cache::generations::CHANNEL.to_string(),
                 on_message: Box::new(move |m: &str| g.apply_message(m)),
                 on_state: Box::new(move |up| state.set_linked(up)),
@@ -197,7 +197,7 @@ fn start_redis(
         })
         .into_iter()
         .collect();
-    let handle = ringgate_discovery::redis::spawn_with(
+    let handle = ringgate_redis::spawn_with(
         settings.redis.clone(),
         Some(watch),
         Some(observe),

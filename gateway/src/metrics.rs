@@ -1121,7 +1121,8 @@ mod tests {
 
     #[test]
     fn hostile_label_values_are_escaped_everywhere_promtool_accepts_the_output() {
-        use ringgate_discovery::{workers::Worker, Member, Role, Topology};
+        use ringgate_discovery::{Member, Role, Topology};
+        use ringgate_redis::workers::Worker;
         let reg = Registry::new(2, "epoll");
         let groups: Vec<(String, u64, u64)> =
             HOSTILE.iter().map(|g| (g.to_string(), 2, 1)).collect();
@@ -1158,7 +1159,7 @@ mod tests {
             weight: 1,
             colour: Some(g.to_string()),
         });
-        let mut set = ringgate_discovery::workers::WorkerSet::from_workers(workers);
+        let mut set = ringgate_redis::workers::WorkerSet::from_workers(workers);
         for g in HOSTILE {
             set.colour_weights
                 .entry(g.to_string())

@@ -33,7 +33,7 @@ pub enum Control {
     /// Route by this topology from now on.
     Topology(Arc<ringgate_discovery::Topology>),
     /// Proxy to these workers from now on.
-    Workers(Arc<ringgate_discovery::workers::WorkerSet>),
+    Workers(Arc<ringgate_redis::workers::WorkerSet>),
 }
 
 /// The listening sockets of one core.

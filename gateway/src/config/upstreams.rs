@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ringgate_discovery::{redis::RedisConfig, workers};
+use ringgate_redis::{workers, RedisConfig};
 
 use super::{parse, Reader};
 
@@ -195,7 +195,7 @@ impl Reader<'_> {
             let valid = !list.is_empty()
                 && list
                     .iter()
-                    .all(|a| ringgate_discovery::redis::sentinel::split_addr(a).is_some());
+                    .all(|a| ringgate_redis::sentinel::split_addr(a).is_some());
             if valid {
                 Ok(list)
             } else {

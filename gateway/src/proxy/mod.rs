@@ -1,7 +1,7 @@
 //! The reverse proxy: requests whose path matches a `RINGGATE_ROUTES` prefix stream to a
 //! worker of that route's group ([`crate::conn`] hands them over after the head).
 //!
-//! Workers come from [`ringgate_discovery::workers`] (static and registered in Redis, with
+//! Workers come from [`ringgate_redis::workers`] (static and registered in Redis, with
 //! blue-green colour weights) as a snapshot each core swaps in. Each core keeps its own
 //! state, never shared: outstanding requests per worker (power of two choices, weighted),
 //! passive health (ejected after [`EJECT_AFTER`] consecutive failures, backing off from 1 s
@@ -26,7 +26,7 @@ use std::{
 
 use http::{request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use monoio::{net::TcpStream, time::Instant};
-use ringgate_discovery::workers::{Worker, WorkerSet};
+use ringgate_redis::workers::{Worker, WorkerSet};
 use tracing::{debug, info};
 
 use crate::{config::Route, core::Core, error::error_response, http::Response};

@@ -105,7 +105,7 @@ pub struct QueryCache {
     reads: Memo<Option<Rc<Vetted>>>,
     writes: Memo<Touched>,
     generations: Arc<Generations>,
-    redis: Option<ringgate_discovery::redis::RedisHandle>,
+    redis: Option<ringgate_redis::RedisHandle>,
 }
 
 /// What `/admin/status` shows of one core's cache.
@@ -126,7 +126,7 @@ impl QueryCache {
     pub fn new(
         config: CacheConfig,
         generations: Arc<Generations>,
-        redis: Option<ringgate_discovery::redis::RedisHandle>,
+        redis: Option<ringgate_redis::RedisHandle>,
     ) -> Self {
         Self {
             store: Store::new(config.max_bytes, config.project_bytes),
