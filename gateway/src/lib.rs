@@ -13,6 +13,7 @@
 //! - [`admin`]: token-protected status endpoints and page.
 //! - [`rt`]: driver choice (io_uring or epoll), runtimes, CPU pinning.
 //! - [`server`]: listeners, accept loops, the per-core control loop.
+//! - [`per_core`]: one core's state (config snapshot, pools, caches, metrics).
 //! - [`conn`]: one client connection: HTTP/1.1 keep-alive, limits, timeouts.
 //! - [`transport`], [`tls_stream`], [`io_buf`], [`deadline`]: waiting for bytes without a
 //!   buffer, TLS over buffers lent while data moves, the per-core pool that lends them, and
@@ -35,13 +36,13 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod conn;
-pub mod core;
 pub mod deadline;
 pub mod error;
 pub mod handshake;
 pub mod http;
 pub mod io_buf;
 pub mod metrics;
+pub mod per_core;
 pub mod projects;
 pub mod proxy;
 pub mod request_id;
@@ -262,7 +263,7 @@ impl Gateway {
             channels.iter().map(|(tx, _)| tx.clone()).collect(),
             registry.clone(),
         )?;
-        let shared = core::Shared::new(&config);
+        let shared = per_core::Shared::new(&config);
         let redis = start_redis(
             &config,
             channels.iter().map(|(tx, _)| tx.clone()).collect(),
@@ -295,8 +296,9 @@ impl Gateway {
                         rt::pin_to_cpu(id, &cpus);
                     }
                     let run = rt::block_on(driver, || {
-                        let core =
-                            core::Core::new(id, driver, config, registry, topology, redis, shared);
+                        let core = per_core::Core::new(
+                            id, driver, config, registry, topology, redis, shared,
+                        );
                         if let (Some(db), Some(resolve)) = (&core.db, resolve) {
                             db.on_stale(move || resolve.now());
                         }

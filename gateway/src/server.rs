@@ -18,7 +18,7 @@ use monoio::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::{conn, core::Core, rt::Driver};
+use crate::{conn, per_core::Core, rt::Driver};
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;

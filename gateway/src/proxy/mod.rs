@@ -29,7 +29,7 @@ use monoio::{net::TcpStream, time::Instant};
 use ringgate_redis::workers::{Worker, WorkerSet};
 use tracing::{debug, info};
 
-use crate::{config::Route, core::Core, error::error_response, http::Response};
+use crate::{config::ProxyRoute, error::error_response, http::Response, per_core::Core};
 
 /// A pooled connection parked less than this long ago is reused without checking whether
 /// the worker closed it (a `recv(MSG_PEEK)` per reuse, about 3% of a proxied request's CPU
@@ -143,7 +143,7 @@ pub fn idempotent(method: &Method) -> bool {
 }
 
 /// The route `path` falls under: the longest prefix matching whole path segments.
-pub fn route_for<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
+pub fn route_for<'a>(routes: &'a [ProxyRoute], path: &str) -> Option<&'a ProxyRoute> {
     routes.iter().find(|r| {
         r.prefix.is_empty()
             || path == r.prefix
@@ -508,7 +508,7 @@ mod tests {
 
     use super::*;
 
-    fn routes() -> Vec<Route> {
+    fn routes() -> Vec<ProxyRoute> {
         crate::config::parse_routes("/api=api,/api/admin=admin,/static=web").unwrap()
     }
 

@@ -39,7 +39,7 @@ use self::{
     startup::{Startup, StartupError},
     stream::ClientStream,
 };
-use crate::core::Core;
+use crate::per_core::Core;
 
 /// Accepts PostgreSQL connections on this core's listener until the drain.
 pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {

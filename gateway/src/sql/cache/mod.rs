@@ -50,7 +50,7 @@ use super::{
     request::SqlRequest,
     response::gateway_error,
 };
-use crate::{core::Core, http::Response, metrics::CacheEvent};
+use crate::{http::Response, metrics::CacheEvent, per_core::Core};
 
 /// Cache settings (`RINGGATE_SQL_CACHE_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
