@@ -16,7 +16,7 @@ use tracing::{debug, debug_span, Instrument};
 
 use crate::{
     error::RequestError,
-    http::{parse_head, ChunkedDecoder, Framing, ParsedHead, Response},
+    http::{parse_head, ChunkedDecoder, ParsedHead, RequestFraming, Response},
     metrics::RouteLabel,
     per_core::Core,
     router::{self, Request},
@@ -225,8 +225,8 @@ impl Conn {
         let limits = &core.config.http;
         let pause = limits.body_read_timeout;
         match head.framing {
-            Framing::Empty => Ok(Bytes::new()),
-            Framing::Length(length) => {
+            RequestFraming::Empty => Ok(Bytes::new()),
+            RequestFraming::Length(length) => {
                 if length > limits.max_body_bytes {
                     return Err(Stop::Refuse(RequestError::BodyTooLarge {
                         length,
@@ -247,7 +247,7 @@ impl Conn {
                 }
                 Ok(self.buf.split_to(length).freeze())
             }
-            Framing::Chunked => {
+            RequestFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(limits.max_body_bytes);
                 let mut asked = false;
                 loop {
