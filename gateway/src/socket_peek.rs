@@ -40,6 +40,30 @@ pub fn peek(socket: &impl AsRawFd) -> Peek {
     }
 }
 
+/// The first byte waiting on `socket`, left there (what kind of client it is); otherwise
+/// what the peek found.
+pub fn first_byte(socket: &impl AsRawFd) -> Result<u8, Peek> {
+    let mut byte = 0u8;
+    // SAFETY: as in `peek`.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1 => Ok(byte),
+        0 => Err(Peek::Closed),
+        _ => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Err(Peek::Empty),
+            _ => Err(Peek::Failed),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
