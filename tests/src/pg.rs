@@ -93,7 +93,6 @@ pub fn psql(conninfo: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-
 /// The SQLSTATE (`C` field) of the `ErrorResponse` at the start of `b`.
 pub fn error_code(b: &[u8]) -> String {
     assert_eq!(b.first(), Some(&b'E'), "an ErrorResponse: {b:?}");
@@ -123,7 +122,6 @@ pub fn startup_packet(code: u32, params: &[(&str, &str)]) -> Vec<u8> {
     p.extend_from_slice(&body);
     p
 }
-
 
 /// The test certificate and key (`server.pem`, `server.key` beside `RINGGATE_TEST_PG_CA`)
 /// and the CA file.
@@ -179,7 +177,11 @@ pub fn frontend(tag: u8, body: &[u8]) -> Vec<u8> {
 
 /// The SASL mechanisms of an `AuthenticationSASL` body.
 pub fn sasl_mechanisms(body: &[u8]) -> Vec<String> {
-    assert_eq!(&body[..4], &10i32.to_be_bytes(), "AuthenticationSASL: {body:?}");
+    assert_eq!(
+        &body[..4],
+        &10i32.to_be_bytes(),
+        "AuthenticationSASL: {body:?}"
+    );
     body[4..]
         .split(|&b| b == 0)
         .filter(|m| !m.is_empty())

@@ -96,13 +96,23 @@ fn direct_tls_with_alpn_postgresql_and_scram_bound_to_the_certificate() {
     // (RFC 5802 §6), before any proof.
     let mut s = tls(addr, &[b"postgresql"]).unwrap();
     start_alpha(&mut s);
-    let (tag, body) = scram(&mut s, "SCRAM-SHA-256", &password, ChannelBinding::unrequested());
+    let (tag, body) = scram(
+        &mut s,
+        "SCRAM-SHA-256",
+        &password,
+        ChannelBinding::unrequested(),
+    );
     assert_eq!(tag, b'E');
     assert_eq!(error_fields(&body).0, "08P01", "{:?}", error_fields(&body));
     // `n` (no binding, as channel_binding=disable): a session.
     let mut s = tls(addr, &[b"postgresql"]).unwrap();
     start_alpha(&mut s);
-    let (tag, _) = scram(&mut s, "SCRAM-SHA-256", &password, ChannelBinding::unsupported());
+    let (tag, _) = scram(
+        &mut s,
+        "SCRAM-SHA-256",
+        &password,
+        ChannelBinding::unsupported(),
+    );
     assert_eq!(tag, b'R');
     assert_eq!(ready_then_select_one(&mut s), "1");
     g.drain();
@@ -214,8 +224,6 @@ struct Ws<S> {
     /// Payloads of pongs received.
     pongs: Vec<Vec<u8>>,
 }
-
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// Sends an upgrade request with `lines` (after the request line) and reads the response
 /// head; the status code.
@@ -393,7 +401,11 @@ fn websocket_sessions_use_scram_on_ws_and_the_pipelined_password_on_wss() {
     let mut ws = Ws::open(tls(addr, &[]).unwrap());
     ws.write_all(&pipelined_password(&password)).unwrap();
     let (tag, body) = read_message(&mut ws).unwrap();
-    assert_eq!((tag, &body[..]), (b'R', &3i32.to_be_bytes()[..]), "cleartext");
+    assert_eq!(
+        (tag, &body[..]),
+        (b'R', &3i32.to_be_bytes()[..]),
+        "cleartext"
+    );
     let (tag, body) = read_message(&mut ws).unwrap();
     assert_eq!((tag, &body[..]), (b'R', &0i32.to_be_bytes()[..]), "ok");
     assert_eq!(ready_then_select_one(&mut ws), "1");
@@ -439,7 +451,11 @@ fn bad_upgrades_get_their_status_and_bad_frames_their_close_code() {
         ("text", Box::new(|ws| ws.frame(0x81, b"select 1")), 1003),
         ("reserved bit", Box::new(|ws| ws.frame(0xC2, b"x")), 1002),
         ("unknown opcode", Box::new(|ws| ws.frame(0x85, b"x")), 1002),
-        ("lone continuation", Box::new(|ws| ws.frame(0x80, b"x")), 1002),
+        (
+            "lone continuation",
+            Box::new(|ws| ws.frame(0x80, b"x")),
+            1002,
+        ),
         (
             "oversized",
             Box::new(move |ws| {
@@ -470,9 +486,8 @@ fn neon_driver_pool_and_client_transactions_over_websocket() {
     let (g, addr) = start_pg_tls(&[]);
     let (user, password) = alpha();
     let (_, _, ca) = test_certificate();
-    let url = format!(
-        "postgresql://{user}:{password}@localhost/tenant_alpha?options=endpoint%3Dalpha"
-    );
+    let url =
+        format!("postgresql://{user}:{password}@localhost/tenant_alpha?options=endpoint%3Dalpha");
     let out = Command::new("node")
         .args(["--test", "ws.test.mjs"])
         .current_dir(dir)

@@ -144,7 +144,8 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
     };
     let opened = match first {
         TLS_HANDSHAKE => direct_tls(&core, tcp, &mut buf).await,
-        b'G' => websocket(stream::Socket::Plain(tcp), None, &mut buf, wait).await,
+        // An HTTP method (a startup packet starts with its length's high byte, 0).
+        b'A'..=b'Z' => websocket(stream::Socket::Plain(tcp), None, &mut buf, wait).await,
         _ => Ok((ClientStream::Plain(tcp), None)),
     };
     let (mut stream, mut sni) = match opened {
@@ -294,7 +295,7 @@ async fn direct_tls(
     let mut socket = stream::Socket::Tls(Box::new(tls));
     let read = timeout(wait, socket.read(buf, 1024)).await;
     match read {
-        Ok(Ok(_)) if buf[0] == b'G' => websocket(socket, sni, buf, wait).await,
+        Ok(Ok(_)) if buf[0].is_ascii_uppercase() => websocket(socket, sni, buf, wait).await,
         Ok(Ok(_)) => {
             let mut stream = match socket {
                 stream::Socket::Tls(t) => ClientStream::Tls(t),
