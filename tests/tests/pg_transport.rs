@@ -441,29 +441,26 @@ fn bad_upgrades_get_their_status_and_bad_frames_their_close_code() {
         let got = upgrade_with(&mut tcp(addr), request_line, &lines);
         assert_eq!(got, status, "{request_line} {lines:?}");
     }
-    let huge = 1u64 << 40;
-    let cases: [(&str, Box<dyn Fn(&mut Ws<TcpStream>)>, u16); 6] = [
+    /// Sends a bad frame.
+    type Bad = fn(&mut Ws<TcpStream>);
+    let cases: [(&str, Bad, u16); 6] = [
         (
             "unmasked",
-            Box::new(|ws| ws.s.write_all(&[0x82, 0x01, b'x']).unwrap()),
+            |ws| ws.s.write_all(&[0x82, 0x01, b'x']).unwrap(),
             1002,
         ),
-        ("text", Box::new(|ws| ws.frame(0x81, b"select 1")), 1003),
-        ("reserved bit", Box::new(|ws| ws.frame(0xC2, b"x")), 1002),
-        ("unknown opcode", Box::new(|ws| ws.frame(0x85, b"x")), 1002),
-        (
-            "lone continuation",
-            Box::new(|ws| ws.frame(0x80, b"x")),
-            1002,
-        ),
+        ("text", |ws| ws.frame(0x81, b"select 1"), 1003),
+        ("reserved bit", |ws| ws.frame(0xC2, b"x"), 1002),
+        ("unknown opcode", |ws| ws.frame(0x85, b"x"), 1002),
+        ("lone continuation", |ws| ws.frame(0x80, b"x"), 1002),
         (
             "oversized",
-            Box::new(move |ws| {
+            |ws| {
                 let mut f = vec![0x82, 0x80 | 127];
-                f.extend_from_slice(&huge.to_be_bytes());
+                f.extend_from_slice(&(1u64 << 40).to_be_bytes());
                 f.extend_from_slice(&[1, 2, 3, 4]);
                 ws.s.write_all(&f).unwrap();
-            }),
+            },
             1009,
         ),
     ];

@@ -1,18 +1,22 @@
 //! The PostgreSQL wire-protocol front end (`RINGGATE_PG_LISTEN`): psql, pgbench and any
 //! driver use ringgate's per-core pools through it.
 //!
-//! A connection goes through [`startup`] (`SSLRequest` answered with the HTTPS
+//! A connection's first byte says its transport: a TLS ClientHello (direct TLS, ALPN
+//! `postgresql`, or `wss://`), an HTTP method (a WebSocket upgrade, `GET /v2`), or a
+//! startup packet. Then it goes through [`startup`] (`SSLRequest` answered with the HTTPS
 //! certificate, `GSSENCRequest` declined, `CancelRequest` served, then the
 //! `StartupMessage`), [`route`] (which project), [`session`] (the project's checks and
-//! SCRAM-SHA-256 against the role's verifier, whose proof yields the keys ringgate
-//! authenticates upstream with), then [`relay`]: transaction pooling on the same tenant
-//! pools as `/sql`.
+//! authentication against the role's SCRAM verifier: SCRAM-SHA-256, -PLUS over TLS, or the
+//! cleartext password over TLS only; either yields the keys ringgate authenticates
+//! upstream with), then [`relay`]: transaction pooling on the same tenant pools as `/sql`.
 //!
 //! # Layout
 //! - [`startup`]: the first packet, parsed with strict limits.
-//! - [`route`]: the project from SNI, `options` or the database name.
+//! - [`route`]: the project from SNI (or the WebSocket's `Host`), `options` or the
+//!   database name.
 //! - [`messages`]: framing, and the backend messages ringgate writes itself.
-//! - [`stream`]: the client's socket, plain or TLS.
+//! - [`stream`]: the client's byte stream, plain, TLS or WebSocket.
+//! - [`websocket`]: the upgrade request and the frame codec.
 //! - [`session`]: project checks and authentication.
 //! - [`relay`]: transaction pooling, named prepared statements, session-only refusals.
 //! - [`cancel`]: cancel keys and the process-wide table they are found in.

@@ -399,3 +399,19 @@ fn scram_failure(e: ScramError) -> AuthFailure {
         other => AuthFailure::Refused(PROTOCOL_VIOLATION, other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_message_is_told_from_a_sasl_initial_response() {
+        assert_eq!(password(b"s3cret\0"), Some(&b"s3cret"[..]));
+        let mut sasl = b"SCRAM-SHA-256\0".to_vec();
+        sasl.extend_from_slice(&5i32.to_be_bytes());
+        sasl.extend_from_slice(b"n,,n=");
+        assert_eq!(password(&sasl), None);
+        assert_eq!(password(b"no terminator"), None);
+        assert_eq!(password(b"two\0strings\0"), None);
+    }
+}
