@@ -397,6 +397,11 @@ fn websocket_sessions_use_scram_on_ws_and_the_pipelined_password_on_wss() {
     let (code, message) = error_fields(&body);
     assert_eq!(code, "28000");
     assert!(message.contains("only over TLS"), "{message}");
+    assert_eq!(
+        ws.close_code(),
+        Some(1000),
+        "a close frame follows the FATAL error"
+    );
     // wss:// (direct TLS, no ALPN): the pipelined password is read as asked for.
     let mut ws = Ws::open(tls(addr, &[]).unwrap());
     ws.write_all(&pipelined_password(&password)).unwrap();

@@ -98,7 +98,11 @@ pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {
 pub(crate) async fn fatal(stream: &mut ClientStream, code: &str, message: &str) {
     let mut out = BytesMut::new();
     messages::error(&mut out, "FATAL", code, message);
-    let _ = timeout(Duration::from_secs(1), stream.write_all(&mut out)).await;
+    let _ = timeout(Duration::from_secs(1), async {
+        stream.write_all(&mut out).await?;
+        stream.close().await
+    })
+    .await;
 }
 
 /// Why a connection ended before its session started.

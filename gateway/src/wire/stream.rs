@@ -69,6 +69,15 @@ impl ClientStream {
         }
     }
 
+    /// Ends a WebSocket with a close frame (1000: the session ended, after a FATAL error);
+    /// nothing for TCP and TLS, whose connection is simply closed.
+    pub async fn close(&mut self) -> io::Result<()> {
+        if let ClientStream::Ws(w) = self {
+            w.close(websocket::CLOSE_NORMAL, "").await;
+        }
+        Ok(())
+    }
+
     /// Writes all of `out` and leaves it empty (its capacity kept).
     pub async fn write_all(&mut self, out: &mut BytesMut) -> io::Result<()> {
         if out.is_empty() {
