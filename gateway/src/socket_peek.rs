@@ -86,10 +86,12 @@ mod tests {
         let client = TcpStream::connect(addr).unwrap();
         let (server, _) = listener.accept().unwrap();
         assert_eq!(peek(&server), Peek::Empty);
+        assert_eq!(first_byte(&server), Err(Peek::Empty));
         (&client).write_all(b"x").unwrap();
         settle();
         // Peeking consumes nothing.
         assert_eq!(peek(&server), Peek::Data);
+        assert_eq!(first_byte(&server), Ok(b'x'));
         assert_eq!(peek(&server), Peek::Data);
         drop(client);
         settle();
@@ -103,6 +105,7 @@ mod tests {
         drop(client);
         settle();
         assert_eq!(peek(&server), Peek::Closed);
+        assert_eq!(first_byte(&server), Err(Peek::Closed));
         // SO_LINGER 0: the close is a reset.
         let client = socket2::Socket::from(TcpStream::connect(addr).unwrap());
         let (server, _) = listener.accept().unwrap();

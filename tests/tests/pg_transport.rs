@@ -12,6 +12,7 @@ use std::{
 };
 
 use postgres_protocol::authentication::sasl::ChannelBinding;
+use ringgate_tests::http::metric_total;
 use ringgate_tests::pg::{
     alpha, alpha_startup, conninfo, error_fields, frontend, psql, read_message,
     ready_then_select_one, sasl_mechanisms, scram, start_pg, start_pg_tls, test_certificate,
@@ -426,6 +427,26 @@ fn websocket_sessions_use_scram_on_ws_and_the_pipelined_password_on_wss() {
 
 #[test]
 #[ignore = "needs compose/cluster"]
+fn tls_required_refuses_plain_websocket_and_serves_wss() {
+    let (g, addr) = start_pg_tls(&[("RINGGATE_PG_TLS", "require")]);
+    let (_, password) = alpha();
+    let mut ws = Ws::open(tcp(addr));
+    ws.write_all(&alpha_startup()).unwrap();
+    let (tag, body) = read_message(&mut ws).unwrap();
+    assert_eq!(tag, b'E');
+    let (code, message) = error_fields(&body);
+    assert_eq!(code, "28000");
+    assert!(message.contains("requires TLS"), "{message}");
+    let mut ws = Ws::open(tls(addr, &[]).unwrap());
+    ws.write_all(&pipelined_password(&password)).unwrap();
+    read_message(&mut ws).unwrap();
+    read_message(&mut ws).unwrap();
+    assert_eq!(ready_then_select_one(&mut ws), "1");
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
 fn bad_upgrades_get_their_status_and_bad_frames_their_close_code() {
     let (g, addr) = start_pg(&[]);
     let without = |i: usize| {
@@ -474,6 +495,9 @@ fn bad_upgrades_get_their_status_and_bad_frames_their_close_code() {
         send(&mut ws);
         assert_eq!(ws.close_code(), Some(code), "{name}");
     }
+    // The six refused upgrades are counted as refused connections.
+    let http = g.plain_addr().unwrap();
+    assert_eq!(metric_total(http, "ringgate_pg_refused_total"), 6);
     g.drain();
 }
 

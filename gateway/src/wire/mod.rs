@@ -158,7 +158,14 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
     };
     let (mut stream, mut sni) = match opened {
         Ok(s) => s,
-        Err(error) => return debug!(%error, "PostgreSQL connection refused"),
+        Err(error) => {
+            if matches!(error, Refused::Upgrade(_) | Refused::NoAlpn) {
+                core.metrics()
+                    .wire
+                    .count(crate::metrics::wire::WireEvent::Refused);
+            }
+            return debug!(%error, "PostgreSQL connection refused");
+        }
     };
     let params = loop {
         let packet = match timeout(wait, read_startup(&mut stream, &mut buf)).await {
