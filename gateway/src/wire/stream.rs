@@ -87,12 +87,12 @@ impl ClientStream {
             ClientStream::Plain(s) => write_out(s, out).await,
             ClientStream::Tls(s) => write_out(&mut **s, out).await,
             ClientStream::Ws(w) => {
-                let mut framed = std::mem::take(&mut w.wbuf);
+                // A buffer of its own for each write (the payload is copied into its
+                // frame): an idle WebSocket keeps none.
+                let mut framed = BytesMut::with_capacity(out.len() + 10);
                 websocket::binary(&mut framed, out);
                 out.clear();
-                let r = w.socket.write(&mut framed).await;
-                w.wbuf = framed;
-                r
+                w.socket.write(&mut framed).await
             }
         }
     }
@@ -127,11 +127,9 @@ impl Socket {
 /// A WebSocket session: frames read off the socket, payloads handed to the session.
 pub struct WsStream {
     socket: Socket,
-    /// Frames read and not yet decoded.
+    /// Frames read and not yet decoded (no capacity kept once empty).
     rbuf: BytesMut,
     decoder: Decoder,
-    /// Frames being written (kept for its capacity).
-    wbuf: BytesMut,
 }
 
 impl WsStream {
@@ -141,7 +139,6 @@ impl WsStream {
             socket,
             rbuf: rest,
             decoder: Decoder::default(),
-            wbuf: BytesMut::new(),
         }
     }
 
@@ -152,7 +149,13 @@ impl WsStream {
         buf.reserve(min_spare);
         loop {
             match self.decoder.decode(&mut self.rbuf, buf) {
-                Ok(Event::Data(n)) => return Ok(n),
+                Ok(Event::Data(n)) => {
+                    if self.rbuf.is_empty() {
+                        // An idle WebSocket holds no read buffer either.
+                        self.rbuf = BytesMut::new();
+                    }
+                    return Ok(n);
+                }
                 Ok(Event::Need) => {
                     self.socket.read(&mut self.rbuf, 4096).await?;
                 }
