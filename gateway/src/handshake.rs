@@ -35,7 +35,7 @@ use monoio::{
 use rustls::{server::Acceptor, ServerConfig, ServerConnection};
 
 use crate::{
-    core::Core,
+    per_core::Core,
     socket_peek::{peek, Peek},
     tls_stream::TlsStream,
 };

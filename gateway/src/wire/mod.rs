@@ -44,7 +44,7 @@ use self::{
     startup::{Startup, StartupError},
     stream::{ClientStream, WsStream},
 };
-use crate::{core::Core, tls_stream::TlsStream};
+use crate::{per_core::Core, tls_stream::TlsStream};
 
 /// Accepts PostgreSQL connections on this core's listener until the drain.
 pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {

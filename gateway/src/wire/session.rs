@@ -21,7 +21,7 @@ use tracing::debug;
 use super::{
     cancel::CancelKey, fatal, messages, relay::Relay, route, startup::Params, stream::ClientStream,
 };
-use crate::{core::Core, metrics::wire::WireEvent, projects::ProjectCache};
+use crate::{metrics::wire::WireEvent, per_core::Core, projects::ProjectCache};
 
 /// Rows of the verifier query are small.
 const ROW_LIMIT: usize = 16 << 10;

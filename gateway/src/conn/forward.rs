@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::{Conn, Fill};
 use crate::{
-    config::Route,
+    config::ProxyRoute,
     error::error_response,
     http::{Framing, ParsedHead, Response},
     proxy::{
@@ -81,7 +81,7 @@ impl Conn {
         &mut self,
         io: &mut IO,
         head: &ParsedHead,
-        route: &Route,
+        route: &ProxyRoute,
         request_id: &[u8],
         keep_alive: bool,
     ) -> Proxied {
