@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod gateway;
 pub mod http;
+pub mod pg;
 pub mod worker;
 
 use std::time::{Duration, Instant};
