@@ -12,7 +12,7 @@
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use ringgate_http1::head::{lists_token, parse_request, Framing};
+use ringgate_http1::head::{lists_token, parse_request, RequestFraming};
 
 /// The path upgraded (Neon's driver: `wsProxy = host => host + "/v2"`).
 pub const PATH: &str = "/v2";
@@ -114,7 +114,7 @@ pub fn upgrade(buf: &mut BytesMut) -> Result<Option<Upgrade>, UpgradeError> {
     if parts.version != http::Version::HTTP_11 {
         return Err(UpgradeError::Malformed("not HTTP/1.1".into()));
     }
-    if !matches!(head.framing, Framing::Empty) {
+    if !matches!(head.framing, RequestFraming::Empty) {
         return Err(UpgradeError::Malformed(
             "an upgrade request has no body".into(),
         ));
