@@ -29,8 +29,8 @@ use monoio::time::Instant;
 
 use super::{messages, relay::Relay};
 use crate::{
-    core::Core,
     metrics::{CacheEvent, Frontend, UNCLASSIFIED},
+    per_core::Core,
     sql::cache::{
         flight::Turn,
         rules,

@@ -23,7 +23,7 @@ use ringgate_pool::{Checkout, Credentials, Error as PoolError, Intent, Lent, Sha
 use tracing::debug;
 
 use super::{cached, cancel::CancelKey, fatal, messages, stream::ClientStream};
-use crate::{core::Core, metrics::wire::WireEvent};
+use crate::{metrics::wire::WireEvent, per_core::Core};
 
 /// Read size from either side.
 const CHUNK: usize = 16 << 10;

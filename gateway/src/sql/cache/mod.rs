@@ -53,9 +53,9 @@ use super::{
     response::gateway_error,
 };
 use crate::{
-    core::Core,
     http::Response,
     metrics::{CacheEvent, Frontend},
+    per_core::Core,
 };
 
 /// Cache settings (`RINGGATE_SQL_CACHE_*`).
@@ -113,7 +113,7 @@ pub struct QueryCache {
     reads: Memo<Option<Rc<Vetted>>>,
     writes: Memo<Touched>,
     generations: Arc<Generations>,
-    redis: Option<ringgate_discovery::redis::RedisHandle>,
+    redis: Option<ringgate_redis::RedisHandle>,
 }
 
 /// What `/admin/status` shows of one core's cache.
@@ -134,7 +134,7 @@ impl QueryCache {
     pub fn new(
         config: CacheConfig,
         generations: Arc<Generations>,
-        redis: Option<ringgate_discovery::redis::RedisHandle>,
+        redis: Option<ringgate_redis::RedisHandle>,
     ) -> Self {
         Self {
             store: Store::new(

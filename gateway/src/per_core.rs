@@ -128,7 +128,7 @@ impl Core {
         config: Arc<Config>,
         registry: Arc<Registry>,
         topology: Arc<Topology>,
-        redis: Option<ringgate_discovery::redis::RedisHandle>,
+        redis: Option<ringgate_redis::RedisHandle>,
         shared: Shared,
     ) -> Rc<Self> {
         let global_rate = match (&redis, config.proxy.global_rate_limit) {
