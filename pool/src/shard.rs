@@ -373,7 +373,7 @@ impl Shard {
         }
         let target = self.target_for(tenant, credentials, member);
         let gates = Gates {
-            tenant: self.budgets.tenant(tenant, &member.name),
+            tenant: self.budgets.tenant(budget_of(tenant), &member.name),
             node: self.budgets.node(&member.name),
             core: self.core,
         };
@@ -587,6 +587,15 @@ impl Shard {
     }
 }
 
+/// The budget a tenant's connections count against: its project, the part before a `/`
+/// (`alpha/pg`, the PostgreSQL front end's pools, counts against `alpha` like `/sql`'s), so
+/// one project has one budget whichever front end opened its connections.
+pub fn budget_of(tenant: &str) -> &str {
+    tenant
+        .split_once('/')
+        .map_or(tenant, |(project, _)| project)
+}
+
 /// Settings every connection starts with: the statement timeout, and on replicas,
 /// read-only transactions by default.
 fn startup_options(config: &Config, role: Role) -> String {
@@ -706,6 +715,13 @@ impl Drop for OutstandingGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projects_front_ends_share_its_budget() {
+        assert_eq!(budget_of("alpha/pg"), "alpha");
+        assert_eq!(budget_of("alpha"), "alpha");
+        assert_eq!(budget_of("ringgate-control"), "ringgate-control");
+    }
 
     #[test]
     fn a_storm_is_warned_once_per_ten_seconds_with_its_sum() {

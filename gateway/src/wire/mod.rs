@@ -14,7 +14,9 @@
 //! - [`messages`]: framing, and the backend messages ringgate writes itself.
 //! - [`stream`]: the client's socket, plain or TLS.
 //! - [`session`]: project checks and authentication.
-//! - [`relay`]: transaction pooling, named prepared statements, session-only refusals.
+//! - [`relay`]: transaction or session pooling, named prepared statements, session-only
+//!   refusals, the leader's lease.
+//! - [`split`]: the read/write split (replica or leader, from the first statement).
 //! - [`cancel`]: cancel keys and the process-wide table they are found in.
 
 pub mod cancel;
@@ -22,6 +24,7 @@ pub mod messages;
 pub mod relay;
 pub mod route;
 pub mod session;
+pub mod split;
 pub mod startup;
 pub mod stream;
 
