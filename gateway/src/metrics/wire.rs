@@ -105,7 +105,7 @@ pub enum ClassFigure {
     ServersTransaction,
     /// Server connections held now by session-mode sessions (gauge).
     ServersSession,
-    /// Transactions relayed.
+    /// Transactions relayed (in either pool mode).
     Transactions,
     /// Microseconds spent waiting for a server connection.
     WaitMicros,
@@ -204,7 +204,6 @@ impl WireMetrics {
 
     /// A checkout for class `class` waited `d`.
     pub fn class_waited(&self, class: usize, d: Duration) {
-        self.class_add(class, ClassFigure::Transactions, 1);
         self.class_add(class, ClassFigure::WaitMicros, d.as_micros() as u64);
     }
 }
@@ -296,6 +295,7 @@ mod tests {
         m[1].class_add(2, ClassFigure::Clients, 1);
         m[1].class_add(2, ClassFigure::ServersSession, 1);
         m[1].class_waited(2, Duration::from_millis(500));
+        m[1].class_add(2, ClassFigure::Transactions, 1);
         m[0].class_sub(2, ClassFigure::ServersTransaction);
         m[0].class_add(99, ClassFigure::Clients, 1);
         let mut o = String::new();

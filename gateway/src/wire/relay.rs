@@ -17,8 +17,9 @@
 //!
 //! A project whose `pool_mode` is `session` keeps one server connection for the client's
 //! whole session instead: nothing is refused, and the connection goes back to the pool
-//! after `DISCARD ALL` when the client leaves. If it dies, the client's session ends too
-//! (its temp tables, locks and `LISTEN`s are gone). Notifications reach the client with
+//! after `DISCARD ALL` when the client leaves. If it dies, the statement is answered
+//! `08007` and the client's next message ends its session with `08006` (its temp tables,
+//! locks and `LISTEN`s are gone: it is not continued on another connection). Notifications reach the client with
 //! the answer to its next statement (ringgate reads the server only while a statement
 //! runs).
 //!
@@ -180,6 +181,8 @@ pub struct Relay {
     kept: Option<Held>,
     /// Writes of answers to the client so far.
     flushes: u64,
+    /// A session-mode client's server connection died: its next message ends the session.
+    session_lost: bool,
 }
 
 impl Relay {
@@ -208,6 +211,7 @@ impl Relay {
             pooling,
             kept: None,
             flushes: 0,
+            session_lost: false,
         }
     }
 
@@ -277,6 +281,9 @@ impl Relay {
             let Some(msg) = self.next_idle().await else {
                 return;
             };
+            if self.session_lost && msg[0] != b'X' {
+                return fatal(&mut self.client, CONNECTION_FAILURE, SESSION_LOST).await;
+            }
             match msg[0] {
                 b'X' => return,
                 // Nothing is open between transactions: a lone Sync is answered here.
@@ -297,6 +304,10 @@ impl Relay {
 
     /// Relays one transaction, starting with `first`; false when the client is gone.
     async fn transaction(&mut self, first: BytesMut) -> bool {
+        self.core
+            .metrics()
+            .wire
+            .class_add(self.pooling.class, ClassFigure::Transactions, 1);
         let placement = self.placement(&first);
         let intent = match placement {
             Placement::Leader => Intent::Write,
@@ -370,11 +381,9 @@ impl Relay {
                     if !reported {
                         messages::error(&mut self.wbuf, "ERROR", RESOLUTION_UNKNOWN, LOST);
                     }
-                    if self.pooling.mode == PoolMode::Session {
-                        messages::error(&mut self.wbuf, "FATAL", CONNECTION_FAILURE, SESSION_LOST);
-                        let _ = self.flush_client().await;
-                        return false;
-                    }
+                    // A session-mode client learns at its next message that its session
+                    // is gone (closed then), after this statement's outcome.
+                    self.session_lost = self.pooling.mode == PoolMode::Session;
                     messages::ready_for_query(&mut self.wbuf, b'I');
                     return true;
                 }
