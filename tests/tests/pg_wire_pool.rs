@@ -283,6 +283,50 @@ fn cancel_requests_reach_sessions_on_other_cores() {
 
 #[test]
 #[ignore = "needs compose/cluster"]
+fn a_cancel_request_reaches_a_session_through_another_instance_sharing_redis() {
+    alpha_project("wire_cancel", "transaction", false);
+    let vars = [
+        "RINGGATE_REDIS_SENTINELS",
+        "RINGGATE_REDIS_MASTER",
+        "RINGGATE_REDIS_PASSWORD",
+    ];
+    let owned: Vec<(&str, String)> = vars
+        .iter()
+        .map(|v| (*v, ringgate_tests::backend::required(v)))
+        .collect();
+    let redis: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (a, _, addr_a) = start_pg(&redis);
+    let (b, _, addr_b) = start_pg(&redis);
+    block_on(async {
+        let (c, _) = connect(addr_a, "wire_cancel").await.unwrap();
+        let token = c.cancel_token();
+        // Sent to instance B until the statement ends (B subscribes to the channel a
+        // moment after it starts).
+        let cancel = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let tcp = tokio::net::TcpStream::connect(addr_b).await.unwrap();
+                token
+                    .cancel_query_raw(tcp, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+            }
+        };
+        let started = std::time::Instant::now();
+        let r = tokio::select! {
+            r = c.simple_query("select pg_sleep(30)") => r,
+            () = cancel => unreachable!(),
+        };
+        let e = r.unwrap_err();
+        assert_eq!(code(&e), "57014", "{e}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    });
+    a.drain();
+    b.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
 fn metrics_count_clients_server_connections_by_mode_transactions_and_waits() {
     alpha_project("wire_metrics_s", "session", false);
     let (g, http, addr) = start_pg(&[]);
@@ -388,4 +432,3 @@ fn a_thousand_clients_share_ten_server_connections_with_prepared_statements() {
     );
     g.drain();
 }
-

@@ -158,7 +158,7 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
                 core.metrics()
                     .wire
                     .count(crate::metrics::wire::WireEvent::Cancels);
-                return cancel_request(pid, key).await;
+                return cancel_request(&core, pid, key).await;
             }
             Startup::Ssl | Startup::GssEnc if stream.is_tls() => {
                 return fatal(&mut stream, "08P01", "encryption requested twice").await;
@@ -230,14 +230,33 @@ async fn negotiate_tls(
     Ok((ClientStream::Tls(Box::new(tls)), sni))
 }
 
-/// Serves a `CancelRequest`: cancels the statement the session with this key runs now.
-async fn cancel_request(pid: i32, key: i32) {
+/// Serves a `CancelRequest`: cancels the statement the session with this key runs now;
+/// a key of no session here goes to the other instances through Redis.
+async fn cancel_request(core: &Core, pid: i32, key: i32) {
+    if !matches!(cancel::lookup(pid, key), cancel::Found::Elsewhere) {
+        return cancel_here(pid, key).await;
+    }
+    match &core.redis {
+        Some(redis) => {
+            if let Err(error) = redis
+                .publish(cancel::CHANNEL, &cancel::message(pid, key))
+                .await
+            {
+                debug!(%error, "cancel request could not be published");
+            }
+        }
+        None => debug!(pid, "cancel request for no session"),
+    }
+}
+
+/// Cancels the statement the session with this key runs now, if it is this process's.
+pub async fn cancel_here(pid: i32, key: i32) {
     match cancel::lookup(pid, key) {
-        Some(canceller) => {
+        cancel::Found::Running(canceller) => {
             if let Err(error) = canceller.cancel().await {
                 debug!(%error, "cancel request could not be forwarded");
             }
         }
-        None => debug!(pid, "cancel request for no running statement"),
+        _ => debug!(pid, "cancel request for no running statement"),
     }
 }
