@@ -91,6 +91,15 @@ const SESSION_LOST: &str = "the server connection of this session was lost; its 
 /// How often a held message looks at the lease again.
 const LEASE_POLL: Duration = Duration::from_millis(20);
 
+/// Whose server connections a session uses.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The tenant its pools are keyed by (`<project>/pg`).
+    pub tenant: String,
+    /// The client's role, database and keys.
+    pub credentials: Credentials,
+}
+
 /// How a project's sessions are pooled (from its `ringgate.projects` row).
 #[derive(Debug, Clone, Copy)]
 pub struct Pooling {
@@ -190,8 +199,7 @@ impl Relay {
     pub fn new(
         core: Rc<Core>,
         db: Rc<Shard>,
-        tenant: String,
-        credentials: Credentials,
+        upstream: Upstream,
         client: ClientStream,
         rbuf: BytesMut,
         key: CancelKey,
@@ -200,8 +208,8 @@ impl Relay {
         Self {
             core,
             db,
-            tenant,
-            credentials,
+            tenant: upstream.tenant,
+            credentials: upstream.credentials,
             client,
             rbuf,
             wbuf: BytesMut::with_capacity(CHUNK),

@@ -15,7 +15,7 @@ use tracing::debug;
 use super::{
     cancel::CancelKey,
     fatal, messages,
-    relay::{Pooling, Relay},
+    relay::{Pooling, Relay, Upstream},
     route,
     startup::Params,
     stream::ClientStream,
@@ -125,11 +125,14 @@ pub async fn run(
     let relay = Relay::new(
         core.clone(),
         db,
-        // The front end's pools are its own: their credentials (keys, no password) differ
-        // from /sql's for the same role, and a pool is keyed by one set. They count against
-        // the project's one budget all the same (see `ringgate_pool::shard::budget_of`).
-        format!("{project}/pg"),
-        credentials,
+        Upstream {
+            // The front end's pools are its own: their credentials (keys, no password)
+            // differ from /sql's for the same role, and a pool is keyed by one set. They
+            // count against the project's one budget all the same
+            // (`ringgate_pool::shard::budget_of`).
+            tenant: format!("{project}/pg"),
+            credentials,
+        },
         stream,
         buf,
         key,
