@@ -102,7 +102,7 @@ fn chaos_wire_leader_kill_under_pgbench() {
     let script = std::env::temp_dir().join(format!("{table}.sql"));
     std::fs::write(
         &script,
-        format!("\\set id random(1, 999999999999)\ninsert into {table} (id) values (-:id);\n"),
+        format!("\\set id -1 * random(1, 999999999999)\ninsert into {table} (id) values (:id);\n"),
     )
     .unwrap();
     let pgbench = std::process::Command::new("pgbench")
@@ -220,4 +220,51 @@ fn chaos_wire_leader_kill_under_pgbench() {
             "client loop {i} acknowledged nothing after the failover"
         );
     }
+}
+
+#[test]
+#[ignore = "needs compose/cluster (chaos: freezes the leader)"]
+fn chaos_wire_a_statement_in_flight_when_the_leader_freezes_gets_08007() {
+    let _chaos = Chaos::begin();
+    ensure_schema();
+    let control = required("RINGGATE_CONTROL_DATABASE_URL");
+    let (g, _) = start_following_patroni(&[
+        ("RINGGATE_CONTROL_DATABASE_URL", &control),
+        ("RINGGATE_PG_LISTEN", "127.0.0.1:0"),
+    ]);
+    let addr = g.pg_addr().expect("PostgreSQL listener");
+    let leader = cluster(&["leader"]);
+    ringgate_tests::wire::block_on(async {
+        let (c, _) = connect(addr, "alpha").await.unwrap();
+        c.batch_execute("begin").await.unwrap();
+        c.batch_execute("select txid_current()").await.unwrap();
+        // The statement is in flight on the leader when it freezes: its answer cannot be
+        // trusted once the leader stops answering its probe / its lease runs out.
+        let freeze = {
+            let leader = leader.clone();
+            tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_millis(500));
+                cluster(&["pause", &leader]);
+                Instant::now()
+            })
+        };
+        let e = c.simple_query("select pg_sleep(5)").await.unwrap_err();
+        let frozen_at = freeze.await.unwrap();
+        assert_eq!(code(&e), "08007", "{e}");
+        let after = frozen_at.elapsed();
+        assert!(
+            after < Duration::from_secs(10),
+            "answered {after:?} after the freeze (the lease or the probe should end it)"
+        );
+        // The client goes on: its next statement waits for the new leader.
+        let started = Instant::now();
+        c.batch_execute("select txid_current()").await.unwrap();
+        eprintln!(
+            "08007 {:.2}s after the freeze; the next statement ran {:.2}s later on {}",
+            after.as_secs_f64(),
+            started.elapsed().as_secs_f64(),
+            cluster(&["leader"])
+        );
+    });
+    g.drain();
 }

@@ -32,7 +32,11 @@
 //! are held while the lease may not take writes, and a statement whose lease is lost
 //! while the client waits for its answer is abandoned, answered `08007`.
 
-use std::{collections::HashMap, rc::Rc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    rc::Rc,
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use monoio::time::{sleep, Instant};
@@ -132,6 +136,10 @@ struct Held {
     expected: usize,
     /// `ParseComplete`s of ringgate's own `Parse`s, not to relay.
     swallow: usize,
+    /// Every `Parse` sent and not yet answered, in order: the server name it creates
+    /// (`None` for the unnamed statement). After an error the server skips to `Sync`, so
+    /// the unanswered ones were not created and are forgotten.
+    parses: VecDeque<Option<String>>,
     /// The last `ReadyForQuery` status.
     status: u8,
     /// Whether a replayed `SET` changed the session (reset before release).
@@ -458,6 +466,7 @@ impl Relay {
                         held.pending = held.pending.saturating_sub(1);
                         held.expected = 0;
                         held.swallow = 0;
+                        held.parses.clear();
                         if held.rerun {
                             if held.pending == 0 {
                                 return Ok(());
@@ -471,6 +480,7 @@ impl Relay {
                         continue;
                     }
                     b'1' => {
+                        held.parses.pop_front();
                         held.expected = held.expected.saturating_sub(1);
                         if held.swallow > 0 {
                             held.swallow -= 1;
@@ -481,8 +491,14 @@ impl Relay {
                         held.expected = held.expected.saturating_sub(1);
                     }
                     b'E' => {
-                        // The server skips to the next Sync.
+                        // The server skips to the next Sync: Parses not yet answered
+                        // created nothing.
                         held.expected = 0;
+                        let unanswered = std::mem::take(&mut held.parses);
+                        let relayed = held.lent().conn.relayed_statements();
+                        for name in unanswered.into_iter().flatten() {
+                            relayed.remove(&name);
+                        }
                         if is_fatal(messages::body(&m)) {
                             // The server ends the session: the client's session goes on
                             // (on another server connection), told the outcome is unknown.
@@ -590,6 +606,7 @@ impl Relay {
             b'P' => {
                 held.expected += 1;
                 let Some((name, rest)) = messages::split_cstr(body) else {
+                    held.parses.push_back(None);
                     return held.out.extend_from_slice(&msg);
                 };
                 let sql = messages::split_cstr(rest)
@@ -610,15 +627,19 @@ impl Relay {
                     None => rest,
                 };
                 if name.is_empty() || self.statements.len() >= MAX_STATEMENTS {
+                    // A client's own name kept as is (past the limit) is not tracked.
+                    held.parses.push_back(None);
                     messages::frontend(&mut held.out, b'P', &[name, b"\0", rest]);
                     return;
                 }
                 let server = server_name(rest);
                 let relayed = held.lent().conn.relayed_statements();
                 if relayed.contains(&server) {
+                    held.parses.push_back(None);
                     messages::frontend(&mut held.out, b'P', &[b"\0", rest]);
                 } else {
                     relayed.insert(server.clone());
+                    held.parses.push_back(Some(server.clone()));
                     messages::frontend(&mut held.out, b'P', &[server.as_bytes(), b"\0", rest]);
                 }
                 self.statements.insert(
@@ -736,6 +757,25 @@ impl Relay {
                     | PoolError::Connect { .. }
                     | PoolError::ConnectTimeout { .. },
                 ) if Instant::now() < deadline => sleep(Duration::from_millis(50)).await,
+                // Refused during startup (a restarting server: "the database system is
+                // starting up", a closed socket): nothing was sent yet.
+                Err(PoolError::Pg(e))
+                    if crate::sql::is_disconnect(&e) && Instant::now() < deadline =>
+                {
+                    sleep(Duration::from_millis(50)).await
+                }
+                Err(PoolError::Backend(e))
+                    if e.as_db_error().is_none() && Instant::now() < deadline =>
+                {
+                    sleep(Duration::from_millis(50)).await
+                }
+                // The leader's connections are all stuck (a frozen leader): a write waits
+                // while the lease decides, within the failover wait (as /sql's).
+                Err(PoolError::Exhausted { .. })
+                    if intent == Intent::Write && Instant::now() < deadline =>
+                {
+                    sleep(Duration::from_millis(50)).await
+                }
                 Err(e) => return Err(pool_refusal(&e)),
             }
         };
@@ -756,6 +796,7 @@ impl Relay {
             pending: 0,
             expected: 0,
             swallow: 0,
+            parses: VecDeque::new(),
             status: b'I',
             dirty: false,
             broken: false,
@@ -897,6 +938,7 @@ async fn send_under_lease(held: &mut Held) -> Result<(), Gone> {
 fn ensure(held: &mut Held, p: &Prepared) {
     let relayed = held.lent().conn.relayed_statements();
     if relayed.insert(p.server.clone()) {
+        held.parses.push_back(Some(p.server.clone()));
         messages::frontend(&mut held.out, b'P', &[p.server.as_bytes(), b"\0", &p.rest]);
         held.swallow += 1;
         held.expected += 1;
