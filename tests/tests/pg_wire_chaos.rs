@@ -179,7 +179,12 @@ fn chaos_wire_leader_kill_under_pgbench() {
         .unwrap_or(0);
     let bench_rows = rows.iter().filter(|id| **id < 0).count();
     let mut bench_failed: BTreeMap<String, usize> = BTreeMap::new();
-    for l in errors.lines().filter(|l| l.contains("aborted")) {
+    // "client N script 0 aborted in command 1 query 0: ERROR:  ..." (or no ERROR: the
+    // connection was lost); the summary "Run was aborted" is not a client.
+    for l in errors
+        .lines()
+        .filter(|l| l.contains("client") && l.contains("aborted"))
+    {
         let why = l
             .split_once("ERROR:")
             .map_or("connection", |(_, m)| m.trim());

@@ -426,6 +426,10 @@ fn a_thousand_clients_share_ten_server_connections_with_prepared_statements() {
         "{report}"
     );
     let servers = most.max(server_connections("wire_many"));
+    eprintln!(
+        "1000 clients, 5000 prepared transactions: at most {servers} server connections seen; tps line: {}",
+        report.lines().find(|l| l.starts_with("tps")).unwrap_or("-")
+    );
     assert!(
         (1..=10).contains(&servers),
         "1000 clients on {servers} server connections (limit 10)"
