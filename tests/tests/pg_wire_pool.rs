@@ -206,6 +206,24 @@ fn read_split_runs_reads_on_a_replica_and_writes_on_the_leader() {
         c.batch_execute("begin").await.unwrap();
         assert!(!in_recovery(&c, "select pg_is_in_recovery()").await);
         c.batch_execute("commit").await.unwrap();
+        // A bare BEGIN is placed by the next statement: SET TRANSACTION READ ONLY there.
+        c.batch_execute("begin").await.unwrap();
+        c.batch_execute("set transaction read only").await.unwrap();
+        assert!(in_recovery(&c, "select pg_is_in_recovery()").await);
+        let e = c
+            .simple_query("insert into wire_split_log default values")
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), "25006", "{e}");
+        c.batch_execute("rollback").await.unwrap();
+        c.batch_execute("start transaction").await.unwrap();
+        let id = in_recovery(
+            &c,
+            "insert into wire_split_log default values returning pg_is_in_recovery()",
+        )
+        .await;
+        assert!(!id, "a write after a bare BEGIN: the leader");
+        c.batch_execute("commit").await.unwrap();
         // A function that writes, called in an autocommit SELECT (classified a read): the
         // replica refuses it (25006) and it reruns on the leader, unseen by the client.
         assert!(!in_recovery(&c, "select wire_split_write()").await);

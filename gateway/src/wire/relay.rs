@@ -157,6 +157,8 @@ struct Held {
     rerun: bool,
     /// The gauge this connection counts in (by pool mode).
     figure: ClassFigure,
+    /// Answers (up to `ReadyForQuery`) of deferred `BEGIN`s not to relay.
+    hidden: usize,
 }
 
 impl Held {
@@ -200,6 +202,9 @@ pub struct Relay {
     flushes: u64,
     /// A session-mode client's server connection died: its next message ends the session.
     session_lost: bool,
+    /// A bare `BEGIN` answered by ringgate (read/write split on), sent on with the
+    /// transaction's next statement, which decides where it runs.
+    deferred_begin: Option<BytesMut>,
 }
 
 impl Relay {
@@ -228,6 +233,7 @@ impl Relay {
             kept: None,
             flushes: 0,
             session_lost: false,
+            deferred_begin: None,
         }
     }
 
@@ -268,6 +274,16 @@ impl Relay {
         }
     }
 
+    /// Whether `msg` is a bare `BEGIN` to answer here and send on with the transaction's
+    /// next statement (read/write split on, transaction mode).
+    fn defers_begin(&self, msg: &[u8]) -> bool {
+        self.pooling.read_split
+            && self.pooling.mode == PoolMode::Transaction
+            && self.deferred_begin.is_none()
+            && messages::split_cstr(messages::body(msg))
+                .is_some_and(|(q, _)| split::is_bare_begin(&String::from_utf8_lossy(q)))
+    }
+
     /// Where a transaction starting with `first` runs.
     fn placement(&self, first: &[u8]) -> Placement {
         if !self.pooling.read_split || self.pooling.mode == PoolMode::Session {
@@ -277,6 +293,13 @@ impl Relay {
         let text = |b: &[u8]| {
             messages::split_cstr(b).map(|(q, _)| String::from_utf8_lossy(q).into_owned())
         };
+        if self.deferred_begin.is_some() {
+            // After a bare BEGIN: SET TRANSACTION READ ONLY places it on a replica.
+            return match (first[0], text(body)) {
+                (b'Q', Some(sql)) if split::sets_read_only(&sql) => Placement::ReadOnlyTransaction,
+                _ => Placement::Leader,
+            };
+        }
         let sql = match first[0] {
             b'Q' => text(body),
             b'P' => messages::split_cstr(body).and_then(|(_, rest)| text(rest)),
@@ -303,7 +326,19 @@ impl Relay {
             match msg[0] {
                 b'X' => return,
                 // Nothing is open between transactions: a lone Sync is answered here.
-                b'S' => messages::ready_for_query(&mut self.wbuf, b'I'),
+                b'S' => {
+                    let status = if self.deferred_begin.is_some() {
+                        b'T'
+                    } else {
+                        b'I'
+                    };
+                    messages::ready_for_query(&mut self.wbuf, status)
+                }
+                b'Q' if self.defers_begin(&msg) => {
+                    messages::frontend(&mut self.wbuf, b'C', &[b"BEGIN\0"]);
+                    messages::ready_for_query(&mut self.wbuf, b'T');
+                    self.deferred_begin = Some(msg);
+                }
                 b'H' | b'd' | b'c' | b'f' => {}
                 b'Q' | b'P' | b'B' | b'D' | b'E' | b'F' | b'C' => {
                     if !self.transaction(msg).await {
@@ -330,6 +365,7 @@ impl Relay {
             Placement::AutocommitRead | Placement::ReadOnlyTransaction => Intent::Read,
         };
         let kept = self.kept.take();
+        let begin = self.deferred_begin.take();
         let mut held = match kept {
             Some(h) => h,
             None => match self.checkout(intent).await {
@@ -337,6 +373,12 @@ impl Relay {
                 Err((code, msg)) => return self.refuse(first[0], code, &msg).await,
             },
         };
+        if let Some(begin) = begin {
+            // The BEGIN the client was told of goes first; its answer is not relayed.
+            held.pending += 1;
+            held.hidden += 1;
+            held.out.extend_from_slice(&begin);
+        }
         // The messages of an autocommit read on a replica, kept to rerun on the leader.
         let mut sent = (placement == Placement::AutocommitRead
             && held.checkout.role() == Role::Replica)
@@ -457,6 +499,14 @@ impl Relay {
                     Ok(None) => break,
                     Err(_) => return Err(Gone::Server),
                 };
+                if held.hidden > 0 && m[0] != b'E' {
+                    if m[0] == b'Z' {
+                        held.hidden -= 1;
+                        held.pending = held.pending.saturating_sub(1);
+                        held.status = m.get(5).copied().unwrap_or(b'E');
+                    }
+                    continue;
+                }
                 if held.rerun && m[0] != b'Z' {
                     continue;
                 }
@@ -804,6 +854,7 @@ impl Relay {
             rerunnable: None,
             rerun: false,
             figure,
+            hidden: 0,
         };
         if !self.sets.is_empty() {
             held.dirty = true;
