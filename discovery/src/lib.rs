@@ -5,10 +5,7 @@
 //! member may take writes) with Patroni's REST `/cluster` as fallback, polled by one small
 //! thread ([`watch::spawn`]) that publishes a new snapshot on every change and keeps the
 //! last one, marked stale, when no source answers. It opens no database connections.
-//!
-//! Redis lives here too ([`redis`]): a tokio side thread resolving the master through
-//! Sentinel, running commands for the cores and watching worker registrations
-//! ([`workers`]).
+//! Redis, and the workers registered there, are `ringgate-redis`'s.
 //!
 //! # Layout
 //! - [`topology`]: the snapshot types.
@@ -18,8 +15,6 @@
 //! - [`lease`]: the leader's lease, gating writes.
 //! - [`probe`]: the leader probe, holding writes from a leader that stopped answering.
 //! - [`watch`]: the watcher thread.
-//! - [`redis`]: Redis through Sentinel, on a tokio side thread.
-//! - [`workers`]: upstream workers, static and registered in Redis.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 #![forbid(unsafe_code)]
 
@@ -28,10 +23,8 @@ pub mod http;
 pub mod lease;
 pub mod patroni;
 pub mod probe;
-pub mod redis;
 pub mod topology;
 pub mod watch;
-pub mod workers;
 
 pub use topology::{Member, Role, Topology};
 

@@ -12,7 +12,7 @@
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use crate::{core::Core, error::error_response, http::Response, router::Request};
+use crate::{error::error_response, http::Response, per_core::Core, router::Request};
 
 /// Whether `presented` equals `token`, in time independent of where they differ.
 fn same_token(presented: &[u8], token: &[u8]) -> bool {

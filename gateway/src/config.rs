@@ -126,6 +126,8 @@ pub const ENV_LOG_FORMAT: &str = "RINGGATE_LOG_FORMAT";
 pub const ENV_PG_LISTEN: &str = "RINGGATE_PG_LISTEN";
 /// TLS on the PostgreSQL listener: `allow` (default) or `require`.
 pub const ENV_PG_TLS: &str = "RINGGATE_PG_TLS";
+/// What the PostgreSQL listener asks a TLS client for: `scram` (default) or `password`.
+pub const ENV_PG_TLS_AUTH: &str = "RINGGATE_PG_TLS_AUTH";
 
 /// Variables whose values are secrets: never shown in a log line or an error, only named.
 /// Passwords inside URLs (`DATABASE_URL`, ...) are hidden by [`shown`] for every variable.
@@ -341,6 +343,11 @@ pub const VARS: &[VarDoc] = &[
         name: ENV_PG_TLS,
         default: "allow",
         help: "TLS on the PostgreSQL listener (SSLRequest, the HTTPS certificate): `allow` or `require` (plaintext refused)",
+    },
+    VarDoc {
+        name: ENV_PG_TLS_AUTH,
+        default: "scram",
+        help: "what a PostgreSQL client over TLS (not WebSocket) is asked for: `scram` (SCRAM-SHA-256, -PLUS with channel binding) or `password` (cleartext, one round trip fewer); plaintext clients always get SCRAM",
     },
 ];
 
@@ -564,6 +571,9 @@ pub struct PgListen {
     pub addr: SocketAddr,
     /// Refuse plaintext sessions (`RINGGATE_PG_TLS=require`; default false).
     pub require_tls: bool,
+    /// Ask a TLS client (TCP, not WebSocket) for its cleartext password rather than SCRAM
+    /// (`RINGGATE_PG_TLS_AUTH=password`; default false).
+    pub tls_cleartext: bool,
 }
 
 impl Config {
@@ -679,6 +689,13 @@ impl Config {
                 expected: "allow or require",
             }),
         });
+        let pg_tls_auth = r.parse(ENV_PG_TLS_AUTH, |s| match s.trim() {
+            "scram" => Ok(false),
+            "password" => Ok(true),
+            _ => Err(parse::ParseError {
+                expected: "scram or password",
+            }),
+        });
         let redis = r.redis();
         let key_login = r.key_login();
         let proxy = r.proxy();
@@ -713,6 +730,7 @@ impl Config {
         let pg = pg_listen.flatten().map(|addr| PgListen {
             addr,
             require_tls: pg_tls.unwrap_or(false),
+            tls_cleartext: pg_tls_auth.unwrap_or(false),
         });
         if pg.is_some_and(|p| p.require_tls) && tls.is_none() && r.errors.is_empty() {
             r.missing(
@@ -1542,6 +1560,8 @@ mod tests {
         assert!(bad.to_string().contains(ENV_PG_LISTEN), "{bad}");
         let bad = read(&[(ENV_PG_TLS, "maybe")]).unwrap_err();
         assert!(bad.to_string().contains(ENV_PG_TLS), "{bad}");
+        let bad = read(&[(ENV_PG_TLS_AUTH, "md5")]).unwrap_err();
+        assert!(bad.to_string().contains(ENV_PG_TLS_AUTH), "{bad}");
         let no_control = read(&[(ENV_PG_LISTEN, "127.0.0.1:6432")]).unwrap_err();
         assert!(
             no_control.to_string().contains(ENV_CONTROL_DATABASE_URL),
@@ -1560,7 +1580,8 @@ mod tests {
             c.pg,
             Some(PgListen {
                 addr: "127.0.0.1:6432".parse().unwrap(),
-                require_tls: false
+                require_tls: false,
+                tls_cleartext: false,
             })
         );
     }

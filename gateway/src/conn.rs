@@ -1,7 +1,7 @@
 //! Serves HTTP/1.1 on one client connection (plain or TLS): keep-alive, limits, timeouts,
 //! and the drain rules.
 
-mod proxy;
+mod forward;
 
 use std::rc::Rc;
 
@@ -15,10 +15,10 @@ use monoio::{
 use tracing::{debug, debug_span, Instrument};
 
 use crate::{
-    core::Core,
     error::RequestError,
-    http::{parse_head, ChunkedDecoder, Framing, ParsedHead, Response},
-    metrics::Route,
+    http::{parse_head, ChunkedDecoder, ParsedHead, RequestFraming, Response},
+    metrics::RouteLabel,
+    per_core::Core,
     router::{self, Request},
     transport::Transport,
 };
@@ -128,7 +128,7 @@ impl Conn {
                 .await;
             self.core
                 .metrics()
-                .observe(Route::Proxy, done.status, started.elapsed());
+                .observe(RouteLabel::Proxy, done.status, started.elapsed());
             if !done.keep_alive {
                 let _ = io.shutdown().await;
                 return false;
@@ -225,8 +225,8 @@ impl Conn {
         let limits = &core.config.http;
         let pause = limits.body_read_timeout;
         match head.framing {
-            Framing::Empty => Ok(Bytes::new()),
-            Framing::Length(length) => {
+            RequestFraming::Empty => Ok(Bytes::new()),
+            RequestFraming::Length(length) => {
                 if length > limits.max_body_bytes {
                     return Err(Stop::Refuse(RequestError::BodyTooLarge {
                         length,
@@ -247,7 +247,7 @@ impl Conn {
                 }
                 Ok(self.buf.split_to(length).freeze())
             }
-            Framing::Chunked => {
+            RequestFraming::Chunked => {
                 let mut decoder = ChunkedDecoder::new(limits.max_body_bytes);
                 let mut asked = false;
                 loop {
@@ -390,9 +390,11 @@ impl Conn {
         let response = error.to_response();
         let request_id = self.core.request_ids.generate();
         debug!(%error, status = response.status.as_u16(), "refusing request");
-        self.core
-            .metrics()
-            .observe(Route::Rejected, response.status.as_u16(), Duration::ZERO);
+        self.core.metrics().observe(
+            RouteLabel::Rejected,
+            response.status.as_u16(),
+            Duration::ZERO,
+        );
         if !self
             .write(io, &response, request_id.as_bytes(), false, false)
             .await

@@ -35,7 +35,7 @@ use monoio::{
 use rustls::{server::Acceptor, ServerConfig, ServerConnection};
 
 use crate::{
-    core::Core,
+    per_core::Core,
     socket_peek::{peek, Peek},
     tls_stream::TlsStream,
 };
@@ -175,6 +175,8 @@ pub async fn accept(
         }
     }
     let started = Instant::now();
+    // The certificate this handshake serves, for channel binding (`tls-server-end-point`).
+    let certified = config.cert_resolver.resolve(accepted.client_hello());
     let conn = accepted.into_connection(config);
     pace.spent(slot, started.elapsed());
     let mut conn = match conn {
@@ -198,7 +200,12 @@ pub async fn accept(
             return Err(error.into());
         }
     }
-    Ok(TlsStream::new(stream, conn, core.buffers.clone()))
+    Ok(TlsStream::new(
+        stream,
+        conn,
+        core.buffers.clone(),
+        certified,
+    ))
 }
 
 /// Tells the client why its handshake was refused (best effort: it is closed next anyway).

@@ -13,6 +13,7 @@
 //! - [`admin`]: token-protected status endpoints and page.
 //! - [`rt`]: driver choice (io_uring or epoll), runtimes, CPU pinning.
 //! - [`server`]: listeners, accept loops, the per-core control loop.
+//! - [`per_core`]: one core's state (config snapshot, pools, caches, metrics).
 //! - [`conn`]: one client connection: HTTP/1.1 keep-alive, limits, timeouts.
 //! - [`transport`], [`tls_stream`], [`io_buf`], [`deadline`]: waiting for bytes without a
 //!   buffer, TLS over buffers lent while data moves, the per-core pool that lends them, and
@@ -35,13 +36,13 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod conn;
-pub mod core;
 pub mod deadline;
 pub mod error;
 pub mod handshake;
 pub mod http;
 pub mod io_buf;
 pub mod metrics;
+pub mod per_core;
 pub mod projects;
 pub mod proxy;
 pub mod request_id;
@@ -163,10 +164,10 @@ fn start_redis(
     cores: Vec<flume::Sender<Control>>,
     registry: Arc<Registry>,
     cache: Option<Arc<sql::cache::generations::Generations>>,
-) -> Result<Option<ringgate_discovery::redis::RedisHandle>, StartError> {
+) -> Result<Option<ringgate_redis::RedisHandle>, StartError> {
     let view = registry.clone();
     let cancel_cores = cores.clone();
-    let publish = move |set: Arc<ringgate_discovery::workers::WorkerSet>| {
+    let publish = move |set: Arc<ringgate_redis::workers::WorkerSet>| {
         view.cluster().workers_are(set.clone());
         for tx in &cores {
             let _ = tx.send(Control::Workers(set.clone()));
@@ -174,23 +175,23 @@ fn start_redis(
     };
     let Some(settings) = &config.redis else {
         let fixed = config.proxy.static_workers.clone();
-        publish(Arc::new(
-            ringgate_discovery::workers::WorkerSet::from_workers(fixed),
-        ));
+        publish(Arc::new(ringgate_redis::workers::WorkerSet::from_workers(
+            fixed,
+        )));
         return Ok(None);
     };
-    let watch = ringgate_discovery::redis::WorkerWatch {
+    let watch = ringgate_redis::WorkerWatch {
         fixed: config.proxy.static_workers.clone(),
         interval: config.proxy.discovery_interval,
         publish: Box::new(publish),
     };
-    let observe: ringgate_discovery::redis::MasterObserver =
+    let observe: ringgate_redis::MasterObserver =
         Box::new(move |addr: &str| registry.redis_master_is(addr));
     // Other instances' cache invalidations.
     let mut subscriptions: Vec<_> = cache
         .map(|g| {
             let state = g.clone();
-            ringgate_discovery::redis::Subscription {
+            ringgate_redis::Subscription {
                 channel: sql::cache::generations::CHANNEL.to_string(),
                 on_message: Box::new(move |m: &str| g.apply_message(m)),
                 on_state: Box::new(move |up| state.set_linked(up)),
@@ -202,7 +203,7 @@ fn start_redis(
     if config.pg.is_some() {
         subscriptions.push(wire::cancel::subscription(cancel_cores));
     }
-    let handle = ringgate_discovery::redis::spawn_with(
+    let handle = ringgate_redis::spawn_with(
         settings.redis.clone(),
         Some(watch),
         Some(observe),
@@ -267,7 +268,7 @@ impl Gateway {
             channels.iter().map(|(tx, _)| tx.clone()).collect(),
             registry.clone(),
         )?;
-        let shared = core::Shared::new(&config);
+        let shared = per_core::Shared::new(&config);
         let redis = start_redis(
             &config,
             channels.iter().map(|(tx, _)| tx.clone()).collect(),
@@ -300,8 +301,9 @@ impl Gateway {
                         rt::pin_to_cpu(id, &cpus);
                     }
                     let run = rt::block_on(driver, || {
-                        let core =
-                            core::Core::new(id, driver, config, registry, topology, redis, shared);
+                        let core = per_core::Core::new(
+                            id, driver, config, registry, topology, redis, shared,
+                        );
                         if let (Some(db), Some(resolve)) = (&core.db, resolve) {
                             db.on_stale(move || resolve.now());
                         }

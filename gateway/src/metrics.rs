@@ -19,7 +19,7 @@ use std::{
 
 /// The routes requests are counted under. Bounded, so label cardinality is too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum RouteLabel {
     /// `GET /health`.
     Health,
     /// `GET /ready`.
@@ -38,30 +38,30 @@ pub enum Route {
     Rejected,
 }
 
-impl Route {
+impl RouteLabel {
     /// Every route, in label order.
-    pub const ALL: [Route; 8] = [
-        Route::Health,
-        Route::Ready,
-        Route::Metrics,
-        Route::Sql,
-        Route::Admin,
-        Route::Proxy,
-        Route::NotFound,
-        Route::Rejected,
+    pub const ALL: [RouteLabel; 8] = [
+        RouteLabel::Health,
+        RouteLabel::Ready,
+        RouteLabel::Metrics,
+        RouteLabel::Sql,
+        RouteLabel::Admin,
+        RouteLabel::Proxy,
+        RouteLabel::NotFound,
+        RouteLabel::Rejected,
     ];
 
     /// The `route` label value.
     pub fn label(self) -> &'static str {
         match self {
-            Route::Health => "health",
-            Route::Ready => "ready",
-            Route::Admin => "admin",
-            Route::Proxy => "proxy",
-            Route::Metrics => "metrics",
-            Route::Sql => "sql",
-            Route::NotFound => "not_found",
-            Route::Rejected => "rejected",
+            RouteLabel::Health => "health",
+            RouteLabel::Ready => "ready",
+            RouteLabel::Admin => "admin",
+            RouteLabel::Proxy => "proxy",
+            RouteLabel::Metrics => "metrics",
+            RouteLabel::Sql => "sql",
+            RouteLabel::NotFound => "not_found",
+            RouteLabel::Rejected => "rejected",
         }
     }
 
@@ -259,9 +259,9 @@ fn write_histogram(
 #[repr(align(128))]
 #[derive(Debug)]
 pub struct CoreMetrics {
-    requests: [[AtomicU64; N_STATUS]; Route::ALL.len()],
-    latency_buckets: [[AtomicU64; N_BUCKET]; Route::ALL.len()],
-    latency_sum_us: [AtomicU64; Route::ALL.len()],
+    requests: [[AtomicU64; N_STATUS]; RouteLabel::ALL.len()],
+    latency_buckets: [[AtomicU64; N_BUCKET]; RouteLabel::ALL.len()],
+    latency_sum_us: [AtomicU64; RouteLabel::ALL.len()],
     connections_open: AtomicU64,
     connections_total: AtomicU64,
     connections_rejected: AtomicU64,
@@ -444,7 +444,7 @@ impl CoreMetrics {
     }
 
     /// Counts one finished request.
-    pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
+    pub fn observe(&self, route: RouteLabel, status: u16, elapsed: Duration) {
         let r = route.index();
         self.requests[r][status_index(status)].fetch_add(1, Relaxed);
         self.latency_buckets[r][bucket(elapsed)].fetch_add(1, Relaxed);
@@ -537,7 +537,7 @@ impl CoreMetrics {
     }
 
     /// Requests counted for `route` and `status` so far.
-    pub fn requests(&self, route: Route, status: u16) -> u64 {
+    pub fn requests(&self, route: RouteLabel, status: u16) -> u64 {
         self.requests[route.index()][status_index(status)].load(Relaxed)
     }
 }
@@ -730,7 +730,7 @@ impl Registry {
         )?;
         writeln!(o, "# TYPE ringgate_http_requests_total counter")?;
         for (c, m) in self.cores.iter().enumerate() {
-            for route in Route::ALL {
+            for route in RouteLabel::ALL {
                 for (status, n) in status_counts(&m.requests[route.index()]) {
                     writeln!(o, "ringgate_http_requests_total{{core=\"{c}\",route=\"{}\",status=\"{status}\"}} {n}", route.label())?;
                 }
@@ -739,7 +739,7 @@ impl Registry {
         writeln!(o, "# HELP ringgate_http_request_duration_seconds Time from a complete request head to the response written.")?;
         writeln!(o, "# TYPE ringgate_http_request_duration_seconds histogram")?;
         for (c, m) in self.cores.iter().enumerate() {
-            for route in Route::ALL {
+            for route in RouteLabel::ALL {
                 let r = route.index();
                 let labels = format!("core=\"{c}\",route=\"{}\"", route.label());
                 write_histogram(
@@ -1125,7 +1125,8 @@ mod tests {
 
     #[test]
     fn hostile_label_values_are_escaped_everywhere_promtool_accepts_the_output() {
-        use ringgate_discovery::{workers::Worker, Member, Role, Topology};
+        use ringgate_discovery::{Member, Role, Topology};
+        use ringgate_redis::workers::Worker;
         let reg = Registry::new(2, "epoll");
         let groups: Vec<(String, u64, u64)> =
             HOSTILE.iter().map(|g| (g.to_string(), 2, 1)).collect();
@@ -1162,7 +1163,7 @@ mod tests {
             weight: 1,
             colour: Some(g.to_string()),
         });
-        let mut set = ringgate_discovery::workers::WorkerSet::from_workers(workers);
+        let mut set = ringgate_redis::workers::WorkerSet::from_workers(workers);
         for g in HOSTILE {
             set.colour_weights
                 .entry(g.to_string())
@@ -1188,11 +1189,11 @@ mod tests {
     fn renders_counters_histograms_and_gauges_per_core() {
         let reg = Registry::new(2, "epoll");
         reg.core(1)
-            .observe(Route::Health, 200, Duration::from_micros(300));
+            .observe(RouteLabel::Health, 200, Duration::from_micros(300));
         reg.core(1)
-            .observe(Route::NotFound, 404, Duration::from_millis(2));
+            .observe(RouteLabel::NotFound, 404, Duration::from_millis(2));
         reg.core(0)
-            .observe(Route::Rejected, 418, Duration::from_millis(2));
+            .observe(RouteLabel::Rejected, 418, Duration::from_millis(2));
         reg.core(0).connection_opened();
         let text = reg.render();
         assert!(

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
-use crate::{core::Core, error::error_response, http::Response, metrics::Route};
+use crate::{error::error_response, http::Response, metrics::RouteLabel, per_core::Core};
 
 /// A complete request: head and buffered body.
 #[derive(Debug)]
@@ -110,13 +110,13 @@ pub enum Target<'r> {
     /// ringgate itself.
     Own(Endpoint),
     /// A worker group, through this proxy route.
-    Proxy(&'r crate::config::Route),
+    Proxy(&'r crate::config::ProxyRoute),
     /// Nobody: 404.
     NotFound,
 }
 
 /// Decides who answers a request for `path`: an own endpoint before any proxy route.
-pub fn dispatch<'r>(routes: &'r [crate::config::Route], path: &str) -> Target<'r> {
+pub fn dispatch<'r>(routes: &'r [crate::config::ProxyRoute], path: &str) -> Target<'r> {
     match Endpoint::of(path) {
         Some(e) => Target::Own(e),
         None => match crate::proxy::route_for(routes, path) {
@@ -132,11 +132,11 @@ pub async fn route(
     core: &Rc<Core>,
     req: &Request,
     endpoint: Option<Endpoint>,
-) -> (Route, Response) {
+) -> (RouteLabel, Response) {
     let path = req.head.uri.path();
     let (route, response) = match endpoint {
         Some(Endpoint::Health) => (
-            Route::Health,
+            RouteLabel::Health,
             only_get(req, || {
                 Response::new(
                     StatusCode::OK,
@@ -145,9 +145,9 @@ pub async fn route(
                 )
             }),
         ),
-        Some(Endpoint::Ready) => (Route::Ready, only_get(req, || ready(core))),
+        Some(Endpoint::Ready) => (RouteLabel::Ready, only_get(req, || ready(core))),
         Some(Endpoint::Metrics) => (
-            Route::Metrics,
+            RouteLabel::Metrics,
             only_get(req, || {
                 Response::new(
                     StatusCode::OK,
@@ -156,13 +156,13 @@ pub async fn route(
                 )
             }),
         ),
-        Some(Endpoint::Sql) => (Route::Sql, crate::sql::handle(core, req).await),
+        Some(Endpoint::Sql) => (RouteLabel::Sql, crate::sql::handle(core, req).await),
         Some(Endpoint::Admin) => (
-            Route::Admin,
+            RouteLabel::Admin,
             only_get(req, || crate::admin::handle(core, req)),
         ),
         None => (
-            Route::NotFound,
+            RouteLabel::NotFound,
             error_response(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -18,7 +18,7 @@ use monoio::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::{conn, core::Core, rt::Driver};
+use crate::{conn, per_core::Core, rt::Driver};
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
@@ -33,7 +33,7 @@ pub enum Control {
     /// Route by this topology from now on.
     Topology(Arc<ringgate_discovery::Topology>),
     /// Proxy to these workers from now on.
-    Workers(Arc<ringgate_discovery::workers::WorkerSet>),
+    Workers(Arc<ringgate_redis::workers::WorkerSet>),
     /// A `CancelRequest` another instance received (through Redis): cancel the statement
     /// of the session with this key, if it is one of this process's.
     Cancel {

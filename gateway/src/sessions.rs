@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use monoio::time::Instant;
-use ringgate_discovery::redis::{RedisError, RedisHandle};
+use ringgate_redis::{RedisError, RedisHandle};
 
 use crate::cache::{Cache, Weigh};
 

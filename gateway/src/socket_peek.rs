@@ -40,6 +40,30 @@ pub fn peek(socket: &impl AsRawFd) -> Peek {
     }
 }
 
+/// The first byte waiting on `socket`, left there (what kind of client it is); otherwise
+/// what the peek found.
+pub fn first_byte(socket: &impl AsRawFd) -> Result<u8, Peek> {
+    let mut byte = 0u8;
+    // SAFETY: as in `peek`.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1 => Ok(byte),
+        0 => Err(Peek::Closed),
+        _ => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Err(Peek::Empty),
+            _ => Err(Peek::Failed),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -62,10 +86,12 @@ mod tests {
         let client = TcpStream::connect(addr).unwrap();
         let (server, _) = listener.accept().unwrap();
         assert_eq!(peek(&server), Peek::Empty);
+        assert_eq!(first_byte(&server), Err(Peek::Empty));
         (&client).write_all(b"x").unwrap();
         settle();
         // Peeking consumes nothing.
         assert_eq!(peek(&server), Peek::Data);
+        assert_eq!(first_byte(&server), Ok(b'x'));
         assert_eq!(peek(&server), Peek::Data);
         drop(client);
         settle();
@@ -79,6 +105,7 @@ mod tests {
         drop(client);
         settle();
         assert_eq!(peek(&server), Peek::Closed);
+        assert_eq!(first_byte(&server), Err(Peek::Closed));
         // SO_LINGER 0: the close is a reset.
         let client = socket2::Socket::from(TcpStream::connect(addr).unwrap());
         let (server, _) = listener.accept().unwrap();

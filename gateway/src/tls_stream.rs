@@ -17,7 +17,8 @@ use monoio::{
     net::TcpStream,
     BufResult,
 };
-use rustls::ServerConnection;
+use rustls::{sign::CertifiedKey, ServerConnection};
+use std::sync::Arc;
 
 use crate::{io_buf::BufPool, transport::Transport};
 
@@ -29,6 +30,8 @@ pub struct TlsStream {
     io: TcpStream,
     conn: ServerConnection,
     pool: BufPool,
+    /// The certificate served (shared with the config: one pointer per connection).
+    certified: Option<Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -62,8 +65,31 @@ impl Drop for Loan<'_> {
 
 impl TlsStream {
     /// Wraps a connection whose handshake is done.
-    pub fn new(io: TcpStream, conn: ServerConnection, pool: BufPool) -> Self {
-        Self { io, conn, pool }
+    pub fn new(
+        io: TcpStream,
+        conn: ServerConnection,
+        pool: BufPool,
+        certified: Option<Arc<CertifiedKey>>,
+    ) -> Self {
+        Self {
+            io,
+            conn,
+            pool,
+            certified,
+        }
+    }
+
+    /// The ALPN protocol agreed on, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The leaf certificate (DER) the handshake served, if known.
+    pub fn certificate(&self) -> Option<&[u8]> {
+        self.certified
+            .as_deref()
+            .and_then(|c| c.cert.first())
+            .map(|c| c.as_ref())
     }
 
     /// The server name the client sent (SNI), if any.

@@ -289,7 +289,7 @@ fn a_crowd_of_handshakes_on_an_idle_core_goes_a_burst_at_a_time_and_leavers_cost
         // No request in flight, and none began lately (reading /metrics was one). 96
         // clients connect, then all send their ClientHello at once: more public-key work
         // than an idle core runs in one go (4 ms), so some wait.
-        std::thread::sleep(ringgate::core::RECENT_REQUEST * 3);
+        std::thread::sleep(ringgate::per_core::RECENT_REQUEST * 3);
         let mut clients: Vec<Tls> = (0..96)
             .map(|_| connect(addr, &der, &[&rustls::version::TLS13]))
             .collect();

@@ -11,7 +11,7 @@ pub const MAX_HEADERS: usize = 128;
 
 /// How a request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub enum RequestFraming {
     /// No body.
     Empty,
     /// `Content-Length` bytes.
@@ -163,7 +163,7 @@ pub struct RequestHead {
     /// Method, target, version and headers.
     pub parts: Parts,
     /// How the body is delimited.
-    pub framing: Framing,
+    pub framing: RequestFraming,
     /// Whether the client wants the connection kept open after this exchange.
     pub keep_alive: bool,
     /// Whether the client waits for `100 Continue` before sending the body.
@@ -213,11 +213,11 @@ pub fn parse_request(
         if !framing_of.chunked_only {
             return Err(HeadError::UnsupportedCoding(codings(req.headers)));
         }
-        Framing::Chunked
+        RequestFraming::Chunked
     } else {
         match framing_of.length {
-            None | Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(
+            None | Some(0) => RequestFraming::Empty,
+            Some(n) => RequestFraming::Length(
                 usize::try_from(n)
                     .map_err(|_| HeadError::Framing("Content-Length is too large"))?,
             ),
@@ -503,7 +503,7 @@ mod tests {
         assert_eq!(head.parts.uri.path(), "/health");
         assert_eq!(head.parts.uri.query(), Some("x=1"));
         assert_eq!(head.parts.headers["x-a"], "b c");
-        assert_eq!(head.framing, Framing::Empty);
+        assert_eq!(head.framing, RequestFraming::Empty);
         assert!(head.keep_alive);
         assert_eq!(&buf[..], b"GET /next");
     }
@@ -606,16 +606,22 @@ mod tests {
     fn framing_rules() {
         let h = |extra: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
         let framing = |extra: &str| parse(&h(extra)).map(|h| h.unwrap().framing);
-        assert_eq!(framing("Content-Length: 5\r\n"), Ok(Framing::Length(5)));
+        assert_eq!(
+            framing("Content-Length: 5\r\n"),
+            Ok(RequestFraming::Length(5))
+        );
         assert_eq!(
             framing("Content-Length: 5\r\nContent-Length: 5\r\n"),
-            Ok(Framing::Length(5))
+            Ok(RequestFraming::Length(5))
         );
-        assert_eq!(framing("Content-Length: 5, 5\r\n"), Ok(Framing::Length(5)));
-        assert_eq!(framing("Content-Length: 0\r\n"), Ok(Framing::Empty));
+        assert_eq!(
+            framing("Content-Length: 5, 5\r\n"),
+            Ok(RequestFraming::Length(5))
+        );
+        assert_eq!(framing("Content-Length: 0\r\n"), Ok(RequestFraming::Empty));
         assert_eq!(
             framing("Transfer-Encoding: Chunked\r\n"),
-            Ok(Framing::Chunked)
+            Ok(RequestFraming::Chunked)
         );
         for ambiguous in [
             "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",

@@ -23,5 +23,6 @@ pub mod head;
 
 pub use chunked::{Chunked, ChunkedDecoder, ChunkedError, Collect, Forward, Sink};
 pub use head::{
-    parse_request, Framing, HeadError, RequestHead, ResponseFraming, ResponseHead, MAX_HEADERS,
+    parse_request, HeadError, RequestFraming, RequestHead, ResponseFraming, ResponseHead,
+    MAX_HEADERS,
 };

@@ -6,8 +6,9 @@
 //! `pg_authid.rolpassword`) and recovers the client's `ClientKey` from it
 //! (`ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage)`). The client side
 //! ([`KeyClient`]) then authenticates to the server with that `ClientKey`, and checks the
-//! server's signature with the `ServerKey`. Channel binding is not offered (no
-//! `SCRAM-SHA-256-PLUS`).
+//! server's signature with the `ServerKey`. Over TLS the server side also takes
+//! `SCRAM-SHA-256-PLUS` with `tls-server-end-point` channel binding ([`Binding`]);
+//! [`Verifier::keys_for_password`] checks a cleartext password against the verifier.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use ring::{digest, hmac, rand::SecureRandom};
@@ -24,6 +25,13 @@ pub enum ScramError {
     /// The client asked for channel binding, which is not offered.
     #[error("channel binding is not supported")]
     ChannelBinding,
+    /// The client said it supports channel binding but thinks the server does not (`y`),
+    /// while the server offered it: a downgrade (RFC 5802 §6).
+    #[error("the client supports SCRAM channel binding but thinks the server does not; this server offers it")]
+    Downgrade,
+    /// The channel binding data does not match this connection's.
+    #[error("SCRAM channel binding check failed")]
+    BindingMismatch,
     /// The proof does not match the verifier: a wrong password.
     #[error("the client's proof does not match")]
     WrongProof,
@@ -104,6 +112,25 @@ impl Verifier {
         v
     }
 
+    /// The keys `password` proves, when it is this verifier's password (SaltedPassword →
+    /// ClientKey → StoredKey, compared in constant time). The password is taken as given:
+    /// no SASLprep, so a non-ASCII password that SASLprep would change does not match.
+    pub fn keys_for_password(&self, password: &str) -> Option<ClientKeys> {
+        let mut salted = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(self.iterations.max(1)).expect("at least 1"),
+            &self.salt,
+            password.as_bytes(),
+            &mut salted,
+        );
+        let client_key = hmac_sha256(&salted, b"Client Key");
+        same(&sha256(&client_key), &self.stored_key).then_some(ClientKeys {
+            client_key,
+            server_key: self.server_key,
+        })
+    }
+
     /// The verifier of `password` with `salt` and `iterations` (for tests and tools).
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Self {
         let mut salted = [0u8; 32];
@@ -163,11 +190,31 @@ fn attr(msg: &str, name: char) -> Option<&str> {
     })
 }
 
+/// `tls-server-end-point` channel binding data (RFC 5929): the SHA-256 hash of the server's
+/// certificate (DER). SHA-256 is right for certificates signed with SHA-256 (and, by the
+/// RFC's rule, MD5 or SHA-1); one signed with SHA-384 or SHA-512 would need that hash.
+pub fn tls_server_end_point(cert_der: &[u8]) -> Vec<u8> {
+    sha256(cert_der).to_vec()
+}
+
+/// What the server offered and the client chose, for channel binding (RFC 5802 §6).
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// `SCRAM-SHA-256`, and `-PLUS` was not offered (no TLS): flag `n` or `y`.
+    NotOffered,
+    /// `SCRAM-SHA-256` although `-PLUS` was offered: flag `n`; `y` is a downgrade.
+    Declined,
+    /// `SCRAM-SHA-256-PLUS`: flag `p=tls-server-end-point` with this connection's data.
+    Required(&'a [u8]),
+}
+
 /// The server side of one exchange, after the client's first message.
 #[derive(Debug)]
 pub struct ServerExchange {
     verifier: Verifier,
-    gs2_header: String,
+    /// What the client's final message must carry in `c=` (the gs2 header, then the
+    /// channel binding data when bound).
+    gs2_header: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
@@ -175,13 +222,31 @@ pub struct ServerExchange {
 
 impl ServerExchange {
     /// Reads the client's first message and answers with the server's first message.
-    pub fn start(verifier: Verifier, client_first: &[u8]) -> Result<(Self, String), ScramError> {
+    pub fn start(
+        verifier: Verifier,
+        client_first: &[u8],
+        binding: Binding<'_>,
+    ) -> Result<(Self, String), ScramError> {
         let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("utf-8"))?;
         // gs2-header: cbind-flag "," [authzid] ","
         let (flag, rest) = msg.split_once(',').ok_or(ScramError::Malformed("gs2"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        let mut cbind_data: &[u8] = &[];
+        match (flag, binding) {
+            ("n", Binding::NotOffered | Binding::Declined) => {}
+            ("y", Binding::NotOffered) => {}
+            ("y", Binding::Declined) => return Err(ScramError::Downgrade),
+            ("p=tls-server-end-point", Binding::Required(data)) => cbind_data = data,
+            ("n" | "y", Binding::Required(_)) => {
+                return Err(ScramError::Malformed(
+                    "SCRAM-SHA-256-PLUS chosen without channel binding",
+                ))
+            }
+            (f, Binding::Required(_)) if f.starts_with("p=") => {
+                return Err(ScramError::Malformed(
+                    "unsupported channel binding type (tls-server-end-point only)",
+                ))
+            }
+            (f, _) if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("cbind flag")),
         }
         let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("gs2"))?;
@@ -203,7 +268,7 @@ impl ServerExchange {
         );
         Ok((
             Self {
-                gs2_header: format!("{flag},{authzid},"),
+                gs2_header: [format!("{flag},{authzid},").as_bytes(), cbind_data].concat(),
                 client_first_bare: bare.to_string(),
                 server_first: server_first.clone(),
                 nonce,
@@ -221,8 +286,8 @@ impl ServerExchange {
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("no proof"))?;
         let binding = attr(without_proof, 'c').ok_or(ScramError::Malformed("no binding"))?;
-        if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
-            return Err(ScramError::Malformed("channel binding data"));
+        if B64.decode(binding).ok().as_deref() != Some(&self.gs2_header[..]) {
+            return Err(ScramError::BindingMismatch);
         }
         if attr(without_proof, 'r') != Some(self.nonce.as_str()) {
             return Err(ScramError::Malformed("nonce mismatch"));
@@ -319,13 +384,15 @@ mod tests {
     fn a_password_client_is_verified_and_its_keys_authenticate_again() {
         let verifier = Verifier::from_password("s3cret", b"0123456789abcdef", 4096);
         let mut client = ScramSha256::new(b"s3cret", ChannelBinding::unsupported());
-        let (server, first) = ServerExchange::start(verifier.clone(), client.message()).unwrap();
+        let (server, first) =
+            ServerExchange::start(verifier.clone(), client.message(), Binding::NotOffered).unwrap();
         client.update(first.as_bytes()).unwrap();
         let (keys, last) = server.finish(client.message()).unwrap();
         client.finish(last.as_bytes()).unwrap();
 
         let (mut kc, first) = KeyClient::start(keys);
-        let (server, server_first) = ServerExchange::start(verifier, first.as_bytes()).unwrap();
+        let (server, server_first) =
+            ServerExchange::start(verifier, first.as_bytes(), Binding::NotOffered).unwrap();
         let fin = kc.respond(server_first.as_bytes()).unwrap();
         let (_, server_final) = server.finish(fin.as_bytes()).unwrap();
         kc.finish(server_final.as_bytes()).unwrap();
@@ -335,7 +402,8 @@ mod tests {
     fn a_wrong_password_is_refused() {
         let verifier = Verifier::from_password("right", b"salt-salt-salt!!", 4096);
         let mut client = ScramSha256::new(b"wrong", ChannelBinding::unsupported());
-        let (server, first) = ServerExchange::start(verifier, client.message()).unwrap();
+        let (server, first) =
+            ServerExchange::start(verifier, client.message(), Binding::NotOffered).unwrap();
         client.update(first.as_bytes()).unwrap();
         assert_eq!(
             server.finish(client.message()).unwrap_err(),
@@ -356,8 +424,59 @@ mod tests {
     fn channel_binding_requests_are_refused() {
         let v = Verifier::impossible();
         assert_eq!(
-            ServerExchange::start(v, b"p=tls-server-end-point,,n=,r=abc").unwrap_err(),
+            ServerExchange::start(v, b"p=tls-server-end-point,,n=,r=abc", Binding::NotOffered)
+                .unwrap_err(),
             ScramError::ChannelBinding
         );
+    }
+
+    /// postgres-protocol's client with `tls-server-end-point` data: the same data passes,
+    /// other data (another certificate) fails; `y` while `-PLUS` was offered is refused.
+    #[test]
+    fn channel_binding_is_verified_and_a_downgrade_refused() {
+        let verifier = Verifier::from_password("s3cret", b"0123456789abcdef", 4096);
+        let ours = tls_server_end_point(b"our certificate");
+        let run = |client_data: Vec<u8>| {
+            let mut client =
+                ScramSha256::new(b"s3cret", ChannelBinding::tls_server_end_point(client_data));
+            let (server, first) =
+                ServerExchange::start(verifier.clone(), client.message(), Binding::Required(&ours))
+                    .unwrap();
+            client.update(first.as_bytes()).unwrap();
+            server.finish(client.message()).map(drop)
+        };
+        assert_eq!(run(ours.clone()), Ok(()));
+        assert_eq!(
+            run(tls_server_end_point(b"a man in the middle's certificate")),
+            Err(ScramError::BindingMismatch)
+        );
+        let y = ScramSha256::new(b"s3cret", ChannelBinding::unrequested());
+        assert_eq!(
+            ServerExchange::start(verifier.clone(), y.message(), Binding::Declined).unwrap_err(),
+            ScramError::Downgrade
+        );
+        let y = ScramSha256::new(b"s3cret", ChannelBinding::unrequested());
+        assert!(ServerExchange::start(verifier.clone(), y.message(), Binding::NotOffered).is_ok());
+        let n = ScramSha256::new(b"s3cret", ChannelBinding::unsupported());
+        assert!(matches!(
+            ServerExchange::start(verifier, n.message(), Binding::Required(&ours)),
+            Err(ScramError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_cleartext_password_is_checked_against_the_verifier() {
+        let verifier = Verifier::from_password("s3cret", b"0123456789abcdef", 4096);
+        let keys = verifier
+            .keys_for_password("s3cret")
+            .expect("the right password");
+        // The keys authenticate as a proof would.
+        let (mut kc, first) = KeyClient::start(keys);
+        let (server, server_first) =
+            ServerExchange::start(verifier.clone(), first.as_bytes(), Binding::NotOffered).unwrap();
+        let fin = kc.respond(server_first.as_bytes()).unwrap();
+        assert!(server.finish(fin.as_bytes()).is_ok());
+        assert!(verifier.keys_for_password("S3cret").is_none());
+        assert!(verifier.keys_for_password("").is_none());
     }
 }

@@ -2,15 +2,6 @@
 
 use std::net::SocketAddr;
 
-/// What timed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeoutKind {
-    /// Waiting for a free connection in an exhausted pool.
-    Wait,
-    /// Opening a new server connection.
-    Connect,
-}
-
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -74,15 +65,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The timeout kind, for errors that are timeouts.
-    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
-        match self {
-            Error::Exhausted { .. } => Some(TimeoutKind::Wait),
-            Error::ConnectTimeout { .. } => Some(TimeoutKind::Connect),
-            _ => None,
-        }
-    }
-
     /// The SQLSTATE when the server answered with an error.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

@@ -38,7 +38,7 @@ pub mod url;
 pub use budget::Budgets;
 pub use config::Config;
 pub use conn::{settle, Canceller, Credentials, Job, Lent, PgConn};
-pub use error::{Error, TimeoutKind};
+pub use error::Error;
 pub use ringgate_pgwire::{Answer, ClientKeys, DbError, Error as PgError, QueryResult};
 pub use route::Intent;
 pub use shard::{Checkout, HandOff, Lease, Shard, ShardStats};

@@ -1,12 +1,16 @@
-//! Helpers for tests of the PostgreSQL front end: projects with a pool mode and the
-//! read/write split, ringgate with its PostgreSQL listener, and tokio-postgres clients that
-//! keep the server's notifications.
+//! Helpers for tests of the PostgreSQL front end's pooling: projects with a pool mode and
+//! the read/write split, ringgate with its PostgreSQL listener and a replica, and
+//! tokio-postgres clients that keep the server's notifications (the front end's common
+//! helpers are in [`crate::pg`]).
 
 use std::{net::SocketAddr, path::Path, process::Command};
 
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
-use crate::backend::{pg_admin_url, psql, required};
+use crate::{
+    backend::{pg_admin_url, psql, required},
+    pg::alpha,
+};
 
 /// Runs the part of `compose/config/bootstrap.sql` from the line starting `from` up to
 /// (not including) the line starting `until` (or the end) in the control database, as
@@ -55,8 +59,8 @@ pub fn ensure_schema() {
             Some("-- Every change is announced"),
             Some("ringgate_app"),
         );
-        apply_bootstrap_part("-- The PostgreSQL front end's auth query", None, None);
     });
+    crate::pg::ensure_auth_function();
 }
 
 /// Makes project `id` on tenant alpha's database and role, with `pool_mode` and
@@ -96,7 +100,9 @@ pub fn alpha_project(id: &str, pool_mode: &str, read_split: bool) {
 
 /// Starts ringgate with the PostgreSQL listener, the leader (`DATABASE_URL`) and a replica
 /// (`READ_REPLICA_URL`), and `extra`; returns it with its HTTP and PostgreSQL addresses.
-pub fn start_pg(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr, SocketAddr) {
+pub fn start_pg_with_replica(
+    extra: &[(&str, &str)],
+) -> (ringgate::Gateway, SocketAddr, SocketAddr) {
     ensure_schema();
     let (db, control, replica) = (
         pg_admin_url(),
@@ -113,12 +119,6 @@ pub fn start_pg(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr, Socke
     let (g, http) = crate::gateway::start(&env);
     let pg = g.pg_addr().expect("PostgreSQL listener");
     (g, http, pg)
-}
-
-/// Tenant alpha's role and password (`RINGGATE_TEST_ALPHA_URL`).
-pub fn alpha() -> (String, String) {
-    let url = ringgate_pool::url::parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL")).unwrap();
-    (url.credentials.user, url.credentials.password)
 }
 
 /// A libpq connection string to `project` (on tenant alpha's database) as alpha's owner.

@@ -12,7 +12,7 @@
 //! which runs it in a process of its own and drains it on SIGTERM ([`Switches::draining`]).
 
 use bytes::BytesMut;
-use ringgate_http1::Framing;
+use ringgate_http1::RequestFraming;
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -235,9 +235,9 @@ pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
             .map(|(k, v)| format!("{}: {}\n", k.to_ascii_lowercase(), v.trim()))
             .collect();
         let (chunked, mut length) = match head.framing {
-            Framing::Empty => (false, 0),
-            Framing::Length(n) => (false, n),
-            Framing::Chunked => (true, 0),
+            RequestFraming::Empty => (false, 0),
+            RequestFraming::Length(n) => (false, n),
+            RequestFraming::Chunked => (true, 0),
         };
         if chunked {
             match read_chunked(&mut reader) {

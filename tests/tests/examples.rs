@@ -1,5 +1,6 @@
 //! The first five minutes, kept working: the clients in `examples/` (Node with Neon's driver
-//! and drizzle-orm, Python with requests) and the commands `scripts/usage` prints when
+//! and drizzle-orm, Python with requests; psql and psycopg2 through the PostgreSQL
+//! listener) and the commands `scripts/usage` prints when
 //! `scripts/run` is ready, and README's Quick start (its commands answer as shown, its Node
 //! snippet is `examples/node/neon.mjs` itself), each run against an in-process gateway on
 //! the local backend; and `unknown_project` says how the project was read.
@@ -29,18 +30,45 @@ fn start_like_run() -> (ringgate::Gateway, SocketAddr) {
         ("DATABASE_URL", &db),
         ("READ_REPLICA_URL", &replica),
         ("RINGGATE_CONTROL_DATABASE_URL", &control),
+        ("RINGGATE_PG_LISTEN", "127.0.0.1:0"),
     ])
+}
+
+/// The demo project alpha's URL for the PostgreSQL listener of `g`, as the examples'
+/// default has it (`options=endpoint=alpha` names the project).
+fn alpha_pg_url(g: &ringgate::Gateway) -> String {
+    let pg = g.pg_addr().expect("PostgreSQL listener");
+    let alpha = required("RINGGATE_TEST_ALPHA_URL");
+    let creds = alpha
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('@').next())
+        .expect("user and password in RINGGATE_TEST_ALPHA_URL");
+    format!("postgresql://{creds}@{pg}/tenant_alpha?options=endpoint%3Dalpha")
 }
 
 /// Runs `program args` in the repository root with `RINGGATE_URL` pointing at `addr` (and
 /// nothing else: the examples' default connection string must be the demo project's) and
 /// returns its stdout; panics with its output when it fails.
 fn run_example(addr: SocketAddr, program: &str, args: &[&str]) -> String {
+    run_example_with(addr, program, args, &[])
+}
+
+/// [`run_example`] with more variables set (`RINGGATE_PG_URL` for the wire examples).
+fn run_example_with(
+    addr: SocketAddr,
+    program: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> String {
     let out = Command::new(program)
         .args(args)
         .current_dir(root())
         .env("RINGGATE_URL", format!("http://{addr}"))
         .env_remove("RINGGATE_CONNECTION_STRING")
+        .env_remove("RINGGATE_PG_URL")
+        .env_remove("PGPASSWORD")
+        .envs(vars.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("run {program}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -114,12 +142,62 @@ fn test_python_example() {
     );
 }
 
-/// The commands of `scripts/usage`'s text: each `curl` line with its `\` continuations.
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn test_psql_example() {
+    let (g, addr) = start_like_run();
+    let url = alpha_pg_url(&g);
+    let out = run_example_with(
+        addr,
+        "examples/psql/query.sh",
+        &[],
+        &[("RINGGATE_PG_URL", &url)],
+    );
+    g.drain();
+    for line in [
+        " id |     name     | price ",
+        "  1 | alpha item 1 |  1.25",
+        "  3 | alpha item 3 |  3.75",
+        " psql example |  9.99",
+        " left_after_rollback \n---------------------\n                   0",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+}
+
+#[test]
+#[ignore = "needs compose backend (compose/cluster up)"]
+fn test_psycopg2_example() {
+    let (g, addr) = start_like_run();
+    let url = alpha_pg_url(&g);
+    // Debian's Python, which has python3-psycopg2 (scripts/install-deps).
+    let out = run_example_with(
+        addr,
+        "/usr/bin/python3",
+        &["examples/python/wire.py"],
+        &[("RINGGATE_PG_URL", &url)],
+    );
+    g.drain();
+    assert!(
+        out.starts_with(
+            "SELECT 3\n1 alpha item 1 1.25\n2 alpha item 2 2.50\n3 alpha item 3 3.75\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("committed: 1\ndeleted: 1\n"), "{out}");
+    assert!(
+        out.contains("typo: FATAL:  project \"alpah\" does not exist (from options endpoint=)\n"),
+        "the server's FATAL for a mistyped project: {out}"
+    );
+}
+
+/// The commands of `scripts/usage`'s text: each `curl` or `psql` line with its `\`
+/// continuations.
 fn printed_commands(text: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut lines = text.lines().map(str::trim);
     while let Some(line) = lines.next() {
-        if !line.starts_with("curl ") {
+        if !line.starts_with("curl ") && !line.starts_with("psql ") {
             continue;
         }
         let mut command = line.to_string();
@@ -139,6 +217,10 @@ fn test_usage_commands_work() {
     let usage = Command::new(root().join("scripts/usage"))
         .args(["--wait", &std::process::id().to_string()])
         .env("RINGGATE_LISTEN", addr.to_string())
+        .env(
+            "RINGGATE_PG_LISTEN",
+            g.pg_addr().expect("PostgreSQL listener").to_string(),
+        )
         .env("RINGGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .expect("run scripts/usage");
@@ -159,7 +241,11 @@ fn test_usage_commands_work() {
         "{text}"
     );
     let commands = printed_commands(&text);
-    assert_eq!(commands.len(), 3, "query, admin, Prometheus: {commands:#?}");
+    assert_eq!(
+        commands.len(),
+        4,
+        "query, psql, admin, Prometheus: {commands:#?}"
+    );
     let outputs: Vec<String> = commands
         .iter()
         .map(|c| {
@@ -183,12 +269,15 @@ fn test_usage_commands_work() {
         query["rows"][0],
         serde_json::json!({"id": 1, "name": "alpha item 1", "price": "1.25"})
     );
-    let status: serde_json::Value = serde_json::from_str(&outputs[1]).expect("JSON");
+    for row in ["  1 | alpha item 1 |  1.25", "  3 | alpha item 3 |  3.75"] {
+        assert!(outputs[1].contains(row), "psql: {row:?} in {}", outputs[1]);
+    }
+    let status: serde_json::Value = serde_json::from_str(&outputs[2]).expect("JSON");
     assert!(status["topology"]["leader"]["name"].is_string(), "{status}");
     assert!(
-        outputs[2].starts_with(r#"{"status":"success""#),
+        outputs[3].starts_with(r#"{"status":"success""#),
         "Prometheus: {}",
-        outputs[2]
+        outputs[3]
     );
 }
 
@@ -223,9 +312,34 @@ fn test_readme_node_snippet_is_the_example() {
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn test_readme_quick_start_commands_answer_as_shown() {
-    let (g, addr) = start_with_redis(&[]);
+    let (g, addr) = start_with_redis(&[("RINGGATE_PG_LISTEN", "127.0.0.1:0")]);
+    let pg = g.pg_addr().expect("PostgreSQL listener");
     let blocks = quick_start_blocks();
     let mut ran = 0;
+    // `console` blocks: a `$ ` command (with `\` continuations) and its output as shown.
+    for (lang, text) in &blocks {
+        if lang != "console" {
+            continue;
+        }
+        let (command, shown) = console_command(text);
+        let command = command.replace("127.0.0.1:6432", &pg.to_string());
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &command])
+            .current_dir(root())
+            .env_remove("PGPASSWORD")
+            .output()
+            .expect("run bash");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{command}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<&str> = stdout.trim_end().lines().map(str::trim_end).collect();
+        let shown: Vec<&str> = shown.lines().map(str::trim_end).collect();
+        assert_eq!(got, shown, "the output of {command}");
+        ran += 1;
+    }
     for pair in blocks.windows(2) {
         let [(lang, script), (next, shown)] = pair else {
             unreachable!()
@@ -255,7 +369,23 @@ fn test_readme_quick_start_commands_answer_as_shown() {
         ran += 1;
     }
     g.drain();
-    assert_eq!(ran, 2, "the first query and the API key");
+    assert_eq!(ran, 3, "the first query, with psql, and the API key");
+}
+
+/// A `console` block's command (its `$ ` line and `\` continuations, joined) and the
+/// output shown after it.
+fn console_command(text: &str) -> (String, String) {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut command = first
+        .strip_prefix("$ ")
+        .expect("a console block starts with `$ `")
+        .to_string();
+    while command.ends_with('\\') {
+        command.pop();
+        command.push_str(lines.next().unwrap_or_default());
+    }
+    (command, lines.collect::<Vec<_>>().join("\n"))
 }
 
 #[test]

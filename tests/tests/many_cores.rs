@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ringgate::metrics::Route;
+use ringgate::metrics::RouteLabel;
 use ringgate_pool::url::parse_pg_url;
 use ringgate_tests::{
     backend::{pg_admin_url, psql, unique},
@@ -334,7 +334,7 @@ fn a_tenant_on_one_core_uses_all_its_connections(workers: usize) {
     // are handed to the cores holding connections). Counted once the answer is written.
     let answered = || -> Vec<u64> {
         (0..workers)
-            .map(|c| g.registry().core(c).requests(Route::Sql, 200))
+            .map(|c| g.registry().core(c).requests(RouteLabel::Sql, 200))
             .collect()
     };
     let (core, clients) = loop {

@@ -26,64 +26,10 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
 
 use ringgate_tests::{
     backend::{pg_admin_url, required},
-    gateway::start,
     http::metric_total,
+    pg::{alpha, conninfo, error_code, psql, start_pg, startup_packet},
 };
 
-/// Tenant alpha's role and password (`RINGGATE_TEST_ALPHA_URL`).
-fn alpha() -> (String, String) {
-    let url = ringgate_pool::url::parse_pg_url(&required("RINGGATE_TEST_ALPHA_URL")).unwrap();
-    (url.credentials.user, url.credentials.password)
-}
-
-/// Applies the auth function of `compose/config/bootstrap.sql` (from its comment to the
-/// end of the file) to the running cluster, which may have been bootstrapped by an older
-/// version of the file; idempotent, once per test process.
-fn ensure_auth_function() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/config/bootstrap.sql");
-        let sql = std::fs::read_to_string(&path).unwrap();
-        let at = sql
-            .find("-- The PostgreSQL front end's auth query")
-            .expect("bootstrap.sql has the auth function");
-        let file = std::env::temp_dir().join(format!("ringgate-auth-{}.sql", std::process::id()));
-        std::fs::write(&file, &sql[at..]).unwrap();
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &pg_admin_url()])
-            .args([
-                "-c",
-                "\\connect ringgate_control",
-                "-f",
-                file.to_str().unwrap(),
-            ])
-            .output()
-            .expect("psql is installed");
-        let _ = std::fs::remove_file(&file);
-        assert!(
-            out.status.success(),
-            "applying the auth function: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
-
-/// Starts ringgate with the PostgreSQL listener (and `extra`); returns it and that address.
-fn start_pg(extra: &[(&str, &str)]) -> (ringgate::Gateway, SocketAddr) {
-    ensure_auth_function();
-    let (db, control) = (pg_admin_url(), required("RINGGATE_CONTROL_DATABASE_URL"));
-    let mut env = vec![
-        ("DATABASE_URL", db.as_str()),
-        ("RINGGATE_CONTROL_DATABASE_URL", control.as_str()),
-        ("RINGGATE_PG_LISTEN", "127.0.0.1:0"),
-    ];
-    env.extend_from_slice(extra);
-    let (g, _) = start(&env);
-    let addr = g.pg_addr().expect("PostgreSQL listener");
-    (g, addr)
-}
-
-/// A libpq connection string for `user` through ringgate, project chosen by `options`.
 /// A libpq connection string to project alpha as its owner.
 fn alpha_conninfo(addr: SocketAddr) -> String {
     let (user, password) = alpha();
@@ -93,29 +39,6 @@ fn alpha_conninfo(addr: SocketAddr) -> String {
         &password,
         "tenant_alpha",
         "options=endpoint=alpha",
-    )
-}
-
-fn conninfo(addr: SocketAddr, user: &str, password: &str, db: &str, extra: &str) -> String {
-    format!(
-        "host={} port={} user={user} password={password} dbname={db} connect_timeout=5 {extra}",
-        addr.ip(),
-        addr.port()
-    )
-}
-
-/// Runs psql with `args`; its status, stdout and stderr.
-fn psql(conninfo: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("psql")
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo])
-        .args(args)
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("psql is installed");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
 }
 
@@ -496,35 +419,6 @@ fn raw_exchange(addr: SocketAddr, packet: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
-}
-
-/// The SQLSTATE (`C` field) of the `ErrorResponse` at the start of `b`.
-fn error_code(b: &[u8]) -> String {
-    assert_eq!(b.first(), Some(&b'E'), "an ErrorResponse: {b:?}");
-    let fields = &b[5..];
-    let mut i = 0;
-    while i < fields.len() && fields[i] != 0 {
-        let end = i + 1 + fields[i + 1..].iter().position(|&c| c == 0).unwrap();
-        if fields[i] == b'C' {
-            return String::from_utf8_lossy(&fields[i + 1..end]).to_string();
-        }
-        i = end + 1;
-    }
-    panic!("no code in {b:?}")
-}
-
-fn startup_packet(code: u32, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = code.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use ringgate_tests::{
     backend::{alpha_conn_string, pg_admin_url, psql},
     http::{metric_total, metric_total_where, post_sql},
-    wire::{alpha_project, block_on, code, connect, conninfo, server_connections, start_pg},
+    wire::{
+        alpha_project, block_on, code, connect, conninfo, server_connections, start_pg_with_replica,
+    },
 };
 use serde_json::json;
 
@@ -40,7 +42,7 @@ async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
 fn session_mode_keeps_one_server_connection_for_session_features() {
     alpha_project("wire_session", "session", false);
     alpha_project("wire_txn", "transaction", false);
-    let (g, _, addr) = start_pg(&[]);
+    let (g, _, addr) = start_pg_with_replica(&[]);
     let channel = "wire_session_channel";
     let first_pid = block_on(async {
         let (c, mut notes) = connect(addr, "wire_session").await.unwrap();
@@ -128,7 +130,7 @@ fn session_mode_keeps_one_server_connection_for_session_features() {
 #[ignore = "needs compose/cluster"]
 fn a_session_mode_client_is_closed_when_its_server_connection_dies() {
     alpha_project("wire_session_lost", "session", false);
-    let (g, _, addr) = start_pg(&[]);
+    let (g, _, addr) = start_pg_with_replica(&[]);
     block_on(async {
         let (c, _) = connect(addr, "wire_session_lost").await.unwrap();
         c.batch_execute("create temp table wire_gone (x int)")
@@ -160,7 +162,7 @@ fn read_split_runs_reads_on_a_replica_and_writes_on_the_leader() {
          create or replace function wire_split_write() returns boolean language sql as
            $$ insert into wire_split_log default values; select pg_is_in_recovery() $$;",
     );
-    let (g, http, addr) = start_pg(&[]);
+    let (g, http, addr) = start_pg_with_replica(&[]);
     block_on(async {
         let (c, _) = connect(addr, "wire_split").await.unwrap();
         // The function reached the replica before it is called there.
@@ -249,7 +251,7 @@ fn read_split_runs_reads_on_a_replica_and_writes_on_the_leader() {
 #[ignore = "needs compose/cluster"]
 fn a_project_has_one_connection_budget_across_sql_and_the_wire_front_end() {
     // Project alpha: /sql's tenant `alpha`, the front end's pools `alpha/pg`.
-    let (g, http, addr) = start_pg(&[
+    let (g, http, addr) = start_pg_with_replica(&[
         ("RINGGATE_POOL_MAX_PER_TENANT", "1"),
         ("RINGGATE_POOL_TIMEOUT", "1s"),
         ("RINGGATE_FAILOVER_WAIT", "1s"),
@@ -274,7 +276,7 @@ fn a_project_has_one_connection_budget_across_sql_and_the_wire_front_end() {
 #[ignore = "needs compose/cluster"]
 fn cancel_requests_reach_sessions_on_other_cores() {
     alpha_project("wire_cancel", "transaction", false);
-    let (g, _, addr) = start_pg(&[("RINGGATE_WORKERS", "16")]);
+    let (g, _, addr) = start_pg_with_replica(&[("RINGGATE_WORKERS", "16")]);
     // Each CancelRequest lands on a core SO_REUSEPORT picks: with 16 cores, three in a row
     // all on the session's own core is a 1 in 4096 chance.
     for _ in 0..3 {
@@ -313,8 +315,8 @@ fn a_cancel_request_reaches_a_session_through_another_instance_sharing_redis() {
         .map(|v| (*v, ringgate_tests::backend::required(v)))
         .collect();
     let redis: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (a, _, addr_a) = start_pg(&redis);
-    let (b, _, addr_b) = start_pg(&redis);
+    let (a, _, addr_a) = start_pg_with_replica(&redis);
+    let (b, _, addr_b) = start_pg_with_replica(&redis);
     block_on(async {
         let (c, _) = connect(addr_a, "wire_cancel").await.unwrap();
         let token = c.cancel_token();
@@ -347,7 +349,7 @@ fn a_cancel_request_reaches_a_session_through_another_instance_sharing_redis() {
 #[ignore = "needs compose/cluster"]
 fn metrics_count_clients_server_connections_by_mode_transactions_and_waits() {
     alpha_project("wire_metrics_s", "session", false);
-    let (g, http, addr) = start_pg(&[]);
+    let (g, http, addr) = start_pg_with_replica(&[]);
     let class = "class=\"standard\"";
     block_on(async {
         let (s, _) = connect(addr, "wire_metrics_s").await.unwrap();
@@ -381,19 +383,14 @@ fn metrics_count_clients_server_connections_by_mode_transactions_and_waits() {
         "{metrics}"
     );
     // The clients left: the gauges go back to 0 (once ringgate has seen them go).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let clients = metric_total_where(http, "ringgate_pg_class_clients", class);
-        let servers = metric_total_where(http, "ringgate_pg_class_server_connections", class);
-        if (clients, servers) == (0, 0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{clients} clients and {servers} server connections still counted"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ringgate_tests::eventually(
+        "no client or server connection counted",
+        Duration::from_secs(5),
+        || {
+            metric_total_where(http, "ringgate_pg_class_clients", class) == 0
+                && metric_total_where(http, "ringgate_pg_class_server_connections", class) == 0
+        },
+    );
     g.drain();
 }
 
@@ -401,7 +398,7 @@ fn metrics_count_clients_server_connections_by_mode_transactions_and_waits() {
 #[ignore = "needs compose/cluster"]
 fn a_thousand_clients_share_ten_server_connections_with_prepared_statements() {
     alpha_project("wire_many", "transaction", false);
-    let (g, _, addr) = start_pg(&[
+    let (g, _, addr) = start_pg_with_replica(&[
         ("RINGGATE_POOL_MAX_PER_TENANT", "10"),
         ("RINGGATE_WORKERS", "2"),
         ("RINGGATE_POOL_TIMEOUT", "30s"),

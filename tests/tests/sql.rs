@@ -5,6 +5,7 @@ use std::time::Duration;
 use ringgate_pool::url::parse_pg_url;
 use ringgate_tests::{
     backend::{pg_admin_url, psql, required, unique},
+    eventually,
     gateway::start,
     http::{metric_total, metric_total_where, request, Resp},
 };
@@ -267,7 +268,16 @@ fn exhausted_pool_gets_503_with_retry_after_naming_the_limit() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    // Both of the tenant's connections are busy with the sleeps before the third asks.
+    let sleeping = format!(
+        "select count(*) from pg_stat_activity where application_name like 'ringgate/{project}/%' \
+         and query = 'select pg_sleep(1.5)' and state = 'active'"
+    );
+    eventually(
+        "both connections running pg_sleep",
+        Duration::from_secs(10),
+        || psql(&pg_admin_url(), &sleeping) == "2",
+    );
     let started = std::time::Instant::now();
     let r = sql(addr, &cs, json!({"query": "select 1"}), &[]);
     assert_eq!(r.status, 503, "{:?}", r.json());

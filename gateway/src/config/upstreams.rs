@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ringgate_discovery::{redis::RedisConfig, workers};
+use ringgate_redis::{workers, RedisConfig};
 
 use super::{parse, Reader};
 
@@ -119,7 +119,7 @@ impl KeyLogin {
 
 /// One entry of `RINGGATE_ROUTES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
+pub struct ProxyRoute {
     /// Path prefix, starting with `/`; matched on whole segments.
     pub prefix: String,
     /// Worker group that serves it.
@@ -130,7 +130,7 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     /// Routes, longest prefix first.
-    pub routes: Vec<Route>,
+    pub routes: Vec<ProxyRoute>,
     /// Workers from `RINGGATE_WORKER_UPSTREAMS`.
     pub static_workers: Vec<workers::Worker>,
     /// Worker rescan period (default 30 s).
@@ -164,7 +164,7 @@ const ROUTES: &str = "a comma-separated list of /prefix=group";
 const WORKERS: &str = "group=ip:port[*weight][,ip:port...][;group=...]";
 
 /// Parses `RINGGATE_ROUTES`: `/prefix=group[,/prefix=group...]`, longest prefix first.
-pub fn parse_routes(s: &str) -> Result<Vec<Route>, parse::ParseError> {
+pub fn parse_routes(s: &str) -> Result<Vec<ProxyRoute>, parse::ParseError> {
     let err = parse::ParseError { expected: ROUTES };
     let mut routes = Vec::new();
     for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -173,7 +173,7 @@ pub fn parse_routes(s: &str) -> Result<Vec<Route>, parse::ParseError> {
         if !prefix.starts_with('/') || group.is_empty() {
             return Err(err);
         }
-        routes.push(Route {
+        routes.push(ProxyRoute {
             prefix: prefix.trim_end_matches('/').to_string(),
             group: group.to_string(),
         });
@@ -195,7 +195,7 @@ impl Reader<'_> {
             let valid = !list.is_empty()
                 && list
                     .iter()
-                    .all(|a| ringgate_discovery::redis::sentinel::split_addr(a).is_some());
+                    .all(|a| ringgate_redis::sentinel::split_addr(a).is_some());
             if valid {
                 Ok(list)
             } else {

@@ -8,6 +8,6 @@ pub mod response;
 
 pub use response::{DateCache, Response};
 pub use ringgate_http1::{
-    parse_request as parse_head, ChunkedDecoder, ChunkedError, Framing, HeadError,
+    parse_request as parse_head, ChunkedDecoder, ChunkedError, HeadError, RequestFraming,
     RequestHead as ParsedHead,
 };

@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ringgate_discovery::{workers::WorkerSet, Role, Topology};
+use ringgate_discovery::{Role, Topology};
+use ringgate_redis::workers::WorkerSet;
 
 use super::label;
 

@@ -24,7 +24,7 @@ use std::{
 
 use local_sync::oneshot;
 use monoio::time::Instant;
-use ringgate_discovery::redis::{RedisError, RedisHandle};
+use ringgate_redis::{RedisError, RedisHandle};
 use tracing::warn;
 
 use crate::{

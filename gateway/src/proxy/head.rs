@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use http::request::Parts;
 use ringgate_http1::head::lists_token;
-pub use ringgate_http1::{HeadError, ResponseFraming as BodyFraming, ResponseHead};
+pub use ringgate_http1::{HeadError, ResponseFraming, ResponseHead};
 
-use crate::http::Framing;
+use crate::http::RequestFraming;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the ones ringgate rewrites itself.
 const HOP_BY_HOP: &[&str] = &[
@@ -37,7 +37,7 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// the body framing (`content-length` or `transfer-encoding: chunked`).
 pub fn encode_request_head(
     parts: &Parts,
-    framing: Framing,
+    framing: RequestFraming,
     client: Option<SocketAddr>,
     tls: bool,
     request_id: &[u8],
@@ -96,12 +96,12 @@ pub fn encode_request_head(
         push_header(&mut out, b"x-request-id", request_id);
     }
     match framing {
-        Framing::Empty => {}
-        Framing::Length(n) => {
+        RequestFraming::Empty => {}
+        RequestFraming::Length(n) => {
             use std::io::Write;
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
+        RequestFraming::Chunked => push_header(&mut out, b"transfer-encoding", b"chunked"),
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -180,7 +180,7 @@ mod tests {
         let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
         let h = String::from_utf8(encode_request_head(
             &p,
-            Framing::Length(3),
+            RequestFraming::Length(3),
             Some(peer),
             true,
             b"rid",
@@ -197,8 +197,14 @@ mod tests {
         assert!(h.contains("x-request-id: rid\r\n"));
         assert_eq!(h.matches("content-length: 3").count(), 1);
         assert!(h.ends_with("\r\n\r\n"));
-        let c =
-            String::from_utf8(encode_request_head(&p, Framing::Chunked, None, false, b"")).unwrap();
+        let c = String::from_utf8(encode_request_head(
+            &p,
+            RequestFraming::Chunked,
+            None,
+            false,
+            b"",
+        ))
+        .unwrap();
         assert!(c.contains("transfer-encoding: chunked\r\n") && !c.contains("content-length"));
     }
 
@@ -229,7 +235,7 @@ mod tests {
         );
         let h = parse_response(&mut buf).unwrap().unwrap();
         assert!(buf.is_empty());
-        assert_eq!(h.body_framing(false), BodyFraming::Chunked);
+        assert_eq!(h.body_framing(false), ResponseFraming::Chunked);
         assert!(h.reusable());
         let out = String::from_utf8(encode_for_client(&h, b"ours", false, 0)).unwrap();
         assert_eq!(
@@ -277,8 +283,8 @@ mod tests {
         );
         let h = parse_response(&mut buf).unwrap().unwrap();
         assert_eq!(&buf[..], b"5\r\n");
-        assert_eq!(h.body_framing(false), BodyFraming::Chunked);
-        assert_eq!(h.body_framing(true), BodyFraming::None);
+        assert_eq!(h.body_framing(false), ResponseFraming::Chunked);
+        assert_eq!(h.body_framing(true), ResponseFraming::None);
         assert!(!h.reusable());
         let out = String::from_utf8(encode_for_client(&h, b"id1", true, 0)).unwrap();
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
@@ -297,6 +303,6 @@ mod tests {
         ));
         let mut until_close = BytesMut::from(&b"HTTP/1.0 200 OK\r\n\r\n"[..]);
         let h = parse_response(&mut until_close).unwrap().unwrap();
-        assert_eq!(h.body_framing(false), BodyFraming::UntilClose);
+        assert_eq!(h.body_framing(false), ResponseFraming::UntilClose);
     }
 }

@@ -1,7 +1,7 @@
 //! The reverse proxy: requests whose path matches a `RINGGATE_ROUTES` prefix stream to a
 //! worker of that route's group ([`crate::conn`] hands them over after the head).
 //!
-//! Workers come from [`ringgate_discovery::workers`] (static and registered in Redis, with
+//! Workers come from [`ringgate_redis::workers`] (static and registered in Redis, with
 //! blue-green colour weights) as a snapshot each core swaps in. Each core keeps its own
 //! state, never shared: outstanding requests per worker (power of two choices, weighted),
 //! passive health (ejected after [`EJECT_AFTER`] consecutive failures, backing off from 1 s
@@ -26,10 +26,10 @@ use std::{
 
 use http::{request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use monoio::{net::TcpStream, time::Instant};
-use ringgate_discovery::workers::{Worker, WorkerSet};
+use ringgate_redis::workers::{Worker, WorkerSet};
 use tracing::{debug, info};
 
-use crate::{config::Route, core::Core, error::error_response, http::Response};
+use crate::{config::ProxyRoute, error::error_response, http::Response, per_core::Core};
 
 /// A pooled connection parked less than this long ago is reused without checking whether
 /// the worker closed it (a `recv(MSG_PEEK)` per reuse, about 3% of a proxied request's CPU
@@ -143,7 +143,7 @@ pub fn idempotent(method: &Method) -> bool {
 }
 
 /// The route `path` falls under: the longest prefix matching whole path segments.
-pub fn route_for<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
+pub fn route_for<'a>(routes: &'a [ProxyRoute], path: &str) -> Option<&'a ProxyRoute> {
     routes.iter().find(|r| {
         r.prefix.is_empty()
             || path == r.prefix
@@ -508,7 +508,7 @@ mod tests {
 
     use super::*;
 
-    fn routes() -> Vec<Route> {
+    fn routes() -> Vec<ProxyRoute> {
         crate::config::parse_routes("/api=api,/api/admin=admin,/static=web").unwrap()
     }
 

@@ -19,7 +19,7 @@ use super::{
     request::{project_of, Tenant},
     response::{gateway_error, unavailable},
 };
-use crate::{core::Core, http::Response, sessions::SessionError};
+use crate::{http::Response, per_core::Core, sessions::SessionError};
 
 /// Whether `role` can go into a `-c role=` startup option as is.
 fn plain_identifier(role: &str) -> bool {

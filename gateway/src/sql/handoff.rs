@@ -28,7 +28,7 @@ use ringgate_pool::Intent;
 use tracing::debug;
 
 use super::{outcome_unknown, request::SqlRequest, Ctx, Unknown};
-use crate::{core::Core, http::Response, metrics::SqlEvent, router::ClientSocket};
+use crate::{http::Response, metrics::SqlEvent, per_core::Core, router::ClientSocket};
 
 /// A request handed to another core, and where its answer goes. `Send`: it crosses threads.
 pub struct Job {

@@ -41,16 +41,16 @@ use self::{
     classify::{classify, commits_with_transaction, Kind},
     exec::ExecError,
     lease::{under_lease, LeaseLost},
-    request::{RequestError, SqlRequest},
+    request::{SqlRequest, SqlRequestError},
     response::{
         batch_response, db_error, gateway_error, result_response, startup_error, unavailable,
         write_result,
     },
 };
 use crate::{
-    core::Core,
     http::Response,
     metrics::{SqlEvent, UNCLASSIFIED},
+    per_core::Core,
     router::Request,
 };
 
@@ -195,12 +195,12 @@ async fn check_project(
     }
 }
 
-fn request_error(e: &RequestError) -> Response {
+fn request_error(e: &SqlRequestError) -> Response {
     let (status, code) = match e {
-        RequestError::QueryTooLong { .. }
-        | RequestError::TooManyParams { .. }
-        | RequestError::BatchSize { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
-        RequestError::NoConnectionString | RequestError::ConnectionString(_) => {
+        SqlRequestError::QueryTooLong { .. }
+        | SqlRequestError::TooManyParams { .. }
+        | SqlRequestError::BatchSize { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
+        SqlRequestError::NoConnectionString | SqlRequestError::ConnectionString(_) => {
             (StatusCode::BAD_REQUEST, "bad_connection_string")
         }
         _ => (StatusCode::BAD_REQUEST, "bad_request"),

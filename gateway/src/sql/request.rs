@@ -86,7 +86,7 @@ pub struct SqlRequest {
 
 /// Why a request was refused before anything ran. All map to 400, except limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
+pub enum SqlRequestError {
     /// The body is not the expected JSON.
     #[error("invalid request body: {0}")]
     Body(String),
@@ -158,7 +158,7 @@ struct Body {
 
 impl Body {
     /// The statements and whether they are a batch.
-    fn statements(self) -> Result<(Vec<QueryBody>, bool), RequestError> {
+    fn statements(self) -> Result<(Vec<QueryBody>, bool), SqlRequestError> {
         match (self.query, self.queries) {
             (Some(query), None) => Ok((
                 vec![QueryBody {
@@ -171,13 +171,13 @@ impl Body {
             (None, Some(queries)) if self.params.is_none() && self.array_mode.is_none() => {
                 Ok((queries, true))
             }
-            (None, Some(_)) => Err(RequestError::Body(
+            (None, Some(_)) => Err(SqlRequestError::Body(
                 "a batch has only `queries`; `params` and `arrayMode` go in each query".into(),
             )),
-            (Some(_), Some(_)) => Err(RequestError::Body(
+            (Some(_), Some(_)) => Err(SqlRequestError::Body(
                 "give either `query` or `queries`, not both".into(),
             )),
-            (None, None) => Err(RequestError::Body("missing field `query`".into())),
+            (None, None) => Err(SqlRequestError::Body("missing field `query`".into())),
         }
     }
 }
@@ -188,8 +188,9 @@ pub fn parse(
     body: &[u8],
     limits: &SqlLimits,
     tenants: &Memo<Tenant>,
-) -> Result<SqlRequest, RequestError> {
-    let cs = header(headers, "neon-connection-string").ok_or(RequestError::NoConnectionString)?;
+) -> Result<SqlRequest, SqlRequestError> {
+    let cs =
+        header(headers, "neon-connection-string").ok_or(SqlRequestError::NoConnectionString)?;
     let tenant = tenants.get_or_try(cs, || tenant(cs))?;
     parse_for(headers, body, limits, tenant)
 }
@@ -205,7 +206,7 @@ pub fn parse_for(
     body: &[u8],
     limits: &SqlLimits,
     tenant: Tenant,
-) -> Result<SqlRequest, RequestError> {
+) -> Result<SqlRequest, SqlRequestError> {
     let array_mode = flag(headers, "neon-array-mode")?;
     let raw_text = flag(headers, "neon-raw-text-output")?;
     let txn = TxnOptions {
@@ -213,10 +214,11 @@ pub fn parse_for(
         read_only: flag(headers, "neon-batch-read-only")?,
         deferrable: flag(headers, "neon-batch-deferrable")?,
     };
-    let body: Body = serde_json::from_slice(body).map_err(|e| RequestError::Body(e.to_string()))?;
+    let body: Body =
+        serde_json::from_slice(body).map_err(|e| SqlRequestError::Body(e.to_string()))?;
     let (queries, batch) = body.statements()?;
     if batch && (queries.is_empty() || queries.len() > limits.max_batch) {
-        return Err(RequestError::BatchSize {
+        return Err(SqlRequestError::BatchSize {
             count: queries.len(),
             limit: limits.max_batch,
         });
@@ -225,13 +227,13 @@ pub fn parse_for(
         .into_iter()
         .map(|q| {
             if q.query.len() > limits.max_query_bytes {
-                return Err(RequestError::QueryTooLong {
+                return Err(SqlRequestError::QueryTooLong {
                     length: q.query.len(),
                     limit: limits.max_query_bytes,
                 });
             }
             if q.params.len() > limits.max_params {
-                return Err(RequestError::TooManyParams {
+                return Err(SqlRequestError::TooManyParams {
                     count: q.params.len(),
                     limit: limits.max_params,
                 });
@@ -267,19 +269,19 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn flag(headers: &HeaderMap, name: &'static str) -> Result<bool, RequestError> {
+fn flag(headers: &HeaderMap, name: &'static str) -> Result<bool, SqlRequestError> {
     match header(headers, name).map(str::trim) {
         None => Ok(false),
         Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
         Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
-        Some(v) => Err(RequestError::Header {
+        Some(v) => Err(SqlRequestError::Header {
             name,
             value: v.to_string(),
         }),
     }
 }
 
-fn isolation(headers: &HeaderMap) -> Result<Option<&'static str>, RequestError> {
+fn isolation(headers: &HeaderMap) -> Result<Option<&'static str>, SqlRequestError> {
     let Some(v) = header(headers, "neon-batch-isolation-level") else {
         return Ok(None);
     };
@@ -294,7 +296,7 @@ fn isolation(headers: &HeaderMap) -> Result<Option<&'static str>, RequestError> 
         "read committed" | "readcommitted" => "READ COMMITTED",
         "read uncommitted" | "readuncommitted" => "READ UNCOMMITTED",
         _ => {
-            return Err(RequestError::Header {
+            return Err(SqlRequestError::Header {
                 name: "Neon-Batch-Isolation-Level",
                 value: v.to_string(),
             })
@@ -303,8 +305,8 @@ fn isolation(headers: &HeaderMap) -> Result<Option<&'static str>, RequestError> 
     Ok(Some(level))
 }
 
-fn tenant(s: &str) -> Result<Tenant, RequestError> {
-    let bad = |why: &str| RequestError::ConnectionString(why.to_string());
+fn tenant(s: &str) -> Result<Tenant, SqlRequestError> {
+    let bad = |why: &str| SqlRequestError::ConnectionString(why.to_string());
     let parts = parse_parts(s).map_err(|e| match e {
         UrlError::NoHost => bad("no host"),
         UrlError::NoUser => bad("no user"),
@@ -367,7 +369,7 @@ mod tests {
         headers: &HeaderMap,
         body: &[u8],
         limits: &SqlLimits,
-    ) -> Result<SqlRequest, RequestError> {
+    ) -> Result<SqlRequest, SqlRequestError> {
         super::parse(headers, body, limits, &Memo::new())
     }
 
@@ -498,25 +500,25 @@ mod tests {
         let ok = headers(&[CS]);
         assert_eq!(
             parse(&HeaderMap::new(), br#"{"query":"x"}"#, &l),
-            Err(RequestError::NoConnectionString)
+            Err(SqlRequestError::NoConnectionString)
         );
         let bad_cs = headers(&[("neon-connection-string", "nonsense")]);
         assert!(matches!(
             parse(&bad_cs, br#"{"query":"x"}"#, &l),
-            Err(RequestError::ConnectionString(_))
+            Err(SqlRequestError::ConnectionString(_))
         ));
         let no_db = headers(&[("neon-connection-string", "postgres://u:p@h.x")]);
         assert!(matches!(
             parse(&no_db, br#"{"query":"x"}"#, &l),
-            Err(RequestError::ConnectionString(_))
+            Err(SqlRequestError::ConnectionString(_))
         ));
         assert!(matches!(
             parse(&ok, b"not json", &l),
-            Err(RequestError::Body(_))
+            Err(SqlRequestError::Body(_))
         ));
         assert!(matches!(
             parse(&ok, br#"{"sql":"x"}"#, &l),
-            Err(RequestError::Body(m)) if m.contains("unknown field `sql`")
+            Err(SqlRequestError::Body(m)) if m.contains("unknown field `sql`")
         ));
         for (body, says) in [
             (&br#"{}"#[..], "missing field `query`"),
@@ -533,7 +535,7 @@ mod tests {
             (br#"{"query":7}"#, "invalid type"),
         ] {
             assert!(
-                matches!(parse(&ok, body, &l), Err(RequestError::Body(ref m)) if m.contains(says)),
+                matches!(parse(&ok, body, &l), Err(SqlRequestError::Body(ref m)) if m.contains(says)),
                 "{}: {:?}",
                 String::from_utf8_lossy(body),
                 parse(&ok, body, &l).err()
@@ -541,25 +543,25 @@ mod tests {
         }
         assert!(matches!(
             parse(&ok, br#"{"query":"select 1234567890"}"#, &l),
-            Err(RequestError::QueryTooLong { .. })
+            Err(SqlRequestError::QueryTooLong { .. })
         ));
         assert!(matches!(
             parse(&ok, br#"{"query":"x","params":[1,2]}"#, &l),
-            Err(RequestError::TooManyParams { .. })
+            Err(SqlRequestError::TooManyParams { .. })
         ));
         assert!(matches!(
             parse(&ok, br#"{"queries":[]}"#, &l),
-            Err(RequestError::BatchSize { .. })
+            Err(SqlRequestError::BatchSize { .. })
         ));
         let bad_flag = headers(&[CS, ("neon-array-mode", "yes please")]);
         assert!(matches!(
             parse(&bad_flag, br#"{"query":"x"}"#, &l),
-            Err(RequestError::Header { .. })
+            Err(SqlRequestError::Header { .. })
         ));
         let bad_iso = headers(&[CS, ("neon-batch-isolation-level", "chaos")]);
         assert!(matches!(
             parse(&bad_iso, br#"{"query":"x"}"#, &l),
-            Err(RequestError::Header { .. })
+            Err(SqlRequestError::Header { .. })
         ));
     }
 }

@@ -109,8 +109,8 @@ pub fn parse_message(m: &str) -> Option<(i32, i32)> {
 /// could send the cancel; that one holds the session), modulo this process's cores.
 pub fn subscription(
     cores: Vec<flume::Sender<crate::server::Control>>,
-) -> ringgate_discovery::redis::Subscription {
-    ringgate_discovery::redis::Subscription {
+) -> ringgate_redis::Subscription {
+    ringgate_redis::Subscription {
         channel: CHANNEL.to_string(),
         on_message: Box::new(move |m: &str| {
             let Some((pid, key)) = parse_message(m) else {

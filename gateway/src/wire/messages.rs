@@ -75,12 +75,27 @@ pub fn error(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
     end(out, at);
 }
 
-/// `AuthenticationSASL` offering SCRAM-SHA-256.
-pub fn auth_sasl(out: &mut BytesMut) {
+/// `SCRAM-SHA-256` (SASL mechanism name).
+pub const SCRAM: &str = "SCRAM-SHA-256";
+/// `SCRAM-SHA-256-PLUS`: SCRAM with channel binding.
+pub const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// `AuthenticationSASL` offering SCRAM-SHA-256, and SCRAM-SHA-256-PLUS first when `plus`.
+pub fn auth_sasl(out: &mut BytesMut, plus: bool) {
     let at = begin(out, b'R');
     out.put_i32(10);
-    cstr(out, "SCRAM-SHA-256");
+    if plus {
+        cstr(out, SCRAM_PLUS);
+    }
+    cstr(out, SCRAM);
     out.put_u8(0);
+    end(out, at);
+}
+
+/// `AuthenticationCleartextPassword`.
+pub fn auth_cleartext(out: &mut BytesMut) {
+    let at = begin(out, b'R');
+    out.put_i32(3);
     end(out, at);
 }
 

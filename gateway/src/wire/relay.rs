@@ -51,8 +51,8 @@ use super::{
     stream::ClientStream,
 };
 use crate::{
-    core::Core,
     metrics::wire::{ClassFigure, WireEvent},
+    per_core::Core,
     projects::PoolMode,
     sql::lease::under_lease,
 };

@@ -5,7 +5,7 @@
 /// Where the project name came from (shown in the unknown-project error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// The TLS server name's first label.
+    /// The TLS server name's first label (or, over `ws://`, the `Host` header's).
     Sni,
     /// `endpoint=` or `project=` in `options`.
     Options,
@@ -16,7 +16,7 @@ pub enum Origin {
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Origin::Sni => "from the TLS server name",
+            Origin::Sni => "from the TLS server name or WebSocket Host",
             Origin::Options => "from options endpoint=",
             Origin::Database => "from the database name",
         })

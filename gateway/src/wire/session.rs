@@ -1,14 +1,20 @@
 //! Starting a PostgreSQL session: the project's checks (as `/sql` makes them), then
-//! SCRAM-SHA-256 against the role's verifier, read through the control database's
+//! authentication against the role's SCRAM verifier, read through the control database's
 //! `ringgate_auth.scram_verifier` (a `SECURITY DEFINER` function, see
-//! `compose/config/bootstrap.sql`). The client's proof yields its `ClientKey`, which is
-//! what ringgate authenticates to the server with: no password is ever held.
+//! `compose/config/bootstrap.sql`). Either way the client proves a `ClientKey`, which is
+//! what ringgate authenticates to the server with: no password is held.
+//!
+//! Which way ([`Method`]): SCRAM-SHA-256 on plaintext (a password never crosses it: a
+//! `PasswordMessage` sent unasked is refused); over TLS SCRAM-SHA-256 and
+//! SCRAM-SHA-256-PLUS (`tls-server-end-point` channel binding) by default, or the
+//! cleartext password with `RINGGATE_PG_TLS_AUTH=password`; over WebSocket with TLS the
+//! cleartext password (Neon's driver sends it with its startup message, unasked).
 
 use std::rc::Rc;
 
 use bytes::BytesMut;
 use monoio::time::timeout;
-use ringgate_pgwire::scram::{ScramError, ServerExchange, Verifier};
+use ringgate_pgwire::scram::{self, Binding, ScramError, ServerExchange, Verifier};
 use ringgate_pool::{Credentials, Intent, Shard};
 use tracing::debug;
 
@@ -20,7 +26,7 @@ use super::{
     startup::Params,
     stream::ClientStream,
 };
-use crate::{core::Core, metrics::wire::WireEvent, projects::ProjectCache};
+use crate::{metrics::wire::WireEvent, per_core::Core, projects::ProjectCache};
 
 /// Rows of the verifier query are small.
 const ROW_LIMIT: usize = 16 << 10;
@@ -85,22 +91,31 @@ pub async fn run(
         );
         return refuse(&core, &mut stream, INVALID_AUTHORIZATION, &msg).await;
     }
+    let tls_cleartext = core.config.pg.is_some_and(|p| p.tls_cleartext);
+    let method = Method::for_stream(&stream, tls_cleartext);
     let mut auth = Auth {
         stream: &mut stream,
         buf,
         wait: core.config.http.header_read_timeout,
     };
-    let keys = match auth
-        .scram(verifier(&db, projects, &project, &params.user).await)
-        .await
-    {
+    let verifier = verifier(&db, projects, &project, &params.user).await;
+    let keys = match method {
+        Method::Cleartext => auth.cleartext(verifier).await,
+        Method::Scram { end_point } => auth.scram(verifier, end_point.as_deref()).await,
+    };
+    let keys = match keys {
         Ok(k) => k,
         Err(AuthFailure::Refused(code, mut msg)) => {
             debug!(project, user = %params.user, msg, "authentication failed");
             if code == INVALID_PASSWORD {
                 msg = format!(
-                    "password authentication failed for user \"{}\"",
-                    params.user
+                    "password authentication failed for user \"{}\"{}",
+                    params.user,
+                    if msg.contains("channel binding") {
+                        ": SCRAM channel binding check failed"
+                    } else {
+                        ""
+                    }
                 );
             }
             return refuse(&core, auth.stream, code, &msg).await;
@@ -181,6 +196,29 @@ async fn verifier(
     Ok(text.and_then(|t| Verifier::parse(&t).ok()))
 }
 
+/// How a client is asked to authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Method {
+    /// `AuthenticationCleartextPassword` (TLS only), checked against the verifier.
+    Cleartext,
+    /// SCRAM-SHA-256, and SCRAM-SHA-256-PLUS bound to this certificate's hash when set.
+    Scram { end_point: Option<Vec<u8>> },
+}
+
+impl Method {
+    /// Cleartext only over TLS: WebSocket over TLS always (Neon's driver pipelines its
+    /// password), TCP over TLS when `tls_cleartext`; SCRAM otherwise, with channel binding
+    /// when the client's PostgreSQL layer runs the TLS itself.
+    fn for_stream(stream: &ClientStream, tls_cleartext: bool) -> Self {
+        if stream.is_tls() && (stream.is_websocket() || tls_cleartext) {
+            return Method::Cleartext;
+        }
+        Method::Scram {
+            end_point: stream.tls_certificate().map(scram::tls_server_end_point),
+        }
+    }
+}
+
 /// How authentication failed.
 enum AuthFailure {
     /// Refused, with this SQLSTATE and message.
@@ -197,37 +235,75 @@ struct Auth<'a> {
 }
 
 impl Auth<'_> {
-    /// Runs SCRAM-SHA-256 with the client; the keys its proof yields.
-    async fn scram(
+    /// Asks for the cleartext password (over TLS only) and checks it against the
+    /// verifier; the keys it yields. A password the client sent unasked, with its startup
+    /// message, is read the same way (it is already in the buffer).
+    async fn cleartext(
         &mut self,
         verifier: Result<Option<Verifier>, String>,
     ) -> Result<ringgate_pool::ClientKeys, AuthFailure> {
-        let verifier = match verifier {
-            Ok(v) => v,
-            Err(e) => {
+        let (known, verifier) = known_verifier(verifier)?;
+        let mut out = BytesMut::new();
+        messages::auth_cleartext(&mut out);
+        self.send(&mut out).await?;
+        let message = self.read_sasl().await?;
+        let password = password(&message).ok_or_else(malformed)?;
+        let password =
+            std::str::from_utf8(password).map_err(|_| scram_failure(ScramError::WrongProof))?;
+        // PBKDF2 with the verifier's iterations (a few ms at PostgreSQL's 4096), for an
+        // unknown role too, so that it fails after the same work.
+        let keys = verifier.keys_for_password(password);
+        match keys {
+            Some(keys) if known => {
+                messages::auth_ok(&mut out);
+                self.send(&mut out).await?;
+                Ok(keys)
+            }
+            _ => Err(scram_failure(ScramError::WrongProof)),
+        }
+    }
+
+    /// Runs SCRAM-SHA-256 with the client (SCRAM-SHA-256-PLUS also offered when
+    /// `end_point`, this TLS connection's `tls-server-end-point` data, is given); the keys
+    /// its proof yields.
+    async fn scram(
+        &mut self,
+        verifier: Result<Option<Verifier>, String>,
+        end_point: Option<&[u8]>,
+    ) -> Result<ringgate_pool::ClientKeys, AuthFailure> {
+        let (known, verifier) = known_verifier(verifier)?;
+        let mut out = BytesMut::new();
+        messages::auth_sasl(&mut out, end_point.is_some());
+        self.send(&mut out).await?;
+        let first = self.read_sasl().await?;
+        let (mechanism, rest) = match messages::split_cstr(&first) {
+            Some((m, r))
+                if m == messages::SCRAM.as_bytes() || m == messages::SCRAM_PLUS.as_bytes() =>
+            {
+                (m, r)
+            }
+            _ if password(&first).is_some() => return Err(unasked_password(self.stream.is_tls())),
+            _ => {
                 return Err(AuthFailure::Refused(
-                    CANNOT_CONNECT,
-                    format!("cannot read the role's verifier: {e}"),
+                    INVALID_AUTHORIZATION,
+                    "only SCRAM-SHA-256 and SCRAM-SHA-256-PLUS are supported".into(),
                 ))
             }
         };
-        let known = verifier.is_some();
-        // An unknown role goes through the same steps and fails at the same point.
-        let verifier = verifier.unwrap_or_else(Verifier::impossible);
-        let mut out = BytesMut::new();
-        messages::auth_sasl(&mut out);
-        self.send(&mut out).await?;
-        let first = self.read_sasl().await?;
-        let (mechanism, rest) = messages::split_cstr(&first).ok_or_else(malformed)?;
-        if mechanism != b"SCRAM-SHA-256" {
-            return Err(AuthFailure::Refused(
-                INVALID_AUTHORIZATION,
-                "only SCRAM-SHA-256 is supported".into(),
-            ));
-        }
+        let binding = match (mechanism, end_point) {
+            (m, Some(data)) if m == messages::SCRAM_PLUS.as_bytes() => Binding::Required(data),
+            (m, None) if m == messages::SCRAM_PLUS.as_bytes() => {
+                return Err(AuthFailure::Refused(
+                    PROTOCOL_VIOLATION,
+                    "SCRAM-SHA-256-PLUS was not offered".into(),
+                ))
+            }
+            (_, Some(_)) => Binding::Declined,
+            (_, None) => Binding::NotOffered,
+        };
         let data = rest.get(4..).ok_or_else(malformed)?;
         let (exchange, server_first) =
-            ServerExchange::start(verifier, data).map_err(scram_failure)?;
+            ServerExchange::start(verifier, data, binding).map_err(scram_failure)?;
         messages::auth_sasl_data(&mut out, 11, server_first.as_bytes());
         self.send(&mut out).await?;
         let last = self.read_sasl().await?;
@@ -281,6 +357,42 @@ impl Auth<'_> {
     }
 }
 
+/// The verifier, or an impossible one for an unknown role (which goes through the same
+/// steps and fails at the same point), and whether the role is known.
+fn known_verifier(
+    verifier: Result<Option<Verifier>, String>,
+) -> Result<(bool, Verifier), AuthFailure> {
+    match verifier {
+        Ok(Some(v)) => Ok((true, v)),
+        Ok(None) => Ok((false, Verifier::impossible())),
+        Err(e) => Err(AuthFailure::Refused(
+            CANNOT_CONNECT,
+            format!("cannot read the role's verifier: {e}"),
+        )),
+    }
+}
+
+/// The password of a `PasswordMessage` body: one NUL-terminated string, nothing after it.
+fn password(body: &[u8]) -> Option<&[u8]> {
+    match messages::split_cstr(body) {
+        Some((p, [])) => Some(p),
+        _ => None,
+    }
+}
+
+/// A `PasswordMessage` where a SASL message was due: never read as a password.
+fn unasked_password(tls: bool) -> AuthFailure {
+    AuthFailure::Refused(
+        INVALID_AUTHORIZATION,
+        if tls {
+            "a password was sent unasked: ringgate asked for SCRAM-SHA-256 on this connection"
+        } else {
+            "ringgate accepts a cleartext password only over TLS: it asked for SCRAM-SHA-256 (use sslmode=require, or wss:// with the pipelined password)"
+        }
+        .into(),
+    )
+}
+
 fn malformed() -> AuthFailure {
     AuthFailure::Refused(PROTOCOL_VIOLATION, "malformed SASL message".into())
 }
@@ -291,9 +403,29 @@ fn scram_failure(e: ScramError) -> AuthFailure {
             AuthFailure::Refused(INVALID_PASSWORD, "password authentication failed".into())
         }
         ScramError::ChannelBinding => AuthFailure::Refused(
-            INVALID_AUTHORIZATION,
-            "channel binding is not supported yet (use channel_binding=disable or prefer)".into(),
+            PROTOCOL_VIOLATION,
+            "channel binding was not offered on this connection (it is over TLS only)".into(),
+        ),
+        ScramError::BindingMismatch => AuthFailure::Refused(
+            INVALID_PASSWORD,
+            "SCRAM channel binding check failed".into(),
         ),
         other => AuthFailure::Refused(PROTOCOL_VIOLATION, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_message_is_told_from_a_sasl_initial_response() {
+        assert_eq!(password(b"s3cret\0"), Some(&b"s3cret"[..]));
+        let mut sasl = b"SCRAM-SHA-256\0".to_vec();
+        sasl.extend_from_slice(&5i32.to_be_bytes());
+        sasl.extend_from_slice(b"n,,n=");
+        assert_eq!(password(&sasl), None);
+        assert_eq!(password(b"no terminator"), None);
+        assert_eq!(password(b"two\0strings\0"), None);
     }
 }

@@ -50,7 +50,7 @@ use super::{
     request::SqlRequest,
     response::gateway_error,
 };
-use crate::{core::Core, http::Response, metrics::CacheEvent};
+use crate::{http::Response, metrics::CacheEvent, per_core::Core};
 
 /// Cache settings (`RINGGATE_SQL_CACHE_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub struct QueryCache {
     reads: Memo<Option<Rc<Vetted>>>,
     writes: Memo<Touched>,
     generations: Arc<Generations>,
-    redis: Option<ringgate_discovery::redis::RedisHandle>,
+    redis: Option<ringgate_redis::RedisHandle>,
 }
 
 /// What `/admin/status` shows of one core's cache.
@@ -126,7 +126,7 @@ impl QueryCache {
     pub fn new(
         config: CacheConfig,
         generations: Arc<Generations>,
-        redis: Option<ringgate_discovery::redis::RedisHandle>,
+        redis: Option<ringgate_redis::RedisHandle>,
     ) -> Self {
         Self {
             store: Store::new(config.max_bytes, config.project_bytes),

@@ -16,9 +16,9 @@ use tracing::debug;
 
 use super::{Conn, Fill};
 use crate::{
-    config::Route,
+    config::ProxyRoute,
     error::error_response,
-    http::{Framing, ParsedHead, Response},
+    http::{ParsedHead, RequestFraming, Response},
     proxy::{
         self,
         head::{encode_for_client, encode_request_head, parse_response, ResponseHead},
@@ -81,7 +81,7 @@ impl Conn {
         &mut self,
         io: &mut IO,
         head: &ParsedHead,
-        route: &Route,
+        route: &ProxyRoute,
         request_id: &[u8],
         keep_alive: bool,
     ) -> Proxied {
@@ -105,7 +105,7 @@ impl Conn {
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_TRIES];
         let mut n_tried = 0;
         let mut last = String::new();
-        let repeatable = idempotent && head.framing == Framing::Empty;
+        let repeatable = idempotent && head.framing == RequestFraming::Empty;
         // Set once a pooled connection failed a repeatable request: the next attempt (the
         // same worker may be picked again) opens a fresh connection.
         let mut fresh = false;
@@ -159,7 +159,7 @@ impl Conn {
                 Err(Attempt::Answer(r)) => {
                     up.record(picked.addr, Outcome::Failure);
                     // A body the worker did not take may still be on the wire: close.
-                    let keep = keep_alive && head.framing == Framing::Empty;
+                    let keep = keep_alive && head.framing == RequestFraming::Empty;
                     return self.answer(io, r, request_id, keep).await;
                 }
                 Err(Attempt::Close) => {
@@ -269,7 +269,7 @@ impl Conn {
         // A drain that began while the worker was busy closes the connection after this.
         let client_keep = keep_alive
             && !core.drain.is_draining()
-            && framing != proxy::head::BodyFraming::UntilClose;
+            && framing != proxy::head::ResponseFraming::UntilClose;
         let mut out = encode_for_client(&resp, request_id, client_keep, pending.len());
         if let Some(cookie) = picked.set_cookie.as_deref() {
             out.extend_from_slice(b"set-cookie: ");
@@ -292,7 +292,7 @@ impl Conn {
         if !complete {
             return Err(Attempt::Close);
         }
-        if body_sent && resp.reusable() && framing != proxy::head::BodyFraming::UntilClose {
+        if body_sent && resp.reusable() && framing != proxy::head::ResponseFraming::UntilClose {
             up.put_idle(addr, stream, cfg.idle_max);
         }
         Ok(Proxied {
@@ -311,8 +311,8 @@ impl Conn {
         let pause = self.core.config.http.body_read_timeout;
         let mut continued = false;
         match head.framing {
-            Framing::Empty => return Ok(true),
-            Framing::Length(total) => {
+            RequestFraming::Empty => return Ok(true),
+            RequestFraming::Length(total) => {
                 let mut left = total;
                 while left > 0 {
                     if self.buf.is_empty() {
@@ -328,7 +328,7 @@ impl Conn {
                     write_upstream(stream, piece).await?;
                 }
             }
-            Framing::Chunked => {
+            RequestFraming::Chunked => {
                 // Framed by the same state machine as the gateway's own bodies: a body
                 // refused on `/sql` is refused here too, with the same answer.
                 let mut chunked = Chunked::new();
@@ -407,8 +407,8 @@ impl Conn {
         request_id: &[u8],
     ) -> Proxied {
         let keep = match head.framing {
-            Framing::Empty => head.keep_alive,
-            Framing::Length(n) if n <= self.buf.len() => {
+            RequestFraming::Empty => head.keep_alive,
+            RequestFraming::Length(n) if n <= self.buf.len() => {
                 let _ = self.buf.split_to(n);
                 head.keep_alive
             }
@@ -518,17 +518,17 @@ async fn pipe_response<IO: AsyncWriteRent>(
     io: &mut IO,
     head: Vec<u8>,
     mut pending: BytesMut,
-    framing: proxy::head::BodyFraming,
+    framing: proxy::head::ResponseFraming,
     read_pause: std::time::Duration,
     write_limit: std::time::Duration,
 ) -> bool {
-    use proxy::head::BodyFraming;
+    use proxy::head::ResponseFraming;
     let mut left = match framing {
-        BodyFraming::None => Some(0),
-        BodyFraming::Length(n) => Some(n),
-        BodyFraming::Chunked | BodyFraming::UntilClose => None,
+        ResponseFraming::None => Some(0),
+        ResponseFraming::Length(n) => Some(n),
+        ResponseFraming::Chunked | ResponseFraming::UntilClose => None,
     };
-    let mut scanner = (framing == BodyFraming::Chunked).then(Chunked::new);
+    let mut scanner = (framing == ResponseFraming::Chunked).then(Chunked::new);
     let mut head = Some(head);
     loop {
         // Forward what is buffered, up to the body's end (with the head, the first time).
@@ -570,7 +570,7 @@ async fn pipe_response<IO: AsyncWriteRent>(
             return true;
         }
         match timeout(read_pause, read_into(stream, &mut pending, PIPE_CHUNK)).await {
-            Ok(Ok(0)) => return framing == BodyFraming::UntilClose,
+            Ok(Ok(0)) => return framing == ResponseFraming::UntilClose,
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return false,
         }

@@ -88,7 +88,7 @@ pub struct Core {
     pub sessions: Option<crate::sessions::SessionCache>,
     /// Redis, when configured: a `CancelRequest` for a session of another instance is
     /// published there (see [`crate::wire::cancel`]).
-    pub redis: Option<ringgate_discovery::redis::RedisHandle>,
+    pub redis: Option<ringgate_redis::RedisHandle>,
     /// What all cores share (budgets, rate buckets).
     pub shared: Shared,
     /// The fleet-wide per-tenant rate limit, when `RINGGATE_GLOBAL_RATE_LIMIT` is set.
@@ -131,7 +131,7 @@ impl Core {
         config: Arc<Config>,
         registry: Arc<Registry>,
         topology: Arc<Topology>,
-        redis: Option<ringgate_discovery::redis::RedisHandle>,
+        redis: Option<ringgate_redis::RedisHandle>,
         shared: Shared,
     ) -> Rc<Self> {
         let global_rate = match (&redis, config.proxy.global_rate_limit) {

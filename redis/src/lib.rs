@@ -12,9 +12,20 @@
 //! error (the command was refused, not run) triggers re-resolution and a retry. A command
 //! whose connection broke after it was sent is retried only when it is idempotent;
 //! otherwise the caller gets [`RedisError::OutcomeUnknown`].
+//!
+//! The same thread watches the reverse proxy's workers registered in Redis ([`workers`]).
+//!
+//! # Layout
+//! - [`sentinel`]: asking the Sentinels who the master is.
+//! - `side`: the side thread (master connection, Sentinel subscriptions, commands, the
+//!   worker watch).
+//! - [`workers`]: upstream workers, static and registered in Redis.
+#![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
+#![forbid(unsafe_code)]
 
 pub mod sentinel;
 mod side;
+pub mod workers;
 
 use std::time::Duration;
 
