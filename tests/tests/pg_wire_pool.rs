@@ -451,3 +451,60 @@ fn a_thousand_clients_share_ten_server_connections_with_prepared_statements() {
     );
     g.drain();
 }
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_parse_an_error_skipped_is_not_taken_for_prepared_by_another_client() {
+    use std::io::Write as _;
+
+    use ringgate_tests::pg::{alpha, read_message, scram, startup_packet};
+
+    alpha_project("wire_parse", "transaction", false);
+    // One server connection: both clients use it in turn.
+    let (g, _, addr) = start_pg_with_replica(&[("RINGGATE_POOL_MAX_PER_TENANT", "1")]);
+    let text = "select 42 as wire_parse_skipped";
+    let (user, password) = alpha();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&startup_packet(
+        196_608,
+        &[
+            ("user", &user),
+            ("database", "tenant_alpha"),
+            ("options", "endpoint=wire_parse"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(read_message(&mut s).unwrap().0, b'R');
+    let binding = postgres_protocol::authentication::sasl::ChannelBinding::unsupported();
+    assert_eq!(scram(&mut s, "SCRAM-SHA-256", &password, binding).0, b'R');
+    while read_message(&mut s).unwrap().0 != b'Z' {}
+    // One pipeline: a Parse that fails, then one the server skips (to the Sync).
+    let parse = |name: &str, sql: &str| {
+        let mut body = format!("{name}\0{sql}\0").into_bytes();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        ringgate_tests::pg::frontend(b'P', &body)
+    };
+    let mut pipeline = parse("a", "selec 1");
+    pipeline.extend(parse("b", text));
+    pipeline.extend(ringgate_tests::pg::frontend(b'S', b""));
+    s.write_all(&pipeline).unwrap();
+    let mut codes = Vec::new();
+    loop {
+        let (tag, body) = read_message(&mut s).unwrap();
+        match tag {
+            b'E' => codes.push(ringgate_tests::pg::error_fields(&body).0),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    assert_eq!(codes, ["42601"]);
+    // Another client prepares the skipped statement's text on the same server connection:
+    // it is prepared there, not taken for already there.
+    block_on(async {
+        let (c, _) = connect(addr, "wire_parse").await.unwrap();
+        let row = c.query_one(text, &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    });
+    drop(s);
+    g.drain();
+}
