@@ -67,6 +67,11 @@ pub fn ensure_schema() {
 /// `read_split` (a row added at run time, as an operator would).
 pub fn alpha_project(id: &str, pool_mode: &str, read_split: bool) {
     ensure_schema();
+    // One at a time: the projects trigger grants alpha's key login to the database, and two
+    // transactions granting the same thing at once may fail with "tuple concurrently
+    // updated" (seen when CI ran two of these tests together).
+    static ADDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ADDING.lock().unwrap_or_else(|e| e.into_inner());
     let sql = format!(
         "\\connect ringgate_control\nSET ROLE ringgate_app;\n\
          INSERT INTO ringgate.projects (project_id, database, roles, pool_mode, read_split) \
