@@ -83,6 +83,11 @@ impl Pooled {
         &mut self.conn
     }
 
+    /// Whether it can no longer be used (see [`PgConn::is_closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
     /// How long ago it was opened.
     pub fn age(&self) -> Duration {
         self.created.elapsed()

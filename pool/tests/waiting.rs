@@ -138,3 +138,36 @@ fn closing_a_pool_answers_its_waiters_and_closes_its_connections() {
         assert_eq!((gates.tenant.used(), fake.open.load(SeqCst)), (0, 0));
     });
 }
+
+#[test]
+fn an_idle_connection_whose_session_ended_is_dropped_and_replaced() {
+    let (addr, fake) = serve();
+    run(async move {
+        let (pool, gates) = pool(addr, 1);
+        let c = pool.get(Duration::from_secs(5)).await.unwrap();
+        pool.put_back(c);
+        fake.end_sessions.store(true, SeqCst);
+        while fake.open.load(SeqCst) > 0 {
+            pause(5).await;
+        }
+        fake.end_sessions.store(false, SeqCst);
+        // Idle past the check-after-idle time: looked at before use, found ended.
+        pause(50).await;
+        let c = pool.get(Duration::from_secs(5)).await.unwrap();
+        assert!(!c.is_closed());
+        assert_eq!(
+            fake.accepted.load(SeqCst),
+            2,
+            "a new connection replaced it"
+        );
+        assert_eq!((pool.size(), pool.waiters()), (1, 0));
+        pool.put_back(c);
+        for _ in 0..200 {
+            if gates.tenant.used() == 1 {
+                break;
+            }
+            pause(10).await;
+        }
+        assert_eq!(gates.tenant.used(), 1, "the ended one's permit came back");
+    });
+}

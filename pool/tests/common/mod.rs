@@ -9,7 +9,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     rc::Rc,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst},
         Arc,
     },
     time::Duration,
@@ -31,6 +31,8 @@ pub struct Fake {
     pub open: AtomicUsize,
     /// Milliseconds it waits before answering a startup.
     pub delay_ms: AtomicU64,
+    /// Set: every open session is ended by the server (as by a restart).
+    pub end_sessions: AtomicBool,
 }
 
 /// Starts a stand-in server on a loopback port.
@@ -63,10 +65,15 @@ fn session(mut s: TcpStream, fake: &Fake) {
             out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']); // ReadyForQuery
             if s.write_all(&out).is_ok() {
                 let mut buf = [0u8; 1024];
-                // Until the client terminates or closes.
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || buf[..n].contains(&b'X') {
-                        break;
+                let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
+                // Until the client terminates or closes, or sessions are ended.
+                while !fake.end_sessions.load(SeqCst) {
+                    match s.read(&mut buf) {
+                        Ok(n) if n == 0 || buf[..n].contains(&b'X') => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => break,
                     }
                 }
             }
