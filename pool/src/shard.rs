@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use deadpool::managed::Object;
 use monoio::time::Instant;
 use ringgate_discovery::{
     lease::{LeaseGate, LeaseState},
@@ -24,10 +23,9 @@ use crate::{
     config::Config,
     conn::{Credentials, PgConn, Target},
     error::Error,
-    manager::{Gates, PgManager},
     pool_cache::PoolCache,
     route::{self, Intent},
-    tenant::{PoolKey, TenantPool},
+    tenant::{Gates, PoolKey, Pooled, TenantPool},
 };
 
 /// Counters describing one shard, for metrics.
@@ -617,7 +615,7 @@ fn startup_options(config: &Config, role: Role) -> String {
 #[derive(Debug)]
 pub struct Checkout {
     /// `None` only while dropping.
-    conn: Option<Object<PgManager>>,
+    conn: Option<Pooled>,
     pool: Rc<TenantPool>,
     node: String,
     role: Role,
@@ -647,7 +645,7 @@ impl Lease {
 impl Checkout {
     /// The connection.
     pub fn conn(&mut self) -> &mut PgConn {
-        self.conn.as_mut().expect("taken only on drop")
+        self.conn.as_mut().expect("taken only on drop").conn()
     }
 
     /// The member it is on.
@@ -669,7 +667,7 @@ impl Checkout {
     /// Drops the connection instead of returning it (its state is unknown).
     pub fn discard(mut self) {
         if let Some(conn) = self.conn.take() {
-            let _ = Object::take(conn);
+            self.pool.discard(conn);
         }
     }
 }
@@ -678,12 +676,11 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.pool.give_back(&conn) {
-                let _ = Object::take(conn);
+                self.pool.discard(conn);
             } else {
-                drop(conn);
+                self.pool.put_back(conn);
             }
         }
-        self.pool.returned();
     }
 }
 
