@@ -70,8 +70,8 @@ pub fn alpha_project(id: &str, pool_mode: &str, read_split: bool) {
     // One at a time: the projects trigger grants alpha's key login to the database, and two
     // transactions granting the same thing at once may fail with "tuple concurrently
     // updated" (seen when CI ran two of these tests together).
-    static ADDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ADDING.lock().unwrap_or_else(|e| e.into_inner());
+    static ADDING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let _one = ADDING.lock();
     let sql = format!(
         "\\connect ringgate_control\nSET ROLE ringgate_app;\n\
          INSERT INTO ringgate.projects (project_id, database, roles, pool_mode, read_split) \
