@@ -6,6 +6,10 @@
 #
 #   bench/pg.sh [SECS=10] [SERVER_CONNS=16]     (RINGGATE_BIN=path: skip the build)
 #
+# With RINGGATE_BASELINE=/path/to/an/older/ringgate, that binary runs too (ports 16435 and
+# 18383, the same settings), measured right after this build in every row: a before/after
+# in the same run.
+#
 # Throughput is pgbench's tps (without connection time); p99 comes from pgbench's
 # per-transaction log (-l). ringgate runs with every core (RINGGATE_WORKERS unset),
 # PgBouncer is one process; nothing is pinned, pgbench shares the same two cores.
@@ -29,7 +33,8 @@ if [ -z "${RINGGATE_BIN:-}" ]; then
   cargo build -q --release --locked -p ringgate
 fi
 bin="${RINGGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/ringgate}"
-for port in 16433 16434 18382; do
+baseline="${RINGGATE_BASELINE:-}"
+for port in 16433 16434 18382 16435 18383; do
   if ss -Htln "( sport = :$port )" | grep -q .; then
     echo "error: port $port is already in use: $(ss -Htlnp "( sport = :$port )")" >&2
     exit 1
@@ -46,6 +51,14 @@ env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18382 RINGGATE_PG_LISTEN=127.0.0.1
   RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL=$((conns + 8)) \
   "$bin" 2>"$work/ringgate.log" &
 pids+=($!)
+if [ -n "$baseline" ]; then
+  env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18383 RINGGATE_PG_LISTEN=127.0.0.1:16435 RINGGATE_LOG=warn \
+    DATABASE_URL="$admin" RINGGATE_CONTROL_DATABASE_URL="$control" \
+    RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL=$((conns + 8)) \
+    "$baseline" 2>"$work/baseline.log" &
+  pids+=($!)
+fi
+targets="direct ringgate${baseline:+ baseline} pgbouncer"
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
 tenant_alpha = host=$host port=5432 dbname=tenant_alpha
@@ -68,6 +81,7 @@ sleep 1
 ulimit -n 8192 || true
 
 via_ringgate="host=127.0.0.1 port=16433 user=alpha_owner password=$pw dbname=tenant_alpha options=endpoint=alpha sslmode=disable"
+via_baseline="host=127.0.0.1 port=16435 user=alpha_owner password=$pw dbname=tenant_alpha options=endpoint=alpha sslmode=disable"
 via_bouncer="host=127.0.0.1 port=16434 user=alpha_owner password=$pw dbname=tenant_alpha sslmode=disable"
 
 # One pgbench run: prints "tps p99_ms failed".
@@ -89,10 +103,11 @@ run() {
 
 printf "| clients | mode | target | tps | p99 ms | failed |\n|---|---|---|---|---|---|\n"
 for mode in simple extended prepared; do
-  for target in direct ringgate pgbouncer; do
+  for target in $targets; do
     case $target in
       direct) ci="$direct" ;;
       ringgate) ci="$via_ringgate" ;;
+      baseline) ci="$via_baseline" ;;
       pgbouncer) ci="$via_bouncer" ;;
     esac
     if [ "$target" = pgbouncer ] && [ "$mode" = prepared ]; then
@@ -105,10 +120,13 @@ for mode in simple extended prepared; do
 done
 # 1000 clients: beyond the server's max_connections, so poolers only.
 for mode in extended prepared; do
-  for target in ringgate pgbouncer; do
+  for target in ${targets#direct }; do
     [ "$target" = pgbouncer ] && [ "$mode" = prepared ] && continue
-    ci="$via_ringgate"
-    [ "$target" = pgbouncer ] && ci="$via_bouncer"
+    case $target in
+      ringgate) ci="$via_ringgate" ;;
+      baseline) ci="$via_baseline" ;;
+      pgbouncer) ci="$via_bouncer" ;;
+    esac
     read -r tps p99 failed < <(run "$ci" "$mode" 1000)
     echo "| 1000 | $mode | $target | $tps | $p99 | $failed |"
   done

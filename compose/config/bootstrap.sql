@@ -79,6 +79,13 @@ CREATE TABLE IF NOT EXISTS ringgate.projects (
 );
 -- The tenant class (plan) labels ringgate's /sql metrics; keep the set of values small.
 ALTER TABLE ringgate.projects ADD COLUMN IF NOT EXISTS class text NOT NULL DEFAULT 'standard';
+-- The PostgreSQL front end's pooling: 'transaction' (a server connection per transaction)
+-- or 'session' (one per client session: LISTEN, temp tables, SQL PREPARE, WITH HOLD
+-- cursors and session advisory locks work); and whether its plain reads and READ ONLY
+-- transactions run on a replica (read_split).
+ALTER TABLE ringgate.projects ADD COLUMN IF NOT EXISTS pool_mode text NOT NULL DEFAULT 'transaction'
+    CHECK (pool_mode IN ('transaction', 'session'));
+ALTER TABLE ringgate.projects ADD COLUMN IF NOT EXISTS read_split boolean NOT NULL DEFAULT false;
 -- Every change is announced, so ringgate's per-core caches drop the row at once.
 CREATE OR REPLACE FUNCTION ringgate.notify_project_change() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -166,6 +166,7 @@ fn start_redis(
     cache: Option<Arc<sql::cache::generations::Generations>>,
 ) -> Result<Option<ringgate_redis::RedisHandle>, StartError> {
     let view = registry.clone();
+    let cancel_cores = cores.clone();
     let publish = move |set: Arc<ringgate_redis::workers::WorkerSet>| {
         view.cluster().workers_are(set.clone());
         for tx in &cores {
@@ -187,7 +188,7 @@ fn start_redis(
     let observe: ringgate_redis::MasterObserver =
         Box::new(move |addr: &str| registry.redis_master_is(addr));
     // Other instances' cache invalidations.
-    let subscriptions = cache
+    let mut subscriptions: Vec<_> = cache
         .map(|g| {
             let state = g.clone();
             ringgate_redis::Subscription {
@@ -198,6 +199,10 @@ fn start_redis(
         })
         .into_iter()
         .collect();
+    // Other instances' PostgreSQL cancel requests, handed to the core the key names.
+    if config.pg.is_some() {
+        subscriptions.push(wire::cancel::subscription(cancel_cores));
+    }
     let handle = ringgate_redis::spawn_with(
         settings.redis.clone(),
         Some(watch),

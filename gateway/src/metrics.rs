@@ -90,9 +90,8 @@ pub const MAX_CLASSES: usize = 8;
 /// before the project was known).
 pub const UNCLASSIFIED: usize = 0;
 const OTHER_CLASS: usize = MAX_CLASSES + 1;
-const N_CLASS: usize = MAX_CLASSES + 2;
-/// Tenant class slots (unclassified, the named ones, other).
-pub const CLASS_SLOTS: usize = N_CLASS;
+/// Class slots: [`UNCLASSIFIED`], the named classes, then `other`.
+pub const N_CLASS: usize = MAX_CLASSES + 2;
 
 /// What the Data API did about failures and failovers, counted per core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -909,6 +908,9 @@ impl Registry {
         }
         self.render_sql(o)?;
         wire::render(o, self.cores.iter().map(|m| &m.wire))?;
+        wire::render_classes(o, self.cores.iter().map(|m| &m.wire), |slot| {
+            self.class_label(slot)
+        })?;
         self.render_pool_detail(o)?;
         if self.budgets.get().is_some() {
             writeln!(o, "# HELP ringgate_pool_server_connects_total Server connections opened (or tried) on all cores: a permit taken from a tenant's and a member's budget. Against requests served, how often connections moved between cores.\n# TYPE ringgate_pool_server_connects_total counter")?;

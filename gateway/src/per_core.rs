@@ -86,6 +86,9 @@ pub struct Core {
     pub projects: Option<crate::projects::ProjectCache>,
     /// API-key sessions, when Redis is configured.
     pub sessions: Option<crate::sessions::SessionCache>,
+    /// Redis, when configured: a `CancelRequest` for a session of another instance is
+    /// published there (see [`crate::wire::cancel`]).
+    pub redis: Option<ringgate_redis::RedisHandle>,
     /// What all cores share (budgets, rate buckets).
     pub shared: Shared,
     /// The fleet-wide per-tenant rate limit, when `RINGGATE_GLOBAL_RATE_LIMIT` is set.
@@ -145,7 +148,7 @@ impl Core {
         let query_cache = shared.cache_generations.clone().map(|g| {
             crate::sql::cache::QueryCache::new(config.query_cache.clone(), g, redis.clone())
         });
-        let sessions = match (redis, &config.redis) {
+        let sessions = match (redis.clone(), &config.redis) {
             (Some(handle), Some(r)) => Some(crate::sessions::SessionCache::new(
                 handle,
                 r.session_cache_ttl,
@@ -179,6 +182,7 @@ impl Core {
             db,
             projects,
             sessions,
+            redis,
             shared,
             global_rate,
             upstreams: Default::default(),

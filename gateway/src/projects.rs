@@ -32,15 +32,39 @@ pub struct Project {
     pub class: String,
     /// The metrics slot of that class (bounded; see `Registry::class_slot`).
     pub class_slot: usize,
+    /// The PostgreSQL front end's pooling (`ringgate.projects.pool_mode`).
+    pub pool_mode: PoolMode,
+    /// Whether the front end runs plain reads and `READ ONLY` transactions on a replica
+    /// (`ringgate.projects.read_split`).
+    pub read_split: bool,
     /// Its `/sql` result cache rules (`ringgate.cache_rules`); rows whose pattern does not
     /// parse are left out.
     pub cache_rules: Rc<[CacheRule]>,
 }
 
+/// How the PostgreSQL front end pools a project's server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A server connection per transaction (the default).
+    Transaction,
+    /// One server connection for the client's whole session.
+    Session,
+}
+
+impl PoolMode {
+    /// The mode's name, as in `ringgate.projects.pool_mode` and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
 impl ProjectCache {
     /// Reads a row of [`QUERY`] (text values).
     fn project(&self, row: Vec<Option<String>>) -> Result<Project, String> {
-        let [database, roles, timeout, max, class]: [Option<String>; 5] = row
+        let [database, roles, timeout, max, class, mode, split]: [Option<String>; 7] = row
             .try_into()
             .map_err(|_| "the projects query returned an unexpected row".to_string())?;
         let text = |v: Option<String>, name: &str| v.ok_or_else(|| format!("{name} is NULL"));
@@ -58,6 +82,12 @@ impl ProjectCache {
             max_connections: int(max, "max_connections")?,
             class_slot: self.registry.class_slot(&class),
             class,
+            pool_mode: match text(mode, "pool_mode")?.as_str() {
+                "session" => PoolMode::Session,
+                "transaction" => PoolMode::Transaction,
+                other => return Err(format!("pool_mode: unknown mode {other:?}")),
+            },
+            read_split: text(split, "read_split")? == "true",
             cache_rules: Rc::from([]),
         })
     }
@@ -121,9 +151,12 @@ pub struct ProjectCache {
 /// Bytes of project rows (and unknown projects) kept per core.
 const CACHE_BYTES: u64 = 4 << 20;
 
-/// Values come back as text: the roles as a JSON array, so names need no unquoting.
-const QUERY: &str =
-    "SELECT database, array_to_json(roles)::text, statement_timeout_ms, max_connections, class FROM ringgate.projects WHERE project_id = $1";
+/// Values come back as text: the roles as a JSON array, so names need no unquoting. The
+/// front end's columns are read through `to_jsonb` so a control database bootstrapped
+/// before they existed still serves (with their defaults).
+const QUERY: &str = "SELECT database, array_to_json(roles)::text, statement_timeout_ms, max_connections, class, \
+     coalesce(to_jsonb(p)->>'pool_mode', 'transaction'), coalesce(to_jsonb(p)->>'read_split', 'false') \
+     FROM ringgate.projects p WHERE project_id = $1";
 
 /// Rows of the control query are small.
 const ROW_LIMIT: usize = 64 << 10;

@@ -34,6 +34,14 @@ pub enum Control {
     Topology(Arc<ringgate_discovery::Topology>),
     /// Proxy to these workers from now on.
     Workers(Arc<ringgate_redis::workers::WorkerSet>),
+    /// A `CancelRequest` another instance received (through Redis): cancel the statement
+    /// of the session with this key, if it is one of this process's.
+    Cancel {
+        /// `BackendKeyData`'s process id.
+        pid: i32,
+        /// Its secret.
+        key: i32,
+    },
 }
 
 /// The listening sockets of one core.
@@ -114,6 +122,9 @@ pub async fn run_core(
                 }
             }
             Ok(Control::Workers(set)) => core.upstreams.set_workers(set),
+            Ok(Control::Cancel { pid, key }) => {
+                monoio::spawn(crate::wire::cancel_here(pid, key));
+            }
             Ok(Control::Drain) | Err(_) => break,
         }
     }

@@ -3,7 +3,7 @@
 //! Data-path connections ([`PgConn`]) speak the extended query protocol with text results
 //! through `ringgate-pgwire`: every value is the server's own output text. A connection is
 //! owned by a task on the core that opened it and driven through a channel, so the handle
-//! deadpool keeps is `Send` (a monoio socket is not) and a request whose caller gives up
+//! the pool keeps is small (a monoio socket stays in its task) and a request whose caller gives up
 //! (a lapsed lease, a timeout) still runs to its end and leaves the connection in a known
 //! state. `LISTEN` connections stay tokio-postgres clients over a `poll-io` stream.
 

@@ -4,7 +4,8 @@
 //! a bounded cache of tenant pools keyed by (tenant, database, role, node), counted against
 //! process-wide connection budgets ([`budget`]), and the current [`Topology`](ringgate_discovery::Topology) to route
 //! by. Data-path connections speak PostgreSQL's protocol through `ringgate-pgwire` on the
-//! core's own monoio runtime (no tokio runtime anywhere), managed by deadpool.
+//! core's own monoio runtime (no tokio runtime anywhere), in per-core pools of our own
+//! (see [`tenant`] for why not deadpool).
 //!
 //! It does not learn the topology (that is `ringgate-discovery`'s) nor speak HTTP.
 //!
@@ -12,8 +13,8 @@
 //! - [`config`]: limits and timeouts, with documented defaults.
 //! - [`budget`]: the process-wide connection budgets per tenant and node, shared by cores.
 //! - [`conn`]: the only module doing socket I/O: connect, statement cache.
-//! - [`manager`]: deadpool's `Manager` for connections on the local runtime.
-//! - [`tenant`]: one tenant pool on one node.
+//! - [`tenant`]: one tenant pool on one node: checkout, waiting, recycle checks.
+//! - [`waiters`]: the queue of checkouts waiting in a pool.
 //! - [`pool_cache`]: the bounded cache of tenant pools and idle expiry.
 //! - [`route`]: which member serves a read or a write.
 //! - [`shard`]: one core's pools, budget and topology.
@@ -27,13 +28,13 @@ pub mod budget;
 pub mod config;
 pub mod conn;
 pub mod error;
-pub mod manager;
 pub mod pool_cache;
 pub mod route;
 pub mod shard;
 pub mod tenant;
 pub mod tls;
 pub mod url;
+pub mod waiters;
 
 pub use budget::Budgets;
 pub use config::Config;

@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use deadpool::managed::Object;
 use monoio::time::Instant;
 use ringgate_discovery::{
     lease::{LeaseGate, LeaseState},
@@ -24,10 +23,9 @@ use crate::{
     config::Config,
     conn::{Credentials, PgConn, Target},
     error::Error,
-    manager::{Gates, PgManager},
     pool_cache::PoolCache,
     route::{self, Intent},
-    tenant::{PoolKey, TenantPool},
+    tenant::{Gates, PoolKey, Pooled, TenantPool},
 };
 
 /// Counters describing one shard, for metrics.
@@ -373,7 +371,7 @@ impl Shard {
         }
         let target = self.target_for(tenant, credentials, member);
         let gates = Gates {
-            tenant: self.budgets.tenant(tenant, &member.name),
+            tenant: self.budgets.tenant(budget_of(tenant), &member.name),
             node: self.budgets.node(&member.name),
             core: self.core,
         };
@@ -587,6 +585,15 @@ impl Shard {
     }
 }
 
+/// The budget a tenant's connections count against: its project, the part before a `/`
+/// (`alpha/pg`, the PostgreSQL front end's pools, counts against `alpha` like `/sql`'s), so
+/// one project has one budget whichever front end opened its connections.
+pub fn budget_of(tenant: &str) -> &str {
+    tenant
+        .split_once('/')
+        .map_or(tenant, |(project, _)| project)
+}
+
 /// Settings every connection starts with: the statement timeout, and on replicas,
 /// read-only transactions by default.
 fn startup_options(config: &Config, role: Role) -> String {
@@ -608,7 +615,7 @@ fn startup_options(config: &Config, role: Role) -> String {
 #[derive(Debug)]
 pub struct Checkout {
     /// `None` only while dropping.
-    conn: Option<Object<PgManager>>,
+    conn: Option<Pooled>,
     pool: Rc<TenantPool>,
     node: String,
     role: Role,
@@ -638,7 +645,7 @@ impl Lease {
 impl Checkout {
     /// The connection.
     pub fn conn(&mut self) -> &mut PgConn {
-        self.conn.as_mut().expect("taken only on drop")
+        self.conn.as_mut().expect("taken only on drop").conn()
     }
 
     /// The member it is on.
@@ -660,7 +667,7 @@ impl Checkout {
     /// Drops the connection instead of returning it (its state is unknown).
     pub fn discard(mut self) {
         if let Some(conn) = self.conn.take() {
-            let _ = Object::take(conn);
+            self.pool.discard(conn);
         }
     }
 }
@@ -669,12 +676,11 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.pool.give_back(&conn) {
-                let _ = Object::take(conn);
+                self.pool.discard(conn);
             } else {
-                drop(conn);
+                self.pool.put_back(conn);
             }
         }
-        self.pool.returned();
     }
 }
 
@@ -706,6 +712,13 @@ impl Drop for OutstandingGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projects_front_ends_share_its_budget() {
+        assert_eq!(budget_of("alpha/pg"), "alpha");
+        assert_eq!(budget_of("alpha"), "alpha");
+        assert_eq!(budget_of("ringgate-control"), "ringgate-control");
+    }
 
     #[test]
     fn a_storm_is_warned_once_per_ten_seconds_with_its_sum() {

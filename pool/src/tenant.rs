@@ -1,20 +1,40 @@
-//! One tenant's pool of connections to one node.
+//! One tenant's pool of connections to one node, on one core.
+//!
+//! # Why not deadpool
+//!
+//! Until issue 26 this was a deadpool. deadpool wants `Send` futures and a monoio socket is
+//! not `Send`, so its `create` spawned the connect and awaited a oneshot; and a future
+//! waiting inside deadpool that is dropped half-way (a `monoio::time::timeout` running out)
+//! abandons a connection being created for it. So every checkout ran as a spawned task
+//! (a task, a boxed future and a timer per request: 18% of the PostgreSQL front end's
+//! time in memcpy at 1000 clients), and waiters left stale wakers behind. This pool is
+//! `!Send` and belongs to its core:
+//! - an idle connection is taken with no allocation, no timer and one clock read;
+//! - a checkout that must wait joins a queue ([`crate::waiters`]) it leaves when its future
+//!   is dropped, and a connection returned goes straight to the first waiter;
+//! - a connect is spawned once per *connection*: it finishes even when the checkout that
+//!   asked for it has gone, and the connection then goes to the next waiter or stays idle,
+//!   its permit counted once.
 
 use std::{
     cell::{Cell, RefCell},
+    collections::VecDeque,
+    future::Future,
+    pin::pin,
+    rc::Rc,
     sync::Arc,
-    task::{Poll, Waker},
+    task::{Context, Poll},
     time::Duration,
 };
 
-use deadpool::managed::{Object, Pool, PoolError, Timeouts};
 use monoio::time::Instant;
+use tracing::debug;
 
 use crate::{
-    budget::Waiting,
-    conn::{Credentials, Target},
+    budget::{try_acquire, Full, Gate, Waiting},
+    conn::{connect, Credentials, PgConn, Target},
     error::Error,
-    manager::{Gates, PgManager},
+    waiters::{Ticket, Waiters},
 };
 
 /// What a pool is for: a tenant's role on a database on one node.
@@ -30,23 +50,15 @@ pub struct PoolKey {
     pub node: String,
 }
 
-/// A deadpool of connections for one [`PoolKey`] on one core, with its last use. Its
-/// connections count against the process-wide gates of its tenant and node, so one core
-/// may hold all of a tenant's connections while the others need none.
-#[derive(Debug)]
-pub struct TenantPool {
-    key: PoolKey,
-    credentials: Credentials,
-    pool: Pool<PgManager>,
-    gates: Gates,
-    last_used: Cell<Instant>,
-    /// Requests of this pool getting a connection now.
-    waiting: Cell<usize>,
-    /// Those of them waiting for a permit of the tenant's gate, and of the node's.
-    on_tenant: Cell<usize>,
-    on_node: Cell<usize>,
-    /// Their wakers, woken when a connection of this pool is returned or dropped.
-    returned: RefCell<Vec<Waker>>,
+/// The gates a pool's connections count against.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// The tenant's connections to the node, on all cores.
+    pub tenant: Arc<Gate>,
+    /// All connections to the node, on all cores.
+    pub node: Arc<Gate>,
+    /// The core whose pool holds the connections (marked a holder of both gates).
+    pub core: usize,
 }
 
 /// A connection another core waits for is given back when it is returned after being on
@@ -54,13 +66,80 @@ pub struct TenantPool {
 /// turns instead of the busiest keeping every connection.
 pub const SHARE_AFTER: Duration = Duration::from_millis(250);
 
-/// Takes an idle connection or opens one when a permit is free, never waiting inside
-/// deadpool: the waiting is ours (for a permit of any core, or a local return).
-const NOW: Timeouts = Timeouts {
-    wait: Some(Duration::ZERO),
-    create: None,
-    recycle: None,
-};
+/// Idle time after which a connection is checked for a session that ended before reuse.
+const CHECK_AFTER_IDLE: Duration = Duration::from_millis(20);
+
+/// A connection of a pool, checked out: back to the pool with [`TenantPool::put_back`],
+/// closed with [`TenantPool::discard`].
+#[derive(Debug)]
+pub struct Pooled {
+    conn: PgConn,
+    created: Instant,
+}
+
+impl Pooled {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut PgConn {
+        &mut self.conn
+    }
+
+    /// Whether it can no longer be used (see [`PgConn::is_closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    /// How long ago it was opened.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+}
+
+/// An idle connection and when it was returned.
+#[derive(Debug)]
+struct Idle {
+    conn: Pooled,
+    since: Instant,
+}
+
+/// What a waiter is served: a connection, or why none comes.
+type Served = Result<Pooled, Error>;
+
+#[derive(Debug, Default)]
+struct State {
+    /// First returned, first out (see bench/RESULTS.md, "Pool order").
+    idle: VecDeque<Idle>,
+    waiters: Waiters<Served>,
+    /// Connections open or being opened: idle, checked out, or on their way to a waiter.
+    open: usize,
+    /// Connects in flight.
+    opening: usize,
+    closed: bool,
+}
+
+/// The connections of one [`PoolKey`] on one core, with its last use. Its connections
+/// count against the process-wide gates of its tenant and node, so one core may hold all
+/// of a tenant's connections while the others need none.
+#[derive(Debug)]
+pub struct TenantPool {
+    key: PoolKey,
+    target: Arc<Target>,
+    gates: Gates,
+    ping_after_idle: Duration,
+    last_used: Cell<Instant>,
+    state: RefCell<State>,
+    /// Waiters of this pool asking other cores for permits of the tenant's gate, and of
+    /// the node's.
+    on_tenant: Cell<usize>,
+    on_node: Cell<usize>,
+}
+
+/// What wakes a waiter.
+enum Event {
+    Served(Served),
+    /// An idle connection to check before use.
+    Idle(Idle),
+    TimedOut,
+}
 
 // === impl TenantPool ===
 
@@ -68,23 +147,15 @@ impl TenantPool {
     /// A pool for `target` counted against `gates` (at most the tenant's limit, which is
     /// process-wide).
     pub fn new(key: PoolKey, target: Target, gates: Gates, ping_after_idle: Duration) -> Self {
-        let credentials = target.credentials.clone();
-        let limit = gates.tenant.limit();
-        let manager = PgManager::new(target, key.tenant.clone(), gates.clone(), ping_after_idle);
-        let pool = Pool::builder(manager)
-            .max_size(limit.max(1))
-            .build()
-            .expect("no runtime-dependent options are set");
         Self {
             key,
-            credentials,
-            pool,
+            target: Arc::new(target),
             gates,
+            ping_after_idle,
             last_used: Cell::new(Instant::now()),
-            waiting: Cell::new(0),
+            state: RefCell::default(),
             on_tenant: Cell::new(0),
             on_node: Cell::new(0),
-            returned: RefCell::new(Vec::new()),
         }
     }
 
@@ -95,7 +166,7 @@ impl TenantPool {
 
     /// The credentials its connections use.
     pub fn credentials(&self) -> &Credentials {
-        &self.credentials
+        &self.target.credentials
     }
 
     /// When a connection was last checked out.
@@ -108,60 +179,279 @@ impl TenantPool {
         self.last_used.set(Instant::now());
     }
 
-    /// Connections currently open (idle and in use).
+    /// Connections open now (idle, in use, and being opened).
     pub fn size(&self) -> usize {
-        self.pool.status().size
+        self.state.borrow().open
     }
 
-    /// Connections checked out right now.
+    /// Connections checked out (or being opened) right now.
     pub fn in_use(&self) -> usize {
-        let s = self.pool.status();
-        s.size.saturating_sub(s.available)
+        let s = self.state.borrow();
+        s.open - s.idle.len()
+    }
+
+    /// Idle connections now.
+    pub fn idle(&self) -> usize {
+        self.state.borrow().idle.len()
+    }
+
+    /// Checkouts waiting in this pool's queue now.
+    pub fn waiters(&self) -> usize {
+        self.state.borrow().waiters.len()
+    }
+
+    /// The gates its connections count against.
+    pub fn gates(&self) -> &Gates {
+        &self.gates
     }
 
     /// Checks out a connection, waiting at most `wait` for one: an idle one of this
     /// pool, a new one when the tenant's and the node's gates have room, else the first of
-    /// a connection returned here or a permit given back on any core.
-    pub async fn get(&self, wait: Duration) -> Result<Object<PgManager>, Error> {
+    /// a connection returned here or a permit given back on any core. Dropping the future
+    /// leaves the queue; a connection being opened for it goes to the next waiter or
+    /// stays idle.
+    pub async fn get(self: &Rc<Self>, wait: Duration) -> Result<Pooled, Error> {
         if self.gates.tenant.limit() == 0 {
             return Err(self.exhausted(Duration::ZERO));
         }
-        self.touch();
-        let started = Instant::now();
-        let deadline = started + wait;
-        let mut waiting: Option<GateWait<'_>> = None;
-        let _local = LocalWait::new(self);
+        let now = Instant::now();
+        self.last_used.set(now);
+        if let Some(conn) = self.take_fresh(now)? {
+            self.mark_idle();
+            return Ok(conn);
+        }
+        self.wait_for(now, wait).await
+    }
+
+    /// The first idle connection when it needs no check (returned moments ago and not
+    /// closed); those found closed are dropped.
+    fn take_fresh(&self, now: Instant) -> Result<Option<Pooled>, Error> {
+        let mut s = self.state.borrow_mut();
+        if s.closed {
+            return Err(Error::Closed);
+        }
         loop {
-            // Each attempt runs as its own task: when the wait times out, a connection
-            // being opened for it is not abandoned half-way; it finishes and stays idle.
-            let pool = self.pool.clone();
-            let attempt = monoio::spawn(async move { pool.timeout_get(&NOW).await });
-            let left = deadline.saturating_duration_since(Instant::now());
-            let full = match monoio::time::timeout(left, attempt).await {
-                Ok(Ok(conn)) => {
-                    self.mark_idle();
-                    return Ok(conn);
-                }
-                Ok(Err(PoolError::Backend(Error::Exhausted { .. }))) => Some(&self.gates.tenant),
-                Ok(Err(PoolError::Backend(Error::Budget { .. }))) => Some(&self.gates.node),
-                Ok(Err(PoolError::Backend(e))) => return Err(e),
-                Ok(Err(PoolError::Closed)) => return Err(Error::Closed),
-                // Every connection this pool may have is checked out here.
-                Ok(Err(_)) => None,
-                Err(_) => return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started)),
+            let Some(first) = s.idle.front() else {
+                return Ok(None);
             };
-            match (full, &waiting) {
-                (Some(gate), Some(w))
-                    if Arc::ptr_eq(gate, w.wait.gate()) && w.asks() == self.asks_others(gate) => {}
-                (Some(gate), _) => waiting = Some(GateWait::new(self, gate)),
-                (None, _) => waiting = None,
+            if now.saturating_duration_since(first.since) > CHECK_AFTER_IDLE {
+                return Ok(None);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let woken = self.woken(waiting.as_mut().map(|w| &mut w.wait));
-            // The timer's own wake may look like a wake-up to `woken`: check the clock.
-            if monoio::time::timeout(left, woken).await.is_err() || Instant::now() >= deadline {
-                return Err(self.timed_out(waiting.as_ref().map(|w| &w.wait), started));
+            let idle = s.idle.pop_front().expect("looked at");
+            if !idle.conn.conn.is_closed() {
+                return Ok(Some(idle.conn));
             }
+            s.open -= 1;
+        }
+    }
+
+    /// The slow path: waits in the queue until served, an idle connection turns up (to
+    /// check), or the deadline.
+    async fn wait_for(self: &Rc<Self>, started: Instant, wait: Duration) -> Result<Pooled, Error> {
+        let deadline = started + wait;
+        let me = Queued::join(self);
+        let mut gate: Option<GateWait<'_>> = None;
+        let mut connecting = false;
+        let mut sleep = pin!(monoio::time::sleep_until(deadline));
+        loop {
+            let event = std::future::poll_fn(|cx| {
+                match self.poll_wait(me.ticket, &mut gate, &mut connecting, cx) {
+                    Poll::Ready(e) => Poll::Ready(e),
+                    Poll::Pending => sleep.as_mut().poll(cx).map(|()| Event::TimedOut),
+                }
+            })
+            .await;
+            let idle = match event {
+                Event::Served(r) => {
+                    if r.is_ok() {
+                        self.mark_idle();
+                    }
+                    return r;
+                }
+                Event::TimedOut => {
+                    return Err(self.timed_out(gate.as_ref().map(|w| &w.wait), started))
+                }
+                Event::Idle(idle) => idle,
+            };
+            let idle_for = Instant::now().saturating_duration_since(idle.since);
+            let mut back = PutBack {
+                pool: self,
+                idle: Some(idle),
+            };
+            let checked = {
+                let conn = &back.idle.as_ref().expect("set above").conn;
+                let mut check = pin!(self.check(conn, idle_for));
+                std::future::poll_fn(|cx| match check.as_mut().poll(cx) {
+                    Poll::Ready(ok) => Poll::Ready(Some(ok)),
+                    Poll::Pending => sleep.as_mut().poll(cx).map(|()| None),
+                })
+                .await
+            };
+            match checked {
+                Some(true) => {
+                    let idle = back.idle.take().expect("set above");
+                    self.mark_idle();
+                    return Ok(idle.conn);
+                }
+                Some(false) => self.discard(back.idle.take().expect("set above").conn),
+                // The check outlived the wait: the connection goes back (or, a ping
+                // abandoned, is closed).
+                None => return Err(self.timed_out(gate.as_ref().map(|w| &w.wait), started)),
+            }
+        }
+    }
+
+    /// Whether an idle connection may be used: open, its session not ended while idle
+    /// (looked for after [`CHECK_AFTER_IDLE`]), and answering a ping after the pool's
+    /// `ping_after_idle`.
+    async fn check(&self, conn: &Pooled, idle_for: Duration) -> bool {
+        if conn.conn.is_closed() {
+            return false;
+        }
+        if idle_for > CHECK_AFTER_IDLE && conn.conn.ended_while_idle().await {
+            debug!(node = %self.key.node, "server ended the session while idle");
+            return false;
+        }
+        if idle_for > self.ping_after_idle {
+            if let Err(error) = conn.conn.simple("").await {
+                debug!(node = %self.key.node, %error, "an idle connection failed its ping");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One look at the pool for the waiter `me`; registers its wakers when there is
+    /// nothing to do but wait: for its own connect, a connection returned here, or a
+    /// permit given back on any core.
+    fn poll_wait<'a>(
+        self: &'a Rc<Self>,
+        me: Ticket,
+        gate: &mut Option<GateWait<'a>>,
+        connecting: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Event> {
+        loop {
+            {
+                let mut s = self.state.borrow_mut();
+                if let Some(got) = s.waiters.take(me) {
+                    return Poll::Ready(Event::Served(got));
+                }
+                if s.closed {
+                    return Poll::Ready(Event::Served(Err(Error::Closed)));
+                }
+                if let Some(idle) = s.idle.pop_front() {
+                    return Poll::Ready(Event::Idle(idle));
+                }
+                s.waiters.set_waker(me, cx.waker());
+                if *connecting {
+                    return Poll::Pending;
+                }
+            }
+            let full = match try_acquire(&self.gates.tenant, &self.gates.node, self.gates.core) {
+                Ok(permit) => {
+                    *gate = None;
+                    *connecting = true;
+                    self.open(me, permit);
+                    return Poll::Pending;
+                }
+                Err(Full::Tenant) => &self.gates.tenant,
+                Err(Full::Node) => &self.gates.node,
+            };
+            let keep = gate.as_ref().is_some_and(|w| {
+                Arc::ptr_eq(full, w.wait.gate()) && w.asks() == self.asks_others(full)
+            });
+            if !keep {
+                *gate = Some(GateWait::new(self, full));
+            }
+            let w = gate.as_mut().expect("set above");
+            w.wait.register(cx.waker());
+            if !w.wait.gate().has_room() {
+                return Poll::Pending;
+            }
+            // A permit was given back meanwhile: try again.
+        }
+    }
+
+    /// Opens a connection for the waiter `me` under `permit`, in a task of its own: it
+    /// finishes even if `me` leaves, and then goes to the next waiter or stays idle.
+    fn open(self: &Rc<Self>, me: Ticket, permit: crate::budget::Permit) {
+        {
+            let mut s = self.state.borrow_mut();
+            s.open += 1;
+            s.opening += 1;
+        }
+        let pool = Rc::downgrade(self);
+        let target = self.target.clone();
+        monoio::spawn(async move {
+            let result = connect(&target, permit).await;
+            // A pool dropped meanwhile (evicted): the connection closes with its permit.
+            if let Some(pool) = pool.upgrade() {
+                pool.connected(me, result);
+            }
+        });
+    }
+
+    /// A connect for `me` ended: the connection goes to `me` (or, gone, the next waiter,
+    /// else it stays idle); an error goes to `me` only.
+    fn connected(&self, me: Ticket, result: Result<PgConn, Error>) {
+        let mut s = self.state.borrow_mut();
+        s.opening -= 1;
+        match result {
+            Ok(conn) => {
+                drop(s);
+                let conn = Pooled {
+                    conn,
+                    created: Instant::now(),
+                };
+                self.hand_over(conn, Some(me));
+            }
+            Err(e) => {
+                s.open -= 1;
+                if let Err(Err(error)) = s.waiters.serve(me, Err(e)) {
+                    debug!(node = %self.key.node, %error, "a connect for a request gone failed");
+                }
+            }
+        }
+    }
+
+    /// Returns a checked-out connection: to the first waiter, else idle (closed when it
+    /// broke or the pool closed).
+    pub fn put_back(&self, conn: Pooled) {
+        self.hand_over(conn, None);
+    }
+
+    /// Closes a checked-out connection (its state is unknown, or its permit is wanted on
+    /// another core); its permit is given back when the server has closed it.
+    pub fn discard(&self, conn: Pooled) {
+        self.state.borrow_mut().open -= 1;
+        drop(conn);
+    }
+
+    fn hand_over(&self, conn: Pooled, to: Option<Ticket>) {
+        if conn.conn.is_closed() {
+            return self.discard(conn);
+        }
+        let mut s = self.state.borrow_mut();
+        if s.closed {
+            s.open -= 1;
+            drop(s);
+            return drop(conn);
+        }
+        let mut rest = Err(Ok(conn));
+        if let Some(t) = to {
+            rest = s.waiters.serve(t, rest.unwrap_err());
+        }
+        if let Err(got) = rest {
+            rest = s.waiters.serve_first(got);
+        }
+        if let Err(Ok(conn)) = rest {
+            s.idle.push_back(Idle {
+                conn,
+                since: Instant::now(),
+            });
+            drop(s);
+            self.mark_idle();
         }
     }
 
@@ -175,44 +465,10 @@ impl TenantPool {
     /// Also while this pool itself holds none: the core's permits may all be in the
     /// tenant's other pools (another role or database), whose idle connections nothing
     /// else would give back.
-    fn asks_others(&self, gate: &Arc<crate::budget::Gate>) -> bool {
+    fn asks_others(&self, gate: &Arc<Gate>) -> bool {
         !Arc::ptr_eq(gate, &self.gates.tenant)
             || !gate.holders().contains(self.gates.core)
             || self.size() == 0
-    }
-
-    /// The gates its connections count against.
-    pub fn gates(&self) -> &Gates {
-        &self.gates
-    }
-
-    /// Idle connections now.
-    pub fn idle(&self) -> usize {
-        self.pool.status().available
-    }
-
-    /// Sleeps until a connection of this pool is returned or, when `waiting`, a permit of
-    /// its gate is given back on any core; at once when either happened meanwhile.
-    async fn woken(&self, mut waiting: Option<&mut Waiting>) {
-        let mut slept = false;
-        std::future::poll_fn(|cx| {
-            if slept {
-                return Poll::Ready(());
-            }
-            self.returned.borrow_mut().push(cx.waker().clone());
-            if let Some(w) = waiting.as_deref_mut() {
-                w.register(cx.waker());
-                if w.gate().has_room() {
-                    return Poll::Ready(());
-                }
-            }
-            if self.pool.status().available > 0 {
-                return Poll::Ready(());
-            }
-            slept = true;
-            Poll::Pending
-        })
-        .await
     }
 
     /// Tells the tenant's gate whether this core has an idle connection of it now, so
@@ -220,25 +476,15 @@ impl TenantPool {
     fn mark_idle(&self) {
         self.gates
             .tenant
-            .mark_idle(self.gates.core, self.pool.status().available > 0);
-    }
-
-    /// A connection of this pool was returned or dropped: wakes this core's waiters.
-    pub fn returned(&self) {
-        self.mark_idle();
-        let wakers = std::mem::take(&mut *self.returned.borrow_mut());
-        for w in wakers {
-            w.wake();
-        }
+            .mark_idle(self.gates.core, self.idle() > 0);
     }
 
     /// Whether a connection being returned should be closed instead, so its permit goes to
     /// a request waiting on another core: when requests elsewhere wait for the tenant's (or
     /// the node's) permits, and this pool has no waiter of its own or has held the
     /// connection for [`SHARE_AFTER`].
-    pub fn give_back(&self, conn: &Object<PgManager>) -> bool {
-        self.wanted_elsewhere()
-            && (self.waiting.get() == 0 || Object::metrics(conn).age() >= SHARE_AFTER)
+    pub fn give_back(&self, conn: &Pooled) -> bool {
+        self.wanted_elsewhere() && (self.waiters() == 0 || conn.age() >= SHARE_AFTER)
     }
 
     /// Whether requests on other cores (or of other pools) wait for this pool's gates.
@@ -266,46 +512,100 @@ impl TenantPool {
         }
     }
 
-    /// Closes idle connections unused for `idle_for`, keeping at least `keep` idle ones.
+    /// Closes idle connections unused for `idle_for`, keeping at least `keep` idle ones
+    /// (the most recently returned).
     pub fn trim_idle(&self, keep: usize, idle_for: Duration) -> usize {
-        let mut kept = 0;
-        let result = self.pool.retain(|_, metrics| {
-            if kept < keep || metrics.last_used() < idle_for {
-                kept += 1;
-                true
+        let now = Instant::now();
+        let mut s = self.state.borrow_mut();
+        let idle = std::mem::take(&mut s.idle);
+        let kept_from = idle.len().saturating_sub(keep);
+        let mut closed = Vec::new();
+        for (i, e) in idle.into_iter().enumerate() {
+            if i >= kept_from || now.saturating_duration_since(e.since) < idle_for {
+                s.idle.push_back(e);
             } else {
-                false
+                closed.push(e);
             }
-        });
+        }
+        s.open -= closed.len();
+        drop(s);
         self.mark_idle();
-        result.removed.len()
+        closed.len()
     }
 
-    /// Closes the pool: idle connections close now, in-use ones when returned.
+    /// Closes the pool: idle connections close now, in-use ones when returned, and its
+    /// waiters are answered [`Error::Closed`].
     pub fn close(&self) {
-        self.pool.close();
+        let idle = {
+            let mut s = self.state.borrow_mut();
+            s.closed = true;
+            let idle = std::mem::take(&mut s.idle);
+            s.open -= idle.len();
+            while s.waiters.serve_first(Err(Error::Closed)).is_ok() {}
+            idle
+        };
+        drop(idle);
         self.gates.tenant.mark_idle(self.gates.core, false);
     }
 
     /// Whether [`TenantPool::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.pool.is_closed()
+        self.state.borrow().closed
     }
 }
 
-/// Counts a request as waiting in its pool until dropped.
-struct LocalWait<'a>(&'a TenantPool);
+/// A checkout's place in its pool's queue; leaving it (the future dropped) passes on a
+/// connection it was served and did not take.
+struct Queued<'a> {
+    pool: &'a TenantPool,
+    ticket: Ticket,
+}
 
-impl<'a> LocalWait<'a> {
-    fn new(pool: &'a TenantPool) -> Self {
-        pool.waiting.set(pool.waiting.get() + 1);
-        Self(pool)
+impl<'a> Queued<'a> {
+    fn join(pool: &'a TenantPool) -> Self {
+        let ticket = pool.state.borrow_mut().waiters.join();
+        Self { pool, ticket }
     }
 }
 
-impl Drop for LocalWait<'_> {
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.0.waiting.set(self.0.waiting.get() - 1);
+        let mut s = self.pool.state.borrow_mut();
+        let left = s.waiters.leave(self.ticket);
+        // An idle connection this waiter was woken for (one put back unchecked): the next
+        // waiter looks at it.
+        if !s.idle.is_empty() {
+            s.waiters.wake_first();
+        }
+        drop(s);
+        if let Some(Ok(conn)) = left {
+            self.pool.hand_over(conn, None);
+        }
+    }
+}
+
+/// An idle connection being checked; put back first in line when the check is dropped.
+struct PutBack<'a> {
+    pool: &'a TenantPool,
+    idle: Option<Idle>,
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        let Some(idle) = self.idle.take() else {
+            return;
+        };
+        if idle.conn.conn.is_closed() {
+            return self.pool.discard(idle.conn);
+        }
+        let mut s = self.pool.state.borrow_mut();
+        if s.closed {
+            s.open -= 1;
+            drop(s);
+            return drop(idle);
+        }
+        s.idle.push_front(idle);
+        s.waiters.wake_first();
     }
 }
 
@@ -318,7 +618,7 @@ struct GateWait<'a> {
 }
 
 impl<'a> GateWait<'a> {
-    fn new(pool: &'a TenantPool, gate: &Arc<crate::budget::Gate>) -> Self {
+    fn new(pool: &'a TenantPool, gate: &Arc<Gate>) -> Self {
         if !pool.asks_others(gate) {
             return Self {
                 wait: gate.watch(),

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod gateway;
 pub mod http;
 pub mod pg;
+pub mod wire;
 pub mod worker;
 
 use std::time::{Duration, Instant};

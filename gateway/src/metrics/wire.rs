@@ -26,10 +26,14 @@ pub enum WireEvent {
     StaleSkipped,
     /// Cancel requests served.
     Cancels,
+    /// Autocommit reads a replica refused as writes (25006), rerun on the leader.
+    ReadOnlyReruns,
+    /// Statements abandoned (08007) because the leader's lease was lost while they ran.
+    LeaseAbandoned,
 }
 
 /// Each family: event, name, type, help. Rendered in this order.
-const FAMILIES: [(WireEvent, &str, &str, &str); 8] = [
+const FAMILIES: [(WireEvent, &str, &str, &str); 10] = [
     (
         WireEvent::ClientsOpen,
         "ringgate_pg_clients",
@@ -78,12 +82,79 @@ const FAMILIES: [(WireEvent, &str, &str, &str); 8] = [
         "counter",
         "CancelRequests served.",
     ),
+    (
+        WireEvent::ReadOnlyReruns,
+        "ringgate_pg_read_only_reruns_total",
+        "counter",
+        "Autocommit reads a replica refused as writes (25006), rerun on the leader.",
+    ),
+    (
+        WireEvent::LeaseAbandoned,
+        "ringgate_pg_lease_abandoned_total",
+        "counter",
+        "Statements abandoned (08007) because the leader's lease was lost while they ran.",
+    ),
+];
+
+/// What the front end counts per tenant class (bounded labels, as `/sql`'s metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassFigure {
+    /// Client sessions open now (gauge).
+    Clients,
+    /// Server connections held now by transaction-mode sessions (gauge).
+    ServersTransaction,
+    /// Server connections held now by session-mode sessions (gauge).
+    ServersSession,
+    /// Transactions relayed (in either pool mode).
+    Transactions,
+    /// Microseconds spent waiting for a server connection.
+    WaitMicros,
+}
+
+/// Each per-class family: figure, name, type, help, extra label.
+const CLASS_FAMILIES: [(ClassFigure, &str, &str, &str, &str); 5] = [
+    (
+        ClassFigure::Clients,
+        "ringgate_pg_class_clients",
+        "gauge",
+        "PostgreSQL client sessions open, by tenant class.",
+        "",
+    ),
+    (
+        ClassFigure::ServersTransaction,
+        "ringgate_pg_class_server_connections",
+        "gauge",
+        "Server connections held by PostgreSQL client sessions now, by tenant class and pool mode.",
+        ",mode=\"transaction\"",
+    ),
+    (
+        ClassFigure::ServersSession,
+        "ringgate_pg_class_server_connections",
+        "gauge",
+        "",
+        ",mode=\"session\"",
+    ),
+    (
+        ClassFigure::Transactions,
+        "ringgate_pg_class_transactions_total",
+        "counter",
+        "Transactions relayed (server connection checkouts), by tenant class.",
+        "",
+    ),
+    (
+        ClassFigure::WaitMicros,
+        "ringgate_pg_class_checkout_wait_seconds_total",
+        "counter",
+        "Time PostgreSQL clients waited for a server connection, by tenant class.",
+        "",
+    ),
 ];
 
 /// One core's front-end figures.
 #[derive(Debug, Default)]
 pub struct WireMetrics {
     values: [AtomicU64; FAMILIES.len()],
+    classes: [[AtomicU64; CLASS_FAMILIES.len()]; crate::metrics::N_CLASS],
 }
 
 impl WireMetrics {
@@ -114,6 +185,58 @@ impl WireMetrics {
     pub fn get(&self, e: WireEvent) -> u64 {
         self.slot(e).load(Relaxed)
     }
+
+    fn class(&self, class: usize, f: ClassFigure) -> &AtomicU64 {
+        &self.classes[class.min(crate::metrics::N_CLASS - 1)][f as usize]
+    }
+
+    /// Adds `n` to class `class`'s figure `f`.
+    pub fn class_add(&self, class: usize, f: ClassFigure, n: u64) {
+        self.class(class, f).fetch_add(n, Relaxed);
+    }
+
+    /// Takes one from class `class`'s gauge `f`.
+    pub fn class_sub(&self, class: usize, f: ClassFigure) {
+        let _ = self
+            .class(class, f)
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// A checkout for class `class` waited `d`.
+    pub fn class_waited(&self, class: usize, d: Duration) {
+        self.class_add(class, ClassFigure::WaitMicros, d.as_micros() as u64);
+    }
+}
+
+/// Renders the per-class families, summed over `cores`; classes with nothing counted
+/// are left out. `label` names a class slot.
+pub fn render_classes<'a>(
+    o: &mut String,
+    cores: impl Iterator<Item = &'a WireMetrics> + Clone,
+    label: impl Fn(usize) -> String,
+) -> std::fmt::Result {
+    for (f, name, kind, help, extra) in CLASS_FAMILIES {
+        if !help.is_empty() {
+            writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+        }
+        for class in 0..crate::metrics::N_CLASS {
+            let v: u64 = cores.clone().map(|m| m.class(class, f).load(Relaxed)).sum();
+            let seen = cores.clone().any(|m| {
+                m.class(class, ClassFigure::Transactions).load(Relaxed) > 0
+                    || m.class(class, ClassFigure::Clients).load(Relaxed) > 0
+            });
+            if !seen {
+                continue;
+            }
+            let class = label(class);
+            if f == ClassFigure::WaitMicros {
+                writeln!(o, "{name}{{class=\"{class}\"{extra}}} {}", v as f64 / 1e6)?;
+            } else {
+                writeln!(o, "{name}{{class=\"{class}\"{extra}}} {v}")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Renders every family over `cores`.
@@ -160,5 +283,50 @@ mod tests {
             o.contains("ringgate_pg_checkout_wait_seconds_total{core=\"0\"} 1.5\n"),
             "{o}"
         );
+    }
+
+    #[test]
+    fn class_figures_are_summed_over_cores_and_labelled() {
+        for (i, (f, ..)) in CLASS_FAMILIES.iter().enumerate() {
+            assert_eq!(*f as usize, i);
+        }
+        let m = [WireMetrics::default(), WireMetrics::default()];
+        m[0].class_add(2, ClassFigure::Clients, 1);
+        m[1].class_add(2, ClassFigure::Clients, 1);
+        m[1].class_add(2, ClassFigure::ServersSession, 1);
+        m[1].class_waited(2, Duration::from_millis(500));
+        m[1].class_add(2, ClassFigure::Transactions, 1);
+        m[0].class_sub(2, ClassFigure::ServersTransaction);
+        m[0].class_add(99, ClassFigure::Clients, 1);
+        let mut o = String::new();
+        render_classes(&mut o, m.iter(), |c| format!("c{c}")).unwrap();
+        assert!(
+            o.contains("ringgate_pg_class_clients{class=\"c2\"} 2\n"),
+            "{o}"
+        );
+        assert!(
+            o.contains("ringgate_pg_class_server_connections{class=\"c2\",mode=\"session\"} 1\n"),
+            "{o}"
+        );
+        assert!(
+            o.contains(
+                "ringgate_pg_class_server_connections{class=\"c2\",mode=\"transaction\"} 0\n"
+            ),
+            "{o}"
+        );
+        assert!(
+            o.contains("ringgate_pg_class_transactions_total{class=\"c2\"} 1\n"),
+            "{o}"
+        );
+        assert!(
+            o.contains("ringgate_pg_class_checkout_wait_seconds_total{class=\"c2\"} 0.5\n"),
+            "{o}"
+        );
+        // A slot out of range counts as the last (`other`).
+        assert!(
+            o.contains("ringgate_pg_class_clients{class=\"c9\"} 1\n"),
+            "{o}"
+        );
+        assert!(!o.contains("class=\"c0\""), "{o}");
     }
 }

@@ -665,7 +665,7 @@ const CANNOT_CONNECT_NOW: &str = "57P03";
 
 /// Whether the error means the server connection is gone (closed, or terminated by the
 /// server: admin shutdown, crash shutdown, cannot connect now).
-fn is_disconnect(e: &PgError) -> bool {
+pub(crate) fn is_disconnect(e: &PgError) -> bool {
     // A server error is judged by its code alone: a FATAL refusal at startup (no such
     // database, no permission) is an answer, not an outage.
     match e.db() {

@@ -13,7 +13,9 @@
 //! (idle) itself. The key: the role, the database, the session's replayed `SET`s, the
 //! message kinds, the statement text and parameter types, and the `Bind`'s parameter
 //! formats, values and result formats. Statements inside an explicit transaction never
-//! reach this module: the relay keeps them in the transaction.
+//! reach this module (the relay keeps them in the transaction), nor do they after a
+//! `BEGIN` the relay deferred; a session-mode client is never answered from the cache (its
+//! server session may hold temporary tables or settings the key does not name).
 //!
 //! **Writes.** Every client message relayed is looked at ([`written_by`]): a `Query`'s
 //! or `Parse`'s text, the text of the named statement a `Bind` runs, a `FunctionCall`
@@ -212,7 +214,7 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
     let Some(qc) = core.query_cache.as_ref() else {
         return Answer::Relay(first);
     };
-    if !matches!(first[0], b'Q' | b'P' | b'B') {
+    if !matches!(first[0], b'Q' | b'P' | b'B') || !relay.cache_may_answer() {
         return Answer::Relay(first);
     }
     // A simple query's verdict first: it needs no more messages.

@@ -18,7 +18,9 @@
 //! - [`stream`]: the client's byte stream, plain, TLS or WebSocket.
 //! - [`websocket`]: the upgrade request and the frame codec.
 //! - [`session`]: project checks and authentication.
-//! - [`relay`]: transaction pooling, named prepared statements, session-only refusals.
+//! - [`relay`]: transaction or session pooling, named prepared statements, session-only
+//!   refusals, the leader's lease.
+//! - [`split`]: the read/write split (replica or leader, from the first statement).
 //! - [`cached`]: autocommit reads from the result cache; writes invalidating it.
 //! - [`cancel`]: cancel keys and the process-wide table they are found in.
 
@@ -28,6 +30,7 @@ pub mod messages;
 pub mod relay;
 pub mod route;
 pub mod session;
+pub mod split;
 pub mod startup;
 pub mod stream;
 pub mod websocket;
@@ -194,7 +197,7 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
                 core.metrics()
                     .wire
                     .count(crate::metrics::wire::WireEvent::Cancels);
-                return cancel_request(pid, key).await;
+                return cancel_request(&core, pid, key).await;
             }
             Startup::Ssl | Startup::GssEnc if stream.is_tls() => {
                 return fatal(&mut stream, "08P01", "encryption requested twice").await;
@@ -384,14 +387,33 @@ async fn first_byte(tcp: &TcpStream) -> Result<u8, std::io::Error> {
     }
 }
 
-/// Serves a `CancelRequest`: cancels the statement the session with this key runs now.
-async fn cancel_request(pid: i32, key: i32) {
+/// Serves a `CancelRequest`: cancels the statement the session with this key runs now;
+/// a key of no session here goes to the other instances through Redis.
+async fn cancel_request(core: &Core, pid: i32, key: i32) {
+    if !matches!(cancel::lookup(pid, key), cancel::Found::Elsewhere) {
+        return cancel_here(pid, key).await;
+    }
+    match &core.redis {
+        Some(redis) => {
+            if let Err(error) = redis
+                .publish(cancel::CHANNEL, &cancel::message(pid, key))
+                .await
+            {
+                debug!(%error, "cancel request could not be published");
+            }
+        }
+        None => debug!(pid, "cancel request for no session"),
+    }
+}
+
+/// Cancels the statement the session with this key runs now, if it is this process's.
+pub async fn cancel_here(pid: i32, key: i32) {
     match cancel::lookup(pid, key) {
-        Some(canceller) => {
+        cancel::Found::Running(canceller) => {
             if let Err(error) = canceller.cancel().await {
                 debug!(%error, "cancel request could not be forwarded");
             }
         }
-        None => debug!(pid, "cancel request for no running statement"),
+        _ => debug!(pid, "cancel request for no running statement"),
     }
 }

@@ -14,16 +14,49 @@
 //! client later uses (and reset with `RESET ALL` before it goes back to the pool);
 //! features that need one server session for the client's life (`LISTEN`, `WITH HOLD`
 //! cursors, session advisory locks, SQL `PREPARE`) are refused with `0A000`.
+//!
+//! A project whose `pool_mode` is `session` keeps one server connection for the client's
+//! whole session instead: nothing is refused, and the connection goes back to the pool
+//! after `DISCARD ALL` when the client leaves. If it dies, the statement is answered
+//! `08007` and the client's next message ends its session with `08006` (its temp tables,
+//! locks and `LISTEN`s are gone: it is not continued on another connection). Notifications reach the client with
+//! the answer to its next statement (ringgate reads the server only while a statement
+//! runs).
+//!
+//! With the project's `read_split` on, transaction mode places each transaction by its
+//! first statement ([`super::split`]). An autocommit read a replica refuses with `25006`
+//! is rerun on the leader when nothing of its answer was written to the client (the
+//! replica changed nothing).
+//!
+//! The leader's lease (as `/sql`'s [`crate::sql::lease`]): a leader connection's messages
+//! are held while the lease may not take writes, and a statement whose lease is lost
+//! while the client waits for its answer is abandoned, answered `08007`.
 
-use std::{collections::HashMap, rc::Rc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    rc::Rc,
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use monoio::time::{sleep, Instant};
+use ringgate_discovery::Role;
 use ringgate_pool::{Checkout, Credentials, Error as PoolError, Intent, Lent, Shard};
 use tracing::debug;
 
-use super::{cached, cancel::CancelKey, fatal, messages, stream::ClientStream};
-use crate::{metrics::wire::WireEvent, per_core::Core};
+use super::{
+    cached,
+    cancel::CancelKey,
+    fatal, messages,
+    split::{self, Placement},
+    stream::ClientStream,
+};
+use crate::{
+    metrics::wire::{ClassFigure, WireEvent},
+    per_core::Core,
+    projects::PoolMode,
+    sql::lease::under_lease,
+};
 
 /// Read size from either side.
 const CHUNK: usize = 16 << 10;
@@ -54,6 +87,34 @@ const TOO_MANY_CONNECTIONS: &str = "53300";
 const CANNOT_CONNECT: &str = "08001";
 /// SQLSTATE `admin_shutdown`.
 const ADMIN_SHUTDOWN: &str = "57P01";
+/// SQLSTATE `read_only_sql_transaction`.
+const READ_ONLY: &[u8] = b"25006";
+/// SQLSTATE `connection_failure`.
+const CONNECTION_FAILURE: &str = "08006";
+/// What a session-mode client whose server connection died is told before it is closed.
+const SESSION_LOST: &str = "the server connection of this session was lost; its session state (temporary tables, locks, LISTEN) is gone";
+/// How often a held message looks at the lease again.
+const LEASE_POLL: Duration = Duration::from_millis(20);
+
+/// Whose server connections a session uses.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The tenant its pools are keyed by (`<project>/pg`).
+    pub tenant: String,
+    /// The client's role, database and keys.
+    pub credentials: Credentials,
+}
+
+/// How a project's sessions are pooled (from its `ringgate.projects` row).
+#[derive(Debug, Clone, Copy)]
+pub struct Pooling {
+    /// Transaction or session pooling.
+    pub mode: PoolMode,
+    /// Whether reads run on replicas ([`super::split`]; transaction mode only).
+    pub read_split: bool,
+    /// The project's tenant class slot, for metrics.
+    pub class: usize,
+}
 
 /// A client's named statement.
 #[derive(Debug)]
@@ -76,6 +137,10 @@ struct Held {
     expected: usize,
     /// `ParseComplete`s of ringgate's own `Parse`s, not to relay.
     swallow: usize,
+    /// Every `Parse` sent and not yet answered, in order: the server name it creates
+    /// (`None` for the unnamed statement). After an error the server skips to `Sync`, so
+    /// the unanswered ones were not created and are forgotten.
+    parses: VecDeque<Option<String>>,
     /// The last `ReadyForQuery` status.
     status: u8,
     /// Whether a replayed `SET` changed the session (reset before release).
@@ -84,6 +149,17 @@ struct Held {
     broken: bool,
     /// Whether the client was told its server connection was lost.
     lost_reported: bool,
+    /// While a replica's answer to an autocommit read may still be dropped and rerun on
+    /// the leader: where the answer starts in the client's buffer, and the client flush
+    /// count then (a flush since means part of it reached the client).
+    rerunnable: Option<(usize, u64)>,
+    /// A replica refused a write (`25006`): its answers are dropped until `ReadyForQuery`
+    /// and the transaction reruns on the leader.
+    rerun: bool,
+    /// The gauge this connection counts in (by pool mode).
+    figure: ClassFigure,
+    /// Answers (up to `ReadyForQuery`) of deferred `BEGIN`s not to relay.
+    hidden: usize,
 }
 
 impl Held {
@@ -120,6 +196,16 @@ pub struct Relay {
     statements: HashMap<Bytes, Prepared>,
     pub(super) sets: Vec<String>,
     key: CancelKey,
+    pooling: Pooling,
+    /// A session-mode client's server connection between transactions.
+    kept: Option<Held>,
+    /// Writes of answers to the client so far.
+    flushes: u64,
+    /// A session-mode client's server connection died: its next message ends the session.
+    session_lost: bool,
+    /// A bare `BEGIN` answered by ringgate (read/write split on), sent on with the
+    /// transaction's next statement, which decides where it runs.
+    deferred_begin: Option<BytesMut>,
     /// The result cache's view of the session (see [`cached`]).
     pub(super) cache: cached::Session,
 }
@@ -129,24 +215,29 @@ impl Relay {
     pub fn new(
         core: Rc<Core>,
         db: Rc<Shard>,
-        tenant: String,
-        credentials: Credentials,
+        upstream: Upstream,
         client: ClientStream,
         rbuf: BytesMut,
         key: CancelKey,
+        pooling: Pooling,
     ) -> Self {
         Self {
-            cache: cached::Session::new(&tenant),
+            cache: cached::Session::new(&upstream.tenant),
             core,
             db,
-            tenant,
-            credentials,
+            tenant: upstream.tenant,
+            credentials: upstream.credentials,
             client,
             rbuf,
             wbuf: BytesMut::with_capacity(CHUNK),
             statements: HashMap::new(),
             sets: Vec::new(),
             key,
+            pooling,
+            kept: None,
+            flushes: 0,
+            session_lost: false,
+            deferred_begin: None,
         }
     }
 
@@ -154,10 +245,10 @@ impl Relay {
     /// work upstream, sends the server's parameters, the cancel key and `ReadyForQuery`,
     /// then serves the client until it leaves.
     pub async fn start(mut self) {
-        let params = match self.checkout().await {
+        let params = match self.checkout(Intent::Write).await {
             Ok(mut held) => {
                 let params = held.lent().conn.server_params().to_vec();
-                self.release(held).await;
+                self.finish(held).await;
                 params
             }
             Err((code, msg)) => return fatal(&mut self.client, code, &msg).await,
@@ -167,7 +258,65 @@ impl Relay {
         }
         messages::backend_key_data(&mut self.wbuf, self.key.pid, self.key.key);
         messages::ready_for_query(&mut self.wbuf, b'I');
+        let (metrics, class) = (&self.core.metrics().wire, self.pooling.class);
+        metrics.class_add(class, ClassFigure::Clients, 1);
         self.serve().await;
+        if let Some(held) = self.kept.take() {
+            self.release(held).await;
+        }
+        self.core
+            .metrics()
+            .wire
+            .class_sub(class, ClassFigure::Clients);
+    }
+
+    /// Ends a transaction: a session-mode client keeps its connection, others give it back.
+    async fn finish(&mut self, held: Held) {
+        match self.pooling.mode {
+            PoolMode::Session if !held.broken => self.kept = Some(held),
+            _ => self.release(held).await,
+        }
+    }
+
+    /// Whether `msg` is a bare `BEGIN` to answer here and send on with the transaction's
+    /// next statement (read/write split on, transaction mode).
+    fn defers_begin(&self, msg: &[u8]) -> bool {
+        self.pooling.read_split
+            && self.pooling.mode == PoolMode::Transaction
+            && self.deferred_begin.is_none()
+            && messages::split_cstr(messages::body(msg))
+                .is_some_and(|(q, _)| split::is_bare_begin(&String::from_utf8_lossy(q)))
+    }
+
+    /// Where a transaction starting with `first` runs.
+    fn placement(&self, first: &[u8]) -> Placement {
+        if !self.pooling.read_split || self.pooling.mode == PoolMode::Session {
+            return Placement::Leader;
+        }
+        let body = messages::body(first);
+        let text = |b: &[u8]| {
+            messages::split_cstr(b).map(|(q, _)| String::from_utf8_lossy(q).into_owned())
+        };
+        if self.deferred_begin.is_some() {
+            // After a bare BEGIN: SET TRANSACTION READ ONLY places it on a replica.
+            return match (first[0], text(body)) {
+                (b'Q', Some(sql)) if split::sets_read_only(&sql) => Placement::ReadOnlyTransaction,
+                _ => Placement::Leader,
+            };
+        }
+        let sql = match first[0] {
+            b'Q' => text(body),
+            b'P' => messages::split_cstr(body).and_then(|(_, rest)| text(rest)),
+            b'B' => messages::split_cstr(body)
+                .and_then(|(_, r)| messages::split_cstr(r))
+                .and_then(|(stmt, _)| self.statements.get(stmt))
+                .and_then(|p| text(&p.rest)),
+            _ => None,
+        };
+        match sql {
+            Some(sql) => split::place(&sql, first[0] == b'Q'),
+            None => Placement::Leader,
+        }
     }
 
     async fn serve(&mut self) {
@@ -175,10 +324,25 @@ impl Relay {
             let Some(msg) = self.next_idle().await else {
                 return;
             };
+            if self.session_lost && msg[0] != b'X' {
+                return fatal(&mut self.client, CONNECTION_FAILURE, SESSION_LOST).await;
+            }
             match msg[0] {
                 b'X' => return,
                 // Nothing is open between transactions: a lone Sync is answered here.
-                b'S' => messages::ready_for_query(&mut self.wbuf, b'I'),
+                b'S' => {
+                    let status = if self.deferred_begin.is_some() {
+                        b'T'
+                    } else {
+                        b'I'
+                    };
+                    messages::ready_for_query(&mut self.wbuf, status)
+                }
+                b'Q' if self.defers_begin(&msg) => {
+                    messages::frontend(&mut self.wbuf, b'C', &[b"BEGIN\0"]);
+                    messages::ready_for_query(&mut self.wbuf, b'T');
+                    self.deferred_begin = Some(msg);
+                }
                 b'H' | b'd' | b'c' | b'f' => {}
                 b'Q' | b'P' | b'B' | b'D' | b'E' | b'F' | b'C' => {
                     if !cached::transaction(self, msg).await {
@@ -195,10 +359,37 @@ impl Relay {
 
     /// Relays one transaction, starting with `first`; false when the client is gone.
     pub(super) async fn transaction(&mut self, first: BytesMut) -> bool {
-        let mut held = match self.checkout().await {
-            Ok(h) => h,
-            Err((code, msg)) => return self.refuse(first[0], code, &msg).await,
+        self.core
+            .metrics()
+            .wire
+            .class_add(self.pooling.class, ClassFigure::Transactions, 1);
+        let placement = self.placement(&first);
+        let intent = match placement {
+            Placement::Leader => Intent::Write,
+            Placement::AutocommitRead | Placement::ReadOnlyTransaction => Intent::Read,
         };
+        let kept = self.kept.take();
+        let begin = self.deferred_begin.take();
+        let mut held = match kept {
+            Some(h) => h,
+            None => match self.checkout(intent).await {
+                Ok(h) => h,
+                Err((code, msg)) => return self.refuse(first[0], code, &msg).await,
+            },
+        };
+        if let Some(begin) = begin {
+            // The BEGIN the client was told of goes first; its answer is not relayed.
+            held.pending += 1;
+            held.hidden += 1;
+            held.out.extend_from_slice(&begin);
+        }
+        // The messages of an autocommit read on a replica, kept to rerun on the leader.
+        let mut sent = (placement == Placement::AutocommitRead
+            && held.checkout.role() == Role::Replica)
+            .then(Vec::new);
+        if sent.is_some() {
+            held.rerunnable = Some((self.wbuf.len(), self.flushes));
+        }
         let mut msg = first;
         loop {
             let tag = msg[0];
@@ -208,17 +399,40 @@ impl Relay {
                 self.release(held).await;
                 return false;
             }
+            if tag == b'H' {
+                // Answers reach the client before the Sync: no longer rerunnable.
+                sent = None;
+                held.rerunnable = None;
+            }
+            if let Some(s) = sent.as_mut() {
+                s.push(msg.clone());
+            }
             self.forward(&mut held, msg);
             let until = match tag {
                 b'S' | b'Q' | b'F' => Some(Until::Ready),
                 b'H' => Some(Until::Answered),
                 _ => None,
             };
-            let flushed = match until {
+            let mut flushed = match until {
                 Some(u) => self.exchange(&mut held, u).await,
-                None if held.out.len() >= FLUSH_AT => send(&mut held).await,
+                None if held.out.len() >= FLUSH_AT => send_under_lease(&mut held).await,
                 None => Ok(()),
             };
+            if flushed.is_ok() && held.rerun {
+                held = match self.rerun(held, sent.take().unwrap_or_default()).await {
+                    Ok(h) => h,
+                    Err((code, msg)) => {
+                        messages::error(&mut self.wbuf, "ERROR", code, &msg);
+                        messages::ready_for_query(&mut self.wbuf, b'I');
+                        return true;
+                    }
+                };
+                flushed = self.exchange(&mut held, Until::Ready).await;
+            }
+            if until.is_some() {
+                sent = None;
+                held.rerunnable = None;
+            }
             match flushed {
                 Ok(()) => {}
                 Err(Gone::Server) => {
@@ -229,6 +443,9 @@ impl Relay {
                     if !reported {
                         messages::error(&mut self.wbuf, "ERROR", RESOLUTION_UNKNOWN, LOST);
                     }
+                    // A session-mode client learns at its next message that its session
+                    // is gone (closed then), after this statement's outcome.
+                    self.session_lost = self.pooling.mode == PoolMode::Session;
                     messages::ready_for_query(&mut self.wbuf, b'I');
                     return true;
                 }
@@ -239,7 +456,7 @@ impl Relay {
                 }
             }
             if held.pending == 0 && held.status == b'I' && until == Some(Until::Ready) {
-                self.release(held).await;
+                self.finish(held).await;
                 return true;
             }
             msg = match self.next_client().await {
@@ -255,8 +472,25 @@ impl Relay {
 
     /// Sends what waits for the server, then relays its answers until `until`.
     async fn exchange(&mut self, held: &mut Held, until: Until) -> Result<(), Gone> {
-        send(held).await?;
+        send_under_lease(held).await?;
         self.drive(held, until).await
+    }
+
+    /// Gives back the replica that refused `sent` as a write and sends `sent` to the
+    /// leader instead (nothing of the replica's answer reached the client).
+    async fn rerun(
+        &mut self,
+        replica: Held,
+        sent: Vec<BytesMut>,
+    ) -> Result<Held, (&'static str, String)> {
+        self.core.metrics().wire.count(WireEvent::ReadOnlyReruns);
+        debug!("a replica refused a write (25006): rerunning it on the leader");
+        self.release(replica).await;
+        let mut held = self.checkout(Intent::Write).await?;
+        for m in sent {
+            self.forward(&mut held, m);
+        }
+        Ok(held)
     }
 
     /// Relays the server's messages to the client until `until` holds.
@@ -269,12 +503,30 @@ impl Relay {
                     Ok(None) => break,
                     Err(_) => return Err(Gone::Server),
                 };
+                if held.hidden > 0 && m[0] != b'E' {
+                    if m[0] == b'Z' {
+                        held.hidden -= 1;
+                        held.pending = held.pending.saturating_sub(1);
+                        held.status = m.get(5).copied().unwrap_or(b'E');
+                    }
+                    continue;
+                }
+                if held.rerun && m[0] != b'Z' {
+                    continue;
+                }
                 match m[0] {
                     b'Z' => {
                         held.status = m.get(5).copied().unwrap_or(b'E');
                         held.pending = held.pending.saturating_sub(1);
                         held.expected = 0;
                         held.swallow = 0;
+                        held.parses.clear();
+                        if held.rerun {
+                            if held.pending == 0 {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                         self.wbuf.extend_from_slice(&m);
                         if held.pending == 0 {
                             if held.status == b'I' {
@@ -285,6 +537,7 @@ impl Relay {
                         continue;
                     }
                     b'1' => {
+                        held.parses.pop_front();
                         held.expected = held.expected.saturating_sub(1);
                         if held.swallow > 0 {
                             held.swallow -= 1;
@@ -295,8 +548,14 @@ impl Relay {
                         held.expected = held.expected.saturating_sub(1);
                     }
                     b'E' => {
-                        // The server skips to the next Sync.
+                        // The server skips to the next Sync: Parses not yet answered
+                        // created nothing.
                         held.expected = 0;
+                        let unanswered = std::mem::take(&mut held.parses);
+                        let relayed = held.lent().conn.relayed_statements();
+                        for name in unanswered.into_iter().flatten() {
+                            relayed.remove(&name);
+                        }
                         if is_fatal(messages::body(&m)) {
                             // The server ends the session: the client's session goes on
                             // (on another server connection), told the outcome is unknown.
@@ -312,6 +571,16 @@ impl Relay {
                             );
                             held.lost_reported = true;
                             continue;
+                        }
+                        let refused_write =
+                            error_field(messages::body(&m), b'C') == Some(READ_ONLY);
+                        match held.rerunnable {
+                            Some((mark, flushes)) if refused_write && flushes == self.flushes => {
+                                self.wbuf.truncate(mark);
+                                held.rerun = true;
+                                continue;
+                            }
+                            _ => {}
                         }
                     }
                     b'G' => {
@@ -330,9 +599,15 @@ impl Relay {
             if until == Until::Answered && held.expected == 0 && held.pending == 0 {
                 return self.flush_client().await;
             }
+            let lease = held.checkout.lease().cloned();
             let (stream, rbuf) = held.lent().conn.relay_io();
-            if stream.read_into(rbuf, CHUNK).await.is_err() {
-                return Err(Gone::Server);
+            match under_lease(lease.as_ref(), stream.read_into(rbuf, CHUNK)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(Gone::Server),
+                Err(_) => {
+                    self.core.metrics().wire.count(WireEvent::LeaseAbandoned);
+                    return Err(Gone::Server);
+                }
             }
         }
     }
@@ -345,12 +620,12 @@ impl Relay {
                 b'd' => {
                     held.out.extend_from_slice(&m);
                     if held.out.len() >= FLUSH_AT {
-                        send(held).await?;
+                        send_under_lease(held).await?;
                     }
                 }
                 b'c' | b'f' => {
                     held.out.extend_from_slice(&m);
-                    return send(held).await;
+                    return send_under_lease(held).await;
                 }
                 // Ignored by the server during COPY IN.
                 b'H' | b'S' => {}
@@ -368,7 +643,7 @@ impl Relay {
             b'Q' => {
                 held.pending += 1;
                 let sql = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body));
-                if let Some(why) = session_only(&sql) {
+                if let Some(why) = self.session_only(&sql) {
                     let refusal = refusal_sql(why);
                     messages::frontend(&mut held.out, b'Q', &[refusal.as_bytes(), b"\0"]);
                     return;
@@ -390,13 +665,14 @@ impl Relay {
             b'P' => {
                 held.expected += 1;
                 let Some((name, rest)) = messages::split_cstr(body) else {
+                    held.parses.push_back(None);
                     return held.out.extend_from_slice(&msg);
                 };
                 let sql = messages::split_cstr(rest)
                     .map(|(q, _)| String::from_utf8_lossy(q))
                     .unwrap_or_default();
                 let refused;
-                let rest: &[u8] = match session_only(&sql) {
+                let rest: &[u8] = match self.session_only(&sql) {
                     Some(why) => {
                         let types = messages::split_cstr(rest)
                             .map(|(_, t)| t)
@@ -410,15 +686,19 @@ impl Relay {
                     None => rest,
                 };
                 if name.is_empty() || self.statements.len() >= MAX_STATEMENTS {
+                    // A client's own name kept as is (past the limit) is not tracked.
+                    held.parses.push_back(None);
                     messages::frontend(&mut held.out, b'P', &[name, b"\0", rest]);
                     return;
                 }
                 let server = server_name(rest);
                 let relayed = held.lent().conn.relayed_statements();
                 if relayed.contains(&server) {
+                    held.parses.push_back(None);
                     messages::frontend(&mut held.out, b'P', &[b"\0", rest]);
                 } else {
                     relayed.insert(server.clone());
+                    held.parses.push_back(Some(server.clone()));
                     messages::frontend(&mut held.out, b'P', &[server.as_bytes(), b"\0", rest]);
                 }
                 self.statements.insert(
@@ -482,6 +762,16 @@ impl Relay {
         }
     }
 
+    /// Whether the result cache may answer the client's next statement: transaction
+    /// mode (a session-mode client's own server session may hold temporary tables or
+    /// settings the cache knows nothing of) and no `BEGIN` deferred (the client is in a
+    /// transaction).
+    pub(super) fn cache_may_answer(&self) -> bool {
+        self.pooling.mode == PoolMode::Transaction
+            && self.deferred_begin.is_none()
+            && self.kept.is_none()
+    }
+
     /// The `Parse` body after the name (text, NUL, parameter types) of the client's named
     /// statement `name`.
     pub(super) fn statement_rest(&self, name: &[u8]) -> Option<Bytes> {
@@ -491,19 +781,20 @@ impl Relay {
     /// A server connection for the client's role, with its `SET`s replayed. Waits out a
     /// failover (no leader, unreachable member) up to `RINGGATE_FAILOVER_WAIT`: nothing was
     /// sent yet.
-    async fn checkout(&mut self) -> Result<Held, (&'static str, String)> {
+    async fn checkout(&mut self, intent: Intent) -> Result<Held, (&'static str, String)> {
         let started = Instant::now();
         let deadline = started + self.core.config.failover_wait;
         let mut stale = 0;
         let (checkout, lent) = loop {
             match self
                 .db
-                .checkout(&self.tenant, &self.credentials, Intent::Write)
+                .checkout(&self.tenant, &self.credentials, intent)
                 .await
             {
-                // A leader whose lease may have run out takes nothing new (as for /sql):
-                // nothing was sent yet, so the transaction waits for the next leader.
-                Ok(c) if c.lease().is_some_and(|l| !l.state().is_valid()) => {
+                // A leader whose lease may have run out, or that stopped answering its
+                // probe, takes nothing new (as for /sql): nothing was sent yet, so the
+                // transaction waits for the next leader.
+                Ok(c) if c.lease().is_some_and(|l| !l.may_send()) => {
                     c.discard();
                     if Instant::now() >= deadline {
                         return Err((
@@ -541,10 +832,36 @@ impl Relay {
                     | PoolError::Connect { .. }
                     | PoolError::ConnectTimeout { .. },
                 ) if Instant::now() < deadline => sleep(Duration::from_millis(50)).await,
+                // Refused during startup (a restarting server: "the database system is
+                // starting up", a closed socket): nothing was sent yet.
+                Err(PoolError::Pg(e))
+                    if crate::sql::is_disconnect(&e) && Instant::now() < deadline =>
+                {
+                    sleep(Duration::from_millis(50)).await
+                }
+                Err(PoolError::Backend(e))
+                    if e.as_db_error().is_none() && Instant::now() < deadline =>
+                {
+                    sleep(Duration::from_millis(50)).await
+                }
+                // The leader's connections are all stuck (a frozen leader): a write waits
+                // while the lease decides, within the failover wait (as /sql's).
+                Err(PoolError::Exhausted { .. })
+                    if intent == Intent::Write && Instant::now() < deadline =>
+                {
+                    sleep(Duration::from_millis(50)).await
+                }
                 Err(e) => return Err(pool_refusal(&e)),
             }
         };
-        self.core.metrics().wire.waited(started.elapsed());
+        let metrics = &self.core.metrics().wire;
+        metrics.waited(started.elapsed());
+        metrics.class_waited(self.pooling.class, started.elapsed());
+        let figure = match self.pooling.mode {
+            PoolMode::Transaction => ClassFigure::ServersTransaction,
+            PoolMode::Session => ClassFigure::ServersSession,
+        };
+        metrics.class_add(self.pooling.class, figure, 1);
         let mut checkout = checkout;
         *self.key.slot.lock() = Some(checkout.conn().canceller());
         let mut held = Held {
@@ -554,10 +871,15 @@ impl Relay {
             pending: 0,
             expected: 0,
             swallow: 0,
+            parses: VecDeque::new(),
             status: b'I',
             dirty: false,
             broken: false,
             lost_reported: false,
+            rerunnable: None,
+            rerun: false,
+            figure,
+            hidden: 0,
         };
         if !self.sets.is_empty() {
             held.dirty = true;
@@ -578,9 +900,17 @@ impl Relay {
         let Some(mut lent) = held.lent.take() else {
             return;
         };
+        self.core
+            .metrics()
+            .wire
+            .class_sub(self.pooling.class, held.figure);
         let sound = !held.broken && held.status == b'I' && held.pending == 0;
         let mut broken = !sound;
-        if sound && held.dirty {
+        if sound && self.pooling.mode == PoolMode::Session {
+            // Temp tables, LISTENs, advisory locks, prepared statements, settings.
+            broken = lent.conn.simple("DISCARD ALL").await.is_err();
+            lent.conn.relayed_statements().clear();
+        } else if sound && held.dirty {
             broken = lent.conn.simple("RESET ALL").await.is_err();
         }
         lent.conn.relay_done(held.status, broken);
@@ -651,6 +981,9 @@ impl Relay {
 
     pub(super) async fn flush_client(&mut self) -> Result<(), Gone> {
         self.cache.capture(&self.wbuf);
+        if !self.wbuf.is_empty() {
+            self.flushes += 1;
+        }
         self.client
             .write_all(&mut self.wbuf)
             .await
@@ -658,10 +991,19 @@ impl Relay {
     }
 }
 
-/// Sends what waits for the server.
-async fn send(held: &mut Held) -> Result<(), Gone> {
+/// Sends what waits for the server; on a leader connection only while its lease may take
+/// writes (held while it may not, abandoned when it is lost).
+async fn send_under_lease(held: &mut Held) -> Result<(), Gone> {
     if held.out.is_empty() {
         return Ok(());
+    }
+    if let Some(lease) = held.checkout.lease() {
+        while !lease.may_send() {
+            if !lease.state().is_valid() {
+                return Err(Gone::Server);
+            }
+            sleep(LEASE_POLL).await;
+        }
     }
     let mut out = std::mem::take(&mut held.out);
     let r = held.lent().conn.relay_io().0.write_all(&mut out).await;
@@ -673,6 +1015,7 @@ async fn send(held: &mut Held) -> Result<(), Gone> {
 fn ensure(held: &mut Held, p: &Prepared) {
     let relayed = held.lent().conn.relayed_statements();
     if relayed.insert(p.server.clone()) {
+        held.parses.push_back(Some(p.server.clone()));
         messages::frontend(&mut held.out, b'P', &[p.server.as_bytes(), b"\0", &p.rest]);
         held.swallow += 1;
         held.expected += 1;
@@ -706,6 +1049,16 @@ fn error_field(body: &[u8], want: u8) -> Option<&[u8]> {
         rest = next;
     }
     None
+}
+
+impl Relay {
+    /// [`session_only`], in transaction mode (session mode has a session of its own).
+    fn session_only(&self, sql: &str) -> Option<&'static str> {
+        match self.pooling.mode {
+            PoolMode::Transaction => session_only(sql),
+            PoolMode::Session => None,
+        }
+    }
 }
 
 /// Why a statement needs a session of its own, when it does.

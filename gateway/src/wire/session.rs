@@ -19,7 +19,12 @@ use ringgate_pool::{Credentials, Intent, Shard};
 use tracing::debug;
 
 use super::{
-    cancel::CancelKey, fatal, messages, relay::Relay, route, startup::Params, stream::ClientStream,
+    cancel::CancelKey,
+    fatal, messages,
+    relay::{Pooling, Relay, Upstream},
+    route,
+    startup::Params,
+    stream::ClientStream,
 };
 use crate::{metrics::wire::WireEvent, per_core::Core, projects::ProjectCache};
 
@@ -135,13 +140,22 @@ pub async fn run(
     let relay = Relay::new(
         core.clone(),
         db,
-        // The front end's pools are its own: their credentials (keys, no password) differ
-        // from /sql's for the same role, and a pool is keyed by one set.
-        format!("{project}/pg"),
-        credentials,
+        Upstream {
+            // The front end's pools are its own: their credentials (keys, no password)
+            // differ from /sql's for the same role, and a pool is keyed by one set. They
+            // count against the project's one budget all the same
+            // (`ringgate_pool::shard::budget_of`).
+            tenant: format!("{project}/pg"),
+            credentials,
+        },
         stream,
         buf,
         key,
+        Pooling {
+            mode: found.pool_mode,
+            read_split: found.read_split,
+            class: found.class_slot,
+        },
     );
     relay.start().await;
     core.metrics().wire.client_closed();

@@ -140,7 +140,7 @@ impl QueryCache {
             store: Store::new(
                 config.max_bytes,
                 config.project_bytes,
-                crate::metrics::CLASS_SLOTS,
+                crate::metrics::N_CLASS,
             ),
             config,
             flights: Rc::default(),
