@@ -839,3 +839,66 @@ fn concurrent_wire_misses_of_one_key_on_a_core_run_the_query_once() {
         "{coalesced} of 12 waited for another's query"
     );
 }
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn the_wire_cache_never_answers_after_a_deferred_begin_nor_a_session_mode_client() {
+    use ringgate_tests::wire::{alpha_project, block_on, connect, start_pg_with_replica};
+    alpha_project("cache_split", "transaction", true);
+    alpha_project("cache_session", "session", false);
+    let alpha = required("RINGGATE_TEST_ALPHA_URL");
+    let control = required("RINGGATE_CONTROL_DATABASE_URL");
+    let t = unique("cache_pgm_");
+    table(&alpha, &t);
+    let q = format!("select v from {t} where id = 1");
+    for p in ["cache_split", "cache_session"] {
+        psql(
+            &control,
+            &format!("insert into ringgate.cache_rules (project_id, pattern, ttl_ms) values ('{p}', '{q}', 60000)"),
+        );
+    }
+    let (_g, http, pg) = start_pg_with_replica(&[]);
+    let value = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+    };
+    block_on(async {
+        // Read split on (transaction mode): cached once the rule arrives and the replica
+        // has the table.
+        let (c, _) = connect(pg, "cache_split").await.unwrap();
+        let start = Instant::now();
+        while pg_events(http, "hit") == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never a hit");
+            let _ = c.simple_query(&q).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        psql(&alpha, &format!("update {t} set v = 'uno' where id = 1"));
+        assert_eq!(
+            value(c.simple_query(&q).await.unwrap()),
+            "one",
+            "from the cache"
+        );
+        // A bare BEGIN ringgate answers itself: the next read is in the transaction.
+        c.batch_execute("begin").await.unwrap();
+        let hits = pg_events(http, "hit");
+        assert_eq!(value(c.simple_query(&q).await.unwrap()), "uno");
+        assert_eq!(pg_events(http, "hit"), hits);
+        c.batch_execute("commit").await.unwrap();
+        // Session mode: never answered from the cache, nor stored.
+        let stores = pg_events(http, "store");
+        let (s, _) = connect(pg, "cache_session").await.unwrap();
+        for _ in 0..5 {
+            assert_eq!(value(s.simple_query(&q).await.unwrap()), "uno");
+        }
+        assert_eq!(pg_events(http, "store"), stores);
+    });
+    psql(
+        &control,
+        "delete from ringgate.cache_rules where project_id in ('cache_split', 'cache_session')",
+    );
+    psql(&alpha, &format!("drop table {t}"));
+}
