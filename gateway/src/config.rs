@@ -1544,6 +1544,54 @@ mod tests {
         }
     }
 
+    /// A default written in [`VARS`] (the `--help` table) that is a value, not a phrase.
+    fn written_default(v: &VarDoc) -> Option<&'static str> {
+        let phrase = v.default.starts_with('(') || v.default.starts_with("= ");
+        (!phrase && v.default != "available cores").then_some(v.default)
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        // Every default `--help` (and README) states, set explicitly, reads as the variable
+        // left unset: the table and the code cannot drift apart.
+        let explicit: HashMap<&str, &str> = VARS
+            .iter()
+            .filter_map(|v| Some((v.name, written_default(v)?)))
+            .collect();
+        assert!(explicit.len() > 40, "{} written defaults", explicit.len());
+        let unset = format!("{:?}", read(&[]).unwrap());
+        let written = format!("{:?}", Config::from_strings(&explicit).unwrap());
+        assert_eq!(unset, written);
+    }
+
+    #[test]
+    fn readme_documents_every_variable_with_its_default() {
+        let readme = include_str!("../../README.md");
+        let rows: HashMap<&str, &str> = readme
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.strip_prefix("| `")?.splitn(3, " | ");
+                let name = cells.next()?.strip_suffix('`')?;
+                Some((name, cells.next()?.trim_matches('`')))
+            })
+            .filter(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        for v in VARS {
+            let documented = rows
+                .get(v.name)
+                .unwrap_or_else(|| panic!("{} is missing from README's table", v.name));
+            let default = v.default.trim_start_matches('(').trim_end_matches(')');
+            assert_eq!(*documented, default, "README's default of {}", v.name);
+        }
+        for name in rows.keys() {
+            let removed = REMOVED_AUTHENTICATOR_VARS.contains(name);
+            assert!(
+                removed || VARS.iter().any(|v| v.name == *name),
+                "README documents {name}, which ringgate does not read"
+            );
+        }
+    }
+
     #[test]
     fn help_lists_every_variable() {
         let help = help_text();
