@@ -1,7 +1,7 @@
 //! A minimal blocking HTTP/1.1 client for tests: raw requests, Content-Length responses.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
@@ -93,7 +93,20 @@ pub fn request(
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).unwrap();
     s.write_all(body).unwrap();
-    read_response(&mut BufReader::new(s)).expect("a response")
+    let sent = Instant::now();
+    let mut reader = BufReader::new(s);
+    read_response(&mut reader).unwrap_or_else(|| {
+        // Say how it ended: closed (and what came), or nothing within the read timeout.
+        let mut rest = Vec::new();
+        let end = reader.read_to_end(&mut rest);
+        panic!(
+            "no response to {method} {path} from {addr} after {:?}: {end:?}, {} more bytes \
+             {:?}",
+            sent.elapsed(),
+            rest.len(),
+            String::from_utf8_lossy(&rest[..rest.len().min(200)])
+        )
+    })
 }
 
 /// `GET path` on an admin endpoint with the test gateway's admin token.
