@@ -6,7 +6,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::Duration,
 };
@@ -14,7 +14,7 @@ use std::{
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
 use crate::{
-    backend::{pg_admin_url, required},
+    backend::{apply_bootstrap_part, pg_admin_url, required},
     gateway::start,
 };
 
@@ -29,31 +29,7 @@ pub fn alpha() -> (String, String) {
 /// version of the file; idempotent, once per test process.
 pub fn ensure_auth_function() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/config/bootstrap.sql");
-        let sql = std::fs::read_to_string(&path).unwrap();
-        let at = sql
-            .find("-- The PostgreSQL front end's auth query")
-            .expect("bootstrap.sql has the auth function");
-        let file = std::env::temp_dir().join(format!("ringgate-auth-{}.sql", std::process::id()));
-        std::fs::write(&file, &sql[at..]).unwrap();
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &pg_admin_url()])
-            .args([
-                "-c",
-                "\\connect ringgate_control",
-                "-f",
-                file.to_str().unwrap(),
-            ])
-            .output()
-            .expect("psql is installed");
-        let _ = std::fs::remove_file(&file);
-        assert!(
-            out.status.success(),
-            "applying the auth function: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    ONCE.call_once(|| apply_bootstrap_part("-- The PostgreSQL front end's auth query", None, None));
 }
 
 /// Starts ringgate with the PostgreSQL listener (and `extra`); returns it and that address.

@@ -3,51 +3,14 @@
 //! tokio-postgres clients that keep the server's notifications (the front end's common
 //! helpers are in [`crate::pg`]).
 
-use std::{net::SocketAddr, path::Path, process::Command};
+use std::{net::SocketAddr, process::Command};
 
 use tokio_postgres::{AsyncMessage, Client, Notification};
 
 use crate::{
-    backend::{pg_admin_url, psql, required},
+    backend::{apply_bootstrap_part, pg_admin_url, psql, required},
     pg::alpha,
 };
-
-/// Runs the part of `compose/config/bootstrap.sql` from the line starting `from` up to
-/// (not including) the line starting `until` (or the end) in the control database, as
-/// psql does at `compose/cluster up`: the running cluster may have been bootstrapped by an
-/// older version of the file. Idempotent. Runs as `role` when given (else as the admin).
-pub fn apply_bootstrap_part(from: &str, until: Option<&str>, role: Option<&str>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/config/bootstrap.sql");
-    let sql = std::fs::read_to_string(&path).unwrap();
-    let at = sql
-        .find(from)
-        .unwrap_or_else(|| panic!("bootstrap.sql has {from:?}"));
-    let end = until
-        .and_then(|u| sql[at..].find(u).map(|e| at + e))
-        .unwrap_or(sql.len());
-    let file = std::env::temp_dir().join(format!(
-        "ringgate-bootstrap-{}-{at}.sql",
-        std::process::id()
-    ));
-    let set_role = role.map(|r| format!("SET ROLE {r};\n")).unwrap_or_default();
-    std::fs::write(&file, format!("{set_role}{}", &sql[at..end])).unwrap();
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &pg_admin_url()])
-        .args([
-            "-c",
-            "\\connect ringgate_control",
-            "-f",
-            file.to_str().unwrap(),
-        ])
-        .output()
-        .expect("psql is installed");
-    let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "applying bootstrap.sql from {from:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The front end's columns of `ringgate.projects` and its auth function, applied once per
 /// test process.
