@@ -16,8 +16,9 @@ use ringgate_pool::{Credentials, Shard};
 use tracing::warn;
 
 use super::{
-    request::{project_of, Tenant},
+    request::project_of,
     response::{gateway_error, unavailable},
+    tenant::Tenant,
 };
 use crate::{http::Response, per_core::Core, sessions::SessionError};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use monoio::time::Instant;
 
-use super::{classify::Kind, request::Tenant};
+use super::{classify::Kind, tenant::Tenant};
 use crate::cache::{Cache, Weigh};
 
 /// Bytes of query texts (and their kinds) kept per core.
@@ -55,17 +55,6 @@ impl<V: Clone + Weigh> Default for Memo<V> {
 impl Weigh for Kind {
     fn heap_bytes(&self) -> usize {
         0
-    }
-}
-
-impl Weigh for Tenant {
-    fn heap_bytes(&self) -> usize {
-        let c = &self.credentials;
-        self.project.capacity()
-            + c.database.capacity()
-            + c.user.capacity()
-            + c.password.capacity()
-            + c.options.capacity()
     }
 }
 

@@ -28,6 +28,7 @@ pub mod memo;
 pub mod pipeline;
 pub mod request;
 pub mod response;
+pub mod tenant;
 
 use std::{rc::Rc, time::Duration};
 

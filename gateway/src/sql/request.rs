@@ -8,7 +8,7 @@ use ringgate_pool::{
 };
 use serde::Deserialize;
 
-use super::memo::Memo;
+use super::{memo::Memo, tenant::Tenant};
 
 /// Limits on what one request may ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,16 +54,6 @@ pub struct TxnOptions {
     pub read_only: bool,
     /// `Neon-Batch-Deferrable: true`.
     pub deferrable: bool,
-}
-
-/// Whose database the request runs on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tenant {
-    /// Project id: the first label of the connection string's host (`alpha.db.example` →
-    /// `alpha`), or the database name when the host is an IP address or a single label.
-    pub project: String,
-    /// Database, role and password from the connection string.
-    pub credentials: Credentials,
 }
 
 /// A parsed request.

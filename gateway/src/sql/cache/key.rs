@@ -37,10 +37,7 @@ pub fn key(sql: &SqlRequest, st: &Statement, v: &Vetted) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::{
-        cache::vet::vet_read,
-        request::{Tenant, TxnOptions},
-    };
+    use crate::sql::{cache::vet::vet_read, request::TxnOptions, tenant::Tenant};
 
     fn req(user: &str, password: &str, params: Vec<Option<String>>, array: bool) -> SqlRequest {
         SqlRequest {
