@@ -7,6 +7,7 @@
 
 pub mod parse;
 pub mod secret_file;
+pub mod sql;
 pub mod upstreams;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
@@ -14,7 +15,10 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 use ringgate_pool::url::{parse_pg_url, PgUrl};
 use tracing::error;
 
-pub use self::upstreams::*;
+pub use self::{
+    sql::{CacheConfig, SqlLimits},
+    upstreams::*,
+};
 
 /// Plain HTTP listen address, or `off`.
 pub const ENV_LISTEN: &str = "RINGGATE_LISTEN";
@@ -543,11 +547,11 @@ pub struct Config {
     /// Database pools, when `DATABASE_URL` is set.
     pub database: Option<DatabaseConfig>,
     /// `/sql` limits.
-    pub sql: crate::sql::request::SqlLimits,
+    pub sql: SqlLimits,
     /// How long a write waits for a leader (default [`DEFAULT_FAILOVER_WAIT`]).
     pub failover_wait: Duration,
     /// The `/sql` result cache.
-    pub query_cache: crate::sql::cache::CacheConfig,
+    pub query_cache: CacheConfig,
     /// Log filter (default `info`).
     pub log_filter: String,
     /// Log format (default plain).
@@ -650,8 +654,8 @@ impl Config {
         });
 
         let database = r.database();
-        let sql_defaults = crate::sql::request::SqlLimits::default();
-        let sql = crate::sql::request::SqlLimits {
+        let sql_defaults = SqlLimits::default();
+        let sql = SqlLimits {
             max_query_bytes: r
                 .parse(ENV_SQL_MAX_QUERY_BYTES, parse::bytes)
                 .unwrap_or(sql_defaults.max_query_bytes),
@@ -990,12 +994,12 @@ impl Reader<'_> {
         }
     }
 
-    fn query_cache(&mut self) -> crate::sql::cache::CacheConfig {
-        let d = crate::sql::cache::CacheConfig::default();
+    fn query_cache(&mut self) -> CacheConfig {
+        let d = CacheConfig::default();
         let max_bytes = self
             .parse(ENV_SQL_CACHE_BYTES, parse::bytes)
             .map_or(d.max_bytes, |b| b as u64);
-        crate::sql::cache::CacheConfig {
+        CacheConfig {
             max_bytes,
             project_bytes: self
                 .parse(ENV_SQL_CACHE_PROJECT_BYTES, parse::bytes)

@@ -9,30 +9,7 @@ use ringgate_pool::{
 use serde::Deserialize;
 
 use super::{memo::Memo, tenant::Tenant};
-
-/// Limits on what one request may ask.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SqlLimits {
-    /// Longest query text in bytes (default 64 KiB).
-    pub max_query_bytes: usize,
-    /// Most parameters per query (default 1000).
-    pub max_params: usize,
-    /// Largest response body in bytes (default 10 MiB).
-    pub max_response_bytes: usize,
-    /// Most statements in a batch (default 100).
-    pub max_batch: usize,
-}
-
-impl Default for SqlLimits {
-    fn default() -> Self {
-        Self {
-            max_query_bytes: 64 << 10,
-            max_params: 1000,
-            max_response_bytes: 10 << 20,
-            max_batch: 100,
-        }
-    }
-}
+use crate::config::SqlLimits;
 
 /// One statement and its parameters (text, or NULL).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -53,41 +53,11 @@ use super::{
     response::gateway_error,
 };
 use crate::{
+    config::CacheConfig,
     http::Response,
     metrics::{CacheEvent, Frontend},
     per_core::Core,
 };
-
-/// Cache settings (`RINGGATE_SQL_CACHE_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheConfig {
-    /// Bytes of responses kept per core; 0 turns the cache off (default 32 MiB).
-    pub max_bytes: u64,
-    /// Most bytes one project may hold per core (default a quarter of `max_bytes`).
-    pub project_bytes: u64,
-    /// Largest response body stored (default 1 MiB).
-    pub max_entry: u64,
-    /// Longest TTL a header or rule may ask (default 1 h).
-    pub max_ttl: Duration,
-    /// TTL cap while the Redis subscription is down (default 1 s).
-    pub degraded_ttl: Duration,
-    /// A read of tables written less than this ago is not stored: it may have run on a
-    /// replica that has not replayed the write (default 1 s).
-    pub settle: Duration,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            max_bytes: 32 << 20,
-            project_bytes: 8 << 20,
-            max_entry: 1 << 20,
-            max_ttl: Duration::from_secs(3600),
-            degraded_ttl: Duration::from_secs(1),
-            settle: Duration::from_secs(1),
-        }
-    }
-}
 
 /// Bytes of vetted query texts remembered per core.
 const VET_BYTES: u64 = 4 << 20;
