@@ -75,7 +75,7 @@ pub struct Core {
     /// The TLS config for the current certificate, swapped on reload.
     pub tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// The pace of this core's TLS handshakes.
-    pub handshakes: crate::handshake::HandshakePace,
+    pub handshakes: crate::handshake::pace::HandshakePace,
     /// Request id generator.
     pub request_ids: RequestIds,
     /// Cached `date` header.
