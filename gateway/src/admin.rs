@@ -106,7 +106,7 @@ fn upstreams(core: &Core) -> Value {
                         "addr": w.addr.to_string(),
                         "weight": w.weight,
                         "colour": w.colour,
-                        "effective_weight": crate::proxy::effective_weight(&set, w),
+                        "effective_weight": crate::proxy::upstreams::effective_weight(&set, w),
                         "healthy": core.upstreams.healthy(w.addr),
                     })
                 })

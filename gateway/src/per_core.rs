@@ -94,7 +94,7 @@ pub struct Core {
     /// The fleet-wide per-tenant rate limit, when `RINGGATE_GLOBAL_RATE_LIMIT` is set.
     pub global_rate: Option<crate::proxy::global_rate::GlobalRateLimit>,
     /// Workers and connections to them (the reverse proxy).
-    pub upstreams: crate::proxy::Upstreams,
+    pub upstreams: crate::proxy::upstreams::Upstreams,
     /// `/sql` memo tables (query classification, connection strings).
     pub sql_memo: crate::sql::memo::SqlMemo,
     /// The `/sql` result cache, when on (a database and `RINGGATE_SQL_CACHE_BYTES` > 0).

@@ -22,7 +22,7 @@ use crate::{
     proxy::{
         self,
         head::{encode_for_client, encode_request_head, parse_response, ResponseHead},
-        Outcome, Picked,
+        upstreams::{Outcome, Picked},
     },
     transport::Transport,
 };
@@ -87,7 +87,7 @@ impl Conn {
     ) -> Proxied {
         let core = self.core.clone();
         let up = &core.upstreams;
-        if let Some(refusal) = up.rate_limit(&core, &head.parts, self.peer).await {
+        if let Some(refusal) = proxy::rate_limit(&core, &head.parts, self.peer).await {
             return self
                 .answer_and_drain_body(io, head, refusal, request_id)
                 .await;
