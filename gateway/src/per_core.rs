@@ -98,7 +98,7 @@ pub struct Core {
     /// `/sql` memo tables (query classification, connection strings).
     pub sql_memo: crate::sql::memo::SqlMemo,
     /// The `/sql` result cache, when on (a database and `RINGGATE_SQL_CACHE_BYTES` > 0).
-    pub query_cache: Option<crate::sql::cache::QueryCache>,
+    pub query_cache: Option<crate::sql::cache::local::QueryCache>,
     /// `/sql` reads waiting to be pipelined onto a busy connection, by tenant.
     pub read_queues: crate::sql::pipeline::ReadQueues,
     /// I/O buffers client connections borrow while bytes move.
@@ -146,7 +146,7 @@ impl Core {
             _ => None,
         };
         let query_cache = shared.cache_generations.clone().map(|g| {
-            crate::sql::cache::QueryCache::new(config.query_cache.clone(), g, redis.clone())
+            crate::sql::cache::local::QueryCache::new(config.query_cache.clone(), g, redis.clone())
         });
         let sessions = match (redis.clone(), &config.redis) {
             (Some(handle), Some(r)) => Some(crate::sessions::SessionCache::new(

@@ -186,8 +186,14 @@ pub(super) async fn committed(relay: &mut Relay) {
     };
     let class = class(relay).await;
     let (project, database) = (&relay.cache.project, &relay.credentials.database);
-    qc.invalidate(&core, project, database, &touched, (Frontend::Pg, class))
-        .await;
+    qc.invalidate(
+        core.metrics(),
+        project,
+        database,
+        &touched,
+        (Frontend::Pg, class),
+    )
+    .await;
 }
 
 /// The session's tenant class slot (looked up once).
@@ -266,7 +272,7 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
     // Taken before the query is sent: a write that lands meanwhile outdates the entry.
     let stamp = qc.generations().stamp(&database, &v.tables);
     let now = Instant::now();
-    match qc.lookup(&core, &project, &read.key, (now, stamp, max_age)) {
+    match qc.lookup(core.metrics(), &project, &read.key, (now, stamp, max_age)) {
         Ok(hit) => {
             count(CacheEvent::Hit);
             replay(relay, &hit.body);
@@ -317,7 +323,7 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
             stored: now,
             ttl,
         };
-        qc.store(&core, &project, class, read.key, entry);
+        qc.store(core.metrics(), &project, class, read.key, entry);
         count(CacheEvent::Store);
         lead.finish(&body);
     }

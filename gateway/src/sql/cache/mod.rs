@@ -14,7 +14,7 @@
 //! invalidates the tables it names, or its whole database when the parser cannot bound
 //! it, through counters every core reads ([`generations`]) before its response is sent,
 //! and is published on Redis for the other instances. While that subscription is down, entries are kept at most
-//! [`CacheConfig::degraded_ttl`]. Writes made outside ringgate are covered only by the
+//! [`CacheConfig::degraded_ttl`](crate::config::CacheConfig::degraded_ttl). Writes made outside ringgate are covered only by the
 //! TTL.
 //!
 //! # Layout
@@ -28,41 +28,31 @@
 pub mod flight;
 pub mod generations;
 pub mod key;
+pub mod local;
 pub mod rules;
 pub mod store;
 pub mod vet;
 
-use std::{future::Future, rc::Rc, sync::Arc, time::Duration};
+pub use self::local::{CacheStats, QueryCache};
 
-use bytes::Bytes;
+use std::{future::Future, rc::Rc};
+
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use monoio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use self::{
-    flight::{Flights, Turn},
-    generations::Generations,
+    flight::Turn,
     rules::Asked,
-    store::{Miss, Store, Stored},
-    vet::{Touched, Vetted},
+    store::{Miss, Stored},
+    vet::Vetted,
 };
 use super::{
     classify::{classify, Kind},
-    memo::Memo,
     request::SqlRequest,
     response::gateway_error,
 };
-use crate::{
-    config::CacheConfig,
-    http::Response,
-    metrics::{CacheEvent, Frontend},
-    per_core::Core,
-};
-
-/// Bytes of vetted query texts remembered per core.
-const VET_BYTES: u64 = 4 << 20;
-/// How long a write waits for its invalidation to be published to other instances.
-const PUBLISH_WAIT: Duration = Duration::from_millis(250);
+use crate::{http::Response, metrics::CacheEvent, per_core::Core};
 
 /// The response header saying what the cache did: `hit`, `miss`, `bypass` or
 /// `uncacheable` (only on requests that asked for caching, by header or rule).
@@ -71,164 +61,6 @@ pub const RESPONSE_HEADER: HeaderName = HeaderName::from_static(rules::HEADER);
 /// The response header naming the digest of a cacheable read's fingerprint (what a rule
 /// may name as its pattern).
 pub const DIGEST_HEADER: HeaderName = HeaderName::from_static("ringgate-cache-digest");
-
-/// One core's cache.
-#[derive(Debug)]
-pub struct QueryCache {
-    pub(crate) config: CacheConfig,
-    pub(crate) store: Store,
-    flights: Rc<Flights>,
-    /// The PostgreSQL front end's queries in flight (their answers are message bytes).
-    pub(crate) wire_flights: Rc<Flights<Bytes>>,
-    reads: Memo<Option<Rc<Vetted>>>,
-    writes: Memo<Touched>,
-    generations: Arc<Generations>,
-    redis: Option<ringgate_redis::RedisHandle>,
-}
-
-/// What `/admin/status` shows of one core's cache.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct CacheStats {
-    /// The store's figures.
-    #[serde(flatten)]
-    pub store: store::StoreStats,
-    /// Keys whose query is in flight.
-    pub in_flight: usize,
-}
-
-// === impl QueryCache ===
-
-impl QueryCache {
-    /// A core's cache sharing `generations` with every core; `redis` publishes
-    /// invalidations to other instances.
-    pub fn new(
-        config: CacheConfig,
-        generations: Arc<Generations>,
-        redis: Option<ringgate_redis::RedisHandle>,
-    ) -> Self {
-        Self {
-            store: Store::new(
-                config.max_bytes,
-                config.project_bytes,
-                crate::metrics::N_CLASS,
-            ),
-            config,
-            flights: Rc::default(),
-            wire_flights: Rc::default(),
-            reads: Memo::with_bytes(VET_BYTES),
-            writes: Memo::with_bytes(VET_BYTES),
-            generations,
-            redis,
-        }
-    }
-
-    /// This core's figures.
-    pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            store: self.store.stats(),
-            in_flight: self.flights.len(),
-        }
-    }
-
-    /// The shared invalidation state.
-    pub fn generations(&self) -> &Arc<Generations> {
-        &self.generations
-    }
-
-    /// The verdict on a read (remembered per text): `None` when it may not be cached.
-    pub(crate) fn vetted(&self, sql: &str) -> Option<Rc<Vetted>> {
-        self.reads
-            .get_or_try::<()>(sql, || Ok(vet::vet_read(sql).map(Rc::new)))
-            .ok()
-            .flatten()
-    }
-
-    /// What the statements of `sql` write (remembered per text; see [`vet::written`]).
-    pub(crate) fn written(&self, sql: &str) -> Touched {
-        self.writes
-            .get_or_try::<()>(sql, || Ok(vet::written(sql)))
-            .unwrap_or(Touched::Everything)
-    }
-
-    /// The TTL a read asked for `ttl` is kept, and the age past which any entry is no
-    /// longer served (the short TTL while other instances' invalidations cannot arrive).
-    pub(crate) fn bounds(&self, ttl: Duration) -> (Duration, Duration) {
-        let max_age = match self.generations.degraded() {
-            true => self.config.degraded_ttl,
-            false => Duration::MAX,
-        };
-        (ttl.min(self.config.max_ttl).min(max_age), max_age)
-    }
-
-    /// [`Store::get`], publishing the store's size when a stale entry was removed.
-    pub(crate) fn lookup(
-        &self,
-        core: &Core,
-        project: &str,
-        key: &str,
-        (now, stamp, max_age): (Instant, u64, Duration),
-    ) -> Result<Stored, Miss> {
-        let r = self.store.get(project, key, now, stamp, max_age);
-        if matches!(r, Err(Miss::Expired | Miss::Invalidated)) {
-            self.publish_size(core);
-        }
-        r
-    }
-
-    /// Stores `entry` (see [`Store::insert`]) and publishes the store's size.
-    pub(crate) fn store(&self, core: &Core, project: &str, class: usize, key: String, e: Stored) {
-        self.store.insert(project, class, key, e);
-        self.publish_size(core);
-    }
-
-    fn publish_size(&self, core: &Core) {
-        let (bytes, evictions) = self.store.by_class();
-        core.metrics().set_sql_cache_size(&bytes, &evictions);
-    }
-
-    /// Invalidates what the write request `sql` touched, here and on other instances.
-    async fn after_write(&self, core: &Core, sql: &SqlRequest, class: usize) {
-        let touched = sql
-            .statements
-            .iter()
-            .map(|st| self.written(&st.sql))
-            .reduce(Touched::union)
-            .unwrap_or(Touched::Everything);
-        let (project, database) = (&sql.tenant.project, &sql.tenant.credentials.database);
-        self.invalidate(core, project, database, &touched, (Frontend::Sql, class))
-            .await;
-    }
-
-    /// Marks what a write in `database` of `project` touched as changed on every core,
-    /// counted for `(front end, class slot)`, then publishes it to other instances
-    /// (waiting up to 250 ms for Redis). Nothing is done when nothing was written.
-    pub(crate) async fn invalidate(
-        &self,
-        core: &Core,
-        project: &str,
-        database: &str,
-        touched: &Touched,
-        (front, class): (Frontend, usize),
-    ) {
-        if touched.is_nothing() {
-            return;
-        }
-        self.generations.invalidate(database, touched);
-        core.metrics()
-            .cache_event(front, class, CacheEvent::Invalidation);
-        if let Some(redis) = &self.redis {
-            let message = self.generations.message(database, touched);
-            let sent =
-                monoio::time::timeout(PUBLISH_WAIT, redis.publish(generations::CHANNEL, &message))
-                    .await;
-            let ok = matches!(sent, Ok(Ok(_)));
-            if !ok {
-                warn!(tenant = %project, "cache invalidation not published; other instances serve entries until their TTL");
-            }
-            self.generations.published(ok);
-        }
-    }
-}
 
 /// Answers `sql` through the cache of `core`: `run` runs it on the server. Writes
 /// invalidate; a cacheable read asked for by `headers` or a project rule is served from
@@ -262,7 +94,7 @@ pub async fn serve(
     if write {
         // Whatever its status: a failed write may have committed (outcome unknown).
         let response = run.await;
-        qc.after_write(core, sql, class).await;
+        qc.after_write(core.metrics(), sql, class).await;
         return response;
     }
     if sql.batch || asked == Asked::Bypass {
@@ -308,7 +140,7 @@ pub async fn serve(
     // Taken before the query is sent: a write that lands meanwhile outdates the entry.
     let stamp = gens.stamp(database, &v.tables);
     let now = Instant::now();
-    match qc.lookup(core, project, &key, (now, stamp, max_age)) {
+    match qc.lookup(core.metrics(), project, &key, (now, stamp, max_age)) {
         Ok(hit) => {
             core.metrics().sql_cache(class, CacheEvent::Hit);
             let r = Response {
@@ -352,7 +184,7 @@ pub async fn serve(
             stored: now,
             ttl,
         };
-        qc.store(core, project, class, key, entry);
+        qc.store(core.metrics(), project, class, key, entry);
         core.metrics().sql_cache(class, CacheEvent::Store);
     } else {
         debug!(tenant = %project, status = %response.status, "read not stored");
