@@ -17,6 +17,10 @@
 #   RINGGATE_BIN=/path/to/ringgate runs that build instead of the one just built (to compare
 #   builds: run it for each, interleaved); SKIP_BUILD=1 uses the binaries already built. The
 #   build's output honours CARGO_TARGET_DIR.
+#   PERF_DIR=/path records each proxy with `perf record` (sampling its process at 999 Hz,
+#   no call graphs) during every fixed-rate run into PERF_DIR/<proxy>-<proto>-<rate>.data
+#   (the last round's), for `perf report --no-children --sort dso,sym -i ...`. Sampling
+#   costs CPU: take the CPU per request from a run without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -152,8 +156,14 @@ run_rate() { # name url rate pid [storm]
     (sleep $((warm + 1)); for _ in 1 2 3; do taskset -c 1 wrk -t1 -c1000 -d1s "$2" >/dev/null 2>&1 || true; done) &
     storm=$!
   fi
+  local perf=""
+  if [ -n "${PERF_DIR:-}" ] && [ -z "$storm" ]; then
+    perf record -q -F 999 -p "$4" -o "$PERF_DIR/${1//\//-}.data" -- sleep $((secs + warm)) 2>/dev/null &
+    perf=$!
+  fi
   out=$(taskset -c 1 "$bin/rg-load" --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
   [ -z "$storm" ] || wait "$storm"
+  [ -z "$perf" ] || wait "$perf"
   after=$(cpu_ticks "$4")
   # The proxy's CPU per request over the whole open-loop run (warm-up included).
   cpu=$(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) * 1e6 / ($3 * ($secs + $warm)):.1f}')")

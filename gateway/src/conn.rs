@@ -352,7 +352,9 @@ impl Conn {
             }
             self.busy = self.done_at.elapsed() < READ_GRACE;
         }
-        self.read_into_buf(io, deadline, watch_drain, want)
+        // Boxed, like the read in it: a read's state exists only while bytes come in (or
+        // during a grace); inline, it would be part of every idle connection's task.
+        Box::pin(self.read_into_buf(io, deadline, watch_drain, want))
             .await
             .unwrap_or(Fill::Timeout)
     }
@@ -374,7 +376,7 @@ impl Conn {
             return None;
         }
         let until = grace_end.min(deadline);
-        match self.read_into_buf(io, until, watch_drain, want).await {
+        match Box::pin(self.read_into_buf(io, until, watch_drain, want)).await {
             Some(fill) => Some(fill),
             None if until == deadline => Some(Fill::Timeout),
             None => {
@@ -405,9 +407,7 @@ impl Conn {
         let len = buf.len();
         let tail = buf.slice_mut(len..);
         let canceller = Canceller::new();
-        // Boxed: a read's state (a TLS one holds rustls's and a socket read's) exists only
-        // while bytes come in; inline, it would be part of every idle connection's task.
-        let mut read = Box::pin(io.read_cancelable(tail, canceller.handle()));
+        let mut read = std::pin::pin!(io.read_cancelable(tail, canceller.handle()));
         let stop = monoio::select! {
             biased;
             (res, tail) = &mut read => {
