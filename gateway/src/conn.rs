@@ -318,8 +318,8 @@ impl Conn {
     /// bytes holds none; a buffer is borrowed again once bytes are there. With bytes
     /// buffered (a pipelined request, a head or body in pieces) the buffer stays.
     ///
-    /// A busy connection (its last request came within [`READ_GRACE`] of the response
-    /// before it) first waits out the rest of the grace with a read armed and its buffer
+    /// A busy connection (its last request, not its first, came within [`READ_GRACE`] of
+    /// the response before it) first waits out the rest of the grace with a read armed and its buffer
     /// attached: one read per request, as before the buffer-free wait, instead of a
     /// readiness wait, its wake-up and then the read. Only when the grace passes quietly
     /// is the read called off, the buffer given back, and the connection counted idle.
@@ -350,7 +350,10 @@ impl Conn {
             if ready.is_err() {
                 return Fill::Error;
             }
-            self.busy = self.done_at.elapsed() < READ_GRACE;
+            // Busy: this request follows the last response closely. Never the first
+            // request: a client that sends one and then idles (or a burst of new
+            // connections) would hold a buffer through every grace for nothing.
+            self.busy = !self.first && self.done_at.elapsed() < READ_GRACE;
         }
         // Boxed, like the read in it: a read's state exists only while bytes come in (or
         // during a grace); inline, it would be part of every idle connection's task.
