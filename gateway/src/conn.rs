@@ -521,6 +521,20 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    /// The size of [`Conn::respond`]'s future for a stream type.
+    fn respond_size<IO: Transport>() -> usize {
+        fn size_of_future<'a, IO: Transport + 'a, F: Future + 'a>(
+            _: impl FnOnce(&'a mut Conn, &'a mut IO) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        size_of_future(|conn: &mut Conn, io: &mut IO| conn.respond(io, unreachable_head(), None))
+    }
+
+    fn unreachable_head() -> ParsedHead {
+        unreachable!("only the future's type is used")
+    }
+
     #[test]
     fn a_connection_task_holds_only_the_wait_for_its_next_request() {
         // Every idle connection's task is this large for the connection's whole life. A
@@ -535,6 +549,16 @@ mod tests {
             "serve future: {plain} bytes plain, {tls} bytes TLS (monoio Sleep: {} bytes)",
             std::mem::size_of::<monoio::time::Sleep>()
         );
+        // What one request's boxed state is (moved into its box, i.e. copied, per request).
+        eprintln!(
+            "request future: {} bytes plain, {} bytes TLS",
+            respond_size::<TcpStream>(),
+            respond_size::<crate::tls_stream::TlsStream>()
+        );
+        // Every request's future is boxed, so moved (copied) into its allocation once per
+        // request: what only a rare route needs (`/sql`, tens of KiB) is boxed on that route.
+        let request = respond_size::<TcpStream>();
+        assert!(request <= 8 * 1024, "request future: {request} bytes");
         assert!(plain <= 1024, "plain connection future: {plain} bytes");
         assert!(tls <= 4 * 1024, "TLS connection future: {tls} bytes");
     }
