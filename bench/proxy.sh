@@ -13,6 +13,14 @@
 #       each proxy's CPU time per request (/proc/PID/stat; the median round's). Last, HTTPS
 #       at 5k req/s while three reconnect storms (wrk -c1000 -d1s: 1000 new TLS connections
 #       at once, each) hit the same proxy: the p99 of established connections' requests.
+#
+#   RINGGATE_BIN=/path/to/ringgate runs that build instead of the one just built (to compare
+#   builds: run it for each, interleaved); SKIP_BUILD=1 uses the binaries already built. The
+#   build's output honours CARGO_TARGET_DIR.
+#   PERF_DIR=/path records each proxy with `perf record` (sampling its process at 999 Hz,
+#   no call graphs) during every fixed-rate run into PERF_DIR/<proxy>-<proto>-<rate>.data
+#   (the last round's), for `perf report --no-children --sort dso,sym -i ...`. Sampling
+#   costs CPU: take the CPU per request from a run without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -20,7 +28,9 @@ rounds="${2:-3}"
 warm=2
 rates="5000 10000"
 scripts/install-deps
-cargo build -q --release --locked -p ringgate -p ringgate-bench
+[ -n "${SKIP_BUILD:-}" ] || cargo build -q --release --locked -p ringgate -p ringgate-bench
+bin=${CARGO_TARGET_DIR:-target}/release
+ringgate=${RINGGATE_BIN:-$bin/ringgate}
 # Listeners use SO_REUSEPORT, so a leftover server on a port would silently take part of
 # the load: refuse to run instead.
 for port in 18380 18181 18182 18183 18544 18545 18546; do
@@ -112,7 +122,7 @@ haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18183 RINGGATE_TLS_LISTEN=127.0.0.1:18546 \
   RINGGATE_TLS_CERT="$work/cert.pem" RINGGATE_TLS_KEY="$work/key.pem" RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true \
   RINGGATE_ROUTES=/=up RINGGATE_WORKER_UPSTREAMS=up=127.0.0.1:18380 RINGGATE_LOG=warn,ringgate::rt=info \
-  target/release/ringgate 2>"$work/ringgate.log" & pids+=($!)
+  "$ringgate" 2>"$work/ringgate.log" & pids+=($!)
 for port in 18181 18182 18183; do
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/x" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fsS "http://127.0.0.1:$port/x" >/dev/null
@@ -146,8 +156,14 @@ run_rate() { # name url rate pid [storm]
     (sleep $((warm + 1)); for _ in 1 2 3; do taskset -c 1 wrk -t1 -c1000 -d1s "$2" >/dev/null 2>&1 || true; done) &
     storm=$!
   fi
-  out=$(taskset -c 1 target/release/rg-load --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
+  local perf=""
+  if [ -n "${PERF_DIR:-}" ] && [ -z "$storm" ]; then
+    perf record -q -F 999 -p "$4" -o "$PERF_DIR/${1//\//-}.data" -- sleep $((secs + warm)) 2>/dev/null &
+    perf=$!
+  fi
+  out=$(taskset -c 1 "$bin/rg-load" --url "$2" --rate "$3" --duration "$secs" --warmup "$warm" --connections 200 --ca "$work/cert.pem")
   [ -z "$storm" ] || wait "$storm"
+  [ -z "$perf" ] || wait "$perf"
   after=$(cpu_ticks "$4")
   # The proxy's CPU per request over the whole open-loop run (warm-up included).
   cpu=$(python3 -c "print(f'{($after - $before) / $(getconf CLK_TCK) * 1e6 / ($3 * ($secs + $warm)):.1f}')")
@@ -219,7 +235,9 @@ table=$(
 stamp=$(date -u +%Y-%m-%dT%H%MZ)
 mkdir -p bench/results
 {
-  echo "# bench/proxy.sh $secs — $stamp"
+  echo "# bench/proxy.sh $secs $rounds — $stamp"
+  echo
+  echo "ringgate: $ringgate"
   echo
   echo "machine: $(nproc) cores, kernel $(uname -r); proxies on CPU 0 (1 core / 1 thread / 1 worker), upstream nginx (1 KiB body) and load on CPU 1; ${secs}s per scenario, each in $rounds interleaved rounds (max: the median req/s round; fixed rates: the median p99 round); errors: see raw wrk/rg-load output"
   echo

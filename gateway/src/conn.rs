@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use monoio::{
     buf::IoBufMut,
-    io::{AsyncWriteRent, AsyncWriteRentExt},
+    io::{AsyncWriteRent, AsyncWriteRentExt, Canceller},
     time::{timeout, Duration, Instant},
 };
 use tracing::{debug, debug_span, Instrument};
@@ -29,6 +29,12 @@ const READ_CHUNK: usize = crate::io_buf::READ_BUF;
 /// so the client sees the response instead of a reset.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
+/// How long after a response a busy connection keeps a read with its buffer armed for the
+/// next request, before it gives the buffer back and waits for readiness (see
+/// [`Conn::fill`]). Longer than the gaps of a connection in steady use (a client pool
+/// under load), short enough that the buffers held are those of the connections that
+/// were busy in the last moment.
+const READ_GRACE: Duration = Duration::from_millis(100);
 
 /// Why reading stopped.
 enum Stop {
@@ -45,6 +51,15 @@ enum Fill {
     Timeout,
     Drain,
     Error,
+}
+
+/// What a read that completed brought.
+fn filled(res: std::io::Result<usize>) -> Fill {
+    match res {
+        Ok(0) => Fill::Eof,
+        Ok(_) => Fill::Data,
+        Err(_) => Fill::Error,
+    }
 }
 
 /// Serves requests on `io` until the client closes, a limit is hit or the core drains.
@@ -64,6 +79,8 @@ pub fn serve<IO: Transport>(
         buf: BytesMut::new(),
         lent: false,
         first: true,
+        busy: false,
+        done_at: Instant::now(),
         peer,
         tls,
     };
@@ -80,6 +97,7 @@ pub fn serve<IO: Transport>(
             if !Box::pin(conn.respond(&mut io, head, client)).await {
                 return;
             }
+            conn.done_at = Instant::now();
         }
     }
 }
@@ -92,6 +110,11 @@ struct Conn {
     /// Whether `buf` counts as lent by the pool (it may have been lost to a cancelled read).
     lent: bool,
     first: bool,
+    /// Whether the next request is awaited with a read armed (buffer attached) for
+    /// [`READ_GRACE`] after the last response, rather than with the buffer-free wait.
+    busy: bool,
+    /// When the last response was written.
+    done_at: Instant,
     peer: Option<std::net::SocketAddr>,
     tls: bool,
 }
@@ -294,6 +317,12 @@ impl Conn {
     /// With nothing buffered, the read buffer goes back to the pool first and the wait for
     /// bytes holds none; a buffer is borrowed again once bytes are there. With bytes
     /// buffered (a pipelined request, a head or body in pieces) the buffer stays.
+    ///
+    /// A busy connection (its last request, not its first, came within [`READ_GRACE`] of
+    /// the response before it) first waits out the rest of the grace with a read armed and its buffer
+    /// attached: one read per request, as before the buffer-free wait, instead of a
+    /// readiness wait, its wake-up and then the read. Only when the grace passes quietly
+    /// is the read called off, the buffer given back, and the connection counted idle.
     async fn fill<IO: Transport>(
         &mut self,
         io: &mut IO,
@@ -301,11 +330,16 @@ impl Conn {
         watch_drain: bool,
         want: usize,
     ) -> Fill {
-        let drain = self.core.drain.clone();
-        // The core's deadline timer, not a monoio `Sleep` (640 bytes inline in every idle
-        // connection's task; see `crate::deadline`). One for both waits below.
-        let mut timer = self.core.deadlines.until(deadline);
         if self.buf.is_empty() {
+            if self.busy {
+                if let Some(fill) = self.fill_in_grace(io, deadline, watch_drain, want).await {
+                    return fill;
+                }
+            }
+            let drain = self.core.drain.clone();
+            // The core's deadline timer, not a monoio `Sleep` (640 bytes inline in every
+            // idle connection's task; see `crate::deadline`).
+            let mut timer = self.core.deadlines.until(deadline);
             self.give_back();
             let ready = monoio::select! {
                 biased;
@@ -316,7 +350,56 @@ impl Conn {
             if ready.is_err() {
                 return Fill::Error;
             }
+            // Busy: this request follows the last response closely. Never the first
+            // request: a client that sends one and then idles (or a burst of new
+            // connections) would hold a buffer through every grace for nothing.
+            self.busy = !self.first && self.done_at.elapsed() < READ_GRACE;
         }
+        // Boxed, like the read in it: a read's state exists only while bytes come in (or
+        // during a grace); inline, it would be part of every idle connection's task.
+        Box::pin(self.read_into_buf(io, deadline, watch_drain, want))
+            .await
+            .unwrap_or(Fill::Timeout)
+    }
+
+    /// [`Conn::fill`]'s read with the buffer attached until the grace after the last
+    /// response ends; `None` when the grace ended with nothing read (the connection is no
+    /// longer busy).
+    async fn fill_in_grace<IO: Transport>(
+        &mut self,
+        io: &mut IO,
+        deadline: Instant,
+        watch_drain: bool,
+        want: usize,
+    ) -> Option<Fill> {
+        let grace_end = self.done_at + READ_GRACE;
+        if grace_end <= Instant::now() {
+            // Past it already (a body awaited long after the last response).
+            self.busy = false;
+            return None;
+        }
+        let until = grace_end.min(deadline);
+        match Box::pin(self.read_into_buf(io, until, watch_drain, want)).await {
+            Some(fill) => Some(fill),
+            None if until == deadline => Some(Fill::Timeout),
+            None => {
+                self.busy = false;
+                None
+            }
+        }
+    }
+
+    /// One read into the spare room of the (borrowed) read buffer, until `until` or, when
+    /// `watch_drain`, a drain; `None` when `until` came first with nothing read.
+    async fn read_into_buf<IO: Transport>(
+        &mut self,
+        io: &mut IO,
+        until: Instant,
+        watch_drain: bool,
+        want: usize,
+    ) -> Option<Fill> {
+        let drain = self.core.drain.clone();
+        let mut timer = self.core.deadlines.until(until);
         if !self.lent {
             self.buf = self.core.buffers.take_read();
             self.lent = true;
@@ -326,21 +409,26 @@ impl Conn {
         // monoio reads into a buffer from its start: read into the spare tail instead.
         let len = buf.len();
         let tail = buf.slice_mut(len..);
-        // Boxed: a read's state (a TLS one holds rustls's and a socket read's) exists only
-        // while bytes come in; inline, it would be part of every idle connection's task.
-        let read = Box::pin(io.read(tail));
-        monoio::select! {
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(io.read_cancelable(tail, canceller.handle()));
+        let stop = monoio::select! {
             biased;
-            (res, tail) = read => {
+            (res, tail) = &mut read => {
                 self.buf = tail.into_inner();
-                match res {
-                    Ok(0) => Fill::Eof,
-                    Ok(_) => Fill::Data,
-                    Err(_) => Fill::Error,
-                }
+                return Some(filled(res));
             }
-            _ = &mut timer => Fill::Timeout,
-            _ = drain.signaled(), if watch_drain => Fill::Drain,
+            _ = &mut timer => None,
+            _ = drain.signaled(), if watch_drain => Some(Fill::Drain),
+        };
+        // Called off: the read hands the buffer back (io_uring: once the kernel has let go
+        // of it), where a dropped read would lose it.
+        let _ = canceller.cancel();
+        let (res, tail) = read.await;
+        self.buf = tail.into_inner();
+        match res {
+            Err(e) if crate::transport::cancelled(&e) => stop,
+            // Bytes (or the end, or an error) came before the read was called off.
+            res => Some(filled(res)),
         }
     }
 
@@ -435,6 +523,20 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    /// The size of [`Conn::respond`]'s future for a stream type.
+    fn respond_size<IO: Transport>() -> usize {
+        fn size_of_future<'a, IO: Transport + 'a, F: Future + 'a>(
+            _: impl FnOnce(&'a mut Conn, &'a mut IO) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        size_of_future(|conn: &mut Conn, io: &mut IO| conn.respond(io, unreachable_head(), None))
+    }
+
+    fn unreachable_head() -> ParsedHead {
+        unreachable!("only the future's type is used")
+    }
+
     #[test]
     fn a_connection_task_holds_only_the_wait_for_its_next_request() {
         // Every idle connection's task is this large for the connection's whole life. A
@@ -449,6 +551,16 @@ mod tests {
             "serve future: {plain} bytes plain, {tls} bytes TLS (monoio Sleep: {} bytes)",
             std::mem::size_of::<monoio::time::Sleep>()
         );
+        // What one request's boxed state is (moved into its box, i.e. copied, per request).
+        eprintln!(
+            "request future: {} bytes plain, {} bytes TLS",
+            respond_size::<TcpStream>(),
+            respond_size::<crate::tls_stream::TlsStream>()
+        );
+        // Every request's future is boxed, so moved (copied) into its allocation once per
+        // request: what only a rare route needs (`/sql`, tens of KiB) is boxed on that route.
+        let request = respond_size::<TcpStream>();
+        assert!(request <= 8 * 1024, "request future: {request} bytes");
         assert!(plain <= 1024, "plain connection future: {plain} bytes");
         assert!(tls <= 4 * 1024, "TLS connection future: {tls} bytes");
     }

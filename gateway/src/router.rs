@@ -156,7 +156,12 @@ pub async fn route(
                 )
             }),
         ),
-        Some(Endpoint::Sql) => (RouteLabel::Sql, crate::sql::handle(core, req).await),
+        // Boxed: `/sql`'s state is tens of KiB; inline, every request's future (boxed and so
+        // moved once per request, see `conn::serve`) would be that large.
+        Some(Endpoint::Sql) => (
+            RouteLabel::Sql,
+            Box::pin(crate::sql::handle(core, req)).await,
+        ),
         Some(Endpoint::Admin) => (
             RouteLabel::Admin,
             only_get(req, || crate::admin::handle(core, req)),

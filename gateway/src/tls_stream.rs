@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 
 use monoio::{
     buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf},
-    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
+    io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent},
     net::TcpStream,
     BufResult,
 };
@@ -107,8 +107,9 @@ impl TlsStream {
     }
 
     /// Reads once from the socket into a lent buffer and hands the records to rustls;
-    /// at the end of the stream, tells rustls so (its reader then says how it ended).
-    async fn read_records(&mut self) -> io::Result<()> {
+    /// at the end of the stream, tells rustls so (its reader then says how it ended). With
+    /// `cancel`, the socket read can be called off (see [`Transport::read_cancelable`]).
+    async fn read_records(&mut self, cancel: Option<CancelHandle>) -> io::Result<()> {
         let buf = self.pool.take_read();
         let loan = Loan {
             pool: &self.pool,
@@ -117,7 +118,11 @@ impl TlsStream {
         // No more ciphertext than rustls takes as plaintext before it is read out (its
         // received-plaintext limit, 16 KiB by default).
         let room = buf.capacity().min(MAX_READ);
-        let (res, buf) = self.io.read(buf.slice_mut(0..room)).await;
+        let room = buf.slice_mut(0..room);
+        let (res, buf) = match cancel {
+            Some(c) => self.io.cancelable_read(room, c).await,
+            None => self.io.read(room).await,
+        };
         let buf = buf.into_inner();
         loan.back();
         let fed = match res {
@@ -137,6 +142,37 @@ impl TlsStream {
             self.write_records().await?;
         }
         Ok(())
+    }
+
+    /// Reads plaintext into `buf`, reading records from the socket until rustls has some.
+    async fn read_plaintext<T: IoBufMut>(
+        &mut self,
+        mut buf: T,
+        cancel: Option<CancelHandle>,
+    ) -> BufResult<usize, T> {
+        loop {
+            // SAFETY: `write_ptr` and `bytes_total` describe memory `buf` owns and lets be
+            // written; `buf` is held across the call and nothing else refers to it. rustls
+            // only writes into the slice (it does not read what was there before).
+            #[allow(unsafe_code)]
+            let room =
+                unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+            match self.conn.reader().read(room) {
+                Ok(n) => {
+                    // SAFETY: rustls wrote `n` bytes at the start of the slice.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        buf.set_init(n)
+                    };
+                    return (Ok(n), buf);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return (Err(e), buf),
+            }
+            if let Err(e) = self.read_records(cancel.clone()).await {
+                return (Err(e), buf);
+            }
+        }
     }
 
     /// Writes everything rustls has queued through a lent buffer.
@@ -183,33 +219,19 @@ impl Transport for TlsStream {
         }
         self.io.readable(false).await
     }
+
+    async fn read_cancelable<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        cancel: CancelHandle,
+    ) -> BufResult<usize, T> {
+        self.read_plaintext(buf, Some(cancel)).await
+    }
 }
 
 impl AsyncReadRent for TlsStream {
-    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        loop {
-            // SAFETY: `write_ptr` and `bytes_total` describe memory `buf` owns and lets be
-            // written; `buf` is held across the call and nothing else refers to it. rustls
-            // only writes into the slice (it does not read what was there before).
-            #[allow(unsafe_code)]
-            let room =
-                unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
-            match self.conn.reader().read(room) {
-                Ok(n) => {
-                    // SAFETY: rustls wrote `n` bytes at the start of the slice.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        buf.set_init(n)
-                    };
-                    return (Ok(n), buf);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return (Err(e), buf),
-            }
-            if let Err(e) = self.read_records().await {
-                return (Err(e), buf);
-            }
-        }
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        self.read_plaintext(buf, None).await
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
