@@ -105,6 +105,8 @@ pub struct Core {
     pub buffers: crate::io_buf::BufPool,
     /// Deadlines of client connections' waits (keep-alive, header and body timeouts).
     pub deadlines: crate::deadline::Deadlines,
+    /// Client connections keeping a read (and its buffer) armed after a response.
+    pub in_grace: Cell<usize>,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
     /// When the latest request began.
@@ -191,6 +193,7 @@ impl Core {
             read_queues: Default::default(),
             buffers,
             deadlines: Default::default(),
+            in_grace: Cell::new(0),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
             last_request: Cell::new(monoio::time::Instant::now()),
