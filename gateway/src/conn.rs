@@ -21,6 +21,7 @@ use crate::{
     per_core::Core,
     router::{self, Request},
     transport::Transport,
+    wire::{stream::IntoSocket, websocket},
 };
 
 /// Bytes reserved in the read buffer before each read.
@@ -92,9 +93,9 @@ fn filled(res: std::io::Result<usize>) -> Fill {
 /// Not an `async fn`: one keeps its arguments in the future beside the locals they are
 /// moved into (rust-lang/rust#62958), so every connection's task would hold its stream
 /// twice. The `async move` block below uses what it captured in place.
-pub fn serve<IO: Transport>(
+pub fn serve<IO: Transport + IntoSocket + 'static>(
     core: Rc<Core>,
-    mut io: IO,
+    io: IO,
     peer: Option<std::net::SocketAddr>,
     tls: bool,
     client: Option<router::ClientSocket>,
@@ -109,17 +110,28 @@ pub fn serve<IO: Transport>(
         peer,
         tls,
     };
+    // In an `Option` so that a WebSocket upgrade can take the stream without moving a
+    // captured variable out (which costs every connection's task a few hundred bytes).
+    let mut io = Some(io);
     async move {
-        loop {
-            let head = match conn.read_head(&mut io).await {
+        while let Some(stream) = io.as_mut() {
+            let head = match conn.read_head(stream).await {
                 Ok(head) => head,
-                Err(Stop::Refuse(e)) => return Box::pin(conn.refuse(&mut io, e)).await,
+                Err(Stop::Refuse(e)) => return Box::pin(conn.refuse(stream, e)).await,
                 Err(Stop::Close) => return,
             };
+            if conn.is_websocket(&head) {
+                // A PostgreSQL session over WebSocket from here on, as a task of its own:
+                // awaited here, it would take room in every connection's task.
+                if let Some(stream) = io.take() {
+                    conn.hand_over(stream, &head);
+                }
+                return;
+            }
             // Boxed: a request's state (head, body, routing or proxying, response) lives
             // only while it is served; inline, its size would be part of every idle
             // connection's task for the connection's whole life.
-            if !Box::pin(conn.respond(&mut io, head, client)).await {
+            if !Box::pin(conn.respond(stream, head, client)).await {
                 return;
             }
             conn.done_at = Instant::now();
@@ -147,6 +159,49 @@ struct Conn {
 // === impl Conn ===
 
 impl Conn {
+    /// Whether `head` asks to upgrade to the PostgreSQL front end's WebSocket (`GET /v2`
+    /// with `Upgrade: websocket`, the path Neon's driver opens), which this listener
+    /// serves when the PostgreSQL front end is on.
+    fn is_websocket(&self, head: &ParsedHead) -> bool {
+        self.core.config.pg.is_some()
+            && head.parts.uri.path() == websocket::PATH
+            && head.parts.headers.contains_key(http::header::UPGRADE)
+    }
+}
+
+impl Conn {
+    /// Hands the connection to a task of its own that answers the upgrade (`101`, or the
+    /// status refusing it) and runs the PostgreSQL session on it; what the client sent
+    /// after its request goes with it. The task counts as a connection of the core (this
+    /// one ends here), so limits and the drain see it.
+    fn hand_over<IO: Transport + IntoSocket + 'static>(&mut self, mut io: IO, head: &ParsedHead) {
+        let upgrade = websocket::upgrade_of(head);
+        let rest = BytesMut::from(&self.buf[..]);
+        self.buf.clear();
+        self.give_back();
+        let core = self.core.clone();
+        monoio::spawn(async move {
+            let _connection = core.track_connection();
+            let answer = match &upgrade {
+                Ok(u) => u.response.clone(),
+                Err(e) => e.response(),
+            };
+            let (written, _) = io.write_all(answer).await;
+            let Ok(upgrade) = upgrade else {
+                core.metrics()
+                    .wire
+                    .count(crate::metrics::wire::WireEvent::Refused);
+                return;
+            };
+            if written.is_err() {
+                return;
+            }
+            let socket = io.into_socket();
+            let name = socket.server_name().map(str::to_string).or(upgrade.host);
+            crate::wire::serve_upgraded(core, socket, name, rest).await;
+        });
+    }
+
     /// Serves the request whose head was just read; `false` when the connection is done.
     async fn respond<IO: Transport>(
         &mut self,

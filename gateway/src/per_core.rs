@@ -107,6 +107,8 @@ pub struct Core {
     pub deadlines: crate::deadline::Deadlines,
     /// Client connections keeping a read (and its buffer) armed after a response.
     pub in_grace: Cell<usize>,
+    /// PostgreSQL sessions begun on this core (numbers their cancel keys).
+    pg_sessions: Cell<u32>,
     connections: Cell<usize>,
     in_flight: Cell<usize>,
     /// When the latest request began.
@@ -194,10 +196,18 @@ impl Core {
             buffers,
             deadlines: Default::default(),
             in_grace: Cell::new(0),
+            pg_sessions: Cell::new(0),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
             last_request: Cell::new(monoio::time::Instant::now()),
         })
+    }
+
+    /// A number for a new PostgreSQL session on this core (its cancel key's).
+    pub fn next_pg_session(&self) -> u32 {
+        let n = self.pg_sessions.get().wrapping_add(1);
+        self.pg_sessions.set(n);
+        n
     }
 
     /// This core's metrics.

@@ -15,9 +15,14 @@ const url = process.env.RINGGATE_NEON_PG_URL;
 if (!port || !url) {
   throw new Error('RINGGATE_PG_PORT and RINGGATE_NEON_PG_URL must be set (run through tests/tests/pg_transport.rs)');
 }
+// ws:// and wss:// go to the PostgreSQL port, or (when given) to the HTTP and HTTPS
+// listeners, which serve the same `GET /v2`.
+const wsPort = process.env.RINGGATE_WS_PORT ?? port;
+const wssPort = process.env.RINGGATE_WSS_PORT ?? port;
+let current = port;
 // Node 20 has no global WebSocket.
 neonConfig.webSocketConstructor = ws;
-neonConfig.wsProxy = () => `localhost:${port}/v2`;
+neonConfig.wsProxy = () => `localhost:${current}/v2`;
 
 const transports = [
   { name: 'ws:// with SCRAM', secure: false, pipeline: false },
@@ -27,6 +32,7 @@ const transports = [
 for (const t of transports) {
   const table = `ws_driver_${process.pid}_${t.secure ? 'wss' : 'ws'}`;
   const use = () => {
+    current = t.secure ? wssPort : wsPort;
     neonConfig.useSecureWebSocket = t.secure;
     neonConfig.pipelineConnect = t.pipeline;
   };

@@ -504,12 +504,39 @@ fn bad_upgrades_get_their_status_and_bad_frames_their_close_code() {
 #[test]
 #[ignore = "needs compose/cluster"]
 fn neon_driver_pool_and_client_transactions_over_websocket() {
+    let (g, addr) = start_pg_tls(&[]);
+    let port = addr.port().to_string();
+    neon_websocket_test(&[("RINGGATE_PG_PORT", &port)]);
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn neon_driver_over_websocket_on_the_http_and_https_listeners() {
+    // Where Neon serves it: `GET /v2` on the same host and ports as HTTP (ws://) and HTTPS
+    // (wss://), beside `/sql`.
+    let (g, pg) = start_pg_tls(&[]);
+    let (http, https) = (g.plain_addr().unwrap(), g.tls_addr().unwrap());
+    let ports = [pg, http, https].map(|a| a.port().to_string());
+    neon_websocket_test(&[
+        ("RINGGATE_PG_PORT", &ports[0]),
+        ("RINGGATE_WS_PORT", &ports[1]),
+        ("RINGGATE_WSS_PORT", &ports[2]),
+    ]);
+    // A plain request to /v2 is routed as any other path (no upgrade asked).
+    let r = ringgate_tests::http::request(http, "GET", "/v2", &[], b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    g.drain();
+}
+
+/// Runs `tests/neon/ws.test.mjs` (Neon's driver: Pool and Client, ws:// with SCRAM and
+/// wss:// with the pipelined password) with `ports` and asserts all four tests pass.
+fn neon_websocket_test(ports: &[(&str, &str)]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
     assert!(
         std::path::Path::new(dir).join("node_modules/ws").exists(),
         "run `npm ci --prefix tests/neon` first (scripts/test does)"
     );
-    let (g, addr) = start_pg_tls(&[]);
     let (user, password) = alpha();
     let (_, _, ca) = test_certificate();
     let url =
@@ -517,13 +544,12 @@ fn neon_driver_pool_and_client_transactions_over_websocket() {
     let out = Command::new("node")
         .args(["--test", "ws.test.mjs"])
         .current_dir(dir)
-        .env("RINGGATE_PG_PORT", addr.port().to_string())
+        .envs(ports.iter().copied())
         .env("RINGGATE_NEON_PG_URL", url)
         .env("NODE_EXTRA_CA_CERTS", ca)
         .output()
         .expect("node is installed");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    g.drain();
     assert!(
         out.status.success(),
         "node --test failed:\n{stdout}\n{}",

@@ -60,7 +60,6 @@ pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {
             return;
         }
     };
-    let mut sessions: u32 = 0;
     loop {
         let accepted = monoio::select! {
             biased;
@@ -77,7 +76,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {
                     });
                     continue;
                 }
-                sessions = sessions.wrapping_add(1);
+                let n = core.next_pg_session();
                 let _ = stream.set_nodelay(true);
                 let guard = core.track_connection();
                 let span = info_span!("pg", core = core.id, %peer);
@@ -85,7 +84,7 @@ pub async fn accept_loop(core: Rc<Core>, listener: StdListener) {
                 monoio::spawn(
                     async move {
                         let _guard = guard;
-                        serve(core, stream, sessions).await;
+                        serve(core, stream, n).await;
                     }
                     .instrument(span),
                 );
@@ -161,7 +160,7 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
         b'A'..=b'Z' => websocket(stream::Socket::Plain(tcp), None, &mut buf, wait).await,
         _ => Ok((ClientStream::Plain(tcp), None)),
     };
-    let (mut stream, mut sni) = match opened {
+    let (stream, sni) = match opened {
         Ok(s) => s,
         Err(error) => {
             if matches!(error, Refused::Upgrade(_) | Refused::NoAlpn) {
@@ -172,6 +171,32 @@ async fn serve(core: Rc<Core>, tcp: TcpStream, n: u32) {
             return debug!(%error, "PostgreSQL connection refused");
         }
     };
+    start(core, stream, sni, buf, n).await;
+}
+
+/// Serves a WebSocket an HTTP listener upgraded (`GET /v2` there): `rest` is what the
+/// client sent after its request, `name` the TLS server name or else the `Host` header's.
+pub async fn serve_upgraded(
+    core: Rc<Core>,
+    socket: stream::Socket,
+    name: Option<String>,
+    rest: BytesMut,
+) {
+    let n = core.next_pg_session();
+    let stream = ClientStream::Ws(Box::new(WsStream::new(socket, rest)));
+    start(core, stream, name, BytesMut::with_capacity(1024), n).await;
+}
+
+/// Reads the startup message on an open transport (answering `SSLRequest`,
+/// `GSSENCRequest` and `CancelRequest` on the way), then runs the session.
+async fn start(
+    core: Rc<Core>,
+    mut stream: ClientStream,
+    mut sni: Option<String>,
+    mut buf: BytesMut,
+    n: u32,
+) {
+    let wait = core.config.http.header_read_timeout;
     let params = loop {
         let packet = match timeout(wait, read_startup(&mut stream, &mut buf)).await {
             Ok(r) => r,

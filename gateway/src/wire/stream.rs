@@ -106,7 +106,34 @@ pub enum Socket {
     Tls(Box<TlsStream>),
 }
 
+/// A client connection an HTTP listener hands to the PostgreSQL front end after a
+/// WebSocket upgrade.
+pub trait IntoSocket {
+    /// The connection as a WebSocket's transport.
+    fn into_socket(self) -> Socket;
+}
+
+impl IntoSocket for TcpStream {
+    fn into_socket(self) -> Socket {
+        Socket::Plain(self)
+    }
+}
+
+impl IntoSocket for TlsStream {
+    fn into_socket(self) -> Socket {
+        Socket::Tls(Box::new(self))
+    }
+}
+
 impl Socket {
+    /// The TLS server name the client asked for, if any.
+    pub fn server_name(&self) -> Option<&str> {
+        match self {
+            Socket::Plain(_) => None,
+            Socket::Tls(t) => t.server_name(),
+        }
+    }
+
     /// Reads once into `buf` (see [`ClientStream::read_into`]).
     pub(super) async fn read(&mut self, buf: &mut BytesMut, min_spare: usize) -> io::Result<usize> {
         match self {

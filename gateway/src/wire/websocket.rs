@@ -110,6 +110,12 @@ pub fn upgrade(buf: &mut BytesMut) -> Result<Option<Upgrade>, UpgradeError> {
         Err(HeadError::TooLarge { .. }) => return Err(UpgradeError::TooLarge),
         Err(e) => return Err(UpgradeError::Malformed(e.to_string())),
     };
+    upgrade_of(&head).map(Some)
+}
+
+/// Checks a parsed request head for a WebSocket upgrade on [`PATH`] (the HTTP listeners
+/// hand theirs here); the `101` response to send, or what refuses it.
+pub fn upgrade_of(head: &ringgate_http1::RequestHead) -> Result<Upgrade, UpgradeError> {
     let parts = &head.parts;
     if parts.version != http::Version::HTTP_11 {
         return Err(UpgradeError::Malformed("not HTTP/1.1".into()));
@@ -159,10 +165,10 @@ pub fn upgrade(buf: &mut BytesMut) -> Result<Option<Upgrade>, UpgradeError> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         accept_key(key)
     );
-    Ok(Some(Upgrade {
+    Ok(Upgrade {
         response: response.into_bytes(),
         host,
-    }))
+    })
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`: base64(SHA-1(key ++ GUID)).
