@@ -860,7 +860,10 @@ mod tests {
         assert_eq!(t.wakers.len.load(Ordering::SeqCst), 4);
         t.wakers.wake_all();
         assert_eq!(
-            flags.iter().map(|f| f.0.load(Ordering::SeqCst)).collect::<Vec<_>>(),
+            flags
+                .iter()
+                .map(|f| f.0.load(Ordering::SeqCst))
+                .collect::<Vec<_>>(),
             [true, true, true, false, true],
             "everyone registered now, not those who left"
         );
