@@ -584,7 +584,7 @@ impl Drop for Handed {
 #[derive(Debug)]
 pub struct Waiting {
     gate: Arc<Gate>,
-    slot: Option<u64>,
+    slot: Option<Slot>,
     /// Counted in the gate's waiting requests ([`Gate::wait`], not [`Gate::watch`]).
     counted: bool,
 }
@@ -604,8 +604,8 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        if let Some(id) = self.slot {
-            self.gate.wakers.cancel(id);
+        if let Some(slot) = self.slot {
+            self.gate.wakers.cancel(slot);
         }
         if self.counted {
             self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -614,39 +614,85 @@ impl Drop for Waiting {
 }
 
 /// Wakers of the requests waiting on a gate. Locked only by waiting requests and by a
-/// permit given back while some wait.
+/// permit given back while some wait. A slab: each waiter holds its slot's index and a
+/// ticket, so registering again and leaving are O(1) (a slot emptied by a wake, or taken
+/// since by another waiter, has another ticket).
 #[derive(Debug, Default)]
 struct WakerList {
     len: AtomicUsize,
     next: AtomicU64,
-    wakers: Mutex<Vec<(u64, Waker)>>,
+    slab: Mutex<Slab>,
+}
+
+/// A waiter's place in a [`WakerList`]: index and ticket.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    index: usize,
+    ticket: u64,
+}
+
+#[derive(Debug, Default)]
+struct Slab {
+    entries: Vec<Option<(u64, Waker)>>,
+    free: Vec<usize>,
+    len: usize,
 }
 
 impl WakerList {
-    fn register(&self, slot: &mut Option<u64>, waker: &Waker) {
-        let mut list = self.wakers.lock();
-        let id = *slot.get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed));
-        match list.iter_mut().find(|(i, _)| *i == id) {
-            Some((_, w)) => w.clone_from(waker),
-            None => list.push((id, waker.clone())),
+    fn register(&self, slot: &mut Option<Slot>, waker: &Waker) {
+        let mut slab = self.slab.lock();
+        if let Some(s) = *slot {
+            if let Some(Some((t, w))) = slab.entries.get_mut(s.index) {
+                if *t == s.ticket {
+                    w.clone_from(waker);
+                    return;
+                }
+            }
         }
-        self.len.store(list.len(), Ordering::SeqCst);
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let entry = Some((ticket, waker.clone()));
+        let index = match slab.free.pop() {
+            Some(i) => {
+                slab.entries[i] = entry;
+                i
+            }
+            None => {
+                slab.entries.push(entry);
+                slab.entries.len() - 1
+            }
+        };
+        slab.len += 1;
+        *slot = Some(Slot { index, ticket });
+        self.len.store(slab.len, Ordering::SeqCst);
     }
 
-    fn cancel(&self, id: u64) {
-        let mut list = self.wakers.lock();
-        list.retain(|(i, _)| *i != id);
-        self.len.store(list.len(), Ordering::SeqCst);
+    fn cancel(&self, slot: Slot) {
+        let mut slab = self.slab.lock();
+        let mine = matches!(slab.entries.get(slot.index), Some(Some((t, _))) if *t == slot.ticket);
+        if mine {
+            slab.entries[slot.index] = None;
+            slab.free.push(slot.index);
+            slab.len -= 1;
+            self.len.store(slab.len, Ordering::SeqCst);
+        }
     }
 
     fn wake_all(&self) {
         let woken = {
-            let mut list = self.wakers.lock();
+            let mut slab = self.slab.lock();
             self.len.store(0, Ordering::SeqCst);
-            std::mem::take(&mut *list)
+            slab.free.clear();
+            slab.len = 0;
+            std::mem::take(&mut slab.entries)
         };
-        for (_, w) in woken {
+        let mut woken = woken;
+        for (_, w) in woken.drain(..).flatten() {
             w.wake();
+        }
+        // The emptied slab keeps its room for the next waiters.
+        let mut slab = self.slab.lock();
+        if slab.entries.is_empty() {
+            slab.entries = woken;
         }
     }
 }
@@ -784,6 +830,48 @@ mod tests {
         assert!(t.has_room());
         drop(w);
         assert_eq!(t.waiting(), 0);
+        assert_eq!(t.wakers.len.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn waiters_leave_and_come_back_in_any_order() {
+        let b = budgets(1, 10);
+        let t = b.tenant("a", "n1");
+        let flags: Vec<_> = (0..5)
+            .map(|_| Arc::new(Flag(AtomicBool::new(false))))
+            .collect();
+        let wakers: Vec<_> = flags.iter().map(|f| Waker::from(f.clone())).collect();
+        let mut ws: Vec<_> = wakers
+            .iter()
+            .map(|w| {
+                let mut waiting = t.wait();
+                waiting.register(w);
+                waiting.register(w);
+                waiting
+            })
+            .collect();
+        assert_eq!(t.wakers.len.load(Ordering::SeqCst), 5, "once each");
+        drop(ws.remove(3));
+        drop(ws.remove(0));
+        assert_eq!(t.wakers.len.load(Ordering::SeqCst), 3);
+        // A newcomer takes a freed slot; the others keep theirs.
+        let mut late = t.wait();
+        late.register(&wakers[0]);
+        assert_eq!(t.wakers.len.load(Ordering::SeqCst), 4);
+        t.wakers.wake_all();
+        assert_eq!(
+            flags
+                .iter()
+                .map(|f| f.0.load(Ordering::SeqCst))
+                .collect::<Vec<_>>(),
+            [true, true, true, false, true],
+            "everyone registered now, not those who left"
+        );
+        // Woken, a waiter registers anew; leaving after a wake removes nothing else.
+        ws[0].register(&wakers[1]);
+        drop(late);
+        assert_eq!(t.wakers.len.load(Ordering::SeqCst), 1);
+        drop(ws);
         assert_eq!(t.wakers.len.load(Ordering::SeqCst), 0);
     }
 

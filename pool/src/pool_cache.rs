@@ -67,7 +67,10 @@ impl PoolCache {
     }
 
     /// The pool for `key`, marking it used.
-    pub fn get(&self, key: &PoolKey) -> Option<Rc<TenantPool>> {
+    pub fn get<Q>(&self, key: &Q) -> Option<Rc<TenantPool>>
+    where
+        Q: std::hash::Hash + quick_cache::Equivalent<PoolKey> + ?Sized,
+    {
         self.cache.get(key).cloned()
     }
 

@@ -25,7 +25,7 @@ use crate::{
     error::Error,
     pool_cache::PoolCache,
     route::{self, Intent},
-    tenant::{Gates, PoolKey, Pooled, TenantPool},
+    tenant::{Gates, PoolKey, PoolKeyRef, Pooled, TenantPool},
 };
 
 /// Counters describing one shard, for metrics.
@@ -54,7 +54,7 @@ pub struct ShardStats {
 }
 
 /// Requests in flight per member on this core.
-type Outstanding = Rc<RefCell<HashMap<String, usize>>>;
+type Outstanding = Rc<RefCell<HashMap<Rc<str>, usize>>>;
 
 /// One core's tenant pools.
 pub struct Shard {
@@ -225,7 +225,7 @@ impl Shard {
     ) -> Result<Checkout, Error> {
         let topology = self.topology();
         let member = self.route(&topology, intent, prefer)?;
-        let pool = self.pool_for(tenant, credentials, &member);
+        let pool = self.pool_for(tenant, credentials, member);
         let guard = OutstandingGuard::new(&self.outstanding, &member.name);
         let conn = pool.get(self.config.wait_timeout).await.inspect_err(|e| {
             if matches!(e, Error::Exhausted { .. }) {
@@ -242,7 +242,6 @@ impl Shard {
         Ok(Checkout {
             conn: Some(conn),
             pool,
-            node: member.name,
             role: member.role,
             lease,
             _guard: guard,
@@ -250,16 +249,16 @@ impl Shard {
     }
 
     /// The member `intent` routes to (`prefer` when it may serve it).
-    fn route(
+    fn route<'t>(
         &self,
-        topology: &Topology,
+        topology: &'t Topology,
         intent: Intent,
         prefer: Option<&str>,
-    ) -> Result<Member, Error> {
+    ) -> Result<&'t Member, Error> {
         if let Some(m) = prefer
             .and_then(|name| route::preferred(topology, intent, name, self.config.max_replica_lag))
         {
-            return Ok(m.clone());
+            return Ok(m);
         }
         let outstanding = self.outstanding.borrow();
         route::choose_from(
@@ -269,7 +268,6 @@ impl Shard {
             self.core,
             |n| outstanding.get(n).copied().unwrap_or(0),
         )
-        .cloned()
         .ok_or(Error::NoPrimary)
     }
 
@@ -285,8 +283,9 @@ impl Shard {
         credentials: &Credentials,
         intent: Intent,
     ) -> Option<HandOff> {
-        let member = self.route(&self.topology(), intent, None).ok()?;
-        let pool = self.pool_for(tenant, credentials, &member);
+        let topology = self.topology();
+        let member = self.route(&topology, intent, None).ok()?;
+        let pool = self.pool_for(tenant, credentials, member);
         if pool.idle() > 0 {
             return None;
         }
@@ -324,7 +323,7 @@ impl Shard {
         })?;
         (core != self.core).then(|| HandOff {
             core,
-            node: member.name,
+            node: member.name.clone(),
             handed: gates.tenant.hand_to(core),
         })
     }
@@ -339,10 +338,11 @@ impl Shard {
         credentials: &Credentials,
         prefer: Option<&str>,
     ) -> usize {
-        let Ok(member) = self.route(&self.topology(), Intent::Read, prefer) else {
+        let topology = self.topology();
+        let Ok(member) = self.route(&topology, Intent::Read, prefer) else {
             return self.config.max_per_tenant;
         };
-        let pool = self.pool_for(tenant, credentials, &member);
+        let pool = self.pool_for(tenant, credentials, member);
         let gates = pool.gates();
         if gates.tenant.has_room() && gates.node.has_room() {
             self.config.max_per_tenant.max(1)
@@ -354,20 +354,22 @@ impl Shard {
     /// The cached pool for this tenant on `member`, created (and cached) when missing or
     /// when the credentials changed.
     fn pool_for(&self, tenant: &str, credentials: &Credentials, member: &Member) -> Rc<TenantPool> {
-        let key = PoolKey {
-            tenant: tenant.to_string(),
-            database: credentials.database.clone(),
-            role: credentials.user.clone(),
-            node: member.name.clone(),
+        // Looked up by reference: a pool found allocates nothing.
+        let wanted = PoolKeyRef {
+            tenant,
+            database: &credentials.database,
+            role: &credentials.user,
+            node: &member.name,
         };
         let mut cache = self.cache.borrow_mut();
-        if let Some(pool) = cache.get(&key) {
+        if let Some(pool) = cache.get(&wanted) {
             if pool.credentials() == credentials && !pool.is_closed() {
                 return pool;
             }
-            if let Some(old) = cache.remove(&key) {
-                old.close();
-            }
+        }
+        let key = wanted.to_key();
+        if let Some(old) = cache.remove(&key) {
+            old.close();
         }
         let target = self.target_for(tenant, credentials, member);
         let gates = Gates {
@@ -617,7 +619,6 @@ pub struct Checkout {
     /// `None` only while dropping.
     conn: Option<Pooled>,
     pool: Rc<TenantPool>,
-    node: String,
     role: Role,
     lease: Option<Lease>,
     _guard: OutstandingGuard,
@@ -650,7 +651,7 @@ impl Checkout {
 
     /// The member it is on.
     pub fn node(&self) -> &str {
-        &self.node
+        &self.pool.key().node
     }
 
     /// That member's role when routed.
@@ -688,15 +689,22 @@ impl Drop for Checkout {
 #[derive(Debug)]
 struct OutstandingGuard {
     map: Outstanding,
-    node: String,
+    node: Rc<str>,
 }
 
 impl OutstandingGuard {
+    /// Allocates only for a member not counted before.
     fn new(map: &Outstanding, node: &str) -> Self {
-        *map.borrow_mut().entry(node.to_string()).or_insert(0) += 1;
+        let mut m = map.borrow_mut();
+        let node = match m.get_key_value(node) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(node),
+        };
+        *m.entry(node.clone()).or_insert(0) += 1;
+        drop(m);
         Self {
             map: map.clone(),
-            node: node.to_string(),
+            node,
         }
     }
 }

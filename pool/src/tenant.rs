@@ -50,6 +50,41 @@ pub struct PoolKey {
     pub node: String,
 }
 
+/// A [`PoolKey`] by reference, to look a pool up without building its key. Hashes as the
+/// key does (the same fields in the same order; `&str` hashes as `String`).
+#[derive(Debug, Clone, Copy, Hash)]
+pub struct PoolKeyRef<'a> {
+    /// Tenant (project) id.
+    pub tenant: &'a str,
+    /// Database name.
+    pub database: &'a str,
+    /// Role name.
+    pub role: &'a str,
+    /// Node (member) name.
+    pub node: &'a str,
+}
+
+impl PoolKeyRef<'_> {
+    /// The owned key.
+    pub fn to_key(&self) -> PoolKey {
+        PoolKey {
+            tenant: self.tenant.to_string(),
+            database: self.database.to_string(),
+            role: self.role.to_string(),
+            node: self.node.to_string(),
+        }
+    }
+}
+
+impl quick_cache::Equivalent<PoolKey> for PoolKeyRef<'_> {
+    fn equivalent(&self, key: &PoolKey) -> bool {
+        self.tenant == key.tenant
+            && self.database == key.database
+            && self.role == key.role
+            && self.node == key.node
+    }
+}
+
 /// The gates a pool's connections count against.
 #[derive(Debug, Clone)]
 pub struct Gates {
@@ -647,5 +682,44 @@ impl Drop for GateWait<'_> {
         if let Some(c) = self.counter {
             c.set(c.get() - 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn a_key_by_reference_hashes_and_compares_as_the_key() {
+        let key = PoolKey {
+            tenant: "alpha/pg".into(),
+            database: "tenant_alpha".into(),
+            role: "alpha_owner".into(),
+            node: "pg1".into(),
+        };
+        let by_ref = PoolKeyRef {
+            tenant: "alpha/pg",
+            database: "tenant_alpha",
+            role: "alpha_owner",
+            node: "pg1",
+        };
+        let h = quick_cache::DefaultHashBuilder::default();
+        assert_eq!(h.hash_one(&key), h.hash_one(by_ref));
+        assert!(quick_cache::Equivalent::equivalent(&by_ref, &key));
+        assert_eq!(by_ref.to_key(), key);
+        let other = PoolKeyRef {
+            node: "pg2",
+            ..by_ref
+        };
+        assert!(!quick_cache::Equivalent::equivalent(&other, &key));
+        // Fields are not run together: ("ab", "c") is not ("a", "bc").
+        let shifted = PoolKeyRef {
+            tenant: "alpha/pgt",
+            database: "enant_alpha",
+            ..by_ref
+        };
+        assert_ne!(h.hash_one(&key), h.hash_one(shifted));
     }
 }

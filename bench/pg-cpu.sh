@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# CPU per transaction: one ringgate (the binary given) and one PgBouncer (transaction mode,
+# the same 16 server connections), each under `pgbench -S -M extended -c 1000 -j 2` in turn
+# for SECS seconds; over 5 s in the middle of each run, the server process's utime+stime
+# (/proc/<pid>/stat) per transaction, and with `stat` its syscalls, io_uring requests and
+# context switches (`perf stat`), or with `perf` a profile of ringgate (`perf record -g`,
+# to /tmp/pg-cpu.perf.data). Needs the local backend, as bench/pg.sh.
+#
+#   bench/pg-cpu.sh /path/to/ringgate [SECS=24] [stat|perf]
+#
+# tps is pgbench's over the whole run, so the per-transaction figure is approximate; the two
+# share the machine's cores with pgbench and PostgreSQL as in bench/pg.sh.
+set -euo pipefail
+bin=$1
+secs=${2:-24}
+mode=${3:-}
+: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
+leader=$("$RINGGATE_CLUSTER" leader)
+host="127.0.1.${leader#pg}"
+pw=alpha-secret
+control="postgresql://ringgate_app:ringgate-app@$host:5432/ringgate_control"
+admin="postgresql://postgres:ringgate-super@$host:5432/postgres"
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18392 RINGGATE_PG_LISTEN=127.0.0.1:16443 RINGGATE_LOG=warn \
+  DATABASE_URL="$admin" RINGGATE_CONTROL_DATABASE_URL="$control" \
+  RINGGATE_POOL_MAX_PER_TENANT=16 RINGGATE_POOL_MAX_TOTAL=24 \
+  "$bin" 2>"$work/ringgate.log" &
+rg=$!
+pids+=("$rg")
+cat > "$work/pgbouncer.ini" <<INI
+[databases]
+tenant_alpha = host=$host port=5432 dbname=tenant_alpha
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = 16444
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = 16
+max_client_conn = 2000
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+echo "\"alpha_owner\" \"$pw\"" > "$work/userlist.txt"
+chown -R postgres "$work"
+setpriv --reuid postgres --regid postgres --init-groups pgbouncer "$work/pgbouncer.ini" 2>/dev/null &
+pids+=($!)
+sleep 2
+ulimit -n 8192 || true
+pb=$(cat "$work/pgbouncer.pid")
+tick=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for target in ringgate pgbouncer; do
+  if [ "$target" = ringgate ]; then
+    ci="host=127.0.0.1 port=16443 user=alpha_owner password=$pw dbname=tenant_alpha options=endpoint=alpha sslmode=disable"
+    pid=$rg
+  else
+    ci="host=127.0.0.1 port=16444 user=alpha_owner password=$pw dbname=tenant_alpha sslmode=disable"
+    pid=$pb
+  fi
+  (cd "$work" && pgbench -n -S -M extended -c 1000 -j 2 -T "$secs" "$ci" >"$work/out.$target" 2>&1) &
+  bench=$!
+  sleep $((secs / 2))
+  c0=$(cpu "$pid")
+  case "$mode" in
+    perf) if [ "$target" = ringgate ]; then
+        perf record -F 999 -g -o /tmp/pg-cpu.perf.data -p "$pid" -- sleep 5 >/dev/null 2>&1
+      else sleep 5; fi ;;
+    stat) perf stat -x, -o "$work/stat" -p "$pid" \
+        -e raw_syscalls:sys_enter,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,context-switches -- sleep 5 ;;
+    *) sleep 5 ;;
+  esac
+  c1=$(cpu "$pid")
+  wait "$bench"
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/out.$target")
+  line="$target tps=${tps%.*} cpu_s=$(echo "($c1 - $c0) / $tick" | bc -l | cut -c1-5)"
+  line+=" us_cpu_per_tx=$(echo "($c1 - $c0) / $tick / 5 / $tps * 1000000" | bc -l | cut -c1-5)"
+  if [ "$mode" = stat ]; then
+    line+=$(awk -F, -v tx="$(echo "$tps * 5" | bc -l)" '!/^#/ && NF > 2 {n = split($3, e, ":"); printf " %s/tx=%.2f", e[n], $1 / tx}' "$work/stat")
+  fi
+  echo "$line load=$(cut -d' ' -f1-3 /proc/loadavg)"
+done
