@@ -21,7 +21,7 @@
 //! or `Parse`'s text, the text of the named statement a `Bind` runs, a `FunctionCall`
 //! (anything). When the server says the transaction is over (`ReadyForQuery` idle, before
 //! it is relayed), what it wrote is invalidated on every core and published to the other
-//! instances ([`committed`]), as `/sql` writes are.
+//! instances (`committed`), as `/sql` writes are.
 
 use std::fmt::Write as _;
 

@@ -4,7 +4,7 @@
 //! `compose/config/bootstrap.sql`). Either way the client proves a `ClientKey`, which is
 //! what ringgate authenticates to the server with: no password is held.
 //!
-//! Which way ([`Method`]): SCRAM-SHA-256 on plaintext (a password never crosses it: a
+//! Which way (`Method`): SCRAM-SHA-256 on plaintext (a password never crosses it: a
 //! `PasswordMessage` sent unasked is refused); over TLS SCRAM-SHA-256 and
 //! SCRAM-SHA-256-PLUS (`tls-server-end-point` channel binding) by default, or the
 //! cleartext password with `RINGGATE_PG_TLS_AUTH=password`; over WebSocket with TLS the
