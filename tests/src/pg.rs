@@ -343,3 +343,28 @@ pub fn prepare(name: &str, sql: &str) -> Vec<u8> {
 pub fn status(answer: &[u8]) -> u8 {
     *answer.last().expect("an answer")
 }
+
+/// Runs `select pg_sleep(secs)` on `c` and, half a second in, sends its CancelRequest to
+/// `cancel_at` (any listener of the front end); the statement's result and how long it took.
+pub async fn sleep_then_cancel(
+    c: &tokio_postgres::Client,
+    cancel_at: SocketAddr,
+    secs: u32,
+) -> (
+    Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    Duration,
+) {
+    let token = c.cancel_token();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let tcp = tokio::net::TcpStream::connect(cancel_at).await.unwrap();
+        token
+            .cancel_query_raw(tcp, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    };
+    let started = std::time::Instant::now();
+    let sleep = format!("select pg_sleep({secs})");
+    let (r, ()) = tokio::join!(c.simple_query(&sleep), cancel);
+    (r, started.elapsed())
+}

@@ -123,18 +123,17 @@ fn test_node_drizzle_example() {
     );
 }
 
+/// What the Python examples print first: the command tag and the first three items.
+const FIRST_ROWS: &str =
+    "SELECT 3\n1 alpha item 1 1.25\n2 alpha item 2 2.50\n3 alpha item 3 3.75\n";
+
 #[test]
 #[ignore = "needs compose backend (compose/cluster up)"]
 fn test_python_example() {
     let (g, addr) = start_like_run();
     let out = run_example(addr, "python3", &["examples/python/query.py"]);
     g.drain();
-    assert!(
-        out.starts_with(
-            "SELECT 3\n1 alpha item 1 1.25\n2 alpha item 2 2.50\n3 alpha item 3 3.75\n"
-        ),
-        "{out}"
-    );
+    assert!(out.starts_with(FIRST_ROWS), "{out}");
     assert!(out.contains("batch: INSERT 1 count 1 DELETE 1\n"), "{out}");
     assert!(
         out.contains("typo: 404 unknown_project - no project \"alpah\": it is the first label"),
@@ -178,12 +177,7 @@ fn test_psycopg2_example() {
         &[("RINGGATE_PG_URL", &url)],
     );
     g.drain();
-    assert!(
-        out.starts_with(
-            "SELECT 3\n1 alpha item 1 1.25\n2 alpha item 2 2.50\n3 alpha item 3 3.75\n"
-        ),
-        "{out}"
-    );
+    assert!(out.starts_with(FIRST_ROWS), "{out}");
     assert!(out.contains("committed: 1\ndeleted: 1\n"), "{out}");
     assert!(
         out.contains("typo: FATAL:  project \"alpah\" does not exist (from options endpoint=)\n"),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ringgate_tests::{
     backend::{alpha_conn_string, pg_admin_url, psql},
     http::{metric_total, metric_total_where, post_sql},
+    pg::sleep_then_cancel,
     wire::{
         alpha_project, block_on, code, connect, conninfo, server_connections, start_pg_with_replica,
     },
@@ -282,20 +283,10 @@ fn cancel_requests_reach_sessions_on_other_cores() {
     for _ in 0..3 {
         block_on(async {
             let (c, _) = connect(addr, "wire_cancel").await.unwrap();
-            let token = c.cancel_token();
-            let cancel = async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-                token
-                    .cancel_query_raw(tcp, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-            };
-            let started = std::time::Instant::now();
-            let (r, ()) = tokio::join!(c.simple_query("select pg_sleep(30)"), cancel);
+            let (r, took) = sleep_then_cancel(&c, addr, 30).await;
             let e = r.unwrap_err();
             assert_eq!(code(&e), "57014", "{e}");
-            assert!(started.elapsed() < Duration::from_secs(20));
+            assert!(took < Duration::from_secs(20));
         });
     }
     g.drain();
