@@ -18,25 +18,9 @@ pub enum Peek {
 
 /// Peeks at `socket` with `recv(MSG_PEEK | MSG_DONTWAIT)`, whatever its blocking mode.
 pub fn peek(socket: &impl AsRawFd) -> Peek {
-    let mut byte = 0u8;
-    // SAFETY: the descriptor belongs to `socket`, which is borrowed for the call, and the
-    // buffer is one valid byte on the stack.
-    #[allow(unsafe_code)]
-    let n = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => Peek::Closed,
-        n if n > 0 => Peek::Data,
-        _ => match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN | libc::EINTR) => Peek::Empty,
-            _ => Peek::Failed,
-        },
+    match first_byte(socket) {
+        Ok(_) => Peek::Data,
+        Err(p) => p,
     }
 }
 
@@ -44,7 +28,8 @@ pub fn peek(socket: &impl AsRawFd) -> Peek {
 /// what the peek found.
 pub fn first_byte(socket: &impl AsRawFd) -> Result<u8, Peek> {
     let mut byte = 0u8;
-    // SAFETY: as in `peek`.
+    // SAFETY: the descriptor belongs to `socket`, which is borrowed for the call, and the
+    // buffer is one valid byte on the stack.
     #[allow(unsafe_code)]
     let n = unsafe {
         libc::recv(
