@@ -391,7 +391,8 @@ fn a_thousand_clients_share_ten_server_connections_with_prepared_statements() {
     alpha_project("wire_many", "transaction", false);
     let (g, _, addr) = start_pg_with_replica(&[
         ("RINGGATE_POOL_MAX_PER_TENANT", "10"),
-        ("RINGGATE_WORKERS", "2"),
+        // The budget is process-wide: sixteen cores' pools share the ten connections.
+        ("RINGGATE_WORKERS", "16"),
         ("RINGGATE_POOL_TIMEOUT", "30s"),
     ]);
     let c = conninfo(addr, "wire_many");
