@@ -7,8 +7,8 @@
 #
 # With RINGGATE_BASELINE=/path/to/an/older/ringgate, that binary runs too (one core pinned
 # to CPU 0, like the pinned one, port 18382), measured the same way in the same run: max
-# req/s right after this build's, and each latency round right after this build's pinned
-# one. Binaries come from $CARGO_TARGET_DIR (default target/).
+# req/s in ROUNDS further rounds alternating which build goes first (ratio per round and
+# median), and each latency round right after this build's pinned one. Binaries come from $CARGO_TARGET_DIR (default target/).
 #
 # Max req/s: ringgate on one core pinned to CPU 0, wrk and pgbench on CPU 1.
 # At 500 and 5,000 req/s, in ROUNDS interleaved rounds (the machine's slow and fast
@@ -121,12 +121,32 @@ LUA
 # The value of `key=` in a line of `key=value` fields (whole keys only: `p50_ms` is not
 # the tail of `send_lag_p50_ms`).
 field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
+wrk_max() { # port
+  taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" "http://127.0.0.1:$1/sql" | grep wrk_result
+}
 echo "== ringgate /sql, wrk -c1000 (max), $conns server connections"
-max=$(taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18380/sql | grep wrk_result)
+max=$(wrk_max 18380)
 echo "$max"
 if [ -n "$baseline" ]; then
-  echo "== baseline ringgate /sql, wrk -c1000 (max), $conns server connections"
-  taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18382/sql | grep wrk_result
+  # Interleaved, each round in the other order (this build first in odd rounds, the
+  # baseline first in even ones), so that neither always runs on a warmer server.
+  pairs=()
+  for round in $(seq "$rounds"); do
+    if [ $((round % 2)) = 1 ]; then
+      b=$(wrk_max 18382 | field rps); c=$(wrk_max 18380 | field rps)
+    else
+      c=$(wrk_max 18380 | field rps); b=$(wrk_max 18382 | field rps)
+    fi
+    echo "== max round $round: this build $c req/s, baseline $b req/s"
+    pairs+=("$c $b")
+  done
+  printf '%s\n' "${pairs[@]}" | python3 -c '
+import statistics, sys
+rounds = [tuple(map(float, l.split())) for l in sys.stdin if l.strip()]
+ratios = [c / b for c, b in rounds]
+print("max req/s, this build : baseline, per round: " + ", ".join(f"{r:.2f}x" for r in ratios)
+      + f" (median {statistics.median(ratios):.2f}x; this build {statistics.median(c for c, _ in rounds):.0f},"
+      + f" baseline {statistics.median(b for _, b in rounds):.0f} req/s)")'
 fi
 load() { # url rate
   taskset -c 1 "$bin/rg-load" --url "$1" --rate "$2" --duration "$secs" --warmup 2 \

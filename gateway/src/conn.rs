@@ -10,7 +10,7 @@ use http::Method;
 use monoio::{
     buf::IoBufMut,
     io::{AsyncWriteRent, AsyncWriteRentExt, Canceller},
-    time::{timeout, Duration, Instant},
+    time::{Duration, Instant},
 };
 use tracing::{debug, debug_span, Instrument};
 
@@ -225,10 +225,13 @@ impl Conn {
         if let router::Target::Proxy(route) = target {
             let keep_alive = head.keep_alive && !self.core.drain.is_draining();
             let span = debug_span!("proxy", method = %head.parts.method, path = head.parts.uri.path(), group = %route.group);
-            let done = self
-                .proxy(io, &head, route, request_id.as_bytes(), keep_alive)
-                .instrument(span)
-                .await;
+            // Boxed: a proxied exchange's state (upstream connection, both framings) is
+            // kilobytes that the gateway's own routes would otherwise carry too.
+            let done = Box::pin(
+                self.proxy(io, &head, route, request_id.as_bytes(), keep_alive)
+                    .instrument(span),
+            )
+            .await;
             self.core
                 .metrics()
                 .observe(RouteLabel::Proxy, done.status, started.elapsed());
@@ -241,7 +244,8 @@ impl Conn {
         let body = match self.read_body(io, &head).await {
             Ok(body) => body,
             Err(Stop::Refuse(e)) => {
-                self.refuse(io, e).await;
+                // Boxed: a refusal's linger is rare and would size every request's state.
+                Box::pin(self.refuse(io, e)).await;
                 return false;
             }
             Err(Stop::Close) => return false,
@@ -384,9 +388,12 @@ impl Conn {
     ) -> Result<(), Stop> {
         if head.expect_continue {
             let limit = self.core.config.http.response_write_timeout;
-            match timeout(limit, io.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])).await {
-                Ok((Ok(_), _)) => {}
-                _ => return Err(Stop::Close),
+            let write = io.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+            if !matches!(
+                self.core.deadlines.within(limit, write).await,
+                Some((Ok(_), _))
+            ) {
+                return Err(Stop::Close);
             }
         }
         Ok(())
@@ -540,21 +547,21 @@ impl Conn {
             response.encode_head(&mut out, date, request_id, keep_alive, head_only)
         });
         let limit = self.core.config.http.response_write_timeout;
-        let (res, out) = match timeout(limit, io.write_all(out)).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.core.buffers.lost();
-                return false;
-            }
+        // Bounded on the core's deadline timer: a monoio `Sleep` would be registered and
+        // dropped in the runtime's timer wheel for every response.
+        let deadlines = self.core.deadlines.clone();
+        let Some((res, out)) = deadlines.within(limit, io.write_all(out)).await else {
+            self.core.buffers.lost();
+            return false;
         };
         self.core.buffers.give_write(out);
         if res.is_err() {
             return false;
         }
         if !complete {
-            match timeout(limit, io.write_all(response.body.clone())).await {
-                Ok((Ok(_), _)) => {}
-                _ => return false,
+            let body = io.write_all(response.body.clone());
+            if !matches!(deadlines.within(limit, body).await, Some((Ok(_), _))) {
+                return false;
             }
         }
         true

@@ -62,6 +62,16 @@ impl Deadlines {
         }
     }
 
+    /// `fut`'s output, or `None` if `limit` passes first (when `fut` is dropped).
+    pub async fn within<F: Future>(&self, limit: Duration, fut: F) -> Option<F::Output> {
+        let timer = self.until(Instant::now() + limit);
+        let fut = std::pin::pin!(fut);
+        match futures_util::future::select(fut, timer).await {
+            futures_util::future::Either::Left((out, _)) => Some(out),
+            futures_util::future::Either::Right(_) => None,
+        }
+    }
+
     /// Waits registered and not yet due.
     pub fn pending(&self) -> usize {
         self.0.waits.borrow().len()

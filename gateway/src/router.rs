@@ -43,11 +43,15 @@ impl std::os::fd::AsRawFd for ClientSocket {
 
 impl ClientSocket {
     /// Resolves once the client has closed its end or its connection failed, checked every
-    /// [`CLIENT_CHECK`]; never while it is there (or has sent more, a pipelined request).
-    pub async fn gone(self) {
+    /// [`CLIENT_CHECK`] on the core's deadline timer (every `/sql` statement waits on this:
+    /// no monoio `Sleep` for each); never while the client is there (or has sent more, a
+    /// pipelined request).
+    pub async fn gone(self, deadlines: &crate::deadline::Deadlines) {
         use crate::socket_peek::{peek, Peek};
         loop {
-            monoio::time::sleep(CLIENT_CHECK).await;
+            deadlines
+                .until(monoio::time::Instant::now() + CLIENT_CHECK)
+                .await;
             if matches!(peek(&self), Peek::Closed | Peek::Failed) {
                 return;
             }

@@ -255,7 +255,9 @@ impl TenantPool {
             self.mark_idle();
             return Ok(conn);
         }
-        self.wait_for(now, wait).await
+        // Boxed: the wait's state (a timer among it) would otherwise be carried by every
+        // caller's future, and most checkouts find an idle connection above.
+        Box::pin(self.wait_for(now, wait)).await
     }
 
     /// The first idle connection when it needs no check (returned moments ago and not

@@ -17,12 +17,20 @@ const TENANTS_BYTES: u64 = 2 << 20;
 
 /// A bounded map from request text to a derived value. Not `Send`: one per core.
 #[derive(Debug)]
-pub struct Memo<V>(Cache<V>);
+pub struct Memo<V> {
+    cache: Cache<V>,
+    /// The time every entry is stored and looked up at: entries never expire, so a
+    /// lookup (several per request) need not read the clock.
+    epoch: Instant,
+}
 
 impl<V: Clone + Weigh> Memo<V> {
     /// An empty table of at most `max_bytes`.
     pub fn with_bytes(max_bytes: u64) -> Self {
-        Self(Cache::new(max_bytes, Duration::MAX))
+        Self {
+            cache: Cache::new(max_bytes, Duration::MAX),
+            epoch: Instant::now(),
+        }
     }
 
     /// An empty table of 1 MiB.
@@ -32,17 +40,17 @@ impl<V: Clone + Weigh> Memo<V> {
 
     /// The value for `key`, computed by `f` on a miss (errors are not remembered).
     pub fn get_or_try<E>(&self, key: &str, f: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
-        self.0.get_or_try(key, Instant::now(), f)
+        self.cache.get_or_try(key, self.epoch, f)
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.cache.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.cache.is_empty()
     }
 }
 

@@ -161,13 +161,18 @@ pub(super) async fn read(ctx: &Ctx, sql: &SqlRequest, st: &Statement) -> Option<
         });
         // Bounded like a checkout: a read queued behind slow statements gets the same 503.
         let started = monoio::time::Instant::now();
-        match monoio::time::timeout(ctx.db.wait_timeout(), result).await {
-            Ok(outcome) => {
+        match ctx
+            .memo
+            .deadlines
+            .within(ctx.db.wait_timeout(), result)
+            .await
+        {
+            Some(outcome) => {
                 let outcome = outcome.ok()?;
                 ctx.event(SqlEvent::Pipelined);
                 outcome
             }
-            Err(_) => {
+            None => {
                 let e = ctx
                     .db
                     .reads_exhausted(&sql.tenant.project, started.elapsed());

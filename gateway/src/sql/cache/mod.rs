@@ -70,11 +70,23 @@ pub async fn serve(
     sql: &SqlRequest,
     headers: &HeaderMap,
     class: usize,
-    run: impl Future<Output = Response>,
+    run: std::pin::Pin<&mut impl Future<Output = Response>>,
 ) -> Response {
-    let Some(qc) = core.query_cache.as_ref() else {
-        return run.await;
-    };
+    match core.query_cache.as_ref() {
+        None => run.await,
+        // Boxed: only a cache's requests carry its lookups' and stores' state.
+        Some(qc) => Box::pin(through(core, qc, sql, headers, class, run)).await,
+    }
+}
+
+async fn through(
+    core: &Rc<Core>,
+    qc: &QueryCache,
+    sql: &SqlRequest,
+    headers: &HeaderMap,
+    class: usize,
+    mut run: std::pin::Pin<&mut impl Future<Output = Response>>,
+) -> Response {
     let asked = match rules::asked(headers) {
         Ok(a) => a,
         Err(e) => return gateway_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
@@ -93,12 +105,15 @@ pub async fn serve(
     };
     if write {
         // Whatever its status: a failed write may have committed (outcome unknown).
-        let response = run.await;
+        let response = run.as_mut().await;
         qc.after_write(core.metrics(), sql, class).await;
         return response;
     }
     if sql.batch || asked == Asked::Bypass {
-        return tag(run.await, (asked == Asked::Bypass).then_some("bypass"));
+        return tag(
+            run.as_mut().await,
+            (asked == Asked::Bypass).then_some("bypass"),
+        );
     }
     let st = &sql.statements[0];
     let rules = match (&core.projects, &core.db, asked) {
@@ -111,7 +126,7 @@ pub async fn serve(
         _ => None,
     };
     if asked == Asked::Rules && rules.is_none() {
-        return run.await;
+        return run.as_mut().await;
     }
     let vetted = qc
         .vetted(&st.sql)
@@ -119,15 +134,15 @@ pub async fn serve(
     let Some(v) = vetted else {
         if asked != Asked::Rules {
             core.metrics().sql_cache(class, CacheEvent::Uncacheable);
-            return tag(run.await, Some("uncacheable"));
+            return tag(run.as_mut().await, Some("uncacheable"));
         }
-        return run.await;
+        return run.as_mut().await;
     };
     let ttl = match asked {
         Asked::Ttl(t) => t,
         _ => match rules.as_deref().and_then(|r| rules::rule_ttl(r, &v)) {
             Some(t) => t,
-            None => return run.await,
+            None => return run.as_mut().await,
         },
     };
     let gens = &qc.generations;
@@ -164,13 +179,14 @@ pub async fn serve(
                 }
                 Err(_) => {
                     core.metrics().sql_cache(class, CacheEvent::Miss);
-                    tag(run.await, Some("miss")).with_header(DIGEST_HEADER, digest_value(&v))
+                    tag(run.as_mut().await, Some("miss"))
+                        .with_header(DIGEST_HEADER, digest_value(&v))
                 }
             };
         }
     };
     core.metrics().sql_cache(class, CacheEvent::Miss);
-    let response = run.await;
+    let response = run.as_mut().await;
     let storable = response.status == StatusCode::OK
         && response.headers.is_empty()
         && response.body.len() as u64 <= qc.config.max_entry
