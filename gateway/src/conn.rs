@@ -18,7 +18,7 @@ use crate::{
     error::RequestError,
     http::{parse_head, ChunkedDecoder, ParsedHead, RequestFraming, Response},
     metrics::RouteLabel,
-    per_core::Core,
+    per_core::{ConnectionGuard, Core},
     router::{self, Request},
     transport::Transport,
     wire::{stream::IntoSocket, websocket},
@@ -68,6 +68,9 @@ enum Stop {
     Refuse(RequestError),
     /// Close without a response: clean end, idle timeout, drain, or an I/O error.
     Close,
+    /// Idle after a response: park the connection until it turns readable or this
+    /// keep-alive deadline passes (see [`crate::parked`]).
+    Park(Instant),
 }
 
 /// What one read brought.
@@ -77,6 +80,8 @@ enum Fill {
     Timeout,
     Drain,
     Error,
+    /// Nothing buffered and the connection may park: the wait is the parked set's.
+    Park,
 }
 
 /// What a read that completed brought.
@@ -88,7 +93,10 @@ fn filled(res: std::io::Result<usize>) -> Fill {
     }
 }
 
-/// Serves requests on `io` until the client closes, a limit is hit or the core drains.
+/// Serves requests on `io` until the client closes, a limit is hit, the core drains or the
+/// connection parks while idle. `resumed`: its task again after parking (readable now),
+/// with when its last response was written. `guard` counts it among the core's
+/// connections, parked or not.
 ///
 /// Not an `async fn`: one keeps its arguments in the future beside the locals they are
 /// moved into (rust-lang/rust#62958), so every connection's task would hold its stream
@@ -99,16 +107,22 @@ pub fn serve<IO: Transport + IntoSocket + 'static>(
     peer: Option<std::net::SocketAddr>,
     tls: bool,
     client: Option<router::ClientSocket>,
+    guard: ConnectionGuard,
+    resumed: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> {
+    let parkable = !tls && core.parked.is_some();
     let mut conn = Conn {
         core,
         buf: BytesMut::new(),
         lent: false,
-        first: true,
+        first: resumed.is_none(),
         busy: false,
-        done_at: Instant::now(),
+        parkable,
+        woken: resumed.is_some(),
+        done_at: resumed.unwrap_or_else(Instant::now),
         peer,
         tls,
+        guard: Some(guard),
     };
     // In an `Option` so that a WebSocket upgrade can take the stream without moving a
     // captured variable out (which costs every connection's task a few hundred bytes).
@@ -119,6 +133,12 @@ pub fn serve<IO: Transport + IntoSocket + 'static>(
                 Ok(head) => head,
                 Err(Stop::Refuse(e)) => return Box::pin(conn.refuse(stream, e)).await,
                 Err(Stop::Close) => return,
+                Err(Stop::Park(until)) => {
+                    if let Some(stream) = io.take() {
+                        conn.park(stream, until);
+                    }
+                    return;
+                }
             };
             if conn.is_websocket(&head) {
                 // A PostgreSQL session over WebSocket from here on, as a task of its own:
@@ -150,10 +170,17 @@ struct Conn {
     /// Whether the next request is awaited with a read armed (buffer attached) for
     /// [`READ_GRACE`] after the last response, rather than with the buffer-free wait.
     busy: bool,
+    /// Whether the connection parks when idle after a response (plain, and the core has
+    /// a parked set), instead of waiting for readiness in its task.
+    parkable: bool,
+    /// Resumed from the parked set, which saw it readable: the next wait is a read.
+    woken: bool,
     /// When the last response was written.
     done_at: Instant,
     peer: Option<std::net::SocketAddr>,
     tls: bool,
+    /// The connection's place in the core's count; goes with it when it parks.
+    guard: Option<ConnectionGuard>,
 }
 
 // === impl Conn ===
@@ -170,6 +197,27 @@ impl Conn {
 }
 
 impl Conn {
+    /// Parks the idle connection in the core's set (its task then ends); closes it when it
+    /// cannot park (the core is draining).
+    fn park<IO: Transport>(&mut self, io: IO, until: Instant) {
+        self.give_back();
+        let (Some(parked), Some(stream), Some(peer), Some(guard)) = (
+            &self.core.parked,
+            io.into_tcp(),
+            self.peer,
+            self.guard.take(),
+        ) else {
+            return;
+        };
+        // Refused (a drain began): the connection closes here, as an idle one does then.
+        let idle = crate::per_core::Idle {
+            peer,
+            guard,
+            done_at: self.done_at,
+        };
+        let _ = parked.park(stream, idle, until);
+    }
+
     /// Hands the connection to a task of its own that answers the upgrade (`101`, or the
     /// status refusing it) and runs the PostgreSQL session on it; what the client sent
     /// after its request goes with it. The task counts as a connection of the core (this
@@ -248,7 +296,8 @@ impl Conn {
                 Box::pin(self.refuse(io, e)).await;
                 return false;
             }
-            Err(Stop::Close) => return false,
+            // A body is never awaited as an idle connection (parking is for those).
+            Err(Stop::Close | Stop::Park(_)) => return false,
         };
         let keep_alive = head.keep_alive && !self.core.drain.is_draining();
         let req = Request {
@@ -317,6 +366,7 @@ impl Conn {
             match self.fill(io, deadline, idle, READ_CHUNK).await {
                 Fill::Data => {}
                 Fill::Timeout if !idle => return Err(Stop::Refuse(RequestError::HeaderTimeout)),
+                Fill::Park => return Err(Stop::Park(deadline)),
                 Fill::Timeout | Fill::Eof | Fill::Drain | Fill::Error => return Err(Stop::Close),
             }
         }
@@ -349,7 +399,7 @@ impl Conn {
                         Fill::Data => {}
                         Fill::Timeout => return Err(Stop::Refuse(RequestError::BodyTimeout)),
                         Fill::Eof => return Err(Stop::Close),
-                        Fill::Drain | Fill::Error => return Err(Stop::Close),
+                        Fill::Drain | Fill::Error | Fill::Park => return Err(Stop::Close),
                     }
                 }
                 Ok(self.buf.split_to(length).freeze())
@@ -374,7 +424,9 @@ impl Conn {
                     {
                         Fill::Data => {}
                         Fill::Timeout => return Err(Stop::Refuse(RequestError::BodyTimeout)),
-                        Fill::Eof | Fill::Drain | Fill::Error => return Err(Stop::Close),
+                        Fill::Eof | Fill::Drain | Fill::Error | Fill::Park => {
+                            return Err(Stop::Close)
+                        }
                     }
                 }
             }
@@ -418,6 +470,9 @@ impl Conn {
         want: usize,
     ) -> Fill {
         if self.buf.is_empty() {
+            // Busy, but the core's grace places are taken: it waits in its task (parking
+            // is for idle connections; one in steady use would park for every request).
+            let mut crowded = false;
             if self.busy {
                 match GracePlace::take(&self.core) {
                     Some(_place) => {
@@ -427,22 +482,40 @@ impl Conn {
                             return fill;
                         }
                     }
-                    None => self.busy = false,
+                    None => {
+                        self.busy = false;
+                        crowded = true;
+                    }
                 }
             }
-            let drain = self.core.drain.clone();
-            // The core's deadline timer, not a monoio `Sleep` (640 bytes inline in every
-            // idle connection's task; see `crate::deadline`).
-            let mut timer = self.core.deadlines.until(deadline);
-            self.give_back();
-            let ready = monoio::select! {
-                biased;
-                r = io.readable() => r,
-                _ = &mut timer => return Fill::Timeout,
-                _ = drain.signaled(), if watch_drain => return Fill::Drain,
-            };
-            if ready.is_err() {
-                return Fill::Error;
+            if std::mem::take(&mut self.woken) {
+                // Resumed from the parked set, which saw it readable: read at once.
+            } else if watch_drain && self.parkable && !self.first && !crowded {
+                // Idle after a response: the parked set waits for it, with no task.
+                self.give_back();
+                return Fill::Park;
+            } else {
+                // Waiting in the task: a new connection, one that cannot park, or a busy one
+                // crowded out of a grace place, which parks if its grace passes quietly.
+                let park_at = (watch_drain && self.parkable && !self.first)
+                    .then_some(self.done_at + READ_GRACE)
+                    .filter(|at| *at < deadline);
+                let drain = self.core.drain.clone();
+                // The core's deadline timer, not a monoio `Sleep` (640 bytes inline in every
+                // idle connection's task; see `crate::deadline`).
+                let mut timer = self.core.deadlines.until(park_at.unwrap_or(deadline));
+                self.give_back();
+                let ready = monoio::select! {
+                    biased;
+                    r = io.readable() => r,
+                    _ = &mut timer => {
+                        return if park_at.is_some() { Fill::Park } else { Fill::Timeout };
+                    }
+                    _ = drain.signaled(), if watch_drain => return Fill::Drain,
+                };
+                if ready.is_err() {
+                    return Fill::Error;
+                }
             }
             // Busy: this request follows the last response closely. Never the first
             // request: a client that sends one and then idles (or a burst of new
@@ -613,7 +686,7 @@ mod tests {
     use super::*;
 
     /// The size of the future `f` returns, without calling it.
-    fn future_size<A, B, C, D, E, F: Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+    fn future_size<A, B, C, D, E, G, H, F: Future>(_: fn(A, B, C, D, E, G, H) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

@@ -26,6 +26,7 @@
 //! - [`sessions`]: API keys from Redis, cached per core.
 //! - [`proxy`]: the reverse proxy to workers.
 //! - [`wire`]: the PostgreSQL wire-protocol front end (`RINGGATE_PG_LISTEN`).
+//! - [`parked`]: idle keep-alive connections parked off their tasks.
 //! - [`shutdown`]: signals and the drain.
 //! - [`error`](mod@error): request errors and their HTTP mapping.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -42,6 +43,7 @@ pub mod handshake;
 pub mod http;
 pub mod io_buf;
 pub mod metrics;
+pub mod parked;
 pub mod per_core;
 pub mod projects;
 pub mod proxy;

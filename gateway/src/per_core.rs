@@ -107,6 +107,9 @@ pub struct Core {
     pub deadlines: crate::deadline::Deadlines,
     /// Client connections keeping a read (and its buffer) armed after a response.
     pub in_grace: Cell<usize>,
+    /// Idle keep-alive connections parked off their tasks (`None`: the epoll set could not
+    /// be created, and idle connections wait in their tasks).
+    pub parked: Option<crate::parked::Parked<Idle>>,
     /// PostgreSQL sessions begun on this core (numbers their cancel keys).
     pg_sessions: Cell<u32>,
     connections: Cell<usize>,
@@ -196,6 +199,9 @@ impl Core {
             buffers,
             deadlines: Default::default(),
             in_grace: Cell::new(0),
+            parked: crate::parked::Parked::new()
+                .inspect_err(|error| tracing::warn!(%error, "idle connections will not be parked"))
+                .ok(),
             pg_sessions: Cell::new(0),
             connections: Cell::new(0),
             in_flight: Cell::new(0),
@@ -244,6 +250,18 @@ impl Core {
     pub fn serving_requests(&self) -> bool {
         self.in_flight.get() > 0 || self.last_request.get().elapsed() < RECENT_REQUEST
     }
+}
+
+/// A plain client connection parked while idle (see [`crate::parked`]): what its task
+/// resumes with.
+#[derive(Debug)]
+pub struct Idle {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The connection's place in the core's count.
+    pub guard: ConnectionGuard,
+    /// When its last response was written (a request soon after makes it busy again).
+    pub done_at: monoio::time::Instant,
 }
 
 /// Decrements the connection count on drop.

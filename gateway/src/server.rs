@@ -9,7 +9,6 @@ use std::{
 };
 
 use futures_core::Stream;
-use futures_util::FutureExt;
 use monoio::{
     io::AsyncWriteRentExt,
     net::{TcpListener, TcpStream},
@@ -18,7 +17,11 @@ use monoio::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::{conn, per_core::Core, rt::Driver};
+use crate::{
+    conn,
+    per_core::{ConnectionGuard, Core, Idle},
+    rt::Driver,
+};
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
@@ -89,6 +92,15 @@ pub async fn run_core(
     control: flume::Receiver<Control>,
 ) -> CoreReport {
     monoio::spawn(core.deadlines.clone().run());
+    if let Some(parked) = core.parked.clone() {
+        let core = core.clone();
+        monoio::spawn(async move {
+            let resume = |stream, idle: Idle| {
+                spawn_plain(&core, stream, idle.peer, idle.guard, Some(idle.done_at))
+            };
+            parked.run(&core.drain, &core.deadlines, resume).await;
+        });
+    }
     if let Some(l) = listeners.plain {
         monoio::spawn(accept_loop(core.clone(), l, false));
     }
@@ -316,30 +328,46 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     }
     let _ = stream.set_nodelay(true);
     let guard = core.track_connection();
+    if !tls {
+        spawn_plain(core, stream, peer, guard, None);
+        return;
+    }
     let span = info_span!("conn", core = core.id, %peer, tls);
-    let core = core.clone();
     // The descriptor stays the connection's until its task ends.
     let client = Some(crate::router::ClientSocket(
         std::os::fd::AsRawFd::as_raw_fd(&stream),
     ));
-    // Two tasks of different types, so that a plain connection's task is not as large as
-    // one that also holds a TLS handshake's state. The guard rides on a `map` rather than
-    // in an `async` block, which would keep the captured stream beside the future it was
-    // moved into.
-    let done = move |()| drop(guard);
-    if tls {
-        monoio::spawn(
-            serve_tls(core, stream, peer, client)
-                .map(done)
-                .instrument(span),
-        );
-    } else {
-        monoio::spawn(
-            conn::serve(core, stream, Some(peer), false, client)
-                .map(done)
-                .instrument(span),
-        );
-    }
+    // A task of its own type, so that a plain connection's task is not as large as one
+    // that also holds a TLS handshake's state.
+    monoio::spawn(serve_tls(core.clone(), stream, peer, client, guard).instrument(span));
+}
+
+/// Serves a plain connection on its own task: a new one, or (`resumed`, with when its last
+/// response was written) one the parked set saw turn readable.
+fn spawn_plain(
+    core: &Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+    resumed: Option<Instant>,
+) {
+    let span = info_span!("conn", core = core.id, %peer, tls = false);
+    // The descriptor stays the connection's until its task ends.
+    let client = Some(crate::router::ClientSocket(
+        std::os::fd::AsRawFd::as_raw_fd(&stream),
+    ));
+    monoio::spawn(
+        conn::serve(
+            core.clone(),
+            stream,
+            Some(peer),
+            false,
+            client,
+            guard,
+            resumed,
+        )
+        .instrument(span),
+    );
 }
 
 /// Runs the TLS handshake, then serves the connection (not an `async fn`, for the reason
@@ -349,6 +377,7 @@ fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     client: Option<crate::router::ClientSocket>,
+    guard: ConnectionGuard,
 ) -> impl std::future::Future<Output = ()> {
     // Boxed: the handshake's state is needed only until it ends, and inline it would stay
     // part of the connection task's size for the connection's whole life.
@@ -362,7 +391,7 @@ fn serve_tls(
             return;
         };
         match timeout(core.config.http.header_read_timeout, handshake).await {
-            Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client).await,
+            Ok(Ok(tls)) => conn::serve(core, tls, Some(peer), true, client, guard, None).await,
             Ok(Err(error)) => {
                 core.metrics().tls_handshake_failed();
                 debug!(%error, "TLS handshake failed");

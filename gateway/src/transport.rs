@@ -26,6 +26,15 @@ pub trait Transport: AsyncReadRent + AsyncWriteRent {
         buf: T,
         cancel: CancelHandle,
     ) -> impl Future<Output = BufResult<usize, T>>;
+
+    /// The plain TCP stream this is, to park while idle (see [`crate::parked`]); `None` for
+    /// a kind that never parks (TLS keeps its task).
+    fn into_tcp(self) -> Option<TcpStream>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 /// Whether a read ended because it was called off (see [`Transport::read_cancelable`]).
@@ -40,6 +49,10 @@ impl Transport for TcpStream {
         cancel: CancelHandle,
     ) -> impl Future<Output = BufResult<usize, T>> {
         self.cancelable_read(buf, cancel)
+    }
+
+    fn into_tcp(self) -> Option<TcpStream> {
+        Some(self)
     }
 
     async fn readable(&mut self) -> io::Result<()> {

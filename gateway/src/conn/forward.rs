@@ -375,7 +375,7 @@ impl Conn {
             Fill::Timeout => Err(Attempt::Client(
                 crate::error::RequestError::BodyTimeout.to_response(),
             )),
-            Fill::Eof | Fill::Drain | Fill::Error => Err(Attempt::Close),
+            Fill::Eof | Fill::Drain | Fill::Error | Fill::Park => Err(Attempt::Close),
         }
     }
 
