@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod exposition;
 pub mod wire;
 
+use self::exposition::Kind::{Counter, Gauge, Histogram};
 pub use self::exposition::{label, Family, Kind, Label};
 
 use std::{
@@ -269,43 +270,56 @@ pub struct CoreMetrics {
 
 /// Pool figures each core publishes once a second, in [`CoreMetrics::set_pool`]'s order.
 const POOL_GAUGES: [Family; 9] = [
-    Family::gauge("ringgate_pool_tenant_pools", CORE, "Tenant pools cached."),
-    Family::gauge(
+    Family::new(
+        Gauge,
+        "ringgate_pool_tenant_pools",
+        CORE,
+        "Tenant pools cached.",
+    ),
+    Family::new(
+        Gauge,
         "ringgate_pool_server_connections",
         CORE,
         "Server connections open (idle and in use).",
     ),
-    Family::gauge(
+    Family::new(
+        Gauge,
         "ringgate_pool_connections_in_use",
         CORE,
         "Server connections checked out.",
     ),
-    Family::counter(
+    Family::new(
+        Counter,
         "ringgate_pool_evictions_capacity_total",
         CORE,
         "Tenant pools evicted because the cache was full.",
     ),
-    Family::counter(
+    Family::new(
+        Counter,
         "ringgate_pool_evictions_idle_total",
         CORE,
         "Tenant pools closed after the idle TTL.",
     ),
-    Family::counter(
+    Family::new(
+        Counter,
         "ringgate_pool_evictions_topology_total",
         CORE,
         "Tenant pools closed because their node left or changed role.",
     ),
-    Family::counter(
+    Family::new(
+        Counter,
         "ringgate_pool_wait_timeouts_total",
         CORE,
         "Requests that timed out waiting for a connection.",
     ),
-    Family::gauge(
+    Family::new(
+        Gauge,
         "ringgate_topology_epoch",
         CORE,
         "Epoch of the database topology this core routes by.",
     ),
-    Family::gauge(
+    Family::new(
+        Gauge,
         "ringgate_topology_stale",
         CORE,
         "1 when no topology source answered and the last topology is kept.",
@@ -533,32 +547,38 @@ type PerCoreMetric = (Family, fn(&CoreMetrics) -> u64);
 /// Label names of per-core families.
 const CORE: &[&str] = &["core"];
 
-const BUILD_INFO: Family = Family::gauge(
+const BUILD_INFO: Family = Family::new(
+    Gauge,
     "ringgate_build_info",
     &["version", "driver"],
     "Build information.",
 );
-const DRAINING: Family = Family::gauge(
+const DRAINING: Family = Family::new(
+    Gauge,
     "ringgate_draining",
     &[],
     "1 while the process drains after SIGTERM.",
 );
-const REDIS_MASTER_CHANGES: Family = Family::counter(
+const REDIS_MASTER_CHANGES: Family = Family::new(
+    Counter,
     "ringgate_redis_master_changes_total",
     &[],
     "Redis master changes seen (Sentinel failovers).",
 );
-const REDIS_MASTER_KNOWN: Family = Family::gauge(
+const REDIS_MASTER_KNOWN: Family = Family::new(
+    Gauge,
     "ringgate_redis_master_known",
     &[],
     "1 once a Redis master is resolved (0 also when Redis is not configured).",
 );
-const HTTP_REQUESTS: Family = Family::counter(
+const HTTP_REQUESTS: Family = Family::new(
+    Counter,
     "ringgate_http_requests_total",
     &["core", "route", "status"],
     "HTTP requests served, by core, route and status.",
 );
-const HTTP_REQUEST_DURATION: Family = Family::histogram(
+const HTTP_REQUEST_DURATION: Family = Family::new(
+    Histogram,
     "ringgate_http_request_duration_seconds",
     &["core", "route"],
     "Time from a complete request head to the response written.",
@@ -569,11 +589,12 @@ const PER_CORE: [PerCoreMetric; 13] = {
     const L: &[&str] = &["core", "driver"];
     [
         (
-            Family::gauge("ringgate_connections_open", L, "Client connections open."),
+            Family::new(Gauge, "ringgate_connections_open", L, "Client connections open."),
             |m| m.connections_open.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_connections_accepted_total",
                 L,
                 "Client connections accepted.",
@@ -581,7 +602,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.connections_total.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_connections_rejected_total",
                 L,
                 "Connections refused at the per-core limit.",
@@ -589,7 +611,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.connections_rejected.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_connections_accepted_in_bursts_total",
                 L,
                 "Connections taken from the backlog without waiting, right after another accept.",
@@ -597,7 +620,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.connections_burst.load(Relaxed),
         ),
         (
-            Family::gauge(
+            Family::new(
+Gauge,
                 "ringgate_io_buffers_lent",
                 L,
                 "I/O buffers lent to client connections now (idle connections hold none).",
@@ -605,7 +629,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.io_buffers_lent.load(Relaxed),
         ),
         (
-            Family::gauge(
+            Family::new(
+Gauge,
                 "ringgate_io_buffers_pooled",
                 L,
                 "I/O buffers kept in the core's pool for reuse.",
@@ -613,7 +638,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.io_buffers_pooled.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_tls_handshake_failures_total",
                 L,
                 "TLS handshakes that failed.",
@@ -621,7 +647,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.tls_handshake_failures.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_tls_handshakes_paced_total",
                 L,
                 "TLS handshakes that waited for their slot (more than a burst of them arrived at once).",
@@ -629,7 +656,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.tls_handshakes_paced.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_tls_handshakes_abandoned_total",
                 L,
                 "TLS handshakes whose client left while they waited (no public-key work done; also counted as failed).",
@@ -637,7 +665,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.tls_handshakes_abandoned.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_rate_limited_total",
                 L,
                 "Proxied requests refused with 429 by the per-tenant rate limit.",
@@ -645,7 +674,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.rate_limited.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_rate_limited_global_total",
                 L,
                 "Proxied requests refused with 429 by the fleet-wide limit counted in Redis.",
@@ -653,7 +683,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.rate_limited_global.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_rate_limit_sync_failures_total",
                 L,
                 "Reports to Redis for the fleet-wide rate limit that failed (their requests were counted on the core alone).",
@@ -661,7 +692,8 @@ const PER_CORE: [PerCoreMetric; 13] = {
             |m| m.rate_limit_sync_failures.load(Relaxed),
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_drain_requests_cut_total",
                 L,
                 "Requests cut off by the drain deadline.",
@@ -671,32 +703,38 @@ const PER_CORE: [PerCoreMetric; 13] = {
     ]
 };
 
-const UPSTREAM_WORKERS: Family = Family::gauge(
+const UPSTREAM_WORKERS: Family = Family::new(
+    Gauge,
     "ringgate_upstream_workers",
     &["core", "group"],
     "Workers known per group, as each core sees them.",
 );
-const UPSTREAM_HEALTHY_WORKERS: Family = Family::gauge(
+const UPSTREAM_HEALTHY_WORKERS: Family = Family::new(
+    Gauge,
     "ringgate_upstream_healthy_workers",
     &["core", "group"],
     "Workers a core considers healthy (active and passive checks), per group.",
 );
-const POOL_SERVER_CONNECTS: Family = Family::counter(
+const POOL_SERVER_CONNECTS: Family = Family::new(
+Counter,
     "ringgate_pool_server_connects_total",
     &[],
     "Server connections opened (or tried) on all cores: a permit taken from a tenant's and a member's budget. Against requests served, how often connections moved between cores.",
 );
-const TLS_RELOADS: Family = Family::counter(
+const TLS_RELOADS: Family = Family::new(
+    Counter,
     "ringgate_tls_reloads_total",
     &["result"],
     "Certificate reloads, by result.",
 );
-const POOL_NODE_CONNECTIONS: Family = Family::gauge(
+const POOL_NODE_CONNECTIONS: Family = Family::new(
+    Gauge,
     "ringgate_pool_node_connections",
     &["core", "node"],
     "Server connections open per database member.",
 );
-const POOL_WAIT: Family = Family::histogram(
+const POOL_WAIT: Family = Family::new(
+    Histogram,
     "ringgate_pool_wait_seconds",
     CORE,
     "Time a request waited for a pooled server connection (including connecting).",
@@ -933,7 +971,8 @@ impl Registry {
 /// each event with its `reason` (empty without one).
 type SqlFamily = (Family, &'static [(SqlEvent, &'static str)]);
 
-const SQL_REQUESTS: Family = Family::counter(
+const SQL_REQUESTS: Family = Family::new(
+    Counter,
     "ringgate_sql_requests_total",
     &["core", "class", "status"],
     "POST /sql answers by core, tenant class (ringgate.projects.class) and status.",
@@ -944,7 +983,8 @@ const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
     const REASON: &[&str] = &["core", "reason"];
     [
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_sql_reruns_total",
                 REASON,
                 "Statements rerun because they provably did not take effect, by reason.",
@@ -957,7 +997,8 @@ const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
             ],
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_sql_writes_failed_total",
                 REASON,
                 "Writes answered with an error because of the backend, by reason (outcome_unknown: may or may not have been applied).",
@@ -970,7 +1011,8 @@ const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
             ],
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_sql_writes_held_total",
                 CORE,
                 "Writes that waited for a usable leader (during a failover).",
@@ -978,7 +1020,8 @@ const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
             &[(SqlEvent::WriteHeld, "")],
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_sql_pipelined_reads_total",
                 CORE,
                 "Reads sent on a connection busy with other reads of their tenant (pipelined).",
@@ -986,7 +1029,8 @@ const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
             &[(SqlEvent::Pipelined, "")],
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_sql_cancelled_client_gone_total",
                 CORE,
                 "Statements cancelled on the server because their client went away while they ran.",
@@ -994,7 +1038,8 @@ const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
             &[(SqlEvent::ClientGone, "")],
         ),
         (
-            Family::counter(
+            Family::new(
+Counter,
                 "ringgate_sql_handed_off_total",
                 CORE,
                 "Requests handed to another core that held connections of their tenant (the core they arrived on had none idle and the tenant was at its limit).",
@@ -1004,22 +1049,26 @@ const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
     ]
 };
 
-const SQL_CACHE_EVENTS: Family = Family::counter(
+const SQL_CACHE_EVENTS: Family = Family::new(
+Counter,
     "ringgate_sql_cache_events_total",
     &["core", "class", "event", "frontend"],
     "What the result cache did, by core, tenant class, event (hit, coalesced, miss, store, stale, invalidation, uncacheable) and front end (sql: /sql, pg: the PostgreSQL front end).",
 );
-const SQL_CACHE_BYTES: Family = Family::gauge(
+const SQL_CACHE_BYTES: Family = Family::new(
+Gauge,
     "ringgate_sql_cache_bytes",
     &["core", "class"],
     "Bytes of answers the result cache holds (/sql and the PostgreSQL front end share it), by core and tenant class.",
 );
-const SQL_CACHE_EVICTIONS: Family = Family::counter(
+const SQL_CACHE_EVICTIONS: Family = Family::new(
+Counter,
     "ringgate_sql_cache_evictions_total",
     &["core", "class"],
     "Entries the result cache evicted for room (their project's share or the core's budget), by core and tenant class.",
 );
-const SQL_WRITE_HOLD: Family = Family::counter(
+const SQL_WRITE_HOLD: Family = Family::new(
+    Counter,
     "ringgate_sql_write_hold_seconds_total",
     CORE,
     "Time writes spent waiting for a usable leader.",

@@ -13,7 +13,10 @@ use std::{
 use ringgate_discovery::{Role, Topology};
 use ringgate_redis::workers::WorkerSet;
 
-use super::Family;
+use super::{
+    Family,
+    Kind::{Counter, Gauge},
+};
 
 /// The last topology and worker set, with change bookkeeping.
 #[derive(Debug)]
@@ -139,47 +142,56 @@ impl ClusterView {
     }
 }
 
-const LEADER_CHANGES: Family = Family::counter(
+const LEADER_CHANGES: Family = Family::new(
+    Counter,
     "ringgate_topology_leader_changes_total",
     &[],
     "Times the database leader changed (failovers and switchovers), including to no leader.",
 );
-const LEADER_KNOWN: Family = Family::gauge(
+const LEADER_KNOWN: Family = Family::new(
+    Gauge,
     "ringgate_topology_leader_known",
     &[],
     "1 while the topology names a leader.",
 );
-const LAST_CHANGE: Family = Family::gauge(
+const LAST_CHANGE: Family = Family::new(
+    Gauge,
     "ringgate_topology_last_change_timestamp_seconds",
     &[],
     "When the topology last changed (Unix time).",
 );
-const SINCE_CHANGE: Family = Family::gauge(
+const SINCE_CHANGE: Family = Family::new(
+    Gauge,
     "ringgate_topology_seconds_since_change",
     &[],
     "Seconds since the topology last changed.",
 );
-const MEMBER: Family = Family::gauge(
+const MEMBER: Family = Family::new(
+    Gauge,
     "ringgate_topology_member",
     &["member", "role", "addr"],
     "Database members by role (1 per member).",
 );
-const MEMBER_HEALTHY: Family = Family::gauge(
+const MEMBER_HEALTHY: Family = Family::new(
+    Gauge,
     "ringgate_topology_member_healthy",
     &["member"],
     "1 when the member runs (and, for replicas, streams).",
 );
-const REPLICA_LAG: Family = Family::gauge(
+const REPLICA_LAG: Family = Family::new(
+    Gauge,
     "ringgate_topology_replica_lag_bytes",
     &["member"],
     "Replication lag of each replica, when known.",
 );
-const WORKER_WEIGHT: Family = Family::gauge(
+const WORKER_WEIGHT: Family = Family::new(
+    Gauge,
     "ringgate_upstream_weight",
     &["group", "worker", "colour"],
     "Each worker's registered weight (0 drains).",
 );
-const COLOUR_WEIGHT: Family = Family::gauge(
+const COLOUR_WEIGHT: Family = Family::new(
+    Gauge,
     "ringgate_upstream_colour_weight_percent",
     &["group", "colour"],
     "Blue-green share of each colour, in percent of its workers' weights.",

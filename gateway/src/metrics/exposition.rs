@@ -41,8 +41,9 @@ pub struct Family {
 }
 
 impl Family {
-    /// A counter family.
-    pub const fn counter(
+    /// A family of `kind`.
+    pub const fn new(
+        kind: Kind,
         name: &'static str,
         labels: &'static [&'static str],
         help: &'static str,
@@ -50,35 +51,7 @@ impl Family {
         Self {
             name,
             help,
-            kind: Kind::Counter,
-            labels,
-        }
-    }
-
-    /// A gauge family.
-    pub const fn gauge(
-        name: &'static str,
-        labels: &'static [&'static str],
-        help: &'static str,
-    ) -> Self {
-        Self {
-            name,
-            help,
-            kind: Kind::Gauge,
-            labels,
-        }
-    }
-
-    /// A histogram family.
-    pub const fn histogram(
-        name: &'static str,
-        labels: &'static [&'static str],
-        help: &'static str,
-    ) -> Self {
-        Self {
-            name,
-            help,
-            kind: Kind::Histogram,
+            kind,
             labels,
         }
     }
@@ -199,17 +172,19 @@ impl<W: Write> Write for Escaped<'_, W> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Kind::*, *};
 
-    const F: Family = Family::counter("x_total", &["a", "b"], "Help.");
+    const F: Family = Family::new(Counter, "x_total", &["a", "b"], "Help.");
 
     #[test]
     fn header_samples_and_histograms() {
         let mut o = String::new();
         F.header(&mut o).unwrap();
         F.sample(&mut o, &[&1, &"q\"\\\n"], 5).unwrap();
-        Family::gauge("g", &[], "G.").single(&mut o, 2).unwrap();
-        let h = Family::histogram("h_seconds", &["core"], "H.");
+        Family::new(Gauge, "g", &[], "G.")
+            .single(&mut o, 2)
+            .unwrap();
+        let h = Family::new(Histogram, "h_seconds", &["core"], "H.");
         h.histogram_series(&mut o, &[&0], &[0.5, 1.0], &[1, 0, 2], 1.5)
             .unwrap();
         h.histogram_series(&mut o, &[&1], &[0.5, 1.0], &[0, 0, 0], 0.0)

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use super::Family;
+use super::{
+    Family,
+    Kind::{Counter, Gauge},
+};
 
 /// What the front end counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +41,8 @@ pub enum WireEvent {
 const FAMILIES: [(WireEvent, Family); 10] = [
     (
         WireEvent::ClientsOpen,
-        Family::gauge(
+        Family::new(
+            Gauge,
             "ringgate_pg_clients",
             CORE,
             "PostgreSQL client sessions open.",
@@ -46,7 +50,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::ClientsTotal,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_clients_total",
             CORE,
             "PostgreSQL client sessions authenticated.",
@@ -54,7 +59,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::Refused,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_refused_total",
             CORE,
             "PostgreSQL sessions refused at startup or authentication.",
@@ -62,7 +68,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::Transactions,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_transactions_total",
             CORE,
             "Transactions relayed (server connection checkouts).",
@@ -70,7 +77,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::CheckoutWaitMicros,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_checkout_wait_seconds_total",
             CORE,
             "Time PostgreSQL clients waited for a server connection.",
@@ -78,7 +86,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::ServerLost,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_server_lost_total",
             CORE,
             "Transactions whose server connection died (answered 08007).",
@@ -86,7 +95,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::StaleSkipped,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_stale_server_connections_total",
             CORE,
             "Pooled server connections the server had ended, skipped at checkout.",
@@ -94,7 +104,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::Cancels,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_cancel_requests_total",
             CORE,
             "CancelRequests served.",
@@ -102,7 +113,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::ReadOnlyReruns,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_read_only_reruns_total",
             CORE,
             "Autocommit reads a replica refused as writes (25006), rerun on the leader.",
@@ -110,7 +122,8 @@ const FAMILIES: [(WireEvent, Family); 10] = [
     ),
     (
         WireEvent::LeaseAbandoned,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_lease_abandoned_total",
             CORE,
             "Statements abandoned (08007) because the leader's lease was lost while they ran.",
@@ -137,7 +150,8 @@ pub enum ClassFigure {
 const CORE: &[&str] = &["core"];
 
 /// Server connections held, by class and pool mode: two figures share it.
-const CLASS_SERVER_CONNECTIONS: Family = Family::gauge(
+const CLASS_SERVER_CONNECTIONS: Family = Family::new(
+    Gauge,
     "ringgate_pg_class_server_connections",
     &["class", "mode"],
     "Server connections held by PostgreSQL client sessions now, by tenant class and pool mode.",
@@ -148,7 +162,8 @@ const CLASS_SERVER_CONNECTIONS: Family = Family::gauge(
 const CLASS_FAMILIES: [(ClassFigure, Family, &[&str]); 5] = [
     (
         ClassFigure::Clients,
-        Family::gauge(
+        Family::new(
+            Gauge,
             "ringgate_pg_class_clients",
             &["class"],
             "PostgreSQL client sessions open, by tenant class.",
@@ -167,7 +182,8 @@ const CLASS_FAMILIES: [(ClassFigure, Family, &[&str]); 5] = [
     ),
     (
         ClassFigure::Transactions,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_class_transactions_total",
             &["class"],
             "Transactions relayed (server connection checkouts), by tenant class.",
@@ -176,7 +192,8 @@ const CLASS_FAMILIES: [(ClassFigure, Family, &[&str]); 5] = [
     ),
     (
         ClassFigure::WaitMicros,
-        Family::counter(
+        Family::new(
+            Counter,
             "ringgate_pg_class_checkout_wait_seconds_total",
             &["class"],
             "Time PostgreSQL clients waited for a server connection, by tenant class.",
