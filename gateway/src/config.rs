@@ -27,14 +27,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use tracing::error;
 
-pub use self::{
-    database::*,
-    redact::*,
-    serving::*,
-    sql::{CacheConfig, SqlLimits, *},
-    upstreams::*,
-    vars::*,
-};
+pub use self::{database::*, redact::*, serving::*, sql::*, upstreams::*, vars::*};
 
 /// Why the configuration could not be read. Each variant names the variable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,27 +124,27 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// HTTPS listener, when configured.
     pub tls: Option<TlsListen>,
-    /// Number of cores to run (default: available parallelism).
+    /// Number of cores to run ([`ENV_WORKERS`]; default: available parallelism).
     pub workers: usize,
-    /// Pin each core's thread to a CPU (default false).
+    /// Pin each core's thread to a CPU ([`ENV_PIN_CORES`]).
     pub pin_cores: bool,
-    /// io driver (default auto).
+    /// io driver ([`ENV_IO_DRIVER`]).
     pub driver: DriverChoice,
     /// Per-connection limits.
     pub http: HttpLimits,
-    /// Longest graceful drain (default 30 s).
+    /// Longest graceful drain ([`ENV_DRAIN_TIMEOUT`]).
     pub drain_timeout: Duration,
     /// Database pools, when `DATABASE_URL` is set.
     pub database: Option<DatabaseConfig>,
     /// `/sql` limits.
     pub sql: SqlLimits,
-    /// How long a write waits for a leader (default [`DEFAULT_FAILOVER_WAIT`]).
+    /// How long a write waits for a leader ([`ENV_FAILOVER_WAIT`]).
     pub failover_wait: Duration,
     /// The `/sql` result cache.
     pub query_cache: CacheConfig,
-    /// Log filter (default `info`).
+    /// Log filter ([`ENV_LOG`]).
     pub log_filter: String,
-    /// Log format (default plain).
+    /// Log format ([`ENV_LOG_FORMAT`]).
     pub log_format: LogFormat,
     /// Redis through Sentinel, when `RINGGATE_REDIS_SENTINELS` is set.
     pub redis: Option<RedisSettings>,
@@ -276,13 +269,13 @@ impl Config {
 }
 
 /// Collects values and errors while reading variables.
-pub(crate) struct Reader<'a> {
+struct Reader<'a> {
     strings: &'a dyn Strings,
     errors: Vec<EnvError>,
 }
 
 /// What `read` makes of an environment with nothing set: the settings' defaults.
-pub(crate) fn unset<T>(read: impl FnOnce(&mut Reader<'_>) -> T) -> T {
+fn unset<T>(read: impl FnOnce(&mut Reader<'_>) -> T) -> T {
     read(&mut Reader {
         strings: &HashMap::new(),
         errors: Vec::new(),

@@ -41,11 +41,11 @@ pub const ENV_ADMIN_TOKEN: &str = "RINGGATE_ADMIN_TOKEN";
 pub const ENV_LOG: &str = "RINGGATE_LOG";
 /// Log format: `plain` or `json`.
 pub const ENV_LOG_FORMAT: &str = "RINGGATE_LOG_FORMAT";
-/// PostgreSQL protocol listen address (off by default).
+/// PostgreSQL protocol listen address, or `off`.
 pub const ENV_PG_LISTEN: &str = "RINGGATE_PG_LISTEN";
-/// TLS on the PostgreSQL listener: `allow` (default) or `require`.
+/// TLS on the PostgreSQL listener: `allow` or `require`.
 pub const ENV_PG_TLS: &str = "RINGGATE_PG_TLS";
-/// What the PostgreSQL listener asks a TLS client for: `scram` (default) or `password`.
+/// What the PostgreSQL listener asks a TLS client for: `scram` or `password`.
 pub const ENV_PG_TLS_AUTH: &str = "RINGGATE_PG_TLS_AUTH";
 
 /// Which io driver the cores run.
@@ -110,10 +110,10 @@ impl Default for HttpLimits {
 pub struct PgListen {
     /// Listen address.
     pub addr: SocketAddr,
-    /// Refuse plaintext sessions (`RINGGATE_PG_TLS=require`; default false).
+    /// Refuse plaintext sessions (`RINGGATE_PG_TLS=require`).
     pub require_tls: bool,
     /// Ask a TLS client (TCP, not WebSocket) for its cleartext password rather than SCRAM
-    /// (`RINGGATE_PG_TLS_AUTH=password`; default false).
+    /// (`RINGGATE_PG_TLS_AUTH=password`).
     pub tls_cleartext: bool,
 }
 

@@ -23,7 +23,7 @@ pub const ENV_SQL_CACHE_DEGRADED_TTL: &str = "RINGGATE_SQL_CACHE_DEGRADED_TTL";
 /// A read of tables written less than this ago is not cached.
 pub const ENV_SQL_CACHE_SETTLE: &str = "RINGGATE_SQL_CACHE_SETTLE";
 /// Most statements in a batch (not configurable).
-const MAX_BATCH: usize = 100;
+pub const MAX_BATCH: usize = 100;
 
 /// Limits on what one request may ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
