@@ -12,7 +12,11 @@
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use crate::{error::error_response, http::Response, per_core::Core, router::Request};
+use crate::{
+    error::error_response,
+    http::{Request, Response},
+    per_core::Core,
+};
 
 /// Whether `presented` equals `token`, in time independent of where they differ.
 fn same_token(presented: &[u8], token: &[u8]) -> bool {

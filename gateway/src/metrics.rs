@@ -3,13 +3,18 @@
 //! Each core writes only its own [`CoreMetrics`] (relaxed atomics on a cache line of its
 //! own), so counting costs no contention; `/metrics` on any core reads every core's set and
 //! renders them with a `core` label. Process-wide views (topology, workers) live in
-//! [`cluster`].
+//! [`cluster`], the PostgreSQL front end's figures in [`wire`]. Every family is described
+//! once as an [`exposition::Family`] next to where its values are read, and written
+//! through it: no HELP, TYPE or label set is formatted by hand.
 
 pub mod cluster;
+pub mod exposition;
 pub mod wire;
 
+use self::exposition::Kind::{Counter, Gauge, Histogram};
+pub use self::exposition::{label, Family, Kind, Label};
+
 use std::{
-    fmt::Write as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
@@ -193,37 +198,6 @@ fn status_index(code: u16) -> usize {
         .unwrap_or(STATUSES.len())
 }
 
-/// A label value as the Prometheus text format needs it: backslash, double quote and line
-/// feed escaped, written without allocating. Every label value that is not a literal in
-/// this module or [`cluster`] is written through it.
-pub fn label(value: &str) -> Label<'_> {
-    Label(value)
-}
-
-/// See [`label`].
-#[derive(Debug, Clone, Copy)]
-pub struct Label<'a>(&'a str);
-
-impl std::fmt::Display for Label<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write as _;
-        let mut rest = self.0;
-        while let Some(i) = rest.find(['\\', '"', '\n']) {
-            f.write_str(&rest[..i])?;
-            let c = rest[i..].chars().next().unwrap_or_default();
-            match c {
-                '\n' => f.write_str("\\n")?,
-                c => {
-                    f.write_char('\\')?;
-                    f.write_char(c)?;
-                }
-            }
-            rest = &rest[i + 1..];
-        }
-        f.write_str(rest)
-    }
-}
-
 /// The non-zero counters of one status array, with their `status` label values.
 fn status_counts(counts: &[AtomicU64; N_STATUS]) -> impl Iterator<Item = (String, u64)> + '_ {
     counts.iter().enumerate().filter_map(|(i, n)| {
@@ -245,27 +219,16 @@ fn bucket(elapsed: Duration) -> usize {
         .unwrap_or(BUCKETS.len())
 }
 
-/// Writes one histogram series (`_bucket`s, `_sum`, `_count`); nothing when it is empty.
+/// Writes one histogram series of `family` from a core's bucket counters.
 fn write_histogram(
     o: &mut String,
-    name: &str,
-    labels: &str,
+    family: &Family,
+    labels: &[&dyn std::fmt::Display],
     buckets: &[AtomicU64; N_BUCKET],
     sum_us: u64,
 ) -> std::fmt::Result {
     let counts: Vec<u64> = buckets.iter().map(|b| b.load(Relaxed)).collect();
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return Ok(());
-    }
-    let mut cumulative = 0;
-    for (i, le) in BUCKETS.iter().enumerate() {
-        cumulative += counts[i];
-        writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}")?;
-    }
-    writeln!(o, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}")?;
-    writeln!(o, "{name}_sum{{{labels}}} {}", sum_us as f64 / 1e6)?;
-    writeln!(o, "{name}_count{{{labels}}} {total}")
+    family.histogram_series(o, labels, &BUCKETS, &counts, sum_us as f64 / 1e6)
 }
 
 /// One core's counters. Written only by that core.
@@ -305,51 +268,60 @@ pub struct CoreMetrics {
     pub wire: wire::WireMetrics,
 }
 
-/// Pool figures each core publishes once a second: name, type, help.
-const POOL_GAUGES: [(&str, &str, &str); 9] = [
-    (
+/// Pool figures each core publishes once a second, in [`CoreMetrics::set_pool`]'s order.
+const POOL_GAUGES: [Family; 9] = [
+    Family::new(
+        Gauge,
         "ringgate_pool_tenant_pools",
-        "gauge",
+        CORE,
         "Tenant pools cached.",
     ),
-    (
+    Family::new(
+        Gauge,
         "ringgate_pool_server_connections",
-        "gauge",
+        CORE,
         "Server connections open (idle and in use).",
     ),
-    (
+    Family::new(
+        Gauge,
         "ringgate_pool_connections_in_use",
-        "gauge",
+        CORE,
         "Server connections checked out.",
     ),
-    (
+    Family::new(
+        Counter,
         "ringgate_pool_evictions_capacity_total",
-        "counter",
+        CORE,
         "Tenant pools evicted because the cache was full.",
     ),
-    (
+    Family::new(
+        Counter,
         "ringgate_pool_evictions_idle_total",
-        "counter",
+        CORE,
         "Tenant pools closed after the idle TTL.",
     ),
-    (
+    Family::new(
+        Counter,
         "ringgate_pool_evictions_topology_total",
-        "counter",
+        CORE,
         "Tenant pools closed because their node left or changed role.",
     ),
-    (
+    Family::new(
+        Counter,
         "ringgate_pool_wait_timeouts_total",
-        "counter",
+        CORE,
         "Requests that timed out waiting for a connection.",
     ),
-    (
+    Family::new(
+        Gauge,
         "ringgate_topology_epoch",
-        "gauge",
+        CORE,
         "Epoch of the database topology this core routes by.",
     ),
-    (
+    Family::new(
+        Gauge,
         "ringgate_topology_stale",
-        "gauge",
+        CORE,
         "1 when no topology source answered and the last topology is kept.",
     ),
 ];
@@ -569,12 +541,203 @@ impl CoreMetrics {
     }
 }
 
-/// A per-core metric: name, type, help and how to read it.
-type PerCoreMetric = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&CoreMetrics) -> u64,
+/// A per-core figure: its family (labels `core`, `driver`) and how to read it.
+type PerCoreMetric = (Family, fn(&CoreMetrics) -> u64);
+
+/// Label names of per-core families.
+const CORE: &[&str] = &["core"];
+
+const BUILD_INFO: Family = Family::new(
+    Gauge,
+    "ringgate_build_info",
+    &["version", "driver"],
+    "Build information.",
+);
+const DRAINING: Family = Family::new(
+    Gauge,
+    "ringgate_draining",
+    &[],
+    "1 while the process drains after SIGTERM.",
+);
+const REDIS_MASTER_CHANGES: Family = Family::new(
+    Counter,
+    "ringgate_redis_master_changes_total",
+    &[],
+    "Redis master changes seen (Sentinel failovers).",
+);
+const REDIS_MASTER_KNOWN: Family = Family::new(
+    Gauge,
+    "ringgate_redis_master_known",
+    &[],
+    "1 once a Redis master is resolved (0 also when Redis is not configured).",
+);
+const HTTP_REQUESTS: Family = Family::new(
+    Counter,
+    "ringgate_http_requests_total",
+    &["core", "route", "status"],
+    "HTTP requests served, by core, route and status.",
+);
+const HTTP_REQUEST_DURATION: Family = Family::new(
+    Histogram,
+    "ringgate_http_request_duration_seconds",
+    &["core", "route"],
+    "Time from a complete request head to the response written.",
+);
+
+/// The per-core figures every core has, with the io driver as a label.
+const PER_CORE: [PerCoreMetric; 13] = {
+    const L: &[&str] = &["core", "driver"];
+    [
+        (
+            Family::new(Gauge, "ringgate_connections_open", L, "Client connections open."),
+            |m| m.connections_open.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_connections_accepted_total",
+                L,
+                "Client connections accepted.",
+            ),
+            |m| m.connections_total.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_connections_rejected_total",
+                L,
+                "Connections refused at the per-core limit.",
+            ),
+            |m| m.connections_rejected.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_connections_accepted_in_bursts_total",
+                L,
+                "Connections taken from the backlog without waiting, right after another accept.",
+            ),
+            |m| m.connections_burst.load(Relaxed),
+        ),
+        (
+            Family::new(
+Gauge,
+                "ringgate_io_buffers_lent",
+                L,
+                "I/O buffers lent to client connections now (idle connections hold none).",
+            ),
+            |m| m.io_buffers_lent.load(Relaxed),
+        ),
+        (
+            Family::new(
+Gauge,
+                "ringgate_io_buffers_pooled",
+                L,
+                "I/O buffers kept in the core's pool for reuse.",
+            ),
+            |m| m.io_buffers_pooled.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_tls_handshake_failures_total",
+                L,
+                "TLS handshakes that failed.",
+            ),
+            |m| m.tls_handshake_failures.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_tls_handshakes_paced_total",
+                L,
+                "TLS handshakes that waited for their slot (more than a burst of them arrived at once).",
+            ),
+            |m| m.tls_handshakes_paced.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_tls_handshakes_abandoned_total",
+                L,
+                "TLS handshakes whose client left while they waited (no public-key work done; also counted as failed).",
+            ),
+            |m| m.tls_handshakes_abandoned.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_rate_limited_total",
+                L,
+                "Proxied requests refused with 429 by the per-tenant rate limit.",
+            ),
+            |m| m.rate_limited.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_rate_limited_global_total",
+                L,
+                "Proxied requests refused with 429 by the fleet-wide limit counted in Redis.",
+            ),
+            |m| m.rate_limited_global.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_rate_limit_sync_failures_total",
+                L,
+                "Reports to Redis for the fleet-wide rate limit that failed (their requests were counted on the core alone).",
+            ),
+            |m| m.rate_limit_sync_failures.load(Relaxed),
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_drain_requests_cut_total",
+                L,
+                "Requests cut off by the drain deadline.",
+            ),
+            |m| m.requests_cut.load(Relaxed),
+        ),
+    ]
+};
+
+const UPSTREAM_WORKERS: Family = Family::new(
+    Gauge,
+    "ringgate_upstream_workers",
+    &["core", "group"],
+    "Workers known per group, as each core sees them.",
+);
+const UPSTREAM_HEALTHY_WORKERS: Family = Family::new(
+    Gauge,
+    "ringgate_upstream_healthy_workers",
+    &["core", "group"],
+    "Workers a core considers healthy (active and passive checks), per group.",
+);
+const POOL_SERVER_CONNECTS: Family = Family::new(
+Counter,
+    "ringgate_pool_server_connects_total",
+    &[],
+    "Server connections opened (or tried) on all cores: a permit taken from a tenant's and a member's budget. Against requests served, how often connections moved between cores.",
+);
+const TLS_RELOADS: Family = Family::new(
+    Counter,
+    "ringgate_tls_reloads_total",
+    &["result"],
+    "Certificate reloads, by result.",
+);
+const POOL_NODE_CONNECTIONS: Family = Family::new(
+    Gauge,
+    "ringgate_pool_node_connections",
+    &["core", "node"],
+    "Server connections open per database member.",
+);
+const POOL_WAIT: Family = Family::new(
+    Histogram,
+    "ringgate_pool_wait_seconds",
+    CORE,
+    "Time a request waited for a pooled server connection (including connecting).",
 );
 
 /// Every core's metrics plus process-wide state, shared read-only between cores.
@@ -660,7 +823,7 @@ impl Registry {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(n - 1)
-                .map(|c| label(c).to_string())
+                .cloned()
                 .unwrap_or_else(|| "other".into()),
         }
     }
@@ -737,173 +900,55 @@ impl Registry {
     }
 
     fn render_into(&self, o: &mut String) -> std::fmt::Result {
-        writeln!(
-            o,
-            "# HELP ringgate_build_info Build information.\n# TYPE ringgate_build_info gauge"
-        )?;
-        writeln!(
-            o,
-            "ringgate_build_info{{version=\"{}\",driver=\"{}\"}} 1",
-            label(env!("CARGO_PKG_VERSION")),
-            label(self.driver)
-        )?;
-        writeln!(o, "# HELP ringgate_draining 1 while the process drains after SIGTERM.\n# TYPE ringgate_draining gauge")?;
-        writeln!(o, "ringgate_draining {}", self.draining.load(Relaxed) as u8)?;
-        writeln!(o, "# HELP ringgate_redis_master_changes_total Redis master changes seen (Sentinel failovers).\n# TYPE ringgate_redis_master_changes_total counter")?;
-        writeln!(
-            o,
-            "ringgate_redis_master_changes_total {}",
-            self.redis_master_changes.load(Relaxed)
-        )?;
-        writeln!(o, "# HELP ringgate_redis_master_known 1 once a Redis master is resolved (0 also when Redis is not configured).\n# TYPE ringgate_redis_master_known gauge")?;
-        writeln!(
-            o,
-            "ringgate_redis_master_known {}",
-            self.redis_master().is_some() as u8
-        )?;
-        writeln!(
-            o,
-            "# HELP ringgate_http_requests_total HTTP requests served, by core, route and status."
-        )?;
-        writeln!(o, "# TYPE ringgate_http_requests_total counter")?;
+        BUILD_INFO.header(o)?;
+        BUILD_INFO.sample(o, &[&env!("CARGO_PKG_VERSION"), &self.driver], 1)?;
+        DRAINING.single(o, self.draining.load(Relaxed) as u8)?;
+        REDIS_MASTER_CHANGES.single(o, self.redis_master_changes.load(Relaxed))?;
+        REDIS_MASTER_KNOWN.single(o, self.redis_master().is_some() as u8)?;
+        HTTP_REQUESTS.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             for route in RouteLabel::ALL {
                 for (status, n) in status_counts(&m.requests[route.index()]) {
-                    writeln!(o, "ringgate_http_requests_total{{core=\"{c}\",route=\"{}\",status=\"{status}\"}} {n}", route.label())?;
+                    HTTP_REQUESTS.sample(o, &[&c, &route.label(), &status], n)?;
                 }
             }
         }
-        writeln!(o, "# HELP ringgate_http_request_duration_seconds Time from a complete request head to the response written.")?;
-        writeln!(o, "# TYPE ringgate_http_request_duration_seconds histogram")?;
+        HTTP_REQUEST_DURATION.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             for route in RouteLabel::ALL {
                 let r = route.index();
-                let labels = format!("core=\"{c}\",route=\"{}\"", route.label());
                 write_histogram(
                     o,
-                    "ringgate_http_request_duration_seconds",
-                    &labels,
+                    &HTTP_REQUEST_DURATION,
+                    &[&c, &route.label()],
                     &m.latency_buckets[r],
                     m.latency_sum_us[r].load(Relaxed),
                 )?;
             }
         }
-        let gauges: [PerCoreMetric; 13] = [
-            (
-                "ringgate_connections_open",
-                "gauge",
-                "Client connections open.",
-                |m| m.connections_open.load(Relaxed),
-            ),
-            (
-                "ringgate_connections_accepted_total",
-                "counter",
-                "Client connections accepted.",
-                |m| m.connections_total.load(Relaxed),
-            ),
-            (
-                "ringgate_connections_rejected_total",
-                "counter",
-                "Connections refused at the per-core limit.",
-                |m| m.connections_rejected.load(Relaxed),
-            ),
-            (
-                "ringgate_connections_accepted_in_bursts_total",
-                "counter",
-                "Connections taken from the backlog without waiting, right after another accept.",
-                |m| m.connections_burst.load(Relaxed),
-            ),
-            (
-                "ringgate_io_buffers_lent",
-                "gauge",
-                "I/O buffers lent to client connections now (idle connections hold none).",
-                |m| m.io_buffers_lent.load(Relaxed),
-            ),
-            (
-                "ringgate_io_buffers_pooled",
-                "gauge",
-                "I/O buffers kept in the core's pool for reuse.",
-                |m| m.io_buffers_pooled.load(Relaxed),
-            ),
-            (
-                "ringgate_tls_handshake_failures_total",
-                "counter",
-                "TLS handshakes that failed.",
-                |m| m.tls_handshake_failures.load(Relaxed),
-            ),
-            (
-                "ringgate_tls_handshakes_paced_total",
-                "counter",
-                "TLS handshakes that waited for their slot (more than a burst of them arrived at once).",
-                |m| m.tls_handshakes_paced.load(Relaxed),
-            ),
-            (
-                "ringgate_tls_handshakes_abandoned_total",
-                "counter",
-                "TLS handshakes whose client left while they waited (no public-key work done; also counted as failed).",
-                |m| m.tls_handshakes_abandoned.load(Relaxed),
-            ),
-            (
-                "ringgate_rate_limited_total",
-                "counter",
-                "Proxied requests refused with 429 by the per-tenant rate limit.",
-                |m| m.rate_limited.load(Relaxed),
-            ),
-            (
-                "ringgate_rate_limited_global_total",
-                "counter",
-                "Proxied requests refused with 429 by the fleet-wide limit counted in Redis.",
-                |m| m.rate_limited_global.load(Relaxed),
-            ),
-            (
-                "ringgate_rate_limit_sync_failures_total",
-                "counter",
-                "Reports to Redis for the fleet-wide rate limit that failed (their requests were counted on the core alone).",
-                |m| m.rate_limit_sync_failures.load(Relaxed),
-            ),
-            (
-                "ringgate_drain_requests_cut_total",
-                "counter",
-                "Requests cut off by the drain deadline.",
-                |m| m.requests_cut.load(Relaxed),
-            ),
-        ];
-        for (name, kind, help, get) in gauges {
-            writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+        for (family, get) in PER_CORE {
+            family.header(o)?;
             for (c, m) in self.cores.iter().enumerate() {
-                writeln!(
-                    o,
-                    "{name}{{core=\"{c}\",driver=\"{}\"}} {}",
-                    label(self.driver),
-                    get(m)
-                )?;
+                family.sample(o, &[&c, &self.driver], get(m))?;
             }
         }
-        for (i, (name, kind, help)) in POOL_GAUGES.iter().enumerate() {
-            writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+        for (i, family) in POOL_GAUGES.iter().enumerate() {
+            family.header(o)?;
             for (c, m) in self.cores.iter().enumerate() {
-                writeln!(o, "{name}{{core=\"{c}\"}} {}", m.pool[i].load(Relaxed))?;
+                family.sample(o, &[&c], m.pool[i].load(Relaxed))?;
             }
         }
-        writeln!(o, "# HELP ringgate_upstream_workers Workers known per group, as each core sees them.\n# TYPE ringgate_upstream_workers gauge")?;
+        UPSTREAM_WORKERS.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             for (group, total, _) in m.upstreams.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                writeln!(
-                    o,
-                    "ringgate_upstream_workers{{core=\"{c}\",group=\"{}\"}} {total}",
-                    label(group)
-                )?;
+                UPSTREAM_WORKERS.sample(o, &[&c, group], total)?;
             }
         }
-        writeln!(o, "# HELP ringgate_upstream_healthy_workers Workers a core considers healthy (active and passive checks), per group.\n# TYPE ringgate_upstream_healthy_workers gauge")?;
+        UPSTREAM_HEALTHY_WORKERS.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             for (group, _, healthy) in m.upstreams.read().unwrap_or_else(|e| e.into_inner()).iter()
             {
-                writeln!(
-                    o,
-                    "ringgate_upstream_healthy_workers{{core=\"{c}\",group=\"{}\"}} {healthy}",
-                    label(group)
-                )?;
+                UPSTREAM_HEALTHY_WORKERS.sample(o, &[&c, group], healthy)?;
             }
         }
         self.render_sql(o)?;
@@ -913,34 +958,120 @@ impl Registry {
         })?;
         self.render_pool_detail(o)?;
         if self.budgets.get().is_some() {
-            writeln!(o, "# HELP ringgate_pool_server_connects_total Server connections opened (or tried) on all cores: a permit taken from a tenant's and a member's budget. Against requests served, how often connections moved between cores.\n# TYPE ringgate_pool_server_connects_total counter")?;
-            writeln!(
-                o,
-                "ringgate_pool_server_connects_total {}",
-                self.server_connects()
-            )?;
+            POOL_SERVER_CONNECTS.single(o, self.server_connects())?;
         }
         self.cluster.render(o)?;
-        writeln!(o, "# HELP ringgate_tls_reloads_total Certificate reloads, by result.\n# TYPE ringgate_tls_reloads_total counter")?;
-        writeln!(
-            o,
-            "ringgate_tls_reloads_total{{result=\"ok\"}} {}",
-            self.tls_reloads.load(Relaxed)
-        )?;
-        writeln!(
-            o,
-            "ringgate_tls_reloads_total{{result=\"error\"}} {}",
-            self.tls_reload_failures.load(Relaxed)
-        )?;
-        Ok(())
+        TLS_RELOADS.header(o)?;
+        TLS_RELOADS.sample(o, &[&"ok"], self.tls_reloads.load(Relaxed))?;
+        TLS_RELOADS.sample(o, &[&"error"], self.tls_reload_failures.load(Relaxed))
     }
 }
 
-/// A counter family over Data API events: name, help, and each event with its `reason`.
-type SqlFamily = (
-    &'static str,
-    &'static str,
-    &'static [(SqlEvent, &'static str)],
+/// A counter family over Data API events (labels `core`, or `core` and `reason`), and
+/// each event with its `reason` (empty without one).
+type SqlFamily = (Family, &'static [(SqlEvent, &'static str)]);
+
+const SQL_REQUESTS: Family = Family::new(
+    Counter,
+    "ringgate_sql_requests_total",
+    &["core", "class", "status"],
+    "POST /sql answers by core, tenant class (ringgate.projects.class) and status.",
+);
+
+/// The Data API's event families, rendered in this order.
+const SQL_EVENT_FAMILIES: [SqlFamily; 6] = {
+    const REASON: &[&str] = &["core", "reason"];
+    [
+        (
+            Family::new(
+Counter,
+                "ringgate_sql_reruns_total",
+                REASON,
+                "Statements rerun because they provably did not take effect, by reason.",
+            ),
+            &[
+                (SqlEvent::RerunReadOnly, "read_only_member"),
+                (SqlEvent::RerunNotSent, "not_sent"),
+                (SqlEvent::RerunAbortedByServer, "aborted_by_server"),
+                (SqlEvent::RerunRead, "read"),
+            ],
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_sql_writes_failed_total",
+                REASON,
+                "Writes answered with an error because of the backend, by reason (outcome_unknown: may or may not have been applied).",
+            ),
+            &[
+                (SqlEvent::OutcomeUnknown, "outcome_unknown"),
+                (SqlEvent::OutcomeUnknownLease, "outcome_unknown_lease_lost"),
+                (SqlEvent::OutcomeUnknownUnconfirmed, "outcome_unknown_commit_unconfirmed"),
+                (SqlEvent::WriteNoLeader, "no_leader"),
+            ],
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_sql_writes_held_total",
+                CORE,
+                "Writes that waited for a usable leader (during a failover).",
+            ),
+            &[(SqlEvent::WriteHeld, "")],
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_sql_pipelined_reads_total",
+                CORE,
+                "Reads sent on a connection busy with other reads of their tenant (pipelined).",
+            ),
+            &[(SqlEvent::Pipelined, "")],
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_sql_cancelled_client_gone_total",
+                CORE,
+                "Statements cancelled on the server because their client went away while they ran.",
+            ),
+            &[(SqlEvent::ClientGone, "")],
+        ),
+        (
+            Family::new(
+Counter,
+                "ringgate_sql_handed_off_total",
+                CORE,
+                "Requests handed to another core that held connections of their tenant (the core they arrived on had none idle and the tenant was at its limit).",
+            ),
+            &[(SqlEvent::HandedOff, "")],
+        ),
+    ]
+};
+
+const SQL_CACHE_EVENTS: Family = Family::new(
+Counter,
+    "ringgate_sql_cache_events_total",
+    &["core", "class", "event", "frontend"],
+    "What the result cache did, by core, tenant class, event (hit, coalesced, miss, store, stale, invalidation, uncacheable) and front end (sql: /sql, pg: the PostgreSQL front end).",
+);
+const SQL_CACHE_BYTES: Family = Family::new(
+Gauge,
+    "ringgate_sql_cache_bytes",
+    &["core", "class"],
+    "Bytes of answers the result cache holds (/sql and the PostgreSQL front end share it), by core and tenant class.",
+);
+const SQL_CACHE_EVICTIONS: Family = Family::new(
+Counter,
+    "ringgate_sql_cache_evictions_total",
+    &["core", "class"],
+    "Entries the result cache evicted for room (their project's share or the core's budget), by core and tenant class.",
+);
+const SQL_WRITE_HOLD: Family = Family::new(
+    Counter,
+    "ringgate_sql_write_hold_seconds_total",
+    CORE,
+    "Time writes spent waiting for a usable leader.",
 );
 
 /// One core's pool figures as `/admin` shows them.
@@ -954,125 +1085,65 @@ pub struct CorePools {
 
 impl Registry {
     fn render_sql(&self, o: &mut String) -> std::fmt::Result {
-        writeln!(o, "# HELP ringgate_sql_requests_total POST /sql answers by core, tenant class (ringgate.projects.class) and status.\n# TYPE ringgate_sql_requests_total counter")?;
+        SQL_REQUESTS.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             for (slot, statuses) in m.sql_requests.iter().enumerate() {
                 for (status, n) in status_counts(statuses) {
-                    writeln!(
-                        o,
-                        "ringgate_sql_requests_total{{core=\"{c}\",class=\"{}\",status=\"{status}\"}} {n}",
-                        self.class_label(slot)
-                    )?;
+                    SQL_REQUESTS.sample(o, &[&c, &self.class_label(slot), &status], n)?;
                 }
             }
         }
-        let families: [SqlFamily; 6] = [
-            (
-                "ringgate_sql_reruns_total",
-                "Statements rerun because they provably did not take effect, by reason.",
-                &[
-                    (SqlEvent::RerunReadOnly, "read_only_member"),
-                    (SqlEvent::RerunNotSent, "not_sent"),
-                    (SqlEvent::RerunAbortedByServer, "aborted_by_server"),
-                    (SqlEvent::RerunRead, "read"),
-                ],
-            ),
-            (
-                "ringgate_sql_writes_failed_total",
-                "Writes answered with an error because of the backend, by reason (outcome_unknown: may or may not have been applied).",
-                &[
-                    (SqlEvent::OutcomeUnknown, "outcome_unknown"),
-                    (SqlEvent::OutcomeUnknownLease, "outcome_unknown_lease_lost"),
-                    (SqlEvent::OutcomeUnknownUnconfirmed, "outcome_unknown_commit_unconfirmed"),
-                    (SqlEvent::WriteNoLeader, "no_leader"),
-                ],
-            ),
-            (
-                "ringgate_sql_writes_held_total",
-                "Writes that waited for a usable leader (during a failover).",
-                &[(SqlEvent::WriteHeld, "")],
-            ),
-            (
-                "ringgate_sql_pipelined_reads_total",
-                "Reads sent on a connection busy with other reads of their tenant (pipelined).",
-                &[(SqlEvent::Pipelined, "")],
-            ),
-            (
-                "ringgate_sql_cancelled_client_gone_total",
-                "Statements cancelled on the server because their client went away while they ran.",
-                &[(SqlEvent::ClientGone, "")],
-            ),
-            (
-                "ringgate_sql_handed_off_total",
-                "Requests handed to another core that held connections of their tenant (the core they arrived on had none idle and the tenant was at its limit).",
-                &[(SqlEvent::HandedOff, "")],
-            ),
-        ];
-        for (name, help, events) in families {
-            writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter")?;
+        for (family, events) in SQL_EVENT_FAMILIES {
+            family.header(o)?;
             for (c, m) in self.cores.iter().enumerate() {
                 for (event, reason) in events {
                     let n = m.sql_events(*event);
                     match reason.is_empty() {
-                        true => writeln!(o, "{name}{{core=\"{c}\"}} {n}")?,
-                        false => writeln!(o, "{name}{{core=\"{c}\",reason=\"{reason}\"}} {n}")?,
+                        true => family.sample(o, &[&c], n)?,
+                        false => family.sample(o, &[&c, reason], n)?,
                     }
                 }
             }
         }
-        writeln!(o, "# HELP ringgate_sql_cache_events_total What the result cache did, by core, tenant class, event (hit, coalesced, miss, store, stale, invalidation, uncacheable) and front end (sql: /sql, pg: the PostgreSQL front end).\n# TYPE ringgate_sql_cache_events_total counter")?;
+        SQL_CACHE_EVENTS.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             for (front, front_name) in Frontend::ALL {
                 for (slot, events) in m.sql_cache[front as usize].iter().enumerate() {
                     for (event, name) in CacheEvent::ALL {
                         let n = events[event as usize].load(Relaxed);
                         if n > 0 {
-                            writeln!(
-                                o,
-                                "ringgate_sql_cache_events_total{{core=\"{c}\",class=\"{}\",event=\"{name}\",frontend=\"{front_name}\"}} {n}",
-                                self.class_label(slot)
-                            )?;
+                            let class = self.class_label(slot);
+                            SQL_CACHE_EVENTS.sample(o, &[&c, &class, &name, &front_name], n)?;
                         }
                     }
                 }
             }
         }
         let slots = self.labelled_slots();
-        writeln!(o, "# HELP ringgate_sql_cache_bytes Bytes of answers the result cache holds (/sql and the PostgreSQL front end share it), by core and tenant class.\n# TYPE ringgate_sql_cache_bytes gauge")?;
-        for (c, m) in self.cores.iter().enumerate() {
-            for &slot in &slots {
-                writeln!(
-                    o,
-                    "ringgate_sql_cache_bytes{{core=\"{c}\",class=\"{}\"}} {}",
-                    self.class_label(slot),
-                    m.sql_cache_bytes[slot].load(Relaxed)
-                )?;
+        type PerClass = fn(&CoreMetrics) -> &[AtomicU64; N_CLASS];
+        let per_class: [(Family, PerClass); 2] = [
+            (SQL_CACHE_BYTES, |m| &m.sql_cache_bytes),
+            (SQL_CACHE_EVICTIONS, |m| &m.sql_cache_evictions),
+        ];
+        for (family, figure) in per_class {
+            family.header(o)?;
+            for (c, m) in self.cores.iter().enumerate() {
+                for &slot in &slots {
+                    let class = self.class_label(slot);
+                    family.sample(o, &[&c, &class], figure(m)[slot].load(Relaxed))?;
+                }
             }
         }
-        writeln!(o, "# HELP ringgate_sql_cache_evictions_total Entries the result cache evicted for room (their project's share or the core's budget), by core and tenant class.\n# TYPE ringgate_sql_cache_evictions_total counter")?;
+        SQL_WRITE_HOLD.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
-            for &slot in &slots {
-                writeln!(
-                    o,
-                    "ringgate_sql_cache_evictions_total{{core=\"{c}\",class=\"{}\"}} {}",
-                    self.class_label(slot),
-                    m.sql_cache_evictions[slot].load(Relaxed)
-                )?;
-            }
-        }
-        writeln!(o, "# HELP ringgate_sql_write_hold_seconds_total Time writes spent waiting for a usable leader.\n# TYPE ringgate_sql_write_hold_seconds_total counter")?;
-        for (c, m) in self.cores.iter().enumerate() {
-            writeln!(
-                o,
-                "ringgate_sql_write_hold_seconds_total{{core=\"{c}\"}} {}",
-                m.sql_write_hold_us.load(Relaxed) as f64 / 1e6
-            )?;
+            let held = m.sql_write_hold_us.load(Relaxed) as f64 / 1e6;
+            SQL_WRITE_HOLD.sample(o, &[&c], held)?;
         }
         Ok(())
     }
 
     fn render_pool_detail(&self, o: &mut String) -> std::fmt::Result {
-        writeln!(o, "# HELP ringgate_pool_node_connections Server connections open per database member.\n# TYPE ringgate_pool_node_connections gauge")?;
+        POOL_NODE_CONNECTIONS.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             for (node, n) in m
                 .pool_nodes
@@ -1080,19 +1151,15 @@ impl Registry {
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
             {
-                writeln!(
-                    o,
-                    "ringgate_pool_node_connections{{core=\"{c}\",node=\"{}\"}} {n}",
-                    label(node)
-                )?;
+                POOL_NODE_CONNECTIONS.sample(o, &[&c, node], n)?;
             }
         }
-        writeln!(o, "# HELP ringgate_pool_wait_seconds Time a request waited for a pooled server connection (including connecting).\n# TYPE ringgate_pool_wait_seconds histogram")?;
+        POOL_WAIT.header(o)?;
         for (c, m) in self.cores.iter().enumerate() {
             write_histogram(
                 o,
-                "ringgate_pool_wait_seconds",
-                &format!("core=\"{c}\""),
+                &POOL_WAIT,
+                &[&c],
                 &m.pool_wait_buckets,
                 m.pool_wait_sum_us.load(Relaxed),
             )?;
@@ -1108,7 +1175,7 @@ impl Registry {
                 figures: POOL_GAUGES
                     .iter()
                     .zip(&m.pool)
-                    .map(|((name, _, _), v)| (*name, v.load(Relaxed)))
+                    .map(|(family, v)| (family.name, v.load(Relaxed)))
                     .collect(),
                 nodes: m
                     .pool_nodes

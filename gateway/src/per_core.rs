@@ -33,7 +33,7 @@ pub struct Shared {
     pub cache_generations: Option<Arc<crate::sql::cache::generations::Generations>>,
     /// Every core's inbox of `/sql` requests handed over by other cores (with a database
     /// and more than one core).
-    pub hand_offs: Option<Arc<crate::sql::handoff::HandOffs>>,
+    pub hand_offs: Option<Arc<crate::sql::inbox::HandOffs>>,
 }
 
 impl Shared {
@@ -55,7 +55,7 @@ impl Shared {
                     ))
                 }),
             hand_offs: (config.database.is_some() && config.workers > 1)
-                .then(|| crate::sql::handoff::HandOffs::new(config.workers)),
+                .then(|| crate::sql::inbox::HandOffs::new(config.workers)),
         }
     }
 }

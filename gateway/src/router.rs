@@ -7,57 +7,12 @@
 
 use std::rc::Rc;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
+// `Request` and `ClientSocket` are named here too, for the connection code that takes them
+// from the router.
+pub use crate::http::request::{ClientSocket, Request};
 use crate::{error::error_response, http::Response, metrics::RouteLabel, per_core::Core};
-
-/// A complete request: head and buffered body.
-#[derive(Debug)]
-pub struct Request {
-    /// Method, URI, version, headers.
-    pub head: http::request::Parts,
-    /// The whole body.
-    pub body: Bytes,
-    /// The client's address.
-    pub peer: Option<std::net::SocketAddr>,
-    /// Whether it came over TLS.
-    pub tls: bool,
-    /// The client's socket, watched while the request is answered.
-    pub client: Option<ClientSocket>,
-}
-
-/// How often a client is checked for having gone while its request runs.
-pub const CLIENT_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The socket of a request's client, to tell whether the client went away meanwhile (a
-/// one-byte peek, see [`crate::socket_peek`]); valid while the connection is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientSocket(pub std::os::fd::RawFd);
-
-impl std::os::fd::AsRawFd for ClientSocket {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
-
-impl ClientSocket {
-    /// Resolves once the client has closed its end or its connection failed, checked every
-    /// [`CLIENT_CHECK`] on the core's deadline timer (every `/sql` statement waits on this:
-    /// no monoio `Sleep` for each); never while the client is there (or has sent more, a
-    /// pipelined request).
-    pub async fn gone(self, deadlines: &crate::deadline::Deadlines) {
-        use crate::socket_peek::{peek, Peek};
-        loop {
-            deadlines
-                .until(monoio::time::Instant::now() + CLIENT_CHECK)
-                .await;
-            if matches!(peek(&self), Peek::Closed | Peek::Failed) {
-                return;
-            }
-        }
-    }
-}
 
 /// ringgate's own endpoints: the one list of the paths it answers itself (never proxied).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -80,6 +80,11 @@ pub fn count(s: &str) -> Result<usize, ParseError> {
     }
 }
 
+/// Takes any text as it is (names, filters, paths).
+pub fn text(s: &str) -> Result<String, ParseError> {
+    Ok(s.to_string())
+}
+
 /// Parses a socket address (IP and port; host names are not resolved).
 pub fn addr(s: &str) -> Result<SocketAddr, ParseError> {
     s.trim().parse().map_err(|_| ParseError { expected: ADDR })

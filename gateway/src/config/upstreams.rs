@@ -77,7 +77,7 @@ impl Eq for RateLimit {}
 pub struct RedisSettings {
     /// Sentinels, master name, password, timeouts.
     pub redis: RedisConfig,
-    /// How long a core keeps a looked-up session (default 5 s; 0 disables the cache).
+    /// How long a core keeps a looked-up session ([`ENV_SESSION_CACHE_TTL`]; 0 disables the cache).
     pub session_cache_ttl: Duration,
 }
 
@@ -133,15 +133,15 @@ pub struct ProxyConfig {
     pub routes: Vec<ProxyRoute>,
     /// Workers from `RINGGATE_WORKER_UPSTREAMS`.
     pub static_workers: Vec<workers::Worker>,
-    /// Worker rescan period (default 30 s).
+    /// Worker rescan period ([`ENV_DISCOVERY_INTERVAL`]).
     pub discovery_interval: Duration,
-    /// Connect timeout (default 2 s).
+    /// Connect timeout ([`ENV_UPSTREAM_CONNECT_TIMEOUT`]).
     pub connect_timeout: Duration,
-    /// Response-head timeout (default 30 s).
+    /// Response-head timeout ([`ENV_UPSTREAM_RESPONSE_TIMEOUT`]).
     pub response_timeout: Duration,
-    /// Longest idle time of a pooled worker connection (default 30 s).
+    /// Longest idle time of a pooled worker connection ([`ENV_UPSTREAM_IDLE_TIMEOUT`]).
     pub idle_timeout: Duration,
-    /// Most idle connections kept per worker and core (default 1024); more are closed.
+    /// Most idle connections kept per worker and core ([`DEFAULT_IDLE_MAX`]); more are closed.
     pub idle_max: usize,
     /// Groups with sticky sessions.
     pub sticky_groups: Vec<String>,
@@ -149,9 +149,9 @@ pub struct ProxyConfig {
     pub rate_limit: Option<RateLimit>,
     /// Per-tenant requests per second across every instance sharing the Redis, when set.
     pub global_rate_limit: Option<usize>,
-    /// Active health check period (default 2 s; `None` when `0s`).
+    /// Active health check period ([`ENV_UPSTREAM_HEALTH_INTERVAL`]; `None` when `0s`).
     pub health_interval: Option<Duration>,
-    /// Active health check path (default `/health`).
+    /// Active health check path ([`ENV_UPSTREAM_HEALTH_PATH`]).
     pub health_path: String,
 }
 
@@ -204,16 +204,10 @@ impl Reader<'_> {
                 })
             }
         });
-        let master = self
-            .string(ENV_REDIS_MASTER)
-            .unwrap_or_else(|| "mymaster".into());
+        let master = self.value(ENV_REDIS_MASTER, parse::text);
         let password = self.string(ENV_REDIS_PASSWORD);
-        let timeout = self
-            .parse(ENV_REDIS_TIMEOUT, parse::duration)
-            .unwrap_or(Duration::from_secs(1));
-        let session_cache_ttl = self
-            .parse(ENV_SESSION_CACHE_TTL, parse::duration)
-            .unwrap_or(Duration::from_secs(5));
+        let timeout = self.value(ENV_REDIS_TIMEOUT, parse::duration);
+        let session_cache_ttl = self.value(ENV_SESSION_CACHE_TTL, parse::duration);
         let sentinels = sentinels?;
         Some(RedisSettings {
             redis: RedisConfig {
@@ -238,23 +232,21 @@ impl Reader<'_> {
                 );
             }
         }
-        let prefix = self
-            .parse(ENV_KEY_LOGIN_PREFIX, |s| {
-                let ok = !s.is_empty()
-                    && s.len() <= 30
-                    && s.bytes()
-                        .next()
-                        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-                    && s.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                match ok {
-                    true => Ok(s.to_string()),
-                    false => Err(parse::ParseError {
-                        expected: "a lowercase identifier prefix of at most 30 characters",
-                    }),
-                }
-            })
-            .unwrap_or_else(|| DEFAULT_KEY_LOGIN_PREFIX.into());
+        let prefix = self.value(ENV_KEY_LOGIN_PREFIX, |s| {
+            let ok = !s.is_empty()
+                && s.len() <= 30
+                && s.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            match ok {
+                true => Ok(s.to_string()),
+                false => Err(parse::ParseError {
+                    expected: "a lowercase identifier prefix of at most 30 characters",
+                }),
+            }
+        });
         let secret = self.string(ENV_KEY_LOGIN_SECRET)?;
         if secret.len() < MIN_KEY_LOGIN_SECRET {
             self.invalid(
@@ -288,20 +280,16 @@ impl Reader<'_> {
             burst: burst.unwrap_or(per_second),
         });
         let global_rate_limit = self.parse(ENV_GLOBAL_RATE_LIMIT, parse::count);
-        let health_interval = self
-            .parse(ENV_UPSTREAM_HEALTH_INTERVAL, parse::duration)
-            .unwrap_or(Duration::from_secs(2));
-        let health_path = self
-            .parse(ENV_UPSTREAM_HEALTH_PATH, |s| {
-                if s.starts_with('/') && !s.contains(char::is_whitespace) {
-                    Ok(s.to_string())
-                } else {
-                    Err(parse::ParseError {
-                        expected: "an absolute path like /health",
-                    })
-                }
-            })
-            .unwrap_or_else(|| "/health".into());
+        let health_interval = self.value(ENV_UPSTREAM_HEALTH_INTERVAL, parse::duration);
+        let health_path = self.value(ENV_UPSTREAM_HEALTH_PATH, |s| {
+            if s.starts_with('/') && !s.contains(char::is_whitespace) {
+                Ok(s.to_string())
+            } else {
+                Err(parse::ParseError {
+                    expected: "an absolute path like /health",
+                })
+            }
+        });
         let sticky_groups = self
             .string(ENV_STICKY_GROUPS)
             .map(|s| {
@@ -313,12 +301,8 @@ impl Reader<'_> {
             })
             .unwrap_or_default();
         ProxyConfig {
-            idle_timeout: self
-                .parse(ENV_UPSTREAM_IDLE_TIMEOUT, parse::duration)
-                .unwrap_or(Duration::from_secs(30)),
-            idle_max: self
-                .parse(ENV_UPSTREAM_IDLE_MAX, parse::count)
-                .unwrap_or(DEFAULT_IDLE_MAX),
+            idle_timeout: self.value(ENV_UPSTREAM_IDLE_TIMEOUT, parse::duration),
+            idle_max: self.value(ENV_UPSTREAM_IDLE_MAX, parse::count),
             sticky_groups,
             rate_limit,
             global_rate_limit,
@@ -326,15 +310,9 @@ impl Reader<'_> {
             health_path,
             routes,
             static_workers,
-            discovery_interval: self
-                .parse(ENV_DISCOVERY_INTERVAL, parse::duration)
-                .unwrap_or(Duration::from_secs(30)),
-            connect_timeout: self
-                .parse(ENV_UPSTREAM_CONNECT_TIMEOUT, parse::duration)
-                .unwrap_or(Duration::from_secs(2)),
-            response_timeout: self
-                .parse(ENV_UPSTREAM_RESPONSE_TIMEOUT, parse::duration)
-                .unwrap_or(Duration::from_secs(30)),
+            discovery_interval: self.value(ENV_DISCOVERY_INTERVAL, parse::duration),
+            connect_timeout: self.value(ENV_UPSTREAM_CONNECT_TIMEOUT, parse::duration),
+            response_timeout: self.value(ENV_UPSTREAM_RESPONSE_TIMEOUT, parse::duration),
         }
     }
 }

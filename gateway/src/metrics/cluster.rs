@@ -3,7 +3,6 @@
 //! Redis threads), read when `/metrics` renders.
 
 use std::{
-    fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, RwLock,
@@ -14,7 +13,10 @@ use std::{
 use ringgate_discovery::{Role, Topology};
 use ringgate_redis::workers::WorkerSet;
 
-use super::label;
+use super::{
+    Family,
+    Kind::{Counter, Gauge},
+};
 
 /// The last topology and worker set, with change bookkeeping.
 #[derive(Debug)]
@@ -88,63 +90,31 @@ impl ClusterView {
 
     fn render_topology(&self, o: &mut String) -> std::fmt::Result {
         let topology = snapshot(&self.topology);
-        writeln!(o, "# HELP ringgate_topology_leader_changes_total Times the database leader changed (failovers and switchovers), including to no leader.\n# TYPE ringgate_topology_leader_changes_total counter")?;
-        writeln!(
-            o,
-            "ringgate_topology_leader_changes_total {}",
-            self.leader_changes()
-        )?;
+        LEADER_CHANGES.single(o, self.leader_changes())?;
         let Some(t) = topology else {
             return Ok(());
         };
-        writeln!(o, "# HELP ringgate_topology_leader_known 1 while the topology names a leader.\n# TYPE ringgate_topology_leader_known gauge")?;
-        writeln!(
-            o,
-            "ringgate_topology_leader_known {}",
-            t.leader.is_some() as u8
-        )?;
-        writeln!(o, "# HELP ringgate_topology_last_change_timestamp_seconds When the topology last changed (Unix time).\n# TYPE ringgate_topology_last_change_timestamp_seconds gauge")?;
-        writeln!(
-            o,
-            "ringgate_topology_last_change_timestamp_seconds {:.3}",
-            self.changed_unix_ms.load(Relaxed) as f64 / 1000.0
-        )?;
-        writeln!(o, "# HELP ringgate_topology_seconds_since_change Seconds since the topology last changed.\n# TYPE ringgate_topology_seconds_since_change gauge")?;
-        writeln!(
-            o,
-            "ringgate_topology_seconds_since_change {:.3}",
-            self.since_change().unwrap_or_default().as_secs_f64()
-        )?;
-        writeln!(o, "# HELP ringgate_topology_member Database members by role (1 per member).\n# TYPE ringgate_topology_member gauge")?;
+        LEADER_KNOWN.single(o, t.leader.is_some() as u8)?;
+        let changed = self.changed_unix_ms.load(Relaxed) as f64 / 1000.0;
+        LAST_CHANGE.single(o, format_args!("{changed:.3}"))?;
+        let since = self.since_change().unwrap_or_default().as_secs_f64();
+        SINCE_CHANGE.single(o, format_args!("{since:.3}"))?;
+        MEMBER.header(o)?;
         for m in t.members() {
             let role = match m.role {
                 Role::Leader => "leader",
                 Role::Replica => "replica",
             };
-            writeln!(
-                o,
-                "ringgate_topology_member{{member=\"{}\",role=\"{role}\",addr=\"{}\"}} 1",
-                label(&m.name),
-                m.addr
-            )?;
+            MEMBER.sample(o, &[&m.name, &role, &m.addr], 1)?;
         }
-        writeln!(o, "# HELP ringgate_topology_member_healthy 1 when the member runs (and, for replicas, streams).\n# TYPE ringgate_topology_member_healthy gauge")?;
+        MEMBER_HEALTHY.header(o)?;
         for m in t.members() {
-            writeln!(
-                o,
-                "ringgate_topology_member_healthy{{member=\"{}\"}} {}",
-                label(&m.name),
-                m.healthy as u8
-            )?;
+            MEMBER_HEALTHY.sample(o, &[&m.name], m.healthy as u8)?;
         }
-        writeln!(o, "# HELP ringgate_topology_replica_lag_bytes Replication lag of each replica, when known.\n# TYPE ringgate_topology_replica_lag_bytes gauge")?;
+        REPLICA_LAG.header(o)?;
         for r in &t.replicas {
             if let Some(lag) = r.lag_bytes {
-                writeln!(
-                    o,
-                    "ringgate_topology_replica_lag_bytes{{member=\"{}\"}} {lag}",
-                    label(&r.name)
-                )?;
+                REPLICA_LAG.sample(o, &[&r.name], lag)?;
             }
         }
         Ok(())
@@ -155,33 +125,77 @@ impl ClusterView {
         let Some(set) = set else {
             return Ok(());
         };
-        writeln!(o, "# HELP ringgate_upstream_weight Each worker's registered weight (0 drains).\n# TYPE ringgate_upstream_weight gauge")?;
+        WORKER_WEIGHT.header(o)?;
         for (group, workers) in &set.groups {
             for w in workers {
-                writeln!(
-                    o,
-                    "ringgate_upstream_weight{{group=\"{}\",worker=\"{}\",colour=\"{}\"}} {}",
-                    label(group),
-                    w.addr,
-                    label(w.colour.as_deref().unwrap_or("")),
-                    w.weight
-                )?;
+                let colour = w.colour.as_deref().unwrap_or("");
+                WORKER_WEIGHT.sample(o, &[group, &w.addr, &colour], w.weight)?;
             }
         }
-        writeln!(o, "# HELP ringgate_upstream_colour_weight_percent Blue-green share of each colour, in percent of its workers' weights.\n# TYPE ringgate_upstream_colour_weight_percent gauge")?;
+        COLOUR_WEIGHT.header(o)?;
         for (group, colours) in &set.colour_weights {
             for (colour, percent) in colours {
-                writeln!(
-                    o,
-                    "ringgate_upstream_colour_weight_percent{{group=\"{}\",colour=\"{}\"}} {percent}",
-                    label(group),
-                    label(colour)
-                )?;
+                COLOUR_WEIGHT.sample(o, &[group, colour], percent)?;
             }
         }
         Ok(())
     }
 }
+
+const LEADER_CHANGES: Family = Family::new(
+    Counter,
+    "ringgate_topology_leader_changes_total",
+    &[],
+    "Times the database leader changed (failovers and switchovers), including to no leader.",
+);
+const LEADER_KNOWN: Family = Family::new(
+    Gauge,
+    "ringgate_topology_leader_known",
+    &[],
+    "1 while the topology names a leader.",
+);
+const LAST_CHANGE: Family = Family::new(
+    Gauge,
+    "ringgate_topology_last_change_timestamp_seconds",
+    &[],
+    "When the topology last changed (Unix time).",
+);
+const SINCE_CHANGE: Family = Family::new(
+    Gauge,
+    "ringgate_topology_seconds_since_change",
+    &[],
+    "Seconds since the topology last changed.",
+);
+const MEMBER: Family = Family::new(
+    Gauge,
+    "ringgate_topology_member",
+    &["member", "role", "addr"],
+    "Database members by role (1 per member).",
+);
+const MEMBER_HEALTHY: Family = Family::new(
+    Gauge,
+    "ringgate_topology_member_healthy",
+    &["member"],
+    "1 when the member runs (and, for replicas, streams).",
+);
+const REPLICA_LAG: Family = Family::new(
+    Gauge,
+    "ringgate_topology_replica_lag_bytes",
+    &["member"],
+    "Replication lag of each replica, when known.",
+);
+const WORKER_WEIGHT: Family = Family::new(
+    Gauge,
+    "ringgate_upstream_weight",
+    &["group", "worker", "colour"],
+    "Each worker's registered weight (0 drains).",
+);
+const COLOUR_WEIGHT: Family = Family::new(
+    Gauge,
+    "ringgate_upstream_colour_weight_percent",
+    &["group", "colour"],
+    "Blue-green share of each colour, in percent of its workers' weights.",
+);
 
 #[cfg(test)]
 mod tests {

@@ -2,9 +2,14 @@
 //! counter (or gauge) per core each.
 
 use std::{
-    fmt::Write as _,
+    fmt::Display,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
+};
+
+use super::{
+    Family,
+    Kind::{Counter, Gauge},
 };
 
 /// What the front end counts.
@@ -32,67 +37,97 @@ pub enum WireEvent {
     LeaseAbandoned,
 }
 
-/// Each family: event, name, type, help. Rendered in this order.
-const FAMILIES: [(WireEvent, &str, &str, &str); 10] = [
+/// Each event with its family (label `core`). Rendered in this order.
+const FAMILIES: [(WireEvent, Family); 10] = [
     (
         WireEvent::ClientsOpen,
-        "ringgate_pg_clients",
-        "gauge",
-        "PostgreSQL client sessions open.",
+        Family::new(
+            Gauge,
+            "ringgate_pg_clients",
+            CORE,
+            "PostgreSQL client sessions open.",
+        ),
     ),
     (
         WireEvent::ClientsTotal,
-        "ringgate_pg_clients_total",
-        "counter",
-        "PostgreSQL client sessions authenticated.",
+        Family::new(
+            Counter,
+            "ringgate_pg_clients_total",
+            CORE,
+            "PostgreSQL client sessions authenticated.",
+        ),
     ),
     (
         WireEvent::Refused,
-        "ringgate_pg_refused_total",
-        "counter",
-        "PostgreSQL sessions refused at startup or authentication.",
+        Family::new(
+            Counter,
+            "ringgate_pg_refused_total",
+            CORE,
+            "PostgreSQL sessions refused at startup or authentication.",
+        ),
     ),
     (
         WireEvent::Transactions,
-        "ringgate_pg_transactions_total",
-        "counter",
-        "Transactions relayed (server connection checkouts).",
+        Family::new(
+            Counter,
+            "ringgate_pg_transactions_total",
+            CORE,
+            "Transactions relayed (server connection checkouts).",
+        ),
     ),
     (
         WireEvent::CheckoutWaitMicros,
-        "ringgate_pg_checkout_wait_seconds_total",
-        "counter",
-        "Time PostgreSQL clients waited for a server connection.",
+        Family::new(
+            Counter,
+            "ringgate_pg_checkout_wait_seconds_total",
+            CORE,
+            "Time PostgreSQL clients waited for a server connection.",
+        ),
     ),
     (
         WireEvent::ServerLost,
-        "ringgate_pg_server_lost_total",
-        "counter",
-        "Transactions whose server connection died (answered 08007).",
+        Family::new(
+            Counter,
+            "ringgate_pg_server_lost_total",
+            CORE,
+            "Transactions whose server connection died (answered 08007).",
+        ),
     ),
     (
         WireEvent::StaleSkipped,
-        "ringgate_pg_stale_server_connections_total",
-        "counter",
-        "Pooled server connections the server had ended, skipped at checkout.",
+        Family::new(
+            Counter,
+            "ringgate_pg_stale_server_connections_total",
+            CORE,
+            "Pooled server connections the server had ended, skipped at checkout.",
+        ),
     ),
     (
         WireEvent::Cancels,
-        "ringgate_pg_cancel_requests_total",
-        "counter",
-        "CancelRequests served.",
+        Family::new(
+            Counter,
+            "ringgate_pg_cancel_requests_total",
+            CORE,
+            "CancelRequests served.",
+        ),
     ),
     (
         WireEvent::ReadOnlyReruns,
-        "ringgate_pg_read_only_reruns_total",
-        "counter",
-        "Autocommit reads a replica refused as writes (25006), rerun on the leader.",
+        Family::new(
+            Counter,
+            "ringgate_pg_read_only_reruns_total",
+            CORE,
+            "Autocommit reads a replica refused as writes (25006), rerun on the leader.",
+        ),
     ),
     (
         WireEvent::LeaseAbandoned,
-        "ringgate_pg_lease_abandoned_total",
-        "counter",
-        "Statements abandoned (08007) because the leader's lease was lost while they ran.",
+        Family::new(
+            Counter,
+            "ringgate_pg_lease_abandoned_total",
+            CORE,
+            "Statements abandoned (08007) because the leader's lease was lost while they ran.",
+        ),
     ),
 ];
 
@@ -111,42 +146,59 @@ pub enum ClassFigure {
     WaitMicros,
 }
 
-/// Each per-class family: figure, name, type, help, extra label.
-const CLASS_FAMILIES: [(ClassFigure, &str, &str, &str, &str); 5] = [
+/// Label names of the per-core families.
+const CORE: &[&str] = &["core"];
+
+/// Server connections held, by class and pool mode: two figures share it.
+const CLASS_SERVER_CONNECTIONS: Family = Family::new(
+    Gauge,
+    "ringgate_pg_class_server_connections",
+    &["class", "mode"],
+    "Server connections held by PostgreSQL client sessions now, by tenant class and pool mode.",
+);
+
+/// Each per-class figure: its family and the values of the family's labels after `class`.
+/// Rendered in this order; a family's header before its first figure.
+const CLASS_FAMILIES: [(ClassFigure, Family, &[&str]); 5] = [
     (
         ClassFigure::Clients,
-        "ringgate_pg_class_clients",
-        "gauge",
-        "PostgreSQL client sessions open, by tenant class.",
-        "",
+        Family::new(
+            Gauge,
+            "ringgate_pg_class_clients",
+            &["class"],
+            "PostgreSQL client sessions open, by tenant class.",
+        ),
+        &[],
     ),
     (
         ClassFigure::ServersTransaction,
-        "ringgate_pg_class_server_connections",
-        "gauge",
-        "Server connections held by PostgreSQL client sessions now, by tenant class and pool mode.",
-        ",mode=\"transaction\"",
+        CLASS_SERVER_CONNECTIONS,
+        &["transaction"],
     ),
     (
         ClassFigure::ServersSession,
-        "ringgate_pg_class_server_connections",
-        "gauge",
-        "",
-        ",mode=\"session\"",
+        CLASS_SERVER_CONNECTIONS,
+        &["session"],
     ),
     (
         ClassFigure::Transactions,
-        "ringgate_pg_class_transactions_total",
-        "counter",
-        "Transactions relayed (server connection checkouts), by tenant class.",
-        "",
+        Family::new(
+            Counter,
+            "ringgate_pg_class_transactions_total",
+            &["class"],
+            "Transactions relayed (server connection checkouts), by tenant class.",
+        ),
+        &[],
     ),
     (
         ClassFigure::WaitMicros,
-        "ringgate_pg_class_checkout_wait_seconds_total",
-        "counter",
-        "Time PostgreSQL clients waited for a server connection, by tenant class.",
-        "",
+        Family::new(
+            Counter,
+            "ringgate_pg_class_checkout_wait_seconds_total",
+            &["class"],
+            "Time PostgreSQL clients waited for a server connection, by tenant class.",
+        ),
+        &[],
     ),
 ];
 
@@ -215,10 +267,12 @@ pub fn render_classes<'a>(
     cores: impl Iterator<Item = &'a WireMetrics> + Clone,
     label: impl Fn(usize) -> String,
 ) -> std::fmt::Result {
-    for (f, name, kind, help, extra) in CLASS_FAMILIES {
-        if !help.is_empty() {
-            writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+    let mut previous = None;
+    for (f, family, extra) in CLASS_FAMILIES {
+        if previous != Some(family.name) {
+            family.header(o)?;
         }
+        previous = Some(family.name);
         for class in 0..crate::metrics::N_CLASS {
             let v: u64 = cores.clone().map(|m| m.class(class, f).load(Relaxed)).sum();
             let seen = cores.clone().any(|m| {
@@ -229,10 +283,13 @@ pub fn render_classes<'a>(
                 continue;
             }
             let class = label(class);
+            let labels: Vec<&dyn Display> = std::iter::once(&class as &dyn Display)
+                .chain(extra.iter().map(|e| e as &dyn Display))
+                .collect();
             if f == ClassFigure::WaitMicros {
-                writeln!(o, "{name}{{class=\"{class}\"{extra}}} {}", v as f64 / 1e6)?;
+                family.sample(o, &labels, v as f64 / 1e6)?;
             } else {
-                writeln!(o, "{name}{{class=\"{class}\"{extra}}} {v}")?;
+                family.sample(o, &labels, v)?;
             }
         }
     }
@@ -244,14 +301,14 @@ pub fn render<'a>(
     o: &mut String,
     cores: impl Iterator<Item = &'a WireMetrics> + Clone,
 ) -> std::fmt::Result {
-    for (event, name, kind, help) in FAMILIES {
-        writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}")?;
+    for (event, family) in FAMILIES {
+        family.header(o)?;
         for (c, m) in cores.clone().enumerate() {
             let v = m.get(event);
             if event == WireEvent::CheckoutWaitMicros {
-                writeln!(o, "{name}{{core=\"{c}\"}} {}", v as f64 / 1e6)?;
+                family.sample(o, &[&c], v as f64 / 1e6)?;
             } else {
-                writeln!(o, "{name}{{core=\"{c}\"}} {v}")?;
+                family.sample(o, &[&c], v)?;
             }
         }
     }

@@ -13,95 +13,15 @@
 //! (counted by the senders before they look whether it is open, so neither side misses the
 //! other), so a request handed over is answered by its target.
 
-use std::{
-    rc::Rc,
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{rc::Rc, sync::atomic::Ordering, time::Duration};
 
 use monoio::time::Instant;
-use parking_lot::Mutex;
 use ringgate_pool::Intent;
 use tracing::debug;
 
+use super::inbox::{Inbound, Job};
 use super::{outcome_unknown, request::SqlRequest, Ctx, Unknown};
-use crate::{http::Response, metrics::SqlEvent, per_core::Core, router::ClientSocket};
-
-/// A request handed to another core, and where its answer goes. `Send`: it crosses threads.
-pub struct Job {
-    sql: SqlRequest,
-    /// The member the sending core routed it to; the target uses it for reads too.
-    node: String,
-    /// The client's socket, to cancel the statement if the client goes away.
-    client: Option<ClientSocket>,
-    answer: futures_channel::oneshot::Sender<Response>,
-}
-
-/// Every core's inbox for handed requests.
-#[derive(Debug)]
-pub struct HandOffs {
-    inboxes: Box<[Inbox]>,
-}
-
-#[derive(Debug)]
-struct Inbox {
-    tx: flume::Sender<Job>,
-    /// Taken once by the core it belongs to.
-    rx: Mutex<Option<flume::Receiver<Job>>>,
-    /// Requests sent here and not yet answered (or about to be sent).
-    inbound: AtomicUsize,
-    /// Set when the core stops taking hand-offs.
-    closed: AtomicBool,
-}
-
-// === impl HandOffs ===
-
-impl HandOffs {
-    /// Inboxes for `cores` cores.
-    pub fn new(cores: usize) -> Arc<Self> {
-        Arc::new(Self {
-            inboxes: (0..cores)
-                .map(|_| {
-                    let (tx, rx) = flume::unbounded();
-                    Inbox {
-                        tx,
-                        rx: Mutex::new(Some(rx)),
-                        inbound: AtomicUsize::new(0),
-                        closed: AtomicBool::new(false),
-                    }
-                })
-                .collect(),
-        })
-    }
-
-    /// Core `core`'s inbox receiver (`None` after the first call).
-    fn take(&self, core: usize) -> Option<flume::Receiver<Job>> {
-        self.inboxes.get(core)?.rx.lock().take()
-    }
-}
-
-/// Counts a request as inbound to a core until dropped.
-struct Inbound<'a>(&'a Inbox);
-
-impl<'a> Inbound<'a> {
-    /// `None` when the core no longer takes hand-offs.
-    fn enter(inbox: &'a Inbox) -> Option<Self> {
-        // SeqCst with `close`: either this sees the core closed, or the core sees this
-        // request inbound and waits for it.
-        inbox.inbound.fetch_add(1, Ordering::SeqCst);
-        let entered = Self(inbox);
-        (!inbox.closed.load(Ordering::SeqCst)).then_some(entered)
-    }
-}
-
-impl Drop for Inbound<'_> {
-    fn drop(&mut self) {
-        self.0.inbound.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+use crate::{http::Response, metrics::SqlEvent, per_core::Core};
 
 /// Runs `sql` on another core when [`Ctx`]'s core should hand it over; `None`: run it here.
 pub(super) async fn run_elsewhere(ctx: &Ctx, sql: &SqlRequest, intent: Intent) -> Option<Response> {
@@ -200,18 +120,5 @@ mod tests {
     fn a_job_and_its_answer_cross_threads() {
         is_send::<Job>();
         is_send::<Response>();
-    }
-
-    #[test]
-    fn a_closed_inbox_takes_no_request_and_one_entered_first_is_waited_for() {
-        let offs = HandOffs::new(2);
-        let inbox = &offs.inboxes[1];
-        let entered = Inbound::enter(inbox).expect("open");
-        inbox.closed.store(true, Ordering::SeqCst);
-        assert_eq!(inbox.inbound.load(Ordering::SeqCst), 1, "the closer waits");
-        assert!(Inbound::enter(inbox).is_none());
-        drop(entered);
-        assert_eq!(inbox.inbound.load(Ordering::SeqCst), 0);
-        assert!(offs.take(1).is_some() && offs.take(1).is_none());
     }
 }

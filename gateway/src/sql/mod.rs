@@ -23,6 +23,7 @@ pub mod cache;
 pub mod classify;
 pub mod exec;
 pub mod handoff;
+pub mod inbox;
 pub mod lease;
 pub mod memo;
 pub mod pipeline;
@@ -49,10 +50,9 @@ use self::{
     },
 };
 use crate::{
-    http::Response,
+    http::{ClientSocket, Request, Response},
     metrics::{SqlEvent, UNCLASSIFIED},
     per_core::Core,
-    router::Request,
 };
 
 /// Attempts at one statement that was provably not executed, made at once; after them,
@@ -220,7 +220,7 @@ struct Ctx {
     wait: Duration,
     limit: usize,
     /// The client's socket: a statement whose client goes away is cancelled.
-    client: Option<crate::router::ClientSocket>,
+    client: Option<ClientSocket>,
     /// Handed over by another core: run here, never handed on.
     handed: bool,
     /// The member the handing core routed to (where this core holds connections).
@@ -241,12 +241,7 @@ impl Ctx {
     }
 
     /// A request another core handed over, routed there to `node`.
-    fn handed(
-        core: &Rc<Core>,
-        db: Rc<Shard>,
-        client: Option<crate::router::ClientSocket>,
-        node: String,
-    ) -> Self {
+    fn handed(core: &Rc<Core>, db: Rc<Shard>, client: Option<ClientSocket>, node: String) -> Self {
         Self {
             memo: core.clone(),
             db,
