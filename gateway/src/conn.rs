@@ -17,9 +17,10 @@ use tracing::{debug, debug_span, Instrument};
 use crate::{
     error::RequestError,
     http::{parse_head, ChunkedDecoder, ParsedHead, RequestFraming, Response},
+    http::{ClientSocket, Request},
     metrics::RouteLabel,
     per_core::{ConnectionGuard, Core},
-    router::{self, Request},
+    router,
     transport::Transport,
     wire::{stream::IntoSocket, websocket},
 };
@@ -106,7 +107,7 @@ pub fn serve<IO: Transport + IntoSocket + 'static>(
     io: IO,
     peer: Option<std::net::SocketAddr>,
     tls: bool,
-    client: Option<router::ClientSocket>,
+    client: Option<ClientSocket>,
     guard: ConnectionGuard,
     resumed: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> {
@@ -255,7 +256,7 @@ impl Conn {
         &mut self,
         io: &mut IO,
         head: ParsedHead,
-        client: Option<router::ClientSocket>,
+        client: Option<ClientSocket>,
     ) -> bool {
         self.first = false;
         // The read buffer stays lent while the request is served: the head parsed from it

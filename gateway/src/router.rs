@@ -9,10 +9,12 @@ use std::rc::Rc;
 
 use http::{header, HeaderValue, Method, StatusCode};
 
-// `Request` and `ClientSocket` are named here too, for the connection code that takes them
-// from the router.
-pub use crate::http::request::{ClientSocket, Request};
-use crate::{error::error_response, http::Response, metrics::RouteLabel, per_core::Core};
+use crate::{
+    error::error_response,
+    http::{Request, Response},
+    metrics::RouteLabel,
+    per_core::Core,
+};
 
 /// ringgate's own endpoints: the one list of the paths it answers itself (never proxied).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

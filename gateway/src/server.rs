@@ -334,9 +334,9 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     }
     let span = info_span!("conn", core = core.id, %peer, tls);
     // The descriptor stays the connection's until its task ends.
-    let client = Some(crate::router::ClientSocket(
-        std::os::fd::AsRawFd::as_raw_fd(&stream),
-    ));
+    let client = Some(crate::http::ClientSocket(std::os::fd::AsRawFd::as_raw_fd(
+        &stream,
+    )));
     // A task of its own type, so that a plain connection's task is not as large as one
     // that also holds a TLS handshake's state.
     monoio::spawn(serve_tls(core.clone(), stream, peer, client, guard).instrument(span));
@@ -353,9 +353,9 @@ fn spawn_plain(
 ) {
     let span = info_span!("conn", core = core.id, %peer, tls = false);
     // The descriptor stays the connection's until its task ends.
-    let client = Some(crate::router::ClientSocket(
-        std::os::fd::AsRawFd::as_raw_fd(&stream),
-    ));
+    let client = Some(crate::http::ClientSocket(std::os::fd::AsRawFd::as_raw_fd(
+        &stream,
+    )));
     monoio::spawn(
         conn::serve(
             core.clone(),
@@ -376,7 +376,7 @@ fn serve_tls(
     core: Rc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
-    client: Option<crate::router::ClientSocket>,
+    client: Option<crate::http::ClientSocket>,
     guard: ConnectionGuard,
 ) -> impl std::future::Future<Output = ()> {
     // Boxed: the handshake's state is needed only until it ends, and inline it would stay
