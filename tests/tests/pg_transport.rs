@@ -1,7 +1,8 @@
 //! The PostgreSQL front end's transports and authentication methods end to end: direct TLS
 //! (PostgreSQL 17's `sslnegotiation=direct`, driven by a rustls client: libpq here is 15),
 //! SCRAM-SHA-256-PLUS channel binding (psql and a raw client), the cleartext password over
-//! TLS only, and WebSocket (`GET /v2`) with its error paths and Neon's own driver.
+//! TLS only, WebSocket (`GET /v2`) with its error paths and Neon's own driver, and
+//! node-postgres over TCP and TLS.
 
 use std::{
     io::{Read, Write},
@@ -17,6 +18,7 @@ use ringgate_tests::pg::{
     alpha, alpha_startup, conninfo, error_fields, frontend, psql, read_message,
     ready_then_select_one, sasl_mechanisms, scram, start_pg, start_pg_tls, test_certificate,
 };
+use ringgate_tests::wire::alpha_project;
 use rustls::pki_types::ServerName;
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -559,4 +561,43 @@ fn neon_websocket_test(ports: &[(&str, &str)]) {
         stdout.contains("# fail 0") && stdout.contains("# pass 4"),
         "{stdout}"
     );
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn node_postgres_client_and_pool_over_tcp_and_tls() {
+    // Few server connections, so that the driver's clients share them.
+    const SERVERS: &str = "2";
+    alpha_project("wire_node_pg", "transaction", false);
+    let (g, addr) = start_pg_tls(&[("RINGGATE_POOL_MAX_PER_TENANT", SERVERS)]);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/pg").exists(),
+        "run `npm ci --prefix tests/neon` first (scripts/test does)"
+    );
+    let (user, password) = alpha();
+    let (_, _, ca) = test_certificate();
+    let url = format!(
+        "postgresql://{user}:{password}@localhost:{}/tenant_alpha?options=endpoint%3Dwire_node_pg",
+        addr.port()
+    );
+    let out = Command::new("node")
+        .args(["--test", "--test-timeout=60000", "pg.test.mjs"])
+        .current_dir(dir)
+        .env("RINGGATE_NODE_PG_URL", url)
+        .env("RINGGATE_NODE_PG_SERVERS", SERVERS)
+        .env("NODE_EXTRA_CA_CERTS", ca)
+        .output()
+        .expect("node is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node --test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains("# pass 12"),
+        "{stdout}"
+    );
+    g.drain();
 }
