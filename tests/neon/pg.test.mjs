@@ -1,16 +1,17 @@
 // node-postgres (`pg`), unchanged, over TCP against ringgate's PostgreSQL listener: plain
 // TCP with SCRAM-SHA-256, and TLS (SSLRequest) with SCRAM-SHA-256-PLUS. Started by
 // tests/tests/pg_transport.rs with RINGGATE_NODE_PG_URL (a transaction-mode project whose
-// pool has RINGGATE_NODE_PG_SERVERS server connections) and NODE_EXTRA_CA_CERTS (the test
-// CA) set.
+// pool has RINGGATE_NODE_PG_SERVERS server connections), RINGGATE_NODE_PG_SESSION_URL (a
+// session-mode project) and NODE_EXTRA_CA_CERTS (the test CA) set.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 
 const url = process.env.RINGGATE_NODE_PG_URL;
 const servers = Number(process.env.RINGGATE_NODE_PG_SERVERS);
-if (!url || !servers) {
-  throw new Error('RINGGATE_NODE_PG_URL and RINGGATE_NODE_PG_SERVERS must be set (run through tests/tests/pg_transport.rs)');
+const sessionUrl = process.env.RINGGATE_NODE_PG_SESSION_URL;
+if (!url || !servers || !sessionUrl) {
+  throw new Error('RINGGATE_NODE_PG_URL, RINGGATE_NODE_PG_SERVERS and RINGGATE_NODE_PG_SESSION_URL must be set (run through tests/tests/pg_transport.rs)');
 }
 
 const transports = [
@@ -23,6 +24,15 @@ const connect = async (config, extra = {}) => {
   await client.connect();
   return client;
 };
+
+// The next `event` the client emits, within `ms` (rejects after).
+const next = (client, event, ms = 5000) => new Promise((resolve, reject) => {
+  const timer = setTimeout(() => reject(new Error(`no ${event} within ${ms} ms`)), ms);
+  client.once(event, (m) => {
+    clearTimeout(timer);
+    resolve(m);
+  });
+});
 
 for (const t of transports) {
   const table = `node_pg_${process.pid}_${t.config.ssl ? 'tls' : 'tcp'}`;
@@ -153,6 +163,27 @@ for (const t of transports) {
       assert.equal(named.rows[0].n, 7);
     } finally {
       await client.end();
+    }
+  });
+
+  test(`${t.name}: session mode, notifications reach a client that sends nothing`, async () => {
+    const channel = `node_pg_${t.config.ssl ? 'tls' : 'tcp'}`;
+    const listener = await connect(t.config, { connectionString: sessionUrl });
+    const notifier = await connect(t.config);
+    try {
+      await listener.query(`LISTEN ${channel}`);
+      const { rows: [{ pid }] } = await listener.query('select pg_backend_pid() as pid');
+      for (const payload of ['first', 'second']) {
+        const arrived = next(listener, 'notification');
+        await notifier.query('select pg_notify($1, $2)', [channel, payload]);
+        const n = await arrived;
+        assert.deepEqual([n.channel, n.payload], [channel, payload]);
+      }
+      // The session goes on, on its own server connection.
+      const again = await listener.query('select pg_backend_pid() as pid, $1::int + 1 as n', [41]);
+      assert.deepEqual(again.rows, [{ pid, n: 42 }]);
+    } finally {
+      await Promise.all([listener.end(), notifier.end()]);
     }
   });
 

@@ -569,6 +569,7 @@ fn node_postgres_client_and_pool_over_tcp_and_tls() {
     // Few server connections, so that the driver's clients share them.
     const SERVERS: &str = "2";
     alpha_project("wire_node_pg", "transaction", false);
+    alpha_project("wire_node_pg_session", "session", false);
     let (g, addr) = start_pg_tls(&[("RINGGATE_POOL_MAX_PER_TENANT", SERVERS)]);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
     assert!(
@@ -577,14 +578,17 @@ fn node_postgres_client_and_pool_over_tcp_and_tls() {
     );
     let (user, password) = alpha();
     let (_, _, ca) = test_certificate();
-    let url = format!(
-        "postgresql://{user}:{password}@localhost:{}/tenant_alpha?options=endpoint%3Dwire_node_pg",
-        addr.port()
-    );
+    let url = |project: &str| {
+        format!(
+            "postgresql://{user}:{password}@localhost:{}/tenant_alpha?options=endpoint%3D{project}",
+            addr.port()
+        )
+    };
     let out = Command::new("node")
         .args(["--test", "--test-timeout=60000", "pg.test.mjs"])
         .current_dir(dir)
-        .env("RINGGATE_NODE_PG_URL", url)
+        .env("RINGGATE_NODE_PG_URL", url("wire_node_pg"))
+        .env("RINGGATE_NODE_PG_SESSION_URL", url("wire_node_pg_session"))
         .env("RINGGATE_NODE_PG_SERVERS", SERVERS)
         .env("NODE_EXTRA_CA_CERTS", ca)
         .output()
@@ -596,7 +600,7 @@ fn node_postgres_client_and_pool_over_tcp_and_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 12"),
+        stdout.contains("# fail 0") && stdout.contains("# pass 14"),
         "{stdout}"
     );
     g.drain();
