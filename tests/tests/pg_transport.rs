@@ -532,7 +532,8 @@ fn neon_driver_over_websocket_on_the_http_and_https_listeners() {
 }
 
 /// Runs `tests/neon/ws.test.mjs` (Neon's driver: Pool and Client, ws:// with SCRAM and
-/// wss:// with the pipelined password) with `ports` and asserts all four tests pass.
+/// wss:// with the pipelined password, and a session-mode client notified while idle) with
+/// `ports` and asserts all six tests pass.
 fn neon_websocket_test(ports: &[(&str, &str)]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
     assert!(
@@ -541,13 +542,18 @@ fn neon_websocket_test(ports: &[(&str, &str)]) {
     );
     let (user, password) = alpha();
     let (_, _, ca) = test_certificate();
-    let url =
-        format!("postgresql://{user}:{password}@localhost/tenant_alpha?options=endpoint%3Dalpha");
+    alpha_project("wire_ws_session", "session", false);
+    let url = |project: &str| {
+        format!(
+            "postgresql://{user}:{password}@localhost/tenant_alpha?options=endpoint%3D{project}"
+        )
+    };
     let out = Command::new("node")
-        .args(["--test", "ws.test.mjs"])
+        .args(["--test", "--test-timeout=60000", "ws.test.mjs"])
         .current_dir(dir)
         .envs(ports.iter().copied())
-        .env("RINGGATE_NEON_PG_URL", url)
+        .env("RINGGATE_NEON_PG_URL", url("alpha"))
+        .env("RINGGATE_NEON_PG_SESSION_URL", url("wire_ws_session"))
         .env("NODE_EXTRA_CA_CERTS", ca)
         .output()
         .expect("node is installed");
@@ -558,7 +564,7 @@ fn neon_websocket_test(ports: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 4"),
+        stdout.contains("# fail 0") && stdout.contains("# pass 6"),
         "{stdout}"
     );
 }
