@@ -94,6 +94,18 @@ impl Stream {
         }
     }
 
+    /// Waits until the server has sent something (or closed), without reading it: a wait
+    /// that may be dropped at any point with no byte lost (io_uring: a poll, not a read),
+    /// for a relay that also waits for its client. Plain TCP only: a TLS stream may hold
+    /// decrypted bytes the socket's readiness does not show, and offers no cancellable
+    /// read, so over TLS this never resolves (the server is read when a statement runs).
+    pub async fn readable(&self) -> Result<(), Error> {
+        match self {
+            Stream::Plain(s) => Ok(s.readable(false).await?),
+            Stream::Tls(_) => std::future::pending().await,
+        }
+    }
+
     /// Appends to `buf` whatever the server has already sent, without waiting for more:
     /// `Ok(0)` when nothing is pending, `Err(Closed)` when the server has closed its side.
     /// A read is submitted and cancelled at once, so no byte is lost either way. Plain TCP

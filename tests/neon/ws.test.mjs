@@ -1,7 +1,8 @@
 // Neon's serverless driver, unchanged, over WebSocket (`GET /v2`) against ringgate's
 // PostgreSQL listener: Pool and Client, interactive transactions committed and rolled back.
-// Started by tests/tests/pg_transport.rs with RINGGATE_PG_PORT, RINGGATE_NEON_PG_URL and
-// NODE_EXTRA_CA_CERTS (the test CA, for wss://) set.
+// Started by tests/tests/pg_transport.rs with RINGGATE_PG_PORT, RINGGATE_NEON_PG_URL,
+// RINGGATE_NEON_PG_SESSION_URL (a session-mode project) and NODE_EXTRA_CA_CERTS (the test
+// CA, for wss://) set.
 //
 // ws:// carries no cleartext password: the driver runs SCRAM (`pipelineConnect: false`).
 // wss:// takes the driver's default, the password pipelined with the startup message.
@@ -12,8 +13,9 @@ import ws from 'ws';
 
 const port = process.env.RINGGATE_PG_PORT;
 const url = process.env.RINGGATE_NEON_PG_URL;
-if (!port || !url) {
-  throw new Error('RINGGATE_PG_PORT and RINGGATE_NEON_PG_URL must be set (run through tests/tests/pg_transport.rs)');
+const sessionUrl = process.env.RINGGATE_NEON_PG_SESSION_URL;
+if (!port || !url || !sessionUrl) {
+  throw new Error('RINGGATE_PG_PORT, RINGGATE_NEON_PG_URL and RINGGATE_NEON_PG_SESSION_URL must be set (run through tests/tests/pg_transport.rs)');
 }
 // ws:// and wss:// go to the PostgreSQL port, or (when given) to the HTTP and HTTPS
 // listeners, which serve the same `GET /v2`.
@@ -81,6 +83,33 @@ for (const t of transports) {
       }
     } finally {
       await pool.end();
+    }
+  });
+
+  test(`${t.name}: session mode, notifications reach a client that sends nothing`, async () => {
+    use();
+    const channel = `ws_driver_${t.secure ? 'wss' : 'ws'}`;
+    const listener = new Client(sessionUrl);
+    const notifier = new Client(url);
+    await Promise.all([listener.connect(), notifier.connect()]);
+    try {
+      await listener.query(`LISTEN ${channel}`);
+      for (const payload of ['first', 'second']) {
+        const arrived = new Promise((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error('no notification within 5 s')), 5000);
+          listener.once('notification', (n) => {
+            clearTimeout(timer);
+            resolve(n);
+          });
+        });
+        await notifier.query('select pg_notify($1, $2)', [channel, payload]);
+        const n = await arrived;
+        assert.deepEqual([n.channel, n.payload], [channel, payload]);
+      }
+      const { rows } = await listener.query('select $1::int + 1 as n', [41]);
+      assert.deepEqual(rows, [{ n: 42 }]);
+    } finally {
+      await Promise.all([listener.end(), notifier.end()]);
     }
   });
 }

@@ -129,6 +129,54 @@ pub async fn connect(
     Ok((client, rx))
 }
 
+/// What a client watched by [`connect_watching`] got from the server unasked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unasked {
+    /// A `NotificationResponse`: channel and payload.
+    Notification(String, String),
+    /// A `NoticeResponse`'s message.
+    Notice(String),
+    /// The connection ended: with the SQLSTATE of the server's error, if it sent one.
+    Ended(Option<String>),
+}
+
+/// [`connect`], with everything the server sends unasked on the receiver, the end of the
+/// connection (and the error that ended it) included.
+pub async fn connect_watching(
+    addr: SocketAddr,
+    project: &str,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<Unasked>), tokio_postgres::Error> {
+    let (user, password) = alpha();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(&user)
+        .password(&password)
+        .dbname("tenant_alpha")
+        .options(format!("endpoint={project}"));
+    let (client, mut conn) = config.connect_raw(tcp, tokio_postgres::NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let event = match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    Unasked::Notification(n.channel().into(), n.payload().into())
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => Unasked::Notice(n.message().into()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Unasked::Ended(e.as_db_error().map(|d| d.code().code().into())),
+                None => Unasked::Ended(None),
+            };
+            let ended = matches!(event, Unasked::Ended(_));
+            let _ = tx.send(event);
+            if ended {
+                break;
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
 /// Runs `f` on a fresh single-threaded tokio runtime.
 pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()

@@ -1,7 +1,8 @@
 //! The PostgreSQL front end's transports and authentication methods end to end: direct TLS
 //! (PostgreSQL 17's `sslnegotiation=direct`, driven by a rustls client: libpq here is 15),
 //! SCRAM-SHA-256-PLUS channel binding (psql and a raw client), the cleartext password over
-//! TLS only, and WebSocket (`GET /v2`) with its error paths and Neon's own driver.
+//! TLS only, WebSocket (`GET /v2`) with its error paths and Neon's own driver, and
+//! node-postgres over TCP and TLS.
 
 use std::{
     io::{Read, Write},
@@ -17,6 +18,7 @@ use ringgate_tests::pg::{
     alpha, alpha_startup, conninfo, error_fields, frontend, psql, read_message,
     ready_then_select_one, sasl_mechanisms, scram, start_pg, start_pg_tls, test_certificate,
 };
+use ringgate_tests::wire::alpha_project;
 use rustls::pki_types::ServerName;
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -530,7 +532,8 @@ fn neon_driver_over_websocket_on_the_http_and_https_listeners() {
 }
 
 /// Runs `tests/neon/ws.test.mjs` (Neon's driver: Pool and Client, ws:// with SCRAM and
-/// wss:// with the pipelined password) with `ports` and asserts all four tests pass.
+/// wss:// with the pipelined password, and a session-mode client notified while idle) with
+/// `ports` and asserts all six tests pass.
 fn neon_websocket_test(ports: &[(&str, &str)]) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
     assert!(
@@ -539,13 +542,18 @@ fn neon_websocket_test(ports: &[(&str, &str)]) {
     );
     let (user, password) = alpha();
     let (_, _, ca) = test_certificate();
-    let url =
-        format!("postgresql://{user}:{password}@localhost/tenant_alpha?options=endpoint%3Dalpha");
+    alpha_project("wire_ws_session", "session", false);
+    let url = |project: &str| {
+        format!(
+            "postgresql://{user}:{password}@localhost/tenant_alpha?options=endpoint%3D{project}"
+        )
+    };
     let out = Command::new("node")
-        .args(["--test", "ws.test.mjs"])
+        .args(["--test", "--test-timeout=60000", "ws.test.mjs"])
         .current_dir(dir)
         .envs(ports.iter().copied())
-        .env("RINGGATE_NEON_PG_URL", url)
+        .env("RINGGATE_NEON_PG_URL", url("alpha"))
+        .env("RINGGATE_NEON_PG_SESSION_URL", url("wire_ws_session"))
         .env("NODE_EXTRA_CA_CERTS", ca)
         .output()
         .expect("node is installed");
@@ -556,7 +564,50 @@ fn neon_websocket_test(ports: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 4"),
+        stdout.contains("# fail 0") && stdout.contains("# pass 6"),
         "{stdout}"
     );
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn node_postgres_client_and_pool_over_tcp_and_tls() {
+    // Few server connections, so that the driver's clients share them.
+    const SERVERS: &str = "2";
+    alpha_project("wire_node_pg", "transaction", false);
+    alpha_project("wire_node_pg_session", "session", false);
+    let (g, addr) = start_pg_tls(&[("RINGGATE_POOL_MAX_PER_TENANT", SERVERS)]);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/pg").exists(),
+        "run `npm ci --prefix tests/neon` first (scripts/test does)"
+    );
+    let (user, password) = alpha();
+    let (_, _, ca) = test_certificate();
+    let url = |project: &str| {
+        format!(
+            "postgresql://{user}:{password}@localhost:{}/tenant_alpha?options=endpoint%3D{project}",
+            addr.port()
+        )
+    };
+    let out = Command::new("node")
+        .args(["--test", "--test-timeout=60000", "pg.test.mjs"])
+        .current_dir(dir)
+        .env("RINGGATE_NODE_PG_URL", url("wire_node_pg"))
+        .env("RINGGATE_NODE_PG_SESSION_URL", url("wire_node_pg_session"))
+        .env("RINGGATE_NODE_PG_SERVERS", SERVERS)
+        .env("NODE_EXTRA_CA_CERTS", ca)
+        .output()
+        .expect("node is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node --test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains("# pass 14"),
+        "{stdout}"
+    );
+    g.drain();
 }

@@ -10,7 +10,8 @@ use ringgate_tests::{
     http::{metric_total, metric_total_where, post_sql},
     pg::sleep_then_cancel,
     wire::{
-        alpha_project, block_on, code, connect, conninfo, server_connections, start_pg_with_replica,
+        alpha_project, block_on, code, connect, connect_watching, conninfo, server_connections,
+        start_pg_with_replica, Unasked,
     },
 };
 use serde_json::json;
@@ -80,7 +81,7 @@ fn session_mode_keeps_one_server_connection_for_session_features() {
             &ringgate_tests::backend::required("RINGGATE_TEST_ALPHA_URL"),
             &format!("notify {channel}, 'hello'"),
         );
-        // Delivered with the answer to the session's next statement.
+        // Delivered (while the session is idle, at the latest with its next answer).
         assert_eq!(
             backend_pid(&c).await,
             pid,
@@ -127,6 +128,22 @@ fn session_mode_keeps_one_server_connection_for_session_features() {
     g.drain();
 }
 
+/// Waits (polling, up to 10 s) until server process `pid` runs a statement containing
+/// `text`.
+async fn running(pid: i32, text: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let sql = format!(
+        "select count(*) from pg_stat_activity where pid = {pid} and state = 'active' and query like '%{text}%'"
+    );
+    while psql(&pg_admin_url(), &sql) != "1" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backend {pid} never ran {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 #[ignore = "needs compose/cluster"]
 fn a_session_mode_client_is_closed_when_its_server_connection_dies() {
@@ -138,15 +155,81 @@ fn a_session_mode_client_is_closed_when_its_server_connection_dies() {
             .await
             .unwrap();
         let pid = backend_pid(&c).await;
+        // Killed while a statement runs: its outcome is unknown.
+        let c = std::sync::Arc::new(c);
+        let sleeping = tokio::spawn({
+            let c = c.clone();
+            async move { c.simple_query("select pg_sleep(30)").await }
+        });
+        running(pid, "pg_sleep").await;
         psql(
             &pg_admin_url(),
             &format!("select pg_terminate_backend({pid})"),
         );
+        let e = sleeping.await.unwrap().unwrap_err();
+        assert_eq!(code(&e), "08007", "{e}");
         // The session's state is gone: it is not silently continued on another connection.
         let e = c.simple_query("select 1").await.unwrap_err();
-        assert_eq!(code(&e), "08007", "{e}");
-        let e = c.simple_query("select 1").await.unwrap_err();
         assert!(e.is_closed() || code(&e) == "08006", "{e}");
+    });
+    g.drain();
+}
+
+/// What the server sends a client unasked next, within 5 s (the client sending nothing).
+async fn next_unasked(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Unasked>) -> Unasked {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivered while the client sends nothing")
+        .expect("the connection task is running")
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_session_mode_client_gets_notifications_while_idle_and_is_closed_when_its_connection_dies() {
+    alpha_project("wire_session_idle", "session", false);
+    let (g, _, addr) = start_pg_with_replica(&[]);
+    let channel = "wire_idle_channel";
+    let alpha_url = ringgate_tests::backend::required("RINGGATE_TEST_ALPHA_URL");
+    block_on(async {
+        let (a, mut unasked) = connect_watching(addr, "wire_session_idle").await.unwrap();
+        a.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
+        let pid = backend_pid(&a).await;
+        // A notification from a session outside ringgate, then one from another client
+        // of ringgate: each reaches the idle client without a statement of its own.
+        psql(&alpha_url, &format!("notify {channel}, 'from outside'"));
+        assert_eq!(
+            next_unasked(&mut unasked).await,
+            Unasked::Notification(channel.into(), "from outside".into())
+        );
+        let (b, _) = connect(addr, "wire_session_idle").await.unwrap();
+        b.execute("select pg_notify($1, $2)", &[&channel, &"from b"])
+            .await
+            .unwrap();
+        assert_eq!(
+            next_unasked(&mut unasked).await,
+            Unasked::Notification(channel.into(), "from b".into())
+        );
+        // The session goes on, on its own server connection, still listening.
+        assert_eq!(backend_pid(&a).await, pid);
+        let row = a.query_one("select $1::int + 1", &[&41]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        psql(&alpha_url, &format!("notify {channel}, 'again'"));
+        assert_eq!(
+            next_unasked(&mut unasked).await,
+            Unasked::Notification(channel.into(), "again".into())
+        );
+        // Its server connection killed while it is idle: told at once, FATAL 08006.
+        psql(
+            &pg_admin_url(),
+            &format!("select pg_terminate_backend({pid})"),
+        );
+        assert_eq!(
+            next_unasked(&mut unasked).await,
+            Unasked::Ended(Some("08006".into()))
+        );
+        assert!(a.is_closed());
+        // The other client is unaffected.
+        assert_eq!(backend_pid(&b).await, backend_pid(&b).await);
     });
     g.drain();
 }

@@ -19,9 +19,11 @@
 //! whole session instead: nothing is refused, and the connection goes back to the pool
 //! after `DISCARD ALL` when the client leaves. If it dies, the statement is answered
 //! `08007` and the client's next message ends its session with `08006` (its temp tables,
-//! locks and `LISTEN`s are gone: it is not continued on another connection). Notifications reach the client with
-//! the answer to its next statement (ringgate reads the server only while a statement
-//! runs).
+//! locks and `LISTEN`s are gone: it is not continued on another connection). While the
+//! client is idle its server connection is watched too: notifications, notices and
+//! parameter changes reach the client as they come, and a connection that ends then ends
+//! the session at once with a FATAL `08006`. (Over TLS to the server the connection is
+//! read only while a statement runs: notifications come with the next answer.)
 //!
 //! With the project's `read_split` on, transaction mode places each transaction by its
 //! first statement ([`super::split`]). An autocommit read a replica refuses with `25006`
@@ -173,6 +175,35 @@ impl Held {
 pub(super) enum Gone {
     Client,
     Server,
+}
+
+/// What woke a session waiting between transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woke {
+    /// The client has bytes to read (or closed: the read says).
+    Client,
+    /// The client's bytes were read into its buffer already.
+    Read,
+    /// The kept server connection has bytes to read (or closed).
+    Server,
+    /// The client left or its socket failed.
+    Gone,
+    /// The core drains.
+    Drain,
+}
+
+/// How a session-mode server connection ended while its client was idle.
+#[derive(Debug, thiserror::Error)]
+enum IdleLoss {
+    /// The server's own error (a FATAL before it closed).
+    #[error("the server said: {0}")]
+    Said(String),
+    /// The read failed or found the end of the stream.
+    #[error("reading from the server failed: {0}")]
+    Read(String),
+    /// The server sent what an idle session never gets.
+    #[error("unexpected from the server: {0}")]
+    Unexpected(String),
 }
 
 /// What to wait for from the server.
@@ -940,7 +971,9 @@ impl Relay {
     }
 
     /// The client's next message between transactions (answers written first); `None`
-    /// when it left, broke the framing, or the core drains.
+    /// when it left, broke the framing, its session-mode server connection ended, or the
+    /// core drains. A session-mode client's server connection is watched meanwhile: its
+    /// notifications, notices and parameter changes reach the client as they come.
     async fn next_idle(&mut self) -> Option<BytesMut> {
         loop {
             match messages::take(&mut self.rbuf, messages::MAX_MESSAGE_BYTES) {
@@ -951,19 +984,125 @@ impl Relay {
                     return None;
                 }
             }
+            // Bytes the server sent after its last `ReadyForQuery`, in the same read.
+            if let Err(lost) = self.relay_idle_server() {
+                self.idle_server_lost(lost).await;
+                return None;
+            }
             self.flush_client().await.ok()?;
-            let read = self.client.read_into(&mut self.rbuf, CHUNK);
-            let drained = monoio::select! {
-                r = read => r.is_err(),
-                _ = self.core.drain.signaled() => {
-                    fatal(&mut self.client, ADMIN_SHUTDOWN, "terminating connection: ringgate is shutting down").await;
+            let woke = match self.kept.is_some() {
+                true => self.wait_both().await,
+                false => self.wait_client().await,
+            };
+            match woke {
+                Woke::Client => self.client.read_into(&mut self.rbuf, CHUNK).await.ok()?,
+                Woke::Read => 0,
+                Woke::Server => {
+                    if let Err(lost) = self.read_idle_server().await {
+                        self.idle_server_lost(lost).await;
+                        return None;
+                    }
+                    0
+                }
+                Woke::Gone => return None,
+                Woke::Drain => {
+                    fatal(
+                        &mut self.client,
+                        ADMIN_SHUTDOWN,
+                        "terminating connection: ringgate is shutting down",
+                    )
+                    .await;
                     return None;
                 }
             };
-            if drained {
-                return None;
+        }
+    }
+
+    /// Reads from the client (no server connection is held) unless the core drains.
+    async fn wait_client(&mut self) -> Woke {
+        let read = self.client.read_into(&mut self.rbuf, CHUNK);
+        monoio::select! {
+            r = read => if r.is_ok() { Woke::Read } else { Woke::Gone },
+            _ = self.core.drain.signaled() => Woke::Drain,
+        }
+    }
+
+    /// Waits for whichever of the client and the kept server connection speaks first (or
+    /// the drain). Both waits are readiness only, so the one that loses the race is dropped
+    /// with no byte read: what it would have read stays in its socket for the next turn.
+    async fn wait_both(&mut self) -> Woke {
+        let Some(held) = self.kept.as_mut() else {
+            return Woke::Gone;
+        };
+        let server = held.lent().conn.relay_io().0.readable();
+        let client = self.client.readable();
+        monoio::select! {
+            r = client => if r.is_ok() { Woke::Client } else { Woke::Gone },
+            // An error is the server connection's end, which its read reports.
+            _ = server => Woke::Server,
+            _ = self.core.drain.signaled() => Woke::Drain,
+        }
+    }
+
+    /// Reads what the kept server connection sent while its client is idle (it said it
+    /// had something: the read returns at once); an end of stream or a read error means
+    /// the connection is gone.
+    async fn read_idle_server(&mut self) -> Result<(), IdleLoss> {
+        let Some(held) = self.kept.as_mut() else {
+            return Ok(());
+        };
+        let (stream, rbuf) = held.lent().conn.relay_io();
+        match stream.read_into(rbuf, CHUNK).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(IdleLoss::Read(e.to_string())),
+        }
+    }
+
+    /// Queues for the client the asynchronous messages (`NotificationResponse`,
+    /// `NoticeResponse`, `ParameterStatus`) read from the kept server connection while its
+    /// client is idle; a partial message stays for the next read. Anything else (a FATAL
+    /// error before the server closes) means the connection is gone.
+    fn relay_idle_server(&mut self) -> Result<(), IdleLoss> {
+        let Some(held) = self.kept.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let (_, rbuf) = held.lent().conn.relay_io();
+            let m = match messages::take(rbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(IdleLoss::Unexpected(e.to_string())),
+            };
+            match m[0] {
+                b'A' | b'N' | b'S' => self.wbuf.extend_from_slice(&m),
+                // A FATAL (the backend terminated, the server shutting down): its words.
+                b'E' => {
+                    let said = error_field(messages::body(&m), b'M')
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .unwrap_or_default();
+                    return Err(IdleLoss::Said(said));
+                }
+                other => {
+                    let what = format!("message type {:?} while idle", other as char);
+                    return Err(IdleLoss::Unexpected(what));
+                }
             }
         }
+    }
+
+    /// Ends a session whose kept server connection ended while the client was idle: what
+    /// the server sent before is delivered, then a FATAL `08006` (the session's state went
+    /// with the connection, so it is not continued on another).
+    async fn idle_server_lost(&mut self, lost: IdleLoss) {
+        debug!(%lost, "a session-mode server connection ended while its client was idle");
+        self.core.metrics().wire.count(WireEvent::ServerLost);
+        if let Some(mut held) = self.kept.take() {
+            held.broken = true;
+            self.release(held).await;
+        }
+        let _ = self.flush_client().await;
+        let msg = format!("{SESSION_LOST} ({lost})");
+        fatal(&mut self.client, CONNECTION_FAILURE, &msg).await;
     }
 
     /// The client's next message inside a transaction.

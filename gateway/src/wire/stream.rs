@@ -12,7 +12,7 @@ use monoio::{
 };
 
 use super::websocket::{self, Decoder, Event};
-use crate::tls_stream::TlsStream;
+use crate::{tls_stream::TlsStream, transport::Transport};
 
 /// The client's byte stream.
 pub enum ClientStream {
@@ -66,6 +66,23 @@ impl ClientStream {
             ClientStream::Plain(s) => read_some(s, buf, min_spare).await,
             ClientStream::Tls(s) => read_some(&mut **s, buf, min_spare).await,
             ClientStream::Ws(w) => w.read_into(buf, min_spare).await,
+        }
+    }
+
+    /// Waits until a read would return at once (bytes are there, the client closed, or
+    /// the socket failed) without reading: dropped at any point, it loses nothing (io_uring:
+    /// a poll, not a read). For a session that also waits for its server connection.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => TcpStream::readable(s, false).await,
+            ClientStream::Tls(s) => Transport::readable(&mut **s).await,
+            // Frame bytes already read (perhaps a partial frame: its read then waits for
+            // the rest, the client being mid-message).
+            ClientStream::Ws(w) if !w.rbuf.is_empty() => Ok(()),
+            ClientStream::Ws(w) => match &mut w.socket {
+                Socket::Plain(s) => TcpStream::readable(s, false).await,
+                Socket::Tls(s) => Transport::readable(&mut **s).await,
+            },
         }
     }
 
