@@ -190,11 +190,64 @@ fn attr(msg: &str, name: char) -> Option<&str> {
     })
 }
 
-/// `tls-server-end-point` channel binding data (RFC 5929): the SHA-256 hash of the server's
-/// certificate (DER). SHA-256 is right for certificates signed with SHA-256 (and, by the
-/// RFC's rule, MD5 or SHA-1); one signed with SHA-384 or SHA-512 would need that hash.
+/// `tls-server-end-point` channel binding data (RFC 5929 §4.1): the hash of the server's
+/// certificate (DER) with the hash function of the certificate's signature algorithm,
+/// SHA-256 for MD5 and SHA-1, as libpq and the server compute it. Algorithms with no single
+/// hash function of their own (Ed25519, RSASSA-PSS) and certificates that do not parse get
+/// SHA-256 (PostgreSQL refuses channel binding over those).
 pub fn tls_server_end_point(cert_der: &[u8]) -> Vec<u8> {
-    sha256(cert_der).to_vec()
+    let algorithm = match signature_algorithm(cert_der) {
+        Some(SHA384_WITH_RSA | ECDSA_WITH_SHA384) => &digest::SHA384,
+        Some(SHA512_WITH_RSA | ECDSA_WITH_SHA512) => &digest::SHA512,
+        _ => &digest::SHA256,
+    };
+    digest::digest(algorithm, cert_der).as_ref().to_vec()
+}
+
+/// DER contents of the signature algorithm OIDs whose hash is not SHA-256.
+const SHA384_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+const SHA512_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+const ECDSA_WITH_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+const ECDSA_WITH_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
+
+/// The OID (its DER contents) of a certificate's `signatureAlgorithm` (RFC 5280 §4.1:
+/// `SEQUENCE { tbsCertificate SEQUENCE, signatureAlgorithm SEQUENCE { OID, ... }, ... }`).
+/// A walk over three headers rather than an X.509 crate: nothing else here parses
+/// certificates (rustls hands them over as DER).
+fn signature_algorithm(der: &[u8]) -> Option<&[u8]> {
+    let (tag, certificate, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, _, rest) = der_element(certificate)?; // tbsCertificate
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, algorithm, _) = der_element(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, oid, _) = der_element(algorithm)?;
+    (tag == 0x06).then_some(oid)
+}
+
+/// One DER element at the start of `b`: its tag, its contents and what follows it.
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (usize::from(first), b)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let len = b[..n]
+            .iter()
+            .fold(0usize, |l, &x| (l << 8) | usize::from(x));
+        (len, &b[n..])
+    };
+    (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
 }
 
 /// What the server offered and the client chose, for channel binding (RFC 5802 §6).
@@ -478,5 +531,38 @@ mod tests {
         assert!(server.finish(fin.as_bytes()).is_ok());
         assert!(verifier.keys_for_password("S3cret").is_none());
         assert!(verifier.keys_for_password("").is_none());
+    }
+
+    /// DER of a PEM certificate fixture in `pgwire/tests/certs/`.
+    fn fixture(name: &str) -> Vec<u8> {
+        let pem = std::fs::read(format!(
+            "{}/tests/certs/{name}.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let cert = rustls_pemfile::certs(&mut &pem[..])
+            .next()
+            .unwrap()
+            .unwrap();
+        cert.as_ref().to_vec()
+    }
+
+    #[test]
+    fn end_point_data_hashes_with_the_certificates_signature_hash() {
+        // Made with `openssl req -x509 -newkey ... -sha384` etc.: what libpq computes.
+        for (name, algorithm) in [
+            ("p256", &digest::SHA256),
+            ("p384", &digest::SHA384),
+            ("rsa512", &digest::SHA512),
+            // Ed25519 has no hash of its own: SHA-256 (PostgreSQL refuses binding there).
+            ("ed", &digest::SHA256),
+        ] {
+            let der = fixture(name);
+            let want = digest::digest(algorithm, &der);
+            assert_eq!(tls_server_end_point(&der), want.as_ref(), "{name}");
+        }
+        // Not a certificate: SHA-256 of the bytes, no panic.
+        assert_eq!(tls_server_end_point(b"\x30\x85"), sha256(b"\x30\x85"));
+        assert_eq!(signature_algorithm(&[0x30, 0x03, 0x30, 0x01]), None);
     }
 }

@@ -99,12 +99,18 @@ pub fn conninfo(addr: SocketAddr, project: &str) -> String {
     )
 }
 
-/// A client of `project` through ringgate, as alpha's owner; the notifications the server
-/// sends it arrive on the receiver.
-pub async fn connect(
+/// A tokio-postgres client of `project` through ringgate (plain TCP) as alpha's owner, and
+/// its connection (to be driven by the caller).
+async fn connect_raw(
     addr: SocketAddr,
     project: &str,
-) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<Notification>), tokio_postgres::Error> {
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio::net::TcpStream, tokio_postgres::tls::NoTlsStream>,
+    ),
+    tokio_postgres::Error,
+> {
     let (user, password) = alpha();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut config = tokio_postgres::Config::new();
@@ -113,7 +119,16 @@ pub async fn connect(
         .password(&password)
         .dbname("tenant_alpha")
         .options(format!("endpoint={project}"));
-    let (client, mut conn) = config.connect_raw(tcp, tokio_postgres::NoTls).await?;
+    config.connect_raw(tcp, tokio_postgres::NoTls).await
+}
+
+/// A client of `project` through ringgate, as alpha's owner; the notifications the server
+/// sends it arrive on the receiver.
+pub async fn connect(
+    addr: SocketAddr,
+    project: &str,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<Notification>), tokio_postgres::Error> {
+    let (client, mut conn) = connect_raw(addr, project).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
@@ -146,15 +161,7 @@ pub async fn connect_watching(
     addr: SocketAddr,
     project: &str,
 ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<Unasked>), tokio_postgres::Error> {
-    let (user, password) = alpha();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .user(&user)
-        .password(&password)
-        .dbname("tenant_alpha")
-        .options(format!("endpoint={project}"));
-    let (client, mut conn) = config.connect_raw(tcp, tokio_postgres::NoTls).await?;
+    let (client, mut conn) = connect_raw(addr, project).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {

@@ -534,37 +534,47 @@ fn neon_driver_over_websocket_on_the_http_and_https_listeners() {
 /// Runs `tests/neon/ws.test.mjs` (Neon's driver: Pool and Client, ws:// with SCRAM and
 /// wss:// with the pipelined password, and a session-mode client notified while idle) with
 /// `ports` and asserts all six tests pass.
-fn neon_websocket_test(ports: &[(&str, &str)]) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
-    assert!(
-        std::path::Path::new(dir).join("node_modules/ws").exists(),
-        "run `npm ci --prefix tests/neon` first (scripts/test does)"
-    );
+fn neon_websocket_test(ports: &[(&'static str, &str)]) {
     let (user, password) = alpha();
-    let (_, _, ca) = test_certificate();
     alpha_project("wire_ws_session", "session", false);
     let url = |project: &str| {
         format!(
             "postgresql://{user}:{password}@localhost/tenant_alpha?options=endpoint%3D{project}"
         )
     };
+    let env = [
+        ("RINGGATE_NEON_PG_URL", url("alpha")),
+        ("RINGGATE_NEON_PG_SESSION_URL", url("wire_ws_session")),
+    ];
+    let ports = ports.iter().map(|(k, v)| (*k, v.to_string()));
+    node_tests("ws.test.mjs", env.into_iter().chain(ports), 6);
+}
+
+/// Runs `script` in `tests/neon` with `node --test` and `env` (and the test CA trusted),
+/// and asserts that `passes` tests pass and none fails.
+fn node_tests(script: &str, env: impl IntoIterator<Item = (&'static str, String)>, passes: usize) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/pg").exists()
+            && std::path::Path::new(dir).join("node_modules/ws").exists(),
+        "run `npm ci --prefix tests/neon` first (scripts/test does)"
+    );
+    let (_, _, ca) = test_certificate();
     let out = Command::new("node")
-        .args(["--test", "--test-timeout=60000", "ws.test.mjs"])
+        .args(["--test", "--test-timeout=60000", script])
         .current_dir(dir)
-        .envs(ports.iter().copied())
-        .env("RINGGATE_NEON_PG_URL", url("alpha"))
-        .env("RINGGATE_NEON_PG_SESSION_URL", url("wire_ws_session"))
+        .envs(env)
         .env("NODE_EXTRA_CA_CERTS", ca)
         .output()
         .expect("node is installed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "node --test failed:\n{stdout}\n{}",
+        "node --test {script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 6"),
+        stdout.contains("# fail 0") && stdout.contains(&format!("# pass {passes}\n")),
         "{stdout}"
     );
 }
@@ -577,37 +587,79 @@ fn node_postgres_client_and_pool_over_tcp_and_tls() {
     alpha_project("wire_node_pg", "transaction", false);
     alpha_project("wire_node_pg_session", "session", false);
     let (g, addr) = start_pg_tls(&[("RINGGATE_POOL_MAX_PER_TENANT", SERVERS)]);
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/neon");
-    assert!(
-        std::path::Path::new(dir).join("node_modules/pg").exists(),
-        "run `npm ci --prefix tests/neon` first (scripts/test does)"
-    );
     let (user, password) = alpha();
-    let (_, _, ca) = test_certificate();
     let url = |project: &str| {
         format!(
             "postgresql://{user}:{password}@localhost:{}/tenant_alpha?options=endpoint%3D{project}",
             addr.port()
         )
     };
-    let out = Command::new("node")
-        .args(["--test", "--test-timeout=60000", "pg.test.mjs"])
-        .current_dir(dir)
-        .env("RINGGATE_NODE_PG_URL", url("wire_node_pg"))
-        .env("RINGGATE_NODE_PG_SESSION_URL", url("wire_node_pg_session"))
-        .env("RINGGATE_NODE_PG_SERVERS", SERVERS)
-        .env("NODE_EXTRA_CA_CERTS", ca)
-        .output()
-        .expect("node is installed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "node --test failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 14"),
-        "{stdout}"
-    );
+    let env = [
+        ("RINGGATE_NODE_PG_URL", url("wire_node_pg")),
+        ("RINGGATE_NODE_PG_SESSION_URL", url("wire_node_pg_session")),
+        ("RINGGATE_NODE_PG_SERVERS", SERVERS.to_string()),
+    ];
+    node_tests("pg.test.mjs", env, 14);
     g.drain();
+}
+
+/// A self-signed certificate for `localhost` made by openssl with `key` (its `-newkey` and
+/// `-pkeyopt` arguments) signed with `hash`, in `dir`: (certificate, key) paths.
+fn openssl_certificate(dir: &std::path::Path, key: &[&str], hash: &str) -> (String, String) {
+    let (cert, key_file) = (
+        dir.join(format!("{hash}.pem")),
+        dir.join(format!("{hash}.key")),
+    );
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey"])
+        .args(key)
+        .args([hash, "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert)
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success(), "openssl req {key:?} {hash}");
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    (path(cert), path(key_file))
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn libpq_binds_to_certificates_signed_with_sha384_and_sha512() {
+    // libpq hashes the server's certificate with its signature's hash (RFC 5929): a
+    // server that always used SHA-256 failed every SCRAM-SHA-256-PLUS login over these.
+    let dir = std::env::temp_dir().join(ringgate_tests::backend::unique("cb-certs"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (user, password) = alpha();
+    for (key, hash) in [
+        (
+            &["ec", "-pkeyopt", "ec_paramgen_curve:secp384r1"][..],
+            "-sha384",
+        ),
+        (&["rsa:2048"][..], "-sha512"),
+        (
+            &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"][..],
+            "-sha256",
+        ),
+    ] {
+        let (cert, key) = openssl_certificate(&dir, key, hash);
+        let (g, addr) = start_pg(&[
+            ("RINGGATE_TLS_LISTEN", "127.0.0.1:0"),
+            ("RINGGATE_TLS_CERT", cert.as_str()),
+            ("RINGGATE_TLS_KEY", key.as_str()),
+        ]);
+        let c = conninfo(
+            addr,
+            &user,
+            &password,
+            "tenant_alpha",
+            "options=endpoint=alpha sslmode=require channel_binding=require",
+        );
+        let (ok, out, err) = psql(&c, &["-c", "select 1"]);
+        assert!(ok && out == "1", "{hash}: {out} {err}");
+        g.drain();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
