@@ -27,6 +27,7 @@
 //! - [`proxy`]: the reverse proxy to workers.
 //! - [`wire`]: the PostgreSQL wire-protocol front end (`RINGGATE_PG_LISTEN`).
 //! - [`parked`]: idle keep-alive connections parked off their tasks.
+//! - [`control`]: messages from the main thread to a core.
 //! - [`shutdown`]: signals and the drain.
 //! - [`error`](mod@error): request errors and their HTTP mapping.
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -37,6 +38,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod deadline;
 pub mod error;
 pub mod handshake;
@@ -65,9 +67,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
+    control::Control,
     metrics::Registry,
     rt::Driver,
-    server::{bind_reuseport, Control, CoreListeners, CoreReport},
+    server::{bind_reuseport, CoreListeners, CoreReport},
 };
 
 /// Why the gateway could not start.

@@ -4,7 +4,6 @@
 use std::{
     net::{SocketAddr, TcpListener as StdListener},
     rc::Rc,
-    sync::Arc,
     time::Duration,
 };
 
@@ -19,33 +18,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
     conn,
+    control::Control,
     per_core::{ConnectionGuard, Core, Idle},
     rt::Driver,
 };
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
-
-/// A message from the main thread to a core.
-#[derive(Debug)]
-pub enum Control {
-    /// Stop accepting and drain.
-    Drain,
-    /// Serve this TLS config from now on (existing connections keep theirs).
-    Tls(Arc<rustls::ServerConfig>),
-    /// Route by this topology from now on.
-    Topology(Arc<ringgate_discovery::Topology>),
-    /// Proxy to these workers from now on.
-    Workers(Arc<ringgate_redis::workers::WorkerSet>),
-    /// A `CancelRequest` another instance received (through Redis): cancel the statement
-    /// of the session with this key, if it is one of this process's.
-    Cancel {
-        /// `BackendKeyData`'s process id.
-        pid: i32,
-        /// Its secret.
-        key: i32,
-    },
-}
 
 /// The listening sockets of one core.
 #[derive(Debug, Default)]

@@ -108,7 +108,7 @@ pub fn parse_message(m: &str) -> Option<(i32, i32)> {
 /// The subscription to [`CHANNEL`]: each key is sent to the core it names (any core
 /// could send the cancel; that one holds the session), modulo this process's cores.
 pub fn subscription(
-    cores: Vec<flume::Sender<crate::server::Control>>,
+    cores: Vec<flume::Sender<crate::control::Control>>,
 ) -> ringgate_redis::Subscription {
     ringgate_redis::Subscription {
         channel: CHANNEL.to_string(),
@@ -117,7 +117,7 @@ pub fn subscription(
                 return;
             };
             if let Some(tx) = cores.get(core_of(pid) % cores.len().max(1)) {
-                let _ = tx.send(crate::server::Control::Cancel { pid, key });
+                let _ = tx.send(crate::control::Control::Cancel { pid, key });
             }
         }),
         on_state: Box::new(|_| {}),
