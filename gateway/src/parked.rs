@@ -115,16 +115,6 @@ impl<S> Parked<S> {
         })))
     }
 
-    /// Connections parked now.
-    pub fn len(&self) -> usize {
-        self.0.slots.borrow().len()
-    }
-
-    /// Whether none is parked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Parks `stream` (nothing buffered, nothing in flight on it) with `state` until it turns
     /// readable, or until `until` when it is closed. Gives both back when it cannot park
     /// (the set is closed by a drain, or the system refused): the caller goes on waiting

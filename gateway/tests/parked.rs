@@ -192,3 +192,38 @@ fn parked_connections_count_against_the_connection_limit() {
         g.drain();
     }
 }
+
+#[test]
+fn connections_parked_on_sixteen_cores_are_served_again_and_drained() {
+    for d in drivers() {
+        let (g, addr) = start(test_config(
+            d,
+            &[
+                ("RINGGATE_WORKERS", "16"),
+                ("RINGGATE_DRAIN_TIMEOUT", "20s"),
+            ],
+        ));
+        // Spread by SO_REUSEPORT over the sixteen cores' listeners, each core's set parks
+        // its own.
+        let mut clients: Vec<Client> = (0..160).map(|_| Client::connect(addr)).collect();
+        for round in 0..2 {
+            for c in &mut clients {
+                c.send(GET);
+                assert_eq!(c.read_response(false).status, 200, "{d:?} round {round}");
+            }
+            std::thread::sleep(PARKED);
+        }
+        let started = Instant::now();
+        let report = g.drain();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{d:?}: drain took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(report.cut_connections, 0, "{d:?}: {report:?}");
+        for c in clients {
+            let mut s = c.reader.into_inner();
+            assert!(closed_within(&mut s, Duration::from_secs(2)), "{d:?}");
+        }
+    }
+}
