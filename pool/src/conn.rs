@@ -2,17 +2,20 @@
 //!
 //! Data-path connections ([`PgConn`]) speak the extended query protocol with text results
 //! through `ringgate-pgwire`: every value is the server's own output text. A connection is
-//! owned by a task on the core that opened it and driven through a channel, so the handle
-//! the pool keeps is small (a monoio socket stays in its task) and a request whose caller gives up
-//! (a lapsed lease, a timeout) still runs to its end and leaves the connection in a known
-//! state. `LISTEN` connections stay tokio-postgres clients over a `poll-io` stream.
+//! driven by a task on the core that opened it through a channel, so a request whose
+//! caller gives up (a lapsed lease, a timeout) still runs to its end and leaves the
+//! connection in a known state; between requests it waits in its `Home`, from which the
+//! PostgreSQL front end borrows it directly ([`PgConn::lend`]). `LISTEN` connections stay tokio-postgres clients over a `poll-io` stream.
 
 use std::{
+    cell::{Cell, RefCell},
     net::SocketAddr,
+    rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
+    task::{Poll, Waker},
     time::Duration,
 };
 
@@ -147,37 +150,100 @@ enum Request {
         sql: String,
         done: oneshot::Sender<Result<(), ringgate_pgwire::Error>>,
     },
-    /// Lend the connection itself (see [`PgConn::lend`]): it is parked in [`LENT`] under
-    /// the id sent back, with the sender that says it was given back.
-    Lend {
-        lent: oneshot::Sender<(u64, oneshot::Sender<()>)>,
-    },
+    /// Say when the requests sent before it are done (see [`PgConn::lend`]).
+    Lend { done: oneshot::Sender<()> },
 }
 
-thread_local! {
-    /// Connections being lent on this core, by lend id: a monoio socket is not `Send`, so
-    /// it cannot travel through a handle's channel; the task and the borrower (the same
-    /// core: pools are per core) hand it over here.
-    static LENT: std::cell::RefCell<std::collections::HashMap<u64, Connection>> =
-        Default::default();
-    static NEXT_LEND: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+/// Where a connection waits between requests, on its core (pools are per core). Its task
+/// takes it out to run a request and puts it back; [`PgConn::lend`] takes it out directly
+/// when no request is queued, so lending a connection to a protocol relay, once per
+/// transaction, wakes no task and allocates nothing (it went through the task and a
+/// thread-local map before: two task wake-ups and three allocations per transaction in
+/// `bench/pg-cpu.sh`'s profile).
+struct Home {
+    conn: RefCell<Option<Box<Connection>>>,
+    /// Requests sent and not yet finished by the task.
+    queued: Cell<usize>,
+    /// The connection is lent: the task waits for it to come back before a request.
+    lent: Cell<bool>,
+    /// The task, waiting for a lent connection to come back.
+    waiting: Cell<Option<Waker>>,
+    node: String,
 }
 
-/// A connection lent by its task to a protocol relay; [`Lent::give_back`] returns it. A
-/// `Lent` dropped without being given back closes the connection.
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Home")
+            .field("queued", &self.queued.get())
+            .field("lent", &self.lent.get())
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Home {
+    /// The connection once no lend holds it (`None`: a lend dropped it, so it is closed).
+    async fn take(&self) -> Option<Box<Connection>> {
+        std::future::poll_fn(|cx| {
+            if self.lent.get() {
+                self.waiting.set(Some(cx.waker().clone()));
+                return Poll::Pending;
+            }
+            Poll::Ready(self.conn.borrow_mut().take())
+        })
+        .await
+    }
+
+    fn put(&self, conn: Box<Connection>) {
+        *self.conn.borrow_mut() = Some(conn);
+    }
+
+    fn lend_ended(&self) {
+        self.lent.set(false);
+        if let Some(w) = self.waiting.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A connection lent to a protocol relay; [`Lent::give_back`] returns it. A `Lent`
+/// dropped without being given back closes the connection.
 #[derive(Debug)]
 pub struct Lent {
     /// The connection.
-    pub conn: Connection,
-    id: u64,
-    back: oneshot::Sender<()>,
+    pub conn: Box<Connection>,
+    lend: Lend,
 }
 
 impl Lent {
-    /// Returns the connection to its task (and so to its pool, with the checkout).
+    /// Returns the connection to its handle (and so to its pool, with the checkout).
     pub fn give_back(self) {
-        LENT.with(|l| l.borrow_mut().insert(self.id, self.conn));
-        let _ = self.back.send(());
+        let Lent { conn, mut lend } = self;
+        lend.returned = true;
+        warn_unconfirmed(
+            &lend.home.node,
+            lend.shared.unconfirmed.load(Relaxed),
+            &conn,
+        );
+        publish(&lend.shared, &conn);
+        lend.home.put(conn);
+    }
+}
+
+/// Ends a lend: a connection not given back is marked broken (it closed with its socket).
+#[derive(Debug)]
+struct Lend {
+    home: Rc<Home>,
+    shared: Arc<Shared>,
+    returned: bool,
+}
+
+impl Drop for Lend {
+    fn drop(&mut self) {
+        if !self.returned {
+            self.shared.broken.store(true, Relaxed);
+        }
+        self.home.lend_ended();
     }
 }
 
@@ -197,6 +263,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct PgConn {
     requests: mpsc::UnboundedSender<Request>,
+    home: Rc<Home>,
     shared: Arc<Shared>,
     canceller: Canceller,
     /// Asks this connection's cancel task to send a CancelRequest.
@@ -254,7 +321,7 @@ impl PgConn {
     fn send(&self, jobs: Vec<Job>, limit: usize, check: bool) -> Vec<oneshot::Receiver<Answer>> {
         let (answers, receivers): (Vec<_>, Vec<_>) =
             jobs.iter().map(|_| oneshot::channel()).unzip();
-        let sent = self.requests.unbounded_send(Request::Jobs {
+        let sent = self.request(Request::Jobs {
             jobs,
             limit,
             check,
@@ -284,7 +351,7 @@ impl PgConn {
             sql: sql.to_string(),
             done,
         };
-        if self.requests.unbounded_send(request).is_err() {
+        if self.request(request).is_err() {
             return Err(ringgate_pgwire::Error::Closed);
         }
         let mut guard = Abandon {
@@ -301,11 +368,7 @@ impl PgConn {
     /// already known to be closed.
     pub async fn ended_while_idle(&self) -> bool {
         let (done, checked) = oneshot::channel();
-        if self
-            .requests
-            .unbounded_send(Request::Check { done })
-            .is_err()
-        {
+        if self.request(Request::Check { done }).is_err() {
             return true;
         }
         let _ = checked.await;
@@ -313,13 +376,34 @@ impl PgConn {
     }
 
     /// Lends the connection itself to a caller that speaks the protocol on it (ringgate's
-    /// PostgreSQL front end relays a client's messages); `None` when its task is gone.
+    /// PostgreSQL front end relays a client's messages), once the requests sent before are
+    /// done; `None` when the connection is closed.
     pub async fn lend(&self) -> Option<Lent> {
-        let (lent, rx) = oneshot::channel();
-        self.requests.unbounded_send(Request::Lend { lent }).ok()?;
-        let (id, back) = rx.await.ok()?;
-        let conn = LENT.with(|l| l.borrow_mut().remove(&id))?;
-        Some(Lent { conn, id, back })
+        if self.home.queued.get() > 0 {
+            let (done, finished) = oneshot::channel();
+            self.request(Request::Lend { done }).ok()?;
+            finished.await.ok()?;
+        }
+        if self.home.lent.get() {
+            return None;
+        }
+        let conn = self.home.conn.borrow_mut().take()?;
+        self.home.lent.set(true);
+        Some(Lent {
+            conn,
+            lend: Lend {
+                home: self.home.clone(),
+                shared: self.shared.clone(),
+                returned: false,
+            },
+        })
+    }
+
+    /// Queues `request` for the connection's task.
+    fn request(&self, request: Request) -> Result<(), mpsc::TrySendError<Request>> {
+        self.requests.unbounded_send(request)?;
+        self.home.queued.set(self.home.queued.get() + 1);
+        Ok(())
     }
 
     /// Statements cached on this connection (as of its last request).
@@ -361,14 +445,19 @@ pub async fn settle(answer: oneshot::Receiver<Answer>) -> Answer {
 /// for the server to close its side before giving the budget permit back, so its backend
 /// has left `pg_stat_activity` before another core may open one in its place.
 async fn serve(
-    mut conn: Connection,
+    home: Rc<Home>,
     mut requests: mpsc::UnboundedReceiver<Request>,
     shared: Arc<Shared>,
-    node: String,
     _permit: Permit,
 ) {
     while let Some(request) = requests.next().await {
+        let Some(mut conn) = home.take().await else {
+            // A lend dropped it: its state was unknown; it closed with its socket.
+            shared.broken.store(true, Relaxed);
+            return;
+        };
         let was_unconfirmed = shared.unconfirmed.load(Relaxed);
+        let mut lend = None;
         match request {
             Request::Jobs {
                 jobs,
@@ -408,34 +497,28 @@ async fn serve(
                 publish(&shared, &conn);
                 let _ = done.send(r);
             }
-            Request::Lend { lent } => {
-                let id = NEXT_LEND.with(|n| {
-                    n.set(n.get() + 1);
-                    n.get()
-                });
-                let (back, returned) = oneshot::channel();
-                LENT.with(|l| l.borrow_mut().insert(id, conn));
-                let _ = lent.send((id, back));
-                let _ = returned.await;
-                match LENT.with(|l| l.borrow_mut().remove(&id)) {
-                    Some(c) => conn = c,
-                    // Not given back: its state is unknown; it was closed with its socket.
-                    None => {
-                        shared.broken.store(true, Relaxed);
-                        return;
-                    }
-                }
-            }
+            Request::Lend { done } => lend = Some(done),
         }
-        if !was_unconfirmed && conn.commit_unconfirmed() {
-            warn!(
-                node,
-                "a commit is local only: its wait for a synchronous standby was cancelled"
-            );
-        }
+        warn_unconfirmed(&home.node, was_unconfirmed, &conn);
         publish(&shared, &conn);
+        home.put(conn);
+        home.queued.set(home.queued.get() - 1);
+        if let Some(done) = lend {
+            let _ = done.send(());
+        }
     }
-    let _ = monoio::time::timeout(CLOSE_WAIT, conn.close()).await;
+    if let Some(conn) = home.take().await {
+        let _ = monoio::time::timeout(CLOSE_WAIT, conn.close()).await;
+    }
+}
+
+fn warn_unconfirmed(node: &str, was_unconfirmed: bool, conn: &Connection) {
+    if !was_unconfirmed && conn.commit_unconfirmed() {
+        warn!(
+            node,
+            "a commit is local only: its wait for a synchronous standby was cancelled"
+        );
+    }
 }
 
 fn publish(shared: &Shared, conn: &Connection) {
@@ -617,7 +700,14 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     };
     let (requests, rx) = mpsc::unbounded();
     let shared = Arc::new(Shared::default());
-    monoio::spawn(serve(conn, rx, shared.clone(), target.node.clone(), permit));
+    let home = Rc::new(Home {
+        conn: RefCell::new(Some(Box::new(conn))),
+        queued: Cell::new(0),
+        lent: Cell::new(false),
+        waiting: Cell::new(None),
+        node: target.node.clone(),
+    });
+    monoio::spawn(serve(home.clone(), rx, shared.clone(), permit));
     let (cancel, mut wanted) = mpsc::unbounded::<()>();
     let c = canceller.clone();
     // Ends with the handle (the last sender).
@@ -630,6 +720,7 @@ pub async fn connect(target: &Target, permit: Permit) -> Result<PgConn, Error> {
     });
     Ok(PgConn {
         requests,
+        home,
         shared,
         canceller,
         cancel,

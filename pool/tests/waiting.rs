@@ -171,3 +171,49 @@ fn an_idle_connection_whose_session_ended_is_dropped_and_replaced() {
         assert_eq!(gates.tenant.used(), 1, "the ended one's permit came back");
     });
 }
+
+#[test]
+fn a_lent_connection_given_back_is_the_same_session_and_goes_back_to_the_pool() {
+    let (addr, fake) = serve();
+    run(async move {
+        let (pool, _gates) = pool(addr, 1);
+        for _ in 0..3 {
+            let mut c = pool.get(Duration::from_secs(5)).await.unwrap();
+            let lent = c.conn().lend().await.expect("an open connection is lent");
+            assert!(c.conn().lend().await.is_none(), "lent once at a time");
+            lent.give_back();
+            assert!(!c.is_closed());
+            pool.put_back(c);
+        }
+        assert_eq!(fake.accepted.load(SeqCst), 1, "one session throughout");
+        assert_eq!(pool.size(), 1);
+    });
+}
+
+#[test]
+fn a_lent_connection_not_given_back_is_closed_and_replaced() {
+    let (addr, fake) = serve();
+    run(async move {
+        let (pool, gates) = pool(addr, 1);
+        let mut c = pool.get(Duration::from_secs(5)).await.unwrap();
+        drop(c.conn().lend().await.expect("lent"));
+        assert!(c.is_closed(), "its state is unknown: never reused");
+        assert!(c.conn().lend().await.is_none(), "nothing left to lend");
+        pool.put_back(c);
+        for _ in 0..200 {
+            if fake.open.load(SeqCst) == 0 && gates.tenant.used() == 0 {
+                break;
+            }
+            pause(10).await;
+        }
+        assert_eq!(fake.open.load(SeqCst), 0, "its socket closed");
+        assert_eq!(gates.tenant.used(), 0, "its permit came back");
+        let c = pool.get(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            fake.accepted.load(SeqCst),
+            2,
+            "a new connection replaced it"
+        );
+        pool.put_back(c);
+    });
+}

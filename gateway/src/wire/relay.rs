@@ -239,6 +239,9 @@ pub struct Relay {
     deferred_begin: Option<BytesMut>,
     /// The result cache's view of the session (see [`cached`]).
     pub(super) cache: cached::Session,
+    /// The buffer of messages for the server, kept between transactions (a transaction
+    /// takes it, and gives it back empty): not allocated per transaction.
+    spare_out: BytesMut,
 }
 
 impl Relay {
@@ -269,6 +272,7 @@ impl Relay {
             flushes: 0,
             session_lost: false,
             deferred_begin: None,
+            spare_out: BytesMut::new(),
         }
     }
 
@@ -898,7 +902,7 @@ impl Relay {
         let mut held = Held {
             checkout,
             lent: Some(lent),
-            out: BytesMut::with_capacity(CHUNK),
+            out: std::mem::take(&mut self.spare_out),
             pending: 0,
             expected: 0,
             swallow: 0,
@@ -928,6 +932,10 @@ impl Relay {
     /// Gives the server connection back: to its pool when idle and sound, else closed.
     async fn release(&mut self, mut held: Held) {
         *self.key.slot.lock() = None;
+        if held.out.capacity() <= FLUSH_AT * 2 {
+            held.out.clear();
+            self.spare_out = std::mem::take(&mut held.out);
+        }
         let Some(mut lent) = held.lent.take() else {
             return;
         };
