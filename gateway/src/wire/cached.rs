@@ -23,13 +23,14 @@
 //! it is relayed), what it wrote is invalidated on every core and published to the other
 //! instances (`committed`), as `/sql` writes are.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, rc::Rc};
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use monoio::time::Instant;
+use ringgate_pool::Credentials;
 
-use super::{messages, relay::Relay};
+use super::messages;
 use crate::{
     metrics::{CacheEvent, Frontend, UNCLASSIFIED},
     per_core::Core,
@@ -59,6 +60,34 @@ pub struct Session {
     /// The answer being recorded for the cache, when one is; `None` again past `limit`.
     capture: Option<BytesMut>,
     limit: usize,
+}
+
+/// What the cache needs of a session's relay (`relay::Relay` is the one): its state, its
+/// client's next messages, and a transaction run through it. A trait, so the relay uses
+/// the cache and the cache does not import the relay.
+pub(super) trait Relayed {
+    /// The session's core.
+    fn core(&self) -> Rc<Core>;
+    /// The cache's view of the session.
+    fn cache(&mut self) -> &mut Session;
+    /// The client's role and database.
+    fn credentials(&self) -> &Credentials;
+    /// The session's `SET`s, replayed on every server connection.
+    fn sets(&self) -> &[String];
+    /// Bytes read from the client and not yet taken as messages.
+    fn unread(&mut self) -> &mut BytesMut;
+    /// Bytes waiting to be written to the client.
+    fn to_client(&mut self) -> &mut BytesMut;
+    /// Whether the session is between transactions in transaction mode (nothing held).
+    fn cache_may_answer(&self) -> bool;
+    /// The `Parse` body after the name of the client's named statement `name`.
+    fn statement_rest(&self, name: &[u8]) -> Option<Bytes>;
+    /// The client's next message (`None`: it left).
+    async fn next_client(&mut self) -> Option<BytesMut>;
+    /// Writes what waits for the client; false when it is gone.
+    async fn flush_client(&mut self) -> bool;
+    /// Relays one transaction starting with `first`; false when the client is gone.
+    async fn transaction(&mut self, first: BytesMut) -> bool;
 }
 
 /// How a batch was answered.
@@ -161,7 +190,7 @@ fn nothing() -> Touched {
 /// Runs one transaction starting with `first` (the session idle): from the cache when it
 /// is a cacheable read, else through the relay; then invalidates what it wrote if the
 /// relay has not yet. False when the client is gone.
-pub(super) async fn transaction(relay: &mut Relay, first: BytesMut) -> bool {
+pub(super) async fn transaction(relay: &mut impl Relayed, first: BytesMut) -> bool {
     let alive = match from_cache(relay, first).await {
         Answer::Cached => true,
         Answer::Gone => false,
@@ -175,17 +204,20 @@ pub(super) async fn transaction(relay: &mut Relay, first: BytesMut) -> bool {
 }
 
 /// Invalidates what the session's transaction wrote, here and on other instances.
-pub(super) async fn committed(relay: &mut Relay) {
-    if relay.cache.written.is_nothing() {
+pub(super) async fn committed(relay: &mut impl Relayed) {
+    if relay.cache().written.is_nothing() {
         return;
     }
-    let touched = std::mem::replace(&mut relay.cache.written, nothing());
-    let core = relay.core.clone();
+    let touched = std::mem::replace(&mut relay.cache().written, nothing());
+    let core = relay.core();
     let Some(qc) = core.query_cache.as_ref() else {
         return;
     };
     let class = class(relay).await;
-    let (project, database) = (&relay.cache.project, &relay.credentials.database);
+    let (project, database) = (
+        &relay.cache().project.clone(),
+        &relay.credentials().database.clone(),
+    );
     qc.invalidate(
         core.metrics(),
         project,
@@ -197,26 +229,26 @@ pub(super) async fn committed(relay: &mut Relay) {
 }
 
 /// The session's tenant class slot (looked up once).
-async fn class(relay: &mut Relay) -> usize {
-    if let Some(c) = relay.cache.class {
+async fn class(relay: &mut impl Relayed) -> usize {
+    if let Some(c) = relay.cache().class {
         return c;
     }
-    let core = relay.core.clone();
+    let core = relay.core();
     let slot = match (&core.projects, &core.db) {
-        (Some(projects), Some(db)) => match projects.get(db, &relay.cache.project).await {
+        (Some(projects), Some(db)) => match projects.get(db, &relay.cache().project).await {
             Ok(Some(p)) => p.class_slot,
             _ => UNCLASSIFIED,
         },
         _ => UNCLASSIFIED,
     };
-    relay.cache.class = Some(slot);
+    relay.cache().class = Some(slot);
     slot
 }
 
 /// Answers the batch starting with `first` from the cache, or runs it and stores its
 /// answer, when it is a cacheable read a rule asks for.
-async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
-    let core = relay.core.clone();
+async fn from_cache(relay: &mut impl Relayed, first: BytesMut) -> Answer {
+    let core = relay.core();
     let Some(qc) = core.query_cache.as_ref() else {
         return Answer::Relay(first);
     };
@@ -234,9 +266,9 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
     let (Some(projects), Some(db)) = (&core.projects, &core.db) else {
         return Answer::Relay(first);
     };
-    let rules = match projects.get(db, &relay.cache.project).await {
+    let rules = match projects.get(db, &relay.cache().project).await {
         Ok(Some(p)) => {
-            relay.cache.class = Some(p.class_slot);
+            relay.cache().class = Some(p.class_slot);
             p.cache_rules
         }
         _ => return Answer::Relay(first),
@@ -265,9 +297,9 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
         return Answer::Relay(unread(relay, batch));
     };
     let (ttl, max_age) = qc.bounds(ttl);
-    let class = relay.cache.class.unwrap_or(UNCLASSIFIED);
-    let project = relay.cache.project.clone();
-    let database = relay.credentials.database.clone();
+    let class = relay.cache().class.unwrap_or(UNCLASSIFIED);
+    let project = relay.cache().project.clone();
+    let database = relay.credentials().database.clone();
     let count = |e| core.metrics().cache_event(Frontend::Pg, class, e);
     // Taken before the query is sent: a write that lands meanwhile outdates the entry.
     let stamp = qc.generations().stamp(&database, &v.tables);
@@ -300,13 +332,13 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
     count(CacheEvent::Miss);
     let first = unread(relay, batch);
     // What waits for the client is written first: only this batch's answer is recorded.
-    if relay.flush_client().await.is_err() {
+    if !relay.flush_client().await {
         return Answer::Gone;
     }
-    relay.cache.capture = Some(BytesMut::new());
-    relay.cache.limit = qc.config.max_entry as usize + READY_LEN;
+    relay.cache().capture = Some(BytesMut::new());
+    relay.cache().limit = qc.config.max_entry as usize + READY_LEN;
     let alive = relay.transaction(first).await;
-    let answer = relay.cache.capture.take();
+    let answer = relay.cache().capture.take();
     let storable = answer.as_deref().and_then(replayable).filter(|_| {
         alive
             && qc
@@ -331,29 +363,30 @@ async fn from_cache(relay: &mut Relay, first: BytesMut) -> Answer {
 }
 
 /// Writes a stored answer and `ReadyForQuery` (idle) for the client.
-fn replay(relay: &mut Relay, answer: &[u8]) {
-    relay.wbuf.extend_from_slice(answer);
-    messages::ready_for_query(&mut relay.wbuf, b'I');
+fn replay(relay: &mut impl Relayed, answer: &[u8]) {
+    relay.to_client().extend_from_slice(answer);
+    messages::ready_for_query(relay.to_client(), b'I');
 }
 
 /// Puts every message of `batch` but the first back in front of what the client sent
 /// next, for the relay to read; the first.
-fn unread(relay: &mut Relay, mut batch: Vec<BytesMut>) -> BytesMut {
+fn unread(relay: &mut impl Relayed, mut batch: Vec<BytesMut>) -> BytesMut {
     let rest = batch.split_off(1);
     if !rest.is_empty() {
-        let len = rest.iter().map(|m| m.len()).sum::<usize>() + relay.rbuf.len();
+        let unread = relay.unread();
+        let len = rest.iter().map(|m| m.len()).sum::<usize>() + unread.len();
         let mut buf = BytesMut::with_capacity(len);
         for m in &rest {
             buf.extend_from_slice(m);
         }
-        buf.extend_from_slice(&relay.rbuf);
-        relay.rbuf = buf;
+        buf.extend_from_slice(unread);
+        *unread = buf;
     }
     batch.pop().expect("the first message")
 }
 
 /// The batch's statement and key, when it is one whole cacheable autocommit statement.
-fn read_of(relay: &Relay, batch: &[BytesMut]) -> Option<Read> {
+fn read_of(relay: &impl Relayed, batch: &[BytesMut]) -> Option<Read> {
     let tags: Vec<u8> = batch.iter().map(|m| m[0]).collect();
     let (statement, bind): (Bytes, &[u8]) = match tags.as_slice() {
         [b'Q'] => {
@@ -387,8 +420,8 @@ fn read_of(relay: &Relay, batch: &[BytesMut]) -> Option<Read> {
     }
     let (text, _) = messages::split_cstr(&statement)?;
     let text = std::str::from_utf8(text).ok()?.to_string();
-    let c = &relay.credentials;
-    let key = key(&c.user, &c.database, &relay.sets, &tags, &statement, bind);
+    let c = relay.credentials();
+    let key = key(&c.user, &c.database, relay.sets(), &tags, &statement, bind);
     Some(Read { key, text })
 }
 

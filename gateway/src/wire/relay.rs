@@ -217,15 +217,15 @@ enum Until {
 
 /// One client session in transaction-pooling mode.
 pub struct Relay {
-    pub(super) core: Rc<Core>,
+    core: Rc<Core>,
     db: Rc<Shard>,
     tenant: String,
-    pub(super) credentials: Credentials,
+    credentials: Credentials,
     client: ClientStream,
-    pub(super) rbuf: BytesMut,
-    pub(super) wbuf: BytesMut,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
     statements: HashMap<Bytes, Prepared>,
-    pub(super) sets: Vec<String>,
+    sets: Vec<String>,
     key: CancelKey,
     pooling: Pooling,
     /// A session-mode client's server connection between transactions.
@@ -238,7 +238,7 @@ pub struct Relay {
     /// transaction's next statement, which decides where it runs.
     deferred_begin: Option<BytesMut>,
     /// The result cache's view of the session (see [`cached`]).
-    pub(super) cache: cached::Session,
+    cache: cached::Session,
     /// The buffer of messages for the server, kept between transactions (a transaction
     /// takes it, and gives it back empty): not allocated per transaction.
     spare_out: BytesMut,
@@ -393,7 +393,7 @@ impl Relay {
     }
 
     /// Relays one transaction, starting with `first`; false when the client is gone.
-    pub(super) async fn transaction(&mut self, first: BytesMut) -> bool {
+    async fn transaction(&mut self, first: BytesMut) -> bool {
         self.core
             .metrics()
             .wire
@@ -801,15 +801,9 @@ impl Relay {
     /// mode (a session-mode client's own server session may hold temporary tables or
     /// settings the cache knows nothing of) and no `BEGIN` deferred (the client is in a
     /// transaction).
-    pub(super) fn cache_may_answer(&self) -> bool {
-        self.pooling.mode == PoolMode::Transaction
-            && self.deferred_begin.is_none()
-            && self.kept.is_none()
-    }
-
     /// The `Parse` body after the name (text, NUL, parameter types) of the client's named
     /// statement `name`.
-    pub(super) fn statement_rest(&self, name: &[u8]) -> Option<Bytes> {
+    fn statement_rest(&self, name: &[u8]) -> Option<Bytes> {
         self.statements.get(name).map(|p| p.rest.clone())
     }
 
@@ -1114,7 +1108,7 @@ impl Relay {
     }
 
     /// The client's next message inside a transaction.
-    pub(super) async fn next_client(&mut self) -> Option<BytesMut> {
+    async fn next_client(&mut self) -> Option<BytesMut> {
         loop {
             match messages::take(&mut self.rbuf, messages::MAX_MESSAGE_BYTES) {
                 Ok(Some(m)) => return Some(m),
@@ -1126,7 +1120,7 @@ impl Relay {
         }
     }
 
-    pub(super) async fn flush_client(&mut self) -> Result<(), Gone> {
+    async fn flush_client(&mut self) -> Result<(), Gone> {
         self.cache.capture(&self.wbuf);
         if !self.wbuf.is_empty() {
             self.flushes += 1;
@@ -1135,6 +1129,54 @@ impl Relay {
             .write_all(&mut self.wbuf)
             .await
             .map_err(|_| Gone::Client)
+    }
+}
+
+impl cached::Relayed for Relay {
+    fn core(&self) -> Rc<Core> {
+        self.core.clone()
+    }
+
+    fn cache(&mut self) -> &mut cached::Session {
+        &mut self.cache
+    }
+
+    fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    fn sets(&self) -> &[String] {
+        &self.sets
+    }
+
+    fn unread(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
+    fn to_client(&mut self) -> &mut BytesMut {
+        &mut self.wbuf
+    }
+
+    fn cache_may_answer(&self) -> bool {
+        self.pooling.mode == PoolMode::Transaction
+            && self.deferred_begin.is_none()
+            && self.kept.is_none()
+    }
+
+    fn statement_rest(&self, name: &[u8]) -> Option<Bytes> {
+        Relay::statement_rest(self, name)
+    }
+
+    async fn next_client(&mut self) -> Option<BytesMut> {
+        Relay::next_client(self).await
+    }
+
+    async fn flush_client(&mut self) -> bool {
+        Relay::flush_client(self).await.is_ok()
+    }
+
+    async fn transaction(&mut self, first: BytesMut) -> bool {
+        Relay::transaction(self, first).await
     }
 }
 
