@@ -11,16 +11,14 @@
 # time), max writes/s with 16 concurrent clients (wrk -c16), and pgbench -c16 tps with its
 # average latency (the database's own cost, no ringgate).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 rounds="${2:-3}"
 rate="${3:-200}"
-: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
-cargo build -q --release --locked -p ringgate -p ringgate-bench
-if ss -Htln "( sport = :18385 )" | grep -q .; then
-  echo "error: port 18385 is already in use" >&2
-  exit 1
-fi
+need_cluster
+build_release ringgate ringgate-bench
+ports_free 18385
 work=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; compose/cluster sync on >/dev/null 2>&1 || true; }
@@ -39,15 +37,8 @@ for _ in $(seq 50); do
   curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18385/sql >/dev/null 2>&1 && break
   sleep 0.2
 done
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Neon-Connection-String"] = "$cs"
-wrk.headers["Content-Type"] = "application/json"
-dofile("bench/wrk-report.lua")
-LUA
+wrk_post_script "$work/post.lua" "$body" "$cs"
 echo "insert into $table (v) values ('x');" > "$work/insert.sql"
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 sync_state() { psql -X -At -d "$RINGGATE_TEST_PG_URL" -c "select coalesce(string_agg(sync_state, ',' order by sync_state), '') from pg_stat_replication"; }
 switch() { # on|off
   compose/cluster sync "$1" >/dev/null 2>&1
