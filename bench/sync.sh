@@ -18,6 +18,7 @@ rounds="${2:-3}"
 rate="${3:-200}"
 need_cluster
 build_release ringgate ringgate-bench
+bin=$(release_dir)
 ports_free 18385
 work=$(mktemp -d)
 pid=
@@ -29,7 +30,7 @@ psql -X -q -d "$RINGGATE_TEST_ALPHA_URL" -c "create table if not exists $table (
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18385 RINGGATE_LOG=warn \
   RINGGATE_ETCD_ENDPOINTS="$RINGGATE_ETCD_ENDPOINTS" RINGGATE_PATRONI_URLS="$RINGGATE_PATRONI_URLS" \
   RINGGATE_PATRONI_SCOPE="$RINGGATE_PATRONI_SCOPE" RINGGATE_PATRONI_NAMESPACE="$RINGGATE_PATRONI_NAMESPACE" \
-  target/release/ringgate 2>"$work/ringgate.log" &
+  "$bin"/ringgate 2>"$work/ringgate.log" &
 pid=$!
 cs="${RINGGATE_TEST_ALPHA_URL/@127.0.0.1:5433/@alpha.ringgate.test}"
 body="{\"query\":\"insert into $table (v) values (\$1)\",\"params\":[\"x\"]}"
@@ -54,7 +55,7 @@ for round in $(seq "$rounds"); do
   [ $((round % 2)) -eq 0 ] && order="off on"
   for mode in $order; do
     switch "$mode"
-    at=$(target/release/rg-load --url http://127.0.0.1:18385/sql --rate "$rate" --duration "$secs" --warmup 1 \
+    at=$("$bin"/rg-load --url http://127.0.0.1:18385/sql --rate "$rate" --duration "$secs" --warmup 1 \
       --connections 16 --body "$body" --header "Neon-Connection-String: $cs" --header "Content-Type: application/json")
     max=$(wrk -t1 -c16 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18385/sql | grep wrk_result)
     pgb=$(pgbench -n -c 16 -j 1 -T "$secs" -f "$work/insert.sql" "$RINGGATE_TEST_ALPHA_URL" 2>&1)
