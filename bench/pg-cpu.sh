@@ -18,6 +18,7 @@ mode=${3:-}
 need_cluster
 host=$(leader_host)
 pw=alpha-secret
+ports_free 18392 16443 16444
 scratch
 start_pg_front "$bin" 18392 16443 16 ringgate.log
 rg=${pids[-1]}
