@@ -8,56 +8,33 @@
 #
 # ringgate on one core pinned to CPU 0, wrk on CPU 1 (-t1, CONNS keep-alive connections).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-100}"
 rounds="${3:-3}"
-: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
-leader=$(compose/cluster leader)
-host="127.0.1.${leader#pg}"
+need_cluster
+host=$(leader_host)
 pw=ringgate-super
 admin="postgresql://postgres:$pw@$host:5432/postgres"
 db="postgresql://postgres:$pw@$host:5432/ringgate_bench"
-if ! psql -X -At -d "$admin" -c "select 1 from pg_database where datname='ringgate_bench'" | grep -q 1; then
-  psql -X -q -d "$admin" -c "create database ringgate_bench"
-  # Not open to every login (the tenants' key logins among them): superusers only.
-  psql -X -q -d "$admin" -c "revoke connect on database ringgate_bench from public"
-  pgbench -q -i -s 10 "$db" >/dev/null 2>&1
-fi
-target="${CARGO_TARGET_DIR:-target}"
-cargo build -q --release --locked -p ringgate
+ensure_bench_db "$admin" "$db"
+build_release ringgate
 port=18480
-if ss -Htln "( sport = :$port )" | grep -q .; then
-  echo "error: port $port is already in use: $(ss -Htlnp "( sport = :$port )")" >&2
-  exit 1
-fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+ports_free $port
+scratch
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:$port RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
   DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT=16 RINGGATE_POOL_MAX_TOTAL=16 \
-  "$target/release/ringgate" 2>"$work/ringgate.log" &
+  "$(release_dir)/ringgate" 2>"$work/ringgate.log" &
 pids+=($!)
 for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
 cs="postgresql://postgres:$pw@bench.ringgate.test/ringgate_bench"
 body='{"query":"SELECT abalance FROM pgbench_accounts WHERE aid = $1","params":[12345]}'
-script() { # file cache-header
-  cat > "$1" <<LUA
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Neon-Connection-String"] = "$cs"
-wrk.headers["Content-Type"] = "application/json"
-$2
-dofile("bench/wrk-report.lua")
-LUA
-}
-script "$work/cached.lua" 'wrk.headers["Ringgate-Cache"] = "ttl=1h"'
-script "$work/uncached.lua" ''
+wrk_post_script "$work/cached.lua" "$body" "$cs" 'wrk.headers["Ringgate-Cache"] = "ttl=1h"'
+wrk_post_script "$work/uncached.lua" "$body" "$cs"
 echo 'dofile("bench/wrk-report.lua")' > "$work/health.lua"
 verdict=$(curl -fsS -o /dev/null -D - -X POST -H "Neon-Connection-String: $cs" -H "Ringgate-Cache: ttl=1h" -d "$body" "http://127.0.0.1:$port/sql" | tr -d '\r' | sed -n 's/^ringgate-cache: //Ip')
 echo "first cached request: $verdict"
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 declare -A RPS
 run() { # label path lua
   local line

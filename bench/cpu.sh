@@ -11,6 +11,7 @@
 #       CPU time (user + system, /proc/PID/stat) per request over the run (at the rate
 #       rg-load achieved), and p50/p99.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 a="${1:?before binary}"
 b="${2:?after binary}"
@@ -18,13 +19,9 @@ rounds="${3:-3}"
 secs="${4:-10}"
 warm=2
 rates="5000 10000"
-bin=${CARGO_TARGET_DIR:-target}/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+bin=$(release_dir)
+scratch
+self_signed_cert
 
 declare -A PID PLAIN TLS
 port=18400
@@ -41,7 +38,6 @@ for which in before after; do
   for _ in $(seq 100); do curl -fsS "http://127.0.0.1:${PLAIN[$which]}/health" >/dev/null 2>&1 && break; sleep 0.05; done
 done
 
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A R
 for round in $(seq "$rounds"); do

@@ -20,6 +20,7 @@
 # hundred descriptors cannot be held by one server process (each idle connection holds one
 # descriptor in the server and one in rg-idle).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
 rounds="${2:-1}"
@@ -31,15 +32,11 @@ if [ "$n" -gt $((hard - 200)) ]; then
 fi
 scripts/install-deps
 # SKIP_BUILD=1 uses the binaries already built (e.g. while another build holds the lock).
-[ -n "${SKIP_BUILD:-}" ] || cargo build -q --release --locked -p ringgate -p ringgate-bench
-bin=${CARGO_TARGET_DIR:-target}/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+[ -n "${SKIP_BUILD:-}" ] || build_release ringgate ringgate-bench
+bin=$(release_dir)
+scratch
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+self_signed_cert
 cat "$work/cert.pem" "$work/key.pem" >"$work/both.pem"
 
 servers="${SERVERS:-ringgate nginx haproxy}"
@@ -112,7 +109,6 @@ start() {
 }
 stop() { kill "$MAIN" 2>/dev/null || true; wait "$MAIN" 2>/dev/null || true; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 
 declare -A R
 for round in $(seq "$rounds"); do

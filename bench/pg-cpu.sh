@@ -11,44 +11,18 @@
 # tps is pgbench's over the whole run, so the per-transaction figure is approximate; the two
 # share the machine's cores with pgbench and PostgreSQL as in bench/pg.sh.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 bin=$1
 secs=${2:-24}
 mode=${3:-}
-: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
-leader=$("$RINGGATE_CLUSTER" leader)
-host="127.0.1.${leader#pg}"
+need_cluster
+host=$(leader_host)
 pw=alpha-secret
-control="postgresql://ringgate_app:ringgate-app@$host:5432/ringgate_control"
-admin="postgresql://postgres:ringgate-super@$host:5432/postgres"
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18392 RINGGATE_PG_LISTEN=127.0.0.1:16443 RINGGATE_LOG=warn \
-  DATABASE_URL="$admin" RINGGATE_CONTROL_DATABASE_URL="$control" \
-  RINGGATE_POOL_MAX_PER_TENANT=16 RINGGATE_POOL_MAX_TOTAL=24 \
-  "$bin" 2>"$work/ringgate.log" &
-rg=$!
-pids+=("$rg")
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-tenant_alpha = host=$host port=5432 dbname=tenant_alpha
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = 16444
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = 16
-max_client_conn = 2000
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
-INI
-echo "\"alpha_owner\" \"$pw\"" > "$work/userlist.txt"
-chown -R postgres "$work"
-setpriv --reuid postgres --regid postgres --init-groups pgbouncer "$work/pgbouncer.ini" 2>/dev/null &
-pids+=($!)
+ports_free 18392 16443 16444
+scratch
+start_pg_front "$bin" 18392 16443 16 ringgate.log
+rg=${pids[-1]}
+start_pgbouncer 16444 tenant_alpha 16 alpha_owner "$pw"
 sleep 2
 ulimit -n 8192 || true
 pb=$(cat "$work/pgbouncer.pid")

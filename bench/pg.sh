@@ -14,69 +14,29 @@
 # per-transaction log (-l). ringgate runs with every core (RINGGATE_WORKERS unset),
 # PgBouncer is one process; nothing is pinned, pgbench shares the same two cores.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-16}"
-: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
-leader=$("$RINGGATE_CLUSTER" leader)
-host="127.0.1.${leader#pg}"
+need_cluster
+host=$(leader_host)
 pw=alpha-secret
 direct="host=$host port=5432 user=alpha_owner password=$pw dbname=tenant_alpha"
-control="postgresql://ringgate_app:ringgate-app@$host:5432/ringgate_control"
-admin="postgresql://postgres:ringgate-super@$host:5432/postgres"
 rows=$(psql -X -At -d "$direct" -c "select count(*) from pgbench_accounts" 2>/dev/null || echo 0)
 if [ "$rows" != "1000000" ]; then
   pgbench -q -i -s 10 "$direct" >/dev/null 2>&1
 fi
 # RINGGATE_BIN: a ringgate binary already built (skips the release build).
-if [ -z "${RINGGATE_BIN:-}" ]; then
-  cargo build -q --release --locked -p ringgate
-fi
-bin="${RINGGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/ringgate}"
+[ -n "${RINGGATE_BIN:-}" ] || build_release ringgate
+bin="${RINGGATE_BIN:-$(release_dir)/ringgate}"
 baseline="${RINGGATE_BASELINE:-}"
-for port in 16433 16434 18382 16435 18383; do
-  if ss -Htln "( sport = :$port )" | grep -q .; then
-    echo "error: port $port is already in use: $(ss -Htlnp "( sport = :$port )")" >&2
-    exit 1
-  fi
-done
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+ports_free 16433 16434 18382 16435 18383
+scratch
 
-env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18382 RINGGATE_PG_LISTEN=127.0.0.1:16433 RINGGATE_LOG=warn \
-  DATABASE_URL="$admin" RINGGATE_CONTROL_DATABASE_URL="$control" \
-  RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL=$((conns + 8)) \
-  "$bin" 2>"$work/ringgate.log" &
-pids+=($!)
-if [ -n "$baseline" ]; then
-  env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18383 RINGGATE_PG_LISTEN=127.0.0.1:16435 RINGGATE_LOG=warn \
-    DATABASE_URL="$admin" RINGGATE_CONTROL_DATABASE_URL="$control" \
-    RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL=$((conns + 8)) \
-    "$baseline" 2>"$work/baseline.log" &
-  pids+=($!)
-fi
+start_pg_front "$bin" 18382 16433 "$conns" ringgate.log
+[ -z "$baseline" ] || start_pg_front "$baseline" 18383 16435 "$conns" baseline.log
 targets="direct ringgate${baseline:+ baseline} pgbouncer"
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-tenant_alpha = host=$host port=5432 dbname=tenant_alpha
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = 16434
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = $conns
-max_client_conn = 2000
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
-INI
-echo "\"alpha_owner\" \"$pw\"" > "$work/userlist.txt"
-chown -R postgres "$work"
-setpriv --reuid postgres --regid postgres --init-groups pgbouncer "$work/pgbouncer.ini" 2>/dev/null &
-pids+=($!)
+start_pgbouncer 16434 tenant_alpha "$conns" alpha_owner "$pw"
 sleep 1
 ulimit -n 8192 || true
 

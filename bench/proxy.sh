@@ -22,30 +22,20 @@
 #   (the last round's), for `perf report --no-children --sort dso,sym -i ...`. Sampling
 #   costs CPU: take the CPU per request from a run without it.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 rounds="${2:-3}"
 warm=2
 rates="5000 10000"
 scripts/install-deps
-[ -n "${SKIP_BUILD:-}" ] || cargo build -q --release --locked -p ringgate -p ringgate-bench
-bin=${CARGO_TARGET_DIR:-target}/release
+[ -n "${SKIP_BUILD:-}" ] || build_release ringgate ringgate-bench
+bin=$(release_dir)
 ringgate=${RINGGATE_BIN:-$bin/ringgate}
-# Listeners use SO_REUSEPORT, so a leftover server on a port would silently take part of
-# the load: refuse to run instead.
-for port in 18380 18181 18182 18183 18544 18545 18546; do
-  if ss -Htln "( sport = :$port )" | grep -q .; then
-    echo "error: port $port is already in use (a leftover server?): $(ss -Htlnp "( sport = :$port )")" >&2
-    exit 1
-  fi
-done
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+ports_free 18380 18181 18182 18183 18544 18545 18546
+scratch
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+self_signed_cert
 cat "$work/cert.pem" "$work/key.pem" > "$work/both.pem"
 body=$(head -c 1024 /dev/zero | tr '\0' 'x')
 
@@ -131,9 +121,6 @@ done
 declare -A PID=([nginx]=$(pgrep -P "${pids[1]}" | head -1) [haproxy]=${pids[2]} [ringgate]=${pids[3]})
 
 cp bench/wrk-report.lua "$work/pct.lua"
-# The value of `key=` in a line of `key=value` fields (whole keys only: `p50_ms` is not
-# the tail of `send_lag_p50_ms`).
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 declare -A R
 declare -A ROUNDS_OF
 run_max() { # name url

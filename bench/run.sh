@@ -15,6 +15,7 @@
 #   RINGGATE_BIN=/path/to/ringgate (http) runs that build instead of the one just built (to
 #   compare builds: run it for each, interleaved). The build's output honours CARGO_TARGET_DIR.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 suite="${1:-http}"
 case "$suite" in
@@ -30,16 +31,12 @@ warm=3
 rates="10000 30000"
 scripts/install-deps
 # SKIP_BUILD=1 uses the binaries already built.
-[ -n "${SKIP_BUILD:-}" ] || cargo build -q --release --locked -p ringgate -p ringgate-bench
-bin=${CARGO_TARGET_DIR:-target}/release
+[ -n "${SKIP_BUILD:-}" ] || build_release ringgate ringgate-bench
+bin=$(release_dir)
 ringgate=${RINGGATE_BIN:-$bin/ringgate}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+scratch
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+self_signed_cert
 
 # nginx: one worker on CPU 0, the same response as ringgate's /health.
 mkdir -p "$work/nginx/logs"
@@ -75,9 +72,6 @@ for port in 18180 18280; do curl -fsS "http://127.0.0.1:$port/health" >/dev/null
 
 cp bench/wrk-report.lua "$work/pct.lua"
 
-# The value of `key=` in a line of `key=value` fields (whole keys only: `p50_ms` is not
-# the tail of `send_lag_p50_ms`).
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 declare -A R
 run_wrk() { # name url
   local out

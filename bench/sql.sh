@@ -17,74 +17,38 @@
 # answering the same request with the same body from memory (the machine's latency floor)
 # and pgbench -S at the same fixed rate (the database's own latency).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-16}"
 rounds="${3:-3}"
-: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
-leader=$("$RINGGATE_CLUSTER" leader)
-host="127.0.1.${leader#pg}"
+need_cluster
+host=$(leader_host)
 pw=ringgate-super
 admin="postgresql://postgres:$pw@$host:5432/postgres"
 db="postgresql://postgres:$pw@$host:5432/ringgate_bench"
-if ! psql -X -At -d "$admin" -c "select 1 from pg_database where datname='ringgate_bench'" | grep -q 1; then
-  psql -X -q -d "$admin" -c "create database ringgate_bench"
-  # Not open to every login (the tenants' key logins among them): superusers only.
-  psql -X -q -d "$admin" -c "revoke connect on database ringgate_bench from public"
-  pgbench -q -i -s 10 "$db" >/dev/null 2>&1
-fi
-cargo build -q --release --locked -p ringgate -p ringgate-bench
-bin="${CARGO_TARGET_DIR:-target}/release"
+ensure_bench_db "$admin" "$db"
+build_release ringgate ringgate-bench
+bin=$(release_dir)
 baseline="${RINGGATE_BASELINE:-}"
-# Listeners use SO_REUSEPORT, so a leftover server on a port would silently take part of
-# the load: refuse to run instead.
-for port in 18380 18381 18382 16432 18390; do
-  if ss -Htln "( sport = :$port )" | grep -q .; then
-    echo "error: port $port is already in use (a leftover server?): $(ss -Htlnp "( sport = :$port )")" >&2
-    exit 1
-  fi
-done
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+ports_free 18380 18381 18382 16432 18390
+scratch
 
-# A clean environment: the cluster's exports (Patroni sources, control database) would
-# otherwise configure this ringgate too.
-env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18380 RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
-  DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
-  "$bin/ringgate" 2>"$work/ringgate.log" &
-pids+=($!)
-if [ -n "$baseline" ]; then
-  env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18382 RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn \
+# Starts ringgate EXE serving /sql on 127.0.0.1:PORT from ringgate_bench with $conns server
+# connections, its log in $work/LOG, with the further settings given. A clean environment:
+# the cluster's exports (Patroni sources, control database) would otherwise configure it too.
+start_sql() { # exe port log [NAME=value...]
+  env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:$2 "${@:4}" RINGGATE_LOG=warn \
     DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
-    "$baseline" 2>"$work/ringgate-baseline.log" &
+    "$1" 2>"$work/$3" &
   pids+=($!)
-fi
+}
+pinned=(RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true)
+start_sql "$bin/ringgate" 18380 ringgate.log "${pinned[@]}"
+[ -z "$baseline" ] || start_sql "$baseline" 18382 ringgate-baseline.log "${pinned[@]}"
 # The default deployment: one core per CPU, not pinned; the same server connections in all.
-env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18381 RINGGATE_LOG=warn \
-  DATABASE_URL="$db" RINGGATE_POOL_MAX_PER_TENANT="$conns" RINGGATE_POOL_MAX_TOTAL="$conns" \
-  "$bin/ringgate" 2>"$work/ringgate-default.log" &
-pids+=($!)
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-ringgate_bench = host=$host port=5432 dbname=ringgate_bench
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = 16432
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = transaction
-default_pool_size = $conns
-max_client_conn = 2000
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
-INI
-echo "\"postgres\" \"$pw\"" > "$work/userlist.txt"
-chown -R postgres "$work"
-setpriv --reuid postgres --regid postgres --init-groups taskset -c 0 pgbouncer "$work/pgbouncer.ini" 2>/dev/null &
-pids+=($!)
+start_sql "$bin/ringgate" 18381 ringgate-default.log
+start_pgbouncer 16432 ringgate_bench "$conns" postgres "$pw" taskset -c 0
 sleep 1
 
 cs="postgresql://postgres:$pw@bench.ringgate.test/ringgate_bench"
@@ -111,16 +75,7 @@ http {
 NGINX
 nginx -p "$work/floor" -c "$work/floor.conf" -g 'daemon off;' &
 pids+=($!)
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Neon-Connection-String"] = "$cs"
-wrk.headers["Content-Type"] = "application/json"
-dofile("bench/wrk-report.lua")
-LUA
-# The value of `key=` in a line of `key=value` fields (whole keys only: `p50_ms` is not
-# the tail of `send_lag_p50_ms`).
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
+wrk_post_script "$work/post.lua" "$body" "$cs"
 wrk_max() { # port
   taskset -c 1 wrk -t1 -c1000 -d"${secs}s" -s "$work/post.lua" "http://127.0.0.1:$1/sql" | grep wrk_result
 }

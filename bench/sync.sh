@@ -11,16 +11,15 @@
 # time), max writes/s with 16 concurrent clients (wrk -c16), and pgbench -c16 tps with its
 # average latency (the database's own cost, no ringgate).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 rounds="${2:-3}"
 rate="${3:-200}"
-: "${RINGGATE_CLUSTER:?run eval \"\$(compose/cluster up)\" first}"
-cargo build -q --release --locked -p ringgate -p ringgate-bench
-if ss -Htln "( sport = :18385 )" | grep -q .; then
-  echo "error: port 18385 is already in use" >&2
-  exit 1
-fi
+need_cluster
+build_release ringgate ringgate-bench
+bin=$(release_dir)
+ports_free 18385
 work=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; compose/cluster sync on >/dev/null 2>&1 || true; }
@@ -31,7 +30,7 @@ psql -X -q -d "$RINGGATE_TEST_ALPHA_URL" -c "create table if not exists $table (
 env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18385 RINGGATE_LOG=warn \
   RINGGATE_ETCD_ENDPOINTS="$RINGGATE_ETCD_ENDPOINTS" RINGGATE_PATRONI_URLS="$RINGGATE_PATRONI_URLS" \
   RINGGATE_PATRONI_SCOPE="$RINGGATE_PATRONI_SCOPE" RINGGATE_PATRONI_NAMESPACE="$RINGGATE_PATRONI_NAMESPACE" \
-  target/release/ringgate 2>"$work/ringgate.log" &
+  "$bin"/ringgate 2>"$work/ringgate.log" &
 pid=$!
 cs="${RINGGATE_TEST_ALPHA_URL/@127.0.0.1:5433/@alpha.ringgate.test}"
 body="{\"query\":\"insert into $table (v) values (\$1)\",\"params\":[\"x\"]}"
@@ -39,15 +38,8 @@ for _ in $(seq 50); do
   curl -fsS -X POST -H "Neon-Connection-String: $cs" -d "$body" http://127.0.0.1:18385/sql >/dev/null 2>&1 && break
   sleep 0.2
 done
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Neon-Connection-String"] = "$cs"
-wrk.headers["Content-Type"] = "application/json"
-dofile("bench/wrk-report.lua")
-LUA
+wrk_post_script "$work/post.lua" "$body" "$cs"
 echo "insert into $table (v) values ('x');" > "$work/insert.sql"
-field() { sed -n "s/.*\(^\| \)$1=\([^ ]*\).*/\2/p"; }
 sync_state() { psql -X -At -d "$RINGGATE_TEST_PG_URL" -c "select coalesce(string_agg(sync_state, ',' order by sync_state), '') from pg_stat_replication"; }
 switch() { # on|off
   compose/cluster sync "$1" >/dev/null 2>&1
@@ -63,7 +55,7 @@ for round in $(seq "$rounds"); do
   [ $((round % 2)) -eq 0 ] && order="off on"
   for mode in $order; do
     switch "$mode"
-    at=$(target/release/rg-load --url http://127.0.0.1:18385/sql --rate "$rate" --duration "$secs" --warmup 1 \
+    at=$("$bin"/rg-load --url http://127.0.0.1:18385/sql --rate "$rate" --duration "$secs" --warmup 1 \
       --connections 16 --body "$body" --header "Neon-Connection-String: $cs" --header "Content-Type: application/json")
     max=$(wrk -t1 -c16 -d"${secs}s" -s "$work/post.lua" http://127.0.0.1:18385/sql | grep wrk_result)
     pgb=$(pgbench -n -c 16 -j 1 -T "$secs" -f "$work/insert.sql" "$RINGGATE_TEST_ALPHA_URL" 2>&1)

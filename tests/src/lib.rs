@@ -10,18 +10,36 @@ pub mod worker;
 
 use std::time::{Duration, Instant};
 
+/// How often [`eventually`] and [`eventually_async`] look again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Panics naming `what` once `end` (`limit` after the wait began) has passed.
+#[track_caller]
+fn not_past(what: &str, limit: Duration, end: Instant) {
+    assert!(
+        Instant::now() < end,
+        "timed out after {limit:?} waiting for: {what}"
+    );
+}
+
 /// Polls `cond` every 20 ms until it holds; panics naming `what` after `limit`. Tests wait
 /// for a state this way instead of sleeping for a time that a loaded machine may overrun.
+#[track_caller]
 pub fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    while !cond() {
+        not_past(what, limit, end);
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// [`eventually`] inside a monoio runtime: it waits on the runtime's timer, so the tasks
+/// that bring the state about (a pool closing connections, a spawned checkout) run
+/// meanwhile.
+pub async fn eventually_async(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        not_past(what, limit, end);
+        monoio::time::sleep(POLL_EVERY).await;
     }
 }

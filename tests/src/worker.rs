@@ -35,7 +35,7 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub struct TestWorker {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Requests answered so far.
+    /// Requests answered so far, or being answered (see [`Switches::served`]).
     pub served: Arc<AtomicUsize>,
     switches: Switches,
 }
@@ -66,9 +66,14 @@ impl TestWorker {
         }
     }
 
-    /// Requests answered so far.
+    /// Requests answered so far, or being answered (see [`Switches::served`]).
     pub fn count(&self) -> usize {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Connections open at the worker now (a connection it closed no longer counts).
+    pub fn open_connections(&self) -> usize {
+        self.switches.open.load(Ordering::SeqCst)
     }
 
     /// Makes `GET /health` answer 503 (`true`) or 200 (`false`).
@@ -105,10 +110,13 @@ impl Drop for TestWorker {
 /// The counters and switches every connection of one worker shares.
 #[derive(Debug, Clone, Default)]
 pub struct Switches {
-    /// Requests answered so far (not `/health`).
+    /// Requests answered so far (not `/health`), counted when the answer begins: a
+    /// `/slow/MS` request is counted before it waits.
     pub served: Arc<AtomicUsize>,
     /// Requests begun (request line read) whose response is not completely written yet.
     pub in_flight: Arc<AtomicUsize>,
+    /// Connections being served (until the worker's end is closed).
+    pub open: Arc<AtomicUsize>,
     /// Dead: a connection closes on its next request without answering it.
     pub stop: Arc<AtomicBool>,
     /// `GET /health` answers 503.
@@ -122,17 +130,18 @@ pub struct Switches {
     pub idle_close_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Counts a request in [`Switches::in_flight`] until dropped.
-struct InFlight<'a>(&'a AtomicUsize);
+/// Counts one in a counter of [`Switches`] (a request in flight, an open connection)
+/// until dropped.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> InFlight<'a> {
+impl<'a> Counted<'a> {
     fn new(counter: &'a AtomicUsize) -> Self {
         counter.fetch_add(1, Ordering::SeqCst);
         Self(counter)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -179,6 +188,8 @@ fn next_request_arrives(reader: &mut BufReader<TcpStream>, sw: &Switches) -> boo
 /// Serves one connection as the worker `name` until the peer closes it, the worker is
 /// stopped, or (while draining) it has no request left.
 pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
+    // First in, so dropped last: after the sockets are closed.
+    let _open = Counted::new(&sw.open);
     let (stop, sick) = (&sw.stop, &sw.sick);
     let _ = stream.set_read_timeout(Some(READ_LIMIT));
     let Ok(clone) = stream.try_clone() else {
@@ -196,7 +207,7 @@ pub fn serve_connection(stream: TcpStream, name: &str, sw: &Switches) {
         if reader.read_until(b'\n', &mut raw).unwrap_or(0) == 0 || stop.load(Ordering::Relaxed) {
             return;
         }
-        let _in_flight = InFlight::new(&sw.in_flight);
+        let _in_flight = Counted::new(&sw.in_flight);
         let head = loop {
             match ringgate_http1::parse_request(&mut BytesMut::from(&raw[..]), MAX_HEAD) {
                 Ok(Some(head)) => break head,

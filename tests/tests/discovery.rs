@@ -7,7 +7,10 @@ use std::{
 };
 
 use ringgate_discovery::watch::{self, Sources};
-use ringgate_tests::backend::{cluster, http_get, required};
+use ringgate_tests::{
+    backend::{cluster, http_get, required},
+    eventually,
+};
 
 fn sources(etcd: bool, rest: bool) -> Sources {
     let list = |name: &str| {
@@ -169,6 +172,7 @@ impl Forwarder {
                             let _ = c2.shutdown(std::net::Shutdown::Both);
                         });
                     }
+                    // A sleep: the accept loop's pace (the listener does not block).
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -225,38 +229,24 @@ fn unreachable_sources_keep_the_last_topology_marked_stale() {
             .find(|l| l.starts_with("ringgate_topology_stale{core=\"0\"}"))
             .map(|l| l.ends_with(" 1"))
     };
-    let until = |what: &str, mut f: Box<dyn FnMut() -> bool + '_>| {
-        let end = Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(Instant::now() < end, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let limit = Duration::from_secs(5);
     assert_eq!(ready().json()["status"], "ready");
-    until("fresh metrics", Box::new(|| metric_stale() == Some(false)));
+    eventually("fresh metrics", limit, || metric_stale() == Some(false));
     // Cut the only source off: the last topology stays, marked stale, and requests still route.
     drop(forward);
-    until(
-        "a stale /ready",
-        Box::new(|| ready().json()["topology"]["stale"] == true),
-    );
+    eventually("a stale /ready", limit, || {
+        ready().json()["topology"]["stale"] == true
+    });
     let r = ready().json();
     assert_eq!(r["status"], "ready", "the last topology still serves: {r}");
     assert_eq!(r["topology"]["leader"], cluster(&["leader"]).as_str());
-    until(
-        "the stale metric",
-        Box::new(|| metric_stale() == Some(true)),
-    );
+    eventually("the stale metric", limit, || metric_stale() == Some(true));
     // The source returns: fresh again.
     let _back = Forwarder::start(&format!("127.0.0.1:{port}"), etcd);
-    until(
-        "a fresh /ready",
-        Box::new(|| ready().json().get("topology").is_none()),
-    );
-    until(
-        "the fresh metric",
-        Box::new(|| metric_stale() == Some(false)),
-    );
+    eventually("a fresh /ready", limit, || {
+        ready().json().get("topology").is_none()
+    });
+    eventually("the fresh metric", limit, || metric_stale() == Some(false));
     g.drain();
 }
 
@@ -315,6 +305,7 @@ fn an_etcd_watch_reports_a_change_of_its_key() {
             },
         );
     });
+    // A sleep: for the watch to be set up in etcd, which `watch_key` does not report.
     std::thread::sleep(Duration::from_millis(300));
     let put = |k: &str| {
         let body = serde_json::json!({"key": STANDARD.encode(k), "value": STANDARD.encode("v")})

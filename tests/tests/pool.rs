@@ -8,7 +8,10 @@ use ringgate_pool::{
     url::{parse_pg_url, PgUrl},
     Budgets, Config, Error, Intent, PoolKey, Shard,
 };
-use ringgate_tests::backend::{backends_named, pg_admin_url, psql, required, unique};
+use ringgate_tests::{
+    backend::{backends_named, pg_admin_url, psql, required, unique},
+    eventually_async,
+};
 
 const NEEDS: &str = "needs compose backend (compose/cluster up)";
 
@@ -46,18 +49,6 @@ fn key(tenant: &str, url: &PgUrl, node: &str) -> PoolKey {
         role: url.credentials.user.clone(),
         node: node.into(),
     }
-}
-
-/// Waits (on the runtime) until `cond` holds.
-async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < end {
-        if cond() {
-            return;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {limit:?} waiting for: {what}");
 }
 
 #[monoio::test_all(timer_enabled = true)]
@@ -104,7 +95,7 @@ async fn test_connection_pool_lru_eviction() {
     );
     assert!(shard.stats().evicted_capacity >= 25, "{:?}", shard.stats());
     // Evicted pools close their server connections: at most one per cached pool remains.
-    eventually(
+    eventually_async(
         "evicted pools' backends gone",
         Duration::from_secs(5),
         || backends_named(&format!("ringgate/{run}")) <= 5,
@@ -116,7 +107,7 @@ async fn test_connection_pool_lru_eviction() {
         "the hot tenant keeps its connection"
     );
     shard.close_all();
-    eventually("all backends gone", Duration::from_secs(5), || {
+    eventually_async("all backends gone", Duration::from_secs(5), || {
         backends_named(&format!("ringgate/{run}")) == 0
     })
     .await;
@@ -150,6 +141,7 @@ async fn test_connection_pool_ttl_eviction() {
         c.conn().simple("select 1").await.unwrap();
         drop(c);
         shard.maintain();
+        // A sleep: it paces the busy tenant's use across the TTL (the case under test).
         sleep(Duration::from_millis(100)).await;
     }
     assert!(
@@ -161,7 +153,7 @@ async fn test_connection_pool_ttl_eviction() {
         "an idle pool expires after the TTL"
     );
     assert!(shard.stats().evicted_idle >= 1);
-    eventually(
+    eventually_async(
         "idle tenant's backend closed",
         Duration::from_secs(5),
         || backends_named(&format!("ringgate/{idle}/")) == 0,
@@ -189,6 +181,7 @@ async fn tenant_limit_is_never_exceeded_and_exhaustion_times_out() {
         std::thread::spawn(move || {
             (0..40)
                 .map(|_| {
+                    // A sleep: the sampling period over the run, not a wait for a state.
                     std::thread::sleep(Duration::from_millis(25));
                     backends_named(&prefix)
                 })
@@ -288,7 +281,7 @@ async fn an_abandoned_statement_is_cancelled_and_its_connection_not_reused() {
             ),
         ) == "1"
     };
-    eventually(
+    eventually_async(
         "the abandoned statement is cancelled",
         Duration::from_secs(5),
         || !running(),
@@ -333,7 +326,19 @@ async fn dead_connections_are_replaced_and_statements_cached() {
         &pg_admin_url(),
         &format!("select pg_terminate_backend({pid})"),
     );
-    sleep(Duration::from_millis(50)).await;
+    // The backend leaves pg_stat_activity as it exits, after telling the client why (and
+    // the psql calls outlast the 20 ms after which the pool checks an idle connection).
+    eventually_async(
+        "the terminated backend gone",
+        Duration::from_secs(5),
+        || {
+            psql(
+                &pg_admin_url(),
+                &format!("select count(*) from pg_stat_activity where pid = {pid}"),
+            ) == "0"
+        },
+    )
+    .await;
     let mut c = shard
         .checkout(&tenant, &url.credentials, Intent::Write)
         .await
@@ -445,7 +450,7 @@ async fn topology_change_closes_pools_and_read_only_primary_marks_stale() {
     };
     s.set_topology(Arc::new(moved));
     assert!(!s.has_pool(&key(&tenant, &url, "primary")));
-    eventually("old pool's backend closed", Duration::from_secs(5), || {
+    eventually_async("old pool's backend closed", Duration::from_secs(5), || {
         backends_named(&format!("ringgate/{tenant}/")) == 0
     })
     .await;
@@ -596,10 +601,11 @@ async fn idle_connections_are_trimmed_to_the_warm_minimum() {
     }
     drop(held);
     assert_eq!(backends_named(&format!("ringgate/{tenant}/")), 3);
+    // A sleep: outliving the idle timeout (300 ms) is the case under test.
     sleep(Duration::from_millis(400)).await;
     s.maintain();
     assert_eq!(s.stats().trimmed_connections, 2, "{:?}", s.stats());
-    eventually(
+    eventually_async(
         "idle connections beyond the warm one closed",
         Duration::from_secs(5),
         || backends_named(&format!("ringgate/{tenant}/")) == 1,
@@ -698,23 +704,28 @@ async fn a_tenant_limit_is_process_wide_and_follows_demand_across_cores() {
         );
     }
     assert_eq!(backends_named(&format!("ringgate/{tenant}/core0")), 3);
+    let node = held[0].node().to_string();
     let waiting = {
         let (b, tenant, creds) = (b.clone(), tenant.clone(), url.credentials.clone());
         monoio::spawn(async move {
-            let started = std::time::Instant::now();
             let c = b.checkout(&tenant, &creds, Intent::Write).await;
-            (c, started.elapsed())
+            (c, std::time::Instant::now())
         })
     };
-    sleep(Duration::from_millis(300)).await;
-    let node = held[0].node().to_string();
+    eventually_async(
+        "core 1's request waiting for a permit",
+        Duration::from_secs(2),
+        || budgets.tenant(&tenant, &node).waiting() == 1,
+    )
+    .await;
     assert_eq!(budgets.tenant_used(&tenant, &node), 3);
     // Core 0 returns one with no request of its own waiting: it is closed, and its permit
     // goes to core 1 once the server has let the backend go.
+    let given_back = std::time::Instant::now();
     drop(held.pop());
-    let (c, waited) = waiting.await;
+    let (c, got) = waiting.await;
     let mut c = c.expect("core 1 got the permit core 0 gave back");
-    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(got >= given_back, "core 1 did not wait for core 0's permit");
     c.conn().simple("select 1").await.unwrap();
     assert_eq!(backends_named(&format!("ringgate/{tenant}/core1")), 1);
     assert_eq!(backends_named(&format!("ringgate/{tenant}/")), 3);
@@ -723,7 +734,7 @@ async fn a_tenant_limit_is_process_wide_and_follows_demand_across_cores() {
     drop(held);
     a.close_all();
     b.close_all();
-    eventually("every connection closed", Duration::from_secs(5), || {
+    eventually_async("every connection closed", Duration::from_secs(5), || {
         budgets.tenant_used(&tenant, &node) == 0
             && backends_named(&format!("ringgate/{tenant}/")) == 0
     })

@@ -11,6 +11,7 @@ use ringgate_tests::{
         chaos_lock, cluster, pg_admin_url, put_session, redis_master, redis_master_addr,
         repair_cluster, unique,
     },
+    eventually,
     gateway::{start, start_with_redis},
     http::{admin_get, metric_total, request, wait_for_worker, Resp},
     worker::TestWorker,
@@ -361,9 +362,12 @@ fn test_blue_green_switch_takes_effect_within_a_second_without_failures() {
         })
         .collect();
     let switch = |blue_w, green_w, expect: &str| {
+        // A sleep: traffic flowing before the switch is part of the scenario.
         std::thread::sleep(Duration::from_millis(300));
         let at = Instant::now();
         set_weights(&group, blue_w, green_w);
+        // A sleep: the window over which the old colour must stop getting requests (within
+        // 1 s): waiting until it stops would not show that it stayed stopped.
         std::thread::sleep(Duration::from_millis(1500));
         // The last request that went to the old colour after the switch.
         seen.borrow_mut().extend(rx.try_iter());
@@ -416,19 +420,20 @@ fn test_deregistered_worker_is_drained_not_cut() {
     let w = TestWorker::start("leaving");
     register(&group, "w", &w, 30, true);
     wait_for_worker(addr, "/dr", "leaving", Duration::from_secs(2));
+    let before = w.count();
     let inflight = std::thread::spawn(move || request(addr, "GET", "/dr/slow/800", &[], b""));
-    std::thread::sleep(Duration::from_millis(200));
+    // Counted as it reaches the worker, before its 800 ms.
+    eventually(
+        "the slow request at the worker",
+        Duration::from_secs(5),
+        || w.count() == before + 1,
+    );
     let key = format!("ringgate:worker:{group}:w");
     redis_master(&["DEL", &key]);
     redis_master(&["PUBLISH", "ringgate:workers", &key]);
-    let start = Instant::now();
-    while admin_get(addr, "/admin/upstreams").json()["groups"][&group].is_array() {
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "worker not removed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the worker removed", Duration::from_secs(2), || {
+        !admin_get(addr, "/admin/upstreams").json()["groups"][&group].is_array()
+    });
     let r = inflight.join().unwrap();
     assert_eq!(
         (r.status, r.text().starts_with("leaving GET /dr/slow/800")),
@@ -452,6 +457,7 @@ fn deploy(addr: SocketAddr, group: &str, path: &'static str) -> (bool, String) {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     request(addr, "GET", path, &[], b"");
+                    // A sleep: it paces the clients' steady traffic.
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })
@@ -587,20 +593,26 @@ fn test_global_rate_limit_is_shared_by_every_gateway_through_redis() {
     let refused_metric = metric_total(a, "ringgate_rate_limited_global_total")
         + metric_total(b, "ringgate_rate_limited_global_total");
     assert_eq!(refused_metric as usize, refused);
-    // Redis holds the fleet's per-second counts for the tenant (once the last reports,
-    // at most 10 ms apart, are in).
-    std::thread::sleep(Duration::from_millis(200));
-    let keys = redis_master(&["KEYS", &format!("ringgate:ratelimit:{tenant}:*")]);
-    let counted: usize = keys
-        .lines()
-        .filter(|k| !k.is_empty())
-        .map(|k| {
-            redis_master(&["GET", k])
-                .trim()
-                .parse::<usize>()
-                .unwrap_or(0)
-        })
-        .sum();
+    // Redis holds the fleet's per-second counts for the tenant, once the last reports (at
+    // most 10 ms apart) are in; reports only add, so wait for the sum to reach the total.
+    let fleet_count = || {
+        let keys = redis_master(&["KEYS", &format!("ringgate:ratelimit:{tenant}:*")]);
+        let counted: usize = keys
+            .lines()
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                redis_master(&["GET", k])
+                    .trim()
+                    .parse::<usize>()
+                    .unwrap_or(0)
+            })
+            .sum();
+        (counted, keys)
+    };
+    eventually("the last reports in Redis", Duration::from_secs(5), || {
+        fleet_count().0 >= total
+    });
+    let (counted, keys) = fleet_count();
     assert_eq!(counted, total, "keys {keys:?}");
     let ttl: i64 = redis_master(&["TTL", keys.lines().next().unwrap()])
         .trim()
