@@ -255,14 +255,6 @@ async fn from_cache(relay: &mut impl Relayed, first: BytesMut) -> Answer {
     if !matches!(first[0], b'Q' | b'P' | b'B') || !relay.cache_may_answer() {
         return Answer::Relay(first);
     }
-    // A simple query's verdict first: it needs no more messages.
-    if first[0] == b'Q' {
-        let body = messages::body(&first);
-        let text = std::str::from_utf8(body.strip_suffix(b"\0").unwrap_or(body));
-        if !text.is_ok_and(|t| qc.vetted(t).is_some()) {
-            return Answer::Relay(first);
-        }
-    }
     let (Some(projects), Some(db)) = (&core.projects, &core.db) else {
         return Answer::Relay(first);
     };
@@ -273,8 +265,17 @@ async fn from_cache(relay: &mut impl Relayed, first: BytesMut) -> Answer {
         }
         _ => return Answer::Relay(first),
     };
+    // No rule, nothing to look up: the text is not even parsed.
     if rules.is_empty() {
         return Answer::Relay(first);
+    }
+    // A simple query's verdict before reading on: it needs no more messages.
+    if first[0] == b'Q' {
+        let body = messages::body(&first);
+        let text = std::str::from_utf8(body.strip_suffix(b"\0").unwrap_or(body));
+        if !text.is_ok_and(|t| qc.vetted(t).is_some()) {
+            return Answer::Relay(first);
+        }
     }
     let mut batch = vec![first];
     if batch[0][0] != b'Q' {

@@ -10,6 +10,7 @@ use tracing::warn;
 use super::{
     flight::Flights,
     generations::{self, Generations},
+    shape,
     store::{self, Miss, Store, Stored},
     vet::{self, Touched, Vetted},
 };
@@ -95,10 +96,12 @@ impl QueryCache {
             .flatten()
     }
 
-    /// What the statements of `sql` write (remembered per text; see [`vet::written`]).
+    /// What the statements of `sql` write (remembered per [`shape`], else per text; see
+    /// [`vet::written`]).
     pub(crate) fn written(&self, sql: &str) -> Touched {
+        let shape = shape::without_literals(sql);
         self.writes
-            .get_or_try::<()>(sql, || Ok(vet::written(sql)))
+            .get_or_try::<()>(shape.as_deref().unwrap_or(sql), || Ok(vet::written(sql)))
             .unwrap_or(Touched::Everything)
     }
 

@@ -20,6 +20,7 @@
 //! # Layout
 //! - [`rules`]: the request header and the project's rules.
 //! - [`vet`]: what may be cached, the tables a read reads and a write touches.
+//! - [`shape`]: a text without its literals, for remembering what a write touches.
 //! - [`key`]: the key.
 //! - [`store`]: the bounded per-core store.
 //! - [`flight`]: one query per key in flight.
@@ -30,6 +31,7 @@ pub mod generations;
 pub mod key;
 pub mod local;
 pub mod rules;
+pub mod shape;
 pub mod store;
 pub mod vet;
 
