@@ -43,3 +43,21 @@ pub async fn eventually_async(what: &str, limit: Duration, mut cond: impl FnMut(
         monoio::time::sleep(POLL_EVERY).await;
     }
 }
+
+/// How often [`wait_for`] looks again: its polls run commands (psql, redis-cli, etcdctl).
+const POLL_COMMAND_EVERY: Duration = Duration::from_millis(100);
+
+/// Polls `f` every 100 ms until it returns `Some`: that value and how long it took;
+/// panics naming `what` after `limit`. For waits whose duration a test reports (a
+/// failover, a master switch).
+#[track_caller]
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, start.elapsed());
+        }
+        not_past(what, limit, start + limit);
+        std::thread::sleep(POLL_COMMAND_EVERY);
+    }
+}

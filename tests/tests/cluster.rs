@@ -6,9 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use ringgate_tests::backend::{
-    chaos_lock, cluster, http_get, pg_admin_url, pg_node_url, psql, redis_cli, required, try_psql,
-    unique, wait_replicas_caught_up, Chaos,
+use ringgate_tests::{
+    backend::{
+        chaos_lock, cluster, http_get, pg_admin_url, pg_node_url, psql, redis_cli, required,
+        try_psql, unique, wait_replicas_caught_up, Chaos,
+    },
+    wait_for,
 };
 use serde_json::Value;
 
@@ -126,17 +129,6 @@ fn sentinel_master_fields(sentinel: &str) -> std::collections::HashMap<String, S
         .filter(|c| c.len() == 2)
         .map(|c| (c[0].to_string(), c[1].to_string()))
         .collect()
-}
-
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(v) = f() {
-            return (v, start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 const CHAOS_TABLE: &str =
@@ -344,7 +336,7 @@ fn chaos_patroni_leader_kill_fails_over_and_rejoins() {
         has_note(&pg_admin_url(), &before),
         "a write replicated before the crash survives"
     );
-    wait_until(
+    wait_for(
         "the new leader on a new timeline",
         Duration::from_secs(10),
         || (timeline(&members_skipping(&old), &new)? > timeline_before).then_some(()),
@@ -363,7 +355,7 @@ fn chaos_patroni_leader_kill_fails_over_and_rejoins() {
         &format!("insert into chaos_writes (note) values ('{after}')"),
     );
     cluster(&["start", &old]);
-    let (_, rejoined) = wait_until(
+    let (_, rejoined) = wait_for(
         "the old leader streaming as a replica",
         Duration::from_secs(90),
         || {
@@ -378,7 +370,7 @@ fn chaos_patroni_leader_kill_fails_over_and_rejoins() {
     );
     let old_url = pg_node_url(&host_port(member(&patroni_members(), &old).unwrap()));
     assert_eq!(psql(&old_url, "select pg_is_in_recovery()"), "t");
-    wait_until(
+    wait_for(
         "the old leader to replay the new leader's writes",
         Duration::from_secs(10),
         || has_note(&old_url, &after).then_some(()),
@@ -397,12 +389,12 @@ fn chaos_patroni_isolated_leader_is_replaced_and_rejoins_after_heal() {
 
     let cut = Instant::now();
     cluster(&["isolate", &old]);
-    let (new, elected) = wait_until(
+    let (new, elected) = wait_for(
         "a new leader while the old one is isolated",
         Duration::from_secs(60),
         || leader_of(&members_skipping(&old)).filter(|l| *l != old),
     );
-    let (_, writable) = wait_until(
+    let (_, writable) = wait_for(
         "a write through HAProxy's primary port",
         Duration::from_secs(60),
         || {
@@ -449,7 +441,7 @@ fn chaos_patroni_isolated_leader_is_replaced_and_rejoins_after_heal() {
         // off; the operator's fix is a reinit. Reported, so a regression stays visible.
         eprintln!("patroni heal: {old} did not rejoin on its own within 45 s; reinit");
         cluster(&["reinit", &old]);
-        wait_until(
+        wait_for(
             "the old leader streaming as a replica after reinit",
             Duration::from_secs(90),
             rejoined,
@@ -486,7 +478,7 @@ fn chaos_synchronous_mode_switches_on_and_off() {
     };
     let _on = SyncOn;
     cluster(&["sync", "on"]);
-    let (_, took) = wait_until("one synchronous standby", Duration::from_secs(20), || {
+    let (_, took) = wait_for("one synchronous standby", Duration::from_secs(20), || {
         let s = sync_states()?;
         (s.split(',').filter(|x| *x == "sync").count() == 1).then_some(s)
     });
@@ -500,7 +492,7 @@ fn chaos_synchronous_mode_switches_on_and_off() {
         "insert into chaos_writes (note) values ('synchronous')",
     );
     cluster(&["sync", "off"]);
-    wait_until("no synchronous standby", Duration::from_secs(20), || {
+    wait_for("no synchronous standby", Duration::from_secs(20), || {
         (sync_states()? == "async,async").then_some(())
     });
 }
@@ -520,7 +512,7 @@ fn chaos_redis_master_kill_promotes_a_replica_and_it_rejoins() {
         Some("2")
     );
     cluster(&["kill", &old]);
-    let (new_addr, agreed) = wait_until(
+    let (new_addr, agreed) = wait_for(
         "Sentinels to agree on a new master",
         Duration::from_secs(30),
         || {
@@ -530,7 +522,7 @@ fn chaos_redis_master_kill_promotes_a_replica_and_it_rejoins() {
             .then(|| m[0].clone().unwrap())
         },
     );
-    let (_, writable) = wait_until("a write on the new master", Duration::from_secs(10), || {
+    let (_, writable) = wait_for("a write on the new master", Duration::from_secs(10), || {
         redis_cli(&new_addr, Some(&password), &["SET", "chaos:after", "1"]).filter(|r| r == "OK")
     });
     let new = cluster(&["redis-master"]);
@@ -546,7 +538,7 @@ fn chaos_redis_master_kill_promotes_a_replica_and_it_rejoins() {
         "the write survived"
     );
     cluster(&["start", &old]);
-    let (_, rejoined) = wait_until(
+    let (_, rejoined) = wait_for(
         "the old master back as a replica",
         Duration::from_secs(30),
         || {
@@ -565,7 +557,7 @@ fn chaos_redis_master_kill_promotes_a_replica_and_it_rejoins() {
         redis_cli(&old_addr, Some(&password), &["GET", &key]).as_deref(),
         Some("kept")
     );
-    wait_until(
+    wait_for(
         "the new master's write on the old one",
         Duration::from_secs(10),
         || redis_cli(&old_addr, Some(&password), &["GET", "chaos:after"]).filter(|v| v == "1"),

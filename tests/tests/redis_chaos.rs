@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ringgate_tests::backend::{cluster, redis_cli, repair_cluster, required, unique, Chaos};
+use ringgate_tests::{
+    backend::{cluster, redis_cli, repair_cluster, required, unique, Chaos},
+    wait_for,
+};
 
 fn list(name: &str) -> Vec<String> {
     required(name).split(',').map(String::from).collect()
@@ -62,21 +65,6 @@ fn sentinel_masters() -> Vec<Option<String>> {
 fn agreed_master() -> Option<String> {
     let m = sentinel_masters();
     (m[0].is_some() && m.iter().all(|x| *x == m[0])).then(|| m[0].clone().unwrap())
-}
-
-/// Polls `f` every 100 ms until it returns `Some`, at most `limit`; panics naming `what`.
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, start.elapsed());
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Sets a canary key on the master and waits until both replicas have it.
@@ -148,7 +136,7 @@ fn assert_healthy_with(canaries: &[(String, String)], limit: Duration) -> String
             "canary {key} lost on the master {master}"
         );
         for node in nodes() {
-            wait_until(
+            wait_for(
                 &format!("canary {key} on {node}"),
                 Duration::from_secs(5),
                 || redis(&node, &["GET", key]).filter(|v| v == value),
@@ -289,7 +277,7 @@ fn chaos_sentinels_restarted_keep_the_master() {
             redis_cli(s, None, &["SENTINEL", "FAILOVER", &name]).as_deref(),
             Some("OK")
         );
-        wait_until(
+        wait_for(
             "the Sentinels to agree on a master other than redis1",
             Duration::from_secs(30),
             || agreed_master().filter(|m| node_name(m) != "redis1"),
