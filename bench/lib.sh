@@ -49,6 +49,19 @@ ports_free() { # port...
   done
 }
 
+# Waits until every port named is listening (at most 10 s), so a run starts once its
+# servers are up, not after a guessed sleep.
+wait_listening() { # port...
+  local port i
+  for port in "$@"; do
+    for i in $(seq 200); do
+      ss -Htln "( sport = :$port )" | grep -q . && break
+      [ "$i" -lt 200 ] || { echo "error: nothing listens on port $port after 10 s" >&2; exit 1; }
+      sleep 0.05
+    done
+  done
+}
+
 # A scratch directory ($work) and a list of background processes ($pids): when the
 # script exits, the processes are stopped and the directory removed.
 scratch() {

@@ -23,7 +23,7 @@ scratch
 start_pg_front "$bin" 18392 16443 16 ringgate.log
 rg=${pids[-1]}
 start_pgbouncer 16444 tenant_alpha 16 alpha_owner "$pw"
-sleep 2
+wait_listening 16443 16444
 ulimit -n 8192 || true
 pb=$(cat "$work/pgbouncer.pid")
 tick=$(getconf CLK_TCK)

@@ -37,7 +37,7 @@ start_pg_front "$bin" 18382 16433 "$conns" ringgate.log
 [ -z "$baseline" ] || start_pg_front "$baseline" 18383 16435 "$conns" baseline.log
 targets="direct ringgate${baseline:+ baseline} pgbouncer"
 start_pgbouncer 16434 tenant_alpha "$conns" alpha_owner "$pw"
-sleep 1
+wait_listening 16433 16434 ${baseline:+16435}
 ulimit -n 8192 || true
 
 via_ringgate="host=127.0.0.1 port=16433 user=alpha_owner password=$pw dbname=tenant_alpha options=endpoint=alpha sslmode=disable"

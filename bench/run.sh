@@ -67,7 +67,7 @@ env -i PATH="$PATH" RINGGATE_LISTEN=127.0.0.1:18280 RINGGATE_TLS_LISTEN=127.0.0.
   RINGGATE_TLS_KEY="$work/key.pem" RINGGATE_WORKERS=1 RINGGATE_PIN_CORES=true RINGGATE_LOG=warn,ringgate::rt=info \
   "$ringgate" 2>"$work/ringgate.log" &
 pids+=($!)
-sleep 1
+wait_listening 18180 18280 18543 18643
 for port in 18180 18280; do curl -fsS "http://127.0.0.1:$port/health" >/dev/null; done
 
 cp bench/wrk-report.lua "$work/pct.lua"

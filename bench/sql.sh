@@ -49,7 +49,7 @@ start_sql "$bin/ringgate" 18380 ringgate.log "${pinned[@]}"
 # The default deployment: one core per CPU, not pinned; the same server connections in all.
 start_sql "$bin/ringgate" 18381 ringgate-default.log
 start_pgbouncer 16432 ringgate_bench "$conns" postgres "$pw" taskset -c 0
-sleep 1
+wait_listening 18380 18381 16432 ${baseline:+18382}
 
 cs="postgresql://postgres:$pw@bench.ringgate.test/ringgate_bench"
 body='{"query":"SELECT abalance FROM pgbench_accounts WHERE aid = $1","params":[12345]}'
