@@ -1203,7 +1203,8 @@ async fn send_under_lease(held: &mut Held) -> Result<(), Gone> {
 /// Prepares `p` on the held connection first when it lacks it (its answer not relayed).
 fn ensure(held: &mut Held, p: &Prepared) {
     let relayed = held.lent().conn.relayed_statements();
-    if relayed.insert(p.server.clone()) {
+    // Looked up first: the name is cloned only when it is new to the connection.
+    if !relayed.contains(&p.server) && relayed.insert(p.server.clone()) {
         held.parses.push_back(Some(p.server.clone()));
         messages::frontend(&mut held.out, b'P', &[p.server.as_bytes(), b"\0", &p.rest]);
         held.swallow += 1;

@@ -10,12 +10,16 @@
 //! touching a name) it gives up, and the caller keys by the whole text. Hand-written: a
 //! full SQL tokenizer (sqlparser's) costs about what the parse it would save.
 
+use std::borrow::Cow;
+
 /// `sql` with each number and standard-conforming string literal replaced by `?`; `None`
 /// when the text holds something this lexer does not follow exactly. A shape is its own
 /// shape, so no text this gives up on (and that a caller keys by whole) equals a shape.
-pub fn without_literals(sql: &str) -> Option<String> {
+/// Allocates only when there is a literal to replace (a parameterised statement's `$1`
+/// ends the scan at once).
+pub fn without_literals(sql: &str) -> Option<Cow<'_, str>> {
     let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
+    let mut out = String::new();
     let mut copied = 0; // `sql[copied..i]` is still to copy
     let mut i = 0;
     while i < b.len() {
@@ -31,6 +35,7 @@ pub fn without_literals(sql: &str) -> Option<String> {
                     return None;
                 }
                 let end = quoted_end(b, i, b'\'')?;
+                out.reserve(sql.len() - copied);
                 out.push_str(&sql[copied..i]);
                 out.push('?');
                 copied = end;
@@ -46,6 +51,7 @@ pub fn without_literals(sql: &str) -> Option<String> {
                 if b.get(end).is_some_and(|&n| is_ident(n) || n == b'.') {
                     return None;
                 }
+                out.reserve(sql.len() - copied);
                 out.push_str(&sql[copied..i]);
                 out.push('?');
                 copied = end;
@@ -54,8 +60,11 @@ pub fn without_literals(sql: &str) -> Option<String> {
             _ => i += 1,
         }
     }
+    if copied == 0 {
+        return Some(Cow::Borrowed(sql));
+    }
     out.push_str(&sql[copied..]);
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 /// A byte of a name (PostgreSQL takes any non-ASCII byte as a letter).
