@@ -193,7 +193,7 @@ fn test_graceful_shutdown_rejects_new() {
     std::thread::sleep(Duration::from_millis(100));
     p.signal(libc::SIGTERM);
     p.wait_log("draining", Duration::from_secs(5));
-    common::eventually(Duration::from_secs(3), "new connections refused", || {
+    common::eventually("new connections refused", Duration::from_secs(3), || {
         TcpStream::connect(addr).is_err()
     });
     // The in-flight request is unaffected.

@@ -336,7 +336,7 @@ fn connection_limit_refuses_cleanly() {
         held[0].send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
         assert_eq!(held[0].read_response(false).status, 200);
         drop(held.pop());
-        common::eventually(Duration::from_secs(2), "a free slot", || {
+        common::eventually("a free slot", Duration::from_secs(2), || {
             get(addr, "/health").status == 200
         });
         // Read metrics over a held connection: a new one could race the freed slot.

@@ -180,8 +180,8 @@ fn parked_connections_count_against_the_connection_limit() {
         // A parked one leaving frees its place.
         drop(held.pop());
         common::eventually(
-            Duration::from_secs(5),
             "the place of a parked connection that left",
+            Duration::from_secs(5),
             || {
                 let mut c = Client::connect(addr);
                 c.send(GET);

@@ -134,7 +134,7 @@ fn reload_serves_new_certificate_without_dropping_connections() {
         assert_eq!(served_cert(&old), first);
         let (_, _, second) = write_cert(dir.path());
         g.reload_tls().unwrap();
-        common::eventually(Duration::from_secs(3), "new certificate served", || {
+        common::eventually("new certificate served", Duration::from_secs(3), || {
             let mut fresh = connect(addr, &second, &[&rustls::version::TLS13]);
             try_request(&mut fresh, "/health").is_some_and(|r| r.status == 200)
                 && served_cert(&fresh) == second
@@ -178,7 +178,7 @@ fn sighup_reloads_the_certificate_in_the_binary() {
             && f["chain"] == 1,
         "the reload line names the new and the old certificate: {line}"
     );
-    common::eventually(Duration::from_secs(3), "new certificate served", || {
+    common::eventually("new certificate served", Duration::from_secs(3), || {
         let mut fresh = connect(addr, &second, &[&rustls::version::TLS13]);
         try_request(&mut fresh, "/health").is_some_and(|r| r.status == 200)
     });
@@ -309,7 +309,7 @@ fn a_crowd_of_handshakes_on_an_idle_core_goes_a_burst_at_a_time_and_leavers_cost
             "{d:?}: an idle core ran all 96 handshakes in one go"
         );
         let failures = || core0_counter(&g, "ringgate_tls_handshake_failures_total");
-        common::eventually(Duration::from_secs(10), "48 failures counted", || {
+        common::eventually("48 failures counted", Duration::from_secs(10), || {
             failures() >= failed_before + 48
         });
         assert_eq!(failures(), failed_before + 48, "{d:?}");
@@ -346,7 +346,7 @@ fn a_bad_or_broken_handshake_gets_an_alert_is_counted_and_harms_no_one() {
         );
         // A ClientHello, then the client goes away.
         drop(client_hello_sent(addr, &der));
-        common::eventually(Duration::from_secs(5), "both failures counted", || {
+        common::eventually("both failures counted", Duration::from_secs(5), || {
             core0_counter(&g, "ringgate_tls_handshake_failures_total") >= before + 2
         });
         // The core serves TLS as before.
@@ -403,8 +403,8 @@ fn idle_connections_hold_no_buffer_and_pipelined_and_large_requests_still_work()
             assert_eq!(both(p, t, get, 1), [vec![200], vec![200]]);
         }
         common::eventually(
-            Duration::from_secs(5),
             "idle connections give their buffers back",
+            Duration::from_secs(5),
             || lent() == 1,
         );
         let (p, t) = (&mut plain[0], &mut tls[0]);
@@ -432,8 +432,8 @@ fn idle_connections_hold_no_buffer_and_pipelined_and_large_requests_still_work()
         );
         assert_eq!(both(p, t, big_head.as_bytes(), 1), [vec![200], vec![200]]);
         common::eventually(
-            Duration::from_secs(5),
             "buffers come back after large and pipelined requests",
+            Duration::from_secs(5),
             || lent() == 1,
         );
         // Every idle connection still serves.

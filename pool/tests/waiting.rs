@@ -8,6 +8,7 @@ use std::{cell::Cell, rc::Rc, sync::atomic::Ordering::SeqCst, time::Duration};
 
 use common::{pause, pool, run, serve};
 use ringgate_pool::Error;
+use ringgate_testkit::eventually_async;
 
 #[test]
 fn a_thousand_timed_out_waiters_leave_the_queue_and_the_next_is_served_at_once() {
@@ -129,13 +130,12 @@ fn closing_a_pool_answers_its_waiters_and_closes_its_connections() {
         assert!(matches!(waiter.await, Err(Error::Closed)));
         pool.put_back(held);
         assert_eq!((pool.size(), pool.waiters()), (0, 0));
-        for _ in 0..200 {
-            if gates.tenant.used() == 0 && fake.open.load(SeqCst) == 0 {
-                break;
-            }
-            pause(10).await;
-        }
-        assert_eq!((gates.tenant.used(), fake.open.load(SeqCst)), (0, 0));
+        eventually_async(
+            "permits back and connections closed",
+            Duration::from_secs(2),
+            || gates.tenant.used() == 0 && fake.open.load(SeqCst) == 0,
+        )
+        .await;
     });
 }
 
@@ -147,9 +147,10 @@ fn an_idle_connection_whose_session_ended_is_dropped_and_replaced() {
         let c = pool.get(Duration::from_secs(5)).await.unwrap();
         pool.put_back(c);
         fake.end_sessions.store(true, SeqCst);
-        while fake.open.load(SeqCst) > 0 {
-            pause(5).await;
-        }
+        eventually_async("the sessions ended", Duration::from_secs(5), || {
+            fake.open.load(SeqCst) == 0
+        })
+        .await;
         fake.end_sessions.store(false, SeqCst);
         // Idle past the check-after-idle time: looked at before use, found ended.
         pause(50).await;
@@ -162,13 +163,12 @@ fn an_idle_connection_whose_session_ended_is_dropped_and_replaced() {
         );
         assert_eq!((pool.size(), pool.waiters()), (1, 0));
         pool.put_back(c);
-        for _ in 0..200 {
-            if gates.tenant.used() == 1 {
-                break;
-            }
-            pause(10).await;
-        }
-        assert_eq!(gates.tenant.used(), 1, "the ended one's permit came back");
+        eventually_async(
+            "the ended one's permit came back",
+            Duration::from_secs(2),
+            || gates.tenant.used() == 1,
+        )
+        .await;
     });
 }
 
@@ -200,14 +200,12 @@ fn a_lent_connection_not_given_back_is_closed_and_replaced() {
         assert!(c.is_closed(), "its state is unknown: never reused");
         assert!(c.conn().lend().await.is_none(), "nothing left to lend");
         pool.put_back(c);
-        for _ in 0..200 {
-            if fake.open.load(SeqCst) == 0 && gates.tenant.used() == 0 {
-                break;
-            }
-            pause(10).await;
-        }
-        assert_eq!(fake.open.load(SeqCst), 0, "its socket closed");
-        assert_eq!(gates.tenant.used(), 0, "its permit came back");
+        eventually_async(
+            "its socket closed and its permit came back",
+            Duration::from_secs(2),
+            || fake.open.load(SeqCst) == 0 && gates.tenant.used() == 0,
+        )
+        .await;
         let c = pool.get(Duration::from_secs(5)).await.unwrap();
         assert_eq!(
             fake.accepted.load(SeqCst),

@@ -6,68 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// A parsed response.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    /// Status code.
-    pub status: u16,
-    /// Headers in order.
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: Vec<u8>,
-}
+// The kit's, which the gateway's own tests share.
+pub use ringgate_testkit::http::Resp;
 
-impl Resp {
-    /// The first header called `name`.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as text.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON; panics with the body when it is not.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Reads one response from `reader`.
+/// Reads one response to a request that is not HEAD from `reader`: the kit's
+/// [`read_response`](ringgate_testkit::http::read_response) with a body.
 pub fn read_response(reader: &mut impl BufRead) -> Option<Resp> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let status = line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (n, v) = h.split_once(':')?;
-        headers.push((n.trim().to_string(), v.trim().to_string()));
-    }
-    let mut resp = Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let len: usize = resp
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    resp.body = vec![0; len];
-    reader.read_exact(&mut resp.body).ok()?;
-    Some(resp)
+    ringgate_testkit::http::read_response(reader, false)
 }
 
 /// Sends one request on a fresh connection and reads the response.

@@ -5,14 +5,20 @@ pub mod process;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ringgate::{
     config::{Config, DriverChoice},
     Gateway,
+};
+// The fixtures every crate's tests share (not every test binary takes each).
+#[allow(unused_imports)]
+pub use ringgate_testkit::{
+    eventually,
+    http::{read_response, Resp},
 };
 
 /// The drivers to run each test on: epoll always, io_uring where the kernel allows it.
@@ -47,42 +53,14 @@ pub fn start(config: Config) -> (Gateway, SocketAddr) {
     (g, addr)
 }
 
-/// A parsed response.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
 /// A raw client connection.
 pub struct Client {
+    /// The connection, buffered for reading responses (write through `get_mut`).
     pub reader: BufReader<TcpStream>,
 }
 
 impl Client {
+    /// Connects to `addr` with a 10 s read timeout.
     pub fn connect(addr: SocketAddr) -> Self {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -91,6 +69,7 @@ impl Client {
         }
     }
 
+    /// Writes `bytes` as they are.
     pub fn send(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).expect("write");
     }
@@ -100,6 +79,7 @@ impl Client {
         self.try_read_response(head_only).expect("a response")
     }
 
+    /// Reads one response, or `None` when the connection ends (or times out) first.
     pub fn try_read_response(&mut self, head_only: bool) -> Option<Resp> {
         read_response(&mut self.reader, head_only)
     }
@@ -119,58 +99,9 @@ impl Client {
     }
 }
 
-/// Reads one Content-Length framed response from any reader.
-pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Option<Resp> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (n, v) = h.split_once(':')?;
-        headers.push((n.trim().to_string(), v.trim().to_string()));
-    }
-    let mut resp = Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if status == 100 {
-        return Some(resp);
-    }
-    let len: usize = resp
-        .header("content-length")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0);
-    if !head_only {
-        resp.body = vec![0; len];
-        reader.read_exact(&mut resp.body).ok()?;
-    }
-    Some(resp)
-}
-
 /// One request on a fresh connection.
 pub fn get(addr: SocketAddr, path: &str) -> Resp {
     let mut c = Client::connect(addr);
     c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
     c.read_response(false)
-}
-
-/// Waits until `cond` holds or panics after `limit`.
-pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out after {limit:?} waiting for: {what}");
 }
