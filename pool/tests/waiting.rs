@@ -6,8 +6,8 @@ mod common;
 
 use std::{cell::Cell, rc::Rc, sync::atomic::Ordering::SeqCst, time::Duration};
 
-use common::{pause, pool, run, serve};
-use ringgate_pool::Error;
+use common::{pause, pool, run, serve, Fake};
+use ringgate_pool::{tenant::TenantPool, Error};
 use ringgate_testkit::eventually_async;
 
 #[test]
@@ -154,15 +154,8 @@ fn an_idle_connection_whose_session_ended_is_dropped_and_replaced() {
         fake.end_sessions.store(false, SeqCst);
         // Idle past the check-after-idle time: looked at before use, found ended.
         pause(50).await;
-        let c = pool.get(Duration::from_secs(5)).await.unwrap();
-        assert!(!c.is_closed());
-        assert_eq!(
-            fake.accepted.load(SeqCst),
-            2,
-            "a new connection replaced it"
-        );
+        a_new_connection_replaced_it(&pool, &fake).await;
         assert_eq!((pool.size(), pool.waiters()), (1, 0));
-        pool.put_back(c);
         eventually_async(
             "the ended one's permit came back",
             Duration::from_secs(2),
@@ -206,12 +199,18 @@ fn a_lent_connection_not_given_back_is_closed_and_replaced() {
             || fake.open.load(SeqCst) == 0 && gates.tenant.used() == 0,
         )
         .await;
-        let c = pool.get(Duration::from_secs(5)).await.unwrap();
-        assert_eq!(
-            fake.accepted.load(SeqCst),
-            2,
-            "a new connection replaced it"
-        );
-        pool.put_back(c);
+        a_new_connection_replaced_it(&pool, &fake).await;
     });
+}
+
+/// The next checkout opens a second connection (the first was dropped) and gives it back.
+async fn a_new_connection_replaced_it(pool: &Rc<TenantPool>, fake: &Fake) {
+    let c = pool.get(Duration::from_secs(5)).await.unwrap();
+    assert!(!c.is_closed());
+    assert_eq!(
+        fake.accepted.load(SeqCst),
+        2,
+        "a new connection replaced it"
+    );
+    pool.put_back(c);
 }
