@@ -4,7 +4,12 @@
 # the same server connections for both poolers, in one run. Needs the local backend
 # (`eval "$(compose/cluster up)"`); tenant alpha's role against the Patroni leader.
 #
-#   bench/pg.sh [SECS=10] [SERVER_CONNS=16]     (RINGGATE_BIN=path: skip the build)
+#   bench/pg.sh [SECS=10] [SERVER_CONNS=16] [ROUNDS=1]    (RINGGATE_BIN=path: skip the build)
+#
+# With ROUNDS > 1, the table is followed by that many more rounds of the 1000-client
+# `-M extended` pair (issue 27's goal), alternating which of ringgate and PgBouncer runs
+# first, with each round's ratio and their median: one run's ratio on a shared 2-core
+# machine says little.
 #
 # With RINGGATE_BASELINE=/path/to/an/older/ringgate, that binary runs too (ports 16435 and
 # 18383, the same settings), measured right after this build in every row: a before/after
@@ -18,6 +23,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-16}"
+rounds="${3:-1}"
 need_cluster
 host=$(leader_host)
 pw=alpha-secret
@@ -91,3 +97,24 @@ for mode in extended prepared; do
     echo "| 1000 | $mode | $target | $tps | $p99 | $failed |"
   done
 done
+
+# Interleaved rounds of the 1000-client extended pair.
+if [ "$rounds" -gt 1 ]; then
+  printf "\n| round | first | ringgate tps (p99 ms) | PgBouncer tps (p99 ms) | ringgate / PgBouncer |\n|---|---|---|---|---|\n"
+  ratios=()
+  for r in $(seq "$rounds"); do
+    if [ $((r % 2)) -eq 1 ]; then order="ringgate pgbouncer"; else order="pgbouncer ringgate"; fi
+    for target in $order; do
+      case $target in
+        ringgate) read -r rg_tps rg_p99 _ < <(run "$via_ringgate" extended 1000) ;;
+        pgbouncer) read -r pb_tps pb_p99 _ < <(run "$via_bouncer" extended 1000) ;;
+      esac
+    done
+    ratio=$(awk -v a="$rg_tps" -v b="$pb_tps" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    ratios+=("$ratio")
+    echo "| $r | ${order%% *} | $rg_tps ($rg_p99) | $pb_tps ($pb_p99) | ${ratio}x |"
+  done
+  median=$(printf "%s\n" "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.2f", (a[NR/2]+a[NR/2+1])/2}')
+  echo
+  echo "1000 extended, ringgate / PgBouncer over $rounds interleaved rounds: median ${median}x (goal >= 1.2x)"
+fi

@@ -1252,22 +1252,32 @@ impl Relay {
 }
 
 /// Why a statement needs a session of its own, when it does.
+/// Looked at once per `Query` and `Parse` in transaction mode, so it compares without
+/// lowercasing a copy of the statement.
 pub fn session_only(sql: &str) -> Option<&'static str> {
-    let lower = sql.trim_start().to_ascii_lowercase();
-    if lower.starts_with("listen") {
+    let text = sql.trim_start().as_bytes();
+    let starts = |p: &str| {
+        text.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    let contains = |p: &str| {
+        text.windows(p.len())
+            .any(|w| w.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    if starts("listen") {
         return Some("LISTEN needs a session of its own; ringgate pools by transaction");
     }
-    if lower.starts_with("prepare ") {
+    if starts("prepare ") {
         return Some("SQL PREPARE needs a session of its own; ringgate pools by transaction (protocol-level prepared statements work)");
     }
-    if lower.starts_with("declare") && lower.contains("with hold") {
+    if starts("declare") && contains("with hold") {
         return Some(
             "WITH HOLD cursors need a session of their own; ringgate pools by transaction",
         );
     }
     let session_lock = ["pg_advisory_lock", "pg_try_advisory_lock"]
         .iter()
-        .any(|f| lower.contains(f));
+        .any(|f| contains(f));
     if session_lock {
         return Some("session advisory locks need a session of their own; ringgate pools by transaction (use pg_advisory_xact_lock)");
     }
@@ -1341,6 +1351,12 @@ mod tests {
         assert!(session_only("select pg_advisory_xact_lock(1)").is_none());
         assert!(session_only("select * from pgbench_accounts where aid = $1").is_none());
         assert!(session_only("DECLARE c CURSOR FOR SELECT 1").is_none());
+        // Any case, no copy made.
+        assert!(session_only("LiStEn x").is_some());
+        assert!(session_only("Select PG_Advisory_Lock(1)").is_some());
+        assert!(session_only("declare c cursor With Hold for select 1").is_some());
+        assert!(session_only("").is_none());
+        assert!(session_only("lis").is_none());
     }
 
     #[test]
