@@ -40,7 +40,7 @@ use ringgate_pool::{Checkout, Error as PoolError, Intent, PgError, Shard};
 use tracing::debug;
 
 use self::{
-    classify::{classify, commits_with_transaction, Kind},
+    classify::{commits_with_transaction, Kind},
     exec::ExecError,
     lease::{under_lease, LeaseLost},
     request::{SqlRequest, SqlRequestError},
@@ -286,7 +286,7 @@ impl Ctx {
         let intent = match sql.batch {
             true if sql.txn.read_only => Intent::Read,
             true => Intent::Write,
-            false => match self.kind(&sql.statements[0]) {
+            false => match sql.statements[0].kind(&self.memo.sql_memo) {
                 Kind::Read => Intent::Read,
                 Kind::Write => Intent::Write,
             },
@@ -307,18 +307,9 @@ impl Ctx {
         }
     }
 
-    /// Whether a statement reads or may write (memoised per core).
-    fn kind(&self, st: &request::Statement) -> Kind {
-        self.memo
-            .sql_memo
-            .kinds
-            .get_or_try::<()>(&st.sql, || Ok(classify(&st.sql)))
-            .unwrap_or(Kind::Write)
-    }
-
     async fn single(&self, sql: &SqlRequest) -> Response {
         let st = &sql.statements[0];
-        let kind = self.kind(st);
+        let kind = st.kind(&self.memo.sql_memo);
         if kind == Kind::Read {
             if let Some(r) = pipeline::read(self, sql, st).await {
                 return r;

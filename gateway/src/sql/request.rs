@@ -1,6 +1,8 @@
 //! A `POST /sql` request as Neon's serverless driver sends it: the JSON body (one query or a
 //! batch) and the `Neon-*` headers.
 
+use std::cell::Cell;
+
 use http::HeaderMap;
 use ringgate_pool::{
     url::{parse_parts, UrlError},
@@ -8,7 +10,11 @@ use ringgate_pool::{
 };
 use serde::Deserialize;
 
-use super::{memo::Memo, tenant::Tenant};
+use super::{
+    classify::{classify, Kind},
+    memo::{Memo, SqlMemo},
+    tenant::Tenant,
+};
 use crate::config::SqlLimits;
 
 /// One statement and its parameters (text, or NULL).
@@ -20,6 +26,24 @@ pub struct Statement {
     pub params: Vec<Option<String>>,
     /// Per-statement array mode, overriding the header.
     pub array_mode: Option<bool>,
+    /// Whether it reads or may write, once [`Statement::kind`] looked it up.
+    pub(crate) kind: Cell<Option<Kind>>,
+}
+
+impl Statement {
+    /// Whether the statement reads or may write: classified once per text on a core
+    /// (`memo`), and looked up once per request (routing, the cache and the run all ask).
+    pub fn kind(&self, memo: &SqlMemo) -> Kind {
+        if let Some(k) = self.kind.get() {
+            return k;
+        }
+        let k = memo
+            .kinds
+            .get_or_try::<()>(&self.sql, || Ok(classify(&self.sql)))
+            .unwrap_or(Kind::Write);
+        self.kind.set(Some(k));
+        k
+    }
 }
 
 /// Transaction options for a batch.
@@ -209,6 +233,7 @@ pub fn parse_for(
                 sql: q.query,
                 params: q.params.iter().map(param_text).collect(),
                 array_mode: q.array_mode,
+                kind: Cell::new(None),
             })
         })
         .collect::<Result<_, _>>()?;

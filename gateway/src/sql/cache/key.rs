@@ -45,6 +45,7 @@ mod tests {
                 sql: "select * from items where id = $1".into(),
                 params,
                 array_mode: None,
+                kind: Default::default(),
             }],
             batch: false,
             array_mode: array,

@@ -49,11 +49,7 @@ use self::{
     store::{Miss, Stored},
     vet::Vetted,
 };
-use super::{
-    classify::{classify, Kind},
-    request::SqlRequest,
-    response::gateway_error,
-};
+use super::{classify::Kind, request::SqlRequest, response::gateway_error};
 use crate::{http::Response, metrics::CacheEvent, per_core::Core};
 
 /// The response header saying what the cache did: `hit`, `miss`, `bypass` or
@@ -97,11 +93,7 @@ async fn through(
         !sql.txn.read_only
     } else {
         let st = &sql.statements[0];
-        let kind = core
-            .sql_memo
-            .kinds
-            .get_or_try::<()>(&st.sql, || Ok(classify(&st.sql)))
-            .unwrap_or(Kind::Write);
+        let kind = st.kind(&core.sql_memo);
         // A read calling a function that may write (a user function) invalidates too.
         kind == Kind::Write || !qc.written(&st.sql).is_nothing()
     };
