@@ -236,6 +236,9 @@ pub struct Gate {
     used: AtomicUsize,
     /// Requests waiting for a permit of this gate, on any core.
     waiting: AtomicUsize,
+    /// Requests waiting for a permit whose core holds some, but fewer than an even share
+    /// ([`Gate::wait_short`]).
+    short: AtomicUsize,
     wakers: WakerList,
     /// The cores holding its permits.
     holders: Holders,
@@ -259,6 +262,7 @@ impl Gate {
             limit,
             used: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            short: AtomicUsize::new(0),
             wakers: WakerList::default(),
             holders: Holders::new(cores),
             idle: CoreSet::new(cores),
@@ -347,7 +351,25 @@ impl Gate {
         Waiting {
             gate: self.clone(),
             slot: None,
-            counted: true,
+            counted: Counted::Waiting,
+        }
+    }
+
+    /// Requests waiting whose core holds fewer than an even share of the permits.
+    pub fn short(&self) -> usize {
+        self.short.load(Ordering::Acquire)
+    }
+
+    /// Counts a request as waiting short until the guard drops: its core holds some of
+    /// the permits but fewer than an even share among the cores holding them, and its
+    /// requests cannot be handed to them (a PostgreSQL client stays on the core it
+    /// connected to), so cores above an even share give connections back to it.
+    pub fn wait_short(self: &Arc<Self>) -> Waiting {
+        self.short.fetch_add(1, Ordering::AcqRel);
+        Waiting {
+            gate: self.clone(),
+            slot: None,
+            counted: Counted::Short,
         }
     }
 
@@ -358,7 +380,7 @@ impl Gate {
         Waiting {
             gate: self.clone(),
             slot: None,
-            counted: false,
+            counted: Counted::No,
         }
     }
 }
@@ -585,8 +607,19 @@ impl Drop for Handed {
 pub struct Waiting {
     gate: Arc<Gate>,
     slot: Option<Slot>,
-    /// Counted in the gate's waiting requests ([`Gate::wait`], not [`Gate::watch`]).
-    counted: bool,
+    /// Which of the gate's counts it is in.
+    counted: Counted,
+}
+
+/// Which count of its gate a [`Waiting`] is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// [`Gate::watch`].
+    No,
+    /// [`Gate::wait`].
+    Waiting,
+    /// [`Gate::wait_short`].
+    Short,
 }
 
 impl Waiting {
@@ -607,8 +640,14 @@ impl Drop for Waiting {
         if let Some(slot) = self.slot {
             self.gate.wakers.cancel(slot);
         }
-        if self.counted {
-            self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        match self.counted {
+            Counted::No => {}
+            Counted::Waiting => {
+                self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            Counted::Short => {
+                self.gate.short.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }

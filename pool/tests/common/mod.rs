@@ -89,11 +89,16 @@ pub fn pool(addr: SocketAddr, limit: usize) -> (Rc<TenantPool>, Gates) {
         max_total: 100,
         ..Config::default()
     };
-    let budgets = Budgets::new(&config);
+    pool_on(addr, &Budgets::new(&config), 0)
+}
+
+/// Core `core`'s pool of tenant "t" on node "n" at `addr`, under `budgets` (shared by
+/// the cores' pools, each on its own thread).
+pub fn pool_on(addr: SocketAddr, budgets: &Budgets, core: usize) -> (Rc<TenantPool>, Gates) {
     let gates = Gates {
         tenant: budgets.tenant("t", "n"),
         node: budgets.node("n"),
-        core: 0,
+        core,
     };
     let credentials = Credentials::new("db", "role", "");
     let target = Target {
