@@ -18,6 +18,16 @@ const GET: &[u8] = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
 /// Past the read grace (100 ms): the connection is parked, not waiting in its task.
 const PARKED: Duration = Duration::from_millis(300);
 
+/// Each client sends a request and gets 200 (`what` names the step), then all stay quiet
+/// past the read grace, so each is parked.
+fn served_then_parked(clients: &mut [Client], what: &str) {
+    for c in clients.iter_mut() {
+        c.send(GET);
+        assert_eq!(c.read_response(false).status, 200, "{what}");
+    }
+    std::thread::sleep(PARKED);
+}
+
 /// Whether the server closed `s` (EOF) before `within` passes.
 fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).unwrap();
@@ -32,11 +42,7 @@ fn a_parked_connection_is_served_again_by_every_way_its_request_comes() {
         // Many rounds of request, idle past the grace, request: each one parks and resumes.
         let mut clients: Vec<Client> = (0..50).map(|_| Client::connect(addr)).collect();
         for round in 0..3 {
-            for c in &mut clients {
-                c.send(GET);
-                assert_eq!(c.read_response(false).status, 200, "{d:?} round {round}");
-            }
-            std::thread::sleep(PARKED);
+            served_then_parked(&mut clients, &format!("{d:?} round {round}"));
         }
         // The request in pieces: the head's first bytes resume it, the rest follows.
         let c = &mut clients[0];
@@ -133,11 +139,7 @@ fn a_drain_closes_parked_connections_at_once() {
             &[("RINGGATE_WORKERS", "2"), ("RINGGATE_DRAIN_TIMEOUT", "20s")],
         ));
         let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(addr)).collect();
-        for c in &mut clients {
-            c.send(GET);
-            assert_eq!(c.read_response(false).status, 200);
-        }
-        std::thread::sleep(PARKED);
+        served_then_parked(&mut clients, &format!("{d:?}"));
         let started = Instant::now();
         let report = g.drain();
         // Counted as connections until closed: a drain that forgot them would wait its 20 s.
@@ -165,11 +167,7 @@ fn parked_connections_count_against_the_connection_limit() {
             ],
         ));
         let mut held: Vec<Client> = (0..5).map(|_| Client::connect(addr)).collect();
-        for c in &mut held {
-            c.send(GET);
-            assert_eq!(c.read_response(false).status, 200);
-        }
-        std::thread::sleep(PARKED);
+        served_then_parked(&mut held, &format!("{d:?}"));
         let mut extra = Client::connect(addr);
         extra.send(GET);
         assert_eq!(
@@ -207,11 +205,7 @@ fn connections_parked_on_sixteen_cores_are_served_again_and_drained() {
         // its own.
         let mut clients: Vec<Client> = (0..160).map(|_| Client::connect(addr)).collect();
         for round in 0..2 {
-            for c in &mut clients {
-                c.send(GET);
-                assert_eq!(c.read_response(false).status, 200, "{d:?} round {round}");
-            }
-            std::thread::sleep(PARKED);
+            served_then_parked(&mut clients, &format!("{d:?} round {round}"));
         }
         let started = Instant::now();
         let report = g.drain();
