@@ -12,6 +12,7 @@ use std::{
 };
 
 use common::{drivers, start, test_config, Client};
+use ringgate::Gateway;
 
 const GET: &[u8] = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
 
@@ -26,6 +27,24 @@ fn served_then_parked(clients: &mut [Client], what: &str) {
         assert_eq!(c.read_response(false).status, 200, "{what}");
     }
     std::thread::sleep(PARKED);
+}
+
+/// Drains `g` holding the parked `clients`: done within 5 s (they count as connections
+/// until closed, so a drain that forgot them would wait out its 20 s), none cut, and each
+/// closed by the server.
+fn drained_at_once(g: Gateway, clients: Vec<Client>, what: &str) {
+    let started = Instant::now();
+    let report = g.drain();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{what}: drain took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.cut_connections, 0, "{what}: {report:?}");
+    for c in clients {
+        let mut s = c.reader.into_inner();
+        assert!(closed_within(&mut s, Duration::from_secs(2)), "{what}");
+    }
 }
 
 /// Whether the server closed `s` (EOF) before `within` passes.
@@ -140,19 +159,7 @@ fn a_drain_closes_parked_connections_at_once() {
         ));
         let mut clients: Vec<Client> = (0..20).map(|_| Client::connect(addr)).collect();
         served_then_parked(&mut clients, &format!("{d:?}"));
-        let started = Instant::now();
-        let report = g.drain();
-        // Counted as connections until closed: a drain that forgot them would wait its 20 s.
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{d:?}: drain took {:?}",
-            started.elapsed()
-        );
-        assert_eq!(report.cut_connections, 0, "{d:?}: {report:?}");
-        for c in clients {
-            let mut s = c.reader.into_inner();
-            assert!(closed_within(&mut s, Duration::from_secs(2)), "{d:?}");
-        }
+        drained_at_once(g, clients, &format!("{d:?}"));
     }
 }
 
@@ -207,17 +214,6 @@ fn connections_parked_on_sixteen_cores_are_served_again_and_drained() {
         for round in 0..2 {
             served_then_parked(&mut clients, &format!("{d:?} round {round}"));
         }
-        let started = Instant::now();
-        let report = g.drain();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{d:?}: drain took {:?}",
-            started.elapsed()
-        );
-        assert_eq!(report.cut_connections, 0, "{d:?}: {report:?}");
-        for c in clients {
-            let mut s = c.reader.into_inner();
-            assert!(closed_within(&mut s, Duration::from_secs(2)), "{d:?}");
-        }
+        drained_at_once(g, clients, &format!("{d:?}"));
     }
 }
