@@ -5,7 +5,8 @@
 //! driven by a task on the core that opened it through a channel, so a request whose
 //! caller gives up (a lapsed lease, a timeout) still runs to its end and leaves the
 //! connection in a known state; between requests it waits in its `Home`, from which the
-//! PostgreSQL front end borrows it directly ([`PgConn::lend`]). `LISTEN` connections stay tokio-postgres clients over a `poll-io` stream.
+//! PostgreSQL front end borrows it directly ([`PgConn::lend`]). `LISTEN` connections
+//! stay tokio-postgres clients over a `poll-io` stream.
 
 use std::{
     cell::{Cell, RefCell},

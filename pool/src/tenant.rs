@@ -518,22 +518,21 @@ impl TenantPool {
     /// else would give back.
     ///
     /// Otherwise, when this core holds fewer than an even share of the tenant's permits
-    /// among the cores holding or wanting them, it asks for its share ([`Ask::Share`]):
+    /// among the cores holding them, it asks for its share ([`Ask::Share`]):
     /// a PostgreSQL client's transactions cannot be handed to another core, so without
     /// this the core that took the permits first kept them (measured: 15 of 16 server
     /// connections on one core of two, each with 500 pgbench clients, 6x the
     /// transactions of the other).
     fn asks_others(&self, gate: &Arc<Gate>) -> Ask {
+        let holders = gate.holders();
         if !Arc::ptr_eq(gate, &self.gates.tenant)
-            || !gate.holders().contains(self.gates.core)
+            || !holders.contains(self.gates.core)
             || self.size() == 0
         {
             return Ask::Any;
         }
-        let holders = gate.holders();
         // This core holds some (above), so it is among the holders.
-        let sharing = holders.len().max(1);
-        if holders.count(self.gates.core) < gate.limit() / sharing {
+        if holders.count(self.gates.core) < gate.limit() / holders.len().max(1) {
             Ask::Share
         } else {
             Ask::No
@@ -560,6 +559,7 @@ impl TenantPool {
     /// a request waiting on another core: when requests elsewhere wait for the tenant's (or
     /// the node's) permits, and this pool has no waiter of its own or has held the
     /// connection for [`SHARE_AFTER`].
+    ///
     /// Also when a core below an even share of the tenant's permits waits for one and
     /// this core is above its share (see [`TenantPool::asks_others`]), once the connection
     /// is [`SHARE_AFTER`] old.
