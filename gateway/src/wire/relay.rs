@@ -1204,7 +1204,8 @@ async fn send_under_lease(held: &mut Held) -> Result<(), Gone> {
 fn ensure(held: &mut Held, p: &Prepared) {
     let relayed = held.lent().conn.relayed_statements();
     // Looked up first: the name is cloned only when it is new to the connection.
-    if !relayed.contains(&p.server) && relayed.insert(p.server.clone()) {
+    if !relayed.contains(&p.server) {
+        relayed.insert(p.server.clone());
         held.parses.push_back(Some(p.server.clone()));
         messages::frontend(&mut held.out, b'P', &[p.server.as_bytes(), b"\0", &p.rest]);
         held.swallow += 1;
