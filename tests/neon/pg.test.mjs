@@ -167,7 +167,8 @@ for (const t of transports) {
   });
 
   test(`${t.name}: session mode, notifications reach a client that sends nothing`, async () => {
-    const channel = `node_pg_${t.config.ssl ? 'tls' : 'tcp'}`;
+    // Per process: another run of this script may share the database.
+    const channel = `node_pg_${process.pid}_${t.config.ssl ? 'tls' : 'tcp'}`;
     const listener = await connect(t.config, { connectionString: sessionUrl });
     const notifier = await connect(t.config);
     try {

@@ -88,7 +88,8 @@ for (const t of transports) {
 
   test(`${t.name}: session mode, notifications reach a client that sends nothing`, async () => {
     use();
-    const channel = `ws_driver_${t.secure ? 'wss' : 'ws'}`;
+    // Per process: two tests run this script at once against the same database.
+    const channel = `ws_driver_${process.pid}_${t.secure ? 'wss' : 'ws'}`;
     const listener = new Client(sessionUrl);
     const notifier = new Client(url);
     await Promise.all([listener.connect(), notifier.connect()]);
