@@ -190,6 +190,7 @@ impl Config {
         let pg_listen = r.value(ENV_PG_LISTEN, serving::listen_or_off);
         let pg_tls = r.value(ENV_PG_TLS, serving::pg_require_tls);
         let pg_tls_auth = r.value(ENV_PG_TLS_AUTH, serving::pg_tls_cleartext);
+        let pg_shared_reads = r.value(ENV_PG_SHARED_READS, parse::boolean);
         let redis = r.redis();
         let key_login = r.key_login();
         let proxy = r.proxy();
@@ -225,6 +226,7 @@ impl Config {
             addr,
             require_tls: pg_tls,
             tls_cleartext: pg_tls_auth,
+            shared_reads: pg_shared_reads,
         });
         if pg.is_some_and(|p| p.require_tls) && tls.is_none() && r.errors.is_empty() {
             r.missing(

@@ -665,6 +665,11 @@ impl Checkout {
         self.lease.as_ref()
     }
 
+    /// Checkouts waiting in its pool's queue now.
+    pub fn pool_waiters(&self) -> usize {
+        self.pool.waiters()
+    }
+
     /// Drops the connection instead of returning it (its state is unknown).
     pub fn discard(mut self) {
         if let Some(conn) = self.conn.take() {

@@ -47,6 +47,7 @@ pub const ENV_PG_LISTEN: &str = "RINGGATE_PG_LISTEN";
 pub const ENV_PG_TLS: &str = "RINGGATE_PG_TLS";
 /// What the PostgreSQL listener asks a TLS client for: `scram` or `password`.
 pub const ENV_PG_TLS_AUTH: &str = "RINGGATE_PG_TLS_AUTH";
+pub const ENV_PG_SHARED_READS: &str = "RINGGATE_PG_SHARED_READS";
 
 /// Which io driver the cores run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,9 @@ pub struct PgListen {
     /// Ask a TLS client (TCP, not WebSocket) for its cleartext password rather than SCRAM
     /// (`RINGGATE_PG_TLS_AUTH=password`).
     pub tls_cleartext: bool,
+    /// Send autocommit reads of several clients in one write when the connections are
+    /// busy (`RINGGATE_PG_SHARED_READS`, see `wire::relay::shared`).
+    pub shared_reads: bool,
 }
 
 /// The number of CPUs this process may run on.

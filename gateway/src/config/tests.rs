@@ -422,6 +422,20 @@ fn the_pg_listener_is_off_by_default_and_checked_when_on() {
             addr: "127.0.0.1:6432".parse().unwrap(),
             require_tls: false,
             tls_cleartext: false,
+            shared_reads: true,
         })
     );
+    let off = read(&[
+        (ENV_PG_LISTEN, "127.0.0.1:6432"),
+        (ENV_PG_SHARED_READS, "false"),
+        (ENV_DATABASE_URL, "postgres://u:p@127.0.0.1:5432/db"),
+        (
+            ENV_CONTROL_DATABASE_URL,
+            "postgres://u:p@127.0.0.1:5432/control",
+        ),
+    ])
+    .unwrap();
+    assert!(!off.pg.unwrap().shared_reads);
+    let bad = read(&[(ENV_PG_SHARED_READS, "sometimes")]).unwrap_err();
+    assert!(bad.to_string().contains(ENV_PG_SHARED_READS), "{bad}");
 }

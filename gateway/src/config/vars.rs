@@ -460,4 +460,9 @@ pub const VARS: &[Var] = &[
         default: VarDefault::Text("scram"),
         help: "what a PostgreSQL client over TLS (not WebSocket) is asked for: `scram` (SCRAM-SHA-256, -PLUS with channel binding) or `password` (cleartext, one round trip fewer); plaintext clients always get SCRAM",
     },
+    Var {
+        name: ENV_PG_SHARED_READS,
+        default: VarDefault::Text("true"),
+        help: "in transaction mode, send autocommit reads of several clients to a busy pool's server connection in one write (each with its own Sync and answer); `false` gives each read a round trip of its own",
+    },
 ];

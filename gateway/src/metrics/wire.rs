@@ -35,10 +35,14 @@ pub enum WireEvent {
     ReadOnlyReruns,
     /// Statements abandoned (08007) because the leader's lease was lost while they ran.
     LeaseAbandoned,
+    /// Autocommit reads sent to the server in one write with other clients' reads.
+    SharedReads,
+    /// Autocommit reads queued for a shared round trip now (gauge).
+    SharedReadsWaiting,
 }
 
 /// Each event with its family (label `core`). Rendered in this order.
-const FAMILIES: [(WireEvent, Family); 10] = [
+const FAMILIES: [(WireEvent, Family); 12] = [
     (
         WireEvent::ClientsOpen,
         Family::new(
@@ -127,6 +131,24 @@ const FAMILIES: [(WireEvent, Family); 10] = [
             "ringgate_pg_lease_abandoned_total",
             CORE,
             "Statements abandoned (08007) because the leader's lease was lost while they ran.",
+        ),
+    ),
+    (
+        WireEvent::SharedReads,
+        Family::new(
+            Counter,
+            "ringgate_pg_shared_reads_total",
+            CORE,
+            "Autocommit reads sent to the server in one write with other clients' reads.",
+        ),
+    ),
+    (
+        WireEvent::SharedReadsWaiting,
+        Family::new(
+            Gauge,
+            "ringgate_pg_shared_reads_waiting",
+            CORE,
+            "Autocommit reads queued for a shared round trip now.",
         ),
     ),
 ];
@@ -219,10 +241,20 @@ impl WireMetrics {
         self.slot(e).fetch_add(1, Relaxed);
     }
 
+    /// Counts `n` of `e`.
+    pub fn add(&self, e: WireEvent, n: u64) {
+        self.slot(e).fetch_add(n, Relaxed);
+    }
+
     /// A session ended (the open-sessions gauge goes down).
     pub fn client_closed(&self) {
+        self.less(WireEvent::ClientsOpen);
+    }
+
+    /// One less of the gauge `e` (never below zero).
+    pub fn less(&self, e: WireEvent) {
         let _ = self
-            .slot(WireEvent::ClientsOpen)
+            .slot(e)
             .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
     }
 

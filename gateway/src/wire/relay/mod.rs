@@ -60,6 +60,8 @@ use crate::{
     sql::lease::under_lease,
 };
 
+mod shared;
+
 /// Read size from either side.
 const CHUNK: usize = 16 << 10;
 /// Answers are written to the client once this many bytes wait (and at every
@@ -242,6 +244,9 @@ pub struct Relay {
     /// The buffer of messages for the server, kept between transactions (a transaction
     /// takes it, and gives it back empty): not allocated per transaction.
     spare_out: BytesMut,
+    /// The core's queues of shared reads this session uses, for reads and for writes
+    /// ([`shared`]), looked up once.
+    shared_queues: [Option<Rc<shared::Queue>>; 2],
 }
 
 impl Relay {
@@ -273,6 +278,7 @@ impl Relay {
             session_lost: false,
             deferred_begin: None,
             spare_out: BytesMut::new(),
+            shared_queues: [None, None],
         }
     }
 
@@ -398,6 +404,19 @@ impl Relay {
             .metrics()
             .wire
             .class_add(self.pooling.class, ClassFigure::Transactions, 1);
+        if let Some(rest) = self.shareable(&first) {
+            // A read: on a replica when the project splits reads.
+            let intent = match self.pooling.read_split {
+                true => Intent::Read,
+                false => Intent::Write,
+            };
+            return self.shared(first, rest, intent).await;
+        }
+        self.relayed(first).await
+    }
+
+    /// Relays one transaction on a server connection of its own.
+    async fn relayed(&mut self, first: BytesMut) -> bool {
         let placement = self.placement(&first);
         let intent = match placement {
             Placement::Leader => Intent::Write,

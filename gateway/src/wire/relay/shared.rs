@@ -1,0 +1,658 @@
+//! Shared round trips: autocommit reads of several clients sent to one server connection
+//! in one write (transaction mode, `RINGGATE_PG_SHARED_READS`).
+//!
+//! When a client's next transaction is one autocommit read whose messages have all
+//! arrived (a `Query`, or an unnamed `Parse`/`Bind`/`Describe`/`Execute` ending in `Sync`,
+//! classified a read as for the read/write split) and the core's connections for its role
+//! are all busy, it joins a queue instead of waiting for a connection of its own. Whoever
+//! runs the queue (a *runner*: at most the core's share of the tenant's connections at
+//! once) sends up to [`MAX_BATCH`] queued reads in one write and hands each client the
+//! server's answers up to its `ReadyForQuery`. The server runs them one after another as
+//! it would from one pipelining client: each ends with its own `Sync`, so an error in one
+//! is skipped to its own `Sync` and the next runs as usual, and a read leaves the session
+//! idle and unchanged for the next. What it saves is the server's and ringgate's per-read
+//! socket work: one write, one server wake-up and fewer reads for the whole batch.
+//!
+//! After a batch the runner hands its connection (and the runner's role) to the owner of
+//! the oldest read still queued, so no client waits behind another's session; when the
+//! pool has other waiters (transactions that are not shared reads) the connection goes
+//! back to the pool instead and the next runner queues for one like everybody else.
+//!
+//! A read's client can cancel it while it runs (its cancel slot points at the connection
+//! only then); a cancel that arrives while the read is still queued behind others is
+//! dropped, as the server drops a cancel that finds nothing running. A server connection
+//! lost mid-batch answers every read not yet answered with `08007`, as a transaction of
+//! its own would be. A read a replica refuses as a write (`25006`) is rerun by its owner on
+//! the leader, alone.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{HashMap, VecDeque},
+    future::poll_fn,
+    rc::{Rc, Weak},
+    task::{Poll, Waker},
+};
+
+use bytes::BytesMut;
+use ringgate_discovery::Role;
+use ringgate_pool::Intent;
+
+use super::{
+    error_field, is_fatal, messages, send_under_lease, Gone, Held, Relay, LOST, READ_ONLY,
+    RESOLUTION_UNKNOWN,
+};
+use crate::{
+    metrics::wire::WireEvent, projects::PoolMode, sql::classify::Kind, wire::cancel::Slot,
+};
+
+/// Most reads one batch sends.
+pub const MAX_BATCH: usize = 32;
+/// Answer bytes a runner keeps for an owner before it waits for the owner to write them.
+const OWNER_BACKLOG: usize = 256 << 10;
+
+/// The reads of one role on one core waiting for a runner.
+#[derive(Default)]
+pub(super) struct Queue {
+    /// Reads waiting to be sent, oldest first.
+    waiting: RefCell<VecDeque<Rc<Unit>>>,
+    /// Runners now (holding a connection or checking one out).
+    runners: Cell<usize>,
+}
+
+/// What a queued read's owner is told.
+enum State {
+    /// Waiting for a runner.
+    Queued,
+    /// Sent; `answer` holds what the owner has not written yet, `done` once its
+    /// `ReadyForQuery` (or the error that ends it) is in.
+    Answering { answer: BytesMut, done: bool },
+    /// A replica refused it as a write: the owner reruns it on the leader.
+    Rerun,
+    /// The owner runs the next batch, on this connection (`None`: it checks one out).
+    Run(Option<Box<Held>>),
+}
+
+/// One client's read, shared between its owner and the runner that sends it.
+pub(super) struct Unit {
+    /// The client's messages, the `Sync` (or the `Query`) last.
+    msgs: BytesMut,
+    state: RefCell<State>,
+    /// The owner, woken when `state` changes.
+    owner: Cell<Option<Waker>>,
+    /// The runner, woken when the owner wrote what waited.
+    runner: Cell<Option<Waker>>,
+    /// The owner's cancel slot: pointed at the connection while the read runs.
+    cancel: Slot,
+    /// The owner left (its client is gone): answers are dropped, it is not handed a
+    /// connection.
+    abandoned: Cell<bool>,
+    /// The owner waits for this read (and writes its answer as it comes): a runner may
+    /// wait for it to write a long answer. An owner busy running a batch of its own is not
+    /// waited for (two runners could otherwise wait for each other).
+    listening: Cell<bool>,
+}
+
+impl Unit {
+    fn set(&self, state: State) {
+        *self.state.borrow_mut() = state;
+        wake(&self.owner);
+    }
+
+    /// Adds answer bytes (dropped when the owner left).
+    fn answer(&self, bytes: &[u8]) {
+        if let State::Answering { answer, .. } = &mut *self.state.borrow_mut() {
+            if !self.abandoned.get() {
+                answer.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// Ends the answer: the owner writes what is left and goes on.
+    fn finish(&self) {
+        if let State::Answering { done, .. } = &mut *self.state.borrow_mut() {
+            *done = true;
+        }
+        wake(&self.owner);
+    }
+
+    fn backlog(&self) -> usize {
+        match &*self.state.borrow() {
+            State::Answering { answer, .. } if !self.abandoned.get() => answer.len(),
+            _ => 0,
+        }
+    }
+}
+
+fn wake(slot: &Cell<Option<Waker>>) {
+    if let Some(w) = slot.take() {
+        w.wake();
+    }
+}
+
+thread_local! {
+    /// Each core's queues (a core is one thread), by role, database, tenant and intent;
+    /// a queue lives as long as a relay of its role holds it.
+    static QUEUES: RefCell<HashMap<String, Weak<Queue>>> = RefCell::default();
+}
+
+/// The queue for `key` on this core.
+fn queue_for(key: String) -> Rc<Queue> {
+    QUEUES.with(|q| {
+        let mut table = q.borrow_mut();
+        if let Some(found) = table.get(&key).and_then(Weak::upgrade) {
+            return found;
+        }
+        if table.len() >= 64 && table.len().is_power_of_two() {
+            table.retain(|_, w| w.strong_count() > 0);
+        }
+        let queue = Rc::new(Queue::default());
+        table.insert(key, Rc::downgrade(&queue));
+        queue
+    })
+}
+
+/// What the messages of one autocommit read take: `first`'s statement text and the length
+/// of the rest of its messages in `rest` (through its `Sync`), when `first` starts one
+/// that can share a round trip: a `Query`, or an unnamed `Parse` followed by unnamed
+/// `Bind`/`Describe`/`Execute` and a `Sync`, all arrived. `None` for anything else.
+pub(super) fn read_unit<'a>(first: &'a [u8], rest: &[u8]) -> Option<(&'a [u8], usize)> {
+    let body = messages::body(first);
+    match first[0] {
+        b'Q' => Some((body.strip_suffix(b"\0")?, 0)),
+        b'P' => {
+            let (name, after) = messages::split_cstr(body)?;
+            let (text, _) = messages::split_cstr(after)?;
+            if !name.is_empty() {
+                return None;
+            }
+            let mut at = 0;
+            loop {
+                let header = rest.get(at..at + 5)?;
+                let len = u32::from_be_bytes(header[1..5].try_into().ok()?) as usize;
+                let msg = rest.get(at..at + 1 + len)?;
+                at += 1 + len;
+                let body = messages::body(msg);
+                let unnamed = match msg[0] {
+                    b'S' => return Some((text, at)),
+                    // Bind: portal and statement both unnamed.
+                    b'B' => body.starts_with(b"\0\0"),
+                    // Describe of the unnamed portal or statement.
+                    b'D' => body == b"P\0" || body == b"S\0",
+                    // Execute of the unnamed portal.
+                    b'E' => body.first() == Some(&0),
+                    _ => false,
+                };
+                if !unnamed {
+                    return None;
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+impl Relay {
+    /// The length of the rest of the read `first` starts (in the client's buffer) when
+    /// it may share a round trip now: see [`read_unit`], and a plain transaction-mode
+    /// client (no session `SET`s to replay, no `BEGIN` deferred).
+    pub(super) fn shareable(&self, first: &[u8]) -> Option<usize> {
+        let on = self.core.config.pg.is_some_and(|p| p.shared_reads);
+        if !on
+            || self.pooling.mode != PoolMode::Transaction
+            || self.kept.is_some()
+            || self.deferred_begin.is_some()
+            || !self.sets.is_empty()
+        {
+            return None;
+        }
+        let (text, rest) = read_unit(first, &self.rbuf)?;
+        let sql = std::str::from_utf8(text).ok()?;
+        let kind = self
+            .core
+            .sql_memo
+            .kinds
+            .get_or_try::<()>(sql, || Ok(crate::sql::classify::classify(sql)))
+            .unwrap_or(Kind::Write);
+        (kind == Kind::Read && super::session_only(sql).is_none()).then_some(rest)
+    }
+
+    /// Runs the read made of `first` and the next `rest` bytes of the client's buffer on a
+    /// shared round trip; false when the client is gone.
+    pub(super) async fn shared(&mut self, first: BytesMut, rest: usize, intent: Intent) -> bool {
+        let mut msgs = first;
+        msgs.unsplit(self.rbuf.split_to(rest));
+        let queue = self.shared_queue(intent);
+        let unit = Rc::new(Unit {
+            msgs,
+            state: RefCell::new(State::Queued),
+            owner: Cell::new(None),
+            runner: Cell::new(None),
+            cancel: self.key.slot.clone(),
+            abandoned: Cell::new(false),
+            listening: Cell::new(false),
+        });
+        queue.waiting.borrow_mut().push_back(unit.clone());
+        self.core.metrics().wire.count(WireEvent::SharedReadsWaiting);
+        let limit = self.shared_runners();
+        let mut run = (queue.runners.get() < limit).then(|| {
+            queue.runners.set(queue.runners.get() + 1);
+            None
+        });
+        // Whether the read was taken out of the queue for its owner to run first.
+        let mut handed = false;
+        loop {
+            if let Some(conn) = run.take() {
+                self.run_batch(&queue, conn, intent, &unit, handed).await;
+            }
+            match self.owned(&unit).await {
+                Owned::Answered => return true,
+                Owned::ClientGone => return false,
+                Owned::Run(conn) => {
+                    run = Some(conn.map(|h| *h));
+                    handed = true;
+                }
+                Owned::Rerun => {
+                    // Back into the client's buffer, and relayed alone (the replica
+                    // refuses it again and the relay reruns it on the leader).
+                    // (The runner may still hold the read: its bytes are copied.)
+                    let mut msgs = unit.msgs.clone();
+                    let first = messages::take(&mut msgs, usize::MAX)
+                        .ok()
+                        .flatten()
+                        .expect("a whole message");
+                    msgs.unsplit(std::mem::take(&mut self.rbuf));
+                    self.rbuf = msgs;
+                    return self.relayed(first).await;
+                }
+            }
+        }
+    }
+
+    /// This session's queue for `intent`.
+    fn shared_queue(&mut self, intent: Intent) -> Rc<Queue> {
+        let slot = match intent {
+            Intent::Read => &mut self.shared_queues[0],
+            Intent::Write => &mut self.shared_queues[1],
+        };
+        slot.get_or_insert_with(|| {
+            let c = &self.credentials;
+            queue_for(format!(
+                "{}\0{}\0{}\0{}\0{intent:?}",
+                self.tenant, c.user, c.database, c.options
+            ))
+        })
+        .clone()
+    }
+
+    /// Runners one queue may have: this core's even share of the tenant's connections.
+    fn shared_runners(&self) -> usize {
+        let cores = self.core.config.workers.max(1);
+        self.db.tenant_limit().div_ceil(cores).max(1)
+    }
+
+    /// Waits for what the runner has for `unit`'s owner, writing its answer to the client
+    /// as it comes.
+    async fn owned(&mut self, unit: &Rc<Unit>) -> Owned {
+        unit.listening.set(true);
+        let owned = self.listen(unit).await;
+        unit.listening.set(false);
+        wake(&unit.runner);
+        owned
+    }
+
+    async fn listen(&mut self, unit: &Rc<Unit>) -> Owned {
+        loop {
+            let ready = poll_fn(|cx| {
+                let state = unit.state.borrow();
+                let ready = match &*state {
+                    State::Queued => false,
+                    State::Answering { answer, done } => *done || !answer.is_empty(),
+                    State::Rerun | State::Run(_) => true,
+                };
+                if ready {
+                    Poll::Ready(())
+                } else {
+                    unit.owner.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            });
+            ready.await;
+            let finished = {
+                let mut state = unit.state.borrow_mut();
+                match &mut *state {
+                    State::Answering { answer, done } => {
+                        self.wbuf.extend_from_slice(answer);
+                        answer.clear();
+                        *done
+                    }
+                    State::Rerun => return Owned::Rerun,
+                    State::Run(_) => {
+                        let State::Run(conn) = std::mem::replace(&mut *state, State::Queued)
+                        else {
+                            unreachable!()
+                        };
+                        return Owned::Run(conn);
+                    }
+                    State::Queued => false,
+                }
+            };
+            wake(&unit.runner);
+            if self.flush_client().await.is_err() {
+                unit.abandoned.set(true);
+                wake(&unit.runner);
+                return Owned::ClientGone;
+            }
+            if finished {
+                return Owned::Answered;
+            }
+        }
+    }
+
+    /// Runs one batch from `queue` on `conn` (checked out when `None`), then hands the
+    /// connection and the runner's role to the oldest read still queued (or gives the
+    /// connection back and ends the role). `mine` is the runner's own read; `handed` when
+    /// it was handed the role with it (taken out of the queue): then it goes first.
+    async fn run_batch(
+        &mut self,
+        queue: &Rc<Queue>,
+        conn: Option<Held>,
+        intent: Intent,
+        mine: &Rc<Unit>,
+        handed: bool,
+    ) {
+        let held = match conn {
+            Some(h) => Ok(h),
+            None => self.checkout(intent).await,
+        };
+        // The runner's own slot follows its own read, as every owner's does.
+        *self.key.slot.lock() = None;
+        let batch: Vec<Rc<Unit>> = {
+            let mut waiting = queue.waiting.borrow_mut();
+            let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH) + 1);
+            if handed {
+                batch.push(mine.clone());
+            }
+            while batch.len() < MAX_BATCH {
+                match self.pop(&mut waiting) {
+                    Some(u) => batch.push(u),
+                    None => break,
+                }
+            }
+            batch
+        };
+        let held = match held {
+            Ok(h) => h,
+            Err((code, msg)) => {
+                for u in &batch {
+                    let mut answer = BytesMut::new();
+                    messages::error(&mut answer, "ERROR", code, &msg);
+                    messages::ready_for_query(&mut answer, b'I');
+                    u.set(State::Answering { answer, done: true });
+                }
+                return self.pass_on(queue, None).await;
+            }
+        };
+        if batch.is_empty() {
+            return self.pass_on(queue, Some(held)).await;
+        }
+        if batch.len() > 1 {
+            self.core
+                .metrics()
+                .wire
+                .add(WireEvent::SharedReads, batch.len() as u64);
+        }
+        let mut held = held;
+        self.send_batch(&mut held, &batch, mine).await;
+        if held.broken || held.checkout.pool_waiters() > 0 {
+            // Others wait for this pool: the next runner queues for a connection too.
+            self.release(held).await;
+            self.pass_on(queue, None).await
+        } else {
+            self.pass_on(queue, Some(held)).await
+        }
+    }
+
+    /// Hands the runner's role (with `conn`, when there is one) to the oldest read still
+    /// queued; with none queued, the role ends (and `conn` is given back).
+    async fn pass_on(&mut self, queue: &Rc<Queue>, conn: Option<Held>) {
+        // An owner waiting for its read takes over at once; one busy running a batch of
+        // its own would leave the connection idle meanwhile.
+        let next = {
+            let mut waiting = queue.waiting.borrow_mut();
+            let listening = waiting
+                .iter()
+                .position(|u| u.listening.get() && !u.abandoned.get());
+            match listening.and_then(|i| waiting.remove(i)) {
+                Some(u) => {
+                    self.core.metrics().wire.less(WireEvent::SharedReadsWaiting);
+                    Some(u)
+                }
+                None => self.pop(&mut waiting),
+            }
+        };
+        match next {
+            Some(u) => u.set(State::Run(conn.map(Box::new))),
+            None => {
+                queue.runners.set(queue.runners.get() - 1);
+                if let Some(held) = conn {
+                    self.release(held).await;
+                }
+            }
+        }
+    }
+
+    /// The oldest queued read whose owner is still there.
+    fn pop(&self, waiting: &mut VecDeque<Rc<Unit>>) -> Option<Rc<Unit>> {
+        while let Some(u) = waiting.pop_front() {
+            self.core.metrics().wire.less(WireEvent::SharedReadsWaiting);
+            if !u.abandoned.get() {
+                return Some(u);
+            }
+        }
+        None
+    }
+
+    /// Sends `batch` in one write and hands each read its answers; a lost connection
+    /// answers the reads not yet answered with `08007`.
+    async fn send_batch(&mut self, held: &mut Held, batch: &[Rc<Unit>], mine: &Rc<Unit>) {
+        let canceller = held.checkout.conn().canceller();
+        for u in batch {
+            held.out.extend_from_slice(&u.msgs);
+            held.pending += 1;
+            *u.state.borrow_mut() = State::Answering {
+                answer: BytesMut::new(),
+                done: false,
+            };
+        }
+        *batch[0].cancel.lock() = Some(canceller.clone());
+        let mut at = 0;
+        let mut rerun = false;
+        let outcome = match send_under_lease(held).await {
+            Ok(()) => {
+                self.answer_batch(held, batch, mine, &canceller, &mut at, &mut rerun)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if outcome.is_err() {
+            self.core.metrics().wire.count(WireEvent::ServerLost);
+            held.broken = true;
+            for u in &batch[at..] {
+                *u.cancel.lock() = None;
+                let mut tail = BytesMut::new();
+                messages::error(&mut tail, "ERROR", RESOLUTION_UNKNOWN, LOST);
+                messages::ready_for_query(&mut tail, b'I');
+                u.answer(&tail);
+                u.finish();
+            }
+        }
+    }
+
+    /// Reads the server's answers to `batch`, from its `at`th read on, handing each read
+    /// its own up to its `ReadyForQuery`.
+    async fn answer_batch(
+        &mut self,
+        held: &mut Held,
+        batch: &[Rc<Unit>],
+        mine: &Rc<Unit>,
+        canceller: &ringgate_pool::Canceller,
+        at: &mut usize,
+        rerun: &mut bool,
+    ) -> Result<(), Gone> {
+        let on_replica = held.checkout.role() == Role::Replica;
+        loop {
+            loop {
+                let (_, rbuf) = held.lent().conn.relay_io();
+                let m = match messages::take(rbuf, super::MAX_SERVER_MESSAGE) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(_) => return Err(Gone::Server),
+                };
+                let unit = &batch[*at];
+                match m[0] {
+                    b'Z' => {
+                        held.status = m.get(5).copied().unwrap_or(b'E');
+                        held.pending = held.pending.saturating_sub(1);
+                        // A read leaves the session idle; anything else and the session
+                        // is not given to anyone again.
+                        held.broken |= held.status != b'I';
+                        *unit.cancel.lock() = None;
+                        if std::mem::take(rerun) {
+                            unit.set(State::Rerun);
+                        } else {
+                            unit.answer(&m);
+                            unit.finish();
+                        }
+                        *at += 1;
+                        match batch.get(*at) {
+                            Some(next) => *next.cancel.lock() = Some(canceller.clone()),
+                            None => return Ok(()),
+                        }
+                        continue;
+                    }
+                    b'E' if is_fatal(messages::body(&m)) => {
+                        // The server ends the session: the reads not answered are told
+                        // their outcome is unknown (the caller does).
+                        return Err(Gone::Server);
+                    }
+                    b'E' if on_replica
+                        && error_field(messages::body(&m), b'C') == Some(READ_ONLY) =>
+                    {
+                        *rerun = true;
+                    }
+                    // A read never asks for COPY data.
+                    b'G' => return Err(Gone::Server),
+                    _ if *rerun => {}
+                    _ => unit.answer(&m),
+                }
+                if unit.backlog() >= OWNER_BACKLOG {
+                    self.drain_backlog(unit, mine).await;
+                }
+            }
+            let lease = held.checkout.lease().cloned();
+            let (stream, rbuf) = held.lent().conn.relay_io();
+            let read = stream.read_into(rbuf, super::CHUNK);
+            match crate::sql::lease::under_lease(lease.as_ref(), read).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Err(Gone::Server),
+                Err(_) => {
+                    self.core.metrics().wire.count(WireEvent::LeaseAbandoned);
+                    return Err(Gone::Server);
+                }
+            }
+        }
+    }
+
+    /// Waits until `unit`'s owner wrote what its answer holds so far (the runner writes
+    /// its own read's answer itself).
+    async fn drain_backlog(&mut self, unit: &Rc<Unit>, mine: &Rc<Unit>) {
+        if Rc::ptr_eq(unit, mine) {
+            if let State::Answering { answer, .. } = &mut *unit.state.borrow_mut() {
+                self.wbuf.extend_from_slice(answer);
+                answer.clear();
+            }
+            if self.flush_client().await.is_err() {
+                unit.abandoned.set(true);
+            }
+            return;
+        }
+        wake(&unit.owner);
+        poll_fn(|cx| {
+            if unit.backlog() < OWNER_BACKLOG || !unit.listening.get() {
+                Poll::Ready(())
+            } else {
+                unit.runner.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// How a shared read ended for its owner.
+enum Owned {
+    /// Its answer was written to the client.
+    Answered,
+    /// The client is gone.
+    ClientGone,
+    /// It is the runner now, with this connection (or to check one out).
+    Run(Option<Box<Held>>),
+    /// A replica refused it as a write: rerun it alone.
+    Rerun,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn an_unnamed_extended_read_is_one_unit_through_its_sync() {
+        let parse = msg(b'P', b"\0select 1\0\0\0");
+        let mut rest = msg(b'B', b"\0\0\0\0\0\0\0\0");
+        rest.extend(msg(b'D', b"P\0"));
+        rest.extend(msg(b'E', b"\0\0\0\0\0"));
+        let sync = msg(b'S', b"");
+        let whole = [rest.clone(), sync.clone()].concat();
+        assert_eq!(
+            read_unit(&parse, &whole),
+            Some((&b"select 1"[..], whole.len()))
+        );
+        // Bytes after the Sync are the client's next transaction.
+        let more = [whole.clone(), msg(b'Q', b"select 2\0")].concat();
+        assert_eq!(read_unit(&parse, &more), Some((&b"select 1"[..], whole.len())));
+        // Not all arrived yet, or no Sync: not shared.
+        assert_eq!(read_unit(&parse, &rest), None);
+        assert_eq!(read_unit(&parse, &whole[..whole.len() - 1]), None);
+    }
+
+    #[test]
+    fn named_statements_portals_and_flushes_are_not_shared() {
+        let sync = msg(b'S', b"");
+        let named = msg(b'P', b"s1\0select 1\0\0\0");
+        assert_eq!(read_unit(&named, &sync), None);
+        let parse = msg(b'P', b"\0select 1\0\0\0");
+        for other in [
+            msg(b'B', b"p1\0\0\0\0\0\0\0\0"),
+            msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+            msg(b'D', b"Ss1\0"),
+            msg(b'E', b"p1\0\0\0\0\0"),
+            msg(b'H', b""),
+            msg(b'C', b"S\0"),
+        ] {
+            let rest = [other, sync.clone()].concat();
+            assert_eq!(read_unit(&parse, &rest), None);
+        }
+        assert_eq!(read_unit(&msg(b'B', b"\0\0\0\0\0\0\0\0"), &sync), None);
+        assert_eq!(
+            read_unit(&msg(b'Q', b"select 1\0"), b""),
+            Some((&b"select 1"[..], 0))
+        );
+    }
+}
