@@ -232,7 +232,10 @@ impl Relay {
             listening: Cell::new(false),
         });
         queue.waiting.borrow_mut().push_back(unit.clone());
-        self.core.metrics().wire.count(WireEvent::SharedReadsWaiting);
+        self.core
+            .metrics()
+            .wire
+            .count(WireEvent::SharedReadsWaiting);
         let limit = self.shared_runners();
         let mut run = (queue.runners.get() < limit).then(|| {
             queue.runners.set(queue.runners.get() + 1);
@@ -327,8 +330,7 @@ impl Relay {
                     }
                     State::Rerun => return Owned::Rerun,
                     State::Run(_) => {
-                        let State::Run(conn) = std::mem::replace(&mut *state, State::Queued)
-                        else {
+                        let State::Run(conn) = std::mem::replace(&mut *state, State::Queued) else {
                             unreachable!()
                         };
                         return Owned::Run(conn);
@@ -626,7 +628,10 @@ mod tests {
         );
         // Bytes after the Sync are the client's next transaction.
         let more = [whole.clone(), msg(b'Q', b"select 2\0")].concat();
-        assert_eq!(read_unit(&parse, &more), Some((&b"select 1"[..], whole.len())));
+        assert_eq!(
+            read_unit(&parse, &more),
+            Some((&b"select 1"[..], whole.len()))
+        );
         // Not all arrived yet, or no Sync: not shared.
         assert_eq!(read_unit(&parse, &rest), None);
         assert_eq!(read_unit(&parse, &whole[..whole.len() - 1]), None);
