@@ -18,6 +18,12 @@
 //! pool has other waiters (transactions that are not shared reads) the connection goes
 //! back to the pool instead and the next runner queues for one like everybody else.
 //!
+//! Answers reach each client as they come. A client slow to read a long answer holds up
+//! the reads sent after its own for [`OWNER_PATIENCE`] at most: then its answer is kept
+//! for it (up to [`OWNER_CAP`], beyond which the runner waits for it as a relay of its own
+//! would). A read that runs long holds up the reads behind it on the same connection; the
+//! batch is at most [`MAX_BATCH`] reads.
+//!
 //! A read's client can cancel it while it runs (its cancel slot points at the connection
 //! only then); a cancel that arrives while the read is still queued behind others is
 //! dropped, as the server drops a cancel that finds nothing running. A server connection
@@ -31,6 +37,7 @@ use std::{
     future::poll_fn,
     rc::{Rc, Weak},
     task::{Poll, Waker},
+    time::Duration,
 };
 
 use bytes::BytesMut;
@@ -49,6 +56,11 @@ use crate::{
 pub const MAX_BATCH: usize = 32;
 /// Answer bytes a runner keeps for an owner before it waits for the owner to write them.
 const OWNER_BACKLOG: usize = 256 << 10;
+/// How long a runner waits, once per read, for an owner to write its backlog: a client
+/// slow to read its answer holds up the reads sent after its own for this long at most.
+const OWNER_PATIENCE: Duration = Duration::from_millis(50);
+/// Answer bytes a runner keeps for a slow owner before it waits for it, however long.
+const OWNER_CAP: usize = 16 << 20;
 
 /// The reads of one role on one core waiting for a runner.
 #[derive(Default)]
@@ -90,6 +102,9 @@ pub(super) struct Unit {
     /// wait for it to write a long answer. An owner busy running a batch of its own is not
     /// waited for (two runners could otherwise wait for each other).
     listening: Cell<bool>,
+    /// The owner did not write its backlog within [`OWNER_PATIENCE`]: its answer is kept
+    /// (up to [`OWNER_CAP`]) rather than waited for.
+    slow: Cell<bool>,
 }
 
 impl Unit {
@@ -230,6 +245,7 @@ impl Relay {
             cancel: self.key.slot.clone(),
             abandoned: Cell::new(false),
             listening: Cell::new(false),
+            slow: Cell::new(false),
         });
         queue.waiting.borrow_mut().push_back(unit.clone());
         self.core
@@ -547,7 +563,8 @@ impl Relay {
                     _ if *rerun => {}
                     _ => unit.answer(&m),
                 }
-                if unit.backlog() >= OWNER_BACKLOG {
+                let backlog = unit.backlog();
+                if backlog >= OWNER_CAP || (backlog >= OWNER_BACKLOG && !unit.slow.get()) {
                     self.drain_backlog(unit, mine).await;
                 }
             }
@@ -579,15 +596,20 @@ impl Relay {
             return;
         }
         wake(&unit.owner);
-        poll_fn(|cx| {
+        let capped = unit.backlog() >= OWNER_CAP;
+        let written = poll_fn(|cx| {
             if unit.backlog() < OWNER_BACKLOG || !unit.listening.get() {
                 Poll::Ready(())
             } else {
                 unit.runner.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
-        })
-        .await
+        });
+        if capped {
+            written.await
+        } else if monoio::time::timeout(OWNER_PATIENCE, written).await.is_err() {
+            unit.slow.set(true);
+        }
     }
 }
 
