@@ -183,6 +183,95 @@ fn with_shared_reads_off_each_read_has_a_round_trip_of_its_own() {
     assert_eq!(many_clients_on_two_connections("1", "false"), 0);
 }
 
+#[test]
+#[ignore = "needs compose/cluster"]
+fn named_statements_are_shared_and_prepared_on_each_connection_that_lacks_them() {
+    alpha_project("wire_shared_named", "transaction", false);
+    let (g, http, addr) = start_pg_with_replica(&[
+        ("RINGGATE_WORKERS", "1"),
+        ("RINGGATE_POOL_MAX_PER_TENANT", "2"),
+    ]);
+    block_on(async {
+        let mut tasks = Vec::new();
+        for id in 0..40i32 {
+            tasks.push(tokio::spawn(async move {
+                let (c, _) = connect(addr, "wire_shared_named").await.unwrap();
+                // Three texts among the clients: a batch prepares several statements on a
+                // connection, and reads of one the batch prepares wait for the next.
+                let text = format!(
+                    "select $1::int * 1000 + $2::int + {}, pg_sleep(0.002)::text",
+                    id % 3
+                );
+                let st = c.prepare(&text).await.unwrap();
+                for n in 0..20i32 {
+                    let row = c.query_one(&st, &[&id, &n]).await.unwrap();
+                    assert_eq!(row.get::<_, i32>(0), id * 1000 + n + id % 3, "client {id}");
+                }
+            }));
+        }
+        for t in tasks {
+            let done = tokio::time::timeout(Duration::from_secs(60), t).await;
+            done.expect("a client's reads within 60 s").unwrap();
+        }
+    });
+    assert!(metric_total(http, "ringgate_pg_shared_reads_total") > 0);
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_named_statement_whose_prepare_fails_on_a_new_connection_is_prepared_again_later() {
+    alpha_project("wire_shared_reprepare", "transaction", false);
+    let (g, _, addr) = start_pg_with_replica(&[
+        ("RINGGATE_WORKERS", "1"),
+        ("RINGGATE_POOL_MAX_PER_TENANT", "1"),
+    ]);
+    block_on(async {
+        let (c, _) = connect(addr, "wire_shared_reprepare").await.unwrap();
+        c.batch_execute("drop table if exists wire_shared_gone; create table wire_shared_gone (x int); insert into wire_shared_gone values (7)")
+            .await
+            .unwrap();
+        let st = c.prepare("select x from wire_shared_gone").await.unwrap();
+        assert_eq!(c.query_one(&st, &[]).await.unwrap().get::<_, i32>(0), 7);
+        // The table goes and the server connection with it: the next connection lacks the
+        // statement, and preparing it there fails (the table is gone).
+        c.batch_execute("drop table wire_shared_gone")
+            .await
+            .unwrap();
+        let pid: i32 = psql(
+            &pg_admin_url(),
+            "select pid from pg_stat_activity where application_name like 'ringgate/wire_shared_reprepare/pg/%'",
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        psql(
+            &pg_admin_url(),
+            &format!("select pg_terminate_backend({pid})"),
+        );
+        // Gone before the next statement: a pooled connection the server ended is
+        // skipped at checkout, one it is still ending is not (then 08007).
+        let gone = format!("select count(*) from pg_stat_activity where pid = {pid}");
+        until("the backend gone", Duration::from_secs(5), || {
+            psql(&pg_admin_url(), &gone).trim() == "0"
+        })
+        .await;
+        let e = c.query_one(&st, &[]).await.unwrap_err();
+        assert_eq!(code(&e), "42P01", "{e}");
+        // Back again: the statement is prepared anew, not taken as already there.
+        c.batch_execute(
+            "create table wire_shared_gone (x int); insert into wire_shared_gone values (8)",
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.query_one(&st, &[]).await.unwrap().get::<_, i32>(0), 8);
+        c.batch_execute("drop table wire_shared_gone")
+            .await
+            .unwrap();
+    });
+    g.drain();
+}
+
 /// The server process running `select pg_sleep(30)` for `project`, once it runs.
 fn sleeping_backend(project: &str) -> Option<i32> {
     let pid = psql(

@@ -121,7 +121,7 @@ pub struct Pooling {
 }
 
 /// A client's named statement.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct Prepared {
     /// Its name on server connections.
     server: String,
@@ -404,13 +404,13 @@ impl Relay {
             .metrics()
             .wire
             .class_add(self.pooling.class, ClassFigure::Transactions, 1);
-        if let Some(rest) = self.shareable(&first) {
+        if let Some(unit) = self.shareable(&first) {
             // A read: on a replica when the project splits reads.
             let intent = match self.pooling.read_split {
                 true => Intent::Read,
                 false => Intent::Write,
             };
-            return self.shared(first, rest, intent).await;
+            return self.shared(first, unit, intent).await;
         }
         self.relayed(first).await
     }

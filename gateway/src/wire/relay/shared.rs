@@ -40,13 +40,13 @@ use std::{
     time::Duration,
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ringgate_discovery::Role;
 use ringgate_pool::Intent;
 
 use super::{
-    error_field, is_fatal, messages, send_under_lease, Gone, Held, Relay, LOST, READ_ONLY,
-    RESOLUTION_UNKNOWN,
+    cached, error_field, is_fatal, messages, send_under_lease, Gone, Held, Prepared, Relay, LOST,
+    READ_ONLY, RESOLUTION_UNKNOWN,
 };
 use crate::{
     metrics::wire::WireEvent, projects::PoolMode, sql::classify::Kind, wire::cancel::Slot,
@@ -86,8 +86,16 @@ enum State {
 
 /// One client's read, shared between its owner and the runner that sends it.
 pub(super) struct Unit {
-    /// The client's messages, the `Sync` (or the `Query`) last.
+    /// The client's messages as sent to the server, the `Sync` (or the `Query`) last.
     msgs: BytesMut,
+    /// The client's messages as it sent them, when `msgs` renamed its statement.
+    original: Option<BytesMut>,
+    /// The client's statement it binds: its server name and `Parse` body after the name.
+    statement: Option<(String, Bytes)>,
+    /// This batch prepares `statement` on the connection first.
+    ensure: Cell<bool>,
+    /// The `ParseComplete` of that `Parse` is still to come (and not to relay).
+    swallow: Cell<bool>,
     state: RefCell<State>,
     /// The owner, woken when `state` changes.
     owner: Cell<Option<Waker>>,
@@ -166,51 +174,120 @@ fn queue_for(key: String) -> Rc<Queue> {
     })
 }
 
-/// What the messages of one autocommit read take: `first`'s statement text and the length
-/// of the rest of its messages in `rest` (through its `Sync`), when `first` starts one
-/// that can share a round trip: a `Query`, or an unnamed `Parse` followed by unnamed
-/// `Bind`/`Describe`/`Execute` and a `Sync`, all arrived. `None` for anything else.
-pub(super) fn read_unit<'a>(first: &'a [u8], rest: &[u8]) -> Option<(&'a [u8], usize)> {
+/// One autocommit read found at the head of a client's messages.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct ReadUnit<'a> {
+    /// Its statement's text.
+    pub text: &'a [u8],
+    /// The length of the rest of its messages after the first, through its `Sync`.
+    pub rest: usize,
+    /// The client's named statement it binds, with its name (`None`: unnamed).
+    pub named: Option<(&'a [u8], &'a Prepared)>,
+}
+
+/// The read `first` starts, with the rest of its messages in `rest`, when it can share a
+/// round trip: a `Query`; an unnamed `Parse` followed by unnamed `Bind`, `Describe` and
+/// `Execute` and a `Sync`; or a `Bind` of a named statement of the client's (`statement`
+/// finds it) to the unnamed portal, followed by `Describe` of that portal or statement,
+/// `Execute` and a `Sync` — all arrived. `None` for anything else.
+pub(super) fn read_unit<'a>(
+    first: &'a [u8],
+    rest: &[u8],
+    statement: impl Fn(&[u8]) -> Option<&'a Prepared>,
+) -> Option<ReadUnit<'a>> {
     let body = messages::body(first);
-    match first[0] {
-        b'Q' => Some((body.strip_suffix(b"\0")?, 0)),
+    let (text, named) = match first[0] {
+        b'Q' => {
+            let text = body.strip_suffix(b"\0")?;
+            return Some(ReadUnit {
+                text,
+                rest: 0,
+                named: None,
+            });
+        }
         b'P' => {
             let (name, after) = messages::split_cstr(body)?;
             let (text, _) = messages::split_cstr(after)?;
             if !name.is_empty() {
                 return None;
             }
-            let mut at = 0;
-            loop {
-                let header = rest.get(at..at + 5)?;
-                let len = u32::from_be_bytes(header[1..5].try_into().ok()?) as usize;
-                let msg = rest.get(at..at + 1 + len)?;
-                at += 1 + len;
-                let body = messages::body(msg);
-                let unnamed = match msg[0] {
-                    b'S' => return Some((text, at)),
-                    // Bind: portal and statement both unnamed.
-                    b'B' => body.starts_with(b"\0\0"),
-                    // Describe of the unnamed portal or statement.
-                    b'D' => body == b"P\0" || body == b"S\0",
-                    // Execute of the unnamed portal.
-                    b'E' => body.first() == Some(&0),
-                    _ => false,
-                };
-                if !unnamed {
-                    return None;
-                }
-            }
+            (text, None)
         }
-        _ => None,
+        b'B' => {
+            let (portal, after) = messages::split_cstr(body)?;
+            let (name, _) = messages::split_cstr(after)?;
+            if !portal.is_empty() || name.is_empty() {
+                return None;
+            }
+            let p = statement(name)?;
+            let (text, _) = messages::split_cstr(&p.rest)?;
+            (text, Some((name, p)))
+        }
+        _ => return None,
+    };
+    let mut at = 0;
+    loop {
+        let header = rest.get(at..at + 5)?;
+        let len = u32::from_be_bytes(header[1..5].try_into().ok()?) as usize;
+        let msg = rest.get(at..at + 1 + len)?;
+        at += 1 + len;
+        let body = messages::body(msg);
+        let fits = match (msg[0], named) {
+            (b'S', _) => {
+                return Some(ReadUnit {
+                    text,
+                    rest: at,
+                    named,
+                })
+            }
+            // Bind after an unnamed Parse: portal and statement both unnamed.
+            (b'B', None) => body.starts_with(b"\0\0"),
+            // Describe of the unnamed portal, or of the statement the read binds.
+            (b'D', _) if body == b"P\0" => true,
+            (b'D', None) => body == b"S\0",
+            (b'D', Some((name, _))) => {
+                body.strip_prefix(b"S").and_then(|b| b.strip_suffix(b"\0")) == Some(name)
+            }
+            // Execute of the unnamed portal.
+            (b'E', _) => body.first() == Some(&0),
+            _ => false,
+        };
+        if !fits {
+            return None;
+        }
     }
 }
 
+/// `msgs` (a read binding the client's statement `name`) with that statement named by
+/// `server`, its name on server connections.
+fn renamed(msgs: &[u8], name: &[u8], server: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(msgs.len() + 2 * server.len());
+    let mut at = 0;
+    while at + 5 <= msgs.len() {
+        let len = u32::from_be_bytes(msgs[at + 1..at + 5].try_into().expect("4 bytes")) as usize;
+        let msg = &msgs[at..at + 1 + len];
+        at += 1 + len;
+        let body = messages::body(msg);
+        match msg[0] {
+            b'B' => {
+                let (portal, after) = messages::split_cstr(body).expect("checked by read_unit");
+                let (_, params) = messages::split_cstr(after).expect("checked by read_unit");
+                messages::frontend(&mut out, b'B', &[portal, b"\0", server, b"\0", params]);
+            }
+            b'D' if body.get(1..body.len() - 1) == Some(name) && body[0] == b'S' => {
+                messages::frontend(&mut out, b'D', &[b"S", server, b"\0"]);
+            }
+            _ => out.extend_from_slice(msg),
+        }
+    }
+    out
+}
+
 impl Relay {
-    /// The length of the rest of the read `first` starts (in the client's buffer) when
-    /// it may share a round trip now: see [`read_unit`], and a plain transaction-mode
-    /// client (no session `SET`s to replay, no `BEGIN` deferred).
-    pub(super) fn shareable(&self, first: &[u8]) -> Option<usize> {
+    /// The read `first` starts (see [`read_unit`]) when it may share a round trip now:
+    /// a read, from a plain transaction-mode client (no session `SET`s to replay, no
+    /// `BEGIN` deferred). Its rest's length and the name of the client's statement it binds.
+    pub(super) fn shareable(&self, first: &[u8]) -> Option<(usize, Option<Bytes>)> {
         let on = self.core.config.pg.is_some_and(|p| p.shared_reads);
         if !on
             || self.pooling.mode != PoolMode::Transaction
@@ -220,25 +297,47 @@ impl Relay {
         {
             return None;
         }
-        let (text, rest) = read_unit(first, &self.rbuf)?;
-        let sql = std::str::from_utf8(text).ok()?;
+        let unit = read_unit(first, &self.rbuf, |name| self.statements.get(name))?;
+        let sql = std::str::from_utf8(unit.text).ok()?;
         let kind = self
             .core
             .sql_memo
             .kinds
             .get_or_try::<()>(sql, || Ok(crate::sql::classify::classify(sql)))
             .unwrap_or(Kind::Write);
-        (kind == Kind::Read && super::session_only(sql).is_none()).then_some(rest)
+        let name = unit.named.map(|(n, _)| Bytes::copy_from_slice(n));
+        (kind == Kind::Read && super::session_only(sql).is_none()).then_some((unit.rest, name))
     }
 
     /// Runs the read made of `first` and the next `rest` bytes of the client's buffer on a
     /// shared round trip; false when the client is gone.
-    pub(super) async fn shared(&mut self, first: BytesMut, rest: usize, intent: Intent) -> bool {
+    pub(super) async fn shared(
+        &mut self,
+        first: BytesMut,
+        (rest, named): (usize, Option<Bytes>),
+        intent: Intent,
+    ) -> bool {
+        // What the read writes, for the result cache (a function a read calls may write).
+        let written = cached::written_by(&self.core, &first, |n| self.statement_rest(n));
+        self.cache.wrote(written);
         let mut msgs = first;
         msgs.unsplit(self.rbuf.split_to(rest));
+        let (msgs, original, statement) =
+            match named.and_then(|n| self.statements.get(&n[..]).map(|p| (n, p))) {
+                Some((name, p)) => (
+                    renamed(&msgs, &name, p.server.as_bytes()),
+                    Some(msgs),
+                    Some((p.server.clone(), p.rest.clone())),
+                ),
+                None => (msgs, None, None),
+            };
         let queue = self.shared_queue(intent);
         let unit = Rc::new(Unit {
             msgs,
+            original,
+            statement,
+            ensure: Cell::new(false),
+            swallow: Cell::new(false),
             state: RefCell::new(State::Queued),
             owner: Cell::new(None),
             runner: Cell::new(None),
@@ -274,7 +373,7 @@ impl Relay {
                     // Back into the client's buffer, and relayed alone (the replica
                     // refuses it again and the relay reruns it on the leader).
                     // (The runner may still hold the read: its bytes are copied.)
-                    let mut msgs = unit.msgs.clone();
+                    let mut msgs = unit.original.as_ref().unwrap_or(&unit.msgs).clone();
                     let first = messages::take(&mut msgs, usize::MAX)
                         .ok()
                         .flatten()
@@ -384,24 +483,10 @@ impl Relay {
         };
         // The runner's own slot follows its own read, as every owner's does.
         *self.key.slot.lock() = None;
-        let batch: Vec<Rc<Unit>> = {
-            let mut waiting = queue.waiting.borrow_mut();
-            let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH) + 1);
-            if handed {
-                batch.push(mine.clone());
-            }
-            while batch.len() < MAX_BATCH {
-                match self.pop(&mut waiting) {
-                    Some(u) => batch.push(u),
-                    None => break,
-                }
-            }
-            batch
-        };
-        let held = match held {
+        let mut held = match held {
             Ok(h) => h,
             Err((code, msg)) => {
-                for u in &batch {
+                for u in self.take_batch(queue, mine, handed, None) {
                     let mut answer = BytesMut::new();
                     messages::error(&mut answer, "ERROR", code, &msg);
                     messages::ready_for_query(&mut answer, b'I');
@@ -410,6 +495,7 @@ impl Relay {
                 return self.pass_on(queue, None).await;
             }
         };
+        let batch = self.take_batch(queue, mine, handed, Some(&mut held));
         if batch.is_empty() {
             return self.pass_on(queue, Some(held)).await;
         }
@@ -419,7 +505,6 @@ impl Relay {
                 .wire
                 .add(WireEvent::SharedReads, batch.len() as u64);
         }
-        let mut held = held;
         self.send_batch(&mut held, &batch, mine).await;
         if held.broken || held.checkout.pool_waiters() > 0 {
             // Others wait for this pool: the next runner queues for a connection too.
@@ -459,6 +544,52 @@ impl Relay {
         }
     }
 
+    /// The next batch: `mine` first when `handed`, then the oldest queued reads, up to
+    /// [`MAX_BATCH`]. On `held`, a read whose statement the connection lacks has it
+    /// prepared first; a second read of a statement this batch prepares waits for the next
+    /// batch (should the `Parse` fail, it would fail as "does not exist" instead of with
+    /// the statement's own error).
+    fn take_batch(
+        &self,
+        queue: &Queue,
+        mine: &Rc<Unit>,
+        handed: bool,
+        mut held: Option<&mut Held>,
+    ) -> Vec<Rc<Unit>> {
+        let mut waiting = queue.waiting.borrow_mut();
+        let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH) + 1);
+        let mut later = Vec::new();
+        let mut next = handed.then(|| mine.clone());
+        while batch.len() < MAX_BATCH {
+            let Some(u) = next.take().or_else(|| self.pop(&mut waiting)) else {
+                break;
+            };
+            u.ensure.set(false);
+            if let (Some((server, _)), Some(held)) = (&u.statement, held.as_deref_mut()) {
+                let relayed = held.lent().conn.relayed_statements();
+                if !relayed.contains(server) {
+                    let preparing = batch.iter().any(|b: &Rc<Unit>| {
+                        b.ensure.get() && b.statement.as_ref().is_some_and(|(s, _)| s == server)
+                    });
+                    if preparing {
+                        later.push(u);
+                        continue;
+                    }
+                    u.ensure.set(true);
+                }
+            }
+            batch.push(u);
+        }
+        for u in later.into_iter().rev() {
+            waiting.push_front(u);
+            self.core
+                .metrics()
+                .wire
+                .count(WireEvent::SharedReadsWaiting);
+        }
+        batch
+    }
+
     /// The oldest queued read whose owner is still there.
     fn pop(&self, waiting: &mut VecDeque<Rc<Unit>>) -> Option<Rc<Unit>> {
         while let Some(u) = waiting.pop_front() {
@@ -475,6 +606,11 @@ impl Relay {
     async fn send_batch(&mut self, held: &mut Held, batch: &[Rc<Unit>], mine: &Rc<Unit>) {
         let canceller = held.checkout.conn().canceller();
         for u in batch {
+            if let Some((server, rest)) = u.statement.as_ref().filter(|_| u.ensure.get()) {
+                held.lent().conn.relayed_statements().insert(server.clone());
+                messages::frontend(&mut held.out, b'P', &[server.as_bytes(), b"\0", rest]);
+                u.swallow.set(true);
+            }
             held.out.extend_from_slice(&u.msgs);
             held.pending += 1;
             *u.state.borrow_mut() = State::Answering {
@@ -548,6 +684,8 @@ impl Relay {
                         }
                         continue;
                     }
+                    // The ParseComplete of the statement prepared for the read.
+                    b'1' if unit.swallow.replace(false) => continue,
                     b'E' if is_fatal(messages::body(&m)) => {
                         // The server ends the session: the reads not answered are told
                         // their outcome is unknown (the caller does).
@@ -557,6 +695,14 @@ impl Relay {
                         && error_field(messages::body(&m), b'C') == Some(READ_ONLY) =>
                     {
                         *rerun = true;
+                    }
+                    b'E' if unit.swallow.replace(false) => {
+                        // The statement's Parse failed (the server skipped to the read's
+                        // Sync): the connection does not have it.
+                        if let Some((server, _)) = &unit.statement {
+                            held.lent().conn.relayed_statements().remove(server);
+                        }
+                        unit.answer(&m);
                     }
                     // A read never asks for COPY data.
                     b'G' => return Err(Gone::Server),
@@ -607,7 +753,10 @@ impl Relay {
         });
         if capped {
             written.await
-        } else if monoio::time::timeout(OWNER_PATIENCE, written).await.is_err() {
+        } else if monoio::time::timeout(OWNER_PATIENCE, written)
+            .await
+            .is_err()
+        {
             unit.slow.set(true);
         }
     }
@@ -636,6 +785,18 @@ mod tests {
         m
     }
 
+    fn none<'a>(_: &[u8]) -> Option<&'a Prepared> {
+        None
+    }
+
+    fn unnamed(text: &[u8], rest: usize) -> Option<ReadUnit<'_>> {
+        Some(ReadUnit {
+            text,
+            rest,
+            named: None,
+        })
+    }
+
     #[test]
     fn an_unnamed_extended_read_is_one_unit_through_its_sync() {
         let parse = msg(b'P', b"\0select 1\0\0\0");
@@ -645,25 +806,25 @@ mod tests {
         let sync = msg(b'S', b"");
         let whole = [rest.clone(), sync.clone()].concat();
         assert_eq!(
-            read_unit(&parse, &whole),
-            Some((&b"select 1"[..], whole.len()))
+            read_unit(&parse, &whole, none),
+            unnamed(b"select 1", whole.len())
         );
         // Bytes after the Sync are the client's next transaction.
         let more = [whole.clone(), msg(b'Q', b"select 2\0")].concat();
         assert_eq!(
-            read_unit(&parse, &more),
-            Some((&b"select 1"[..], whole.len()))
+            read_unit(&parse, &more, none),
+            unnamed(b"select 1", whole.len())
         );
         // Not all arrived yet, or no Sync: not shared.
-        assert_eq!(read_unit(&parse, &rest), None);
-        assert_eq!(read_unit(&parse, &whole[..whole.len() - 1]), None);
+        assert_eq!(read_unit(&parse, &rest, none), None);
+        assert_eq!(read_unit(&parse, &whole[..whole.len() - 1], none), None);
     }
 
     #[test]
-    fn named_statements_portals_and_flushes_are_not_shared() {
+    fn named_portals_other_statements_and_flushes_are_not_shared() {
         let sync = msg(b'S', b"");
         let named = msg(b'P', b"s1\0select 1\0\0\0");
-        assert_eq!(read_unit(&named, &sync), None);
+        assert_eq!(read_unit(&named, &sync, none), None);
         let parse = msg(b'P', b"\0select 1\0\0\0");
         for other in [
             msg(b'B', b"p1\0\0\0\0\0\0\0\0"),
@@ -674,12 +835,57 @@ mod tests {
             msg(b'C', b"S\0"),
         ] {
             let rest = [other, sync.clone()].concat();
-            assert_eq!(read_unit(&parse, &rest), None);
+            assert_eq!(read_unit(&parse, &rest, none), None);
         }
-        assert_eq!(read_unit(&msg(b'B', b"\0\0\0\0\0\0\0\0"), &sync), None);
+        // A Bind of the unnamed statement (parsed in an earlier transaction) or of a
+        // statement the client never prepared.
         assert_eq!(
-            read_unit(&msg(b'Q', b"select 1\0"), b""),
-            Some((&b"select 1"[..], 0))
+            read_unit(&msg(b'B', b"\0\0\0\0\0\0\0\0"), &sync, none),
+            None
         );
+        assert_eq!(
+            read_unit(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &sync, none),
+            None
+        );
+        assert_eq!(
+            read_unit(&msg(b'Q', b"select 1\0"), b"", none),
+            unnamed(b"select 1", 0)
+        );
+    }
+
+    #[test]
+    fn a_bind_of_a_named_statement_is_shared_renamed() {
+        let p = Prepared {
+            server: "rgw_x".into(),
+            rest: Bytes::from_static(b"select $1::int\0\0\0"),
+        };
+        let find = |n: &[u8]| (n == b"s1").then_some(&p);
+        let bind = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
+        let mut rest = msg(b'D', b"Ss1\0");
+        rest.extend(msg(b'D', b"P\0"));
+        rest.extend(msg(b'E', b"\0\0\0\0\0"));
+        rest.extend(msg(b'S', b""));
+        assert_eq!(
+            read_unit(&bind, &rest, find),
+            Some(ReadUnit {
+                text: b"select $1::int",
+                rest: rest.len(),
+                named: Some((b"s1", &p)),
+            })
+        );
+        // Describing another statement: not one read.
+        let other = [msg(b'D', b"Ss2\0"), msg(b'S', b"")].concat();
+        assert_eq!(read_unit(&bind, &other, find), None);
+        // Sent to the server under its server name, the rest as it was.
+        let sent = renamed(&[bind.clone(), rest.clone()].concat(), b"s1", b"rgw_x");
+        let want = [
+            msg(b'B', b"\0rgw_x\0\0\0\0\0\0\0"),
+            msg(b'D', b"Srgw_x\0"),
+            msg(b'D', b"P\0"),
+            msg(b'E', b"\0\0\0\0\0"),
+            msg(b'S', b""),
+        ]
+        .concat();
+        assert_eq!(&sent[..], &want[..]);
     }
 }
