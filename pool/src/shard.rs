@@ -670,6 +670,12 @@ impl Checkout {
         self.pool.waiters()
     }
 
+    /// Whether another core waits for this connection's permit: returning it now closes
+    /// it so the permit moves ([`TenantPool::give_back`]).
+    pub fn wanted_elsewhere(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| self.pool.give_back(c))
+    }
+
     /// Drops the connection instead of returning it (its state is unknown).
     pub fn discard(mut self) {
         if let Some(conn) = self.conn.take() {

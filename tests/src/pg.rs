@@ -260,6 +260,8 @@ pub fn with_alpha<T>(
 /// byte for byte.
 pub struct RawPg {
     s: TcpStream,
+    /// The process id of its `BackendKeyData` (ringgate's: instance, core, number).
+    pub pid: i32,
 }
 
 impl RawPg {
@@ -279,8 +281,19 @@ impl RawPg {
             ChannelBinding::unsupported(),
         );
         assert_eq!(tag, b'R', "{}", String::from_utf8_lossy(&body));
-        while read_message(&mut s).unwrap().0 != b'Z' {}
-        Self { s }
+        let mut pid = 0;
+        loop {
+            match read_message(&mut s).unwrap() {
+                (b'K', body) => pid = i32::from_be_bytes(body[..4].try_into().unwrap()),
+                (b'Z', _) => return Self { s, pid },
+                _ => {}
+            }
+        }
+    }
+
+    /// The ringgate core serving it (from its `BackendKeyData`).
+    pub fn core(&self) -> u32 {
+        (self.pid as u32 >> 18) & 0x3f
     }
 
     /// Sends `messages` and returns every byte of the answer up to and including

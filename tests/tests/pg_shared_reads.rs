@@ -5,11 +5,19 @@
 //! was sent for; a connection lost under a batch answers every read in it `08007` and
 //! leaves each client's session usable.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering::SeqCst},
+        Arc,
+    },
+    time::Duration,
+};
 
 use ringgate_tests::{
     backend::{pg_admin_url, psql},
-    http::metric_total,
+    http::{metric_total, metric_total_where},
+    pg::{self, RawPg},
     wire::{alpha_project, block_on, code, connect, start_pg_with_replica},
 };
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -269,6 +277,74 @@ fn a_named_statement_whose_prepare_fails_on_a_new_connection_is_prepared_again_l
             .await
             .unwrap();
     });
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_core_busy_with_shared_reads_lets_its_connections_go_to_a_core_that_waits() {
+    // Two permits, two cores. On core 0 one client holds a connection in a transaction and
+    // thirty keep its queue of reads full, so its runner could hand the other connection on
+    // forever; core 1's pool, unused, is closed after a second (so core 0 takes both
+    // permits). When core 1 then waits for a permit, that connection goes back after its
+    // batch (and is closed so the permit moves) instead of to the next read.
+    let (g, http, addr) = start_pg_with_replica(&[
+        ("RINGGATE_WORKERS", "2"),
+        ("RINGGATE_POOL_MAX_PER_TENANT", "2"),
+        ("RINGGATE_POOL_IDLE_TTL", "1s"),
+    ]);
+    let (mut on0, mut on1) = (Vec::new(), Vec::new());
+    for _ in 0..400 {
+        if on0.len() >= 31 && !on1.is_empty() {
+            break;
+        }
+        let c = RawPg::alpha(addr);
+        match c.core() {
+            0 if on0.len() < 31 => on0.push(c),
+            1 if on1.is_empty() => on1.push(c),
+            _ => {}
+        }
+    }
+    assert!(on0.len() == 31 && on1.len() == 1, "clients on each core");
+    let mut holder = on0.pop().unwrap();
+    assert_eq!(pg::status(&holder.exchange(&pg::query("begin"))), b'T');
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = on0
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    let answer = c.exchange(&pg::query("select pg_sleep(0.002)"));
+                    assert_eq!(pg::status(&answer), b'I');
+                }
+            })
+        })
+        .collect();
+    let held = |core: &str| {
+        let label = format!("core=\"{core}\"");
+        metric_total_where(http, "ringgate_pool_server_connections", &label)
+    };
+    ringgate_testkit::eventually(
+        "core 0 holds both connections",
+        Duration::from_secs(10),
+        || held("0") == 2 && held("1") == 0,
+    );
+    let started = std::time::Instant::now();
+    let answer = on1[0].exchange(&pg::query("select 41 + 1"));
+    let waited = started.elapsed();
+    stop.store(true, SeqCst);
+    holder.exchange(&pg::query("commit"));
+    for b in busy {
+        b.join().unwrap();
+    }
+    assert!(
+        answer.windows(2).any(|w| w == b"42"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The pool's wait is 5 s: an answer well before it came from a permit that moved.
+    assert!(waited < Duration::from_secs(2), "core 1 waited {waited:?}");
     g.drain();
 }
 

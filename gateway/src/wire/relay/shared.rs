@@ -15,8 +15,10 @@
 //!
 //! After a batch the runner hands its connection (and the runner's role) to the owner of
 //! the oldest read still queued, so no client waits behind another's session; when the
-//! pool has other waiters (transactions that are not shared reads) the connection goes
-//! back to the pool instead and the next runner queues for one like everybody else.
+//! pool has other waiters (transactions that are not shared reads), or another core waits
+//! for the tenant's permits (the connection is then closed so the permit moves, as any
+//! returned connection would be), the connection goes back to the pool instead and the
+//! next runner queues for one like everybody else.
 //!
 //! Answers reach each client as they come. A client slow to read a long answer holds up
 //! the reads sent after its own for [`OWNER_PATIENCE`] at most: then its answer is kept
@@ -506,8 +508,10 @@ impl Relay {
                 .add(WireEvent::SharedReads, batch.len() as u64);
         }
         self.send_batch(&mut held, &batch, mine).await;
-        if held.broken || held.checkout.pool_waiters() > 0 {
-            // Others wait for this pool: the next runner queues for a connection too.
+        let others_wait = held.checkout.pool_waiters() > 0 || held.checkout.wanted_elsewhere();
+        if held.broken || others_wait {
+            // Others wait for this pool (or another core for its permit): the next runner
+            // queues for a connection too.
             self.release(held).await;
             self.pass_on(queue, None).await
         } else {
