@@ -648,7 +648,7 @@ fn answers_in_one_batch_never_cross_clients() {
         for _ in 0..6 {
             clients.push(Arc::new(connect(addr, project).await.unwrap().0));
         }
-        let mut raws = vec![
+        let mut raws = [
             Some(Raw::connect(addr, project, None).await),
             Some(Raw::connect(addr, project, None).await),
         ];
@@ -761,6 +761,13 @@ fn a_client_that_stops_reading_holds_up_the_others_of_its_batch_briefly() {
             }
             let took = started.elapsed();
             assert!(took < Duration::from_secs(3), "{took:?}");
+            // The connection went on without waiting for the slow client (even when it
+            // ran the batch): a read after the batch is answered while it still reads
+            // nothing.
+            tokio::time::timeout(Duration::from_secs(3), quick(&quicks[0], 99))
+                .await
+                .expect("a read after the batch, while the slow client reads nothing")
+                .unwrap();
             read_megabytes(&mut slow, 12).await;
             slow.send(&ringgate_tests::pg::query("select 1")).await;
             assert_eq!(shape(&slow.answer().await), "T D*1 C Z");
