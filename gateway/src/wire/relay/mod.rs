@@ -949,29 +949,8 @@ impl Relay {
             held.out.clear();
             self.spare_out = std::mem::take(&mut held.out);
         }
-        let Some(mut lent) = held.lent.take() else {
-            return;
-        };
-        self.core
-            .metrics()
-            .wire
-            .class_sub(self.pooling.class, held.figure);
-        let sound = !held.broken && held.status == b'I' && held.pending == 0;
-        let mut broken = !sound;
-        if sound && self.pooling.mode == PoolMode::Session {
-            // Temp tables, LISTENs, advisory locks, prepared statements, settings.
-            broken = lent.conn.simple("DISCARD ALL").await.is_err();
-            lent.conn.relayed_statements().clear();
-        } else if sound && held.dirty {
-            broken = lent.conn.simple("RESET ALL").await.is_err();
-        }
-        lent.conn.relay_done(held.status, broken);
-        lent.give_back();
-        if broken {
-            held.checkout.discard();
-        }
+        give_back(&self.core, self.pooling, held).await
     }
-
     /// Answers a message that could not get a server connection: an error, and after the
     /// rest of an extended-protocol batch (up to its `Sync`), `ReadyForQuery`.
     async fn refuse(&mut self, tag: u8, code: &str, msg: &str) -> bool {
@@ -1196,6 +1175,30 @@ impl cached::Relayed for Relay {
 
     async fn transaction(&mut self, first: BytesMut) -> bool {
         Relay::transaction(self, first).await
+    }
+}
+
+/// [`Relay::release`]'s part that needs no session: the connection back to its pool when
+/// idle and sound, else closed (a shared read's runner gives its connection back with it
+/// while it writes its own answer).
+async fn give_back(core: &Core, pooling: Pooling, mut held: Held) {
+    let Some(mut lent) = held.lent.take() else {
+        return;
+    };
+    core.metrics().wire.class_sub(pooling.class, held.figure);
+    let sound = !held.broken && held.status == b'I' && held.pending == 0;
+    let mut broken = !sound;
+    if sound && pooling.mode == PoolMode::Session {
+        // Temp tables, LISTENs, advisory locks, prepared statements, settings.
+        broken = lent.conn.simple("DISCARD ALL").await.is_err();
+        lent.conn.relayed_statements().clear();
+    } else if sound && held.dirty {
+        broken = lent.conn.simple("RESET ALL").await.is_err();
+    }
+    lent.conn.relay_done(held.status, broken);
+    lent.give_back();
+    if broken {
+        held.checkout.discard();
     }
 }
 

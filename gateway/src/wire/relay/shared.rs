@@ -20,18 +20,22 @@
 //! returned connection would be), the connection goes back to the pool instead and the
 //! next runner queues for one like everybody else.
 //!
-//! Answers reach each client as they come. A client slow to read a long answer holds up
-//! the reads sent after its own for [`OWNER_PATIENCE`] at most: then its answer is kept
-//! for it (up to [`OWNER_CAP`], beyond which the runner waits for it as a relay of its own
-//! would). A read that runs long holds up the reads behind it on the same connection; the
-//! batch is at most [`MAX_BATCH`] reads.
+//! Answers reach each client as they come: each owner writes its own, the runner too (it
+//! writes its own read's answer while it reads the batch's, and gives the connection on
+//! without waiting for its client). A client slow to read a long answer holds up the reads
+//! sent after its own for [`OWNER_PATIENCE`] at most: then its answer is kept for it (up to
+//! [`OWNER_CAP`], beyond which the runner waits for it as a relay of its own would). A read
+//! that runs long holds up the reads behind it on the same connection; the batch is at
+//! most [`MAX_BATCH`] reads.
 //!
 //! A read's client can cancel it while it runs (its cancel slot points at the connection
 //! only then); a cancel that arrives while the read is still queued behind others is
 //! dropped, as the server drops a cancel that finds nothing running. A server connection
 //! lost mid-batch answers every read not yet answered with `08007`, as a transaction of
 //! its own would be. A read a replica refuses as a write (`25006`) is rerun by its owner on
-//! the leader, alone.
+//! the leader, alone, unless part of its answer already reached its client (rows before
+//! the write): then the client gets the replica's error, as from a relay of its own past
+//! its first write to the client.
 
 use std::{
     cell::{Cell, RefCell},
@@ -47,11 +51,12 @@ use ringgate_discovery::Role;
 use ringgate_pool::Intent;
 
 use super::{
-    cached, error_field, is_fatal, messages, send_under_lease, Gone, Held, Prepared, Relay, LOST,
-    READ_ONLY, RESOLUTION_UNKNOWN,
+    cached, error_field, give_back, is_fatal, messages, send_under_lease, Gone, Held, Pooling,
+    Prepared, Relay, LOST, READ_ONLY, RESOLUTION_UNKNOWN,
 };
 use crate::{
-    metrics::wire::WireEvent, projects::PoolMode, sql::classify::Kind, wire::cancel::Slot,
+    metrics::wire::WireEvent, per_core::Core, projects::PoolMode, sql::classify::Kind,
+    wire::cancel::Slot,
 };
 
 /// Most reads one batch sends.
@@ -109,9 +114,13 @@ pub(super) struct Unit {
     /// connection.
     abandoned: Cell<bool>,
     /// The owner waits for this read (and writes its answer as it comes): a runner may
-    /// wait for it to write a long answer. An owner busy running a batch of its own is not
-    /// waited for (two runners could otherwise wait for each other).
+    /// wait for it to write a long answer. A runner listens for its own read while the
+    /// batch holding it runs; one busy running a batch without it is not waited for (two
+    /// runners could otherwise wait for each other).
     listening: Cell<bool>,
+    /// Part of the answer went to the owner's client: the read can no longer be rerun
+    /// unseen.
+    sent: Cell<bool>,
     /// The owner did not write its backlog within [`OWNER_PATIENCE`]: its answer is kept
     /// (up to [`OWNER_CAP`]) rather than waited for.
     slow: Cell<bool>,
@@ -138,6 +147,13 @@ impl Unit {
             *done = true;
         }
         wake(&self.owner);
+    }
+
+    /// Drops what the answer holds so far.
+    fn clear(&self) {
+        if let State::Answering { answer, .. } = &mut *self.state.borrow_mut() {
+            answer.clear();
+        }
     }
 
     fn backlog(&self) -> usize {
@@ -346,6 +362,7 @@ impl Relay {
             cancel: self.key.slot.clone(),
             abandoned: Cell::new(false),
             listening: Cell::new(false),
+            sent: Cell::new(false),
             slow: Cell::new(false),
         });
         queue.waiting.borrow_mut().push_back(unit.clone());
@@ -361,10 +378,15 @@ impl Relay {
         // Whether the read was taken out of the queue for its owner to run first.
         let mut handed = false;
         loop {
-            if let Some(conn) = run.take() {
-                self.run_batch(&queue, conn, intent, &unit, handed).await;
-            }
-            match self.owned(&unit).await {
+            let owned = match run.take() {
+                Some(conn) => self.run_batch(&queue, conn, intent, &unit, handed).await,
+                None => None,
+            };
+            let owned = match owned {
+                Some(o) => o,
+                None => self.owned(&unit).await,
+            };
+            match owned {
                 Owned::Answered => return true,
                 Owned::ClientGone => return false,
                 Owned::Run(conn) => {
@@ -441,6 +463,9 @@ impl Relay {
                 let mut state = unit.state.borrow_mut();
                 match &mut *state {
                     State::Answering { answer, done } => {
+                        if !answer.is_empty() {
+                            unit.sent.set(true);
+                        }
                         self.wbuf.extend_from_slice(answer);
                         answer.clear();
                         *done
@@ -470,7 +495,9 @@ impl Relay {
     /// Runs one batch from `queue` on `conn` (checked out when `None`), then hands the
     /// connection and the runner's role to the oldest read still queued (or gives the
     /// connection back and ends the role). `mine` is the runner's own read; `handed` when
-    /// it was handed the role with it (taken out of the queue): then it goes first.
+    /// it was handed the role with it (taken out of the queue): then it goes first. When
+    /// the batch holds `mine`, the runner writes its answer meanwhile, as any owner does:
+    /// how it ended for the runner's client then (`None`: the owner waits for it as usual).
     async fn run_batch(
         &mut self,
         queue: &Rc<Queue>,
@@ -478,13 +505,15 @@ impl Relay {
         intent: Intent,
         mine: &Rc<Unit>,
         handed: bool,
-    ) {
+    ) -> Option<Owned> {
         let held = match conn {
             Some(h) => Ok(h),
             None => self.checkout(intent).await,
         };
         // The runner's own slot follows its own read, as every owner's does.
         *self.key.slot.lock() = None;
+        let core = self.core.clone();
+        let pooling = self.pooling;
         let mut held = match held {
             Ok(h) => h,
             Err((code, msg)) => {
@@ -494,60 +523,75 @@ impl Relay {
                     messages::ready_for_query(&mut answer, b'I');
                     u.set(State::Answering { answer, done: true });
                 }
-                return self.pass_on(queue, None).await;
+                pass_on(&core, pooling, queue, None).await;
+                return None;
             }
         };
         let batch = self.take_batch(queue, mine, handed, Some(&mut held));
         if batch.is_empty() {
-            return self.pass_on(queue, Some(held)).await;
+            pass_on(&core, pooling, queue, Some(held)).await;
+            return None;
         }
         if batch.len() > 1 {
-            self.core
-                .metrics()
+            core.metrics()
                 .wire
                 .add(WireEvent::SharedReads, batch.len() as u64);
         }
-        self.send_batch(&mut held, &batch, mine).await;
-        let others_wait = held.checkout.pool_waiters() > 0 || held.checkout.wanted_elsewhere();
-        if held.broken || others_wait {
-            // Others wait for this pool (or another core for its permit): the next runner
-            // queues for a connection too.
-            self.release(held).await;
-            self.pass_on(queue, None).await
-        } else {
-            self.pass_on(queue, Some(held)).await
-        }
-    }
-
-    /// Hands the runner's role (with `conn`, when there is one) to the oldest read still
-    /// queued; with none queued, the role ends (and `conn` is given back).
-    async fn pass_on(&mut self, queue: &Rc<Queue>, conn: Option<Held>) {
-        // An owner waiting for its read takes over at once; one busy running a batch of
-        // its own would leave the connection idle meanwhile.
-        let next = {
-            let mut waiting = queue.waiting.borrow_mut();
-            let listening = waiting
-                .iter()
-                .position(|u| u.listening.get() && !u.abandoned.get());
-            match listening.and_then(|i| waiting.remove(i)) {
-                Some(u) => {
-                    self.core.metrics().wire.less(WireEvent::SharedReadsWaiting);
-                    Some(u)
-                }
-                None => self.pop(&mut waiting),
+        let answering = async {
+            let mut held = held;
+            send_batch(&core, &mut held, &batch).await;
+            let others_wait = held.checkout.pool_waiters() > 0 || held.checkout.wanted_elsewhere();
+            if held.broken || others_wait {
+                // Others wait for this pool (or another core for its permit): the next
+                // runner queues for a connection too.
+                give_back(&core, pooling, held).await;
+                pass_on(&core, pooling, queue, None).await
+            } else {
+                pass_on(&core, pooling, queue, Some(held)).await
             }
         };
-        match next {
-            Some(u) => u.set(State::Run(conn.map(Box::new))),
-            None => {
-                queue.runners.set(queue.runners.get() - 1);
-                if let Some(held) = conn {
-                    self.release(held).await;
-                }
+        if !batch.iter().any(|u| Rc::ptr_eq(u, mine)) {
+            answering.await;
+            return None;
+        }
+        // The runner's client reads its own answer as it comes, and a slow one is waited
+        // for no longer than any owner: the connection goes on when the batch is answered,
+        // whatever its own client still has to read.
+        let ((), owned) = monoio::join!(answering, self.owned(mine));
+        Some(owned)
+    }
+}
+
+/// Hands the runner's role (with `conn`, when there is one) to the oldest read still
+/// queued; with none queued, the role ends (and `conn` is given back).
+async fn pass_on(core: &Core, pooling: Pooling, queue: &Rc<Queue>, conn: Option<Held>) {
+    // An owner waiting for its read takes over at once; one busy running a batch of its
+    // own would leave the connection idle meanwhile.
+    let next = {
+        let mut waiting = queue.waiting.borrow_mut();
+        let listening = waiting
+            .iter()
+            .position(|u| u.listening.get() && !u.abandoned.get());
+        match listening.and_then(|i| waiting.remove(i)) {
+            Some(u) => {
+                core.metrics().wire.less(WireEvent::SharedReadsWaiting);
+                Some(u)
+            }
+            None => pop(core, &mut waiting),
+        }
+    };
+    match next {
+        Some(u) => u.set(State::Run(conn.map(Box::new))),
+        None => {
+            queue.runners.set(queue.runners.get() - 1);
+            if let Some(held) = conn {
+                give_back(core, pooling, held).await;
             }
         }
     }
+}
 
+impl Relay {
     /// The next batch: `mine` first when `handed`, then the oldest queued reads, up to
     /// [`MAX_BATCH`]. On `held`, a read whose statement the connection lacks has it
     /// prepared first; a second read of a statement this batch prepares waits for the next
@@ -565,7 +609,7 @@ impl Relay {
         let mut later = Vec::new();
         let mut next = handed.then(|| mine.clone());
         while batch.len() < MAX_BATCH {
-            let Some(u) = next.take().or_else(|| self.pop(&mut waiting)) else {
+            let Some(u) = next.take().or_else(|| pop(&self.core, &mut waiting)) else {
                 break;
             };
             u.ensure.set(false);
@@ -593,176 +637,167 @@ impl Relay {
         }
         batch
     }
+}
 
-    /// The oldest queued read whose owner is still there.
-    fn pop(&self, waiting: &mut VecDeque<Rc<Unit>>) -> Option<Rc<Unit>> {
-        while let Some(u) = waiting.pop_front() {
-            self.core.metrics().wire.less(WireEvent::SharedReadsWaiting);
-            if !u.abandoned.get() {
-                return Some(u);
-            }
+/// The oldest queued read whose owner is still there.
+fn pop(core: &Core, waiting: &mut VecDeque<Rc<Unit>>) -> Option<Rc<Unit>> {
+    while let Some(u) = waiting.pop_front() {
+        core.metrics().wire.less(WireEvent::SharedReadsWaiting);
+        if !u.abandoned.get() {
+            return Some(u);
         }
-        None
     }
+    None
+}
 
-    /// Sends `batch` in one write and hands each read its answers; a lost connection
-    /// answers the reads not yet answered with `08007`.
-    async fn send_batch(&mut self, held: &mut Held, batch: &[Rc<Unit>], mine: &Rc<Unit>) {
-        let canceller = held.checkout.conn().canceller();
-        for u in batch {
-            if let Some((server, rest)) = u.statement.as_ref().filter(|_| u.ensure.get()) {
-                held.lent().conn.relayed_statements().insert(server.clone());
-                messages::frontend(&mut held.out, b'P', &[server.as_bytes(), b"\0", rest]);
-                u.swallow.set(true);
-            }
-            held.out.extend_from_slice(&u.msgs);
-            held.pending += 1;
-            *u.state.borrow_mut() = State::Answering {
-                answer: BytesMut::new(),
-                done: false,
-            };
+/// Sends `batch` in one write and hands each read its answers; a lost connection answers
+/// the reads not yet answered with `08007`.
+async fn send_batch(core: &Core, held: &mut Held, batch: &[Rc<Unit>]) {
+    let canceller = held.checkout.conn().canceller();
+    for u in batch {
+        if let Some((server, rest)) = u.statement.as_ref().filter(|_| u.ensure.get()) {
+            held.lent().conn.relayed_statements().insert(server.clone());
+            messages::frontend(&mut held.out, b'P', &[server.as_bytes(), b"\0", rest]);
+            u.swallow.set(true);
         }
-        *batch[0].cancel.lock() = Some(canceller.clone());
-        let mut at = 0;
-        let mut rerun = false;
-        let outcome = match send_under_lease(held).await {
-            Ok(()) => {
-                self.answer_batch(held, batch, mine, &canceller, &mut at, &mut rerun)
-                    .await
-            }
-            Err(e) => Err(e),
+        held.out.extend_from_slice(&u.msgs);
+        held.pending += 1;
+        *u.state.borrow_mut() = State::Answering {
+            answer: BytesMut::new(),
+            done: false,
         };
-        if outcome.is_err() {
-            self.core.metrics().wire.count(WireEvent::ServerLost);
-            held.broken = true;
-            for u in &batch[at..] {
-                *u.cancel.lock() = None;
-                let mut tail = BytesMut::new();
-                messages::error(&mut tail, "ERROR", RESOLUTION_UNKNOWN, LOST);
-                messages::ready_for_query(&mut tail, b'I');
-                u.answer(&tail);
-                u.finish();
-            }
+    }
+    *batch[0].cancel.lock() = Some(canceller.clone());
+    let mut at = 0;
+    let mut rerun = false;
+    let outcome = match send_under_lease(held).await {
+        Ok(()) => answer_batch(core, held, batch, &canceller, &mut at, &mut rerun).await,
+        Err(e) => Err(e),
+    };
+    if outcome.is_err() {
+        core.metrics().wire.count(WireEvent::ServerLost);
+        held.broken = true;
+        for u in &batch[at..] {
+            *u.cancel.lock() = None;
+            let mut tail = BytesMut::new();
+            messages::error(&mut tail, "ERROR", RESOLUTION_UNKNOWN, LOST);
+            messages::ready_for_query(&mut tail, b'I');
+            u.answer(&tail);
+            u.finish();
         }
     }
+}
 
-    /// Reads the server's answers to `batch`, from its `at`th read on, handing each read
-    /// its own up to its `ReadyForQuery`.
-    async fn answer_batch(
-        &mut self,
-        held: &mut Held,
-        batch: &[Rc<Unit>],
-        mine: &Rc<Unit>,
-        canceller: &ringgate_pool::Canceller,
-        at: &mut usize,
-        rerun: &mut bool,
-    ) -> Result<(), Gone> {
-        let on_replica = held.checkout.role() == Role::Replica;
+/// Reads the server's answers to `batch`, from its `at`th read on, handing each read its
+/// own up to its `ReadyForQuery`.
+async fn answer_batch(
+    core: &Core,
+    held: &mut Held,
+    batch: &[Rc<Unit>],
+    canceller: &ringgate_pool::Canceller,
+    at: &mut usize,
+    rerun: &mut bool,
+) -> Result<(), Gone> {
+    let on_replica = held.checkout.role() == Role::Replica;
+    loop {
         loop {
-            loop {
-                let (_, rbuf) = held.lent().conn.relay_io();
-                let m = match messages::take(rbuf, super::MAX_SERVER_MESSAGE) {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(_) => return Err(Gone::Server),
-                };
-                let unit = &batch[*at];
-                match m[0] {
-                    b'Z' => {
-                        held.status = m.get(5).copied().unwrap_or(b'E');
-                        held.pending = held.pending.saturating_sub(1);
-                        // A read leaves the session idle; anything else and the session
-                        // is not given to anyone again.
-                        held.broken |= held.status != b'I';
-                        *unit.cancel.lock() = None;
-                        if std::mem::take(rerun) {
-                            unit.set(State::Rerun);
-                        } else {
-                            unit.answer(&m);
-                            unit.finish();
-                        }
-                        *at += 1;
-                        match batch.get(*at) {
-                            Some(next) => *next.cancel.lock() = Some(canceller.clone()),
-                            None => return Ok(()),
-                        }
-                        continue;
-                    }
-                    // The ParseComplete of the statement prepared for the read.
-                    b'1' if unit.swallow.replace(false) => continue,
-                    b'E' if is_fatal(messages::body(&m)) => {
-                        // The server ends the session: the reads not answered are told
-                        // their outcome is unknown (the caller does).
-                        return Err(Gone::Server);
-                    }
-                    b'E' if on_replica
-                        && error_field(messages::body(&m), b'C') == Some(READ_ONLY) =>
-                    {
-                        *rerun = true;
-                    }
-                    b'E' if unit.swallow.replace(false) => {
-                        // The statement's Parse failed (the server skipped to the read's
-                        // Sync): the connection does not have it.
-                        if let Some((server, _)) = &unit.statement {
-                            held.lent().conn.relayed_statements().remove(server);
-                        }
+            let (_, rbuf) = held.lent().conn.relay_io();
+            let m = match messages::take(rbuf, super::MAX_SERVER_MESSAGE) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => return Err(Gone::Server),
+            };
+            let unit = &batch[*at];
+            match m[0] {
+                b'Z' => {
+                    held.status = m.get(5).copied().unwrap_or(b'E');
+                    held.pending = held.pending.saturating_sub(1);
+                    // A read leaves the session idle; anything else and the session is
+                    // not given to anyone again.
+                    held.broken |= held.status != b'I';
+                    *unit.cancel.lock() = None;
+                    if std::mem::take(rerun) {
+                        unit.set(State::Rerun);
+                    } else {
                         unit.answer(&m);
+                        unit.finish();
                     }
-                    // A read never asks for COPY data.
-                    b'G' => return Err(Gone::Server),
-                    _ if *rerun => {}
-                    _ => unit.answer(&m),
+                    *at += 1;
+                    match batch.get(*at) {
+                        Some(next) => *next.cancel.lock() = Some(canceller.clone()),
+                        None => return Ok(()),
+                    }
+                    continue;
                 }
-                let backlog = unit.backlog();
-                if backlog >= OWNER_CAP || (backlog >= OWNER_BACKLOG && !unit.slow.get()) {
-                    self.drain_backlog(unit, mine).await;
-                }
-            }
-            let lease = held.checkout.lease().cloned();
-            let (stream, rbuf) = held.lent().conn.relay_io();
-            let read = stream.read_into(rbuf, super::CHUNK);
-            match crate::sql::lease::under_lease(lease.as_ref(), read).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Err(Gone::Server),
-                Err(_) => {
-                    self.core.metrics().wire.count(WireEvent::LeaseAbandoned);
+                // The ParseComplete of the statement prepared for the read.
+                b'1' if unit.swallow.replace(false) => continue,
+                b'E' if is_fatal(messages::body(&m)) => {
+                    // The server ends the session: the reads not answered are told their
+                    // outcome is unknown (the caller does).
                     return Err(Gone::Server);
                 }
+                b'E' if on_replica
+                    && !*rerun
+                    && !unit.sent.get()
+                    && error_field(messages::body(&m), b'C') == Some(READ_ONLY) =>
+                {
+                    // Nothing of its answer reached its client: what came is dropped (the
+                    // owner is not woken for it again) and the read reruns on the leader.
+                    *rerun = true;
+                    unit.clear();
+                }
+                b'E' if unit.swallow.replace(false) => {
+                    // The statement's Parse failed (the server skipped to the read's Sync):
+                    // the connection does not have it.
+                    if let Some((server, _)) = &unit.statement {
+                        held.lent().conn.relayed_statements().remove(server);
+                    }
+                    unit.answer(&m);
+                }
+                // A read never asks for COPY data.
+                b'G' => return Err(Gone::Server),
+                _ if *rerun => {}
+                _ => unit.answer(&m),
+            }
+            let backlog = unit.backlog();
+            if backlog >= OWNER_CAP || (backlog >= OWNER_BACKLOG && !unit.slow.get()) {
+                drain_backlog(unit).await;
+            }
+        }
+        let lease = held.checkout.lease().cloned();
+        let (stream, rbuf) = held.lent().conn.relay_io();
+        let read = stream.read_into(rbuf, super::CHUNK);
+        match crate::sql::lease::under_lease(lease.as_ref(), read).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(Gone::Server),
+            Err(_) => {
+                core.metrics().wire.count(WireEvent::LeaseAbandoned);
+                return Err(Gone::Server);
             }
         }
     }
+}
 
-    /// Waits until `unit`'s owner wrote what its answer holds so far (the runner writes
-    /// its own read's answer itself).
-    async fn drain_backlog(&mut self, unit: &Rc<Unit>, mine: &Rc<Unit>) {
-        if Rc::ptr_eq(unit, mine) {
-            if let State::Answering { answer, .. } = &mut *unit.state.borrow_mut() {
-                self.wbuf.extend_from_slice(answer);
-                answer.clear();
-            }
-            if self.flush_client().await.is_err() {
-                unit.abandoned.set(true);
-            }
-            return;
+/// Waits until `unit`'s owner wrote what its answer holds so far: [`OWNER_PATIENCE`] at
+/// most, then not again below [`OWNER_CAP`]; not at all for an owner not listening.
+async fn drain_backlog(unit: &Rc<Unit>) {
+    wake(&unit.owner);
+    let capped = unit.backlog() >= OWNER_CAP;
+    let written = poll_fn(|cx| {
+        if unit.backlog() < OWNER_BACKLOG || !unit.listening.get() {
+            Poll::Ready(())
+        } else {
+            unit.runner.set(Some(cx.waker().clone()));
+            Poll::Pending
         }
-        wake(&unit.owner);
-        let capped = unit.backlog() >= OWNER_CAP;
-        let written = poll_fn(|cx| {
-            if unit.backlog() < OWNER_BACKLOG || !unit.listening.get() {
-                Poll::Ready(())
-            } else {
-                unit.runner.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        });
-        if capped {
-            written.await
-        } else if monoio::time::timeout(OWNER_PATIENCE, written)
-            .await
-            .is_err()
-        {
-            unit.slow.set(true);
-        }
+    });
+    if capped {
+        written.await
+    } else if monoio::time::timeout(OWNER_PATIENCE, written)
+        .await
+        .is_err()
+    {
+        unit.slow.set(true);
     }
 }
 
