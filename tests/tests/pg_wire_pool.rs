@@ -377,6 +377,26 @@ fn cancel_requests_reach_sessions_on_other_cores() {
 
 #[test]
 #[ignore = "needs compose/cluster"]
+fn cancel_requests_reach_a_session_mode_clients_statements_on_its_kept_connection() {
+    alpha_project("wire_cancel_session", "session", false);
+    let (g, _, addr) = start_pg_with_replica(&[("RINGGATE_WORKERS", "2")]);
+    block_on(async {
+        let (c, _) = connect(addr, "wire_cancel_session").await.unwrap();
+        // The first statement and then the next ones, on the connection the session keeps.
+        for _ in 0..3 {
+            let (r, took) = sleep_then_cancel(&c, addr, 30).await;
+            let e = r.unwrap_err();
+            assert_eq!(code(&e), "57014", "{e}");
+            assert!(took < Duration::from_secs(20));
+        }
+        let row = c.query_one("select 41 + 1", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42, "the session goes on");
+    });
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
 fn a_cancel_request_reaches_a_session_through_another_instance_sharing_redis() {
     alpha_project("wire_cancel", "transaction", false);
     let vars = [

@@ -424,13 +424,14 @@ impl Relay {
         };
         let kept = self.kept.take();
         let begin = self.deferred_begin.take();
-        let mut held = match kept {
+        let held = match kept {
             Some(h) => h,
             None => match self.checkout(intent).await {
                 Ok(h) => h,
                 Err((code, msg)) => return self.refuse(first[0], code, &msg).await,
             },
         };
+        let mut held = self.cancels_to(held);
         if let Some(begin) = begin {
             // The BEGIN the client was told of goes first; its answer is not relayed.
             held.pending += 1;
@@ -540,7 +541,10 @@ impl Relay {
         self.core.metrics().wire.count(WireEvent::ReadOnlyReruns);
         debug!("a replica refused a write (25006): rerunning it on the leader");
         self.release(replica).await;
-        let mut held = self.checkout(Intent::Write).await?;
+        let mut held = self
+            .checkout(Intent::Write)
+            .await
+            .map(|h| self.cancels_to(h))?;
         for m in sent {
             self.forward(&mut held, m);
         }
@@ -910,8 +914,6 @@ impl Relay {
             PoolMode::Session => ClassFigure::ServersSession,
         };
         metrics.class_add(self.pooling.class, figure, 1);
-        let mut checkout = checkout;
-        *self.key.slot.lock() = Some(checkout.conn().canceller());
         let mut held = Held {
             checkout,
             lent: Some(lent),
@@ -940,6 +942,13 @@ impl Relay {
             }
         }
         Ok(held)
+    }
+
+    /// Points the client's cancel key at `held` (until it is released): a transaction of
+    /// its own. (A shared read's key points at the connection only while the read runs.)
+    fn cancels_to(&self, mut held: Held) -> Held {
+        *self.key.slot.lock() = Some(held.checkout.conn().canceller());
+        held
     }
 
     /// Gives the server connection back: to its pool when idle and sound, else closed.

@@ -510,8 +510,8 @@ impl Relay {
             Some(h) => Ok(h),
             None => self.checkout(intent).await,
         };
-        // The runner's own slot follows its own read, as every owner's does.
-        *self.key.slot.lock() = None;
+        // (The runner's cancel key follows its own read, wherever it runs, as every
+        // owner's does: a checkout does not point it at the connection.)
         let core = self.core.clone();
         let pooling = self.pooling;
         let mut held = match held {
