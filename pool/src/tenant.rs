@@ -517,8 +517,10 @@ impl TenantPool {
     /// tenant's other pools (another role or database), whose idle connections nothing
     /// else would give back.
     ///
-    /// Otherwise, when this core holds fewer than an even share of the tenant's permits
-    /// among the cores holding them, it asks for its share ([`Ask::Share`]):
+    /// Otherwise, when another core has an idle connection of the tenant, it asks for it
+    /// ([`Ask::Any`]): nothing there uses it. And when this core holds fewer than an even
+    /// share of the tenant's permits among the cores holding them, it asks for its share
+    /// ([`Ask::Share`]):
     /// a PostgreSQL client's transactions cannot be handed to another core, so without
     /// this the core that took the permits first kept them (measured: 15 of 16 server
     /// connections on one core of two, each with 500 pgbench clients, 6x the
@@ -534,6 +536,10 @@ impl TenantPool {
         // This core holds some (above), so it is among the holders.
         if holders.count(self.gates.core) < gate.limit() / holders.len().max(1) {
             Ask::Share
+        } else if gate.idle().nth_except(0, self.gates.core).is_some() {
+            // Another core has a connection idle while this one waits: its permit moves
+            // (a PostgreSQL client's transaction cannot be handed to that core).
+            Ask::Any
         } else {
             Ask::No
         }

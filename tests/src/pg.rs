@@ -291,6 +291,17 @@ impl RawPg {
         }
     }
 
+    /// Sends `messages` and returns every message read until the connection closes (or
+    /// its read timeout).
+    pub fn send_until_closed(&mut self, messages: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        self.s.write_all(messages).unwrap();
+        let mut out = Vec::new();
+        while let Ok(m) = read_message(&mut self.s) {
+            out.push(m);
+        }
+        out
+    }
+
     /// The ringgate core serving it (from its `BackendKeyData`).
     pub fn core(&self) -> u32 {
         (self.pid as u32 >> 18) & 0x3f

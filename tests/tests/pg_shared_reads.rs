@@ -358,6 +358,79 @@ fn a_core_busy_with_shared_reads_lets_its_connections_go_to_a_core_that_waits() 
     g.drain();
 }
 
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_read_followed_by_a_message_of_no_length_is_refused_and_the_core_goes_on() {
+    // A whole unnamed read, then in the same packet a "Sync" whose length (0) is shorter
+    // than its own length field: the framing error is the client's alone; the core that
+    // read it serves the next client.
+    let (g, _, addr) = start_pg_with_replica(&[("RINGGATE_WORKERS", "1")]);
+    for len in [0u32, 3] {
+        let mut bad = RawPg::alpha(addr);
+        let mut bytes = parse("", "select 1");
+        bytes.extend(bind("", &[], 0));
+        bytes.extend(frontend(b'E', b"\0\0\0\0\0"));
+        bytes.push(b'S');
+        bytes.extend_from_slice(&len.to_be_bytes());
+        let got = bad.send_until_closed(&bytes);
+        let (tag, body) = got.last().expect("an answer before the close");
+        assert_eq!(*tag, b'E', "{got:?}");
+        assert_eq!(pg::error_code(&frontend(b'E', body)), "08P01");
+        let mut next = RawPg::alpha(addr);
+        let answer = next.exchange(&pg::query("select 41 + 1"));
+        assert!(answer.windows(2).any(|w| w == b"42"));
+    }
+    g.drain();
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn a_long_read_does_not_hold_up_the_reads_queued_behind_it_while_connections_are_idle() {
+    // Four cores and four connections: each core's share is one runner. A read of three
+    // seconds holds core 0's; a read queued behind it has waited past 100 ms when the
+    // next read comes, which then starts a runner of its own on an idle connection and
+    // takes the queued read along.
+    let (g, http, addr) = start_pg_with_replica(&[
+        ("RINGGATE_WORKERS", "4"),
+        ("RINGGATE_POOL_MAX_PER_TENANT", "4"),
+    ]);
+    let mut on0 = Vec::new();
+    for _ in 0..400 {
+        if on0.len() == 3 {
+            break;
+        }
+        let c = RawPg::alpha(addr);
+        if c.core() == 0 {
+            on0.push(c);
+        }
+    }
+    assert_eq!(on0.len(), 3, "three clients on core 0");
+    let (mut long, mut queued, mut third) = (on0.remove(0), on0.remove(0), on0.remove(0));
+    let started = Instant::now();
+    let long = std::thread::spawn(move || long.exchange(&pg::query("select pg_sleep(3)")));
+    ringgate_testkit::eventually("the long read runs", Duration::from_secs(5), || {
+        running_backend("alpha", "select pg_sleep(3)").is_some()
+    });
+    let waiting = move || metric_total(http, "ringgate_pg_shared_reads_waiting");
+    let queued = std::thread::spawn(move || {
+        let answer = queued.exchange(&pg::query("select 'queued'"));
+        (answer, started.elapsed())
+    });
+    ringgate_testkit::eventually("the read queued", Duration::from_secs(5), || waiting() == 1);
+    std::thread::sleep(Duration::from_millis(150)); // past STARVED_AFTER, on purpose
+    let answer = third.exchange(&pg::query("select 'third'"));
+    assert!(answer.windows(5).any(|w| w == b"third"));
+    let (answer, took) = queued.join().unwrap();
+    assert!(answer.windows(6).any(|w| w == b"queued"));
+    assert!(
+        took < Duration::from_secs(2),
+        "the queued read took {took:?}"
+    );
+    let answer = long.join().unwrap();
+    assert_eq!(pg::status(&answer), b'I');
+    g.drain();
+}
+
 /// The server process running `select pg_sleep(30)` for `project`, once it runs.
 fn sleeping_backend(project: &str) -> Option<i32> {
     running_backend(project, "select pg_sleep(30)")

@@ -164,6 +164,8 @@ struct Held {
     figure: ClassFigure,
     /// Answers (up to `ReadyForQuery`) of deferred `BEGIN`s not to relay.
     hidden: usize,
+    /// When it was checked out.
+    taken: Instant,
 }
 
 impl Held {
@@ -930,6 +932,7 @@ impl Relay {
             rerun: false,
             figure,
             hidden: 0,
+            taken: Instant::now(),
         };
         if !self.sets.is_empty() {
             held.dirty = true;
@@ -1114,13 +1117,18 @@ impl Relay {
         fatal(&mut self.client, CONNECTION_FAILURE, &msg).await;
     }
 
-    /// The client's next message inside a transaction.
+    /// The client's next message inside a transaction; `None` when it left or broke the
+    /// framing (then told so with a FATAL `08P01`).
     async fn next_client(&mut self) -> Option<BytesMut> {
         loop {
             match messages::take(&mut self.rbuf, messages::MAX_MESSAGE_BYTES) {
                 Ok(Some(m)) => return Some(m),
                 Ok(None) => {}
-                Err(_) => return None,
+                Err(e) => {
+                    let _ = self.flush_client().await;
+                    fatal(&mut self.client, "08P01", &e.to_string()).await;
+                    return None;
+                }
             }
             self.flush_client().await.ok()?;
             self.client.read_into(&mut self.rbuf, CHUNK).await.ok()?;

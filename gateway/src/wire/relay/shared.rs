@@ -1,41 +1,52 @@
 //! Shared round trips: autocommit reads of several clients sent to one server connection
 //! in one write (transaction mode, `RINGGATE_PG_SHARED_READS`).
 //!
-//! When a client's next transaction is one autocommit read whose messages have all
-//! arrived (a `Query`, or an unnamed `Parse`/`Bind`/`Describe`/`Execute` ending in `Sync`,
-//! classified a read as for the read/write split) and the core's connections for its role
-//! are all busy, it joins a queue instead of waiting for a connection of its own. Whoever
-//! runs the queue (a *runner*: at most the core's share of the tenant's connections at
-//! once) sends up to [`MAX_BATCH`] queued reads in one write and hands each client the
-//! server's answers up to its `ReadyForQuery`. The server runs them one after another as
-//! it would from one pipelining client: each ends with its own `Sync`, so an error in one
-//! is skipped to its own `Sync` and the next runs as usual, and a read leaves the session
-//! idle and unchanged for the next. What it saves is the server's and ringgate's per-read
-//! socket work: one write, one server wake-up and fewer reads for the whole batch.
+//! A client's next transaction is a *read* here when it is one autocommit read whose
+//! messages have all arrived: a `Query`, an unnamed `Parse`/`Bind`/`Describe`/`Execute`
+//! ending in `Sync`, or a `Bind` of one of the client's named statements to the unnamed
+//! portal with its `Describe`/`Execute`/`Sync`, classified a read as for the read/write
+//! split. Each core keeps a queue of reads per role (tenant, role, database, options,
+//! where it runs). A read starts a *runner* of its own while the queue has fewer runners
+//! than the core's even share of the tenant's connections (or than all of them, while the
+//! oldest queued read has waited [`STARVED_AFTER`]: the runners are held up by long reads
+//! and other connections may be idle): the runner checks out a connection as a relay of
+//! its own would (so with connections to spare a read runs at once, alone). Past that,
+//! the read queues, and the next runner to have a connection sends its own read and up to
+//! [`MAX_BATCH`] queued ones in one write and hands each client the server's answers up to
+//! its `ReadyForQuery`. The server runs them one after another as it would from one
+//! pipelining client: each ends with its own `Sync`, so an error in one is skipped to its
+//! own `Sync` and the next runs as usual, and a read leaves the session idle and unchanged
+//! for the next. What it saves is the server's and ringgate's per-read socket work: one
+//! write, one server wake-up and fewer reads for the whole batch. A named statement the
+//! connection lacks is prepared first in the same write (its `ParseComplete` not relayed).
 //!
 //! After a batch the runner hands its connection (and the runner's role) to the owner of
-//! the oldest read still queued, so no client waits behind another's session; when the
-//! pool has other waiters (transactions that are not shared reads), or another core waits
-//! for the tenant's permits (the connection is then closed so the permit moves, as any
-//! returned connection would be), the connection goes back to the pool instead and the
-//! next runner queues for one like everybody else.
+//! the oldest read still queued; the connection goes back to the pool instead when the
+//! pool has other waiters (transactions that are not shared reads, runners checking out),
+//! when another core waits for the tenant's permits (it is then closed so the permit
+//! moves, as any returned connection would be), and once it has been handed on for
+//! [`HAND_ON_FOR`] (a checkout looks at a replica's lag and at a session the server ended
+//! again).
 //!
-//! Answers reach each client as they come: each owner writes its own, the runner too (it
-//! writes its own read's answer while it reads the batch's, and gives the connection on
-//! without waiting for its client). A client slow to read a long answer holds up the reads
-//! sent after its own for [`OWNER_PATIENCE`] at most: then its answer is kept for it (up to
-//! [`OWNER_CAP`], beyond which the runner waits for it as a relay of its own would). A read
-//! that runs long holds up the reads behind it on the same connection; the batch is at
-//! most [`MAX_BATCH`] reads.
+//! Each owner writes its own answer: when it is complete, or as it comes once it holds
+//! [`OWNER_BACKLOG`] bytes; the runner writes its own read's answer while it reads the
+//! batch's. A client slow to read a long answer holds up the reads sent after its own for
+//! [`OWNER_PATIENCE`] at most: then its answer is kept for it (up to [`OWNER_CAP`], beyond
+//! which the runner waits for it as a relay of its own would; the runner's own client
+//! waits with it). A read that runs long holds up the reads behind it on the same
+//! connection; the batch is at most [`MAX_BATCH`] reads.
 //!
-//! A read's client can cancel it while it runs (its cancel slot points at the connection
+//! A read's client can cancel it while it runs (its cancel key points at the connection
 //! only then); a cancel that arrives while the read is still queued behind others is
-//! dropped, as the server drops a cancel that finds nothing running. A server connection
-//! lost mid-batch answers every read not yet answered with `08007`, as a transaction of
-//! its own would be. A read a replica refuses as a write (`25006`) is rerun by its owner on
-//! the leader, alone, unless part of its answer already reached its client (rows before
-//! the write): then the client gets the replica's error, as from a relay of its own past
-//! its first write to the client.
+//! dropped, as the server drops a cancel that finds nothing running. A cancel sent as its
+//! read finishes can reach the read after it on the same connection, as with any
+//! transaction pooler whose connection runs another client's statement next (here the
+//! next read is already there). A server connection lost mid-batch answers every read not
+//! yet answered with `08007` (the one running with the server's words), as a transaction
+//! of its own would be. A read a replica refuses as a write (`25006`) is rerun by its
+//! owner on the leader, alone, unless part of its answer already reached its client (rows
+//! before the write): then the client gets the replica's error, as from a relay of its own
+//! past its first write to the client.
 
 use std::{
     cell::{Cell, RefCell},
@@ -43,7 +54,7 @@ use std::{
     future::poll_fn,
     rc::{Rc, Weak},
     task::{Poll, Waker},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -61,6 +72,11 @@ use crate::{
 
 /// Most reads one batch sends.
 pub const MAX_BATCH: usize = 32;
+/// How long a connection is handed from runner to runner before it goes back to the pool.
+const HAND_ON_FOR: Duration = Duration::from_secs(1);
+/// How long the oldest queued read waits before a read may start a runner beyond the
+/// core's share of the tenant's connections.
+const STARVED_AFTER: Duration = Duration::from_millis(100);
 /// Answer bytes a runner keeps for an owner before it waits for the owner to write them.
 const OWNER_BACKLOG: usize = 256 << 10;
 /// How long a runner waits, once per read, for an owner to write its backlog: a client
@@ -93,6 +109,8 @@ enum State {
 
 /// One client's read, shared between its owner and the runner that sends it.
 pub(super) struct Unit {
+    /// When its owner asked.
+    since: Instant,
     /// The client's messages as sent to the server, the `Sync` (or the `Query`) last.
     msgs: BytesMut,
     /// The client's messages as it sent them, when `msgs` renamed its statement.
@@ -247,6 +265,10 @@ pub(super) fn read_unit<'a>(
     loop {
         let header = rest.get(at..at + 5)?;
         let len = u32::from_be_bytes(header[1..5].try_into().ok()?) as usize;
+        if len < 4 {
+            // Not a message: left for the relay's framing check to refuse.
+            return None;
+        }
         let msg = rest.get(at..at + 1 + len)?;
         at += 1 + len;
         let body = messages::body(msg);
@@ -357,6 +379,7 @@ impl Relay {
             ensure: Cell::new(false),
             swallow: Cell::new(false),
             state: RefCell::new(State::Queued),
+            since: Instant::now(),
             owner: Cell::new(None),
             runner: Cell::new(None),
             cancel: self.key.slot.clone(),
@@ -365,21 +388,23 @@ impl Relay {
             sent: Cell::new(false),
             slow: Cell::new(false),
         });
-        queue.waiting.borrow_mut().push_back(unit.clone());
-        self.core
-            .metrics()
-            .wire
-            .count(WireEvent::SharedReadsWaiting);
-        let limit = self.shared_runners();
-        let mut run = (queue.runners.get() < limit).then(|| {
+        // A read that may start a runner keeps out of the queue: it is its runner's first,
+        // so no other runner sends it while its owner is busy (every read in a batch has
+        // its owner listening, and its answer's cap holds).
+        // Counted as waiting until it is sent (by its own runner or another).
+        let core = self.core.clone();
+        let waiting = move || core.metrics().wire.count(WireEvent::SharedReadsWaiting);
+        waiting();
+        let mut run = None;
+        if queue.runners.get() < self.shared_runners(&queue) {
             queue.runners.set(queue.runners.get() + 1);
-            None
-        });
-        // Whether the read was taken out of the queue for its owner to run first.
-        let mut handed = false;
+            run = Some(None);
+        } else {
+            queue.waiting.borrow_mut().push_back(unit.clone());
+        }
         loop {
             let owned = match run.take() {
-                Some(conn) => self.run_batch(&queue, conn, intent, &unit, handed).await,
+                Some(conn) => self.run_batch(&queue, conn, intent, &unit).await,
                 None => None,
             };
             let owned = match owned {
@@ -390,8 +415,9 @@ impl Relay {
                 Owned::Answered => return true,
                 Owned::ClientGone => return false,
                 Owned::Run(conn) => {
+                    // Taken out of the queue for its owner's batch: waiting for it again.
+                    waiting();
                     run = Some(conn.map(|h| *h));
-                    handed = true;
                 }
                 Owned::Rerun => {
                     // Back into the client's buffer, and relayed alone (the replica
@@ -426,10 +452,20 @@ impl Relay {
         .clone()
     }
 
-    /// Runners one queue may have: this core's even share of the tenant's connections.
-    fn shared_runners(&self) -> usize {
-        let cores = self.core.config.workers.max(1);
-        self.db.tenant_limit().div_ceil(cores).max(1)
+    /// Runners `queue` may have now: this core's even share of the tenant's connections;
+    /// up to all of them while its oldest read has waited [`STARVED_AFTER`] (its runners
+    /// are held up by long reads: other connections may be idle).
+    fn shared_runners(&self, queue: &Queue) -> usize {
+        let limit = self.db.tenant_limit();
+        let starved = queue
+            .waiting
+            .borrow()
+            .front()
+            .is_some_and(|u| u.since.elapsed() >= STARVED_AFTER);
+        match starved {
+            true => limit,
+            false => limit.div_ceil(self.core.config.workers.max(1)),
+        }
     }
 
     /// Waits for what the runner has for `unit`'s owner, writing its answer to the client
@@ -492,19 +528,17 @@ impl Relay {
         }
     }
 
-    /// Runs one batch from `queue` on `conn` (checked out when `None`), then hands the
-    /// connection and the runner's role to the oldest read still queued (or gives the
-    /// connection back and ends the role). `mine` is the runner's own read; `handed` when
-    /// it was handed the role with it (taken out of the queue): then it goes first. When
-    /// the batch holds `mine`, the runner writes its answer meanwhile, as any owner does:
-    /// how it ended for the runner's client then (`None`: the owner waits for it as usual).
+    /// Runs one batch from `queue` on `conn` (checked out when `None`), `mine` (the
+    /// runner's own read, never queued) first, then hands the connection and the runner's
+    /// role to the oldest read still queued (or gives the connection back and ends the
+    /// role). The runner writes its own answer meanwhile, as any owner does: how that
+    /// ended for its client (`None`: the batch was not sent, `mine` is answered already).
     async fn run_batch(
         &mut self,
         queue: &Rc<Queue>,
         conn: Option<Held>,
         intent: Intent,
         mine: &Rc<Unit>,
-        handed: bool,
     ) -> Option<Owned> {
         let held = match conn {
             Some(h) => Ok(h),
@@ -517,7 +551,7 @@ impl Relay {
         let mut held = match held {
             Ok(h) => h,
             Err((code, msg)) => {
-                for u in self.take_batch(queue, mine, handed, None) {
+                for u in self.take_batch(queue, mine, None) {
                     let mut answer = BytesMut::new();
                     messages::error(&mut answer, "ERROR", code, &msg);
                     messages::ready_for_query(&mut answer, b'I');
@@ -527,11 +561,7 @@ impl Relay {
                 return None;
             }
         };
-        let batch = self.take_batch(queue, mine, handed, Some(&mut held));
-        if batch.is_empty() {
-            pass_on(&core, pooling, queue, Some(held)).await;
-            return None;
-        }
+        let batch = self.take_batch(queue, mine, Some(&mut held));
         if batch.len() > 1 {
             core.metrics()
                 .wire
@@ -541,7 +571,10 @@ impl Relay {
             let mut held = held;
             send_batch(&core, &mut held, &batch).await;
             let others_wait = held.checkout.pool_waiters() > 0 || held.checkout.wanted_elsewhere();
-            if held.broken || others_wait {
+            // A connection handed on for long would skip what a checkout looks at again
+            // (a replica's lag, a session the server ended).
+            let stale = held.taken.elapsed() >= HAND_ON_FOR;
+            if held.broken || others_wait || stale {
                 // Others wait for this pool (or another core for its permit): the next
                 // runner queues for a connection too.
                 give_back(&core, pooling, held).await;
@@ -550,10 +583,6 @@ impl Relay {
                 pass_on(&core, pooling, queue, Some(held)).await
             }
         };
-        if !batch.iter().any(|u| Rc::ptr_eq(u, mine)) {
-            answering.await;
-            return None;
-        }
         // The runner's client reads its own answer as it comes, and a slow one is waited
         // for no longer than any owner: the connection goes on when the batch is answered,
         // whatever its own client still has to read.
@@ -565,21 +594,9 @@ impl Relay {
 /// Hands the runner's role (with `conn`, when there is one) to the oldest read still
 /// queued; with none queued, the role ends (and `conn` is given back).
 async fn pass_on(core: &Core, pooling: Pooling, queue: &Rc<Queue>, conn: Option<Held>) {
-    // An owner waiting for its read takes over at once; one busy running a batch of its
-    // own would leave the connection idle meanwhile.
-    let next = {
-        let mut waiting = queue.waiting.borrow_mut();
-        let listening = waiting
-            .iter()
-            .position(|u| u.listening.get() && !u.abandoned.get());
-        match listening.and_then(|i| waiting.remove(i)) {
-            Some(u) => {
-                core.metrics().wire.less(WireEvent::SharedReadsWaiting);
-                Some(u)
-            }
-            None => pop(core, &mut waiting),
-        }
-    };
+    // A queued read's owner waits for it (runners keep theirs out of the queue): it takes
+    // over at once.
+    let next = pop(core, &mut queue.waiting.borrow_mut());
     match next {
         Some(u) => u.set(State::Run(conn.map(Box::new))),
         None => {
@@ -592,7 +609,7 @@ async fn pass_on(core: &Core, pooling: Pooling, queue: &Rc<Queue>, conn: Option<
 }
 
 impl Relay {
-    /// The next batch: `mine` first when `handed`, then the oldest queued reads, up to
+    /// The next batch: `mine` first, then the oldest queued reads, up to
     /// [`MAX_BATCH`]. On `held`, a read whose statement the connection lacks has it
     /// prepared first; a second read of a statement this batch prepares waits for the next
     /// batch (should the `Parse` fail, it would fail as "does not exist" instead of with
@@ -601,16 +618,22 @@ impl Relay {
         &self,
         queue: &Queue,
         mine: &Rc<Unit>,
-        handed: bool,
         mut held: Option<&mut Held>,
     ) -> Vec<Rc<Unit>> {
         let mut waiting = queue.waiting.borrow_mut();
         let mut batch = Vec::with_capacity(waiting.len().min(MAX_BATCH) + 1);
         let mut later = Vec::new();
-        let mut next = handed.then(|| mine.clone());
+        let mut next = Some(mine.clone());
         while batch.len() < MAX_BATCH {
-            let Some(u) = next.take().or_else(|| pop(&self.core, &mut waiting)) else {
-                break;
+            let u = match next.take() {
+                Some(mine) => {
+                    self.core.metrics().wire.less(WireEvent::SharedReadsWaiting);
+                    mine
+                }
+                None => match pop(&self.core, &mut waiting) {
+                    Some(u) => u,
+                    None => break,
+                },
             };
             u.ensure.set(false);
             if let (Some((server, _)), Some(held)) = (&u.statement, held.as_deref_mut()) {
@@ -670,8 +693,12 @@ async fn send_batch(core: &Core, held: &mut Held, batch: &[Rc<Unit>]) {
     *batch[0].cancel.lock() = Some(canceller.clone());
     let mut at = 0;
     let mut rerun = false;
+    let mut said = None;
     let outcome = match send_under_lease(held).await {
-        Ok(()) => answer_batch(core, held, batch, &canceller, &mut at, &mut rerun).await,
+        Ok(()) => {
+            let progress = (&mut at, &mut rerun, &mut said);
+            answer_batch(core, held, batch, &canceller, progress).await
+        }
         Err(e) => Err(e),
     };
     if outcome.is_err() {
@@ -680,7 +707,12 @@ async fn send_batch(core: &Core, held: &mut Held, batch: &[Rc<Unit>]) {
         for u in &batch[at..] {
             *u.cancel.lock() = None;
             let mut tail = BytesMut::new();
-            messages::error(&mut tail, "ERROR", RESOLUTION_UNKNOWN, LOST);
+            // The read that ran when the server ended the session hears its words.
+            let lost = match said.take() {
+                Some(said) => format!("{LOST} (the server said: {said})"),
+                None => LOST.to_string(),
+            };
+            messages::error(&mut tail, "ERROR", RESOLUTION_UNKNOWN, &lost);
             messages::ready_for_query(&mut tail, b'I');
             u.answer(&tail);
             u.finish();
@@ -695,8 +727,7 @@ async fn answer_batch(
     held: &mut Held,
     batch: &[Rc<Unit>],
     canceller: &ringgate_pool::Canceller,
-    at: &mut usize,
-    rerun: &mut bool,
+    (at, rerun, said): (&mut usize, &mut bool, &mut Option<String>),
 ) -> Result<(), Gone> {
     let on_replica = held.checkout.role() == Role::Replica;
     loop {
@@ -734,6 +765,8 @@ async fn answer_batch(
                 b'E' if is_fatal(messages::body(&m)) => {
                     // The server ends the session: the reads not answered are told their
                     // outcome is unknown (the caller does).
+                    let words = error_field(messages::body(&m), b'M').unwrap_or_default();
+                    *said = Some(String::from_utf8_lossy(words).into_owned());
                     return Err(Gone::Server);
                 }
                 b'E' if on_replica
@@ -857,6 +890,12 @@ mod tests {
         // Not all arrived yet, or no Sync: not shared.
         assert_eq!(read_unit(&parse, &rest, none), None);
         assert_eq!(read_unit(&parse, &whole[..whole.len() - 1], none), None);
+        // A length that no message has (under its own four bytes): not looked into.
+        for len in 0u32..4 {
+            let mut bad = b"S".to_vec();
+            bad.extend_from_slice(&len.to_be_bytes());
+            assert_eq!(read_unit(&parse, &bad, none), None);
+        }
     }
 
     #[test]
