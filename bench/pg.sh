@@ -6,10 +6,10 @@
 #
 #   bench/pg.sh [SECS=10] [SERVER_CONNS=16] [ROUNDS=1]    (RINGGATE_BIN=path: skip the build)
 #
-# With ROUNDS > 1, the table is followed by that many more rounds of the 1000-client
-# `-M extended` pair (issue 27's goal), alternating which of ringgate and PgBouncer runs
-# first, with each round's ratio and their median: one run's ratio on a shared 2-core
-# machine says little.
+# With ROUNDS > 1, the table is followed by that many more rounds of each of issue 27's
+# two pairs — 1000 clients `-M extended`, ringgate against PgBouncer; 32 clients `-M
+# prepared`, ringgate against direct — alternating which runs first, with each round's
+# ratio and their median: one run's ratio on a shared 2-core machine says little.
 #
 # With RINGGATE_BASELINE=/path/to/an/older/ringgate, that binary runs too (ports 16435 and
 # 18383, the same settings), measured right after this build in every row: a before/after
@@ -98,23 +98,34 @@ for mode in extended prepared; do
   done
 done
 
-# Interleaved rounds of the 1000-client extended pair.
-if [ "$rounds" -gt 1 ]; then
-  printf "\n| round | first | ringgate tps (p99 ms) | PgBouncer tps (p99 ms) | ringgate / PgBouncer |\n|---|---|---|---|---|\n"
-  ratios=()
+# Interleaved rounds of a pair (each round alternates which runs first): prints the table
+# and the median of the ratios. pair LABEL CLIENTS MODE A_NAME A_CONNINFO B_NAME B_CONNINFO GOAL
+pair() {
+  local label="$1" clients="$2" mode="$3" a_name="$4" a_ci="$5" b_name="$6" b_ci="$7" goal="$8"
+  printf "\n| round | first | %s tps (p99 ms) | %s tps (p99 ms) | %s / %s |\n|---|---|---|---|---|\n" \
+    "$a_name" "$b_name" "$a_name" "$b_name"
+  local ratios=() r order target a_tps a_p99 b_tps b_p99 ratio median
   for r in $(seq "$rounds"); do
-    if [ $((r % 2)) -eq 1 ]; then order="ringgate pgbouncer"; else order="pgbouncer ringgate"; fi
+    if [ $((r % 2)) -eq 1 ]; then order="a b"; else order="b a"; fi
     for target in $order; do
       case $target in
-        ringgate) read -r rg_tps rg_p99 _ < <(run "$via_ringgate" extended 1000) ;;
-        pgbouncer) read -r pb_tps pb_p99 _ < <(run "$via_bouncer" extended 1000) ;;
+        a) read -r a_tps a_p99 _ < <(run "$a_ci" "$mode" "$clients") ;;
+        b) read -r b_tps b_p99 _ < <(run "$b_ci" "$mode" "$clients") ;;
       esac
     done
-    ratio=$(awk -v a="$rg_tps" -v b="$pb_tps" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+    ratio=$(awk -v a="$a_tps" -v b="$b_tps" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     ratios+=("$ratio")
-    echo "| $r | ${order%% *} | $rg_tps ($rg_p99) | $pb_tps ($pb_p99) | ${ratio}x |"
+    if [ "${order%% *}" = a ]; then first="$a_name"; else first="$b_name"; fi
+    echo "| $r | $first | $a_tps ($a_p99) | $b_tps ($b_p99) | ${ratio}x |"
   done
   median=$(printf "%s\n" "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {if (NR % 2) print a[(NR+1)/2]; else printf "%.2f", (a[NR/2]+a[NR/2+1])/2}')
   echo
-  echo "1000 extended, ringgate / PgBouncer over $rounds interleaved rounds: median ${median}x (goal >= 1.2x)"
+  echo "$label, $a_name / $b_name over $rounds interleaved rounds: median ${median}x (goal >= $goal)"
+}
+
+# Issue 27's two goals, each as interleaved rounds: 1000 clients -M extended against
+# PgBouncer, 32 clients -M prepared against direct.
+if [ "$rounds" -gt 1 ]; then
+  pair "1000 extended" 1000 extended ringgate "$via_ringgate" PgBouncer "$via_bouncer" 1.2x
+  pair "32 prepared" 32 prepared ringgate "$via_ringgate" direct "$direct" 0.8x
 fi
