@@ -71,7 +71,7 @@ use crate::{
 };
 
 /// Most reads one batch sends.
-pub const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 32;
 /// How long a connection is handed from runner to runner before it goes back to the pool.
 const HAND_ON_FOR: Duration = Duration::from_secs(1);
 /// How long the oldest queued read waits before a read may start a runner beyond the
@@ -298,9 +298,10 @@ pub(super) fn read_unit<'a>(
     }
 }
 
-/// `msgs` (a read binding the client's statement `name`) with that statement named by
-/// `server`, its name on server connections.
-fn renamed(msgs: &[u8], name: &[u8], server: &[u8]) -> BytesMut {
+/// `msgs` (a read binding one of the client's statements, as [`read_unit`] found it: any
+/// `Describe` of a statement names that one) with the statement named by `server`, its
+/// name on server connections.
+fn renamed(msgs: &[u8], server: &[u8]) -> BytesMut {
     let mut out = BytesMut::with_capacity(msgs.len() + 2 * server.len());
     let mut at = 0;
     while at + 5 <= msgs.len() {
@@ -314,7 +315,7 @@ fn renamed(msgs: &[u8], name: &[u8], server: &[u8]) -> BytesMut {
                 let (_, params) = messages::split_cstr(after).expect("checked by read_unit");
                 messages::frontend(&mut out, b'B', &[portal, b"\0", server, b"\0", params]);
             }
-            b'D' if body.get(1..body.len() - 1) == Some(name) && body[0] == b'S' => {
+            b'D' if body.first() == Some(&b'S') && body != b"S\0" => {
                 messages::frontend(&mut out, b'D', &[b"S", server, b"\0"]);
             }
             _ => out.extend_from_slice(msg),
@@ -326,8 +327,9 @@ fn renamed(msgs: &[u8], name: &[u8], server: &[u8]) -> BytesMut {
 impl Relay {
     /// The read `first` starts (see [`read_unit`]) when it may share a round trip now:
     /// a read, from a plain transaction-mode client (no session `SET`s to replay, no
-    /// `BEGIN` deferred). Its rest's length and the name of the client's statement it binds.
-    pub(super) fn shareable(&self, first: &[u8]) -> Option<(usize, Option<Bytes>)> {
+    /// `BEGIN` deferred). Its rest's length and, for a read binding one of the client's
+    /// statements, that statement's server name and `Parse` body after the name.
+    pub(super) fn shareable(&self, first: &[u8]) -> Option<(usize, Option<(String, Bytes)>)> {
         let on = self.core.config.pg.is_some_and(|p| p.shared_reads);
         if !on
             || self.pooling.mode != PoolMode::Transaction
@@ -345,8 +347,11 @@ impl Relay {
             .kinds
             .get_or_try::<()>(sql, || Ok(crate::sql::classify::classify(sql)))
             .unwrap_or(Kind::Write);
-        let name = unit.named.map(|(n, _)| Bytes::copy_from_slice(n));
-        (kind == Kind::Read && super::session_only(sql).is_none()).then_some((unit.rest, name))
+        if kind != Kind::Read || super::session_only(sql).is_some() {
+            return None;
+        }
+        let statement = unit.named.map(|(_, p)| (p.server.clone(), p.rest.clone()));
+        Some((unit.rest, statement))
     }
 
     /// Runs the read made of `first` and the next `rest` bytes of the client's buffer on a
@@ -354,7 +359,7 @@ impl Relay {
     pub(super) async fn shared(
         &mut self,
         first: BytesMut,
-        (rest, named): (usize, Option<Bytes>),
+        (rest, statement): (usize, Option<(String, Bytes)>),
         intent: Intent,
     ) -> bool {
         // What the read writes, for the result cache (a function a read calls may write).
@@ -362,15 +367,10 @@ impl Relay {
         self.cache.wrote(written);
         let mut msgs = first;
         msgs.unsplit(self.rbuf.split_to(rest));
-        let (msgs, original, statement) =
-            match named.and_then(|n| self.statements.get(&n[..]).map(|p| (n, p))) {
-                Some((name, p)) => (
-                    renamed(&msgs, &name, p.server.as_bytes()),
-                    Some(msgs),
-                    Some((p.server.clone(), p.rest.clone())),
-                ),
-                None => (msgs, None, None),
-            };
+        let (msgs, original) = match &statement {
+            Some((server, _)) => (renamed(&msgs, server.as_bytes()), Some(msgs)),
+            None => (msgs, None),
+        };
         let queue = self.shared_queue(intent);
         let unit = Rc::new(Unit {
             msgs,
@@ -388,13 +388,13 @@ impl Relay {
             sent: Cell::new(false),
             slow: Cell::new(false),
         });
-        // A read that may start a runner keeps out of the queue: it is its runner's first,
-        // so no other runner sends it while its owner is busy (every read in a batch has
-        // its owner listening, and its answer's cap holds).
         // Counted as waiting until it is sent (by its own runner or another).
         let core = self.core.clone();
         let waiting = move || core.metrics().wire.count(WireEvent::SharedReadsWaiting);
         waiting();
+        // A read that may start a runner keeps out of the queue: it is its runner's first,
+        // so no other runner sends it while its owner is busy (every read in a batch has
+        // its owner listening, and its answer's cap holds).
         let mut run = None;
         if queue.runners.get() < self.shared_runners(&queue) {
             queue.runners.set(queue.runners.get() + 1);
@@ -955,7 +955,7 @@ mod tests {
         let other = [msg(b'D', b"Ss2\0"), msg(b'S', b"")].concat();
         assert_eq!(read_unit(&bind, &other, find), None);
         // Sent to the server under its server name, the rest as it was.
-        let sent = renamed(&[bind.clone(), rest.clone()].concat(), b"s1", b"rgw_x");
+        let sent = renamed(&[bind.clone(), rest.clone()].concat(), b"rgw_x");
         let want = [
             msg(b'B', b"\0rgw_x\0\0\0\0\0\0\0"),
             msg(b'D', b"Srgw_x\0"),
