@@ -431,6 +431,89 @@ fn a_long_read_does_not_hold_up_the_reads_queued_behind_it_while_connections_are
     g.drain();
 }
 
+/// A client of project beta (tenant beta's database and role) through ringgate.
+async fn connect_beta(addr: SocketAddr) -> Client {
+    let url = ringgate_tests::backend::required("RINGGATE_TEST_BETA_URL");
+    let url = ringgate_pool::url::parse_pg_url(&url).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .user(&url.credentials.user)
+        .password(&url.credentials.password)
+        .dbname("tenant_beta")
+        .options("endpoint=beta")
+        .connect_raw(tcp, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[test]
+#[ignore = "needs compose/cluster"]
+fn reads_of_two_tenants_queued_on_one_core_never_share_a_batch() {
+    // One core, one connection per tenant, each held by a transaction; three reads of
+    // each tenant queue meanwhile. When both commit, each tenant's reads go in a batch on
+    // its own connection: every client is answered as its own role, in its own database.
+    alpha_project("wire_shared_tenants", "transaction", false);
+    let (g, http, addr) = start_pg_with_replica(&[
+        ("RINGGATE_WORKERS", "1"),
+        ("RINGGATE_POOL_MAX_PER_TENANT", "1"),
+    ]);
+    block_on(async {
+        let alpha_holder = connect(addr, "wire_shared_tenants").await.unwrap().0;
+        let beta_holder = connect_beta(addr).await;
+        let mut clients = Vec::new();
+        for i in 0..6 {
+            let c = match i % 2 {
+                0 => connect(addr, "wire_shared_tenants").await.unwrap().0,
+                _ => connect_beta(addr).await,
+            };
+            clients.push((i % 2, Arc::new(c)));
+        }
+        for h in [&alpha_holder, &beta_holder] {
+            h.batch_execute("begin").await.unwrap();
+            h.simple_query("select 1").await.unwrap();
+        }
+        let before = metric_total(http, "ringgate_pg_shared_reads_total");
+        let mut answers = Vec::new();
+        for (n, (tenant, c)) in clients.iter().enumerate() {
+            let c = c.clone();
+            answers.push((
+                *tenant,
+                tokio::spawn(async move {
+                    let rows = c
+                        .simple_query("select current_user || '/' || current_database()")
+                        .await
+                        .unwrap();
+                    first_value(&rows).unwrap()
+                }),
+            ));
+            let queued = || metric_total(http, "ringgate_pg_shared_reads_waiting");
+            until("the read queued", Duration::from_secs(5), || {
+                queued() == n as u64 + 1
+            })
+            .await;
+        }
+        for h in [&alpha_holder, &beta_holder] {
+            h.batch_execute("commit").await.unwrap();
+        }
+        for (tenant, answer) in answers {
+            let who = tokio::time::timeout(Duration::from_secs(5), answer)
+                .await
+                .expect("answered")
+                .unwrap();
+            let want = ["alpha_owner/tenant_alpha", "beta_owner/tenant_beta"][tenant];
+            assert_eq!(who, want);
+        }
+        // Two batches of three: shared, but never across the tenants.
+        assert_eq!(
+            metric_total(http, "ringgate_pg_shared_reads_total") - before,
+            6
+        );
+    });
+    g.drain();
+}
+
 /// The server process running `select pg_sleep(30)` for `project`, once it runs.
 fn sleeping_backend(project: &str) -> Option<i32> {
     running_backend(project, "select pg_sleep(30)")
